@@ -1,0 +1,335 @@
+//! Stored key records and verified principals.
+
+use alloc::string::String;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AuthError;
+use crate::scope::{Access, Resource, Scopes};
+use crate::secret::SecretHash;
+use crate::token::{KeyId, KeyKind};
+
+/// What a store keeps for a key: everything but the secret.
+///
+/// It serializes with serde, secret hash included; the secret itself is
+/// never part of it. A standard record always holds [`Scopes::all`];
+/// deserialization rejects one that does not.
+///
+/// ```
+/// use rand_core::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+/// let pepper = keygate::Pepper::generate(&mut rng);
+/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, 0)?;
+/// let record = keygate::mint(&pepper, &request, &mut rng, 0).into_parts().0;
+/// let json = serde_json::to_string(&record)?;
+/// assert!(json.contains("\"scopes\":\"objects:read\""));
+/// let back: keygate::KeyRecord = serde_json::from_str(&json)?;
+/// assert_eq!(back, record);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RecordFields")]
+pub struct KeyRecord {
+    id: KeyId,
+    kind: KeyKind,
+    name: String,
+    secret_hash: SecretHash,
+    scopes: Scopes,
+    expires_at_ms: Option<i64>,
+    created_at_ms: i64,
+}
+
+/// The serialized fields, checked before they become a [`KeyRecord`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordFields {
+    id: KeyId,
+    kind: KeyKind,
+    name: String,
+    secret_hash: SecretHash,
+    scopes: Scopes,
+    expires_at_ms: Option<i64>,
+    created_at_ms: i64,
+}
+
+impl TryFrom<RecordFields> for KeyRecord {
+    type Error = &'static str;
+    fn try_from(f: RecordFields) -> Result<Self, Self::Error> {
+        if f.kind == KeyKind::Standard && f.scopes != Scopes::all() {
+            return Err("a standard key record must hold every scope");
+        }
+        Ok(KeyRecord {
+            id: f.id,
+            kind: f.kind,
+            name: f.name,
+            secret_hash: f.secret_hash,
+            scopes: f.scopes,
+            expires_at_ms: f.expires_at_ms,
+            created_at_ms: f.created_at_ms,
+        })
+    }
+}
+
+impl KeyRecord {
+    /// Builds a record; [`mint`](fn@crate::mint) is the usual way. A standard
+    /// record gets [`Scopes::all`] whatever `scopes` says.
+    pub(crate) fn new(
+        id: KeyId,
+        kind: KeyKind,
+        name: String,
+        secret_hash: SecretHash,
+        scopes: Scopes,
+        expires_at_ms: Option<i64>,
+        created_at_ms: i64,
+    ) -> KeyRecord {
+        let scopes = match kind {
+            KeyKind::Standard => Scopes::all(),
+            KeyKind::Restricted => scopes,
+        };
+        KeyRecord {
+            id,
+            kind,
+            name,
+            secret_hash,
+            scopes,
+            expires_at_ms,
+            created_at_ms,
+        }
+    }
+
+    /// The public key id.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.id().as_str().len(), 16);
+    /// ```
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Standard or restricted.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.kind(), keygate::KeyKind::Restricted);
+    /// ```
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The key's name.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.name(), "example");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stored digest of the secret.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// let _digest: keygate::SecretHash = record.secret_hash();
+    /// ```
+    pub fn secret_hash(&self) -> SecretHash {
+        self.secret_hash
+    }
+
+    /// The granted scopes; [`Scopes::all`] for a standard key.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.scopes().to_string(), "devboxes:write,objects:read");
+    /// ```
+    pub fn scopes(&self) -> Scopes {
+        self.scopes
+    }
+
+    /// The expiry in Unix milliseconds; `None` never expires.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.expires_at_ms(), Some(2_000));
+    /// ```
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        self.expires_at_ms
+    }
+
+    /// When the key was minted, in Unix milliseconds.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.created_at_ms(), 1_000);
+    /// ```
+    pub fn created_at_ms(&self) -> i64 {
+        self.created_at_ms
+    }
+
+    /// A key is valid while `now_ms < expires_at_ms`; a null expiry never expires.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert!(!record.is_expired_at(1_999));
+    /// assert!(record.is_expired_at(2_000));
+    /// ```
+    #[inline]
+    pub fn is_expired_at(&self, now_ms: i64) -> bool {
+        matches!(self.expires_at_ms, Some(expiry) if now_ms >= expiry)
+    }
+
+    /// The principal this record stands for.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.principal().id(), record.id());
+    /// ```
+    #[inline]
+    pub fn principal(&self) -> Principal {
+        Principal {
+            id: self.id,
+            kind: self.kind,
+            scopes: self.scopes,
+        }
+    }
+}
+
+/// A verified key: who is calling and what it may do.
+///
+/// Only [`Keyring::verify`](crate::Keyring::verify) and
+/// [`KeyRecord::principal`] make one. It is `Copy` and holds no secret.
+///
+/// ```
+/// use keygate::{Access, Resource};
+/// # let principal = keygate::key::example_record().principal();
+/// assert!(principal.can(Resource::Devboxes, Access::Write));
+/// assert!(!principal.can(Resource::Objects, Access::Write));
+/// assert!(principal.require(Resource::Objects, Access::Write).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    id: KeyId,
+    kind: KeyKind,
+    scopes: Scopes,
+}
+
+impl Principal {
+    /// The key id.
+    ///
+    /// ```
+    /// # let p = keygate::key::example_record().principal();
+    /// assert_eq!(p.id().as_str().len(), 16);
+    /// ```
+    #[inline]
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Standard or restricted.
+    ///
+    /// ```
+    /// # let p = keygate::key::example_record().principal();
+    /// assert_eq!(p.kind(), keygate::KeyKind::Restricted);
+    /// ```
+    #[inline]
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// What the key may do; [`Scopes::all`] for a standard key.
+    ///
+    /// ```
+    /// # let p = keygate::key::example_record().principal();
+    /// assert!(!p.scopes().is_empty());
+    /// ```
+    #[inline]
+    pub fn scopes(&self) -> Scopes {
+        self.scopes
+    }
+
+    /// Whether the key may act on `resource` at `access`: one mask test.
+    ///
+    /// ```
+    /// use keygate::{Access, Resource};
+    /// # let p = keygate::key::example_record().principal();
+    /// assert!(p.can(Resource::Objects, Access::Read));
+    /// ```
+    #[inline(always)]
+    pub fn can(&self, resource: Resource, access: Access) -> bool {
+        self.scopes.can(resource, access)
+    }
+
+    /// Like [`Principal::can`], as a `Result` whose error is a 403.
+    ///
+    /// ```
+    /// use keygate::{Access, Resource};
+    /// # let p = keygate::key::example_record().principal();
+    /// let err = p.require(Resource::Account, Access::Write).unwrap_err();
+    /// assert_eq!(err.http_status(), 403);
+    /// ```
+    #[inline]
+    pub fn require(&self, resource: Resource, access: Access) -> Result<(), AuthError> {
+        if self.can(resource, access) {
+            Ok(())
+        } else {
+            Err(AuthError::InsufficientScope {
+                id: self.id,
+                resource,
+                access,
+            })
+        }
+    }
+}
+
+/// A restricted record (`devboxes:write,objects:read`, created at 1 000 ms,
+/// expiring at 2 000 ms), for documentation examples.
+#[doc(hidden)]
+pub fn example_record() -> KeyRecord {
+    KeyRecord::new(
+        crate::token::EXAMPLE_KEY_ID,
+        KeyKind::Restricted,
+        "example".into(),
+        SecretHash::from_bytes([0; 32]),
+        Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read),
+        Some(2_000),
+        1_000,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_record_holds_all_scopes() {
+        let r = example_record();
+        let std = KeyRecord::new(
+            r.id,
+            KeyKind::Standard,
+            "s".into(),
+            r.secret_hash,
+            Scopes::empty(),
+            None,
+            0,
+        );
+        assert_eq!(std.scopes(), Scopes::all());
+        assert!(!std.is_expired_at(i64::MAX));
+    }
+
+    #[test]
+    fn deserialize_rejects_standard_with_partial_scopes() {
+        let r = example_record();
+        let json = serde_json::to_string(&r)
+            .unwrap()
+            .replace("\"restricted\"", "\"standard\"");
+        assert!(serde_json::from_str::<KeyRecord>(&json).is_err());
+    }
+
+    #[test]
+    fn expiry_edges() {
+        let r = example_record();
+        assert!(!r.is_expired_at(i64::MIN));
+        assert!(r.is_expired_at(i64::MAX));
+    }
+}

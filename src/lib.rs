@@ -1,0 +1,61 @@
+//! Sans-IO API-key authorization for the Runloop API Keys model.
+//!
+//! keygate parses `ak_`/`rk_` tokens, verifies their blake3-peppered secrets
+//! in constant time and answers `can(key, resource, access)` on the request
+//! hot path. It does no I/O: the caller passes the time (`now_ms`, Unix
+//! milliseconds) and the entropy (any [`rand_core::CryptoRng`]).
+//!
+//! * [`Scopes`], [`Resource`], [`Access`]: the scope model (a bitset).
+//! * [`Token`], [`KeyId`], [`KeyKind`]: the token format.
+//! * [`Pepper`], [`SecretHash`], [`SecretToken`]: secrets and their digests.
+//! * [`KeyRecord`], [`Principal`], [`Keyring`]: storage and the hot path.
+//! * [`MintRequest`], [`MintPolicy`], [`mint()`]: making keys.
+//! * [`wire`]: the spec's JSON types.
+//! * [`Error`] and friends: each knows its HTTP status.
+//!
+//! ```
+//! use keygate::{Access, Keyring, MintRequest, Pepper, Resource};
+//! use rand_core::SeedableRng;
+//!
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // or keygate::os_entropy()
+//! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+//! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, 0)?;
+//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+//! keyring.insert(record);
+//! assert!(keyring.can(token.expose_secret(), Resource::Devboxes, Access::Read, 1).is_ok());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//! * `std` (default): [`os_entropy`], and runtime CPU detection in crc32fast
+//!   and blake3. Without it the crate is `no_std` with `alloc`.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod error;
+pub mod key;
+pub mod keyring;
+pub mod mint;
+pub mod scope;
+pub mod secret;
+pub mod token;
+pub mod wire;
+
+pub use error::{AuthError, Error, MintError, ScopeParseError, TokenError, ValidationError};
+pub use key::{KeyRecord, Principal};
+pub use keyring::Keyring;
+pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};
+pub use scope::{Access, Resource, Scopes};
+#[cfg(feature = "std")]
+pub use secret::{os_entropy, OsEntropy};
+pub use secret::{Pepper, SecretHash, SecretToken};
+pub use token::{KeyId, KeyKind, Token};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

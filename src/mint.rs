@@ -1,0 +1,502 @@
+//! Minting keys: validated requests, the policies of who may mint, and
+//! [`mint`] itself, which takes its entropy from the caller.
+
+use alloc::string::String;
+
+use rand_core::CryptoRng;
+
+use crate::error::{MintError, ValidationError};
+use crate::key::{KeyRecord, Principal};
+use crate::scope::{Access, Resource, Scopes};
+use crate::secret::{Pepper, SecretToken};
+use crate::token::{fill_base62, KeyId, KeyKind, SECRET_LEN};
+use crate::wire::{ApiKeyCreatedView, CreatedKeyView, RestrictedKeyCreatedView};
+
+/// The longest key name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// The name a key gets when the request has none.
+pub const DEFAULT_KEY_NAME: &str = "unnamed";
+
+/// A validated request for a new key: only [`MintRequest::standard`],
+/// [`MintRequest::restricted`] and the wire types' `validate` make one, so
+/// every value obeys the spec's rules.
+///
+/// ```
+/// use keygate::MintRequest;
+/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(5_000), 1_000)?;
+/// assert_eq!(req.name(), "ci");
+/// assert!(MintRequest::standard(None, Some(500), 1_000).is_err()); // expiry in the past
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MintRequest {
+    kind: KeyKind,
+    name: String,
+    scopes: Scopes,
+    expires_at_ms: Option<i64>,
+}
+
+impl MintRequest {
+    /// A request for a standard (`ak_`) key.
+    ///
+    /// `name` defaults to [`DEFAULT_KEY_NAME`]; see [`MintRequest::restricted`]
+    /// for the name and expiry rules.
+    ///
+    /// ```
+    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// assert_eq!(req.name(), keygate::DEFAULT_KEY_NAME);
+    /// assert_eq!(req.scopes(), keygate::Scopes::all());
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    pub fn standard(
+        name: Option<&str>,
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<MintRequest, ValidationError> {
+        Ok(MintRequest {
+            kind: KeyKind::Standard,
+            name: validate_name(name)?,
+            scopes: Scopes::all(),
+            expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+        })
+    }
+
+    /// A request for a restricted (`rk_`) key.
+    ///
+    /// * `scopes` must grant something ([`ValidationError::NoAccessGranted`]).
+    /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character.
+    /// * `expires_at_ms`, when given, is not negative and is after `now_ms`.
+    ///
+    /// ```
+    /// use keygate::{MintRequest, Scopes, ValidationError};
+    /// assert_eq!(
+    ///     MintRequest::restricted(None, Scopes::empty(), None, 0),
+    ///     Err(ValidationError::NoAccessGranted)
+    /// );
+    /// assert!(MintRequest::restricted(Some("a\nb"), Scopes::all(), None, 0).is_err());
+    /// ```
+    pub fn restricted(
+        name: Option<&str>,
+        scopes: Scopes,
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<MintRequest, ValidationError> {
+        let name = validate_name(name)?;
+        if scopes.is_empty() {
+            return Err(ValidationError::NoAccessGranted);
+        }
+        Ok(MintRequest {
+            kind: KeyKind::Restricted,
+            name,
+            scopes,
+            expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+        })
+    }
+
+    /// Standard or restricted.
+    ///
+    /// ```
+    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// assert_eq!(req.kind(), keygate::KeyKind::Standard);
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The key's name.
+    ///
+    /// ```
+    /// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
+    /// assert_eq!(req.name(), "ops");
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The scopes the key will hold ([`Scopes::all`] for a standard key).
+    ///
+    /// ```
+    /// let req = keygate::MintRequest::restricted(None, "agents:read".parse()?, None, 0)?;
+    /// assert_eq!(req.scopes().to_string(), "agents:read");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scopes(&self) -> Scopes {
+        self.scopes
+    }
+
+    /// The expiry in Unix milliseconds, if any.
+    ///
+    /// ```
+    /// let req = keygate::MintRequest::standard(None, Some(10), 0)?;
+    /// assert_eq!(req.expires_at_ms(), Some(10));
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        self.expires_at_ms
+    }
+}
+
+fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
+    let name = name.unwrap_or(DEFAULT_KEY_NAME);
+    if name.len() > MAX_NAME_LEN {
+        return Err(ValidationError::NameTooLong {
+            len: name.len(),
+            max: MAX_NAME_LEN,
+        });
+    }
+    if let Some((position, _)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        let escaped: String = name.chars().flat_map(char::escape_default).collect();
+        return Err(ValidationError::NameControlCharacter {
+            name: crate::error::quote(&escaped),
+            position,
+        });
+    }
+    Ok(String::from(name))
+}
+
+fn validate_expiry(
+    expires_at_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<Option<i64>, ValidationError> {
+    match expires_at_ms {
+        Some(e) if e < 0 => Err(ValidationError::ExpiryNegative(e)),
+        Some(e) if e <= now_ms => Err(ValidationError::ExpiryNotInFuture {
+            expires_at_ms: e,
+            now_ms,
+        }),
+        other => Ok(other),
+    }
+}
+
+/// Who may mint keys.
+///
+/// ```
+/// use keygate::{MintPolicy, MintRequest};
+/// # let caller = keygate::key::example_record().principal(); // devboxes:write,objects:read
+/// let req = MintRequest::restricted(None, "objects:read".parse()?, None, 0)?;
+/// // The caller lacks account:write, so neither policy lets it mint.
+/// assert!(MintPolicy::Spec.authorize(&caller, &req).is_err());
+/// assert!(MintPolicy::Attenuating.authorize(&caller, &req).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MintPolicy {
+    /// The spec's rule: a standard key, or a restricted key with
+    /// `RESOURCE_TYPE_ACCOUNT` write, may mint any key, standard included.
+    #[default]
+    Spec,
+    /// The spec's rule, narrowed: a restricted caller may mint only
+    /// restricted keys whose scopes are a subset of its own, and never a
+    /// standard key. A standard caller may mint anything.
+    Attenuating,
+}
+
+impl MintPolicy {
+    /// Whether `caller` may mint `request` under this policy.
+    ///
+    /// ```
+    /// use keygate::{MintError, MintPolicy, MintRequest};
+    /// # use rand_core::SeedableRng;
+    /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    /// # let pepper = keygate::Pepper::generate(&mut rng);
+    /// let admin = MintRequest::restricted(None, "account:write,objects:read".parse()?, None, 0)?;
+    /// let caller = keygate::mint(&pepper, &admin, &mut rng, 0).record().principal();
+    ///
+    /// let standard = MintRequest::standard(None, None, 0)?;
+    /// assert!(MintPolicy::Spec.authorize(&caller, &standard).is_ok());
+    /// assert_eq!(
+    ///     MintPolicy::Attenuating.authorize(&caller, &standard),
+    ///     Err(MintError::StandardFromRestricted)
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn authorize(self, caller: &Principal, request: &MintRequest) -> Result<(), MintError> {
+        if caller.kind() == KeyKind::Standard {
+            return Ok(());
+        }
+        if !caller.can(Resource::Account, Access::Write) {
+            return Err(MintError::MissingAccountWrite);
+        }
+        match self {
+            MintPolicy::Spec => Ok(()),
+            MintPolicy::Attenuating => match request.kind {
+                KeyKind::Standard => Err(MintError::StandardFromRestricted),
+                KeyKind::Restricted if !request.scopes.is_subset(&caller.scopes()) => {
+                    Err(MintError::ScopesExceedCaller)
+                }
+                KeyKind::Restricted => Ok(()),
+            },
+        }
+    }
+}
+
+/// A freshly minted key: the record to store, and the token to show once.
+///
+/// ```
+/// # use rand_core::SeedableRng;
+/// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+/// # let pepper = keygate::Pepper::generate(&mut rng);
+/// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
+/// let minted = keygate::mint(&pepper, &req, &mut rng, 0);
+/// assert_eq!(minted.record().name(), "ops");
+/// let json = serde_json::to_value(minted.into_view())?;
+/// assert!(json["key_secret"].as_str().unwrap().starts_with("ak_"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct MintedKey {
+    record: KeyRecord,
+    token: SecretToken,
+}
+
+impl MintedKey {
+    /// The record to store; it holds the digest, not the secret.
+    ///
+    /// ```
+    /// # let minted = keygate::mint::example_minted();
+    /// assert_eq!(minted.record().id(), minted.token().parse()?.key_id());
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    pub fn record(&self) -> &KeyRecord {
+        &self.record
+    }
+
+    /// The token, to hand to the key's owner once.
+    ///
+    /// ```
+    /// # let minted = keygate::mint::example_minted();
+    /// assert_eq!(minted.token().expose_secret().len(), 69);
+    /// ```
+    pub fn token(&self) -> &SecretToken {
+        &self.token
+    }
+
+    /// Splits into record and token.
+    ///
+    /// ```
+    /// # let minted = keygate::mint::example_minted();
+    /// let (record, token) = minted.into_parts();
+    /// # let _ = (record, token);
+    /// ```
+    pub fn into_parts(self) -> (KeyRecord, SecretToken) {
+        (self.record, self.token)
+    }
+
+    /// The spec's created view: [`ApiKeyCreatedView`] for a standard key,
+    /// [`RestrictedKeyCreatedView`] for a restricted one. It carries the
+    /// secret; the record stays with the caller's store.
+    ///
+    /// ```
+    /// # let minted = keygate::mint::example_minted();
+    /// assert!(matches!(minted.into_view(), keygate::wire::CreatedKeyView::Restricted(_)));
+    /// ```
+    pub fn into_view(self) -> CreatedKeyView {
+        let record = &self.record;
+        match record.kind() {
+            KeyKind::Standard => CreatedKeyView::Standard(ApiKeyCreatedView {
+                id: String::from(record.id().as_str()),
+                name: String::from(record.name()),
+                key_secret: self.token,
+                expires_at_ms: record.expires_at_ms(),
+            }),
+            KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
+                id: String::from(record.id().as_str()),
+                name: String::from(record.name()),
+                key_secret: self.token,
+                scopes: crate::wire::scope_entries(record.scopes()),
+                expires_at_ms: record.expires_at_ms(),
+            }),
+        }
+    }
+}
+
+/// Mints a key for `request` at `now_ms`, with entropy from `rng`.
+///
+/// It does not check who asks: call [`MintPolicy::authorize`] first. Store
+/// the record durably before you show the token.
+///
+/// ```
+/// use rand_core::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+/// let pepper = keygate::Pepper::generate(&mut rng);
+/// let req = keygate::MintRequest::restricted(None, "devboxes:write".parse()?, None, 0)?;
+/// let minted = keygate::mint(&pepper, &req, &mut rng, 1_700_000_000_000);
+/// assert_eq!(minted.record().created_at_ms(), 1_700_000_000_000);
+/// assert!(minted.token().expose_secret().starts_with("rk_"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn mint<R: CryptoRng + ?Sized>(
+    pepper: &Pepper,
+    request: &MintRequest,
+    rng: &mut R,
+    now_ms: i64,
+) -> MintedKey {
+    let id = KeyId::generate(rng);
+    let mut secret = [0u8; SECRET_LEN];
+    fill_base62(rng, &mut secret);
+    let token = SecretToken::assemble(request.kind, &id, &secret);
+    let digest = pepper.digest_parts(request.kind, &id, &secret);
+    zeroize::Zeroize::zeroize(&mut secret);
+    let record = KeyRecord::new(
+        id,
+        request.kind,
+        request.name.clone(),
+        digest,
+        request.scopes,
+        request.expires_at_ms,
+        now_ms,
+    );
+    MintedKey { record, token }
+}
+
+/// A restricted key minted from fixed entropy, for documentation examples.
+#[doc(hidden)]
+pub fn example_minted() -> MintedKey {
+    struct Counter(u8);
+    impl rand_core::RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            rand_core::impls::next_u32_via_fill(self)
+        }
+        fn next_u64(&mut self) -> u64 {
+            rand_core::impls::next_u64_via_fill(self)
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            for b in dst {
+                self.0 = self.0.wrapping_mul(31).wrapping_add(7);
+                *b = self.0;
+            }
+        }
+    }
+    impl CryptoRng for Counter {}
+    let pepper = Pepper::from_bytes(&[0u8; 32]);
+    let request = MintRequest {
+        kind: KeyKind::Restricted,
+        name: String::from("example"),
+        scopes: Scopes::grant(Resource::Devboxes, Access::Write),
+        expires_at_ms: None,
+    };
+    mint(&pepper, &request, &mut Counter(1), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keyring;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn name_rules() {
+        assert!(validate_name(Some(&"a".repeat(256))).is_ok());
+        assert_eq!(
+            validate_name(Some(&"a".repeat(257))),
+            Err(ValidationError::NameTooLong { len: 257, max: 256 })
+        );
+        // 128 two-byte characters = 256 bytes: allowed; one more: not.
+        assert!(validate_name(Some(&"é".repeat(128))).is_ok());
+        assert!(validate_name(Some(&"é".repeat(129))).is_err());
+        for bad in ["a\u{0}", "\t", "x\u{7f}", "x\u{85}y"] {
+            assert!(matches!(
+                validate_name(Some(bad)),
+                Err(ValidationError::NameControlCharacter { .. })
+            ));
+        }
+        assert_eq!(validate_name(Some("")), Ok(String::new()));
+        assert_eq!(validate_name(None), Ok(String::from(DEFAULT_KEY_NAME)));
+    }
+
+    #[test]
+    fn control_character_error_escapes_name() {
+        let e = validate_name(Some("ab\ncd")).unwrap_err();
+        assert_eq!(
+            alloc::string::ToString::to_string(&e),
+            "name `ab\\ncd` has a control character at byte 2"
+        );
+    }
+
+    #[test]
+    fn expiry_rules() {
+        assert_eq!(validate_expiry(None, 5), Ok(None));
+        assert_eq!(validate_expiry(Some(6), 5), Ok(Some(6)));
+        assert!(validate_expiry(Some(5), 5).is_err());
+        assert_eq!(
+            validate_expiry(Some(-1), -10),
+            Err(ValidationError::ExpiryNegative(-1))
+        );
+        assert_eq!(
+            validate_expiry(Some(i64::MIN), 0),
+            Err(ValidationError::ExpiryNegative(i64::MIN))
+        );
+        assert_eq!(
+            validate_expiry(Some(i64::MAX), i64::MAX - 1),
+            Ok(Some(i64::MAX))
+        );
+        assert!(validate_expiry(Some(i64::MAX), i64::MAX).is_err());
+    }
+
+    #[test]
+    fn spec_policy() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let pepper = Pepper::generate(&mut rng);
+        let caller = |s: &str, rng: &mut rand_chacha::ChaCha20Rng| {
+            let req = MintRequest::restricted(None, s.parse().unwrap(), None, 0).unwrap();
+            mint(&pepper, &req, rng, 0).record().principal()
+        };
+        let account_read = caller("account:read,devboxes:write", &mut rng);
+        let account_write = caller("account:write", &mut rng);
+        let standard = MintRequest::standard(None, None, 0).unwrap();
+        assert_eq!(
+            MintPolicy::Spec.authorize(&account_read, &standard),
+            Err(MintError::MissingAccountWrite)
+        );
+        assert_eq!(
+            MintPolicy::Spec.authorize(&account_write, &standard),
+            Ok(())
+        );
+        let wide = MintRequest::restricted(None, Scopes::all(), None, 0).unwrap();
+        assert_eq!(MintPolicy::Spec.authorize(&account_write, &wide), Ok(()));
+        assert_eq!(
+            MintPolicy::Attenuating.authorize(&account_write, &wide),
+            Err(MintError::ScopesExceedCaller)
+        );
+        let narrow = MintRequest::restricted(None, account_write.scopes(), None, 0).unwrap();
+        assert_eq!(
+            MintPolicy::Attenuating.authorize(&account_write, &narrow),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn minted_keys_are_distinct_and_verify() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let mut tokens = alloc::vec::Vec::new();
+        for _ in 0..100 {
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            assert!(keyring.insert(record).is_none());
+            tokens.push(token);
+        }
+        for t in &tokens {
+            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+        }
+    }
+
+    #[test]
+    fn base62_sampling_is_roughly_uniform() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let mut counts = [0u32; 256];
+        let mut buf = [0u8; 62 * 200];
+        fill_base62(&mut rng, &mut buf);
+        for &b in buf.iter() {
+            counts[usize::from(b)] += 1;
+        }
+        let used: alloc::vec::Vec<u32> = counts.iter().copied().filter(|&c| c > 0).collect();
+        assert_eq!(used.len(), 62);
+        // Expected 200 each; a 5-sigma band is about ±70.
+        assert!(used.iter().all(|&c| (130..=270).contains(&c)), "{used:?}");
+    }
+}

@@ -1,0 +1,364 @@
+//! Secrets: the server-side pepper, the stored secret hash and owned tokens.
+//!
+//! # Hash construction
+//!
+//! ```text
+//! key    = blake3::derive_key(PEPPER_CONTEXT, pepper)          (once, at Pepper::from_bytes)
+//! digest = blake3::keyed_hash(key, kind_tag || key_id || secret)
+//! ```
+//!
+//! `kind_tag` is `a` or `r`, `key_id` the 16 id characters and `secret` the 43
+//! secret characters: 60 bytes, one blake3 block. The fields have fixed
+//! lengths, so the encoding is unambiguous. Binding the kind and the id means
+//! that a digest copied to another record, or an `rk_` token relabelled as
+//! `ak_`, does not verify. Deriving the key with a context string separates
+//! this use of the pepper from any other.
+
+use core::fmt;
+
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::token::{KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, TOKEN_LEN};
+
+/// The blake3 `derive_key` context that turns a pepper into the hashing key.
+pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
+
+/// Length of a pepper, in bytes.
+pub const PEPPER_LEN: usize = 32;
+
+/// Length of the hashed message: kind tag, key id, secret.
+const MESSAGE_LEN: usize = 1 + KEY_ID_LEN + SECRET_LEN;
+
+/// The server-side secret that keys every secret hash.
+///
+/// It is never stored beside the records: a leaked database without the
+/// pepper gives an attacker nothing to test guesses against. The pepper
+/// itself is not kept; only the key derived from it is, and that key is
+/// zeroized on drop. `Debug` prints `Pepper(<redacted>)`.
+///
+/// ```
+/// use keygate::Pepper;
+/// let pepper = Pepper::from_bytes(&[7u8; 32]);
+/// assert_eq!(format!("{pepper:?}"), "Pepper(<redacted>)");
+/// ```
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Pepper {
+    key: [u8; 32],
+}
+
+impl Pepper {
+    /// Derives the hashing key from 32 pepper bytes. Zeroize your copy of the
+    /// bytes once the pepper is built.
+    ///
+    /// ```
+    /// let pepper = keygate::Pepper::from_bytes(&[1u8; 32]);
+    /// # let _ = pepper;
+    /// ```
+    pub fn from_bytes(bytes: &[u8; PEPPER_LEN]) -> Pepper {
+        Pepper {
+            key: blake3::derive_key(PEPPER_CONTEXT, bytes),
+        }
+    }
+
+    /// Draws a new pepper from a CSPRNG. Store its bytes with
+    /// [`Pepper::generate_bytes`] instead if you need to persist it.
+    ///
+    /// ```
+    /// use rand_core::SeedableRng;
+    /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    /// let pepper = keygate::Pepper::generate(&mut rng);
+    /// # let _ = pepper;
+    /// ```
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Pepper {
+        let mut bytes = Pepper::generate_bytes(rng);
+        let pepper = Pepper::from_bytes(&bytes);
+        bytes.zeroize();
+        pepper
+    }
+
+    /// Draws 32 fresh pepper bytes, for a caller that persists them.
+    ///
+    /// ```
+    /// use rand_core::SeedableRng;
+    /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    /// let bytes = keygate::Pepper::generate_bytes(&mut rng);
+    /// let pepper = keygate::Pepper::from_bytes(&bytes);
+    /// # let _ = pepper;
+    /// ```
+    pub fn generate_bytes<R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; PEPPER_LEN] {
+        let mut bytes = [0u8; PEPPER_LEN];
+        rng.fill_bytes(&mut bytes);
+        bytes
+    }
+
+    /// The digest of a token's kind, id and secret.
+    pub(crate) fn digest_parts(
+        &self,
+        kind: KeyKind,
+        id: &KeyId,
+        secret: &[u8; SECRET_LEN],
+    ) -> SecretHash {
+        let mut message = [0u8; MESSAGE_LEN];
+        let (tag, rest) = message.split_at_mut(1);
+        let (id_part, secret_part) = rest.split_at_mut(KEY_ID_LEN);
+        if let Some(t) = tag.first_mut() {
+            *t = kind.tag();
+        }
+        id_part.copy_from_slice(id.as_bytes());
+        secret_part.copy_from_slice(secret);
+        let digest = SecretHash(blake3::keyed_hash(&self.key, &message));
+        message.zeroize();
+        digest
+    }
+
+    /// The digest a record stores for `token`.
+    ///
+    /// ```
+    /// # let text = keygate::token::example_token();
+    /// let pepper = keygate::Pepper::from_bytes(&[9u8; 32]);
+    /// let token = keygate::Token::parse(&text)?;
+    /// assert_eq!(pepper.digest(&token), pepper.digest(&token));
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    #[inline]
+    pub fn digest(&self, token: &Token<'_>) -> SecretHash {
+        self.digest_parts(token.kind(), &token.key_id(), token.secret())
+    }
+}
+
+impl fmt::Debug for Pepper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pepper(<redacted>)")
+    }
+}
+
+/// The stored blake3 digest of a token's secret (see the module docs).
+///
+/// Equality is constant-time (it is `blake3::Hash` equality). It serializes
+/// as 64 lowercase hex characters; it is safe to store, but only useful
+/// together with the pepper.
+///
+/// ```
+/// # let text = keygate::token::example_token();
+/// let pepper = keygate::Pepper::from_bytes(&[9u8; 32]);
+/// let digest = pepper.digest(&keygate::Token::parse(&text)?);
+/// let json = serde_json::to_string(&digest)?;
+/// assert_eq!(json.len(), 66);
+/// assert_eq!(serde_json::from_str::<keygate::SecretHash>(&json)?, digest);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretHash(blake3::Hash);
+
+impl SecretHash {
+    /// The digest's 32 bytes.
+    ///
+    /// Comparing these with `==` is not constant-time; compare `SecretHash`
+    /// values instead.
+    ///
+    /// ```
+    /// let h = keygate::SecretHash::from_bytes([0u8; 32]);
+    /// assert_eq!(h.as_bytes(), &[0u8; 32]);
+    /// ```
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds a digest from bytes, e.g. a store's BLOB column.
+    ///
+    /// ```
+    /// let h = keygate::SecretHash::from_bytes([1u8; 32]);
+    /// assert_eq!(h, keygate::SecretHash::from_bytes(*h.as_bytes()));
+    /// ```
+    pub fn from_bytes(bytes: [u8; 32]) -> SecretHash {
+        SecretHash(blake3::Hash::from_bytes(bytes))
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.0.to_hex();
+        write!(f, "SecretHash({}…)", hex.get(..8).unwrap_or_default())
+    }
+}
+
+impl Serialize for SecretHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.to_hex().as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SecretHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex characters")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretHash, E> {
+                blake3::Hash::from_hex(v)
+                    .map(SecretHash)
+                    .map_err(|_| E::custom("secret hash is not 64 hex characters"))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// An owned token text, such as a freshly minted key's `key_secret`.
+///
+/// `Debug` and `Display` are redacted, the text is zeroized on drop, and the
+/// type does not implement `Serialize`: reading it takes an explicit
+/// [`SecretToken::expose_secret`]. It does implement `Deserialize`, for
+/// clients that read a created view.
+///
+/// ```
+/// # let text = keygate::token::example_token();
+/// let token = keygate::SecretToken::new(text.clone());
+/// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
+/// assert_eq!(token.expose_secret(), text);
+/// ```
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop, Deserialize)]
+#[serde(transparent)]
+pub struct SecretToken(alloc::string::String);
+
+impl SecretToken {
+    /// Wraps token text.
+    ///
+    /// ```
+    /// let t = keygate::SecretToken::new("rk_...".into());
+    /// # let _ = t;
+    /// ```
+    pub fn new(text: alloc::string::String) -> SecretToken {
+        SecretToken(text)
+    }
+
+    /// The token text. Don't log it.
+    ///
+    /// ```
+    /// let t = keygate::SecretToken::new("rk_x".into());
+    /// assert_eq!(t.expose_secret(), "rk_x");
+    /// ```
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the text as a [`Token`].
+    ///
+    /// ```
+    /// # let text = keygate::token::example_token();
+    /// let t = keygate::SecretToken::new(text);
+    /// assert_eq!(t.parse()?.kind(), keygate::KeyKind::Restricted);
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    pub fn parse(&self) -> Result<Token<'_>, crate::TokenError> {
+        Token::parse(&self.0)
+    }
+
+    /// Lays out a token from its parts and appends the checksum.
+    pub(crate) fn assemble(kind: KeyKind, id: &KeyId, secret: &[u8; SECRET_LEN]) -> SecretToken {
+        let mut buf = [0u8; TOKEN_LEN];
+        let (body, checksum) = buf.split_at_mut(TOKEN_LEN - CHECKSUM_LEN);
+        let (prefix, rest) = body.split_at_mut(3);
+        prefix.copy_from_slice(kind.prefix().as_bytes());
+        let (id_part, rest) = rest.split_at_mut(KEY_ID_LEN);
+        id_part.copy_from_slice(id.as_bytes());
+        let (sep, secret_part) = rest.split_at_mut(1);
+        sep.copy_from_slice(b"_");
+        secret_part.copy_from_slice(secret);
+        if let Ok(checksum) = <&mut [u8; CHECKSUM_LEN]>::try_from(checksum) {
+            crate::token::write_checksum(body, checksum);
+        }
+        let mut text = alloc::string::String::with_capacity(TOKEN_LEN);
+        // Every byte written above is ASCII.
+        text.extend(buf.iter().map(|&b| char::from(b)));
+        buf.zeroize();
+        SecretToken(text)
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// OS entropy: the operating system's CSPRNG, for [`mint`](fn@crate::mint) and
+/// [`Pepper::generate`]. Requires the `std` feature.
+///
+/// ```
+/// let mut rng = keygate::os_entropy();
+/// let pepper = keygate::Pepper::generate(&mut rng);
+/// # let _ = pepper;
+/// ```
+#[cfg(feature = "std")]
+pub type OsEntropy = rand_core::UnwrapErr<rand_core::OsRng>;
+
+/// The operating system's CSPRNG (see [`OsEntropy`]).
+///
+/// ```
+/// let mut rng = keygate::os_entropy();
+/// # let _ = &mut rng;
+/// ```
+#[cfg(feature = "std")]
+pub fn os_entropy() -> OsEntropy {
+    rand_core::UnwrapErr(rand_core::OsRng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::example_token;
+
+    #[test]
+    fn digest_binds_kind_and_id() {
+        let pepper = Pepper::from_bytes(&[3u8; 32]);
+        let text = example_token();
+        let token = Token::parse(&text).unwrap();
+        let base = pepper.digest(&token);
+        let relabelled = pepper.digest_parts(KeyKind::Standard, &token.key_id(), token.secret());
+        assert_ne!(base, relabelled);
+        let other_id = KeyId::parse("0000000000000000").unwrap();
+        assert_ne!(
+            base,
+            pepper.digest_parts(token.kind(), &other_id, token.secret())
+        );
+        let other_pepper = Pepper::from_bytes(&[4u8; 32]);
+        assert_ne!(base, other_pepper.digest(&token));
+    }
+
+    #[test]
+    fn digest_is_the_documented_construction() {
+        let pepper_bytes = [5u8; 32];
+        let pepper = Pepper::from_bytes(&pepper_bytes);
+        let text = example_token();
+        let token = Token::parse(&text).unwrap();
+        let key = blake3::derive_key(PEPPER_CONTEXT, &pepper_bytes);
+        let mut message = alloc::vec![b'r'];
+        message.extend_from_slice(&text.as_bytes()[3..19]);
+        message.extend_from_slice(&text.as_bytes()[20..63]);
+        assert_eq!(message.len(), 60);
+        assert_eq!(pepper.digest(&token).0, blake3::keyed_hash(&key, &message));
+    }
+
+    #[test]
+    fn secret_hash_hex_rejects_garbage() {
+        assert!(serde_json::from_str::<SecretHash>("\"zz\"").is_err());
+    }
+
+    #[test]
+    fn redaction() {
+        let t = SecretToken::new(example_token());
+        assert_eq!(alloc::format!("{t}"), "<redacted>");
+        assert!(!alloc::format!("{:?}", Pepper::from_bytes(&[0; 32])).contains('0'));
+    }
+}

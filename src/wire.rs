@@ -1,0 +1,428 @@
+//! The spec's wire types (`components/schemas` of `openapi.yaml`).
+//!
+//! Field names, optionality and enum names are the spec's exactly. Objects
+//! have `additionalProperties: false`, so they deny unknown fields. Fields
+//! that the spec does not mark `nullable` reject `null`.
+//!
+//! Deserializing checks types; [`ApiKeyCreateParameters::validate`] and
+//! [`RestrictedKeyCreateParameters::validate`] check the rules and return a
+//! [`MintRequest`].
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ValidationError;
+use crate::mint::MintRequest;
+use crate::scope::Scopes;
+use crate::secret::SecretToken;
+
+/// The spec's `ApiResourceType`: the same type as [`Resource`](crate::Resource).
+pub use crate::scope::Resource as ApiResourceType;
+
+/// The spec's `ApiAccessLevel`: the same type as [`Access`](crate::Access).
+pub use crate::scope::Access as ApiAccessLevel;
+
+/// Deserializes a present, non-null value into `Some`.
+fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Serializes a token; the one place a created view exposes it.
+fn expose_token<S: Serializer>(token: &SecretToken, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(token.expose_secret())
+}
+
+/// Body of `POST /v1/apikeys` (`ApiKeyCreateParameters`).
+///
+/// ```
+/// use keygate::wire::ApiKeyCreateParameters;
+/// let params: ApiKeyCreateParameters = serde_json::from_str(r#"{"name":"ops","expires_at_ms":null}"#)?;
+/// let request = params.validate(1_000)?;
+/// assert_eq!(request.name(), "ops");
+/// assert!(serde_json::from_str::<ApiKeyCreateParameters>(r#"{"nam":"x"}"#).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreateParameters {
+    /// The key's name; [`DEFAULT_KEY_NAME`](crate::DEFAULT_KEY_NAME) if absent.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    /// Expiry in Unix milliseconds; absent or `null` never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
+impl ApiKeyCreateParameters {
+    /// Checks the name and expiry rules at `now_ms`.
+    ///
+    /// ```
+    /// use keygate::wire::ApiKeyCreateParameters;
+    /// let p = ApiKeyCreateParameters { name: None, expires_at_ms: Some(-1) };
+    /// assert_eq!(p.validate(0).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
+    /// ```
+    pub fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
+        MintRequest::standard(self.name.as_deref(), self.expires_at_ms, now_ms)
+    }
+}
+
+/// Body of `POST /v1/restricted_keys` (`RestrictedKeyCreateParameters`).
+///
+/// ```
+/// use keygate::wire::RestrictedKeyCreateParameters;
+/// let params: RestrictedKeyCreateParameters = serde_json::from_str(r#"{
+///     "name": "ci",
+///     "scopes": [
+///         {"resource_type": "RESOURCE_TYPE_DEVBOXES", "access_level": "ACCESS_LEVEL_WRITE"},
+///         {"resource_type": "RESOURCE_TYPE_OBJECTS", "access_level": "ACCESS_LEVEL_NONE"}
+///     ]
+/// }"#)?;
+/// let request = params.validate(0)?;
+/// assert_eq!(request.scopes().to_string(), "devboxes:write");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictedKeyCreateParameters {
+    /// The key's name; [`DEFAULT_KEY_NAME`](crate::DEFAULT_KEY_NAME) if absent.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    /// The grants. Required by validation, although the schema lets it be absent.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scopes: Option<Vec<ScopeEntryView>>,
+    /// Expiry in Unix milliseconds; absent or `null` never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
+impl RestrictedKeyCreateParameters {
+    /// Checks every rule at `now_ms`: invalid scopes (absent, an entry that
+    /// lacks a field, a resource twice, nothing granted), then the name, then
+    /// the expiry.
+    ///
+    /// ```
+    /// use keygate::wire::{RestrictedKeyCreateParameters, ScopeEntryView};
+    /// use keygate::{Access, Resource, ValidationError};
+    /// let entry = ScopeEntryView::new(Resource::Agents, Access::Read);
+    /// let p = RestrictedKeyCreateParameters { scopes: Some(vec![entry, entry]), ..Default::default() };
+    /// assert_eq!(p.validate(0), Err(ValidationError::DuplicateResource(Resource::Agents)));
+    /// ```
+    pub fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
+        let entries = self
+            .scopes
+            .as_deref()
+            .ok_or(ValidationError::ScopesMissing)?;
+        let mut scopes = Scopes::empty();
+        let mut seen = 0u16;
+        for (index, entry) in entries.iter().enumerate() {
+            let resource = entry
+                .resource_type
+                .ok_or(ValidationError::ScopeEntryIncomplete {
+                    index,
+                    field: "resource_type",
+                })?;
+            let access = entry
+                .access_level
+                .ok_or(ValidationError::ScopeEntryIncomplete {
+                    index,
+                    field: "access_level",
+                })?;
+            let bit = 1u16 << resource as u16;
+            if seen & bit != 0 {
+                return Err(ValidationError::DuplicateResource(resource));
+            }
+            seen |= bit;
+            scopes = scopes.with(resource, access);
+        }
+        if scopes.is_empty() {
+            return Err(ValidationError::NoAccessGranted);
+        }
+        MintRequest::restricted(self.name.as_deref(), scopes, self.expires_at_ms, now_ms)
+    }
+}
+
+/// One grant on the wire (`ScopeEntryView`). Both fields are optional in
+/// the schema; validation requires them.
+///
+/// ```
+/// use keygate::wire::ScopeEntryView;
+/// use keygate::{Access, Resource};
+/// let json = serde_json::to_string(&ScopeEntryView::new(Resource::Objects, Access::Read))?;
+/// assert_eq!(json, r#"{"resource_type":"RESOURCE_TYPE_OBJECTS","access_level":"ACCESS_LEVEL_READ"}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeEntryView {
+    /// The resource.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_type: Option<ApiResourceType>,
+    /// The access level on it.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_level: Option<ApiAccessLevel>,
+}
+
+impl ScopeEntryView {
+    /// An entry with both fields set.
+    ///
+    /// ```
+    /// let e = keygate::wire::ScopeEntryView::new(keygate::Resource::Account, keygate::Access::Write);
+    /// assert_eq!(e.access_level, Some(keygate::Access::Write));
+    /// ```
+    pub const fn new(resource: ApiResourceType, access: ApiAccessLevel) -> ScopeEntryView {
+        ScopeEntryView {
+            resource_type: Some(resource),
+            access_level: Some(access),
+        }
+    }
+}
+
+/// The granted scopes as wire entries: the non-NONE grants, in spec order.
+///
+/// ```
+/// let entries = keygate::wire::scope_entries("objects:read,devboxes:write".parse()?);
+/// assert_eq!(entries.len(), 2);
+/// assert_eq!(entries[0].resource_type, Some(keygate::Resource::Devboxes));
+/// # Ok::<(), keygate::ScopeParseError>(())
+/// ```
+pub fn scope_entries(scopes: Scopes) -> Vec<ScopeEntryView> {
+    scopes
+        .iter()
+        .map(|(r, a)| ScopeEntryView::new(r, a))
+        .collect()
+}
+
+/// The 200 response of `POST /v1/apikeys` (`ApiKeyCreatedView`).
+///
+/// `key_secret` is a [`SecretToken`]: the view serializes it (that is its
+/// purpose, once), while `Debug` keeps it redacted.
+///
+/// ```
+/// # let minted = keygate::mint::example_minted();
+/// # let view = keygate::wire::ApiKeyCreatedView { id: "x".into(), name: "n".into(),
+/// #     key_secret: minted.token().clone(), expires_at_ms: None };
+/// assert!(!format!("{view:?}").contains(view.key_secret.expose_secret()));
+/// let json = serde_json::to_value(&view)?;
+/// assert_eq!(json["key_secret"], view.key_secret.expose_secret());
+/// assert!(json["expires_at_ms"].is_null());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreatedView {
+    /// The key id.
+    pub id: String,
+    /// The key's name.
+    pub name: String,
+    /// The token, shown once.
+    #[serde(serialize_with = "expose_token")]
+    pub key_secret: SecretToken,
+    /// Expiry in Unix milliseconds, or `null`.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// The 200 response of `POST /v1/restricted_keys` (`RestrictedKeyCreatedView`).
+/// `scopes` are the granted scopes: the non-NONE grants, in spec order.
+///
+/// ```
+/// # let minted = keygate::mint::example_minted();
+/// let keygate::wire::CreatedKeyView::Restricted(view) = minted.into_view() else { unreachable!() };
+/// let json = serde_json::to_value(&view)?;
+/// assert_eq!(json["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictedKeyCreatedView {
+    /// The key id.
+    pub id: String,
+    /// The key's name.
+    pub name: String,
+    /// The token, shown once.
+    #[serde(serialize_with = "expose_token")]
+    pub key_secret: SecretToken,
+    /// The granted scopes.
+    pub scopes: Vec<ScopeEntryView>,
+    /// Expiry in Unix milliseconds, or `null`.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Either created view; serializes as the inner view.
+///
+/// ```
+/// # let minted = keygate::mint::example_minted();
+/// let view = minted.into_view();
+/// assert_eq!(view.id().len(), 16);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CreatedKeyView {
+    /// From `POST /v1/apikeys`.
+    Standard(ApiKeyCreatedView),
+    /// From `POST /v1/restricted_keys`.
+    Restricted(RestrictedKeyCreatedView),
+}
+
+impl CreatedKeyView {
+    /// The key id.
+    ///
+    /// ```
+    /// # let minted = keygate::mint::example_minted();
+    /// # let id = minted.record().id();
+    /// assert_eq!(minted.into_view().id(), id.as_str());
+    /// ```
+    pub fn id(&self) -> &str {
+        match self {
+            CreatedKeyView::Standard(v) => &v.id,
+            CreatedKeyView::Restricted(v) => &v.id,
+        }
+    }
+
+    /// The token, shown once.
+    ///
+    /// ```
+    /// # let minted = keygate::mint::example_minted();
+    /// assert!(minted.into_view().key_secret().expose_secret().starts_with("rk_"));
+    /// ```
+    pub fn key_secret(&self) -> &SecretToken {
+        match self {
+            CreatedKeyView::Standard(v) => &v.key_secret,
+            CreatedKeyView::Restricted(v) => &v.key_secret,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::{Access, Resource};
+
+    fn restricted(json: &str) -> Result<MintRequest, String> {
+        let p: RestrictedKeyCreateParameters =
+            serde_json::from_str(json).map_err(|e| alloc::format!("json: {e}"))?;
+        p.validate(1_000)
+            .map_err(|e| alloc::string::ToString::to_string(&e))
+    }
+
+    #[test]
+    fn invalid_scopes_rules() {
+        assert_eq!(
+            restricted("{}").unwrap_err(),
+            "invalid scopes: the `scopes` field is required"
+        );
+        assert_eq!(
+            restricted(r#"{"scopes":[]}"#).unwrap_err(),
+            "invalid scopes: the scopes grant no access"
+        );
+        assert_eq!(
+            restricted(r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_NONE"}]}"#)
+                .unwrap_err(),
+            "invalid scopes: the scopes grant no access"
+        );
+        assert_eq!(
+            restricted(r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS"}]}"#).unwrap_err(),
+            "invalid scopes: entry 0 lacks `access_level`"
+        );
+        assert_eq!(
+            restricted(r#"{"scopes":[{"access_level":"ACCESS_LEVEL_READ"}]}"#).unwrap_err(),
+            "invalid scopes: entry 0 lacks `resource_type`"
+        );
+        let dup = r#"{"scopes":[
+            {"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_READ"},
+            {"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_NONE"}]}"#;
+        assert_eq!(
+            restricted(dup).unwrap_err(),
+            "invalid scopes: `RESOURCE_TYPE_AGENTS` appears more than once"
+        );
+        let unknown = restricted(
+            r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_GADGETS","access_level":"ACCESS_LEVEL_READ"}]}"#,
+        );
+        assert!(unknown.unwrap_err().contains("RESOURCE_TYPE_GADGETS"));
+    }
+
+    #[test]
+    fn strict_json() {
+        assert!(restricted(r#"{"scopes":null}"#)
+            .unwrap_err()
+            .starts_with("json"));
+        assert!(restricted(r#"{"name":null,"scopes":[]}"#)
+            .unwrap_err()
+            .starts_with("json"));
+        assert!(restricted(r#"{"scopes":[{"resource_type":null}]}"#)
+            .unwrap_err()
+            .starts_with("json"));
+        assert!(restricted(r#"{"scopes":[],"extra":1}"#)
+            .unwrap_err()
+            .starts_with("json"));
+        assert!(restricted(r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_READ","x":1}]}"#)
+            .unwrap_err()
+            .starts_with("json"));
+        assert!(
+            serde_json::from_str::<ApiKeyCreateParameters>(r#"{"expires_at_ms":1.5}"#).is_err()
+        );
+        assert!(serde_json::from_str::<ApiKeyCreateParameters>(
+            r#"{"expires_at_ms":9223372036854775808}"#
+        )
+        .is_err());
+        assert!(
+            serde_json::from_str::<ApiKeyCreateParameters>(r#"{"expires_at_ms":null}"#).is_ok()
+        );
+    }
+
+    #[test]
+    fn valid_request() {
+        let r = restricted(
+            r#"{"name":"ci","expires_at_ms":2000,"scopes":[
+            {"resource_type":"RESOURCE_TYPE_OBJECTS","access_level":"ACCESS_LEVEL_READ"},
+            {"resource_type":"RESOURCE_TYPE_DEVBOXES","access_level":"ACCESS_LEVEL_WRITE"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.name(), "ci");
+        assert_eq!(r.expires_at_ms(), Some(2000));
+        assert_eq!(
+            r.scopes(),
+            Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read)
+        );
+        assert_eq!(
+            scope_entries(r.scopes()),
+            [
+                ScopeEntryView::new(Resource::Devboxes, Access::Write),
+                ScopeEntryView::new(Resource::Objects, Access::Read)
+            ]
+        );
+    }
+
+    #[test]
+    fn views_have_exactly_the_spec_fields() {
+        let minted = crate::mint::example_minted();
+        let v = serde_json::to_value(minted.into_view()).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        );
+    }
+}
