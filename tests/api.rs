@@ -1,0 +1,240 @@
+//! End-to-end flows through the public API: wire JSON → validation → policy
+//! → mint → keyring → authenticate → can.
+
+use keygate::wire::{CreatedKeyView, RestrictedKeyCreateParameters};
+use keygate::{
+    mint, Access, AuthError, Error, KeyKind, Keyring, MintError, MintPolicy, MintRequest, Pepper,
+    Resource, Scopes, Token, TokenError,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const NOW: i64 = 1_764_000_000_000;
+
+struct Gateway {
+    keyring: Keyring,
+    rng: ChaCha20Rng,
+    policy: MintPolicy,
+}
+
+impl Gateway {
+    fn new(policy: MintPolicy) -> Gateway {
+        let mut rng = ChaCha20Rng::seed_from_u64(0xC0FFEE);
+        Gateway {
+            keyring: Keyring::new(Pepper::generate(&mut rng)),
+            rng,
+            policy,
+        }
+    }
+
+    fn bootstrap(&mut self) -> String {
+        let req = MintRequest::standard(Some("bootstrap"), None, NOW).unwrap();
+        let (record, token) = mint(self.keyring.pepper(), &req, &mut self.rng, NOW).into_parts();
+        self.keyring.insert(record);
+        token.expose_secret().to_owned()
+    }
+
+    /// What a server does for `POST /v1/restricted_keys`: status and body.
+    fn create_restricted(&mut self, bearer: &str, body: &str) -> (u16, serde_json::Value) {
+        let result = (|| -> Result<CreatedKeyView, Error> {
+            let caller = self.keyring.authenticate(bearer, NOW)?;
+            let params: RestrictedKeyCreateParameters =
+                serde_json::from_str(body).map_err(|_| keygate::ValidationError::ScopesMissing)?;
+            let request = params.validate(NOW)?;
+            self.policy.authorize(&caller, &request)?;
+            let minted = mint(self.keyring.pepper(), &request, &mut self.rng, NOW);
+            self.keyring.insert(minted.record().clone());
+            Ok(minted.into_view())
+        })();
+        match result {
+            Ok(view) => (200, serde_json::to_value(view).unwrap()),
+            Err(e) => (
+                e.http_status(),
+                serde_json::json!({ "detail": e.to_string() }),
+            ),
+        }
+    }
+}
+
+fn scope_body(scopes: &str) -> String {
+    let s: Scopes = scopes.parse().unwrap();
+    let entries: Vec<_> = s
+        .iter()
+        .map(|(r, a)| serde_json::json!({"resource_type": r.api_name(), "access_level": a.api_name()}))
+        .collect();
+    serde_json::json!({ "name": "k", "scopes": entries }).to_string()
+}
+
+#[test]
+fn standard_key_mints_restricted_key_that_is_enforced() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let root = gw.bootstrap();
+    let (status, body) = gw.create_restricted(&root, &scope_body("devboxes:write,objects:read"));
+    assert_eq!(status, 200, "{body}");
+    let token = body["key_secret"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("rk_"));
+    assert_eq!(body["id"], &token[3..19]);
+    assert_eq!(body["scopes"].as_array().unwrap().len(), 2);
+    assert_eq!(body["scopes"][0]["resource_type"], "RESOURCE_TYPE_DEVBOXES");
+    assert_eq!(body["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
+    assert!(body["expires_at_ms"].is_null());
+
+    let ok = |r, a| gw.keyring.can(&token, r, a, NOW).is_ok();
+    assert!(ok(Resource::Devboxes, Access::Write));
+    assert!(ok(Resource::Devboxes, Access::Read));
+    assert!(ok(Resource::Objects, Access::Read));
+    assert!(!ok(Resource::Objects, Access::Write));
+    assert!(!ok(Resource::Account, Access::Read));
+    let err = gw
+        .keyring
+        .can(&token, Resource::Account, Access::Write, NOW)
+        .unwrap_err();
+    assert_eq!(err.http_status(), 403);
+    assert!(matches!(err, AuthError::InsufficientScope { .. }));
+}
+
+#[test]
+fn restricted_key_without_account_write_cannot_mint() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let root = gw.bootstrap();
+    let (_, body) = gw.create_restricted(&root, &scope_body("devboxes:write,account:read"));
+    let limited = body["key_secret"].as_str().unwrap().to_owned();
+    let (status, body) = gw.create_restricted(&limited, &scope_body("devboxes:read"));
+    assert_eq!(status, 403, "{body}");
+}
+
+#[test]
+fn spec_policy_allows_escalation_and_attenuation_closes_it() {
+    for (policy, wide_status) in [(MintPolicy::Spec, 200), (MintPolicy::Attenuating, 403)] {
+        let mut gw = Gateway::new(policy);
+        let root = gw.bootstrap();
+        let (_, body) = gw.create_restricted(&root, &scope_body("account:write,agents:read"));
+        let admin = body["key_secret"].as_str().unwrap().to_owned();
+        let (status, _) = gw.create_restricted(&admin, &scope_body("agents:write"));
+        assert_eq!(status, wide_status, "{policy:?}");
+        let (status, _) = gw.create_restricted(&admin, &scope_body("agents:read"));
+        assert_eq!(status, 200, "{policy:?}");
+        let caller = gw.keyring.authenticate(&admin, NOW).unwrap();
+        let standard = MintRequest::standard(None, None, NOW).unwrap();
+        let expected = match policy {
+            MintPolicy::Spec => Ok(()),
+            _ => Err(MintError::StandardFromRestricted),
+        };
+        assert_eq!(policy.authorize(&caller, &standard), expected);
+    }
+}
+
+#[test]
+fn invalid_scopes_are_400() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let root = gw.bootstrap();
+    for body in [
+        "{}",
+        r#"{"scopes":[]}"#,
+        r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_NONE"}]}"#,
+        r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS"}]}"#,
+    ] {
+        let (status, detail) = gw.create_restricted(&root, body);
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            detail["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid scopes"),
+            "{detail}"
+        );
+    }
+}
+
+#[test]
+fn credentials_failures_are_401_and_alike() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let root = gw.bootstrap();
+    let (status, _) = gw.create_restricted("", &scope_body("devboxes:read"));
+    assert_eq!(status, 401);
+
+    // Unknown id and wrong secret: the same error.
+    let parsed = Token::parse(&root).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let stranger = mint(
+        &Pepper::generate(&mut rng),
+        &MintRequest::standard(None, None, NOW).unwrap(),
+        &mut rng,
+        NOW,
+    );
+    let unknown = gw
+        .keyring
+        .authenticate(stranger.token().expose_secret(), NOW)
+        .unwrap_err();
+    assert_eq!(unknown, AuthError::InvalidCredentials);
+    assert_eq!(parsed.kind(), KeyKind::Standard);
+
+    let malformed = gw.keyring.authenticate("ak_not_a_token", NOW).unwrap_err();
+    assert_eq!(
+        malformed,
+        AuthError::Malformed(TokenError::Length { len: 14 })
+    );
+    for e in [unknown, malformed] {
+        assert_eq!(e.http_status(), 401);
+        assert!(!e.to_string().contains(&root[20..63]));
+    }
+}
+
+#[test]
+fn expiry_takes_effect() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let req = MintRequest::restricted(
+        None,
+        "objects:read".parse().unwrap(),
+        Some(NOW + 1_000),
+        NOW,
+    )
+    .unwrap();
+    let (record, token) = mint(gw.keyring.pepper(), &req, &mut gw.rng, NOW).into_parts();
+    gw.keyring.insert(record);
+    let token = token.expose_secret();
+    assert!(gw.keyring.authenticate(token, NOW + 999).is_ok());
+    let err = gw.keyring.authenticate(token, NOW + 1_000).unwrap_err();
+    assert!(
+        matches!(err, AuthError::Expired { expires_at_ms, .. } if expires_at_ms == NOW + 1_000)
+    );
+    assert_eq!(err.http_status(), 401);
+}
+
+#[test]
+fn revoke_stops_a_key() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let root = gw.bootstrap();
+    let id = Token::parse(&root).unwrap().key_id();
+    assert!(gw.keyring.authenticate(&root, NOW).is_ok());
+    assert!(gw.keyring.revoke(&id).is_some());
+    assert_eq!(
+        gw.keyring.authenticate(&root, NOW),
+        Err(AuthError::InvalidCredentials)
+    );
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_errors() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let req = MintRequest::standard(Some("x"), None, NOW).unwrap();
+    let minted = mint(gw.keyring.pepper(), &req, &mut gw.rng, NOW);
+    let secret = minted.token().expose_secret().to_owned();
+    let secret_part = &secret[20..63];
+    let shown = [
+        format!("{minted:?}"),
+        format!("{:?}", minted.record()),
+        format!("{:?}", minted.token()),
+        format!("{}", minted.token()),
+        format!("{:?}", Token::parse(&secret).unwrap()),
+        format!("{}", Token::parse(&secret).unwrap()),
+        format!("{:?}", gw.keyring),
+        serde_json::to_string(minted.record()).unwrap(),
+    ];
+    for s in shown {
+        assert!(!s.contains(secret_part), "{s}");
+    }
+    let view = minted.into_view();
+    assert!(!format!("{view:?}").contains(secret_part));
+    assert!(serde_json::to_string(&view).unwrap().contains(&secret));
+}
