@@ -213,7 +213,9 @@ impl<'de> Deserialize<'de> for SecretHash {
 /// `Debug` and `Display` are redacted, the text is zeroized on drop, and the
 /// type does not implement `Serialize`: reading it takes an explicit
 /// [`SecretToken::expose_secret`]. It does implement `Deserialize`, for
-/// clients that read a created view.
+/// clients that read a created view. It has no `PartialEq`, so nobody compares
+/// secrets with a short-circuiting `==`: verify tokens with a
+/// [`Keyring`](crate::Keyring), which compares digests in constant time.
 ///
 /// ```
 /// # let text = keygate::token::example_token();
@@ -221,7 +223,7 @@ impl<'de> Deserialize<'de> for SecretHash {
 /// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
 /// assert_eq!(token.expose_secret(), text);
 /// ```
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop, Deserialize)]
+#[derive(Clone, Zeroize, ZeroizeOnDrop, Deserialize)]
 #[serde(transparent)]
 pub struct SecretToken(alloc::string::String);
 

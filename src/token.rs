@@ -237,7 +237,8 @@ impl<'de> Deserialize<'de> for KeyId {
 /// A parsed token, borrowed from the caller's buffer.
 ///
 /// Parsing checks the layout and the checksum, never panics and never
-/// allocates. It says nothing about whether the key exists: that is
+/// allocates. It has no `PartialEq`, since that would compare secrets in
+/// variable time. It says nothing about whether the key exists: that is
 /// [`Keyring::verify`](crate::Keyring::verify)'s job. `Debug` and `Display`
 /// show the kind and id, never the secret.
 ///
@@ -252,10 +253,10 @@ impl<'de> Deserialize<'de> for KeyId {
 /// let token = Token::parse(text)?;
 /// assert_eq!(token.kind(), KeyKind::Standard);
 /// assert!(!format!("{token:?}").contains(&text[20..]));
-/// assert_eq!(Token::parse("ak_short"), Err(TokenError::Length { len: 8 }));
+/// assert_eq!(Token::parse("ak_short").err(), Some(TokenError::Length { len: 8 }));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Token<'a> {
     kind: KeyKind,
     id: KeyId,
@@ -281,7 +282,7 @@ impl<'a> Token<'a> {
     /// ```
     /// use keygate::{Token, TokenError};
     /// let bad = [b'x'; 69];
-    /// assert_eq!(Token::parse_bytes(&bad), Err(TokenError::Prefix));
+    /// assert_eq!(Token::parse_bytes(&bad).err(), Some(TokenError::Prefix));
     /// ```
     pub fn parse_bytes(bytes: &'a [u8]) -> Result<Token<'a>, TokenError> {
         let all: &[u8; TOKEN_LEN] = bytes
@@ -504,34 +505,34 @@ mod tests {
         let text = sample();
         let b = text.as_bytes();
         assert_eq!(
-            Token::parse_bytes(&b[..68]),
-            Err(TokenError::Length { len: 68 })
+            Token::parse_bytes(&b[..68]).err(),
+            Some(TokenError::Length { len: 68 })
         );
         let mut long = b.to_vec();
         long.push(b'a');
         assert_eq!(
-            Token::parse_bytes(&long),
-            Err(TokenError::Length { len: 70 })
+            Token::parse_bytes(&long).err(),
+            Some(TokenError::Length { len: 70 })
         );
         let mut x = b.to_vec();
         x[0] = b'g';
-        assert_eq!(Token::parse_bytes(&x), Err(TokenError::Prefix));
+        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Prefix));
         let mut x = b.to_vec();
         x[19] = b'a';
-        assert_eq!(Token::parse_bytes(&x), Err(TokenError::Separator));
+        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Separator));
         let mut x = b.to_vec();
         x[30] = b'-';
         assert_eq!(
-            Token::parse_bytes(&x),
-            Err(TokenError::Character { position: 30 })
+            Token::parse_bytes(&x).err(),
+            Some(TokenError::Character { position: 30 })
         );
         let mut x = b.to_vec();
         x[30] = if x[30] == b'y' { b'z' } else { b'y' };
-        assert_eq!(Token::parse_bytes(&x), Err(TokenError::Checksum));
+        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Checksum));
         // A checksum that overflows u32 is a checksum error, not a panic.
         let mut x = b.to_vec();
         x[63..].copy_from_slice(b"zzzzzz");
-        assert_eq!(Token::parse_bytes(&x), Err(TokenError::Checksum));
+        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Checksum));
     }
 
     #[test]

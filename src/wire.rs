@@ -229,7 +229,7 @@ pub fn scope_entries(scopes: Scopes) -> Vec<ScopeEntryView> {
 /// assert!(json["expires_at_ms"].is_null());
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyCreatedView {
     /// The key id.
@@ -253,7 +253,7 @@ pub struct ApiKeyCreatedView {
 /// assert_eq!(json["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestrictedKeyCreatedView {
     /// The key id.
@@ -276,7 +276,7 @@ pub struct RestrictedKeyCreatedView {
 /// let view = minted.into_view();
 /// assert_eq!(view.id().len(), 16);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum CreatedKeyView {
     /// From `POST /v1/apikeys`.
