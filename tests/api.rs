@@ -238,3 +238,31 @@ fn secrets_never_show_in_debug_or_errors() {
     assert!(!format!("{view:?}").contains(secret_part));
     assert!(serde_json::to_string(&view).unwrap().contains(&secret));
 }
+
+#[test]
+fn documented_regex_finds_minted_tokens_in_text() {
+    let re = regex_lite::Regex::new(keygate::token::TOKEN_REGEX).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let pepper = Pepper::generate(&mut rng);
+    for request in [
+        MintRequest::standard(None, None, NOW).unwrap(),
+        MintRequest::restricted(None, Scopes::all(), None, NOW).unwrap(),
+    ] {
+        let token = mint(&pepper, &request, &mut rng, NOW).token().expose_secret().to_owned();
+        let text = format!("export KEY=\"{token}\"\nurl=https://x/?k={token}&y=1");
+        let found: Vec<&str> = re.find_iter(&text).map(|m| m.as_str()).collect();
+        assert_eq!(found, [token.as_str(), token.as_str()]);
+        // Glued to more word characters, it is not a token.
+        assert!(!re.is_match(&format!("{token}x")));
+        assert!(!re.is_match(&format!("x{token}")));
+        assert!(!re.is_match(&token[..68]));
+    }
+}
+
+#[test]
+fn keyring_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Keyring>();
+    assert_send_sync::<keygate::Principal>();
+    assert_send_sync::<keygate::KeyRecord>();
+}
