@@ -24,12 +24,202 @@ impl BuildHasher for IdHasher {
     }
 }
 
+/// The most keys [`Keyring::with_capacity`] reserves room for up front.
+const MAX_PREALLOCATED_KEYS: usize = 1 << 20;
+
+/// How many consecutive slots of a [`DigestIndex`] may hold the keys whose
+/// home is one slot; every lookup reads all of them.
+const WINDOW: usize = 8;
+
+/// One slot of a [`DigestIndex`]: a key id and its stored digest.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// The id's 16 bytes as one number. 0 marks an empty slot: a key id is
+    /// base62 text, so none is 16 zero bytes.
+    id: u128,
+    /// The digest's 32 bytes as little-endian words.
+    digest: [u64; 4],
+}
+
+/// The stored digests by key id, laid out so that a lookup does the same
+/// work and reads the same amount of memory whether or not the id is known.
+///
+/// A hash map answers a miss faster than a hit (a hit also loads and
+/// compares the stored key), and dudect tells the two apart within a million
+/// samples. Here a key lives in one of the [`WINDOW`] slots that follow its
+/// home slot (`hash(id) & mask`, open addressing without displacement); a
+/// lookup reads all [`WINDOW`] slots and selects the digest with masks, with
+/// no branch on whether a slot matched. The table is at most half full and
+/// doubles when a window overflows.
+#[derive(Clone)]
+struct DigestIndex {
+    slots: alloc::vec::Vec<Slot>,
+    /// `slots.len() - 1`; `slots.len()` is a power of two.
+    mask: usize,
+    len: usize,
+}
+
+impl DigestIndex {
+    /// Room for `capacity` keys (preallocating for at most 2^20).
+    fn with_capacity(capacity: usize) -> DigestIndex {
+        DigestIndex::with_slots(capacity.min(MAX_PREALLOCATED_KEYS).saturating_mul(2))
+    }
+
+    fn with_slots(slots: usize) -> DigestIndex {
+        let size = slots
+            .max(2 * WINDOW)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << (usize::BITS - 1));
+        DigestIndex {
+            slots: alloc::vec![Slot::default(); size],
+            mask: size - 1,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn key(id: &KeyId) -> u128 {
+        u128::from_le_bytes(*id.as_bytes())
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u128) -> usize {
+        (IdHasher.hash_one(key) as usize) & self.mask
+    }
+
+    fn words(digest: &SecretHash) -> [u64; 4] {
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(digest.as_bytes().chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(bytes);
+        }
+        words
+    }
+
+    fn digest(words: &[u64; 4]) -> SecretHash {
+        let mut bytes = [0u8; 32];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        SecretHash::from_bytes(bytes)
+    }
+
+    /// Puts `key` in its window: over its old slot, or in the first free
+    /// one. False if the window is full.
+    fn place(&mut self, key: u128, digest: [u64; 4]) -> bool {
+        let home = self.home(key);
+        let mut free = None;
+        for j in 0..WINDOW {
+            let at = home.wrapping_add(j) & self.mask;
+            if let Some(slot) = self.slots.get_mut(at) {
+                if slot.id == key {
+                    slot.digest = digest;
+                    return true;
+                }
+                if slot.id == 0 && free.is_none() {
+                    free = Some(at);
+                }
+            }
+        }
+        match free.and_then(|at| self.slots.get_mut(at)) {
+            Some(slot) => {
+                *slot = Slot { id: key, digest };
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, id: &KeyId, digest: &SecretHash) {
+        let (key, digest) = (DigestIndex::key(id), DigestIndex::words(digest));
+        if self.len.saturating_add(1).saturating_mul(2) > self.slots.len() {
+            self.grow();
+        }
+        while !self.place(key, digest) {
+            self.grow();
+        }
+    }
+
+    /// Rebuilds at twice the size, or larger, until every key fits its window.
+    fn grow(&mut self) {
+        let mut size = self.slots.len().saturating_mul(2);
+        loop {
+            let mut bigger = DigestIndex::with_slots(size);
+            let fits = self
+                .slots
+                .iter()
+                .filter(|slot| slot.id != 0)
+                .all(|slot| bigger.place(slot.id, slot.digest));
+            if fits || size >= 1 << (usize::BITS - 2) {
+                *self = bigger;
+                return;
+            }
+            size = size.saturating_mul(2);
+        }
+    }
+
+    fn remove(&mut self, id: &KeyId) {
+        let key = DigestIndex::key(id);
+        let home = self.home(key);
+        for j in 0..WINDOW {
+            if let Some(slot) = self.slots.get_mut(home.wrapping_add(j) & self.mask) {
+                if slot.id == key {
+                    *slot = Slot::default();
+                    self.len -= 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The digest stored for `id` and an all-ones mask, or `decoy` and 0.
+    /// It reads the [`WINDOW`] slots from the id's home and merges each with
+    /// a mask, the same work for a known and an unknown id.
+    #[inline]
+    fn lookup(&self, id: &KeyId, decoy: &SecretHash) -> (u64, SecretHash) {
+        let key = DigestIndex::key(id);
+        let home = self.home(key);
+        let window = || (0..WINDOW).map(move |j| self.slots.get(home.wrapping_add(j) & self.mask));
+        // Pass 1: per slot, all ones if it holds `key`, else 0. The masks
+        // are independent of each other, so the CPU computes them in
+        // parallel.
+        let mut equal = [0u64; WINDOW];
+        for (mask, slot) in equal.iter_mut().zip(window()) {
+            let diff = slot.map_or(0, |slot| slot.id) ^ key;
+            // `x | -x` has its top bit set iff x != 0.
+            let differs = ((diff | diff.wrapping_neg()) >> 127) as u64;
+            *mask = differs.wrapping_sub(1);
+        }
+        // The barrier hides that each mask is 0 or all ones, so the
+        // optimizer can't turn the merge below into branches.
+        let equal = core::hint::black_box(equal);
+        // Pass 2: OR in each slot's digest under its mask (at most one is
+        // set), then the decoy if none was.
+        let mut found = 0u64;
+        let mut digest = [0u64; 4];
+        for (mask, slot) in equal.iter().zip(window()) {
+            let stored = slot.map_or([0; 4], |slot| slot.digest);
+            found |= mask;
+            for (word, stored) in digest.iter_mut().zip(stored) {
+                *word |= stored & mask;
+            }
+        }
+        for (word, decoy) in digest.iter_mut().zip(DigestIndex::words(decoy)) {
+            *word |= decoy & !found;
+        }
+        (found, DigestIndex::digest(&digest))
+    }
+}
+
 /// The keys a gateway knows, by id, and the checks of the request hot path.
 ///
-/// [`Keyring::authenticate`] parses a token, finds its record, recomputes the
-/// secret's digest and compares it in constant time. It allocates nothing.
-/// An unknown id is hashed against a decoy digest, so it costs the same as a
-/// wrong secret and returns the same error.
+/// [`Keyring::authenticate`] parses a token, finds its stored digest,
+/// recomputes the secret's digest and compares it in constant time. It
+/// allocates nothing. The digest lookup does the same work for an unknown
+/// id, which is checked against a decoy digest, so it costs the same as a
+/// wrong secret and returns the same error (see `SECURITY.md`, Timing).
 ///
 /// ```
 /// use keygate::{Access, Keyring, MintRequest, Pepper, Resource};
@@ -51,6 +241,8 @@ pub struct Keyring {
     pepper: Pepper,
     decoy: SecretHash,
     keys: HashMap<KeyId, KeyRecord, IdHasher>,
+    /// The digests of `keys`, for [`Keyring::verify`]; kept in step with it.
+    index: DigestIndex,
 }
 
 impl Keyring {
@@ -66,17 +258,23 @@ impl Keyring {
 
     /// An empty keyring with room for `capacity` keys.
     ///
+    /// `capacity` is a hint: at most 2^20 keys' room is reserved up front
+    /// (an absurd value such as `usize::MAX` must not panic or abort), and
+    /// the keyring grows past it as keys are inserted.
+    ///
     /// ```
     /// let keyring = keygate::Keyring::with_capacity(keygate::Pepper::from_bytes(&[0u8; 32]), 1024);
     /// assert_eq!(keyring.len(), 0);
     /// ```
     pub fn with_capacity(pepper: Pepper, capacity: usize) -> Keyring {
+        let capacity = capacity.min(MAX_PREALLOCATED_KEYS);
         // The decoy is a digest no token can match short of a blake3 preimage.
         let decoy = pepper.digest_parts(KeyKind::Standard, &EXAMPLE_KEY_ID, &[0u8; SECRET_LEN]);
         Keyring {
             pepper,
             decoy,
             keys: HashMap::with_capacity_and_hasher(capacity, IdHasher),
+            index: DigestIndex::with_capacity(capacity),
         }
     }
 
@@ -98,6 +296,7 @@ impl Keyring {
     /// assert_eq!(keyring.len(), 1);
     /// ```
     pub fn insert(&mut self, record: KeyRecord) -> Option<KeyRecord> {
+        self.index.insert(&record.id(), &record.secret_hash());
         self.keys.insert(record.id(), record)
     }
 
@@ -112,6 +311,7 @@ impl Keyring {
     /// assert!(keyring.get(&id).is_none());
     /// ```
     pub fn revoke(&mut self, id: &KeyId) -> Option<KeyRecord> {
+        self.index.remove(id);
         self.keys.remove(id)
     }
 
@@ -203,23 +403,25 @@ impl Keyring {
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
     pub fn verify(&self, token: &Token<'_>, now_ms: i64) -> Result<Principal, AuthError> {
-        let record = self.keys.get(&token.key_id());
-        let expected = match record {
-            Some(record) => record.secret_hash(),
-            None => self.decoy,
-        };
+        let id = token.key_id();
+        // The same work for a known and an unknown id (see `DigestIndex`).
+        let (found, expected) = self.index.lookup(&id, &self.decoy);
         // `SecretHash` equality is blake3's constant-time comparison.
         let matches = self.pepper.digest(token) == expected;
-        match record {
-            Some(record) if matches && record.kind() == token.kind() => {
-                match record.expires_at_ms() {
-                    Some(expires_at_ms) if now_ms >= expires_at_ms => Err(AuthError::Expired {
-                        id: record.id(),
-                        expires_at_ms,
-                    }),
-                    _ => Ok(record.principal()),
-                }
-            }
+        // One mask and one branch, on the outcome alone: not on `found`
+        // first (LLVM may split a branch on `a && b`, or even on `a & b`).
+        let accepted = core::hint::black_box(found & u64::from(matches).wrapping_neg());
+        if accepted == 0 {
+            return Err(AuthError::InvalidCredentials);
+        }
+        match self.keys.get(&id) {
+            Some(record) if record.kind() == token.kind() => match record.expires_at_ms() {
+                Some(expires_at_ms) if now_ms >= expires_at_ms => Err(AuthError::Expired {
+                    id: record.id(),
+                    expires_at_ms,
+                }),
+                _ => Ok(record.principal()),
+            },
             _ => Err(AuthError::InvalidCredentials),
         }
     }
@@ -360,6 +562,59 @@ mod tests {
             keyring.authenticate(moved.expose_secret(), 1),
             Err(AuthError::InvalidCredentials)
         );
+    }
+
+    #[test]
+    fn digest_index_follows_inserts_revokes_and_growth() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+        // Capacity 0: the index starts at its minimum and grows many times.
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let mut tokens = alloc::vec::Vec::new();
+        for _ in 0..3_000 {
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            keyring.insert(record);
+            tokens.push(token);
+        }
+        assert_eq!(keyring.index.len, 3_000);
+        assert!(keyring.index.slots.len() >= 6_000);
+        for t in &tokens {
+            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+        }
+        for t in tokens.iter().step_by(2) {
+            let id = t.parse().unwrap().key_id();
+            assert!(keyring.revoke(&id).is_some());
+            assert!(keyring.revoke(&id).is_none());
+        }
+        assert_eq!(keyring.index.len, 1_500);
+        for (i, t) in tokens.iter().enumerate() {
+            let result = keyring.authenticate(t.expose_secret(), 1);
+            assert_eq!(result.is_ok(), i % 2 == 1, "token {i}");
+        }
+        // Replacing a record replaces its digest: the old token stops working.
+        let id = tokens[1].parse().unwrap().key_id();
+        let old = keyring.get(&id).unwrap().clone();
+        let replacement = KeyRecord::new(
+            id,
+            old.kind(),
+            old.name().into(),
+            SecretHash::from_bytes([9; 32]),
+            old.scopes(),
+            None,
+            0,
+        );
+        keyring.insert(replacement);
+        assert_eq!(keyring.index.len, 1_500);
+        assert_eq!(
+            keyring.authenticate(tokens[1].expose_secret(), 1),
+            Err(AuthError::InvalidCredentials)
+        );
+        // The lookup selects the stored digest, or the decoy with mask 0.
+        let (found, digest) = keyring.index.lookup(&id, &keyring.decoy);
+        assert_eq!((found, digest), (u64::MAX, SecretHash::from_bytes([9; 32])));
+        let unknown = KeyId::parse("0000000000000000").unwrap();
+        let (found, digest) = keyring.index.lookup(&unknown, &keyring.decoy);
+        assert_eq!((found, digest), (0, keyring.decoy));
     }
 
     #[test]

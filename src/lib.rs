@@ -29,6 +29,8 @@
 //! # Features
 //! * `std` (default): [`os_entropy`], and runtime CPU detection in crc32fast
 //!   and blake3. Without it the crate is `no_std` with `alloc`.
+//! * `tower`: a tower layer that enforces `can(resource, access)` on a
+//!   route, with 401/403 problem+json answers (implies `std`).
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -43,6 +45,8 @@ pub mod mint;
 pub mod scope;
 pub mod secret;
 pub mod token;
+#[cfg(feature = "tower")]
+pub mod tower;
 pub mod wire;
 
 pub use error::{AuthError, Error, MintError, ScopeParseError, TokenError, ValidationError};

@@ -11,6 +11,11 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use core::fmt;
+use core::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ValidationError;
@@ -34,6 +39,55 @@ fn expose_token<S: Serializer>(token: &SecretToken, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(token.expose_secret())
 }
 
+/// A type whose derived (`remote = "Self"`) deserializer reads a map.
+trait FromObject<'de>: Sized {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+}
+
+/// Accepts a JSON object only. serde's derived struct deserializers also take
+/// a sequence (`["name", 5]`), which the spec's `type: object` forbids.
+struct ObjectOnly<T>(PhantomData<T>);
+
+impl<'de, T: FromObject<'de>> Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::from_map(map)
+    }
+}
+
+/// Implements `Serialize` and an object-only `Deserialize` from the inherent
+/// functions that `#[serde(remote = "Self")]` derives.
+macro_rules! object_serde {
+    ($($ty:ident),*) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                $ty::serialize(self, serializer)
+            }
+        }
+        impl<'de> FromObject<'de> for $ty {
+            fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+                $ty::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_map(ObjectOnly(PhantomData))
+            }
+        }
+    )*};
+}
+
+object_serde!(
+    ApiKeyCreateParameters,
+    RestrictedKeyCreateParameters,
+    ScopeEntryView,
+    ApiKeyCreatedView,
+    RestrictedKeyCreatedView
+);
+
 /// Body of `POST /v1/apikeys` (`ApiKeyCreateParameters`).
 ///
 /// ```
@@ -45,7 +99,7 @@ fn expose_token<S: Serializer>(token: &SecretToken, s: S) -> Result<S::Ok, S::Er
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ApiKeyCreateParameters {
     /// The key's name; [`DEFAULT_KEY_NAME`](crate::DEFAULT_KEY_NAME) if absent.
     #[serde(
@@ -88,7 +142,7 @@ impl ApiKeyCreateParameters {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RestrictedKeyCreateParameters {
     /// The key's name; [`DEFAULT_KEY_NAME`](crate::DEFAULT_KEY_NAME) if absent.
     #[serde(
@@ -166,7 +220,7 @@ impl RestrictedKeyCreateParameters {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ScopeEntryView {
     /// The resource.
     #[serde(
@@ -230,7 +284,7 @@ pub fn scope_entries(scopes: Scopes) -> Vec<ScopeEntryView> {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ApiKeyCreatedView {
     /// The key id.
     pub id: String,
@@ -254,7 +308,7 @@ pub struct ApiKeyCreatedView {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RestrictedKeyCreatedView {
     /// The key id.
     pub id: String,
@@ -389,6 +443,16 @@ mod tests {
         assert!(
             serde_json::from_str::<ApiKeyCreateParameters>(r#"{"expires_at_ms":null}"#).is_ok()
         );
+    }
+
+    #[test]
+    fn objects_only() {
+        assert!(restricted("[]").unwrap_err().contains("a JSON object"));
+        assert!(serde_json::from_str::<ApiKeyCreateParameters>("[]").is_err());
+        assert!(serde_json::from_str::<ApiKeyCreateParameters>(r#"["x", 5]"#).is_err());
+        let seq_entry = r#"{"scopes":[["RESOURCE_TYPE_AGENTS","ACCESS_LEVEL_READ"]]}"#;
+        assert!(restricted(seq_entry).unwrap_err().starts_with("json"));
+        assert!(serde_json::from_str::<ApiKeyCreateParameters>("{}").is_ok());
     }
 
     #[test]

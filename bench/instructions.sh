@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Server instructions per request, /v1/authorize vs /healthz, counted by
+# valgrind's callgrind: unlike req/s, the count does not depend on what else
+# the machine is doing, so it shows what authorizing costs the server.
+#
+#   bench/instructions.sh
+#
+# The release server runs under callgrind with instrumentation on; each route
+# is warmed, then loaded with wrk for LOAD_SECONDS (5) while callgrind counts; the
+# server's log lines give the number of requests in each window.
+# Needs valgrind and wrk (Debian packages).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SECONDS_PER_ROUTE=${LOAD_SECONDS:-5}
+for tool in valgrind callgrind_control wrk; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
+done
+cargo build --quiet --release -p keygate-server
+BIN="$ROOT/target/release/keygate"
+
+WORK=$(mktemp -d)
+VG_PID=
+cleanup() {
+    if [ -n "$VG_PID" ]; then kill "$VG_PID" 2>/dev/null || true; wait "$VG_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+TOKEN=$("$BIN" mint --db "$WORK/k.db" --name load --scope devboxes:read \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_secret"])')
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+    "$BIN" serve --listen 127.0.0.1:0 --db "$WORK/k.db" 2> "$WORK/server.log" &
+VG_PID=$!
+ADDR=
+for _ in $(seq 300); do
+    ADDR=$(sed -n 's/^listening on //p' "$WORK/server.log")
+    [ -n "$ADDR" ] && break
+    sleep 0.2
+done
+[ -n "$ADDR" ] || { cat "$WORK/server.log" >&2; exit 1; }
+
+HEALTHZ="http://$ADDR/healthz"
+AUTHORIZE="http://$ADDR/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ"
+AUTH_HEADER="Authorization: Bearer $TOKEN"
+
+load() { # NAME SECONDS URL [HEADER]
+    if [ -n "${4:-}" ]; then wrk -t1 -c4 -d"$2"s -H "$4" "$3" >/dev/null; else wrk -t1 -c4 -d"$2"s "$3" >/dev/null; fi
+}
+count() { grep -c "path=$1 status=$2" "$WORK/server.log" || true; }
+
+# measure NAME PATH STATUS URL [HEADER] -> instructions per request
+measure() {
+    load "$1" 1 "$4" "${5:-}"
+    callgrind_control -z "$VG_PID" >/dev/null
+    local n0 n1
+    n0=$(count "$2" "$3")
+    load "$1" "$SECONDS_PER_ROUTE" "$4" "${5:-}"
+    sleep 0.5
+    n1=$(count "$2" "$3")
+    callgrind_control -d "$1" "$VG_PID" >/dev/null
+    local file total
+    file=$(ls -t "$WORK"/cg.out.* | head -1)
+    total=$(awk '/^totals:/ {print $2}' "$file")
+    awk -v t="$total" -v n=$((n1 - n0)) -v name="$1" \
+        'BEGIN {printf "%-10s %8d requests %14d instructions %8.0f per request\n", name, n, t, t / n}'
+    echo "$total $((n1 - n0))" > "$WORK/$1.count"
+    # KEEP=DIR keeps the dumps, for callgrind_annotate.
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$file" "$KEEP/$1.callgrind"; fi
+}
+
+measure healthz /healthz 200 "$HEALTHZ"
+measure authorize /v1/authorize 204 "$AUTHORIZE" "$AUTH_HEADER"
+read -r th nh < "$WORK/healthz.count"
+read -r ta na < "$WORK/authorize.count"
+awk -v th="$th" -v nh="$nh" -v ta="$ta" -v na="$na" \
+    'BEGIN {printf "healthz/authorize instructions per request: %.1f%%\n", 100 * (th / nh) / (ta / na)}'

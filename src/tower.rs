@@ -1,0 +1,605 @@
+//! HTTP glue (feature `tower`): read a bearer token, authenticate it, require
+//! a scope, and answer refusals as RFC 9457 problem details with RFC 6750
+//! `WWW-Authenticate` headers.
+//!
+//! [`RequireScope`] is a [`tower_layer::Layer`] that enforces
+//! `can(resource, access)` on every request of the service it wraps, so it
+//! works with axum, hyper, tonic or any other tower stack:
+//!
+//! * no, or a non-bearer, `Authorization` header, or a malformed, unknown,
+//!   wrong or expired token: **401** with
+//!   `WWW-Authenticate: Bearer error="invalid_token"`;
+//! * a valid key without the scope: **403** with
+//!   `WWW-Authenticate: Bearer error="insufficient_scope"`;
+//! * otherwise the request reaches the inner service with the verified
+//!   [`Principal`] in its extensions (and in the response's, for logging).
+//!
+//! The keys come from anything that implements [`Authenticate`]: a
+//! [`Keyring`], an `RwLock<Keyring>`, an `Arc` of either, or your own type
+//! (keygate's server implements it to fall back to its database). The time
+//! comes from a clock function, [`system_now_ms`] unless you pass another.
+//!
+//! ```
+//! use std::sync::{Arc, RwLock};
+//! use keygate::tower::RequireScope;
+//! use keygate::{Access, Keyring, Pepper, Resource};
+//!
+//! let keyring = Arc::new(RwLock::new(Keyring::new(Pepper::from_bytes(&[7u8; 32]))));
+//! let layer = RequireScope::new(keyring, Resource::Devboxes, Access::Write);
+//! // axum: Router::new().route("/devboxes", post(handler)).layer(layer)
+//! # let _ = layer;
+//! ```
+
+use std::string::{String, ToString};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+
+use crate::error::AuthError;
+use crate::key::Principal;
+use crate::keyring::Keyring;
+use crate::scope::{Access, Resource};
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// `WWW-Authenticate` of a 401 (RFC 6750 section 3.1).
+pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer error=\"invalid_token\"";
+
+/// `WWW-Authenticate` of a 403 (RFC 6750 section 3.1).
+pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = "Bearer error=\"insufficient_scope\"";
+
+/// Why a request was refused: a 401 or a 403.
+///
+/// ```
+/// use keygate::tower::Rejection;
+/// assert_eq!(Rejection::Missing.http_status(), 401);
+/// assert_eq!(Rejection::Missing.to_string(), "missing `Authorization: Bearer` credential");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// No `Authorization` header.
+    #[error("missing `Authorization: Bearer` credential")]
+    Missing,
+    /// An `Authorization` header that is not one `Bearer <token>`.
+    #[error("the `Authorization` header is not a bearer credential")]
+    NotBearer,
+    /// The token was refused, or lacks the scope; see [`AuthError`].
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl Rejection {
+    /// 403 for [`AuthError::InsufficientScope`], 401 otherwise.
+    ///
+    /// ```
+    /// use keygate::{tower::Rejection, AuthError};
+    /// assert_eq!(Rejection::from(AuthError::InvalidCredentials).http_status(), 401);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            Rejection::Auth(e) => e.http_status(),
+            _ => 401,
+        }
+    }
+
+    /// The key id the rejection names, if any (an expired key, or one that
+    /// lacks the scope). Public information, safe to log.
+    ///
+    /// ```
+    /// assert!(keygate::tower::Rejection::NotBearer.key_id().is_none());
+    /// ```
+    pub fn key_id(&self) -> Option<crate::KeyId> {
+        match self {
+            Rejection::Auth(AuthError::Expired { id, .. })
+            | Rejection::Auth(AuthError::InsufficientScope { id, .. }) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The RFC 6750 challenge for the `WWW-Authenticate` header.
+    ///
+    /// ```
+    /// use keygate::tower::{Rejection, INVALID_TOKEN_CHALLENGE};
+    /// assert_eq!(Rejection::Missing.challenge(), INVALID_TOKEN_CHALLENGE);
+    /// ```
+    pub const fn challenge(&self) -> &'static str {
+        if self.http_status() == 403 {
+            INSUFFICIENT_SCOPE_CHALLENGE
+        } else {
+            INVALID_TOKEN_CHALLENGE
+        }
+    }
+
+    /// The 401 or 403 response: problem+json body, `WWW-Authenticate`
+    /// header, and the rejection itself in the response extensions.
+    ///
+    /// ```
+    /// use keygate::tower::Rejection;
+    /// let response: http::Response<String> = Rejection::Missing.to_response();
+    /// assert_eq!(response.status(), 401);
+    /// assert_eq!(response.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
+    /// ```
+    pub fn to_response<B: From<String>>(&self) -> Response<B> {
+        let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut response = problem(status, &self.to_string());
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(self.challenge()));
+        response.extensions_mut().insert(*self);
+        response
+    }
+}
+
+/// A problem details document (RFC 9457): `type` `about:blank`, `title` the
+/// status's reason phrase, `status`, and `detail`.
+///
+/// `detail` must not hold a secret; keygate's error messages never do.
+///
+/// ```
+/// let r: http::Response<String> = keygate::tower::problem(http::StatusCode::BAD_REQUEST, "bad `x`");
+/// assert_eq!(r.headers()["content-type"], "application/problem+json");
+/// let body: serde_json::Value = serde_json::from_str(r.body())?;
+/// assert_eq!(
+///     body,
+///     serde_json::json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "bad `x`"})
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn problem<B: From<String>>(status: StatusCode, detail: &str) -> Response<B> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    })
+    .to_string();
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive; spaces before the token are skipped. Nothing is copied.
+///
+/// ```
+/// use keygate::tower::{bearer_token, Rejection};
+/// let mut headers = http::HeaderMap::new();
+/// assert_eq!(bearer_token(&headers), Err(Rejection::Missing));
+/// headers.insert("authorization", "bEaReR abc".parse()?);
+/// assert_eq!(bearer_token(&headers), Ok(&b"abc"[..]));
+/// headers.insert("authorization", "Basic abc".parse()?);
+/// assert_eq!(bearer_token(&headers), Err(Rejection::NotBearer));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Rejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(Rejection::Missing)?;
+    if values.next().is_some() {
+        return Err(Rejection::NotBearer);
+    }
+    let bytes = value.as_bytes();
+    let split = bytes
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(Rejection::NotBearer)?;
+    let (scheme, rest) = bytes.split_at(split);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(Rejection::NotBearer);
+    }
+    let start = rest
+        .iter()
+        .position(|&b| b != b' ')
+        .ok_or(Rejection::NotBearer)?;
+    rest.get(start..).ok_or(Rejection::NotBearer)
+}
+
+/// A source of keys that checks a presented token at a given time.
+pub trait Authenticate {
+    /// Verifies `token` (the raw bearer token) at `now_ms`, Unix milliseconds.
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError>;
+}
+
+impl Authenticate for Keyring {
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        self.authenticate_bytes(token, now_ms)
+    }
+}
+
+impl<A: Authenticate + ?Sized> Authenticate for RwLock<A> {
+    /// Takes the read lock (a poisoned lock still reads: the keyring has
+    /// no invariant a panicking writer could break halfway).
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        self.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .authenticate(token, now_ms)
+    }
+}
+
+impl<A: Authenticate + ?Sized> Authenticate for Arc<A> {
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now_ms)
+    }
+}
+
+impl<A: Authenticate + ?Sized> Authenticate for &A {
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now_ms)
+    }
+}
+
+/// Authenticates the bearer token of `headers` at `now_ms`.
+///
+/// ```
+/// use keygate::tower::{authenticate_headers, Rejection};
+/// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+/// let headers = http::HeaderMap::new();
+/// assert_eq!(authenticate_headers(&keyring, &headers, 0), Err(Rejection::Missing));
+/// ```
+#[inline]
+pub fn authenticate_headers<A: Authenticate + ?Sized>(
+    auth: &A,
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> Result<Principal, Rejection> {
+    Ok(auth.authenticate(bearer_token(headers)?, now_ms)?)
+}
+
+/// Authenticates the bearer token of `headers` at `now_ms`, then requires
+/// `access` on `resource`: what [`RequireScope`] does to each request.
+///
+/// ```
+/// use keygate::tower::{authorize_headers, Rejection};
+/// use keygate::{Access, Resource};
+/// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("authorization", "Bearer ak_nope".parse()?);
+/// let err = authorize_headers(&keyring, &headers, Resource::Agents, Access::Read, 0).unwrap_err();
+/// assert_eq!(err.http_status(), 401);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn authorize_headers<A: Authenticate + ?Sized>(
+    auth: &A,
+    headers: &HeaderMap,
+    resource: Resource,
+    access: Access,
+    now_ms: i64,
+) -> Result<Principal, Rejection> {
+    let principal = authenticate_headers(auth, headers, now_ms)?;
+    principal.require(resource, access)?;
+    Ok(principal)
+}
+
+/// The system clock in Unix milliseconds (0 before 1970, saturating).
+///
+/// ```
+/// assert!(keygate::tower::system_now_ms() > 1_700_000_000_000);
+/// ```
+pub fn system_now_ms() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        // Seconds and millis apart: no 128-bit division on the hot path.
+        Ok(d) => i64::try_from(d.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000)
+            .saturating_add(i64::from(d.subsec_millis())),
+        Err(_) => 0,
+    }
+}
+
+/// A tower layer that lets a request through only if its bearer token may
+/// act on `resource` at `access`. See the [module docs](self).
+///
+/// ```
+/// use keygate::tower::RequireScope;
+/// use keygate::{Access, Keyring, Pepper, Resource};
+/// let keyring = std::sync::Arc::new(Keyring::new(Pepper::from_bytes(&[1u8; 32])));
+/// let layer = RequireScope::new(keyring, Resource::Objects, Access::Read).with_clock(|| 0);
+/// assert_eq!(layer.resource(), Resource::Objects);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RequireScope<A> {
+    auth: A,
+    resource: Resource,
+    access: Access,
+    clock: fn() -> i64,
+}
+
+impl<A> RequireScope<A> {
+    /// Requires `access` on `resource`, checking tokens against `auth`.
+    pub fn new(auth: A, resource: Resource, access: Access) -> RequireScope<A> {
+        RequireScope {
+            auth,
+            resource,
+            access,
+            clock: system_now_ms,
+        }
+    }
+
+    /// Replaces the clock ([`system_now_ms`] by default), e.g. for tests.
+    pub fn with_clock(mut self, clock: fn() -> i64) -> RequireScope<A> {
+        self.clock = clock;
+        self
+    }
+
+    /// The resource the layer guards.
+    pub fn resource(&self) -> Resource {
+        self.resource
+    }
+
+    /// The access level the layer requires.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+}
+
+impl<S, A: Clone> tower_layer::Layer<S> for RequireScope<A> {
+    type Service = RequireScopeService<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireScopeService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`RequireScope`] makes.
+#[derive(Clone, Debug)]
+pub struct RequireScopeService<S, A> {
+    inner: S,
+    layer: RequireScope<A>,
+}
+
+impl<S, A, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for RequireScopeService<S, A>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    A: Authenticate,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        match authorize_headers(
+            &layer.auth,
+            request.headers(),
+            layer.resource,
+            layer.access,
+            (layer.clock)(),
+        ) {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                ResponseFuture {
+                    state: State::Inner {
+                        future: self.inner.call(request),
+                        principal,
+                    },
+                }
+            }
+            Err(rejection) => ResponseFuture {
+                state: State::Rejected {
+                    response: Some(rejection.to_response()),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`RequireScopeService`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Inner { #[pin] future: F, principal: Principal },
+        Rejected { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> core::future::Future for ResponseFuture<F, B>
+where
+    F: core::future::Future<Output = Result<Response<B>, E>>,
+    B: From<String>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: core::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future, principal } => match future.poll(cx) {
+                Poll::Ready(Ok(mut response)) => {
+                    response.extensions_mut().insert(*principal);
+                    Poll::Ready(Ok(response))
+                }
+                other => other,
+            },
+            StateProj::Rejected { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                    problem(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "response future polled after completion",
+                    )
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::{mint, MintRequest};
+    use crate::scope::Scopes;
+    use crate::Pepper;
+    use core::future::Future;
+    use rand_core::SeedableRng;
+    use std::format;
+    use std::vec::Vec;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    /// Echoes 200 with the principal's id, if the request carries one.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<Request<()>> for Echo {
+        type Response = Response<String>;
+        type Error = core::convert::Infallible;
+        type Future = core::future::Ready<Result<Response<String>, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            let id = req
+                .extensions()
+                .get::<Principal>()
+                .map(|p| String::from(p.id().as_str()))
+                .unwrap_or_default();
+            core::future::ready(Ok(Response::new(id)))
+        }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        let mut f = core::pin::pin!(f);
+        let mut cx = Context::from_waker(core::task::Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    fn setup() -> (Arc<RwLock<Keyring>>, String, String, String) {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let mut make = |scopes: Option<Scopes>, expires: Option<i64>| {
+            let req = match scopes {
+                Some(s) => MintRequest::restricted(None, s, expires, 0).unwrap(),
+                None => MintRequest::standard(None, expires, 0).unwrap(),
+            };
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            keyring.insert(record);
+            String::from(token.expose_secret())
+        };
+        let standard = make(None, None);
+        let reader = make(Some(Scopes::grant(Resource::Devboxes, Access::Read)), None);
+        let expired = make(None, Some(50));
+        (Arc::new(RwLock::new(keyring)), standard, reader, expired)
+    }
+
+    fn call(layer: &RequireScope<Arc<RwLock<Keyring>>>, auth: Option<&str>) -> Response<String> {
+        let mut svc = layer.layer(Echo);
+        let mut req = Request::new(());
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        match block_on(svc.call(req)) {
+            Ok(r) => r,
+            Err(e) => match e {},
+        }
+    }
+
+    #[test]
+    fn layer_statuses() {
+        let (keyring, standard, reader, expired) = setup();
+        let layer =
+            RequireScope::new(keyring, Resource::Devboxes, Access::Write).with_clock(|| 100);
+        let ok = call(&layer, Some(&format!("Bearer {standard}")));
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.body().len(), 16);
+        assert!(ok.extensions().get::<Principal>().is_some());
+        let lower = call(&layer, Some(&format!("bearer   {standard}")));
+        assert_eq!(lower.status(), 200);
+
+        let forbidden = call(&layer, Some(&format!("Bearer {reader}")));
+        assert_eq!(forbidden.status(), 403);
+        assert_eq!(
+            forbidden.headers()[WWW_AUTHENTICATE],
+            INSUFFICIENT_SCOPE_CHALLENGE
+        );
+        assert_eq!(forbidden.headers()[CONTENT_TYPE], PROBLEM_JSON);
+        let body: serde_json::Value = serde_json::from_str(forbidden.body()).unwrap();
+        assert_eq!(body["status"], 403);
+        assert!(body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lacks devboxes:write"));
+
+        let mut changed: Vec<u8> = standard.clone().into_bytes();
+        changed[30] = if changed[30] == b'a' { b'b' } else { b'a' };
+        let changed = String::from_utf8(changed).unwrap();
+        let relabelled = format!("rk_{}", &standard[3..]);
+        for auth in [
+            None,
+            Some(String::from("Basic abc")),
+            Some(String::from("Bearer")),
+            Some(String::from("Bearer ")),
+            Some(format!("Bearer {changed}")),
+            Some(format!("Bearer {relabelled}")),
+            Some(format!("Bearer {expired}")),
+            Some(format!("Token {standard}")),
+        ] {
+            let r = call(&layer, auth.as_deref());
+            assert_eq!(r.status(), 401, "{auth:?}");
+            assert_eq!(r.headers()[WWW_AUTHENTICATE], INVALID_TOKEN_CHALLENGE);
+            assert!(!r.body().contains(&standard[20..]), "secret echoed");
+            assert!(r.extensions().get::<Rejection>().is_some());
+        }
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let (keyring, standard, _, _) = setup();
+        let mut headers = HeaderMap::new();
+        let v = HeaderValue::from_str(&format!("Bearer {standard}")).unwrap();
+        headers.append(AUTHORIZATION, v.clone());
+        headers.append(AUTHORIZATION, v);
+        assert_eq!(
+            authenticate_headers(&keyring, &headers, 0),
+            Err(Rejection::NotBearer)
+        );
+    }
+
+    #[test]
+    fn rejection_names_key_id_only_when_known() {
+        let (keyring, _, reader, expired) = setup();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {expired}")).unwrap(),
+        );
+        let e = authenticate_headers(&keyring, &headers, 60).unwrap_err();
+        assert_eq!(e.key_id().unwrap().as_str(), &expired[3..19]);
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {reader}")).unwrap(),
+        );
+        let e =
+            authorize_headers(&keyring, &headers, Resource::Account, Access::Read, 60).unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        assert_eq!(e.key_id().unwrap().as_str(), &reader[3..19]);
+    }
+}

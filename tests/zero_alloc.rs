@@ -1,0 +1,207 @@
+//! The request hot path allocates nothing: parse → authenticate → can, for
+//! standard and restricted keys, on success and on every failure path.
+//!
+//! `allocation-counter` installs a counting `#[global_allocator]` in this test
+//! binary only (a file of its own, so other tests keep the system allocator),
+//! and counts per thread, so tests running in parallel do not disturb the
+//! count. The workspace forbids `unsafe`, which a hand-written `GlobalAlloc`
+//! would need.
+// Helpers outside `#[test]` functions may unwrap and index too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::hint::black_box;
+
+use allocation_counter::{measure, AllocationInfo};
+use keygate::{
+    mint, Access, AuthError, KeyKind, Keyring, MintRequest, Pepper, Resource, Scopes, Token,
+    TokenError,
+};
+use rand_core::{RngCore, SeedableRng};
+
+const NOW_MS: i64 = 1_000;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The 63 checked characters plus their base62 CRC32.
+fn with_checksum(body: &[u8]) -> String {
+    let mut crc = u64::from(crc32fast::hash(&body[..63]));
+    let mut sum = [0u8; 6];
+    for slot in sum.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    let mut text = String::from_utf8(body[..63].to_vec()).unwrap();
+    text.push_str(std::str::from_utf8(&sum).unwrap());
+    text
+}
+
+struct Setup {
+    keyring: Keyring,
+    standard: String,
+    restricted: String,
+    expired: String,
+    unknown_id: String,
+    wrong_secret: String,
+    relabelled: String,
+}
+
+fn setup() -> Setup {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+    let mut add = |request: MintRequest, keyring: &mut Keyring| {
+        let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+        keyring.insert(record);
+        token.expose_secret().to_owned()
+    };
+    let standard = add(MintRequest::standard(None, None, 0).unwrap(), &mut keyring);
+    let scopes: Scopes = "devboxes:write,objects:read".parse().unwrap();
+    let restricted = add(
+        MintRequest::restricted(Some("ci"), scopes, None, 0).unwrap(),
+        &mut keyring,
+    );
+    let expired = add(
+        MintRequest::restricted(None, scopes, Some(NOW_MS), 0).unwrap(),
+        &mut keyring,
+    );
+    // Many more keys, so lookups probe a real table.
+    for _ in 0..1_000 {
+        add(MintRequest::standard(None, None, 0).unwrap(), &mut keyring);
+    }
+
+    let mut other = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+    let mut unknown_id = restricted.clone().into_bytes();
+    for byte in &mut unknown_id[3..19] {
+        *byte = BASE62[(other.next_u32() % 62) as usize];
+    }
+    let mut wrong_secret = restricted.clone().into_bytes();
+    wrong_secret[40] = if wrong_secret[40] == b'a' { b'b' } else { b'a' };
+    let mut relabelled = restricted.clone().into_bytes();
+    relabelled[0] = b'a';
+    Setup {
+        keyring,
+        standard,
+        restricted,
+        expired,
+        unknown_id: with_checksum(&unknown_id),
+        wrong_secret: with_checksum(&wrong_secret),
+        relabelled: with_checksum(&relabelled),
+    }
+}
+
+/// Runs the whole hot path on `token` 100 times: parse, verify,
+/// authenticate (text and bytes), `can` on the principal and on the keyring.
+fn hot_path(keyring: &Keyring, token: &str) -> AllocationInfo {
+    measure(|| {
+        for _ in 0..100 {
+            let token = black_box(token);
+            if let Ok(parsed) = Token::parse(token) {
+                let _ = black_box(keyring.verify(black_box(&parsed), NOW_MS));
+            }
+            let _ = black_box(Token::parse_bytes(token.as_bytes()));
+            if let Ok(principal) = black_box(keyring.authenticate(token, NOW_MS)) {
+                black_box(principal.can(Resource::Devboxes, Access::Write));
+                black_box(principal.can(Resource::Account, Access::Write));
+                let _ = black_box(principal.require(Resource::Account, Access::Write));
+            }
+            let _ = black_box(keyring.authenticate_bytes(token.as_bytes(), NOW_MS));
+            let _ = black_box(keyring.can(token, Resource::Objects, Access::Read, NOW_MS));
+            let _ = black_box(keyring.can(token, Resource::Account, Access::Write, NOW_MS));
+        }
+    })
+}
+
+fn assert_zero(name: &str, info: AllocationInfo) {
+    assert_eq!(
+        info.count_total, 0,
+        "{name}: the hot path allocated {info:?}"
+    );
+}
+
+#[test]
+fn the_counter_counts() {
+    // Control: the counter sees an allocation made inside `measure`, so a
+    // zero below means none happened rather than none counted.
+    let info = measure(|| {
+        black_box(Box::new(black_box(1u64)));
+    });
+    assert_eq!(info.count_total, 1);
+    let s = setup();
+    let info = measure(|| {
+        // The error's message is formatted into a String: one allocation.
+        black_box(
+            s.keyring
+                .authenticate(&s.wrong_secret, NOW_MS)
+                .unwrap_err()
+                .to_string(),
+        );
+    });
+    assert!(info.count_total >= 1, "{info:?}");
+}
+
+#[test]
+fn success_paths_allocate_nothing() {
+    let s = setup();
+    let k = &s.keyring;
+    assert_eq!(
+        k.authenticate(&s.standard, NOW_MS).unwrap().kind(),
+        KeyKind::Standard
+    );
+    let restricted = k.authenticate(&s.restricted, NOW_MS).unwrap();
+    assert!(restricted.can(Resource::Devboxes, Access::Write));
+    // Insufficient scope (a 403) is on this path too.
+    assert!(matches!(
+        k.can(&s.restricted, Resource::Account, Access::Write, NOW_MS),
+        Err(AuthError::InsufficientScope { .. })
+    ));
+    assert_zero("standard", hot_path(k, &s.standard));
+    assert_zero("restricted", hot_path(k, &s.restricted));
+}
+
+#[test]
+fn failure_paths_allocate_nothing() {
+    let s = setup();
+    let k = &s.keyring;
+    for (name, token) in [
+        ("unknown id", &s.unknown_id),
+        ("wrong secret", &s.wrong_secret),
+        ("relabelled kind", &s.relabelled),
+    ] {
+        assert_eq!(
+            k.authenticate(token, NOW_MS),
+            Err(AuthError::InvalidCredentials),
+            "{name}"
+        );
+        assert_zero(name, hot_path(k, token));
+    }
+    assert!(matches!(
+        k.authenticate(&s.expired, NOW_MS),
+        Err(AuthError::Expired { .. })
+    ));
+    assert_zero("expired", hot_path(k, &s.expired));
+}
+
+#[test]
+fn malformed_tokens_allocate_nothing() {
+    let s = setup();
+    let good = s.restricted.as_bytes();
+    let mut bad_checksum = good.to_vec();
+    bad_checksum[68] = if bad_checksum[68] == b'0' { b'1' } else { b'0' };
+    let mut bad_char = good.to_vec();
+    bad_char[30] = b'-';
+    let mut bad_prefix = good.to_vec();
+    bad_prefix[0] = b'x';
+    let mut bad_separator = good.to_vec();
+    bad_separator[19] = b'a';
+    let cases: [(&[u8], TokenError); 6] = [
+        (&good[..68], TokenError::Length { len: 68 }),
+        (b"", TokenError::Length { len: 0 }),
+        (&bad_prefix, TokenError::Prefix),
+        (&bad_separator, TokenError::Separator),
+        (&bad_char, TokenError::Character { position: 30 }),
+        (&bad_checksum, TokenError::Checksum),
+    ];
+    for (bytes, expected) in cases {
+        assert_eq!(Token::parse_bytes(bytes).err(), Some(expected));
+        let text = std::str::from_utf8(bytes).unwrap();
+        assert_zero(&format!("{expected:?}"), hot_path(&s.keyring, text));
+    }
+}
