@@ -1,7 +1,7 @@
 //! A real nginx with `auth_request` in front of a small upstream, asking
 //! keygate's `/v1/authorize` for each request.
 //!
-//! nginx must be installed (`scripts/ci-server.sh` apt-installs it). Set
+//! nginx must be installed (`scripts/test.sh` apt-installs it). Set
 //! `KEYGATE_SKIP_NGINX=1` to skip this test on a machine without it.
 #![allow(
     clippy::unwrap_used,
@@ -90,7 +90,7 @@ fn nginx_auth_request_end_to_end() {
             return;
         }
         panic!(
-            "nginx not found: install it (scripts/ci-server.sh does) or set KEYGATE_SKIP_NGINX=1"
+            "nginx not found: install it (scripts/test.sh does) or set KEYGATE_SKIP_NGINX=1"
         );
     };
     let dir = TempDir::new("nginx");
