@@ -2,7 +2,12 @@
 //! → mint → keyring → authenticate → can.
 
 // Test code: a panic is a failed test (clippy.toml allows these only inside #[test] fns).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use keygate::wire::{CreatedKeyView, RestrictedKeyCreateParameters};
 use keygate::{

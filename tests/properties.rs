@@ -1,7 +1,12 @@
 //! Laws and round-trips, checked with proptest through the public API.
 
 // Test code: a panic is a failed test (clippy.toml allows these only inside #[test] fns).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters, ScopeEntryView};
 use keygate::{

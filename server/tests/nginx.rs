@@ -89,9 +89,7 @@ fn nginx_auth_request_end_to_end() {
             eprintln!("nginx not found; skipped (KEYGATE_SKIP_NGINX=1)");
             return;
         }
-        panic!(
-            "nginx not found: install it (scripts/test.sh does) or set KEYGATE_SKIP_NGINX=1"
-        );
+        panic!("nginx not found: install it (scripts/test.sh does) or set KEYGATE_SKIP_NGINX=1");
     };
     let dir = TempDir::new("nginx");
     let keygate = Server::start(&dir.db(), &[]);
