@@ -262,6 +262,23 @@ bitflags! {
     }
 }
 
+/// `NEED[resource][access]`: the bits a grant of `access` on `resource` needs.
+// Evaluated at compile time: an out-of-range index is a build error.
+#[allow(clippy::indexing_slicing)]
+const NEED: [[u32; 3]; 9] = {
+    let mut table = [[0u32; 3]; 9];
+    let mut r = 0;
+    while r < 9 {
+        let mut a = 0;
+        while a < 3 {
+            table[r][a] = ((1u32 << a) - 1) << (2 * r);
+            a += 1;
+        }
+        r += 1;
+    }
+    table
+};
+
 /// Every READ bit.
 const READ_BITS: u32 = 0x0001_5555;
 
@@ -349,8 +366,14 @@ impl Scopes {
     /// assert!(s.can(Resource::Devboxes, Access::None));
     /// ```
     #[inline(always)]
-    pub const fn can(self, resource: Resource, access: Access) -> bool {
-        let need = access.mask() << resource.shift();
+    pub fn can(self, resource: Resource, access: Access) -> bool {
+        // The table has a row per resource and a column per level, so both
+        // lookups are in bounds and compile to one load; a miss would deny.
+        let need = NEED
+            .get(resource as usize)
+            .and_then(|row| row.get(access as usize))
+            .copied()
+            .unwrap_or(u32::MAX);
         self.0.bits() & need == need
     }
 
