@@ -10,13 +10,14 @@
 //! cd ct && cargo build --release && ./target/release/keygate-ct
 //! ./target/release/keygate-ct --filter c_unknown_id     # one case
 //! KEYGATE_CT_SAMPLES=5000000 ./target/release/keygate-ct
+//! KEYGATE_CT_SEED=7 ./target/release/keygate-ct          # other keys and inputs
 //! ```
 //!
 //! Run the binary directly: `cargo bench` passes `--bench`, which
 //! dudect-bencher's argument parser rejects.
 //!
 //! Cases (all through keygate's public API, inputs prepared outside the
-//! timed closure, a keyring of 1,024 keys):
+//! timed closure, a keyring of 16,384 keys):
 //! * `a_shared_prefix`: `Keyring::verify`, a wrong secret that shares its
 //!   first 42 of 43 characters with the right one (Left) against a random
 //!   wrong secret (Right), same key ids.
@@ -27,6 +28,8 @@
 //!   result (Ok or Err) necessarily differs; reported for information.
 //! * `c_unknown_id`: `Keyring::verify`, an unknown key id (Left: the decoy
 //!   digest path) against a known id with a wrong secret (Right).
+//! * `y_null_unknown_ids`: a null (A/A) control, case (c) with unknown ids
+//!   in both classes: what |t| the machine produces when nothing differs.
 //! * `z_control_early_exit`: a positive control, a byte-by-byte comparison
 //!   of the 43 secret characters that stops at the first difference (Left:
 //!   differs at the first byte, Right: at the last). It must fail: it shows
@@ -51,7 +54,7 @@ use rand_core::{RngCore, SeedableRng};
 /// Samples per case, unless `KEYGATE_CT_SAMPLES` says otherwise.
 const DEFAULT_SAMPLES: usize = 1_000_000;
 /// Keys in the keyring.
-const KEYS: usize = 1024;
+const KEYS: usize = 16_384;
 /// Distinct inputs per class; each sample draws one at random.
 const POOL: usize = 1 << 14;
 /// The time of every verification: no key expires.
@@ -68,7 +71,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut rng = ChaCha20Rng::seed_from_u64(0x6374_6b65_7967_6174);
+        let mut rng = ChaCha20Rng::seed_from_u64(0x6374_6b65_7967_6174 ^ extra_seed());
         let mut keyring = Keyring::with_capacity(Pepper::generate(&mut rng), KEYS);
         let request = MintRequest::restricted(
             Some("ct"),
@@ -194,7 +197,16 @@ fn measure<T: Copy, R>(
 }
 
 fn seeded(rng: &mut BenchRng) -> ChaCha20Rng {
-    ChaCha20Rng::seed_from_u64(rng.next_u64())
+    ChaCha20Rng::seed_from_u64(rng.next_u64() ^ extra_seed())
+}
+
+/// `KEYGATE_CT_SEED` (a number, default 0) changes the keyring and every
+/// input, to check that a result does not hang on one draw.
+fn extra_seed() -> u64 {
+    std::env::var("KEYGATE_CT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// (a) A wrong secret sharing 42 of 43 characters with the right one,
@@ -286,6 +298,32 @@ fn c_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     });
 }
 
+/// Null control (A/A): case (c)'s operation and input recipe with both
+/// classes unknown ids, drawn from two disjoint sets of `KEYS`. The classes
+/// differ in nothing the code could see, so any |t| here measures the
+/// harness and the machine, not keygate.
+fn y_null_unknown_ids(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
+    let f = fixture();
+    let mut rng = seeded(bench_rng);
+    let ids: Vec<Vec<u8>> = (0..2 * KEYS).map(|_| base62(&mut rng, 16)).collect();
+    let (ids_left, ids_right) = ids.split_at(KEYS);
+    let draw = |set: &[Vec<u8>]| {
+        let set = set.to_vec();
+        move |rng: &mut ChaCha20Rng| {
+            let id = &set[rng.next_u32() as usize % KEYS];
+            token_text(KeyKind::Restricted, id, &base62(rng, 43))
+        }
+    };
+    let (left, right) = pools(&mut rng, draw(ids_left), draw(ids_right));
+    assert!(left
+        .iter()
+        .chain(&right)
+        .all(|t| !f.keyring.contains(&t.key_id())));
+    measure(runner, &mut rng, &left, &right, |t| {
+        f.keyring.verify(&t, NOW_MS)
+    });
+}
+
 /// Positive control: an early-exit comparison must be caught.
 fn z_control_early_exit(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let f = fixture();
@@ -316,5 +354,6 @@ ctbench_main_with_seeds!(
     (b_digest_compare, Some(0xb)),
     (b_verify, Some(0xb)),
     (c_unknown_id, Some(0xc)),
+    (y_null_unknown_ids, Some(0xd)),
     (z_control_early_exit, Some(0xf))
 );
