@@ -187,11 +187,7 @@ impl KeyRecord {
     /// ```
     #[inline]
     pub fn principal(&self) -> Principal {
-        Principal {
-            id: self.id,
-            kind: self.kind,
-            scopes: self.scopes,
-        }
+        Principal::new(self.id, self.kind, self.scopes)
     }
 }
 
@@ -215,6 +211,14 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// A principal for a verified key; `scopes` must be [`Scopes::all`] for a
+    /// standard key (the keyring's slots are built from records, which
+    /// ensure it).
+    #[inline]
+    pub(crate) fn new(id: KeyId, kind: KeyKind, scopes: Scopes) -> Principal {
+        Principal { id, kind, scopes }
+    }
+
     /// The key id.
     ///
     /// ```

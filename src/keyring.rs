@@ -6,7 +6,7 @@ use hashbrown::HashMap;
 
 use crate::error::AuthError;
 use crate::key::{KeyRecord, Principal};
-use crate::scope::{Access, Resource};
+use crate::scope::{Access, Resource, Scopes};
 use crate::secret::{Pepper, SecretHash};
 use crate::token::{KeyId, KeyKind, Token, EXAMPLE_KEY_ID, SECRET_LEN};
 
@@ -31,14 +31,64 @@ const MAX_PREALLOCATED_KEYS: usize = 1 << 20;
 /// home is one slot; every lookup reads all of them.
 const WINDOW: usize = 8;
 
-/// One slot of a [`DigestIndex`]: a key id and its stored digest.
+/// [`Slot::grant`] bit: the key is restricted (else standard).
+const GRANT_RESTRICTED: u64 = 1 << 32;
+/// [`Slot::grant`] bit: the key has an expiry.
+const GRANT_EXPIRES: u64 = 1 << 33;
+
+/// One slot of a [`DigestIndex`]: a key id, its stored digest, and what a
+/// verified token may do, so that the hot path reads nothing else. One
+/// slot is one 64-byte cache line.
 #[derive(Clone, Copy, Default)]
+#[repr(align(64))]
 struct Slot {
     /// The id's 16 bytes as one number. 0 marks an empty slot: a key id is
     /// base62 text, so none is 16 zero bytes.
     id: u128,
     /// The digest's 32 bytes as little-endian words.
     digest: [u64; 4],
+    /// [`Scopes::bits`] in the low 32 bits, then [`GRANT_RESTRICTED`] and
+    /// [`GRANT_EXPIRES`].
+    grant: u64,
+    /// The expiry, when [`GRANT_EXPIRES`] is set.
+    expires_at_ms: i64,
+}
+
+impl Slot {
+    fn of(record: &KeyRecord) -> Slot {
+        let kind = match record.kind() {
+            KeyKind::Standard => 0,
+            KeyKind::Restricted => GRANT_RESTRICTED,
+        };
+        let expires = if record.expires_at_ms().is_some() {
+            GRANT_EXPIRES
+        } else {
+            0
+        };
+        Slot {
+            id: DigestIndex::key(&record.id()),
+            digest: DigestIndex::words(&record.secret_hash()),
+            grant: u64::from(record.scopes().bits()) | kind | expires,
+            expires_at_ms: record.expires_at_ms().unwrap_or(0),
+        }
+    }
+
+    fn kind(&self) -> KeyKind {
+        if self.grant & GRANT_RESTRICTED == 0 {
+            KeyKind::Standard
+        } else {
+            KeyKind::Restricted
+        }
+    }
+
+    fn expires_at_ms(&self) -> Option<i64> {
+        (self.grant & GRANT_EXPIRES != 0).then_some(self.expires_at_ms)
+    }
+
+    fn scopes(&self) -> Scopes {
+        // Written from a `Scopes` by `Slot::of`; a bad pattern would grant nothing.
+        Scopes::from_bits(self.grant as u32).unwrap_or(Scopes::empty())
+    }
 }
 
 /// The stored digests by key id, laid out so that a lookup does the same
@@ -105,16 +155,16 @@ impl DigestIndex {
         SecretHash::from_bytes(bytes)
     }
 
-    /// Puts `key` in its window: over its old slot, or in the first free
-    /// one. False if the window is full.
-    fn place(&mut self, key: u128, digest: [u64; 4]) -> bool {
-        let home = self.home(key);
+    /// Puts `new` in its window: over the slot of the same id, or in the
+    /// first free one. False if the window is full.
+    fn place(&mut self, new: Slot) -> bool {
+        let home = self.home(new.id);
         let mut free = None;
         for j in 0..WINDOW {
             let at = home.wrapping_add(j) & self.mask;
             if let Some(slot) = self.slots.get_mut(at) {
-                if slot.id == key {
-                    slot.digest = digest;
+                if slot.id == new.id {
+                    *slot = new;
                     return true;
                 }
                 if slot.id == 0 && free.is_none() {
@@ -124,7 +174,7 @@ impl DigestIndex {
         }
         match free.and_then(|at| self.slots.get_mut(at)) {
             Some(slot) => {
-                *slot = Slot { id: key, digest };
+                *slot = new;
                 self.len += 1;
                 true
             }
@@ -132,12 +182,12 @@ impl DigestIndex {
         }
     }
 
-    fn insert(&mut self, id: &KeyId, digest: &SecretHash) {
-        let (key, digest) = (DigestIndex::key(id), DigestIndex::words(digest));
+    fn insert(&mut self, record: &KeyRecord) {
+        let new = Slot::of(record);
         if self.len.saturating_add(1).saturating_mul(2) > self.slots.len() {
             self.grow();
         }
-        while !self.place(key, digest) {
+        while !self.place(new) {
             self.grow();
         }
     }
@@ -151,7 +201,7 @@ impl DigestIndex {
                 .slots
                 .iter()
                 .filter(|slot| slot.id != 0)
-                .all(|slot| bigger.place(slot.id, slot.digest));
+                .all(|slot| bigger.place(*slot));
             if fits || size >= 1 << (usize::BITS - 2) {
                 *self = bigger;
                 return;
@@ -174,11 +224,12 @@ impl DigestIndex {
         }
     }
 
-    /// The digest stored for `id` and an all-ones mask, or `decoy` and 0.
-    /// It reads the [`WINDOW`] slots from the id's home and merges each with
-    /// a mask, the same work for a known and an unknown id.
+    /// The slot stored for `id` and an all-ones mask, or a slot holding the
+    /// `decoy` digest (and no grant) and 0. It reads the [`WINDOW`] slots
+    /// from the id's home and merges each with a mask, the same work for a
+    /// known and an unknown id.
     #[inline]
-    fn lookup(&self, id: &KeyId, decoy: &SecretHash) -> (u64, SecretHash) {
+    fn lookup(&self, id: &KeyId, decoy: &SecretHash) -> (u64, Slot) {
         let key = DigestIndex::key(id);
         let home = self.home(key);
         let window = || (0..WINDOW).map(move |j| self.slots.get(home.wrapping_add(j) & self.mask));
@@ -198,18 +249,21 @@ impl DigestIndex {
         // Pass 2: OR in each slot's digest under its mask (at most one is
         // set), then the decoy if none was.
         let mut found = 0u64;
-        let mut digest = [0u64; 4];
+        let mut merged = Slot::default();
         for (mask, slot) in equal.iter().zip(window()) {
-            let stored = slot.map_or([0; 4], |slot| slot.digest);
+            let stored = slot.copied().unwrap_or_default();
             found |= mask;
-            for (word, stored) in digest.iter_mut().zip(stored) {
+            for (word, stored) in merged.digest.iter_mut().zip(stored.digest) {
                 *word |= stored & mask;
             }
+            merged.grant |= stored.grant & mask;
+            merged.expires_at_ms |= stored.expires_at_ms & (*mask as i64);
         }
-        for (word, decoy) in digest.iter_mut().zip(DigestIndex::words(decoy)) {
+        for (word, decoy) in merged.digest.iter_mut().zip(DigestIndex::words(decoy)) {
             *word |= decoy & !found;
         }
-        (found, DigestIndex::digest(&digest))
+        merged.id = key;
+        (found, merged)
     }
 }
 
@@ -296,7 +350,7 @@ impl Keyring {
     /// assert_eq!(keyring.len(), 1);
     /// ```
     pub fn insert(&mut self, record: KeyRecord) -> Option<KeyRecord> {
-        self.index.insert(&record.id(), &record.secret_hash());
+        self.index.insert(&record);
         self.keys.insert(record.id(), record)
     }
 
@@ -404,25 +458,24 @@ impl Keyring {
     /// ```
     pub fn verify(&self, token: &Token<'_>, now_ms: i64) -> Result<Principal, AuthError> {
         let id = token.key_id();
-        // The same work for a known and an unknown id (see `DigestIndex`).
-        let (found, expected) = self.index.lookup(&id, &self.decoy);
+        // The same work for a known and an unknown id (see `DigestIndex`);
+        // the slot also carries the grant, so no other memory is read.
+        let (found, slot) = self.index.lookup(&id, &self.decoy);
         // `SecretHash` equality is blake3's constant-time comparison.
-        let matches = self.pepper.digest(token) == expected;
+        let matches = self.pepper.digest(token) == DigestIndex::digest(&slot.digest);
         // One mask and one branch, on the outcome alone: not on `found`
         // first (LLVM may split a branch on `a && b`, or even on `a & b`).
         let accepted = core::hint::black_box(found & u64::from(matches).wrapping_neg());
-        if accepted == 0 {
+        // The digest binds the kind, so a relabelled token fails the compare;
+        // the kind test only restates it.
+        if accepted == 0 || slot.kind() != token.kind() {
             return Err(AuthError::InvalidCredentials);
         }
-        match self.keys.get(&id) {
-            Some(record) if record.kind() == token.kind() => match record.expires_at_ms() {
-                Some(expires_at_ms) if now_ms >= expires_at_ms => Err(AuthError::Expired {
-                    id: record.id(),
-                    expires_at_ms,
-                }),
-                _ => Ok(record.principal()),
-            },
-            _ => Err(AuthError::InvalidCredentials),
+        match slot.expires_at_ms() {
+            Some(expires_at_ms) if now_ms >= expires_at_ms => {
+                Err(AuthError::Expired { id, expires_at_ms })
+            }
+            _ => Ok(Principal::new(id, slot.kind(), slot.scopes())),
         }
     }
 
@@ -609,12 +662,62 @@ mod tests {
             keyring.authenticate(tokens[1].expose_secret(), 1),
             Err(AuthError::InvalidCredentials)
         );
-        // The lookup selects the stored digest, or the decoy with mask 0.
-        let (found, digest) = keyring.index.lookup(&id, &keyring.decoy);
-        assert_eq!((found, digest), (u64::MAX, SecretHash::from_bytes([9; 32])));
+        // The lookup selects the stored slot, or the decoy with mask 0 and
+        // no grant.
+        let (found, slot) = keyring.index.lookup(&id, &keyring.decoy);
+        assert_eq!(found, u64::MAX);
+        assert_eq!(
+            DigestIndex::digest(&slot.digest),
+            SecretHash::from_bytes([9; 32])
+        );
+        assert_eq!(slot.scopes(), Scopes::all());
+        assert_eq!(slot.kind(), KeyKind::Standard);
+        assert_eq!(slot.expires_at_ms(), None);
         let unknown = KeyId::parse("0000000000000000").unwrap();
-        let (found, digest) = keyring.index.lookup(&unknown, &keyring.decoy);
-        assert_eq!((found, digest), (0, keyring.decoy));
+        let (found, slot) = keyring.index.lookup(&unknown, &keyring.decoy);
+        assert_eq!(found, 0);
+        assert_eq!(DigestIndex::digest(&slot.digest), keyring.decoy);
+        assert_eq!(slot.grant, 0);
+    }
+
+    #[test]
+    fn slots_carry_the_grant() {
+        let (keyring, token) = setup(Some("objects:read,agents:write".parse().unwrap()), Some(77));
+        let id = Token::parse(&token).unwrap().key_id();
+        let (found, slot) = keyring.index.lookup(&id, &keyring.decoy);
+        assert_eq!(found, u64::MAX);
+        assert_eq!(core::mem::size_of::<Slot>(), 64);
+        assert_eq!(slot.kind(), KeyKind::Restricted);
+        assert_eq!(slot.expires_at_ms(), Some(77));
+        assert_eq!(slot.scopes(), keyring.get(&id).unwrap().scopes());
+        assert_eq!(
+            keyring.authenticate(&token, 1).unwrap(),
+            keyring.get(&id).unwrap().principal()
+        );
+        // A negative expiry survives the masking (sign bits included).
+        let record = keyring.get(&id).unwrap();
+        let negative = KeyRecord::new(
+            id,
+            record.kind(),
+            "n".into(),
+            record.secret_hash(),
+            record.scopes(),
+            Some(-5),
+            0,
+        );
+        let mut keyring = keyring.clone();
+        keyring.insert(negative);
+        assert!(matches!(
+            keyring.authenticate(&token, -6),
+            Ok(p) if p.scopes() == record.scopes()
+        ));
+        assert_eq!(
+            keyring.authenticate(&token, -5),
+            Err(AuthError::Expired {
+                id,
+                expires_at_ms: -5
+            })
+        );
     }
 
     #[test]
