@@ -36,6 +36,14 @@ const GRANT_RESTRICTED: u64 = 1 << 32;
 /// [`Slot::grant`] bit: the key has an expiry.
 const GRANT_EXPIRES: u64 = 1 << 33;
 
+/// An empty window, for the lookup's unreachable out-of-bounds case.
+static EMPTY_WINDOW: [Slot; WINDOW] = [Slot {
+    id: 0,
+    digest: [0; 4],
+    grant: 0,
+    expires_at_ms: 0,
+}; WINDOW];
+
 /// One slot of a [`DigestIndex`]: a key id, its stored digest, and what a
 /// verified token may do, so that the hot path reads nothing else. One
 /// slot is one 64-byte cache line.
@@ -121,7 +129,8 @@ impl DigestIndex {
             .checked_next_power_of_two()
             .unwrap_or(1 << (usize::BITS - 1));
         DigestIndex {
-            slots: alloc::vec![Slot::default(); size],
+            // WINDOW - 1 spare slots at the end, so no window wraps around.
+            slots: alloc::vec![Slot::default(); size + WINDOW - 1],
             mask: size - 1,
             len: 0,
         }
@@ -135,6 +144,23 @@ impl DigestIndex {
     #[inline(always)]
     fn home(&self, key: u128) -> usize {
         (IdHasher.hash_one(key) as usize) & self.mask
+    }
+
+    /// The [`WINDOW`] slots from `key`'s home: one bounds check, and the
+    /// loops over the array unroll.
+    #[inline(always)]
+    fn window(&self, key: u128) -> &[Slot; WINDOW] {
+        self.slots
+            .get(self.home(key)..)
+            .and_then(|rest| rest.first_chunk::<WINDOW>())
+            .unwrap_or(&EMPTY_WINDOW)
+    }
+
+    fn window_mut(&mut self, key: u128) -> Option<&mut [Slot; WINDOW]> {
+        let home = self.home(key);
+        self.slots
+            .get_mut(home..)
+            .and_then(|rest| rest.first_chunk_mut::<WINDOW>())
     }
 
     fn words(digest: &SecretHash) -> [u64; 4] {
@@ -158,21 +184,14 @@ impl DigestIndex {
     /// Puts `new` in its window: over the slot of the same id, or in the
     /// first free one. False if the window is full.
     fn place(&mut self, new: Slot) -> bool {
-        let home = self.home(new.id);
-        let mut free = None;
-        for j in 0..WINDOW {
-            let at = home.wrapping_add(j) & self.mask;
-            if let Some(slot) = self.slots.get_mut(at) {
-                if slot.id == new.id {
-                    *slot = new;
-                    return true;
-                }
-                if slot.id == 0 && free.is_none() {
-                    free = Some(at);
-                }
-            }
+        let Some(window) = self.window_mut(new.id) else {
+            return false;
+        };
+        if let Some(slot) = window.iter_mut().find(|slot| slot.id == new.id) {
+            *slot = new;
+            return true;
         }
-        match free.and_then(|at| self.slots.get_mut(at)) {
+        match window.iter_mut().find(|slot| slot.id == 0) {
             Some(slot) => {
                 *slot = new;
                 self.len += 1;
@@ -212,15 +231,12 @@ impl DigestIndex {
 
     fn remove(&mut self, id: &KeyId) {
         let key = DigestIndex::key(id);
-        let home = self.home(key);
-        for j in 0..WINDOW {
-            if let Some(slot) = self.slots.get_mut(home.wrapping_add(j) & self.mask) {
-                if slot.id == key {
-                    *slot = Slot::default();
-                    self.len -= 1;
-                    return;
-                }
-            }
+        let removed = self
+            .window_mut(key)
+            .and_then(|window| window.iter_mut().find(|slot| slot.id == key))
+            .map(|slot| *slot = Slot::default());
+        if removed.is_some() {
+            self.len -= 1;
         }
     }
 
@@ -231,14 +247,13 @@ impl DigestIndex {
     #[inline]
     fn lookup(&self, id: &KeyId, decoy: &SecretHash) -> (u64, Slot) {
         let key = DigestIndex::key(id);
-        let home = self.home(key);
-        let window = || (0..WINDOW).map(move |j| self.slots.get(home.wrapping_add(j) & self.mask));
+        let window = self.window(key);
         // Pass 1: per slot, all ones if it holds `key`, else 0. The masks
         // are independent of each other, so the CPU computes them in
         // parallel.
         let mut equal = [0u64; WINDOW];
-        for (mask, slot) in equal.iter_mut().zip(window()) {
-            let diff = slot.map_or(0, |slot| slot.id) ^ key;
+        for (mask, slot) in equal.iter_mut().zip(window) {
+            let diff = slot.id ^ key;
             // `x | -x` has its top bit set iff x != 0.
             let differs = ((diff | diff.wrapping_neg()) >> 127) as u64;
             *mask = differs.wrapping_sub(1);
@@ -250,8 +265,7 @@ impl DigestIndex {
         // set), then the decoy if none was.
         let mut found = 0u64;
         let mut merged = Slot::default();
-        for (mask, slot) in equal.iter().zip(window()) {
-            let stored = slot.copied().unwrap_or_default();
+        for (mask, stored) in equal.iter().zip(window) {
             found |= mask;
             for (word, stored) in merged.digest.iter_mut().zip(stored.digest) {
                 *word |= stored & mask;
