@@ -10,6 +10,9 @@
     clippy::panic
 )]
 
+mod common;
+use common::with_checksum;
+
 use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters, ScopeEntryView};
 use keygate::{
     Access, AuthError, KeyId, KeyKind, Keyring, MintRequest, Pepper, Resource, ScopeParseError,
@@ -300,34 +303,6 @@ fn relabelled_token_fails_as_invalid_credentials() {
         keyring.authenticate(&relabelled, 1),
         Err(AuthError::InvalidCredentials)
     );
-}
-
-/// Appends the CRC32 checksum in 6 base62 digits, as the format specifies.
-fn with_checksum(body: &str) -> String {
-    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut crc = u64::from(crc32(body.as_bytes()));
-    let mut digits = [b'0'; 6];
-    for d in digits.iter_mut().rev() {
-        *d = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    format!("{body}{}", std::str::from_utf8(&digits).unwrap())
-}
-
-/// CRC-32 (IEEE), bitwise: an independent implementation for the test.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

@@ -8,6 +8,9 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::with_checksum;
+
 use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters, ScopeEntryView};
 use keygate::{
     mint, Access, AuthError, KeyKind, KeyRecord, Keyring, MintError, MintPolicy, MintRequest,
@@ -200,7 +203,7 @@ proptest! {
         let (keyring, token) = keyring_with(seed, &request);
         let other = if standard { "rk_" } else { "ak_" };
         // Relabel, then re-seal the checksum so only the hash binding can catch it.
-        let relabelled = reseal(&format!("{other}{}", &token[3..63]));
+        let relabelled = with_checksum(&format!("{other}{}", &token[3..63]));
         prop_assert!(keygate::Token::parse(&relabelled).is_ok());
         prop_assert_eq!(keyring.authenticate(&relabelled, 1), Err(AuthError::InvalidCredentials));
     }
@@ -241,37 +244,9 @@ proptest! {
     }
 }
 
-/// Recomputes the checksum of a token's first 63 characters.
-fn reseal(body: &str) -> String {
-    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut crc = u64::from(crc32(body.as_bytes()));
-    let mut digits = [0u8; 6];
-    for d in digits.iter_mut().rev() {
-        *d = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    format!("{body}{}", std::str::from_utf8(&digits).unwrap())
-}
-
-/// Bitwise CRC32 (IEEE), independent of the crate's implementation.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[test]
-fn reseal_matches_minted_checksums() {
+fn checksum_helper_matches_minted_checksums() {
     let request = MintRequest::standard(None, None, 0).unwrap();
     let (_, token) = keyring_with(1, &request);
-    assert_eq!(reseal(&token[..63]), token);
+    assert_eq!(with_checksum(&token[..63]), token);
 }

@@ -9,6 +9,9 @@
 // Helpers outside `#[test]` functions may unwrap and index too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+use common::with_checksum;
+
 use std::hint::black_box;
 
 use allocation_counter::{measure, AllocationInfo};
@@ -20,19 +23,6 @@ use rand_core::{RngCore, SeedableRng};
 
 const NOW_MS: i64 = 1_000;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// The 63 checked characters plus their base62 CRC32.
-fn with_checksum(body: &[u8]) -> String {
-    let mut crc = u64::from(crc32fast::hash(&body[..63]));
-    let mut sum = [0u8; 6];
-    for slot in sum.iter_mut().rev() {
-        *slot = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    let mut text = String::from_utf8(body[..63].to_vec()).unwrap();
-    text.push_str(std::str::from_utf8(&sum).unwrap());
-    text
-}
 
 struct Setup {
     keyring: Keyring,
@@ -81,9 +71,9 @@ fn setup() -> Setup {
         standard,
         restricted,
         expired,
-        unknown_id: with_checksum(&unknown_id),
-        wrong_secret: with_checksum(&wrong_secret),
-        relabelled: with_checksum(&relabelled),
+        unknown_id: with_checksum(std::str::from_utf8(&unknown_id).unwrap()),
+        wrong_secret: with_checksum(std::str::from_utf8(&wrong_secret).unwrap()),
+        relabelled: with_checksum(std::str::from_utf8(&relabelled).unwrap()),
     }
 }
 
