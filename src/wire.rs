@@ -88,6 +88,35 @@ object_serde!(
     RestrictedKeyCreatedView
 );
 
+/// A create-request body: validation at `now_ms` turns it into a
+/// [`MintRequest`]. It lets a server handle both create endpoints with one
+/// generic handler.
+///
+/// ```
+/// use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
+/// fn kind_of<P: CreateParameters>(params: &P) -> Option<keygate::KeyKind> {
+///     params.validate(0).ok().map(|request| request.kind())
+/// }
+/// assert_eq!(kind_of(&ApiKeyCreateParameters::default()), Some(keygate::KeyKind::Standard));
+/// assert_eq!(kind_of(&RestrictedKeyCreateParameters::default()), None); // no scopes
+/// ```
+pub trait CreateParameters {
+    /// Checks the request's rules at `now_ms`.
+    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError>;
+}
+
+impl CreateParameters for ApiKeyCreateParameters {
+    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
+        ApiKeyCreateParameters::validate(self, now_ms)
+    }
+}
+
+impl CreateParameters for RestrictedKeyCreateParameters {
+    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
+        RestrictedKeyCreateParameters::validate(self, now_ms)
+    }
+}
+
 /// Body of `POST /v1/apikeys` (`ApiKeyCreateParameters`).
 ///
 /// ```
