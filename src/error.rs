@@ -203,7 +203,9 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
-    /// A name with a control character.
+    /// A name with a control character (Unicode `Cc`) or a bidirectional
+    /// formatting character (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F,
+    /// U+061C).
     #[error("name `{name}` has a control character at byte {position}")]
     NameControlCharacter {
         /// The name, with control characters escaped and cut to 64 characters.

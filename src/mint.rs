@@ -65,7 +65,9 @@ impl MintRequest {
     /// A request for a restricted (`rk_`) key.
     ///
     /// * `scopes` must grant something ([`ValidationError::NoAccessGranted`]).
-    /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character.
+    /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character
+    ///   (Unicode `Cc`, or a bidirectional formatting character such as
+    ///   U+202E, which could make a name display as another).
     /// * `expires_at_ms`, when given, is not negative and is after `now_ms`.
     ///
     /// ```
@@ -147,7 +149,10 @@ fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
             max: MAX_NAME_LEN,
         });
     }
-    if let Some((position, _)) = name.char_indices().find(|(_, c)| c.is_control()) {
+    if let Some((position, _)) = name
+        .char_indices()
+        .find(|&(_, c)| c.is_control() || is_bidi_control(c))
+    {
         let escaped: String = name.chars().flat_map(char::escape_default).collect();
         return Err(ValidationError::NameControlCharacter {
             name: crate::error::quote(&escaped),
@@ -155,6 +160,15 @@ fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
         });
     }
     Ok(String::from(name))
+}
+
+/// The Unicode bidirectional formatting characters (UAX #9): they reorder how
+/// a name is displayed ("Trojan Source" spoofing), so names may not hold them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 fn validate_expiry(
@@ -398,13 +412,24 @@ mod tests {
         // 128 two-byte characters = 256 bytes: allowed; one more: not.
         assert!(validate_name(Some(&"é".repeat(128))).is_ok());
         assert!(validate_name(Some(&"é".repeat(129))).is_err());
-        for bad in ["a\u{0}", "\t", "x\u{7f}", "x\u{85}y"] {
+        for bad in [
+            "a\u{0}",
+            "\t",
+            "x\u{7f}",
+            "x\u{85}y",
+            "admin\u{202E}nimda",
+            "a\u{2066}b",
+            "\u{200F}",
+            "\u{061C}",
+        ] {
             assert!(matches!(
                 validate_name(Some(bad)),
                 Err(ValidationError::NameControlCharacter { .. })
             ));
         }
         assert_eq!(validate_name(Some("")), Ok(String::new()));
+        // Other format characters stay allowed: ZWJ joins emoji sequences.
+        assert!(validate_name(Some("deploy \u{1F469}\u{200D}\u{1F4BB} bot")).is_ok());
         assert_eq!(validate_name(None), Ok(String::from(DEFAULT_KEY_NAME)));
     }
 
