@@ -20,26 +20,10 @@ done
 cargo build --quiet --release -p keygate-server
 BIN="$ROOT/target/release/keygate"
 
-WORK=$(mktemp -d)
-VG_PID=
-cleanup() {
-    if [ -n "$VG_PID" ]; then kill "$VG_PID" 2>/dev/null || true; wait "$VG_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-TOKEN=$("$BIN" mint --db "$WORK/k.db" --name load --scope devboxes:read \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_secret"])')
-valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
-    "$BIN" serve --listen 127.0.0.1:0 --db "$WORK/k.db" 2> "$WORK/server.log" &
-VG_PID=$!
-ADDR=
-for _ in $(seq 300); do
-    ADDR=$(sed -n 's/^listening on //p' "$WORK/server.log")
-    [ -n "$ADDR" ] && break
-    sleep 0.2
-done
-[ -n "$ADDR" ] || { cat "$WORK/server.log" >&2; exit 1; }
+. "$ROOT/scripts/lib.sh"
+keygate_work
+TOKEN=$(keygate_mint "$BIN" --name load --scope devboxes:read)
+keygate_serve 60 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN"
 
 HEALTHZ="http://$ADDR/healthz"
 AUTHORIZE="http://$ADDR/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ"
@@ -53,13 +37,13 @@ count() { grep -c "path=$1 status=$2" "$WORK/server.log" || true; }
 # measure NAME PATH STATUS URL [HEADER] -> instructions per request
 measure() {
     load "$1" 1 "$4" "${5:-}"
-    callgrind_control -z "$VG_PID" >/dev/null
+    callgrind_control -z "$SERVER_PID" >/dev/null
     local n0 n1
     n0=$(count "$2" "$3")
     load "$1" "$SECONDS_PER_ROUTE" "$4" "${5:-}"
     sleep 0.5
     n1=$(count "$2" "$3")
-    callgrind_control -d "$1" "$VG_PID" >/dev/null
+    callgrind_control -d "$1" "$SERVER_PID" >/dev/null
     local file total
     file=$(ls -t "$WORK"/cg.out.* | head -1)
     total=$(awk '/^totals:/ {print $2}' "$file")

@@ -27,30 +27,15 @@ command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get instal
 cargo build --quiet --release -p keygate-server
 BIN="$ROOT/target/release/keygate"
 
-WORK=$(mktemp -d)
-SERVER_PID=
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-TOKEN=$("$BIN" mint --db "$WORK/k.db" --name load --scope devboxes:read \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_secret"])')
+. "$ROOT/scripts/lib.sh"
+keygate_work
+TOKEN=$(keygate_mint "$BIN" --name load --scope devboxes:read)
 SERVER_PREFIX=(); WRK_PREFIX=()
 if [ "${PIN:-0}" = 1 ]; then
     SERVER_PREFIX=(taskset -c 1 chrt -f 50)
     WRK_PREFIX=(taskset -c 0 chrt -f 50)
 fi
-"${SERVER_PREFIX[@]}" "$BIN" serve --listen 127.0.0.1:0 --db "$WORK/k.db" 2> "$WORK/server.log" &
-SERVER_PID=$!
-ADDR=
-for _ in $(seq 100); do
-    ADDR=$(sed -n 's/^listening on //p' "$WORK/server.log")
-    [ -n "$ADDR" ] && break
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { cat "$WORK/server.log" >&2; exit 1; }
+keygate_serve 10 "${SERVER_PREFIX[@]}" "$BIN"
 
 HEALTHZ="http://$ADDR/healthz"
 AUTHORIZE="http://$ADDR/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ"

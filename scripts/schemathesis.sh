@@ -24,26 +24,10 @@ fi
 cargo build --quiet -p keygate-server
 BIN="$ROOT/target/debug/keygate"
 
-WORK=$(mktemp -d)
-SERVER_PID=
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-TOKEN=$("$BIN" mint --db "$WORK/keygate.db" --name schemathesis \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_secret"])')
-
-"$BIN" serve --listen 127.0.0.1:0 --db "$WORK/keygate.db" 2> "$WORK/server.log" &
-SERVER_PID=$!
-ADDR=
-for _ in $(seq 100); do
-    ADDR=$(sed -n 's/^listening on //p' "$WORK/server.log")
-    [ -n "$ADDR" ] && break
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "server did not start:" >&2; cat "$WORK/server.log" >&2; exit 1; }
+. "$ROOT/scripts/lib.sh"
+keygate_work
+TOKEN=$(keygate_mint "$BIN" --name schemathesis)
+keygate_serve 10 "$BIN"
 
 SEED_ARGS=()
 [ -n "$SEED" ] && SEED_ARGS=(--seed "$SEED")
