@@ -241,7 +241,16 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Resp {
 
 pub fn read_response(stream: &mut TcpStream) -> Resp {
     let mut buf = Vec::new();
-    let _ = stream.read_to_end(&mut buf);
+    let read = stream.read_to_end(&mut buf);
+    if let (Err(e), false) = (&read, buf.windows(4).any(|w| w == b"\r\n\r\n")) {
+        // Say how the connection failed (reset, timeout), not only that the
+        // response is missing.
+        panic!(
+            "reading the response failed after {} bytes: {e} ({:?})",
+            buf.len(),
+            e.kind()
+        );
+    }
     parse_response(&buf)
 }
 
