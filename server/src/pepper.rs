@@ -6,6 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use keygate::Pepper;
+use zeroize::Zeroize;
 
 /// The default pepper path: the database path with `.pepper` appended.
 pub fn default_path(db: &Path) -> PathBuf {
@@ -32,7 +33,7 @@ pub fn load_or_create(path: &Path, may_create: bool) -> Result<(Pepper, bool), S
                 ));
             }
             let pepper = Pepper::from_bytes(&bytes);
-            zeroize_bytes(&mut bytes);
+            bytes.zeroize();
             Ok((pepper, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
@@ -47,7 +48,7 @@ pub fn load_or_create(path: &Path, may_create: bool) -> Result<(Pepper, bool), S
                 .and_then(|()| file.sync_all())
                 .map_err(|e| format!("cannot write pepper file `{}`: {e}", path.display()))?;
             let pepper = Pepper::from_bytes(&bytes);
-            zeroize_bytes(&mut bytes);
+            bytes.zeroize();
             Ok((pepper, true))
         }
         Err(e) => Err(read_error(path, &e)),
@@ -56,14 +57,6 @@ pub fn load_or_create(path: &Path, may_create: bool) -> Result<(Pepper, bool), S
 
 fn read_error(path: &Path, e: &std::io::Error) -> String {
     format!("cannot read pepper file `{}`: {e}", path.display())
-}
-
-/// Overwrites a stack copy of the pepper.
-fn zeroize_bytes(bytes: &mut [u8; 32]) {
-    for b in bytes.iter_mut() {
-        *b = 0;
-    }
-    std::hint::black_box(bytes);
 }
 
 #[cfg(test)]
