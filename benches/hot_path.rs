@@ -53,7 +53,10 @@ impl Fixture {
         let mut tokens = String::with_capacity(n * TOKEN_LEN);
         for _ in 0..n {
             let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-            assert!(keyring.insert(record).is_none(), "duplicate key id");
+            assert!(
+                keyring.insert(record).unwrap().is_none(),
+                "duplicate key id"
+            );
             tokens.push_str(token.expose_secret());
         }
         Fixture { keyring, tokens }
@@ -110,10 +113,12 @@ fn failures() -> &'static Failures {
         wrong_secret[40] = if wrong_secret[40] == b'a' { b'b' } else { b'a' };
         let wrong_secret = with_checksum(&wrong_secret[..63]);
         let mut expiring = Keyring::with_capacity(Pepper::from_bytes(&[7u8; 32]), 10_001);
-        expiring.extend(ten_k.keyring.records().cloned());
+        for record in ten_k.keyring.records() {
+            expiring.insert(record.clone()).unwrap();
+        }
         let request = MintRequest::restricted(None, Scopes::all(), Some(NOW_MS), 0).unwrap();
         let (record, expired) = mint(expiring.pepper(), &request, &mut rng, 0).into_parts();
-        expiring.insert(record);
+        expiring.insert(record).unwrap();
         let expired = expired.expose_secret().to_owned();
         for (keyring, token, expect) in [
             (&ten_k.keyring, &unknown_id, "invalid"),

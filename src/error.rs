@@ -270,6 +270,20 @@ pub enum MintError {
     /// Attenuating policy: the requested scopes exceed the caller's.
     #[error("requested scopes exceed the caller's under the attenuating policy")]
     ScopesExceedCaller,
+    /// The caller expires, so its children must too.
+    #[error("a key that expires at {parent_expires_at_ms} ms may only mint keys with an `expires_at_ms` under the attenuating policy")]
+    ChildMustExpire {
+        /// The caller's expiry, in Unix milliseconds.
+        parent_expires_at_ms: i64,
+    },
+    /// The child would outlive the caller.
+    #[error("`expires_at_ms` `{expires_at_ms}` is later than the caller's own expiry ({parent_expires_at_ms}) under the attenuating policy")]
+    ChildOutlivesParent {
+        /// The expiry asked for.
+        expires_at_ms: i64,
+        /// The caller's expiry, in Unix milliseconds.
+        parent_expires_at_ms: i64,
+    },
 }
 
 impl MintError {
@@ -280,6 +294,97 @@ impl MintError {
     /// ```
     pub const fn http_status(&self) -> u16 {
         403
+    }
+}
+
+/// A record whose fields break a rule of [`KeyRecord`](crate::KeyRecord),
+/// as read from a store (a corrupt row, or one edited by hand).
+///
+/// ```
+/// use keygate::RecordError;
+/// # let id = keygate::key::example_record().id();
+/// let err = RecordError::StandardWithoutAllScopes { id };
+/// assert_eq!(err.http_status(), 500);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A standard record must hold every scope.
+    #[error("record `{id}` is a standard key but does not hold every scope")]
+    StandardWithoutAllScopes {
+        /// The record's id.
+        id: KeyId,
+    },
+    /// A key cannot mint itself.
+    #[error("record `{id}` names itself as its creator")]
+    OwnCreator {
+        /// The record's id.
+        id: KeyId,
+    },
+}
+
+impl RecordError {
+    /// 500: a bad record comes from the store, not from the request.
+    pub const fn http_status(&self) -> u16 {
+        500
+    }
+}
+
+/// A record the keyring will not take.
+///
+/// ```
+/// # let record = keygate::key::example_record();
+/// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+/// keyring.insert(record.clone())?;
+/// keyring.revoke(&record.id());
+/// let err = keyring.insert(record).unwrap_err();
+/// assert_eq!(err.http_status(), 409);
+/// # Ok::<(), keygate::KeyringError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// The id was revoked.
+    #[error("key `{id}` was revoked; a revoked id never comes back")]
+    Revoked {
+        /// The revoked id.
+        id: KeyId,
+    },
+}
+
+impl KeyringError {
+    /// 409 for a revoked id.
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            KeyringError::Revoked { .. } => 409,
+        }
+    }
+}
+
+/// A key that cannot be rolled.
+///
+/// ```
+/// # let id = keygate::key::example_record().id();
+/// let err = keygate::RollError::Expired { id, expires_at_ms: 5 };
+/// assert_eq!(err.http_status(), 409);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RollError {
+    /// The key has already expired.
+    #[error("key `{id}` expired at {expires_at_ms} ms; a roll never extends a key's life")]
+    Expired {
+        /// The key's id.
+        id: KeyId,
+        /// When it expired, in Unix milliseconds.
+        expires_at_ms: i64,
+    },
+}
+
+impl RollError {
+    /// 409: the key's state, not the request, is in the way.
+    pub const fn http_status(&self) -> u16 {
+        409
     }
 }
 
@@ -307,6 +412,15 @@ pub enum Error {
     /// See [`MintError`].
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// A bad stored record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A record the keyring refused.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// A key that cannot be rolled.
+    #[error(transparent)]
+    Roll(#[from] RollError),
 }
 
 impl Error {
@@ -323,6 +437,9 @@ impl Error {
             Error::Auth(e) => e.http_status(),
             Error::Validation(e) => e.http_status(),
             Error::Mint(e) => e.http_status(),
+            Error::Record(e) => e.http_status(),
+            Error::Keyring(e) => e.http_status(),
+            Error::Roll(e) => e.http_status(),
         }
     }
 }

@@ -4,7 +4,7 @@ use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, RecordError};
 use crate::scope::{Access, Resource, Scopes};
 use crate::secret::SecretHash;
 use crate::token::{KeyId, KeyKind};
@@ -13,7 +13,9 @@ use crate::token::{KeyId, KeyKind};
 ///
 /// It serializes with serde, secret hash included; the secret itself is
 /// never part of it. A standard record always holds [`Scopes::all`];
-/// deserialization rejects one that does not.
+/// deserialization (and [`KeyRecord::from_parts`]) rejects one that does
+/// not. `creator_id` may be absent from the serialized form (records written
+/// by keygate 0.1.0 lack it) and then reads as `None`.
 ///
 /// ```
 /// use rand_core::SeedableRng;
@@ -37,6 +39,46 @@ pub struct KeyRecord {
     scopes: Scopes,
     expires_at_ms: Option<i64>,
     created_at_ms: i64,
+    creator_id: Option<KeyId>,
+}
+
+/// A [`KeyRecord`] as separate fields, for a store that keeps records in
+/// columns: build one from a row and call [`KeyRecord::from_parts`].
+///
+/// ```
+/// # let record = keygate::key::example_record();
+/// let parts = keygate::KeyRecordParts {
+///     id: record.id(),
+///     kind: record.kind(),
+///     name: record.name().into(),
+///     secret_hash: record.secret_hash(),
+///     scopes: record.scopes(),
+///     expires_at_ms: record.expires_at_ms(),
+///     created_at_ms: record.created_at_ms(),
+///     creator_id: record.creator_id(),
+/// };
+/// assert_eq!(keygate::KeyRecord::from_parts(parts)?, record);
+/// # Ok::<(), keygate::RecordError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecordParts {
+    /// The public key id.
+    pub id: KeyId,
+    /// Standard or restricted.
+    pub kind: KeyKind,
+    /// The key's name.
+    pub name: String,
+    /// The stored digest of the secret.
+    pub secret_hash: SecretHash,
+    /// The granted scopes; must be [`Scopes::all`] for a standard key.
+    pub scopes: Scopes,
+    /// The expiry in Unix milliseconds; `None` never expires.
+    pub expires_at_ms: Option<i64>,
+    /// When the key was minted, in Unix milliseconds.
+    pub created_at_ms: i64,
+    /// The key that minted this one; `None` for keys made outside the API
+    /// (a bootstrap or CLI key).
+    pub creator_id: Option<KeyId>,
 }
 
 /// The serialized fields, checked before they become a [`KeyRecord`].
@@ -50,15 +92,14 @@ struct RecordFields {
     scopes: Scopes,
     expires_at_ms: Option<i64>,
     created_at_ms: i64,
+    #[serde(default)]
+    creator_id: Option<KeyId>,
 }
 
 impl TryFrom<RecordFields> for KeyRecord {
-    type Error = &'static str;
+    type Error = RecordError;
     fn try_from(f: RecordFields) -> Result<Self, Self::Error> {
-        if f.kind == KeyKind::Standard && f.scopes != Scopes::all() {
-            return Err("a standard key record must hold every scope");
-        }
-        Ok(KeyRecord {
+        KeyRecord::from_parts(KeyRecordParts {
             id: f.id,
             kind: f.kind,
             name: f.name,
@@ -66,13 +107,58 @@ impl TryFrom<RecordFields> for KeyRecord {
             scopes: f.scopes,
             expires_at_ms: f.expires_at_ms,
             created_at_ms: f.created_at_ms,
+            creator_id: f.creator_id,
         })
     }
 }
 
 impl KeyRecord {
+    /// Rebuilds a record from its fields, as a store read them; see
+    /// [`KeyRecordParts`] for an example. [`mint`](fn@crate::mint) is the way
+    /// to make a new key.
+    ///
+    /// A standard record must hold [`Scopes::all`], and a key may not be its
+    /// own creator.
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// let mut parts = keygate::KeyRecordParts {
+    ///     id: record.id(),
+    ///     kind: keygate::KeyKind::Standard,
+    ///     name: "x".into(),
+    ///     secret_hash: record.secret_hash(),
+    ///     scopes: "objects:read".parse()?,
+    ///     expires_at_ms: None,
+    ///     created_at_ms: 0,
+    ///     creator_id: None,
+    /// };
+    /// assert!(keygate::KeyRecord::from_parts(parts.clone()).is_err());
+    /// parts.scopes = keygate::Scopes::all();
+    /// assert!(keygate::KeyRecord::from_parts(parts).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_parts(parts: KeyRecordParts) -> Result<KeyRecord, RecordError> {
+        if parts.kind == KeyKind::Standard && parts.scopes != Scopes::all() {
+            return Err(RecordError::StandardWithoutAllScopes { id: parts.id });
+        }
+        if parts.creator_id == Some(parts.id) {
+            return Err(RecordError::OwnCreator { id: parts.id });
+        }
+        Ok(KeyRecord {
+            id: parts.id,
+            kind: parts.kind,
+            name: parts.name,
+            secret_hash: parts.secret_hash,
+            scopes: parts.scopes,
+            expires_at_ms: parts.expires_at_ms,
+            created_at_ms: parts.created_at_ms,
+            creator_id: parts.creator_id,
+        })
+    }
+
     /// Builds a record; [`mint`](fn@crate::mint) is the usual way. A standard
     /// record gets [`Scopes::all`] whatever `scopes` says.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: KeyId,
         kind: KeyKind,
@@ -81,6 +167,7 @@ impl KeyRecord {
         scopes: Scopes,
         expires_at_ms: Option<i64>,
         created_at_ms: i64,
+        creator_id: Option<KeyId>,
     ) -> KeyRecord {
         let scopes = match kind {
             KeyKind::Standard => Scopes::all(),
@@ -94,7 +181,14 @@ impl KeyRecord {
             scopes,
             expires_at_ms,
             created_at_ms,
+            creator_id,
         }
+    }
+
+    /// The same record with another expiry (a roll shortens the old key's).
+    pub(crate) fn with_expiry(mut self, expires_at_ms: Option<i64>) -> KeyRecord {
+        self.expires_at_ms = expires_at_ms;
+        self
     }
 
     /// The public key id.
@@ -167,6 +261,17 @@ impl KeyRecord {
         self.created_at_ms
     }
 
+    /// The key that minted this one, or `None` for a key made outside the
+    /// API (the server's bootstrap key, `keygate mint`).
+    ///
+    /// ```
+    /// # let record = keygate::key::example_record();
+    /// assert_eq!(record.creator_id(), None);
+    /// ```
+    pub fn creator_id(&self) -> Option<KeyId> {
+        self.creator_id
+    }
+
     /// A key is valid while `now_ms < expires_at_ms`; a null expiry never expires.
     ///
     /// ```
@@ -187,7 +292,7 @@ impl KeyRecord {
     /// ```
     #[inline]
     pub fn principal(&self) -> Principal {
-        Principal::new(self.id, self.kind, self.scopes)
+        Principal::new(self.id, self.kind, self.scopes, self.expires_at_ms)
     }
 }
 
@@ -208,6 +313,7 @@ pub struct Principal {
     id: KeyId,
     kind: KeyKind,
     scopes: Scopes,
+    expires_at_ms: Option<i64>,
 }
 
 impl Principal {
@@ -215,8 +321,18 @@ impl Principal {
     /// standard key (the keyring's slots are built from records, which
     /// ensure it).
     #[inline]
-    pub(crate) fn new(id: KeyId, kind: KeyKind, scopes: Scopes) -> Principal {
-        Principal { id, kind, scopes }
+    pub(crate) fn new(
+        id: KeyId,
+        kind: KeyKind,
+        scopes: Scopes,
+        expires_at_ms: Option<i64>,
+    ) -> Principal {
+        Principal {
+            id,
+            kind,
+            scopes,
+            expires_at_ms,
+        }
     }
 
     /// The key id.
@@ -250,6 +366,19 @@ impl Principal {
     #[inline]
     pub fn scopes(&self) -> Scopes {
         self.scopes
+    }
+
+    /// The key's expiry in Unix milliseconds; `None` never expires. The
+    /// attenuating [`MintPolicy`](crate::MintPolicy) caps a child's expiry
+    /// at it.
+    ///
+    /// ```
+    /// # let p = keygate::key::example_record().principal();
+    /// assert_eq!(p.expires_at_ms(), Some(2_000));
+    /// ```
+    #[inline]
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        self.expires_at_ms
     }
 
     /// Whether the key may act on `resource` at `access`: one mask test.
@@ -298,6 +427,7 @@ pub fn example_record() -> KeyRecord {
         Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read),
         Some(2_000),
         1_000,
+        None,
     )
 }
 
@@ -316,6 +446,7 @@ mod tests {
             Scopes::empty(),
             None,
             0,
+            None,
         );
         assert_eq!(std.scopes(), Scopes::all());
         assert!(!std.is_expired_at(i64::MAX));
@@ -328,6 +459,35 @@ mod tests {
             .unwrap()
             .replace("\"restricted\"", "\"standard\"");
         assert!(serde_json::from_str::<KeyRecord>(&json).is_err());
+    }
+
+    #[test]
+    fn records_of_0_1_0_lack_creator_and_still_read() {
+        let r = example_record();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"creator_id\":null"));
+        let old = json.replace(",\"creator_id\":null", "");
+        assert!(!old.contains("creator_id"));
+        assert_eq!(serde_json::from_str::<KeyRecord>(&old).unwrap(), r);
+    }
+
+    #[test]
+    fn from_parts_rejects_own_creator() {
+        let r = example_record();
+        let parts = KeyRecordParts {
+            id: r.id(),
+            kind: r.kind(),
+            name: r.name().into(),
+            secret_hash: r.secret_hash(),
+            scopes: r.scopes(),
+            expires_at_ms: None,
+            created_at_ms: 0,
+            creator_id: Some(r.id()),
+        };
+        assert_eq!(
+            KeyRecord::from_parts(parts),
+            Err(RecordError::OwnCreator { id: r.id() })
+        );
     }
 
     #[test]

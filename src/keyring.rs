@@ -2,9 +2,10 @@
 
 mod index;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, KeyringError};
+use crate::feed::{Applied, Change, ChangeOp};
 use crate::key::{KeyRecord, Principal};
 use crate::scope::{Access, Resource};
 use crate::secret::{Pepper, SecretHash};
@@ -31,7 +32,7 @@ use index::{DigestIndex, MAX_PREALLOCATED_KEYS};
 /// let mut keyring = Keyring::new(Pepper::generate(&mut rng));
 /// let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, 0)?;
 /// let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-/// keyring.insert(record);
+/// keyring.insert(record)?;
 ///
 /// let principal = keyring.authenticate(token.expose_secret(), 10)?;
 /// assert!(principal.can(Resource::Devboxes, Access::Read));
@@ -42,9 +43,22 @@ use index::{DigestIndex, MAX_PREALLOCATED_KEYS};
 pub struct Keyring {
     pepper: Pepper,
     decoy: SecretHash,
-    keys: HashMap<KeyId, KeyRecord, IdHasher>,
+    keys: HashMap<KeyId, Entry, IdHasher>,
+    /// Tombstones: the revoked ids (16 bytes each, plus the set's
+    /// overhead). A revoked id never comes back.
+    revoked: HashSet<KeyId, IdHasher>,
     /// The digests of `keys`, for [`Keyring::verify`]; kept in step with it.
     index: DigestIndex,
+    /// The highest sequence number [`Keyring::apply`] has seen.
+    last_seq: u64,
+}
+
+/// A record and the sequence number of the change that wrote it (0 for
+/// [`Keyring::insert`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    record: KeyRecord,
+    seq: u64,
 }
 
 impl Keyring {
@@ -76,7 +90,9 @@ impl Keyring {
             pepper,
             decoy,
             keys: HashMap::with_capacity_and_hasher(capacity, IdHasher),
+            revoked: HashSet::with_hasher(IdHasher),
             index: DigestIndex::with_capacity(capacity),
+            last_seq: 0,
         }
     }
 
@@ -92,29 +108,142 @@ impl Keyring {
 
     /// Adds a record, replacing and returning any record with the same id.
     ///
+    /// This is for a keyring that no change feed drives; with a feed, use
+    /// [`Keyring::apply`]. A revoked id is refused: revocation is final.
+    ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(keyring.insert(keygate::key::example_record()).is_none());
+    /// assert!(keyring.insert(keygate::key::example_record())?.is_none());
     /// assert_eq!(keyring.len(), 1);
+    /// # Ok::<(), keygate::KeyringError>(())
     /// ```
-    pub fn insert(&mut self, record: KeyRecord) -> Option<KeyRecord> {
-        self.index.insert(&record);
-        self.keys.insert(record.id(), record)
+    pub fn insert(&mut self, record: KeyRecord) -> Result<Option<KeyRecord>, KeyringError> {
+        let id = record.id();
+        if self.revoked.contains(&id) {
+            return Err(KeyringError::Revoked { id });
+        }
+        let seq = self.keys.get(&id).map_or(0, |entry| entry.seq);
+        Ok(self.put(record, seq).map(|entry| entry.record))
     }
 
-    /// Removes a key; its tokens stop working at once. Returns the record.
+    /// Stores `record` in the map and the digest index.
+    fn put(&mut self, record: KeyRecord, seq: u64) -> Option<Entry> {
+        self.index.insert(&record);
+        self.keys.insert(record.id(), Entry { record, seq })
+    }
+
+    /// Removes a key; its tokens stop working at once, and the id can never
+    /// be inserted again. Returns the record.
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let record = keygate::key::example_record();
     /// let id = record.id();
-    /// keyring.insert(record);
+    /// keyring.insert(record)?;
     /// assert!(keyring.revoke(&id).is_some());
     /// assert!(keyring.get(&id).is_none());
+    /// assert!(keyring.is_revoked(&id));
+    /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn revoke(&mut self, id: &KeyId) -> Option<KeyRecord> {
+        self.revoked.insert(*id);
         self.index.remove(id);
-        self.keys.remove(id)
+        self.keys.remove(id).map(|entry| entry.record)
+    }
+
+    /// Whether `id` was revoked (by [`Keyring::revoke`] or a
+    /// [`ChangeOp::Revoke`]).
+    ///
+    /// ```
+    /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// assert!(!keyring.is_revoked(&keygate::key::example_record().id()));
+    /// ```
+    pub fn is_revoked(&self, id: &KeyId) -> bool {
+        self.revoked.contains(id)
+    }
+
+    /// Applies one change of a store's log (see [`crate::feed`]).
+    ///
+    /// Idempotent and order-insensitive: per key id, the change with the
+    /// highest sequence number wins, and a revocation is final, so a
+    /// duplicate, an older change or an upsert of a revoked id returns
+    /// [`Applied::Unchanged`]. Applying any set of changes in any order, with
+    /// any duplicates, leaves the keyring as applying them once in order
+    /// would.
+    ///
+    /// ```
+    /// use keygate::{Applied, Change};
+    /// # let record = keygate::key::example_record();
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// let newer = record.clone();
+    /// assert_eq!(keyring.apply(Change::upsert(5, newer))?, Applied::Changed);
+    /// assert_eq!(keyring.apply(Change::upsert(4, record))?, Applied::Unchanged);
+    /// assert_eq!(keyring.last_seq(), 5);
+    /// # Ok::<(), keygate::KeyringError>(())
+    /// ```
+    pub fn apply(&mut self, change: Change) -> Result<Applied, KeyringError> {
+        self.last_seq = self.last_seq.max(change.seq);
+        match change.op {
+            ChangeOp::Upsert(record) => {
+                let id = record.id();
+                if self.revoked.contains(&id) {
+                    return Ok(Applied::Unchanged);
+                }
+                if matches!(self.keys.get(&id), Some(entry) if entry.seq >= change.seq) {
+                    return Ok(Applied::Unchanged);
+                }
+                self.put(record, change.seq);
+                Ok(Applied::Changed)
+            }
+            ChangeOp::Revoke(id) => {
+                if !self.revoked.insert(id) {
+                    return Ok(Applied::Unchanged);
+                }
+                self.index.remove(&id);
+                self.keys.remove(&id);
+                Ok(Applied::Changed)
+            }
+        }
+    }
+
+    /// The highest sequence number [`Keyring::apply`] has seen; 0 before any.
+    ///
+    /// A follower that reads a log strictly in sequence order may resume
+    /// from it. One that also applies its own writes as it makes them (so a
+    /// new key works at once) should keep its own read cursor, since its own
+    /// write may carry a higher number than a change it has yet to read.
+    ///
+    /// ```
+    /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// assert_eq!(keyring.last_seq(), 0);
+    /// ```
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Drops the records that have expired by `now_ms` (they could never
+    /// authenticate again; a store keeps them for its audit) and returns how
+    /// many. Call it now and then, with the time of the call.
+    ///
+    /// ```
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// keyring.insert(keygate::key::example_record())?; // expires at 2 000 ms
+    /// assert_eq!(keyring.evict_expired(1_999), 0);
+    /// assert_eq!(keyring.evict_expired(2_000), 1);
+    /// assert!(keyring.is_empty());
+    /// # Ok::<(), keygate::KeyringError>(())
+    /// ```
+    pub fn evict_expired(&mut self, now_ms: i64) -> usize {
+        let index = &mut self.index;
+        let before = self.keys.len();
+        self.keys.retain(|id, entry| {
+            let keep = !entry.record.is_expired_at(now_ms);
+            if !keep {
+                index.remove(id);
+            }
+            keep
+        });
+        before - self.keys.len()
     }
 
     /// The record of `id`, if the keyring has it.
@@ -125,7 +254,7 @@ impl Keyring {
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
     pub fn get(&self, id: &KeyId) -> Option<&KeyRecord> {
-        self.keys.get(id)
+        self.keys.get(id).map(|entry| &entry.record)
     }
 
     /// Whether the keyring has a record for `id`.
@@ -164,7 +293,7 @@ impl Keyring {
     /// assert_eq!(keyring.records().count(), 0);
     /// ```
     pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
-        self.keys.values()
+        self.keys.values().map(|entry| &entry.record)
     }
 
     /// Parses `token` and verifies it at `now_ms` (Unix milliseconds).
@@ -223,7 +352,12 @@ impl Keyring {
             Some(expires_at_ms) if now_ms >= expires_at_ms => {
                 Err(AuthError::Expired { id, expires_at_ms })
             }
-            _ => Ok(Principal::new(id, slot.kind(), slot.scopes())),
+            expires_at_ms => Ok(Principal::new(
+                id,
+                slot.kind(),
+                slot.scopes(),
+                expires_at_ms,
+            )),
         }
     }
 
@@ -260,13 +394,20 @@ impl core::fmt::Debug for Keyring {
     }
 }
 
-impl Extend<KeyRecord> for Keyring {
-    fn extend<I: IntoIterator<Item = KeyRecord>>(&mut self, iter: I) {
-        for record in iter {
-            self.insert(record);
-        }
+impl PartialEq for Keyring {
+    /// Two keyrings are equal when they hold the same records, tombstones
+    /// and last sequence number, under the same pepper.
+    fn eq(&self, other: &Keyring) -> bool {
+        // The decoy digest is keyed by the pepper: equal decoys, equal
+        // peppers (and `SecretHash` compares in constant time).
+        self.decoy == other.decoy
+            && self.last_seq == other.last_seq
+            && self.revoked == other.revoked
+            && self.keys == other.keys
     }
 }
+
+impl Eq for Keyring {}
 
 #[cfg(test)]
 mod tests {
@@ -284,7 +425,7 @@ mod tests {
             None => MintRequest::standard(None, expires, 0).unwrap(),
         };
         let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-        keyring.insert(record);
+        keyring.insert(record).unwrap();
         (keyring, String::from(token.expose_secret()))
     }
 
@@ -355,8 +496,9 @@ mod tests {
             b.scopes(),
             None,
             0,
+            None,
         );
-        keyring.insert(forged);
+        keyring.insert(forged).unwrap();
         let parsed = token_a.parse().unwrap();
         let moved = crate::secret::SecretToken::assemble(parsed.kind(), &b.id(), parsed.secret());
         assert_eq!(
@@ -374,7 +516,7 @@ mod tests {
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..3_000 {
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-            keyring.insert(record);
+            keyring.insert(record).unwrap();
             tokens.push(token);
         }
         assert_eq!(keyring.index.len, 3_000);
@@ -403,8 +545,9 @@ mod tests {
             old.scopes(),
             None,
             0,
+            None,
         );
-        keyring.insert(replacement);
+        keyring.insert(replacement).unwrap();
         assert_eq!(keyring.index.len, 1_500);
         assert_eq!(
             keyring.authenticate(tokens[1].expose_secret(), 1),
@@ -452,9 +595,10 @@ mod tests {
             record.scopes(),
             Some(-5),
             0,
+            None,
         );
         let mut keyring = keyring.clone();
-        keyring.insert(negative);
+        keyring.insert(negative).unwrap();
         assert!(matches!(
             keyring.authenticate(&token, -6),
             Ok(p) if p.scopes() == record.scopes()

@@ -10,6 +10,9 @@
 //! * [`Pepper`], [`SecretHash`], [`SecretToken`]: secrets and their digests.
 //! * [`KeyRecord`], [`Principal`], [`Keyring`]: storage and the hot path.
 //! * [`MintRequest`], [`MintPolicy`], [`mint()`]: making keys.
+//! * [`roll()`], [`Change`], [`lineage`]: the key lifecycle: rotation with
+//!   an overlap, a change feed that keeps keyrings in step with a store,
+//!   and who minted whom.
 //! * [`wire`]: the spec's JSON types.
 //! * [`Error`] and friends: each knows its HTTP status.
 //!
@@ -21,7 +24,7 @@
 //! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
 //! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, 0)?;
 //! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-//! keyring.insert(record);
+//! keyring.insert(record)?;
 //! assert!(keyring.can(token.expose_secret(), Resource::Devboxes, Access::Read, 1).is_ok());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -39,9 +42,12 @@ extern crate alloc;
 extern crate std;
 
 pub mod error;
+pub mod feed;
 pub mod key;
 pub mod keyring;
+pub mod lineage;
 pub mod mint;
+pub mod roll;
 pub mod scope;
 pub mod secret;
 pub mod token;
@@ -49,10 +55,15 @@ pub mod token;
 pub mod tower;
 pub mod wire;
 
-pub use error::{AuthError, Error, MintError, ScopeParseError, TokenError, ValidationError};
-pub use key::{KeyRecord, Principal};
+pub use error::{
+    AuthError, Error, KeyringError, MintError, RecordError, RollError, ScopeParseError, TokenError,
+    ValidationError,
+};
+pub use feed::{Applied, Change, ChangeOp};
+pub use key::{KeyRecord, KeyRecordParts, Principal};
 pub use keyring::Keyring;
 pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};
+pub use roll::{roll, RolledKey};
 pub use scope::{Access, Resource, Scopes};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};

@@ -35,6 +35,7 @@ pub struct MintRequest {
     name: String,
     scopes: Scopes,
     expires_at_ms: Option<i64>,
+    creator_id: Option<KeyId>,
 }
 
 impl MintRequest {
@@ -59,6 +60,7 @@ impl MintRequest {
             name: validate_name(name)?,
             scopes: Scopes::all(),
             expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+            creator_id: None,
         })
     }
 
@@ -93,6 +95,7 @@ impl MintRequest {
             name,
             scopes,
             expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+            creator_id: None,
         })
     }
 
@@ -138,6 +141,47 @@ impl MintRequest {
     /// ```
     pub fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
+    }
+
+    /// The same request, made by `creator`: the minted record names it as
+    /// [`KeyRecord::creator_id`]. A server sets it to the calling key, so it
+    /// can answer who minted what and revoke a key's descendants.
+    ///
+    /// ```
+    /// # let caller = keygate::key::example_record().principal();
+    /// let req = keygate::MintRequest::standard(None, None, 0)?.created_by(&caller);
+    /// assert_eq!(req.creator_id(), Some(caller.id()));
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    #[must_use]
+    pub fn created_by(mut self, creator: &Principal) -> MintRequest {
+        self.creator_id = Some(creator.id());
+        self
+    }
+
+    /// The key that asks for this one, if the request says.
+    ///
+    /// ```
+    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// assert_eq!(req.creator_id(), None);
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    pub fn creator_id(&self) -> Option<KeyId> {
+        self.creator_id
+    }
+}
+
+impl MintRequest {
+    /// A request for a key like `record`: its kind, name, scopes, expiry
+    /// and creator, which were validated when it was minted.
+    pub(crate) fn like(record: &KeyRecord) -> MintRequest {
+        MintRequest {
+            kind: record.kind(),
+            name: String::from(record.name()),
+            scopes: record.scopes(),
+            expires_at_ms: record.expires_at_ms(),
+            creator_id: record.creator_id(),
+        }
     }
 }
 
@@ -203,9 +247,13 @@ pub enum MintPolicy {
     /// `RESOURCE_TYPE_ACCOUNT` write, may mint any key, standard included.
     #[default]
     Spec,
-    /// The spec's rule, narrowed: a restricted caller may mint only
-    /// restricted keys whose scopes are a subset of its own, and never a
-    /// standard key. A standard caller may mint anything.
+    /// The spec's rule, narrowed so that no key can mint more than it has:
+    ///
+    /// * a restricted caller may mint only restricted keys whose scopes are
+    ///   a subset of its own, and never a standard key;
+    /// * a caller that expires (standard or restricted) may mint only keys
+    ///   that expire, no later than it does. A caller that never expires
+    ///   may give its children any expiry.
     Attenuating,
 }
 
@@ -229,21 +277,35 @@ impl MintPolicy {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn authorize(self, caller: &Principal, request: &MintRequest) -> Result<(), MintError> {
-        if caller.kind() == KeyKind::Standard {
-            return Ok(());
-        }
-        if !caller.can(Resource::Account, Access::Write) {
+        if caller.kind() == KeyKind::Restricted && !caller.can(Resource::Account, Access::Write) {
             return Err(MintError::MissingAccountWrite);
         }
-        match self {
-            MintPolicy::Spec => Ok(()),
-            MintPolicy::Attenuating => match request.kind {
-                KeyKind::Standard => Err(MintError::StandardFromRestricted),
+        if self == MintPolicy::Spec {
+            return Ok(());
+        }
+        if caller.kind() == KeyKind::Restricted {
+            match request.kind {
+                KeyKind::Standard => return Err(MintError::StandardFromRestricted),
                 KeyKind::Restricted if !request.scopes.is_subset(&caller.scopes()) => {
-                    Err(MintError::ScopesExceedCaller)
+                    return Err(MintError::ScopesExceedCaller)
                 }
-                KeyKind::Restricted => Ok(()),
-            },
+                KeyKind::Restricted => {}
+            }
+        }
+        match (caller.expires_at_ms(), request.expires_at_ms) {
+            (None, _) => Ok(()),
+            (Some(parent_expires_at_ms), None) => Err(MintError::ChildMustExpire {
+                parent_expires_at_ms,
+            }),
+            (Some(parent_expires_at_ms), Some(expires_at_ms))
+                if expires_at_ms > parent_expires_at_ms =>
+            {
+                Err(MintError::ChildOutlivesParent {
+                    expires_at_ms,
+                    parent_expires_at_ms,
+                })
+            }
+            (Some(_), Some(_)) => Ok(()),
         }
     }
 }
@@ -363,6 +425,7 @@ pub fn mint<R: CryptoRng + ?Sized>(
         request.scopes,
         request.expires_at_ms,
         now_ms,
+        request.creator_id,
     );
     MintedKey { record, token }
 }
@@ -392,6 +455,7 @@ pub fn example_minted() -> MintedKey {
         name: String::from("example"),
         scopes: Scopes::grant(Resource::Devboxes, Access::Write),
         expires_at_ms: None,
+        creator_id: None,
     };
     mint(&pepper, &request, &mut Counter(1), 0)
 }
@@ -502,7 +566,7 @@ mod tests {
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..100 {
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-            assert!(keyring.insert(record).is_none());
+            assert!(keyring.insert(record).unwrap().is_none());
             tokens.push(token);
         }
         for t in &tokens {

@@ -25,6 +25,9 @@ use crate::token::{KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, 
 /// The blake3 `derive_key` context that turns a pepper into the hashing key.
 pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
 
+/// The blake3 `derive_key` context of [`Pepper::fingerprint`].
+pub const FINGERPRINT_CONTEXT: &str = "keygate 2026-11-29 v1 pepper fingerprint";
+
 /// Length of a pepper, in bytes.
 pub const PEPPER_LEN: usize = 32;
 
@@ -113,6 +116,23 @@ impl Pepper {
         // barrier, rather than the array impl's 60 single-byte volatile writes.
         message.as_mut_slice().zeroize();
         digest
+    }
+
+    /// A public value that tells peppers apart without revealing them: a
+    /// store keeps it beside the records, and a server started with another
+    /// pepper file refuses to start instead of answering 401 to every key.
+    ///
+    /// It is `derive_key(FINGERPRINT_CONTEXT, hashing key)`, its own domain:
+    /// it tests no guess at a secret and gives no digest.
+    ///
+    /// ```
+    /// let a = keygate::Pepper::from_bytes(&[1u8; 32]);
+    /// let b = keygate::Pepper::from_bytes(&[2u8; 32]);
+    /// assert_eq!(a.fingerprint(), keygate::Pepper::from_bytes(&[1u8; 32]).fingerprint());
+    /// assert_ne!(a.fingerprint(), b.fingerprint());
+    /// ```
+    pub fn fingerprint(&self) -> [u8; 32] {
+        blake3::derive_key(FINGERPRINT_CONTEXT, &self.key)
     }
 
     /// The digest a record stores for `token`.

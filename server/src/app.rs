@@ -145,7 +145,8 @@ impl AppState {
                 self.keyring
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(record);
+                    .insert(record)
+                    .ok();
             }
             Ok(None) => self
                 .misses
@@ -363,7 +364,8 @@ async fn mint_and_store(
         .keyring
         .write()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(record);
+        .insert(record)
+        .ok();
     match serde_json::to_vec(&minted.into_view()) {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);

@@ -153,7 +153,9 @@ fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), St
     let reader = Store::open(&args.db).map_err(|e| e.to_string())?;
     let records = writer.load_all().map_err(|e| e.to_string())?;
     let mut keyring = Keyring::with_capacity(pepper, records.len());
-    keyring.extend(records);
+    for record in records {
+        keyring.insert(record).map_err(|e| e.to_string())?;
+    }
     if keyring.is_empty() {
         bootstrap(&writer, &mut keyring)?;
     }
@@ -189,7 +191,7 @@ fn bootstrap(store: &Store, keyring: &mut Keyring) -> Result<(), String> {
         record.id(),
         token.expose_secret()
     );
-    keyring.insert(record);
+    keyring.insert(record).map_err(|e| e.to_string())?;
     Ok(())
 }
 
