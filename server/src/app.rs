@@ -21,7 +21,7 @@ use keygate::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::store::Store;
+use crate::store::sqlite::Store;
 
 /// The largest request body, in bytes (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;

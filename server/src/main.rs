@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use keygate::tower::system_now_ms;
 use keygate::{Keyring, MintPolicy, MintRequest, Pepper, Scopes};
 
-use crate::store::Store;
+use crate::store::sqlite::Store;
 
 /// API-key authorization server.
 #[derive(Parser, Debug)]

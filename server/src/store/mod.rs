@@ -1,0 +1,222 @@
+//! Key storage: one trait, [`Store`], and its implementations. No handler
+//! knows which one runs.
+//!
+//! Every write appends to a change log in the same transaction. The log is
+//! both the audit log (`GET /v1/events`) and the change feed that keeps
+//! every running instance's keyring up to date (see `crate::follow`): each
+//! entry names a key, and [`Store::changes_since`] turns entries into
+//! [`keygate::Change`]s from the key's current row.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use keygate::{Change, KeyId, KeyRecord};
+use serde::Serialize;
+
+/// The newest schema this binary knows.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// What went wrong in a store, by what the caller should do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The store cannot be reached now (a database that is down): retry
+    /// later. HTTP 503 with `Retry-After`.
+    Unavailable(String),
+    /// The key is unknown, or revoked where a live key was needed.
+    NotFound,
+    /// The database is not one this binary can use (newer schema, another
+    /// pepper, a corrupt row): stop and tell the operator.
+    Fatal(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
+            StoreError::NotFound => f.write_str("no such key"),
+            StoreError::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A key as the store keeps it: the record, plus what only the store knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The record (no secret).
+    pub record: KeyRecord,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+    /// When it last authenticated, as last flushed.
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A key was minted.
+    Created,
+    /// A key was revoked.
+    Revoked,
+    /// A key was rolled: its expiry shortened, a new key (`new_key_id`) made.
+    Rolled,
+}
+
+impl Action {
+    /// The name stored in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Revoked => "revoked",
+            Action::Rolled => "rolled",
+        }
+    }
+
+    /// The action stored as `name`.
+    pub fn from_name(name: &str) -> Option<Action> {
+        match name {
+            "created" => Some(Action::Created),
+            "revoked" => Some(Action::Revoked),
+            "rolled" => Some(Action::Rolled),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the change log, as `GET /v1/events` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Its position in the log; grows with commit order.
+    pub seq: u64,
+    /// When it happened, in Unix milliseconds.
+    pub at_ms: i64,
+    /// What happened.
+    pub action: Action,
+    /// The key it happened to.
+    pub key_id: KeyId,
+    /// The key that asked for it; `None` for the CLI and the bootstrap.
+    pub actor_id: Option<KeyId>,
+    /// For `rolled`, the new key's id.
+    pub new_key_id: Option<KeyId>,
+}
+
+/// A page of keys, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys of the page.
+    pub keys: Vec<StoredKey>,
+    /// Whether keys follow the last one.
+    pub has_more: bool,
+}
+
+/// Whose keys a read or a write may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every key.
+    All,
+    /// Only the keys minted from this one, directly or transitively (the
+    /// attenuating policy's rule for a restricted caller). The key itself is
+    /// not among them.
+    DescendantsOf(KeyId),
+}
+
+/// The live records and the log position they reflect, read in one snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Every key that is not revoked, expired ones included: the caller
+    /// evicts by its own clock.
+    pub records: Vec<KeyRecord>,
+    /// The last sequence number the snapshot includes.
+    pub seq: u64,
+}
+
+/// Key storage. Implementations: [`sqlite::SqliteStore`] (and PostgreSQL).
+///
+/// Every method that writes commits durably before it returns, and appends
+/// its events to the log in the same transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a newly minted key and its `created` event; returns the
+    /// event's sequence number.
+    async fn create(
+        &self,
+        record: &KeyRecord,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Revokes `id` and, with `cascade`, every live key minted from it
+    /// (transitively), each with its own `revoked` event; all or nothing.
+    /// `scope` limits which `id` may be named ([`StoreError::NotFound`]
+    /// otherwise, as for an unknown or already revoked id). Returns the
+    /// revoked ids with their events' sequence numbers, `id` first.
+    async fn revoke(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        cascade: bool,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyId)>, StoreError>;
+
+    /// Rolls a key: writes `old` (the same key with its shortened expiry)
+    /// and the new key, with a `created` event for the new key and then a
+    /// `rolled` event for the old one, in one transaction. Fails with
+    /// [`StoreError::NotFound`] if `old` is unknown, revoked, or outside
+    /// `scope`. Returns the two events' sequence numbers.
+    async fn roll(
+        &self,
+        old: &KeyRecord,
+        new: &KeyRecord,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<(u64, u64), StoreError>;
+
+    /// The key `id`, revoked or not, if it is within `scope`.
+    async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError>;
+
+    /// Up to `limit` keys that are not revoked, within `scope`, with ids
+    /// after `starting_after`, in id order.
+    async fn list(
+        &self,
+        scope: Scope,
+        starting_after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError>;
+
+    /// Up to `limit` events with sequence numbers after `after`, in order;
+    /// and whether more follow.
+    async fn events(&self, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError>;
+
+    /// Up to `limit` changes after `after`, in sequence order, each built
+    /// from its key's current row (a revoked key gives a revocation).
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
+
+    /// The live records and the last sequence number, in one snapshot.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// Writes a batch of `last_used_at_ms` values (never moving one back).
+    async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError>;
+
+    /// How many keys the store holds, revoked ones included.
+    async fn count(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store answers now (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Checks the pepper's fingerprint ([`keygate::Pepper::fingerprint`])
+    /// against the one stored, or stores it if there is none yet (a new or
+    /// just-migrated database). A mismatch is [`StoreError::Fatal`], with a
+    /// message that says the pepper file does not belong to this database.
+    async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError>;
+
+    /// A signal that new changes may be in the log (PostgreSQL's `NOTIFY`),
+    /// so the follower polls at once instead of at its next tick. `None`
+    /// where the store has no such signal; the follower polls either way.
+    fn change_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+}
