@@ -2,9 +2,11 @@
 //!
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
-//! * `keygate mint`: mints a key straight into the database.
+//! * `keygate mint`, `list`, `revoke`, `roll`, `events`: act on the
+//!   database directly (see `cli`).
 
 mod app;
+mod cli;
 mod pepper;
 mod store;
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use keygate::tower::system_now_ms;
-use keygate::{Keyring, MintPolicy, MintRequest, Pepper, Scopes};
+use keygate::{Change, Keyring, MintPolicy, MintRequest};
 
 use crate::store::sqlite::Store;
 
@@ -69,6 +71,47 @@ enum Command {
         #[arg(long = "scope", value_name = "RESOURCE:ACCESS")]
         scopes: Vec<String>,
     },
+    /// List the keys that are not revoked, by id.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print a JSON array of key views instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id.
+        id: String,
+        /// Also revoke every key minted from it, transitively.
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Roll a key: a new key (printed as its created view, as JSON) with the
+    /// same kind, name, scopes and expiry; the old key ends after the overlap.
+    Roll {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id.
+        id: String,
+        /// How long the old key keeps working: `90s`, `15m`, `24h`, `7d`
+        /// (at most), or `0` (it ends now).
+        #[arg(long, value_name = "DURATION", default_value = "0")]
+        overlap: String,
+    },
+    /// Print the audit log (the change log) in sequence order.
+    Events {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only events with sequence numbers after this one.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+        /// Print a JSON array of events instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,7 +127,11 @@ fn main() -> ExitCode {
             name,
             expires_at_ms,
             scopes,
-        } => mint(&store, name.as_deref(), expires_at_ms, &scopes),
+        } => cli::block_on(cli::mint(&store, name.as_deref(), expires_at_ms, &scopes)),
+        Command::List { store, json } => cli::block_on(cli::list(&store, json)),
+        Command::Revoke { store, id, cascade } => cli::block_on(cli::revoke(&store, &id, cascade)),
+        Command::Roll { store, id, overlap } => cli::block_on(cli::roll(&store, &id, &overlap)),
+        Command::Events { store, after, json } => cli::block_on(cli::events(&store, after, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,51 +140,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Opens the store and the pepper. A missing pepper is created only while
-/// the database holds no keys: with keys, it would silently lock them out.
-fn open(args: &StoreArgs) -> Result<(Store, Pepper), String> {
-    let store = Store::open(&args.db).map_err(|e| e.to_string())?;
-    let count = store.count().map_err(|e| e.to_string())?;
-    let path = args
-        .pepper_file
-        .clone()
-        .unwrap_or_else(|| pepper::default_path(&args.db));
-    let (pepper, _created) = pepper::load_or_create(&path, count == 0).map_err(|e| {
-        if count > 0 && !path.exists() {
-            format!(
-                "pepper file `{}` is missing but database `{}` holds {count} keys; restore the pepper file",
-                path.display(),
-                args.db.display()
-            )
-        } else {
-            e
-        }
-    })?;
-    Ok((store, pepper))
-}
-
-fn mint(
-    args: &StoreArgs,
-    name: Option<&str>,
-    expires_at_ms: Option<i64>,
-    scopes: &[String],
-) -> Result<(), String> {
-    let (store, pepper) = open(args)?;
-    let now_ms = system_now_ms();
-    let request = if scopes.is_empty() {
-        MintRequest::standard(name, expires_at_ms, now_ms)
-    } else {
-        let scopes: Scopes = scopes.join(",").parse().map_err(|e| format!("{e}"))?;
-        MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
-    }
-    .map_err(|e| e.to_string())?;
-    let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
-    store.insert(minted.record()).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(&minted.into_view()).map_err(|e| e.to_string())?;
-    println!("{json}");
-    Ok(())
 }
 
 fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), String> {
@@ -149,14 +151,28 @@ fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), St
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let (writer, pepper) = open(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (store, pepper) = runtime.block_on(cli::open_store(args))?;
+    let (snapshot, count) = runtime
+        .block_on(async {
+            Ok::<_, store::StoreError>((store.snapshot().await?, store.count().await?))
+        })
+        .map_err(|e| e.to_string())?;
+    drop(store);
+    // Transitional (until app.rs moves to the `Store` trait): the handlers'
+    // synchronous writer and reader.
+    let writer = Store::open(&args.db).map_err(|e| e.to_string())?;
     let reader = Store::open(&args.db).map_err(|e| e.to_string())?;
-    let records = writer.load_all().map_err(|e| e.to_string())?;
-    let mut keyring = Keyring::with_capacity(pepper, records.len());
-    for record in records {
-        keyring.insert(record).map_err(|e| e.to_string())?;
+    let mut keyring = Keyring::with_capacity(pepper, snapshot.records.len());
+    for record in snapshot.records {
+        keyring
+            .apply(Change::upsert(snapshot.seq, record))
+            .map_err(|e| e.to_string())?;
     }
-    if keyring.is_empty() {
+    if count == 0 {
         bootstrap(&writer, &mut keyring)?;
     }
     tracing::info!(keys = keyring.len(), db = %args.db.display(), "loaded keys");
@@ -166,10 +182,6 @@ fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), St
         MintPolicy::Spec
     };
     let state = Arc::new(app::AppState::new(keyring, writer, reader, policy));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(run(listen, state))
 }
 
