@@ -142,10 +142,17 @@ fn check_durability(conn: &Connection, path: &str) -> Result<(), StoreError> {
 fn open_connection(path: &Path, shown: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open database `{shown}`: {e}")))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
-        .map_err(sql)?;
-    conn.execute_batch("PRAGMA synchronous=FULL").map_err(sql)?;
+    let setup = |conn: &Connection| -> Result<(), rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+        conn.execute_batch("PRAGMA synchronous=FULL")
+    };
+    setup(&conn).map_err(|e| match sql(e) {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("cannot open database `{shown}`: {m}"))
+        }
+        other => StoreError::Fatal(format!("cannot open database `{shown}`: {other}")),
+    })?;
     check_durability(&conn, shown)?;
     Ok(conn)
 }
@@ -1018,6 +1025,13 @@ mod tests {
             conn.execute_batch("PRAGMA synchronous=EXTRA").unwrap();
             check_durability(&conn, "x").unwrap();
         }
+        // A file that is no database fails to open, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+        let e = SqliteStore::open(&junk).err().unwrap();
+        assert!(matches!(e, StoreError::Fatal(_)), "{e:?}");
+        assert!(e.to_string().contains("junk.db"), "{e}");
         // A database that cannot journal to a WAL (in memory) fails to open.
         let e = SqliteStore::open(Path::new(":memory:")).err().unwrap();
         assert!(e.to_string().contains("not in WAL mode"), "{e}");
