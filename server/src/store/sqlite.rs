@@ -1037,6 +1037,37 @@ mod tests {
         assert!(e.to_string().contains("not in WAL mode"), "{e}");
     }
 
+    // The writer's lock is held across the reads on purpose: they must not
+    // need it.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn reads_do_not_wait_for_a_write_in_progress() {
+        let (_dir, store) = new_store();
+        let [a, ..] = family(&store).await;
+        let late = record(None, 99);
+        // Hold the writer, mid-transaction, with an uncommitted insert.
+        let mut writer = raw(&store);
+        let tx = writer
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        insert_key(&tx, &late).unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            (
+                store.get(a.id(), Scope::All).await.unwrap(),
+                store.get(late.id(), Scope::All).await.unwrap(),
+                store.snapshot().await.unwrap().seq,
+            )
+        })
+        .await
+        .expect("a read waited for the writer");
+        assert!(read.0.is_some());
+        assert!(read.1.is_none(), "an uncommitted row is invisible");
+        assert_eq!(read.2, 5);
+        tx.commit().unwrap();
+        drop(writer);
+        assert!(store.get(late.id(), Scope::All).await.unwrap().is_some());
+    }
+
     #[tokio::test]
     async fn list_pages_in_id_order_without_revoked_keys() {
         let (_dir, store) = new_store();
