@@ -694,20 +694,3 @@ fn a_0_1_0_database_migrates_and_every_key_still_works() {
     let fresh = secret(&create(&server, &std_key, "/v1/apikeys", "{}"));
     assert!(works(&server, &fresh));
 }
-
-#[test]
-fn the_wrong_pepper_file_is_refused_at_start_up() {
-    let dir = TempDir::new("wrongpepper");
-    let _ = mint_token(&dir.db(), &[]);
-    let other = dir.0.join("other.pepper");
-    std::fs::write(&other, [7u8; 32]).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.db())
-        .args(["--pepper-file", other.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pepper"), "{err}");
-}
