@@ -474,4 +474,106 @@ mod tests {
             assert!(s.starts_with(|c: char| !c.is_uppercase()), "{s}");
         }
     }
+
+    fn some_id() -> KeyId {
+        KeyId::parse("0000000000000000").unwrap()
+    }
+
+    #[test]
+    fn every_error_answers_its_status() {
+        let id = some_id();
+        let cases: [(Error, u16); 12] = [
+            (
+                ScopeParseError::DuplicateResource(Resource::Agents).into(),
+                400,
+            ),
+            (TokenError::Checksum.into(), 401),
+            (TokenError::Length { len: 3 }.into(), 401),
+            (AuthError::InvalidCredentials.into(), 401),
+            (
+                AuthError::Expired {
+                    id,
+                    expires_at_ms: 1,
+                }
+                .into(),
+                401,
+            ),
+            (
+                AuthError::InsufficientScope {
+                    id,
+                    resource: Resource::Account,
+                    access: Access::Write,
+                }
+                .into(),
+                403,
+            ),
+            (ValidationError::NoAccessGranted.into(), 400),
+            (MintError::ScopesExceedCaller.into(), 403),
+            (RecordError::OwnCreator { id }.into(), 500),
+            (KeyringError::Revoked { id }.into(), 409),
+            (
+                RollError::Expired {
+                    id,
+                    expires_at_ms: 5,
+                }
+                .into(),
+                409,
+            ),
+            (AuthError::Malformed(TokenError::Prefix).into(), 401),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.http_status(), status, "{error}");
+        }
+        assert_eq!(
+            ScopeParseError::UnknownResource("x".into()).http_status(),
+            400
+        );
+        assert_eq!(TokenError::Separator.http_status(), 401);
+        assert_eq!(ValidationError::ScopesMissing.http_status(), 400);
+        assert_eq!(MintError::MissingAccountWrite.http_status(), 403);
+        assert_eq!(
+            RecordError::StandardWithoutAllScopes { id }.http_status(),
+            500
+        );
+        assert_eq!(KeyringError::Revoked { id }.http_status(), 409);
+        assert_eq!(
+            RollError::Expired {
+                id,
+                expires_at_ms: 0
+            }
+            .http_status(),
+            409
+        );
+    }
+
+    #[test]
+    fn invalid_scopes_are_exactly_the_scope_rules() {
+        let scope_errors = [
+            ValidationError::ScopesMissing,
+            ValidationError::ScopeEntryIncomplete {
+                index: 0,
+                field: "resource_type",
+            },
+            ValidationError::DuplicateResource(Resource::Objects),
+            ValidationError::NoAccessGranted,
+        ];
+        for e in scope_errors {
+            assert!(e.is_invalid_scopes(), "{e}");
+        }
+        let other_errors = [
+            ValidationError::NameTooLong { len: 300, max: 256 },
+            ValidationError::NameControlCharacter {
+                name: "a".into(),
+                position: 1,
+            },
+            ValidationError::ExpiryNegative(-1),
+            ValidationError::ExpiryNotInFuture {
+                expires_at_ms: 1,
+                now_ms: 2,
+            },
+        ];
+        for e in other_errors {
+            assert!(!e.is_invalid_scopes(), "{e}");
+        }
+    }
 }

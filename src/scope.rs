@@ -706,4 +706,73 @@ mod tests {
             assert!(Scopes::from_bits(0b11 << r.shift()).is_some());
         }
     }
+
+    #[test]
+    fn duplicate_is_caught_for_every_resource() {
+        for r in Resource::ALL {
+            let text = alloc::format!("{r}:read,{r}:write");
+            assert_eq!(
+                Scopes::parse(&text),
+                Err(ScopeParseError::DuplicateResource(r)),
+                "{text}"
+            );
+            // The same resource after a different one is still a duplicate.
+            let other = if r == Resource::Devboxes {
+                Resource::Account
+            } else {
+                Resource::Devboxes
+            };
+            let text = alloc::format!("{r}:read,{other}:read,{r}:none");
+            assert_eq!(
+                Scopes::parse(&text),
+                Err(ScopeParseError::DuplicateResource(r)),
+                "{text}"
+            );
+        }
+        // Every resource once is not a duplicate.
+        let text = Scopes::all().to_string();
+        assert_eq!(Scopes::parse(&text), Ok(Scopes::all()));
+    }
+
+    #[test]
+    fn api_names_round_trip() {
+        for r in Resource::ALL {
+            assert_eq!(Resource::from_api_name(r.api_name()), Some(r));
+        }
+        for a in Access::ALL {
+            assert_eq!(Access::from_api_name(a.api_name()), Some(a));
+        }
+        assert_eq!(Resource::from_api_name("devboxes"), None);
+        assert_eq!(Access::from_api_name("read"), None);
+    }
+
+    #[test]
+    fn assign_operators_change_the_set() {
+        let read = Scopes::grant(Resource::Devboxes, Access::Read);
+        let write = Scopes::grant(Resource::Devboxes, Access::Write);
+        let objects = Scopes::grant(Resource::Objects, Access::Read);
+
+        let mut s = read;
+        s |= objects;
+        assert_eq!(s, read | objects);
+        assert!(s.can(Resource::Objects, Access::Read));
+
+        let mut s = write | objects;
+        s &= read;
+        assert_eq!(s, read);
+        assert!(!s.can(Resource::Objects, Access::Read));
+        assert!(!s.can(Resource::Devboxes, Access::Write));
+    }
+
+    #[test]
+    fn debug_shows_the_text_form() {
+        let s = Scopes::grant(Resource::Agents, Access::Write);
+        assert_eq!(alloc::format!("{s:?}"), "Scopes(agents:write)");
+    }
+
+    #[test]
+    fn deserialize_error_says_what_was_expected() {
+        let e = serde_json::from_str::<Scopes>("42").unwrap_err();
+        assert!(e.to_string().contains("a scope list such as"), "{e}");
+    }
 }

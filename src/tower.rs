@@ -602,4 +602,121 @@ mod tests {
         assert_eq!(e.http_status(), 403);
         assert_eq!(e.key_id().unwrap().as_str(), &reader[3..19]);
     }
+
+    #[test]
+    fn system_clock_is_the_real_time() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let now = system_now_ms();
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
+    }
+
+    #[test]
+    fn default_clock_refuses_a_key_that_expired_a_millisecond_ago() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let now = system_now_ms();
+        let mut make = |expires: i64| {
+            let minted_at = now - 60_000;
+            let req = MintRequest::standard(None, Some(expires), minted_at).unwrap();
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, minted_at).into_parts();
+            keyring.insert(record).unwrap();
+            String::from(token.expose_secret())
+        };
+        let just_expired = make(now - 1);
+        let live = make(now + 600_000);
+        // No `with_clock`: the layer reads the system clock.
+        let layer = RequireScope::new(
+            Arc::new(RwLock::new(keyring)),
+            Resource::Devboxes,
+            Access::Read,
+        );
+        let r = call(&layer, Some(&format!("Bearer {just_expired}")));
+        assert_eq!(r.status(), 401);
+        assert!(r.body().contains("expired"), "{}", r.body());
+        let r = call(&layer, Some(&format!("Bearer {live}")));
+        assert_eq!(r.status(), 200);
+    }
+
+    #[test]
+    fn layer_reports_what_it_guards() {
+        let (keyring, _, _, _) = setup();
+        let layer = RequireScope::new(keyring, Resource::Agents, Access::Write);
+        assert_eq!(layer.resource(), Resource::Agents);
+        assert_eq!(layer.access(), Access::Write);
+        let layer = RequireScope::new(layer.auth, Resource::Objects, Access::Read);
+        assert_eq!(layer.resource(), Resource::Objects);
+        assert_eq!(layer.access(), Access::Read);
+    }
+
+    /// A service that is never ready, or fails readiness.
+    struct Busy(bool);
+
+    impl Service<Request<()>> for Busy {
+        type Response = Response<String>;
+        type Error = &'static str;
+        type Future = core::future::Ready<Result<Response<String>, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.0 {
+                Poll::Ready(Err("broken"))
+            } else {
+                Poll::Pending
+            }
+        }
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            core::future::ready(Ok(Response::new(String::new())))
+        }
+    }
+
+    #[test]
+    fn readiness_is_the_inner_services() {
+        let (keyring, _, _, _) = setup();
+        let layer = RequireScope::new(keyring, Resource::Agents, Access::Write);
+        let mut cx = Context::from_waker(core::task::Waker::noop());
+        let mut pending = layer.layer(Busy(false));
+        assert!(pending.poll_ready(&mut cx).is_pending());
+        let mut failing = layer.layer(Busy(true));
+        assert_eq!(failing.poll_ready(&mut cx), Poll::Ready(Err("broken")));
+        let mut ready = layer.layer(Echo);
+        assert!(matches!(ready.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn a_rejection_polled_again_is_a_500() {
+        let (keyring, _, _, _) = setup();
+        let layer = RequireScope::new(keyring, Resource::Agents, Access::Write);
+        let mut svc = layer.layer(Echo);
+        let mut future = core::pin::pin!(svc.call(Request::new(())));
+        let mut cx = Context::from_waker(core::task::Waker::noop());
+        let Poll::Ready(Ok(first)) = future.as_mut().poll(&mut cx) else {
+            panic!("a rejection is ready at once");
+        };
+        assert_eq!(first.status(), 401);
+        let Poll::Ready(Ok(second)) = future.as_mut().poll(&mut cx) else {
+            panic!("a rejection is ready at once");
+        };
+        assert_eq!(second.status(), 500);
+    }
+
+    #[test]
+    fn references_authenticate_like_their_target() {
+        let (keyring, standard, _, _) = setup();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {standard}")).unwrap(),
+        );
+        let by_ref: &RwLock<Keyring> = &keyring;
+        let p = authenticate_headers(&by_ref, &headers, 0).unwrap();
+        assert_eq!(p.id().as_str(), &standard[3..19]);
+    }
 }
