@@ -497,4 +497,53 @@ mod tests {
         .unwrap_err()
         .contains("twice"));
     }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        n: u32,
+    }
+
+    fn parse(text: &'static str) -> Result<Body, (StatusCode, String)> {
+        parse_body::<Body>(Ok(Bytes::from_static(text.as_bytes())))
+    }
+
+    #[test]
+    fn body_is_optional_and_must_be_an_object() {
+        assert_eq!(parse(""), Ok(Body::default()));
+        assert_eq!(parse(" \r\n\t"), Ok(Body::default()));
+        assert_eq!(parse(" \n{\"n\": 3}"), Ok(Body { n: 3 }));
+        for not_an_object in ["[3]", " [3]", "3", "x{}", "null"] {
+            assert_eq!(
+                parse(not_an_object),
+                Err((
+                    StatusCode::BAD_REQUEST,
+                    String::from("invalid request body: expected a JSON object")
+                )),
+                "{not_an_object}"
+            );
+        }
+        let (status, detail) = parse(r#"{"m": 1}"#).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            detail.starts_with("invalid request body: unknown field `m`"),
+            "{detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_a_413() {
+        use axum::extract::FromRequest;
+        let request = axum::http::Request::builder()
+            .body(axum::body::Body::from(vec![b' '; 3 * 1024 * 1024]))
+            .unwrap();
+        let bytes = Bytes::from_request(request, &()).await;
+        let (status, detail) = parse_body::<Body>(bytes).unwrap_err();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            detail,
+            format!("request body is larger than {BODY_LIMIT} bytes")
+        );
+    }
 }

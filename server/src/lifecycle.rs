@@ -487,17 +487,31 @@ mod tests {
     #[test]
     fn events_query() {
         assert_eq!(
-            EventsQuery::parse(Some("after=18446744073709551615&limit=5")),
+            EventsQuery::parse(Some("after=9223372036854775807&limit=5")),
             Ok(EventsQuery {
-                after: u64::MAX,
+                after: i64::MAX as u64,
                 limit: 5
             })
         );
+        assert_eq!(
+            EventsQuery::parse(None),
+            Ok(EventsQuery {
+                after: 0,
+                limit: 20
+            })
+        );
+        assert_eq!(EventsQuery::parse(Some("after=7")).unwrap().after, 7);
         for bad in [
             "after=-1",
             "after=x",
+            "after=+5",
+            "after=",
+            "after=9223372036854775808",
+            "after=18446744073709551615",
             "after=18446744073709551616",
+            "after=1&after=2",
             "limit=0",
+            "limit=+5",
             "seq=1",
         ] {
             assert!(EventsQuery::parse(Some(bad)).is_err(), "{bad}");
