@@ -496,4 +496,40 @@ mod tests {
         assert!(!r.is_expired_at(i64::MIN));
         assert!(r.is_expired_at(i64::MAX));
     }
+
+    #[test]
+    fn accessors_read_back_the_parts() {
+        let r = example_record();
+        let creator = KeyId::parse("CreatorCreator00").unwrap();
+        let parts = KeyRecordParts {
+            id: r.id(),
+            kind: KeyKind::Restricted,
+            name: "ci deploy".into(),
+            secret_hash: SecretHash::from_bytes([7; 32]),
+            scopes: Scopes::grant(Resource::Agents, Access::Read),
+            expires_at_ms: Some(9_000),
+            created_at_ms: 4_000,
+            creator_id: Some(creator),
+        };
+        let record = KeyRecord::from_parts(parts).unwrap();
+        assert_eq!(record.id(), r.id());
+        assert_eq!(record.kind(), KeyKind::Restricted);
+        assert_eq!(record.name(), "ci deploy");
+        assert_eq!(record.secret_hash(), SecretHash::from_bytes([7; 32]));
+        assert_eq!(record.scopes(), Scopes::grant(Resource::Agents, Access::Read));
+        assert_eq!(record.expires_at_ms(), Some(9_000));
+        assert_eq!(record.created_at_ms(), 4_000);
+        assert_eq!(record.creator_id(), Some(creator));
+        let p = record.principal();
+        assert_eq!(p.id(), r.id());
+        assert_eq!(p.kind(), KeyKind::Restricted);
+        assert_eq!(p.scopes(), record.scopes());
+        assert_eq!(p.expires_at_ms(), Some(9_000));
+        assert!(p.can(Resource::Agents, Access::Read));
+        assert!(!p.can(Resource::Agents, Access::Write));
+        assert!(p.require(Resource::Agents, Access::Read).is_ok());
+        assert!(p.require(Resource::Account, Access::Read).is_err());
+        assert!(!record.is_expired_at(8_999));
+        assert!(record.is_expired_at(9_000));
+    }
 }

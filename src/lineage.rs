@@ -164,4 +164,32 @@ mod tests {
         assert!(lineage.is_descendant(ids[499], ids[0]));
         assert!(!lineage.is_descendant(ids[0], ids[499]));
     }
+
+    #[test]
+    fn records_link_to_their_creators() {
+        use crate::key::{KeyRecord, KeyRecordParts};
+        let [a, b, c, _] = example_ids();
+        let record = |id: KeyId, creator: Option<KeyId>| {
+            let r = crate::key::example_record();
+            KeyRecord::from_parts(KeyRecordParts {
+                id,
+                kind: r.kind(),
+                name: r.name().into(),
+                secret_hash: r.secret_hash(),
+                scopes: r.scopes(),
+                expires_at_ms: None,
+                created_at_ms: 0,
+                creator_id: creator,
+            })
+            .unwrap()
+        };
+        let records = [record(a, None), record(b, Some(a)), record(c, Some(b))];
+        let lineage = Lineage::from_records(&records);
+        assert_eq!(lineage.creator_of(a), None);
+        assert_eq!(lineage.creator_of(b), Some(a));
+        assert_eq!(lineage.creator_of(c), Some(b));
+        assert_eq!(lineage.descendants(a), alloc::vec![b, c]);
+        assert!(lineage.is_descendant(c, a));
+        assert!(!lineage.is_descendant(a, c));
+    }
 }
