@@ -5,6 +5,7 @@
 //! * `keygate mint`: mints a key straight into the database.
 
 mod app;
+mod listen;
 mod pepper;
 mod store;
 
@@ -53,6 +54,8 @@ enum Command {
         /// mint restricted keys within its own scopes.
         #[arg(long)]
         attenuate: bool,
+        #[command(flatten)]
+        limits: listen::Args,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -78,7 +81,8 @@ fn main() -> ExitCode {
             listen,
             store,
             attenuate,
-        } => serve(listen, &store, attenuate),
+            limits,
+        } => serve(listen, &store, attenuate, &limits),
         Command::Mint {
             store,
             name,
@@ -140,7 +144,12 @@ fn mint(
     Ok(())
 }
 
-fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), String> {
+fn serve(
+    listen: SocketAddr,
+    args: &StoreArgs,
+    attenuate: bool,
+    limits: &listen::Args,
+) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
@@ -168,7 +177,7 @@ fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), St
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(listen, state))
+    runtime.block_on(run(listen, state, limits))
 }
 
 /// Mints the `bootstrap` standard key and prints its secret once, to stderr.
@@ -193,7 +202,11 @@ fn bootstrap(store: &Store, keyring: &mut Keyring) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(listen: SocketAddr, state: Arc<app::AppState>) -> Result<(), String> {
+async fn run(
+    listen: SocketAddr,
+    state: Arc<app::AppState>,
+    limits: &listen::Args,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
@@ -202,10 +215,7 @@ async fn run(listen: SocketAddr, state: Arc<app::AppState>) -> Result<(), String
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
-    axum::serve(listener, app::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    listen::serve(listener, app::router(state), limits, shutdown_signal()).await;
     tracing::info!("drained; exiting");
     Ok(())
 }
