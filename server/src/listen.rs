@@ -31,6 +31,7 @@
 //! [`DRAIN_GRACE`] later are dropped.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -40,9 +41,15 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+/// The listen backlog: connections the kernel holds while the server is at
+/// its connection cap or busy (capped by `net.core.somaxconn`). The usual
+/// 128 drops SYNs under a burst of connections, and a dropped SYN costs the
+/// client a 1 s retransmit.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// How long connections may take to finish once shutdown began.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -102,6 +109,19 @@ fn positive_duration(input: &str) -> Result<Duration, String> {
         return Err(format!("duration `{input}` must be more than zero"));
     }
     Ok(duration)
+}
+
+/// Binds `addr` (with `SO_REUSEADDR`, as the standard library does) and
+/// listens with a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `router` on `listener` over HTTP/1.1 and h2c until `shutdown`
@@ -237,6 +257,10 @@ async fn connection(
                 }
                 return;
             }
+            () = activity.first_done.notified(), if closing.is_none() => {
+                // The first request ended: the deadline moves from the
+                // header read timeout to the idle timeout, perhaps earlier.
+            }
             _ = stopped.changed(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now() + DRAIN_GRACE);
@@ -264,7 +288,13 @@ async fn connection(
 }
 
 /// What a connection's requests have done so far.
-struct Activity(Mutex<ActivityState>);
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Notified when the first request ends. Only then can the watchdog's
+    /// deadline move earlier; later changes only move it later, and the
+    /// watchdog looks again when its (earlier) deadline passes.
+    first_done: Notify,
+}
 
 struct ActivityState {
     /// Requests whose response is not yet produced.
@@ -273,6 +303,8 @@ struct ActivityState {
     any: bool,
     /// When the last request finished (or the connection opened).
     idle_since: Instant,
+    /// Whether a request has ended.
+    any_done: bool,
 }
 
 /// What the watchdog decides for a connection.
@@ -285,15 +317,19 @@ enum Verdict {
 
 impl Activity {
     fn new(now: Instant) -> Activity {
-        Activity(Mutex::new(ActivityState {
-            in_flight: 0,
-            any: false,
-            idle_since: now,
-        }))
+        Activity {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                any: false,
+                idle_since: now,
+                any_done: false,
+            }),
+            first_done: Notify::new(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// When to look at the connection next.
@@ -334,9 +370,15 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut state = self.0.state();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        state.idle_since = Instant::now();
+        let first = {
+            let mut state = self.0.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.idle_since = Instant::now();
+            !std::mem::replace(&mut state.any_done, true)
+        };
+        if first {
+            self.0.first_done.notify_one();
+        }
     }
 }
 

@@ -207,9 +207,7 @@ async fn run(
     state: Arc<app::AppState>,
     limits: &listen::Args,
 ) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
+    let listener = listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
