@@ -245,6 +245,28 @@ async fn connection(
         activity: Arc::clone(&activity),
     };
     let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let reason = drive(conn, &activity, started, timeouts, &mut stopped).await;
+    let state = activity.state();
+    tracing::debug!(
+        protocol = ?state.version,
+        requests = state.requests,
+        reason,
+        "connection closed"
+    );
+}
+
+/// Drives a connection to its end; says why it ended.
+async fn drive<C, E>(
+    conn: C,
+    activity: &Activity,
+    started: Instant,
+    timeouts: Timeouts,
+    stopped: &mut watch::Receiver<bool>,
+) -> &'static str
+where
+    C: Future<Output = Result<(), E>> + GracefulShutdown,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     // Once closing: when the connection is dropped if still open.
     let mut closing: Option<Instant> = None;
@@ -252,38 +274,60 @@ async fn connection(
         let deadline = closing.unwrap_or_else(|| activity.deadline(started, timeouts));
         tokio::select! {
             ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    tracing::debug!("connection ended: {e}");
-                }
-                return;
+                return match ended {
+                    Ok(()) => "ended",
+                    Err(e) => {
+                        tracing::debug!("connection error: {e}");
+                        "error"
+                    }
+                };
             }
             () = activity.first_done.notified(), if closing.is_none() => {
                 // The first request ended: the deadline moves from the
                 // header read timeout to the idle timeout, perhaps earlier.
             }
             _ = stopped.changed(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().shut_down();
                 closing = Some(Instant::now() + DRAIN_GRACE);
             }
             () = tokio::time::sleep_until(deadline) => {
                 if closing.is_some() {
-                    tracing::debug!("connection did not close in time; dropped");
-                    return;
+                    return "did not close in time after shutdown began";
                 }
                 match activity.verdict(started, timeouts, Instant::now()) {
                     Verdict::Open => {}
-                    Verdict::NoRequest => {
-                        tracing::debug!("no request within the header read timeout; connection closed");
-                        return;
-                    }
+                    Verdict::NoRequest => return "no request within the header read timeout",
                     Verdict::Idle => {
-                        tracing::debug!("idle connection; closing");
-                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().shut_down();
                         closing = Some(Instant::now() + timeouts.header_read);
                     }
                 }
             }
         }
+    }
+}
+
+/// A connection that can be asked to finish.
+trait GracefulShutdown {
+    /// Starts a graceful shutdown: no new requests, in-flight ones finish.
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulShutdown for auto::Connection<'_, I, S, TokioExecutor>
+where
+    S: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<B>,
+    >,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -301,6 +345,10 @@ struct ActivityState {
     in_flight: usize,
     /// Whether any request has arrived.
     any: bool,
+    /// Requests so far.
+    requests: u64,
+    /// The protocol of the first request.
+    version: Option<hyper::Version>,
     /// When the last request finished (or the connection opened).
     idle_since: Instant,
     /// Whether a request has ended.
@@ -321,6 +369,8 @@ impl Activity {
             state: Mutex::new(ActivityState {
                 in_flight: 0,
                 any: false,
+                requests: 0,
+                version: None,
                 idle_since: now,
                 any_done: false,
             }),
@@ -356,10 +406,12 @@ impl Activity {
         Verdict::Open
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn begin(self: &Arc<Self>, version: hyper::Version) -> InFlight {
         let mut state = self.state();
         state.in_flight += 1;
         state.any = true;
+        state.requests += 1;
+        state.version.get_or_insert(version);
         InFlight(Arc::clone(self))
     }
 }
@@ -389,16 +441,16 @@ struct Tracked<S> {
     activity: Arc<Activity>,
 }
 
-impl<S, R> hyper::service::Service<R> for Tracked<S>
+impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
 where
-    S: hyper::service::Service<R>,
+    S: hyper::service::Service<hyper::Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, request: R) -> Self::Future {
-        let in_flight = self.activity.begin();
+    fn call(&self, request: hyper::Request<B>) -> Self::Future {
+        let in_flight = self.activity.begin(request.version());
         TrackedFuture {
             inner: self.inner.call(request),
             _in_flight: in_flight,
@@ -488,7 +540,7 @@ mod tests {
             Verdict::NoRequest
         );
         // A request in flight keeps the connection open however long.
-        let request = activity.begin();
+        let request = activity.begin(hyper::Version::HTTP_11);
         assert_eq!(activity.verdict(t0, timeouts, t0 + s(60)), Verdict::Open);
         drop(request);
         let idle_since = activity.state().idle_since;
