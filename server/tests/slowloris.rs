@@ -247,10 +247,18 @@ fn slow_http1_header_senders_are_closed_in_time() {
     let normal = Normal::start(server.addr, &token);
 
     // 300 connections each send a request line and one header, then one
-    // more byte of another header every 100 ms, forever.
+    // more byte of another header every 100 ms, forever; half of them after
+    // a complete first request on the same (kept-alive) connection.
     let start = Instant::now();
     let mut conns: Vec<Hostile> = (0..300)
-        .map(|_| Hostile::open(server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "))
+        .map(|i| {
+            let first: &[u8] = if i % 2 == 0 {
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            } else {
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            };
+            Hostile::open(server.addr, first)
+        })
         .collect();
     let (midway, limit) = after_opening(start, timeout);
     let closed = watch(&server, &mut conns, start, true, midway, limit);
