@@ -516,7 +516,10 @@ mod tests {
         assert_eq!(record.kind(), KeyKind::Restricted);
         assert_eq!(record.name(), "ci deploy");
         assert_eq!(record.secret_hash(), SecretHash::from_bytes([7; 32]));
-        assert_eq!(record.scopes(), Scopes::grant(Resource::Agents, Access::Read));
+        assert_eq!(
+            record.scopes(),
+            Scopes::grant(Resource::Agents, Access::Read)
+        );
         assert_eq!(record.expires_at_ms(), Some(9_000));
         assert_eq!(record.created_at_ms(), 4_000);
         assert_eq!(record.creator_id(), Some(creator));

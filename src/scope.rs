@@ -757,6 +757,16 @@ mod tests {
         assert_eq!(s, read | objects);
         assert!(s.can(Resource::Objects, Access::Read));
 
+        assert_eq!(write & read, read);
+        assert_eq!((write | objects) & objects, objects);
+        let collected: Scopes = [
+            (Resource::Devboxes, Access::Write),
+            (Resource::Objects, Access::Read),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(collected, write | objects);
+
         let mut s = write | objects;
         s &= read;
         assert_eq!(s, read);

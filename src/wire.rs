@@ -518,4 +518,27 @@ mod tests {
             ["expires_at_ms", "id", "key_secret", "name", "scopes"]
         );
     }
+
+    #[test]
+    fn created_views_name_their_key() {
+        let rng = &mut <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
+        let pepper = crate::Pepper::generate(rng);
+        for request in [
+            MintRequest::standard(Some("s"), None, 0).unwrap(),
+            MintRequest::restricted(
+                Some("r"),
+                crate::Scopes::grant(Resource::Agents, Access::Read),
+                None,
+                0,
+            )
+            .unwrap(),
+        ] {
+            let minted = crate::mint(&pepper, &request, rng, 0);
+            let id = minted.record().id();
+            let token = alloc::string::String::from(minted.token().expose_secret());
+            let view = minted.into_view();
+            assert_eq!(view.id(), id.as_str());
+            assert_eq!(view.key_secret().expose_secret(), token);
+        }
+    }
 }
