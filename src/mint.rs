@@ -588,4 +588,69 @@ mod tests {
         // Expected 200 each; a 5-sigma band is about ±70.
         assert!(used.iter().all(|&c| (130..=270).contains(&c)), "{used:?}");
     }
+
+    #[test]
+    fn request_reads_back_and_names_its_creator() {
+        let caller = crate::key::example_record().principal();
+        let scopes = Scopes::grant(crate::Resource::Agents, crate::Access::Read);
+        let req = MintRequest::restricted(Some("bot"), scopes, Some(50), 10)
+            .unwrap()
+            .created_by(&caller);
+        assert_eq!(req.kind(), KeyKind::Restricted);
+        assert_eq!(req.name(), "bot");
+        assert_eq!(req.scopes(), scopes);
+        assert_eq!(req.expires_at_ms(), Some(50));
+        assert_eq!(req.creator_id(), Some(caller.id()));
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+        let pepper = crate::Pepper::generate(&mut rng);
+        let minted = mint(&pepper, &req, &mut rng, 10);
+        assert_eq!(minted.record().creator_id(), Some(caller.id()));
+        assert_eq!(minted.record().name(), "bot");
+        assert_eq!(minted.record().created_at_ms(), 10);
+    }
+
+    #[test]
+    fn expiry_zero_is_not_negative() {
+        assert_eq!(
+            MintRequest::standard(None, Some(0), 0).err(),
+            Some(ValidationError::ExpiryNotInFuture {
+                expires_at_ms: 0,
+                now_ms: 0
+            })
+        );
+        assert_eq!(
+            MintRequest::standard(None, Some(0), -5)
+                .unwrap()
+                .expires_at_ms(),
+            Some(0)
+        );
+        assert_eq!(
+            MintRequest::standard(None, Some(-1), -5).err(),
+            Some(ValidationError::ExpiryNegative(-1))
+        );
+    }
+
+    #[test]
+    fn attenuated_child_may_expire_with_its_parent_but_not_after() {
+        let parent = crate::key::example_record(); // expires at 2 000
+        let caller = parent.principal();
+        let scopes = Scopes::grant(crate::Resource::Devboxes, crate::Access::Read);
+        let child = |expires: i64| MintRequest::restricted(None, scopes, Some(expires), 0).unwrap();
+        let caller = crate::key::Principal::new(
+            caller.id(),
+            caller.kind(),
+            caller.scopes() | Scopes::grant(crate::Resource::Account, crate::Access::Write),
+            caller.expires_at_ms(),
+        );
+        let policy = MintPolicy::Attenuating;
+        assert_eq!(policy.authorize(&caller, &child(1_999)), Ok(()));
+        assert_eq!(policy.authorize(&caller, &child(2_000)), Ok(()));
+        assert_eq!(
+            policy.authorize(&caller, &child(2_001)),
+            Err(MintError::ChildOutlivesParent {
+                expires_at_ms: 2_001,
+                parent_expires_at_ms: 2_000
+            })
+        );
+    }
 }
