@@ -583,4 +583,44 @@ mod tests {
             Err(TokenError::Character { position: 15 })
         );
     }
+
+    #[test]
+    fn a_bad_byte_anywhere_is_named_by_position() {
+        let text = sample();
+        for position in (PREFIX_LEN..TOKEN_LEN).filter(|&i| i != SEPARATOR_AT) {
+            for bad in [b'-', b':', b'@', b'[', b'`', b'{', b'/'] {
+                let mut bytes: Vec<u8> = text.clone().into_bytes();
+                bytes[position] = bad;
+                assert_eq!(
+                    Token::parse_bytes(&bytes).err(),
+                    Some(TokenError::Character { position }),
+                    "byte {bad} at {position}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_debug_texts() {
+        assert_eq!(KeyKind::Standard.as_str(), "standard");
+        assert_eq!(KeyKind::Restricted.as_str(), "restricted");
+        assert_eq!(alloc::format!("{}", KeyKind::Restricted), "restricted");
+        assert_eq!(
+            alloc::format!("{EXAMPLE_KEY_ID:?}"),
+            "KeyId(4GZ6bQvR9cXw2LmT)"
+        );
+        let text = sample();
+        let token = Token::parse(&text).unwrap();
+        assert_eq!(
+            alloc::format!("{token:?}"),
+            "Token { kind: Restricted, id: KeyId(4GZ6bQvR9cXw2LmT), secret: \"<redacted>\" }"
+        );
+        let e = serde_json::from_str::<KeyId>("3").unwrap_err();
+        assert!(
+            alloc::string::ToString::to_string(&e).contains("a 16-character base62 key id"),
+            "{e}"
+        );
+        let id: KeyId = serde_json::from_str("\"4GZ6bQvR9cXw2LmT\"").unwrap();
+        assert_eq!(id, EXAMPLE_KEY_ID);
+    }
 }
