@@ -1403,6 +1403,24 @@ mod tests {
     }
 
     #[test]
+    fn an_older_schema_version_in_meta_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            meta_set(&conn, "schema_version", "1").unwrap();
+        }
+        let e = SqliteStore::open(&path).err().unwrap();
+        let m = e.to_string();
+        assert!(matches!(e, StoreError::Fatal(_)));
+        assert!(
+            m.contains("schema version 1, which this keygate cannot migrate"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
