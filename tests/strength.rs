@@ -127,3 +127,53 @@ fn keyring_counts_and_lists_its_records() {
     assert!(keyring.is_empty());
     assert_eq!(keyring.len(), 0);
 }
+
+#[test]
+fn keyring_tracks_revocations_sequence_and_expiry() {
+    use keygate::{Applied, Change};
+    let mut rng = ChaCha20Rng::seed_from_u64(78);
+    let pepper_bytes = Pepper::generate_bytes(&mut rng);
+    let mut keyring = Keyring::new(Pepper::from_bytes(&pepper_bytes));
+    let mut mint_one = |expires: Option<i64>| {
+        let req = MintRequest::standard(None, expires, NOW).unwrap();
+        mint(&Pepper::from_bytes(&pepper_bytes), &req, &mut rng, NOW)
+            .into_parts()
+            .0
+    };
+    let short = mint_one(Some(NOW + 10));
+    let long = mint_one(Some(NOW + 1_000));
+    let forever = mint_one(None);
+    assert_eq!(keyring.last_seq(), 0);
+    for (seq, record) in [(5, &short), (6, &long), (7, &forever)] {
+        assert_eq!(
+            keyring.apply(Change::upsert(seq, record.clone())),
+            Ok(Applied::Changed)
+        );
+    }
+    assert_eq!(keyring.last_seq(), 7);
+    let copy = keyring.clone();
+    assert_eq!(copy, keyring);
+
+    assert!(!keyring.is_revoked(&forever.id()));
+    assert_eq!(
+        keyring.apply(Change::revoke(8, forever.id())),
+        Ok(Applied::Changed)
+    );
+    assert!(keyring.is_revoked(&forever.id()));
+    assert!(!keyring.contains(&forever.id()));
+    assert_eq!(keyring.last_seq(), 8);
+    // A second revoke of the same id changes nothing.
+    assert_eq!(
+        keyring.apply(Change::revoke(9, forever.id())),
+        Ok(Applied::Unchanged)
+    );
+    assert_ne!(copy, keyring);
+
+    assert_eq!(keyring.evict_expired(NOW + 9), 0);
+    assert_eq!(keyring.evict_expired(NOW + 10), 1);
+    assert!(!keyring.contains(&short.id()));
+    assert!(keyring.contains(&long.id()));
+    assert_eq!(keyring.evict_expired(NOW + 10), 0);
+    assert_eq!(keyring.evict_expired(NOW + 5_000), 1);
+    assert!(keyring.is_empty());
+}
