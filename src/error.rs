@@ -307,6 +307,18 @@ pub enum Error {
     /// See [`MintError`].
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// See [`RouteParseError`](crate::RouteParseError).
+    #[error(transparent)]
+    RouteParse(#[from] crate::route::RouteParseError),
+    /// See [`RouteError`](crate::RouteError) (a refused path converts too).
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
+}
+
+impl From<crate::route::PathError> for Error {
+    fn from(e: crate::route::PathError) -> Error {
+        Error::Route(e.into())
+    }
 }
 
 impl Error {
@@ -323,6 +335,8 @@ impl Error {
             Error::Auth(e) => e.http_status(),
             Error::Validation(e) => e.http_status(),
             Error::Mint(e) => e.http_status(),
+            Error::RouteParse(e) => e.http_status(),
+            Error::Route(e) => e.http_status(),
         }
     }
 }

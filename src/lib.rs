@@ -10,6 +10,7 @@
 //! * [`Pepper`], [`SecretHash`], [`SecretToken`]: secrets and their digests.
 //! * [`KeyRecord`], [`Principal`], [`Keyring`]: storage and the hot path.
 //! * [`MintRequest`], [`MintPolicy`], [`mint()`]: making keys.
+//! * [`RouteTable`], [`Decision`]: method and path to a scope ([`route`]).
 //! * [`wire`]: the spec's JSON types.
 //! * [`Error`] and friends: each knows its HTTP status.
 //!
@@ -42,6 +43,7 @@ pub mod error;
 pub mod key;
 pub mod keyring;
 pub mod mint;
+pub mod route;
 pub mod scope;
 pub mod secret;
 pub mod token;
@@ -53,6 +55,7 @@ pub use error::{AuthError, Error, MintError, ScopeParseError, TokenError, Valida
 pub use key::{KeyRecord, Principal};
 pub use keyring::Keyring;
 pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};
+pub use route::{Decision, PathError, RouteError, RouteParseError, RouteTable};
 pub use scope::{Access, Resource, Scopes};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};

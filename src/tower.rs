@@ -15,8 +15,9 @@
 //!   [`Principal`] in its extensions (and in the response's, for logging).
 //!
 //! The keys come from anything that implements [`Authenticate`]: a
-//! [`Keyring`], an `RwLock<Keyring>`, an `Arc` of either, or your own type
-//! (keygate's server implements it to fall back to its database). The time
+//! [`Keyring`](crate::Keyring), an `RwLock<Keyring>`, an `Arc` of either, or
+//! your own type (keygate's server implements it to fall back to its
+//! database). The time
 //! comes from a clock function, [`system_now_ms`] unless you pass another.
 //!
 //! ```
@@ -31,7 +32,6 @@
 //! ```
 
 use std::string::{String, ToString};
-use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -40,7 +40,6 @@ use pin_project_lite::pin_project;
 
 use crate::error::AuthError;
 use crate::key::Principal;
-use crate::keyring::Keyring;
 use crate::scope::{Access, Resource};
 
 /// The media type of every error body.
@@ -201,43 +200,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Rejection> {
     rest.get(start..).ok_or(Rejection::NotBearer)
 }
 
-/// A source of keys that checks a presented token at a given time.
-pub trait Authenticate {
-    /// Verifies `token` (the raw bearer token) at `now_ms`, Unix milliseconds.
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError>;
-}
-
-impl Authenticate for Keyring {
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.authenticate_bytes(token, now_ms)
-    }
-}
-
-impl<A: Authenticate + ?Sized> Authenticate for RwLock<A> {
-    /// Takes the read lock (a poisoned lock still reads: the keyring has
-    /// no invariant a panicking writer could break halfway).
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authenticate(token, now_ms)
-    }
-}
-
-impl<A: Authenticate + ?Sized> Authenticate for Arc<A> {
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
-    }
-}
-
-impl<A: Authenticate + ?Sized> Authenticate for &A {
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
-    }
-}
+pub use crate::route::Authenticate;
 
 /// Authenticates the bearer token of `headers` at `now_ms`.
 ///
@@ -450,12 +413,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::Keyring;
     use crate::mint::{mint, MintRequest};
     use crate::scope::Scopes;
     use crate::Pepper;
     use core::future::Future;
     use rand_core::SeedableRng;
     use std::format;
+    use std::sync::{Arc, RwLock};
     use std::vec::Vec;
     use tower_layer::Layer;
     use tower_service::Service;
