@@ -1,6 +1,11 @@
 //! `examples/runloop.routes`: it parses, and a representative request of
 //! every family gets the decision the file argues for.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use keygate::route::MatchedBy;
 use keygate::{Access, Decision, Resource, RouteTable};
