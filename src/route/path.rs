@@ -182,20 +182,25 @@ impl<'a> CanonicalPath<'a> {
     /// assert!(CanonicalPath::new(b"/a/b/").is_ok());
     /// ```
     pub fn new(target: &'a [u8]) -> Result<CanonicalPath<'a>, PathError> {
-        let path = match target.iter().position(|&b| b == b'?') {
-            Some(q) => target.get(..q).unwrap_or_default(),
-            None => target,
-        };
-        let Some((&b'/', rest)) = path.split_first() else {
+        let Some((&b'/', after)) = target.split_first() else {
             return Err(PathError::NotAbsolute);
         };
-        if rest.is_empty() {
+        // The fast path, one pass: find the query and classify every byte.
+        let (rest, plain, ends_with_slash) = scan(after);
+        if plain {
+            let rest = if ends_with_slash {
+                // One trailing `/` is no trailing `/` (a second is `//`,
+                // which `scan` does not call plain).
+                rest.split_last().map_or(rest, |(_, init)| init)
+            } else {
+                rest
+            };
             return Ok(CanonicalPath {
                 rest,
                 encoded: false,
             });
         }
-        // One trailing `/` is no trailing `/`; a second one is `//`, below.
+        // The full check, segment by segment, to name the broken rule.
         let rest = match rest.split_last() {
             Some((&b'/', [])) => return Err(PathError::EmptySegment { at: 1 }),
             Some((&b'/', init)) => init,
@@ -224,6 +229,7 @@ impl<'a> CanonicalPath<'a> {
             } else {
                 Some(self.rest)
             },
+            encoded: self.encoded,
         }
     }
 
@@ -252,6 +258,56 @@ impl core::fmt::Display for CanonicalPath<'_> {
         }
         Ok(())
     }
+}
+
+/// Byte classes for the fast pre-scan of [`scan`].
+const SLASH: u8 = 1;
+/// `%`, `.`, `\`, `;`, `#`, control characters and non-ASCII bytes: any of
+/// them sends the path to the full per-segment check.
+const SPECIAL: u8 = 2;
+/// `?`: the query starts.
+const QUERY: u8 = 4;
+
+/// `CLASS[b]`: the class of byte `b`.
+// Evaluated at compile time: an out-of-range index is a build error.
+#[allow(clippy::indexing_slicing)]
+const CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'/' => SLASH,
+            b'?' => QUERY,
+            b'%' | b'.' | b'\\' | b';' | b'#' | 0..=0x1f | 0x7f..=0xff => SPECIAL,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// One pass over the target after its leading `/`: the path up to the
+/// query, whether it is plain (no byte that needs the full check, no `//`),
+/// and whether it ends with `/`. One table load per byte; a plain path is
+/// canonical as it is.
+#[inline]
+fn scan(after: &[u8]) -> (&[u8], bool, bool) {
+    let mut any = 0u8;
+    let mut prev = SLASH; // the leading `/`
+    let mut end = after.len();
+    for (i, &b) in after.iter().enumerate() {
+        // A `u8` always indexes a 256-entry table: the check compiles away.
+        let class = CLASS.get(usize::from(b)).copied().unwrap_or(SPECIAL);
+        if class & QUERY != 0 {
+            end = i;
+            break;
+        }
+        // `prev & class` is SLASH exactly at a `//`, shifted to SPECIAL.
+        any |= class | ((prev & class) << 1);
+        prev = class;
+    }
+    let path = after.get(..end).unwrap_or_default();
+    (path, any & SPECIAL == 0, prev == SLASH && end > 0)
 }
 
 /// Checks one raw segment that starts at byte `at` of the target. Returns
@@ -389,10 +445,26 @@ fn flush(buf: &mut [u8; 64], len: &mut usize) -> bool {
     }
 }
 
+/// Length, first byte and last byte of `text`, packed into one integer.
+#[inline]
+pub(crate) fn literal_key(text: &[u8]) -> u64 {
+    pack_key(
+        text.len(),
+        text.first().copied().unwrap_or(0),
+        text.last().copied().unwrap_or(0),
+    )
+}
+
+#[inline]
+fn pack_key(len: usize, first: u8, last: u8) -> u64 {
+    ((len as u64) << 16) | (u64::from(first) << 8) | u64::from(last)
+}
+
 /// The segments of a [`CanonicalPath`].
 #[derive(Clone, Debug)]
 pub struct Segments<'a> {
     rest: Option<&'a [u8]>,
+    encoded: bool,
 }
 
 impl<'a> Iterator for Segments<'a> {
@@ -406,11 +478,15 @@ impl<'a> Iterator for Segments<'a> {
                 self.rest = rest.get(at + 1..);
                 Some(Segment {
                     raw: rest.get(..at).unwrap_or_default(),
+                    encoded: self.encoded,
                 })
             }
             None => {
                 self.rest = None;
-                Some(Segment { raw: rest })
+                Some(Segment {
+                    raw: rest,
+                    encoded: self.encoded,
+                })
             }
         }
     }
@@ -420,6 +496,8 @@ impl<'a> Iterator for Segments<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment<'a> {
     raw: &'a [u8],
+    /// Whether the path has any percent-escape (if not, raw is decoded).
+    encoded: bool,
 }
 
 impl<'a> Segment<'a> {
@@ -434,20 +512,46 @@ impl<'a> Segment<'a> {
         self.raw
     }
 
-    /// Compares the decoded segment with `text`, byte by byte.
+    /// The decoded segment's [`literal_key`]: length, first and last byte,
+    /// compared as one integer before any bytes.
+    #[inline]
+    pub(crate) fn key(&self) -> u64 {
+        if self.encoded && self.raw.contains(&b'%') {
+            let escapes = self.raw.iter().filter(|&&b| b == b'%').count();
+            let first = decode(self.raw).next().unwrap_or(0);
+            let last = decode(self.raw).last().unwrap_or(0);
+            pack_key(self.raw.len() - 2 * escapes, first, last)
+        } else {
+            literal_key(self.raw)
+        }
+    }
+
+    /// Orders the decoded segment against `text` by length first, then by
+    /// bytes: the order of the matcher's sorted literals, in which most
+    /// comparisons are one length compare.
     #[inline]
     pub(crate) fn cmp_decoded(&self, text: &[u8]) -> core::cmp::Ordering {
-        if self.raw.contains(&b'%') {
-            decode(self.raw).cmp(text.iter().copied())
+        if self.encoded && self.raw.contains(&b'%') {
+            let escapes = self.raw.iter().filter(|&&b| b == b'%').count();
+            let len = self.raw.len() - 2 * escapes;
+            len.cmp(&text.len())
+                .then_with(|| decode(self.raw).cmp(text.iter().copied()))
         } else {
-            self.raw.cmp(text)
+            self.raw
+                .len()
+                .cmp(&text.len())
+                .then_with(|| self.raw.cmp(text))
         }
     }
 
     /// Whether the decoded segment is `text`.
     #[inline]
     pub(crate) fn eq_decoded(&self, text: &[u8]) -> bool {
-        self.cmp_decoded(text) == core::cmp::Ordering::Equal
+        if self.encoded {
+            self.cmp_decoded(text) == core::cmp::Ordering::Equal
+        } else {
+            self.raw == text
+        }
     }
 
     fn write_decoded(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

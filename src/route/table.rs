@@ -8,7 +8,7 @@ use core::str::FromStr;
 
 use thiserror::Error;
 
-use super::path::{check_method, CanonicalPath, PathError, Segment, Segments};
+use super::path::{check_method, literal_key, CanonicalPath, PathError, Segment, Segments};
 use crate::error::{quote, ScopeParseError};
 use crate::scope::{Access, Resource};
 
@@ -474,11 +474,31 @@ impl Slots {
     }
 }
 
+/// A literal child of a trie node.
+#[derive(Clone, Debug)]
+struct Literal {
+    /// Length, first and last byte, compared first (see `Segment::key`).
+    key: u64,
+    /// The whole literal.
+    text: Box<[u8]>,
+    /// The child node.
+    child: u32,
+}
+
+impl Literal {
+    /// The sort order: key, then bytes.
+    fn order(&self, key: u64, text: &[u8]) -> core::cmp::Ordering {
+        self.key
+            .cmp(&key)
+            .then_with(|| self.text.as_ref().cmp(text))
+    }
+}
+
 /// A trie node: the patterns that share a prefix of segments.
 #[derive(Clone, Debug, Default)]
 struct Node {
-    /// Literal children, sorted by their bytes.
-    literals: Vec<(Box<[u8]>, u32)>,
+    /// Literal children, sorted by [`Literal::order`].
+    literals: Vec<Literal>,
     /// The `{name}`/`*` child.
     param: Option<u32>,
     /// Rules whose pattern ends here.
@@ -656,18 +676,25 @@ impl RouteTable {
                     let bytes = text.as_bytes();
                     let found = self.nodes.get(node).map(|n| {
                         n.literals
-                            .binary_search_by(|(lit, _)| lit.as_ref().cmp(bytes))
+                            .binary_search_by(|lit| lit.order(literal_key(bytes), bytes))
                     });
                     match found {
                         Some(Ok(i)) => self
                             .nodes
                             .get(node)
                             .and_then(|n| n.literals.get(i))
-                            .map_or(0, |l| l.1),
+                            .map_or(0, |l| l.child),
                         Some(Err(i)) => {
                             let child = self.new_node();
                             if let Some(n) = self.nodes.get_mut(node) {
-                                n.literals.insert(i, (bytes.into(), child));
+                                n.literals.insert(
+                                    i,
+                                    Literal {
+                                        key: literal_key(bytes),
+                                        text: bytes.into(),
+                                        child,
+                                    },
+                                );
                             }
                             child
                         }
@@ -770,9 +797,13 @@ impl RouteTable {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lookup_bytes(&self, method: &[u8], target: &[u8]) -> Result<RouteMatch<'_>, PathError> {
-        check_method(method)?;
+        let named = Method::of_request(method);
+        if named.is_none() {
+            // The seven named methods are tokens; only others need the check.
+            check_method(method)?;
+        }
         let path = CanonicalPath::new(target)?;
-        Ok(self.lookup_canonical(Method::of_request(method), &path))
+        Ok(self.lookup_canonical(named, &path))
     }
 
     /// The decision for an already canonical path; `method` is `None` for a
@@ -837,22 +868,19 @@ impl RouteTable {
 
     #[inline]
     fn literal_child(&self, node: &Node, seg: &Segment<'_>) -> Option<&Node> {
-        match node.literals.len() {
-            0 => None,
-            // A single child (the common case deep in a table): one compare.
-            1 => node
-                .literals
-                .first()
-                .filter(|(lit, _)| seg.eq_decoded(lit))
-                .and_then(|(_, i)| self.node(*i)),
-            _ => {
-                let i = node
-                    .literals
-                    .binary_search_by(|(lit, _)| seg.cmp_decoded(lit).reverse())
-                    .ok()?;
-                node.literals.get(i).and_then(|(_, c)| self.node(*c))
-            }
+        if node.literals.is_empty() {
+            return None;
         }
+        let key = seg.key();
+        let i = node
+            .literals
+            .binary_search_by(|lit| {
+                lit.key
+                    .cmp(&key)
+                    .then_with(|| seg.cmp_decoded(&lit.text).reverse())
+            })
+            .ok()?;
+        node.literals.get(i).and_then(|lit| self.node(lit.child))
     }
 
     /// Every rule that matches, most specific first, with why each one after
