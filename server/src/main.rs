@@ -3,9 +3,11 @@
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
 //! * `keygate mint`: mints a key straight into the database.
+//! * `keygate routes check|explain`: validates a route table, explains a decision.
 
 mod app;
 mod pepper;
+mod routes;
 mod store;
 
 use std::net::SocketAddr;
@@ -53,6 +55,15 @@ enum Command {
         /// mint restricted keys within its own scopes.
         #[arg(long)]
         attenuate: bool,
+        /// A route table (see `keygate routes check`): enables forward-auth
+        /// on `/v1/authorize`. A table that does not parse stops start-up.
+        #[arg(long, value_name = "FILE")]
+        routes: Option<PathBuf>,
+    },
+    /// Route tables: validate one, or explain its decision for a request.
+    Routes {
+        #[command(subcommand)]
+        command: routes::RoutesCommand,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -78,7 +89,9 @@ fn main() -> ExitCode {
             listen,
             store,
             attenuate,
-        } => serve(listen, &store, attenuate),
+            routes,
+        } => serve(listen, &store, attenuate, routes.as_deref()),
+        Command::Routes { command } => routes::run(&command),
         Command::Mint {
             store,
             name,
@@ -140,7 +153,14 @@ fn mint(
     Ok(())
 }
 
-fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), String> {
+fn serve(
+    listen: SocketAddr,
+    args: &StoreArgs,
+    attenuate: bool,
+    routes: Option<&std::path::Path>,
+) -> Result<(), String> {
+    // A bad table stops start-up before anything else happens.
+    let table = routes.map(routes::load).transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
@@ -168,7 +188,10 @@ fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), St
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(listen, state))
+    if let Some(t) = &table {
+        tracing::info!(rules = t.len(), "loaded route table");
+    }
+    runtime.block_on(run(listen, state, table))
 }
 
 /// Mints the `bootstrap` standard key and prints its secret once, to stderr.
@@ -193,7 +216,11 @@ fn bootstrap(store: &Store, keyring: &mut Keyring) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(listen: SocketAddr, state: Arc<app::AppState>) -> Result<(), String> {
+async fn run(
+    listen: SocketAddr,
+    state: Arc<app::AppState>,
+    table: Option<keygate::RouteTable>,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
@@ -202,7 +229,7 @@ async fn run(listen: SocketAddr, state: Arc<app::AppState>) -> Result<(), String
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
-    axum::serve(listener, app::router(state))
+    axum::serve(listener, routes::with_routes(app::router(state), table))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;

@@ -1066,7 +1066,8 @@ impl fmt::Display for Explanation<'_> {
             MatchedBy::Nothing => writeln!(f, " (no rule matches and there is no `default`)")?,
         }
         for c in &self.candidates {
-            writeln!(f, "  line {:>4}: {:<60} {}", c.rule.line, c.rule, c.why)?;
+            let rule = alloc::string::ToString::to_string(c.rule);
+            writeln!(f, "  line {:>4}: {rule:<64} {}", c.rule.line, c.why)?;
         }
         Ok(())
     }
