@@ -6,7 +6,8 @@
 //! `X-Forwarded-Method` + `X-Forwarded-Uri` (Caddy `forward_auth`, Traefik
 //! `ForwardAuth`) or `X-Original-Method` + `X-Original-URI` (nginx
 //! `auth_request`, set in its config). The table decides; a 204 names the
-//! key and the decision in headers. A request with `resource_type` or
+//! key (`X-Keygate-Key-Id`, `-` on a public route), its kind, the decision
+//! (`X-Keygate-Decision`) and the deciding line (`X-Keygate-Rule`). A request with `resource_type` or
 //! `access_level` in its query keeps the fixed-scope form.
 
 use std::path::{Path, PathBuf};
@@ -109,8 +110,11 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h [u8]>, St
     Ok(first.map(HeaderValue::as_bytes))
 }
 
+/// The original request's method and URI, as header bytes.
+type MethodAndUri<'h> = (&'h [u8], &'h [u8]);
+
 /// The original method and URI, from exactly one of the two header pairs.
-fn original<'h>(headers: &'h HeaderMap) -> Result<Option<(&'h [u8], &'h [u8])>, String> {
+fn original(headers: &HeaderMap) -> Result<Option<MethodAndUri<'_>>, String> {
     let mut found = None;
     for (m, u) in [FORWARDED, ORIGINAL] {
         match (single(headers, m)?, single(headers, u)?) {
@@ -173,11 +177,20 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             let out = response.headers_mut();
-            if let Some(p) = principal {
-                if let Ok(id) = HeaderValue::from_str(p.id().as_str()) {
-                    out.insert(&KEY_ID, id);
+            match principal {
+                Some(p) => {
+                    if let Ok(id) = HeaderValue::from_str(p.id().as_str()) {
+                        out.insert(&KEY_ID, id);
+                    }
+                    out.insert(&KEY_KIND, HeaderValue::from_static(p.kind().as_str()));
                 }
-                out.insert(&KEY_KIND, HeaderValue::from_static(p.kind().as_str()));
+                // A public route: `-`, as in the request log. The header is
+                // always there, so a gateway that copies it (Caddy's
+                // `copy_headers`) replaces anything a client sent; Caddy 2.6
+                // would otherwise forward its unresolved placeholder.
+                None => {
+                    out.insert(&KEY_ID, HeaderValue::from_static("-"));
+                }
             }
             if let Ok(d) = HeaderValue::from_str(&route.decision().to_string()) {
                 out.insert(&DECISION, d);
