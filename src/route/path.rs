@@ -292,22 +292,36 @@ const CLASS: [u8; 256] = {
 /// canonical as it is.
 #[inline]
 fn scan(after: &[u8]) -> (&[u8], bool, bool) {
+    let (any, prev) = classify(after);
+    if any & QUERY == 0 {
+        return (
+            after,
+            any & SPECIAL == 0,
+            prev == SLASH && !after.is_empty(),
+        );
+    }
+    // A query: classify again up to it (a second pass over the path only).
+    let end = after.iter().position(|&b| b == b'?').unwrap_or(after.len());
+    let path = after.get(..end).unwrap_or_default();
+    let (any, prev) = classify(path);
+    (path, any & SPECIAL == 0, prev == SLASH && !path.is_empty())
+}
+
+/// The OR of the classes of `bytes` (with SPECIAL for a `//`, counting the
+/// leading `/` before them), and the class of the last byte. No branch but
+/// the loop's.
+#[inline]
+fn classify(bytes: &[u8]) -> (u8, u8) {
     let mut any = 0u8;
     let mut prev = SLASH; // the leading `/`
-    let mut end = after.len();
-    for (i, &b) in after.iter().enumerate() {
+    for &b in bytes {
         // A `u8` always indexes a 256-entry table: the check compiles away.
         let class = CLASS.get(usize::from(b)).copied().unwrap_or(SPECIAL);
-        if class & QUERY != 0 {
-            end = i;
-            break;
-        }
         // `prev & class` is SLASH exactly at a `//`, shifted to SPECIAL.
         any |= class | ((prev & class) << 1);
         prev = class;
     }
-    let path = after.get(..end).unwrap_or_default();
-    (path, any & SPECIAL == 0, prev == SLASH && end > 0)
+    (any, prev)
 }
 
 /// Checks one raw segment that starts at byte `at` of the target. Returns

@@ -871,16 +871,13 @@ impl RouteTable {
         if node.literals.is_empty() {
             return None;
         }
+        // Few children per node: a linear scan of integer keys, then one
+        // byte compare on a key match.
         let key = seg.key();
-        let i = node
-            .literals
-            .binary_search_by(|lit| {
-                lit.key
-                    .cmp(&key)
-                    .then_with(|| seg.cmp_decoded(&lit.text).reverse())
-            })
-            .ok()?;
-        node.literals.get(i).and_then(|lit| self.node(lit.child))
+        node.literals
+            .iter()
+            .find(|lit| lit.key == key && seg.eq_decoded(&lit.text))
+            .and_then(|lit| self.node(lit.child))
     }
 
     /// Every rule that matches, most specific first, with why each one after
