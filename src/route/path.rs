@@ -1,34 +1,6 @@
 //! Request-path canonicalization: one rule set, applied before matching.
 //!
-//! The request target is cut at the first `?` (the query is never matched),
-//! split at every raw `/`, and each segment is percent-decoded exactly once.
-//! The rules, and why:
-//!
-//! * The path must start with `/` (origin form). Anything else — `*`, an
-//!   absolute URI, an empty string — is refused.
-//! * A `.` or `..` segment, raw or encoded (`%2e`, `.%2E`, ...), is refused:
-//!   a backend that resolves it would serve another route than the one
-//!   matched here (`/v1/devboxes/..%2Faccounts`).
-//! * An empty segment (`//`) is refused, not collapsed: servers disagree on
-//!   whether `//` is one segment or none, and a gateway that merges slashes
-//!   already sends a clean path.
-//! * One trailing `/` is dropped: `/v1/devboxes/` is `/v1/devboxes`.
-//! * An encoded `/` (`%2F`) is refused: a backend that decodes before routing
-//!   would see a different path.
-//! * A `\`, raw or encoded (`%5C`), is refused: some servers treat it as `/`.
-//! * A control character, raw or encoded (`%00`..`%1F`, `%7F`), is refused;
-//!   this includes NUL, which C backends read as the end of the path.
-//! * A `;`, raw or encoded, is refused: servlet containers strip `;params`
-//!   (`;jsessionid=...`) from a segment before routing and others do not, so
-//!   `/internal;x/y` could be denied here and served as `/internal/y` there.
-//! * An encoded `%` (`%25`) is refused: a backend that decodes twice would see
-//!   a different path (`%252F` → `%2F` → `/`).
-//! * A raw `#` is refused: a fragment never belongs in a request target.
-//! * A `%` not followed by two hex digits is refused, and so is a decoded
-//!   segment that is not UTF-8.
-//! * Matching is case-sensitive, and on the decoded bytes: `%41` is `A`.
-//!
-//! Every refusal is a [`PathError`] (400). Canonicalization allocates nothing.
+//! The rules are on [`CanonicalPath`].
 
 use thiserror::Error;
 
@@ -156,6 +128,36 @@ pub(crate) fn check_method(method: &[u8]) -> Result<(), PathError> {
 
 /// A request path that passed every rule: its segments can be matched.
 ///
+/// The request target is cut at the first `?` (the query is never matched),
+/// split at every raw `/`, and each segment is percent-decoded exactly once.
+/// The rules, and why:
+///
+/// * The path must start with `/` (origin form). Anything else — `*`, an
+///   absolute URI, an empty string — is refused.
+/// * A `.` or `..` segment, raw or encoded (`%2e`, `.%2E`, ...), is refused:
+///   a backend that resolves it would serve another route than the one
+///   matched here (`/v1/devboxes/..%2Faccounts`).
+/// * An empty segment (`//`) is refused, not collapsed: servers disagree on
+///   whether `//` is one segment or none, and a gateway that merges slashes
+///   already sends a clean path.
+/// * One trailing `/` is dropped: `/v1/devboxes/` is `/v1/devboxes`.
+/// * An encoded `/` (`%2F`) is refused: a backend that decodes before routing
+///   would see a different path.
+/// * A `\`, raw or encoded (`%5C`), is refused: some servers treat it as `/`.
+/// * A control character, raw or encoded (`%00`..`%1F`, `%7F`), is refused;
+///   this includes NUL, which C backends read as the end of the path.
+/// * A `;`, raw or encoded, is refused: servlet containers strip `;params`
+///   (`;jsessionid=...`) from a segment before routing and others do not, so
+///   `/internal;x/y` could be denied here and served as `/internal/y` there.
+/// * An encoded `%` (`%25`) is refused: a backend that decodes twice would see
+///   a different path (`%252F` → `%2F` → `/`).
+/// * A raw `#` is refused: a fragment never belongs in a request target.
+/// * A `%` not followed by two hex digits is refused, and so is a decoded
+///   segment that is not UTF-8.
+/// * Matching is case-sensitive, and on the decoded bytes: `%41` is `A`.
+///
+/// Every refusal is a [`PathError`] (400). Canonicalization allocates nothing.
+///
 /// ```
 /// let path = keygate::route::CanonicalPath::new(b"/v1/devboxes/dbx%5F1/?wait=1")?;
 /// let segments: Vec<String> = path.segments().map(|s| s.decoded()).collect();
@@ -173,7 +175,7 @@ pub struct CanonicalPath<'a> {
 
 impl<'a> CanonicalPath<'a> {
     /// Checks `target` (a path with an optional query) against the rules of
-    /// the [module docs](self). Allocates nothing.
+    /// [`CanonicalPath`] docs. Allocates nothing.
     ///
     /// ```
     /// use keygate::route::CanonicalPath;
