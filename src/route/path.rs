@@ -174,7 +174,7 @@ pub struct CanonicalPath<'a> {
 }
 
 impl<'a> CanonicalPath<'a> {
-    /// Checks `target` (a path with an optional query) against the rules of
+    /// Checks `target` (a path with an optional query) against the rules in the
     /// [`CanonicalPath`] docs. Allocates nothing.
     ///
     /// ```
