@@ -7,8 +7,9 @@
 //! `ForwardAuth`) or `X-Original-Method` + `X-Original-URI` (nginx
 //! `auth_request`, set in its config). The table decides; a 204 names the
 //! key (`X-Keygate-Key-Id`, `-` on a public route), its kind, the decision
-//! (`X-Keygate-Decision`) and the deciding line (`X-Keygate-Rule`). A request with `resource_type` or
-//! `access_level` in its query keeps the fixed-scope form.
+//! (`X-Keygate-Decision`) and the deciding line (`X-Keygate-Rule`).
+//! Without forwarded headers, `?resource_type=&access_level=` keeps the
+//! fixed-scope form; with a table, forwarded headers win over that query.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -144,12 +145,14 @@ fn fixed_scope_query(query: Option<&str>) -> bool {
     })
 }
 
-/// `/v1/authorize` in forward-auth mode, or `None` for the fixed-scope form
-/// (a `resource_type`/`access_level` query, or no forwarded method and URI).
+/// `/v1/authorize` in forward-auth mode, or `None` for the fixed-scope form.
+///
+/// With a table, a request that carries a forwarded method and URI is
+/// always decided by the table, whatever its query: Caddy keeps the client's
+/// query when it rewrites the request to `/v1/authorize`, so a client could
+/// otherwise add `?resource_type=&access_level=` and pick its own scope.
+/// Without a table, the fixed-scope query still works behind any gateway.
 pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Option<Response> {
-    if fixed_scope_query(request.uri().query()) {
-        return None;
-    }
     let headers = request.headers();
     let (method, uri) = match original(headers) {
         Ok(Some(pair)) => pair,
@@ -157,6 +160,9 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
         Err(detail) => return Some(problem(StatusCode::BAD_REQUEST, &detail)),
     };
     let Some(Routes(table)) = request.extensions().get::<Routes>() else {
+        if fixed_scope_query(request.uri().query()) {
+            return None;
+        }
         return Some(problem(
             StatusCode::BAD_REQUEST,
             "forward-auth needs a route table: start `keygate serve --routes FILE`, \

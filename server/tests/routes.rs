@@ -128,7 +128,23 @@ fn forward_auth_decides_by_the_table() {
     );
     assert!(r.problem(400).contains("needs both"));
 
-    // The fixed-scope form keeps working, and wins when its query is there.
+    // With a table, the forwarded request decides even when the query names
+    // a scope the key has: a client must not pick its own scope (Caddy
+    // passes the client's query on to /v1/authorize).
+    let auth = format!("Bearer {reader}");
+    let r = server.req(
+        "GET",
+        "/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/internal/x"),
+        ],
+        None,
+    );
+    r.problem(403);
+
+    // Without forwarded headers, the fixed-scope form keeps working.
     let r = server.authorize(&reader, "DEVBOXES", "READ");
     assert_eq!(r.status, 204);
     assert_eq!(r.header("x-keygate-key-id"), Some(&reader[3..19]));

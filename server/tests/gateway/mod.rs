@@ -158,6 +158,17 @@ pub fn check_gateway(addr: SocketAddr, keygate: &Server, db: &Path, confusion_st
         assert!(!r.text().contains("upstream"), "{method} {path}");
     }
 
+    // A fixed-scope query on the original request must not turn the table
+    // off (Caddy keeps the client's query when it rewrites to /v1/authorize).
+    for path in [
+        "/internal/metrics?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
+        "/v1/devboxes/dbx_42/execute?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
+    ] {
+        let r = send("POST", path, Some(&reader));
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(!r.text().contains("upstream"), "{path}");
+    }
+
     // Path confusion: refused by keygate (400), never reaching the upstream,
     // even with the standard key.
     for path in [
