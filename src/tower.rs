@@ -442,6 +442,10 @@ where
 /// unsafe answers 400; otherwise as [`RequireScope`]. The matched
 /// [`Decision`] is put in the request's extensions.
 ///
+/// It matches `request.uri().path()` as it reaches the layer: put it where
+/// the full path is seen (in axum, outside any `Router::nest`, which strips
+/// the prefix before inner layers run).
+///
 /// ```
 /// use std::sync::Arc;
 /// use keygate::tower::RequireRoute;
