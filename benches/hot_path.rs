@@ -53,7 +53,10 @@ impl Fixture {
         let mut tokens = String::with_capacity(n * TOKEN_LEN);
         for _ in 0..n {
             let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-            assert!(keyring.insert(record).is_none(), "duplicate key id");
+            assert!(
+                keyring.insert(record).unwrap().is_none(),
+                "duplicate key id"
+            );
             tokens.push_str(token.expose_secret());
         }
         Fixture { keyring, tokens }
@@ -113,7 +116,7 @@ fn failures() -> &'static Failures {
         expiring.extend(ten_k.keyring.records().cloned());
         let request = MintRequest::restricted(None, Scopes::all(), Some(NOW_MS), 0).unwrap();
         let (record, expired) = mint(expiring.pepper(), &request, &mut rng, 0).into_parts();
-        expiring.insert(record);
+        expiring.insert(record).unwrap();
         let expired = expired.expose_secret().to_owned();
         for (keyring, token, expect) in [
             (&ten_k.keyring, &unknown_id, "invalid"),

@@ -283,6 +283,52 @@ impl MintError {
     }
 }
 
+/// A key that a [`Keyring`](crate::Keyring) cannot take. When it is
+/// returned, nothing has changed: the keyring still holds every key it held.
+///
+/// Both are 503: the record is valid, and the server cannot take it now.
+///
+/// ```
+/// let err = keygate::KeyringError::Full { max: keygate::Keyring::MAX_KEYS };
+/// assert_eq!(err.to_string(), "the keyring is full: it holds at most 4194304 keys");
+/// assert_eq!(err.http_status(), 503);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// The keyring holds [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS) keys.
+    #[error("the keyring is full: it holds at most {max} keys")]
+    Full {
+        /// The bound.
+        max: usize,
+    },
+    /// The id's slot window is full and the digest index may not grow
+    /// further for the keys it holds (see
+    /// [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS)). With random ids
+    /// this does not happen; it takes ids chosen with knowledge of the
+    /// pepper.
+    #[error("key id `{id}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")]
+    Crowded {
+        /// The refused key's id.
+        id: KeyId,
+    },
+}
+
+impl KeyringError {
+    /// Always 503 (Service Unavailable): not the client's fault, so not
+    /// 4xx, and a state of the server that an operator resolves (revoke
+    /// keys, shard, rotate the pepper), which may pass. 507 (Insufficient
+    /// Storage) is WebDAV's, and generic clients and proxies treat 503 as
+    /// "try later" already.
+    ///
+    /// ```
+    /// assert_eq!(keygate::KeyringError::Full { max: 1 }.http_status(), 503);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        503
+    }
+}
+
 /// Any keygate error, for callers that want one type.
 ///
 /// ```
@@ -307,10 +353,13 @@ pub enum Error {
     /// See [`MintError`].
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// See [`KeyringError`].
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
 }
 
 impl Error {
-    /// The HTTP status that answers this error: 400, 401 or 403.
+    /// The HTTP status that answers this error: 400, 401, 403 or 503.
     ///
     /// ```
     /// let err: keygate::Error = keygate::ValidationError::NoAccessGranted.into();
@@ -323,6 +372,7 @@ impl Error {
             Error::Auth(e) => e.http_status(),
             Error::Validation(e) => e.http_status(),
             Error::Mint(e) => e.http_status(),
+            Error::Keyring(e) => e.http_status(),
         }
     }
 }
@@ -344,7 +394,8 @@ mod tests {
 
     #[test]
     fn messages_are_lowercase() {
-        let errors: [&dyn core::fmt::Display; 6] = [
+        let errors: [&dyn core::fmt::Display; 7] = [
+            &KeyringError::Full { max: 1 },
             &TokenError::Checksum,
             &AuthError::InvalidCredentials,
             &ValidationError::ScopesMissing,

@@ -4,16 +4,16 @@ mod index;
 
 use hashbrown::HashMap;
 
-use crate::error::AuthError;
+use crate::error::{AuthError, KeyringError};
 use crate::key::{KeyRecord, Principal};
 use crate::scope::{Access, Resource};
 use crate::secret::{Pepper, SecretHash};
-use crate::token::{KeyId, KeyKind, Token, EXAMPLE_KEY_ID, SECRET_LEN};
+use crate::token::{KeyId, KeyKind, Token, DECOY_KEY_ID, SECRET_LEN};
 
-pub use index::IdHasher;
 #[cfg(test)]
 use index::Slot;
-use index::{DigestIndex, MAX_PREALLOCATED_KEYS};
+use index::{DigestIndex, MAX_KEYS, MAX_PREALLOCATED_KEYS};
+pub use index::{IdHash, IdHasher};
 
 /// The keys a gateway knows, by id, and the checks of the request hot path.
 ///
@@ -31,7 +31,7 @@ use index::{DigestIndex, MAX_PREALLOCATED_KEYS};
 /// let mut keyring = Keyring::new(Pepper::generate(&mut rng));
 /// let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, 0)?;
 /// let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-/// keyring.insert(record);
+/// keyring.insert(record)?;
 ///
 /// let principal = keyring.authenticate(token.expose_secret(), 10)?;
 /// assert!(principal.can(Resource::Devboxes, Access::Read));
@@ -48,6 +48,22 @@ pub struct Keyring {
 }
 
 impl Keyring {
+    /// The most keys a keyring holds: 4 194 304 (2^22). Past it,
+    /// [`Keyring::insert`] fails with [`KeyringError::Full`].
+    ///
+    /// Memory stays bounded too. The digest index has at most 8 slots of 64
+    /// bytes per key (128 to 256 bytes per key in the usual case, since it
+    /// is at most half full), so at most 2 GiB at the bound; the map of
+    /// records holds one [`KeyRecord`] per key. An id whose slot window is
+    /// full when the index may not grow further is refused with
+    /// [`KeyringError::Crowded`]: the index grows on demand (doubling) only
+    /// up to that limit, and never drops a key to make room.
+    ///
+    /// ```
+    /// assert_eq!(keygate::Keyring::MAX_KEYS, 1 << 22);
+    /// ```
+    pub const MAX_KEYS: usize = MAX_KEYS;
+
     /// An empty keyring whose digests are keyed by `pepper`.
     ///
     /// ```
@@ -68,15 +84,22 @@ impl Keyring {
     /// let keyring = keygate::Keyring::with_capacity(keygate::Pepper::from_bytes(&[0u8; 32]), 1024);
     /// assert_eq!(keyring.len(), 0);
     /// ```
+    ///
+    /// The id hash of the map and of the digest index is seeded from the
+    /// pepper (see [`IdHasher`]), so ids chosen without the pepper cannot
+    /// crowd one slot window.
     pub fn with_capacity(pepper: Pepper, capacity: usize) -> Keyring {
         let capacity = capacity.min(MAX_PREALLOCATED_KEYS);
-        // The decoy is a digest no token can match short of a blake3 preimage.
-        let decoy = pepper.digest_parts(KeyKind::Standard, &EXAMPLE_KEY_ID, &[0u8; SECRET_LEN]);
+        // The decoy is a digest no token can match: its secret is 43 zero
+        // bytes, which are not base62. Its id is a constant of its own, not
+        // the documentation's example id.
+        let decoy = pepper.digest_parts(KeyKind::Standard, &DECOY_KEY_ID, &[0u8; SECRET_LEN]);
+        let hasher = IdHasher::with_seeds(pepper.index_seeds());
         Keyring {
             pepper,
             decoy,
-            keys: HashMap::with_capacity_and_hasher(capacity, IdHasher),
-            index: DigestIndex::with_capacity(capacity),
+            keys: HashMap::with_capacity_and_hasher(capacity, hasher),
+            index: DigestIndex::with_capacity(capacity, hasher),
         }
     }
 
@@ -92,14 +115,38 @@ impl Keyring {
 
     /// Adds a record, replacing and returning any record with the same id.
     ///
+    /// Fails, changing nothing, when the keyring is full
+    /// ([`Keyring::MAX_KEYS`]) or the id's slot window is
+    /// ([`KeyringError::Crowded`]). A replacement always succeeds.
+    ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(keyring.insert(keygate::key::example_record()).is_none());
+    /// assert!(keyring.insert(keygate::key::example_record())?.is_none());
     /// assert_eq!(keyring.len(), 1);
+    /// # Ok::<(), keygate::KeyringError>(())
     /// ```
-    pub fn insert(&mut self, record: KeyRecord) -> Option<KeyRecord> {
-        self.index.insert(&record);
-        self.keys.insert(record.id(), record)
+    pub fn insert(&mut self, record: KeyRecord) -> Result<Option<KeyRecord>, KeyringError> {
+        self.index.insert(&record)?;
+        Ok(self.keys.insert(record.id(), record))
+    }
+
+    /// Inserts every record, stopping at the first that fails (the records
+    /// before it stay inserted).
+    ///
+    /// ```
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// keyring.try_extend([keygate::key::example_record()])?;
+    /// assert_eq!(keyring.len(), 1);
+    /// # Ok::<(), keygate::KeyringError>(())
+    /// ```
+    pub fn try_extend<I: IntoIterator<Item = KeyRecord>>(
+        &mut self,
+        records: I,
+    ) -> Result<(), KeyringError> {
+        for record in records {
+            self.insert(record)?;
+        }
+        Ok(())
     }
 
     /// Removes a key; its tokens stop working at once. Returns the record.
@@ -108,9 +155,10 @@ impl Keyring {
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let record = keygate::key::example_record();
     /// let id = record.id();
-    /// keyring.insert(record);
+    /// keyring.insert(record)?;
     /// assert!(keyring.revoke(&id).is_some());
     /// assert!(keyring.get(&id).is_none());
+    /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn revoke(&mut self, id: &KeyId) -> Option<KeyRecord> {
         self.index.remove(id);
@@ -260,10 +308,20 @@ impl core::fmt::Debug for Keyring {
     }
 }
 
+/// Inserts every record.
+///
+/// # Panics
+///
+/// If the keyring cannot take a record ([`KeyringError`]), as a `Vec`
+/// panics on capacity overflow: it never drops a key silently. Use
+/// [`Keyring::try_extend`] to get the error instead.
 impl Extend<KeyRecord> for Keyring {
     fn extend<I: IntoIterator<Item = KeyRecord>>(&mut self, iter: I) {
-        for record in iter {
-            self.insert(record);
+        if let Err(e) = self.try_extend(iter) {
+            #[allow(clippy::panic)] // Documented above; `try_extend` returns the error.
+            {
+                panic!("{e}");
+            }
         }
     }
 }
@@ -284,7 +342,7 @@ mod tests {
             None => MintRequest::standard(None, expires, 0).unwrap(),
         };
         let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-        keyring.insert(record);
+        keyring.insert(record).unwrap();
         (keyring, String::from(token.expose_secret()))
     }
 
@@ -356,7 +414,7 @@ mod tests {
             None,
             0,
         );
-        keyring.insert(forged);
+        keyring.insert(forged).unwrap();
         let parsed = token_a.parse().unwrap();
         let moved = crate::secret::SecretToken::assemble(parsed.kind(), &b.id(), parsed.secret());
         assert_eq!(
@@ -374,7 +432,7 @@ mod tests {
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..3_000 {
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-            keyring.insert(record);
+            keyring.insert(record).unwrap();
             tokens.push(token);
         }
         assert_eq!(keyring.index.len, 3_000);
@@ -404,7 +462,7 @@ mod tests {
             None,
             0,
         );
-        keyring.insert(replacement);
+        keyring.insert(replacement).unwrap();
         assert_eq!(keyring.index.len, 1_500);
         assert_eq!(
             keyring.authenticate(tokens[1].expose_secret(), 1),
@@ -454,7 +512,7 @@ mod tests {
             0,
         );
         let mut keyring = keyring.clone();
-        keyring.insert(negative);
+        keyring.insert(negative).unwrap();
         assert!(matches!(
             keyring.authenticate(&token, -6),
             Ok(p) if p.scopes() == record.scopes()
@@ -465,6 +523,183 @@ mod tests {
                 id,
                 expires_at_ms: -5
             })
+        );
+    }
+
+    /// A record with `id` and a digest of its own.
+    fn record_with_id(id: KeyId, n: u8) -> KeyRecord {
+        KeyRecord::new(
+            id,
+            KeyKind::Standard,
+            "crafted".into(),
+            SecretHash::from_bytes([n; 32]),
+            Scopes::all(),
+            None,
+            0,
+        )
+    }
+
+    /// `count` random ids whose home, under `keyring`'s seeded hash, is the
+    /// same in every table of up to 2^12 slots: found by brute force.
+    fn colliding_ids(keyring: &Keyring, count: usize) -> alloc::vec::Vec<KeyId> {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(77);
+        let big =
+            DigestIndex::with_capacity(1 << 11, IdHasher::with_seeds(keyring.pepper.index_seeds()));
+        assert_eq!(big.size(), 1 << 12);
+        let target = big.home(DigestIndex::key(&KeyId::generate(&mut rng)));
+        let mut ids = alloc::vec::Vec::new();
+        while ids.len() < count {
+            let id = KeyId::generate(&mut rng);
+            if big.home(DigestIndex::key(&id)) == target {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn crafted_colliding_ids_are_refused_and_no_key_is_lost() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let ids = colliding_ids(&keyring, 9);
+        // Eight share one window; the index grows for load only.
+        for (n, id) in ids.iter().take(8).enumerate() {
+            assert!(keyring
+                .insert(record_with_id(*id, n as u8))
+                .unwrap()
+                .is_none());
+        }
+        assert_eq!(keyring.index.size(), 16);
+        // The ninth lands in a full window at every size the index may take
+        // for nine keys (at most 8 slots per key, rounded up: 128): refused.
+        let ninth = ids[8];
+        assert_eq!(
+            keyring.insert(record_with_id(ninth, 8)),
+            Err(KeyringError::Crowded { id: ninth })
+        );
+        assert_eq!(
+            alloc::string::ToString::to_string(&KeyringError::Crowded { id: ninth }),
+            alloc::format!("key id `{ninth}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")
+        );
+        // Nothing changed: the table, the map and every stored digest.
+        assert_eq!(keyring.index.size(), 16);
+        assert_eq!(keyring.index.len, 8);
+        assert_eq!(keyring.len(), 8);
+        assert!(keyring.get(&ninth).is_none());
+        for (n, id) in ids.iter().take(8).enumerate() {
+            let (found, slot) = keyring.index.lookup(id, &keyring.decoy);
+            assert_eq!(found, u64::MAX, "key {n} lost");
+            assert_eq!(
+                DigestIndex::digest(&slot.digest),
+                SecretHash::from_bytes([n as u8; 32])
+            );
+        }
+        // A replacement of a crowded id still works: it reuses its slot.
+        assert!(keyring
+            .insert(record_with_id(ids[0], 100))
+            .unwrap()
+            .is_some());
+        let (_, slot) = keyring.index.lookup(&ids[0], &keyring.decoy);
+        assert_eq!(
+            DigestIndex::digest(&slot.digest),
+            SecretHash::from_bytes([100; 32])
+        );
+        // Random ids still go in. With enough of them, the index may grow
+        // past 2^12 slots, where the crafted ids no longer share a home, and
+        // takes the ninth too.
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let mut tokens = alloc::vec::Vec::new();
+        for _ in 0..600 {
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            keyring.insert(record).unwrap();
+            tokens.push(token);
+        }
+        for t in &tokens {
+            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+        }
+        assert_eq!(keyring.index.size(), 2048);
+        assert_eq!(keyring.insert(record_with_id(ninth, 8)).unwrap(), None);
+        assert_eq!(keyring.index.size(), 8192);
+        assert_eq!(keyring.len(), 609);
+        for id in &ids {
+            assert_eq!(keyring.index.lookup(id, &keyring.decoy).0, u64::MAX);
+        }
+    }
+
+    #[test]
+    fn the_index_stays_within_its_memory_bound_under_collisions() {
+        // 64 ids with one home in every table up to 2^12 slots: at most 8
+        // fit one window, and the index never exceeds 8 slots per key.
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(14);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let mut accepted = 0;
+        for (n, id) in colliding_ids(&keyring, 64).into_iter().enumerate() {
+            match keyring.insert(record_with_id(id, n as u8)) {
+                Ok(None) => accepted += 1,
+                Err(KeyringError::Crowded { id: refused }) => assert_eq!(refused, id),
+                other => panic!("{other:?}"),
+            }
+            let limit = (8 * keyring.len().max(2)).next_power_of_two().max(16);
+            assert!(
+                keyring.index.size() <= limit,
+                "{} > {limit}",
+                keyring.index.size()
+            );
+        }
+        assert_eq!(accepted, 8);
+        assert_eq!(keyring.len(), 8);
+    }
+
+    #[test]
+    fn a_full_keyring_refuses_new_keys_and_keeps_replacing() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(15);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        assert_eq!(keyring.index.max_keys, Keyring::MAX_KEYS);
+        keyring.index.max_keys = 50;
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let mut records = alloc::vec::Vec::new();
+        for _ in 0..50 {
+            let (record, _) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            records.push(record);
+        }
+        keyring.try_extend(records.iter().cloned()).unwrap();
+        let (extra, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+        let err = keyring.insert(extra.clone()).unwrap_err();
+        assert_eq!(err, KeyringError::Full { max: 50 });
+        assert_eq!(err.http_status(), 503);
+        assert_eq!(
+            alloc::string::ToString::to_string(&err),
+            "the keyring is full: it holds at most 50 keys"
+        );
+        assert_eq!(keyring.len(), 50);
+        assert_eq!(
+            keyring.authenticate(token.expose_secret(), 1),
+            Err(AuthError::InvalidCredentials)
+        );
+        assert_eq!(keyring.try_extend([extra.clone()]), Err(err));
+        // Replacing a stored key needs no new slot.
+        assert!(keyring.insert(records[7].clone()).unwrap().is_some());
+        // After a revocation there is room again.
+        keyring.revoke(&records[0].id());
+        assert!(keyring.insert(extra).unwrap().is_none());
+        assert!(keyring.authenticate(token.expose_secret(), 1).is_ok());
+    }
+
+    #[test]
+    fn the_id_hash_is_seeded_by_the_pepper() {
+        let a = Pepper::from_bytes(&[1; 32]).index_seeds();
+        let b = Pepper::from_bytes(&[2; 32]).index_seeds();
+        assert_ne!(a, b);
+        assert_eq!(a, Pepper::from_bytes(&[1; 32]).index_seeds());
+        let id = DigestIndex::key(&crate::token::EXAMPLE_KEY_ID);
+        let homes = |seeds| {
+            let index = DigestIndex::with_capacity(1 << 20, IdHasher::with_seeds(seeds));
+            index.home(id)
+        };
+        assert_ne!(homes(a), homes(b));
+        assert_eq!(
+            alloc::format!("{:?}", IdHasher::with_seeds(a)),
+            "IdHasher(<seeded>)"
         );
     }
 

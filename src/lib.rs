@@ -21,7 +21,7 @@
 //! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
 //! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, 0)?;
 //! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-//! keyring.insert(record);
+//! keyring.insert(record)?;
 //! assert!(keyring.can(token.expose_secret(), Resource::Devboxes, Access::Read, 1).is_ok());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -49,7 +49,9 @@ pub mod token;
 pub mod tower;
 pub mod wire;
 
-pub use error::{AuthError, Error, MintError, ScopeParseError, TokenError, ValidationError};
+pub use error::{
+    AuthError, Error, KeyringError, MintError, ScopeParseError, TokenError, ValidationError,
+};
 pub use key::{KeyRecord, Principal};
 pub use keyring::Keyring;
 pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};

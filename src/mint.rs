@@ -502,7 +502,7 @@ mod tests {
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..100 {
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-            assert!(keyring.insert(record).is_none());
+            assert!(keyring.insert(record).unwrap().is_none());
             tokens.push(token);
         }
         for t in &tokens {

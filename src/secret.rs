@@ -5,6 +5,7 @@
 //! ```text
 //! key    = blake3::derive_key(PEPPER_CONTEXT, pepper)          (once, at Pepper::from_bytes)
 //! digest = blake3::keyed_hash(key, kind_tag || key_id || secret)
+//! seeds  = blake3::derive_key(INDEX_SEED_CONTEXT, key)[..16]      (the keyring's id hash)
 //! ```
 //!
 //! `kind_tag` is `a` or `r`, `key_id` the 16 id characters and `secret` the 43
@@ -24,6 +25,11 @@ use crate::token::{KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, 
 
 /// The blake3 `derive_key` context that turns a pepper into the hashing key.
 pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
+
+/// The blake3 `derive_key` context that turns the pepper's hashing key into
+/// the seeds of a [`Keyring`](crate::Keyring)'s id hash (see
+/// [`IdHasher`](crate::keyring::IdHasher)).
+pub const INDEX_SEED_CONTEXT: &str = "keygate 2026-11-29 v1 keyring id-hash seeds";
 
 /// Length of a pepper, in bytes.
 pub const PEPPER_LEN: usize = 32;
@@ -91,6 +97,20 @@ impl Pepper {
         let mut bytes = [0u8; PEPPER_LEN];
         rng.fill_bytes(&mut bytes);
         bytes
+    }
+
+    /// The seeds of the keyring's id hash: secret and random, like the
+    /// pepper, and independent of the digests (another `derive_key`
+    /// context).
+    pub(crate) fn index_seeds(&self) -> [u64; 2] {
+        let seed = zeroize::Zeroizing::new(blake3::derive_key(INDEX_SEED_CONTEXT, &self.key));
+        let mut words = [0u64; 2];
+        for (word, chunk) in words.iter_mut().zip(seed.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(bytes);
+        }
+        words
     }
 
     /// The digest of a token's kind, id and secret.

@@ -500,7 +500,7 @@ mod tests {
                 None => MintRequest::standard(None, expires, 0).unwrap(),
             };
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-            keyring.insert(record);
+            keyring.insert(record).unwrap();
             String::from(token.expose_secret())
         };
         let standard = make(None, None);

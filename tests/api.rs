@@ -38,7 +38,7 @@ impl Gateway {
     fn bootstrap(&mut self) -> String {
         let req = MintRequest::standard(Some("bootstrap"), None, NOW).unwrap();
         let (record, token) = mint(self.keyring.pepper(), &req, &mut self.rng, NOW).into_parts();
-        self.keyring.insert(record);
+        self.keyring.insert(record).unwrap();
         token.expose_secret().to_owned()
     }
 
@@ -51,7 +51,7 @@ impl Gateway {
             let request = params.validate(NOW)?;
             self.policy.authorize(&caller, &request)?;
             let minted = mint(self.keyring.pepper(), &request, &mut self.rng, NOW);
-            self.keyring.insert(minted.record().clone());
+            self.keyring.insert(minted.record().clone()).unwrap();
             Ok(minted.into_view())
         })();
         match result {
@@ -199,7 +199,7 @@ fn expiry_takes_effect() {
     )
     .unwrap();
     let (record, token) = mint(gw.keyring.pepper(), &req, &mut gw.rng, NOW).into_parts();
-    gw.keyring.insert(record);
+    gw.keyring.insert(record).unwrap();
     let token = token.expose_secret();
     assert!(gw.keyring.authenticate(token, NOW + 999).is_ok());
     let err = gw.keyring.authenticate(token, NOW + 1_000).unwrap_err();

@@ -31,7 +31,7 @@ fn keyring_with(request: &MintRequest, created_ms: i64) -> (Keyring, String) {
     let (record, token) =
         keygate::mint(keyring.pepper(), request, &mut rng, created_ms).into_parts();
     assert_eq!(record.created_at_ms(), created_ms);
-    keyring.insert(record);
+    keyring.insert(record).unwrap();
     (keyring, token.expose_secret().to_owned())
 }
 
@@ -293,7 +293,7 @@ fn relabelled_token_fails_as_invalid_credentials() {
     let scopes: Scopes = "account:write".parse().unwrap();
     let req = MintRequest::restricted(None, scopes, None, 0).unwrap();
     let (record, token) = keygate::mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-    keyring.insert(record);
+    keyring.insert(record).unwrap();
     let text = token.expose_secret();
     // rk_ -> ak_ with a recomputed checksum: well-formed, but the kind is
     // bound into the digest.

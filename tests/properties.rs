@@ -49,7 +49,7 @@ fn keyring_with(seed: u64, request: &MintRequest) -> (Keyring, String) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let (record, token) = mint(keyring.pepper(), request, &mut rng, 0).into_parts();
-    keyring.insert(record);
+    keyring.insert(record).unwrap();
     (keyring, token.expose_secret().to_owned())
 }
 

@@ -39,7 +39,7 @@ fn setup() -> Setup {
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let mut add = |request: MintRequest, keyring: &mut Keyring| {
         let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-        keyring.insert(record);
+        keyring.insert(record).unwrap();
         token.expose_secret().to_owned()
     };
     let standard = add(MintRequest::standard(None, None, 0).unwrap(), &mut keyring);

@@ -84,7 +84,7 @@ fn fixture() -> &'static Fixture {
         for _ in 0..KEYS {
             let (record, token) =
                 keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
-            keyring.insert(record);
+            keyring.insert(record).unwrap();
             tokens.push(token.expose_secret().to_owned());
         }
         Fixture { keyring, tokens }

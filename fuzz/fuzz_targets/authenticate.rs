@@ -60,7 +60,7 @@ fn fixture() -> &'static Fixture {
                 record.principal(),
                 record.expires_at_ms(),
             ));
-            assert!(keyring.insert(record).is_none());
+            assert!(keyring.insert(record).unwrap().is_none());
         }
         Fixture { keyring, keys }
     })

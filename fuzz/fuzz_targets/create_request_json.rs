@@ -34,7 +34,7 @@ fn check_common(req: &MintRequest, name: Option<&str>, expires_at_ms: Option<i64
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
     let mut keyring = Keyring::new(Pepper::from_bytes(&[7u8; 32]));
     let (record, token) = keygate::mint(keyring.pepper(), req, &mut rng, now_ms).into_parts();
-    keyring.insert(record);
+    keyring.insert(record).unwrap();
     let principal = keyring
         .authenticate(token.expose_secret(), now_ms)
         .expect("a fresh key authenticates at its creation time");

@@ -42,7 +42,7 @@ fn require_scope_guards_an_axum_route() {
         };
         let mut ring = keyring.write().unwrap();
         let (record, token) = keygate::mint(ring.pepper(), &request, &mut rng, 0).into_parts();
-        ring.insert(record);
+        ring.insert(record).unwrap();
         token.expose_secret().to_owned()
     };
     let writer = mint(Some("devboxes:write".parse().unwrap()));
