@@ -78,24 +78,24 @@ impl Pepper {
     /// # let _ = pepper;
     /// ```
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Pepper {
-        let mut bytes = Pepper::generate_bytes(rng);
-        let pepper = Pepper::from_bytes(&bytes);
-        bytes.zeroize();
-        pepper
+        Pepper::from_bytes(&Pepper::generate_bytes(rng))
     }
 
-    /// Draws 32 fresh pepper bytes, for a caller that persists them.
+    /// Draws 32 fresh pepper bytes, for a caller that persists them. They
+    /// are zeroized when dropped, on every path.
     ///
     /// ```
     /// use rand_core::SeedableRng;
     /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    /// let bytes = keygate::Pepper::generate_bytes(&mut rng);
+    /// let bytes: zeroize::Zeroizing<[u8; 32]> = keygate::Pepper::generate_bytes(&mut rng);
     /// let pepper = keygate::Pepper::from_bytes(&bytes);
     /// # let _ = pepper;
     /// ```
-    pub fn generate_bytes<R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; PEPPER_LEN] {
-        let mut bytes = [0u8; PEPPER_LEN];
-        rng.fill_bytes(&mut bytes);
+    pub fn generate_bytes<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+    ) -> zeroize::Zeroizing<[u8; PEPPER_LEN]> {
+        let mut bytes = zeroize::Zeroizing::new([0u8; PEPPER_LEN]);
+        rng.fill_bytes(bytes.as_mut_slice());
         bytes
     }
 
