@@ -234,7 +234,10 @@ fn bench_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
 
     // The floor: one blake3 keyed hash of the 60 bytes verification hashes
-    // (kind tag, 16-byte id, 43-byte secret) under a 32-byte key.
+    // (kind tag, 16-byte id, 43-byte secret) under a 32-byte key, and the
+    // constant-time comparison with a stored digest (`blake3::Hash`
+    // equality). The 48-byte variant is what hashing the decoded binary id
+    // and secret (1 + 12 + 32 = 45 bytes) would cost.
     let token = ten_thousand().token(0);
     let mut message = Vec::with_capacity(60);
     message.push(b'r');
@@ -243,8 +246,17 @@ fn bench_verify(c: &mut Criterion) {
     let message: [u8; 60] = message.try_into().unwrap();
     let mut key = [0u8; 32];
     rand_chacha::ChaCha8Rng::seed_from_u64(1).fill_bytes(&mut key);
+    let stored = blake3::keyed_hash(&key, &message);
     group.bench_function("floor_blake3_keyed_60B", |b| {
         b.iter(|| blake3::keyed_hash(black_box(&key), black_box(&message)))
+    });
+    group.bench_function("floor_keyed_60B_eq", |b| {
+        b.iter(|| blake3::keyed_hash(black_box(&key), black_box(&message)) == black_box(stored))
+    });
+    let short: [u8; 48] = message[..48].try_into().unwrap();
+    let stored_short = blake3::keyed_hash(&key, &short);
+    group.bench_function("floor_keyed_48B_eq", |b| {
+        b.iter(|| blake3::keyed_hash(black_box(&key), black_box(&short)) == black_box(stored_short))
     });
 
     // One key.
@@ -346,6 +358,7 @@ fn count_instructions(ops: &str) {
     message[1..17].copy_from_slice(&token.as_bytes()[3..19]);
     message[17..].copy_from_slice(&token.as_bytes()[20..63]);
     let key = [9u8; 32];
+    let stored = blake3::keyed_hash(&key, &message);
     let scopes = ten_k.keyring.authenticate(token, NOW_MS).unwrap().scopes();
     let f = failures();
     for op in ops.split(',') {
@@ -355,6 +368,12 @@ fn count_instructions(ops: &str) {
             }),
             "parse" => counted(N, || Token::parse(black_box(token)).is_ok()),
             "floor" => counted(N, || blake3::keyed_hash(black_box(&key), black_box(&message))),
+            "floor_eq" => counted(N, || {
+                blake3::keyed_hash(black_box(&key), black_box(&message)) == black_box(stored)
+            }),
+            "floor_48_eq" => counted(N, || {
+                blake3::keyed_hash(black_box(&key), black_box(&message[..48])) == black_box(stored)
+            }),
             "auth_1" => counted(N, || authenticate_can(black_box(&one.keyring), black_box(one.token(0)))),
             "auth_10k" => counted(N, || authenticate_can(black_box(&ten_k.keyring), black_box(token))),
             "unknown_id" => counted(N, || {
@@ -367,7 +386,7 @@ fn count_instructions(ops: &str) {
                 authenticate_can(black_box(&f.expiring), black_box(&f.expired))
             }),
             other => panic!(
-                "unknown op {other}: can, parse, floor, auth_1, auth_10k, unknown_id, wrong_secret, expired"
+                "unknown op {other}: can, parse, floor, floor_eq, floor_48_eq, auth_1, auth_10k, unknown_id, wrong_secret, expired"
             ),
         }
     }

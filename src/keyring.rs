@@ -94,12 +94,18 @@ impl Keyring {
         // bytes, which are not base62. Its id is a constant of its own, not
         // the documentation's example id.
         let decoy = pepper.digest_parts(KeyKind::Standard, &DECOY_KEY_ID, &[0u8; SECRET_LEN]);
-        let hasher = IdHasher::with_seeds(pepper.index_seeds());
+        // The map and the index hash ids with seeds of their own, so that
+        // the map's iteration order (by its hash) is not the index's order:
+        // copying one keyring into another fills the index evenly.
+        let [map_lo, map_hi, index_lo, index_hi] = pepper.index_seeds();
         Keyring {
             pepper,
             decoy,
-            keys: HashMap::with_capacity_and_hasher(capacity, hasher),
-            index: DigestIndex::with_capacity(capacity, hasher),
+            keys: HashMap::with_capacity_and_hasher(
+                capacity,
+                IdHasher::with_seeds([map_lo, map_hi]),
+            ),
+            index: DigestIndex::with_capacity(capacity, IdHasher::with_seeds([index_lo, index_hi])),
         }
     }
 
@@ -543,8 +549,8 @@ mod tests {
     /// same in every table of up to 2^12 slots: found by brute force.
     fn colliding_ids(keyring: &Keyring, count: usize) -> alloc::vec::Vec<KeyId> {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(77);
-        let big =
-            DigestIndex::with_capacity(1 << 11, IdHasher::with_seeds(keyring.pepper.index_seeds()));
+        let [_, _, lo, hi] = keyring.pepper.index_seeds();
+        let big = DigestIndex::with_capacity(1 << 11, IdHasher::with_seeds([lo, hi]));
         assert_eq!(big.size(), 1 << 12);
         let target = big.home(DigestIndex::key(&KeyId::generate(&mut rng)));
         let mut ids = alloc::vec::Vec::new();
@@ -627,6 +633,54 @@ mod tests {
     }
 
     #[test]
+    fn a_full_window_is_freed_by_moving_a_key_within_its_own_window() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(16);
+        let mut index = DigestIndex::with_capacity(0, IdHasher::default());
+        assert_eq!(index.size(), 16);
+        let mut with_home = |home: usize, count: usize| {
+            let mut ids = alloc::vec::Vec::new();
+            while ids.len() < count {
+                let id = KeyId::generate(&mut rng);
+                if index.home(DigestIndex::key(&id)) == home {
+                    ids.push(id);
+                }
+            }
+            ids
+        };
+        let at_0 = with_home(0, 6);
+        let at_2 = with_home(2, 6);
+        // Slots 0-3 hold four keys of home 0, slots 4-7 the keys of home 2.
+        for (n, id) in at_0.iter().take(4).chain(&at_2[..4]).enumerate() {
+            assert!(index.place(Slot::of(&record_with_id(*id, n as u8))));
+        }
+        let slot_of = |index: &DigestIndex, id: &KeyId| {
+            index
+                .slots
+                .iter()
+                .position(|s| s.id == DigestIndex::key(id))
+        };
+        assert_eq!(slot_of(&index, &at_2[0]), Some(4));
+        // The fifth key of home 0 finds slots 0-7 full: the key in slot 4
+        // (home 2, window 2-9) moves to slot 8, and the new key takes 4.
+        assert!(index.place(Slot::of(&record_with_id(at_0[4], 99))));
+        assert_eq!(slot_of(&index, &at_2[0]), Some(8));
+        assert_eq!(slot_of(&index, &at_0[4]), Some(4));
+        assert_eq!(index.len, 9);
+        for id in at_0[..5].iter().chain(&at_2[..4]) {
+            let (found, _) = index.lookup(id, &SecretHash::from_bytes([0; 32]));
+            assert_eq!(found, u64::MAX, "{id:?}");
+        }
+        // One more of home 2 takes slot 9. Then slots 0-9 are full and no
+        // key in them may move past 9: a sixth key of home 0 or another of
+        // home 2 has nowhere to go.
+        assert!(index.place(Slot::of(&record_with_id(at_2[4], 5))));
+        assert_eq!(slot_of(&index, &at_2[4]), Some(9));
+        assert!(!index.place(Slot::of(&record_with_id(at_0[5], 1))));
+        assert!(!index.place(Slot::of(&record_with_id(at_2[5], 1))));
+        assert_eq!(index.len, 10);
+    }
+
+    #[test]
     fn the_index_stays_within_its_memory_bound_under_collisions() {
         // 64 ids with one home in every table up to 2^12 slots: at most 8
         // fit one window, and the index never exceeds 8 slots per key.
@@ -692,13 +746,20 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, Pepper::from_bytes(&[1; 32]).index_seeds());
         let id = DigestIndex::key(&crate::token::EXAMPLE_KEY_ID);
-        let homes = |seeds| {
-            let index = DigestIndex::with_capacity(1 << 20, IdHasher::with_seeds(seeds));
+        let homes = |seeds: [u64; 4]| {
+            let [_, _, lo, hi] = seeds;
+            let index = DigestIndex::with_capacity(1 << 20, IdHasher::with_seeds([lo, hi]));
             index.home(id)
         };
         assert_ne!(homes(a), homes(b));
+        // The map's hash is not the index's.
+        use core::hash::BuildHasher;
+        assert_ne!(
+            IdHasher::with_seeds([a[0], a[1]]).hash_one(id),
+            IdHasher::with_seeds([a[2], a[3]]).hash_one(id)
+        );
         assert_eq!(
-            alloc::format!("{:?}", IdHasher::with_seeds(a)),
+            alloc::format!("{:?}", IdHasher::with_seeds([a[0], a[1]])),
             "IdHasher(<seeded>)"
         );
     }

@@ -5,7 +5,7 @@
 //! ```text
 //! key    = blake3::derive_key(PEPPER_CONTEXT, pepper)          (once, at Pepper::from_bytes)
 //! digest = blake3::keyed_hash(key, kind_tag || key_id || secret)
-//! seeds  = blake3::derive_key(INDEX_SEED_CONTEXT, key)[..16]      (the keyring's id hash)
+//! seeds  = blake3::derive_key(INDEX_SEED_CONTEXT, key)           (the keyring's id hashes)
 //! ```
 //!
 //! `kind_tag` is `a` or `r`, `key_id` the 16 id characters and `secret` the 43
@@ -99,12 +99,12 @@ impl Pepper {
         bytes
     }
 
-    /// The seeds of the keyring's id hash: secret and random, like the
-    /// pepper, and independent of the digests (another `derive_key`
-    /// context).
-    pub(crate) fn index_seeds(&self) -> [u64; 2] {
+    /// The seeds of the keyring's id hashes (two for the map, two for the
+    /// digest index): secret and random, like the pepper, and independent of
+    /// the digests (another `derive_key` context).
+    pub(crate) fn index_seeds(&self) -> [u64; 4] {
         let seed = zeroize::Zeroizing::new(blake3::derive_key(INDEX_SEED_CONTEXT, &self.key));
-        let mut words = [0u64; 2];
+        let mut words = [0u64; 4];
         for (word, chunk) in words.iter_mut().zip(seed.chunks_exact(8)) {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(chunk);
