@@ -7,7 +7,7 @@ use crate::error::KeyringError;
 use crate::key::KeyRecord;
 use crate::scope::Scopes;
 use crate::secret::SecretHash;
-use crate::token::{KeyId, KeyKind};
+use crate::token::{KeyId, KeyKind, KEY_ID_LEN, PREFIX_LEN, TOKEN_LEN};
 
 /// The hash of key ids, for the keyring's map and its digest index: one
 /// folded multiply (the 128-bit product's halves XORed, as foldhash does for
@@ -270,6 +270,15 @@ impl DigestIndex {
         u128::from_le_bytes(*id.as_bytes())
     }
 
+    /// [`DigestIndex::key`] of the id bytes (3 to 19) of a token text that
+    /// is not parsed yet, for [`DigestIndex::touch`] only.
+    #[inline(always)]
+    pub(crate) fn text_key(text: &[u8; TOKEN_LEN]) -> u128 {
+        text.get(PREFIX_LEN..)
+            .and_then(|rest| rest.first_chunk::<KEY_ID_LEN>())
+            .map_or(0, |id| u128::from_le_bytes(*id))
+    }
+
     #[inline(always)]
     pub(crate) fn home(&self, key: u128) -> usize {
         (self.hasher.hash_one(key) as usize) & self.mask
@@ -422,6 +431,20 @@ impl DigestIndex {
         if removed.is_some() {
             self.len -= 1;
         }
+    }
+
+    /// Starts the loads of `id`'s window, one per slot (each slot is one
+    /// cache line), and does not wait for them: their results only feed an
+    /// optimization barrier. At a million keys a window is a DRAM miss; this
+    /// lets the miss overlap the hashing instead of following it. Safe Rust:
+    /// plain reads, kept alive by `black_box`.
+    #[inline(always)]
+    pub(crate) fn touch(&self, key: u128) {
+        let window = self.window(key);
+        let sum = window
+            .iter()
+            .fold(0u64, |sum, slot| sum ^ (slot.grant as u64));
+        core::hint::black_box(sum);
     }
 
     /// The slot stored for `id` and an all-ones mask, or a slot holding the
