@@ -444,6 +444,27 @@ fn min_times() {
         "min ns: parse {:.1}, pepper.digest+eq {:.1}, verify/1 {:.1}",
         parts[0], parts[1], parts[2]
     );
+    // The memory floor at 1M keys: one read of 8 consecutive cache lines at
+    // a random place in a 128 MiB buffer (the 1M-key index's size), each
+    // place depending on the previous read, so the latencies add up as they
+    // do for one request after another.
+    let buffer = vec![1u64; (128 << 20) / 8];
+    let lines = buffer.len() / 8;
+    let mut chase = 0x9e37_79b9_7f4a_7c15u64;
+    let mut memory = f64::MAX;
+    for _ in 0..50 {
+        let start = std::time::Instant::now();
+        for _ in 0..BATCH {
+            chase ^= chase << 13;
+            chase ^= chase >> 7;
+            chase ^= chase << 17;
+            let at = (chase as usize % (lines - 8)) * 8;
+            let sum: u64 = (0..8).map(|line| buffer[at + line * 8]).sum();
+            chase = chase.wrapping_add(black_box(sum) & 1);
+        }
+        memory = memory.min(start.elapsed().as_nanos() as f64 / BATCH as f64);
+    }
+    println!("min ns: random 512-byte read in 128 MiB, dependent {memory:.1}");
     let m = million();
     let mut best = [f64::MAX; 3];
     let mut walk = 0usize;

@@ -288,11 +288,18 @@ impl Keyring {
         // The same work for a known and an unknown id (see `DigestIndex`);
         // the slot also carries the grant, so no other memory is read.
         let (found, slot) = self.index.lookup(&id, &self.decoy);
-        // `SecretHash` equality is blake3's constant-time comparison.
-        let matches = *digest == DigestIndex::digest(&slot.digest);
+        // The constant-time comparison, on the words the slot holds: the OR
+        // of their XORs, with no early exit, behind a barrier, then a mask
+        // (all ones iff equal) by arithmetic, as for the ids.
+        let diff = DigestIndex::words(digest)
+            .iter()
+            .zip(slot.digest)
+            .fold(0u64, |diff, (computed, stored)| diff | (computed ^ stored));
+        let diff = core::hint::black_box(diff);
+        let equal = ((diff | diff.wrapping_neg()) >> 63).wrapping_sub(1);
         // One mask and one branch, on the outcome alone: not on `found`
         // first (LLVM may split a branch on `a && b`, or even on `a & b`).
-        let accepted = core::hint::black_box(found & u64::from(matches).wrapping_neg());
+        let accepted = core::hint::black_box(found & equal);
         // The digest binds the kind, so a relabelled token fails the compare;
         // the kind test only restates it.
         if accepted == 0 || slot.kind() != token.kind() {
@@ -452,6 +459,37 @@ mod tests {
             keyring.authenticate(moved.expose_secret(), 1),
             Err(AuthError::InvalidCredentials)
         );
+    }
+
+    #[test]
+    fn a_digest_that_differs_in_any_bit_fails() {
+        let (mut keyring, token) = setup(None, None);
+        let id = Token::parse(&token).unwrap().key_id();
+        let record = keyring.get(&id).unwrap().clone();
+        let right = *record.secret_hash().as_bytes();
+        for byte in 0..32 {
+            for bit in [0, 7] {
+                let mut wrong = right;
+                wrong[byte] ^= 1 << bit;
+                let forged = KeyRecord::new(
+                    id,
+                    record.kind(),
+                    "f".into(),
+                    SecretHash::from_bytes(wrong),
+                    record.scopes(),
+                    None,
+                    0,
+                );
+                keyring.insert(forged).unwrap();
+                assert_eq!(
+                    keyring.authenticate(&token, 1),
+                    Err(AuthError::InvalidCredentials),
+                    "byte {byte} bit {bit}"
+                );
+            }
+        }
+        keyring.insert(record).unwrap();
+        assert!(keyring.authenticate(&token, 1).is_ok());
     }
 
     #[test]
@@ -762,6 +800,19 @@ mod tests {
         keyring.revoke(&records[0].id());
         assert!(keyring.insert(extra).unwrap().is_none());
         assert!(keyring.authenticate(token.expose_secret(), 1).is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "the keyring is full: it holds at most 2 keys")]
+    fn extend_panics_rather_than_drop_a_record() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        keyring.index.max_keys = 2;
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let records: alloc::vec::Vec<_> = (0..3)
+            .map(|_| mint(keyring.pepper(), &req, &mut rng, 0).into_parts().0)
+            .collect();
+        keyring.extend(records);
     }
 
     #[test]

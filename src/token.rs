@@ -355,7 +355,7 @@ impl<'a> Token<'a> {
         let checked = all
             .first_chunk::<CHECKED_LEN>()
             .ok_or(TokenError::Checksum)?;
-        if expected != u64::from(crc32fast::hash(checked)) {
+        if expected != u64::from(crc32(checked)) {
             return Err(TokenError::Checksum);
         }
         Ok(Token {
@@ -454,9 +454,27 @@ pub(crate) fn fill_base62<R: CryptoRng + ?Sized>(rng: &mut R, out: &mut [u8]) {
     zeroize::Zeroize::zeroize(&mut pool);
 }
 
+/// The CRC32 (IEEE) of `bytes`. With `std`, crc32fast detects the CPU's
+/// features once, not on every call (its `hash` does, for 40-odd
+/// instructions, a seventh of a parse).
+#[inline(always)]
+fn crc32(bytes: &[u8]) -> u32 {
+    #[cfg(feature = "std")]
+    {
+        static DETECTED: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+        let mut hasher = DETECTED.get_or_init(crc32fast::Hasher::new).clone();
+        hasher.update(bytes);
+        hasher.finalize()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        crc32fast::hash(bytes)
+    }
+}
+
 /// Writes the 6-digit base62 checksum of `checked` into `out`.
 pub(crate) fn write_checksum(checked: &[u8], out: &mut [u8; CHECKSUM_LEN]) {
-    let mut crc = u64::from(crc32fast::hash(checked));
+    let mut crc = u64::from(crc32(checked));
     for slot in out.iter_mut().rev() {
         *slot = BASE62.get((crc % 62) as usize).copied().unwrap_or(b'0');
         crc /= 62;

@@ -311,6 +311,7 @@ impl DigestIndex {
         words
     }
 
+    #[cfg(test)]
     pub(crate) fn digest(words: &[u64; 4]) -> SecretHash {
         let mut bytes = [0u8; 32];
         for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
