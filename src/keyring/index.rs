@@ -232,8 +232,7 @@ pub(crate) struct DigestIndex {
 /// The largest table for `keys` keys.
 fn size_limit(keys: usize) -> usize {
     keys.saturating_mul(SLOTS_PER_KEY)
-        .max(2 * WINDOW)
-        .min(MAX_KEYS * SLOTS_PER_KEY)
+        .clamp(2 * WINDOW, MAX_KEYS * SLOTS_PER_KEY)
         .next_power_of_two()
 }
 
@@ -442,9 +441,7 @@ impl DigestIndex {
     #[inline(always)]
     pub(crate) fn touch(&self, key: u128) {
         let window = self.window(key);
-        let sum = window
-            .iter()
-            .fold(0u64, |sum, slot| sum ^ (slot.grant as u64));
+        let sum = window.iter().fold(0u64, |sum, slot| sum ^ slot.grant);
         core::hint::black_box(sum);
     }
 
