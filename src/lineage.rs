@@ -3,12 +3,10 @@
 //! keys it minted (directly or transitively), and that revoking a key
 //! revokes every key minted from it.
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use hashbrown::{HashMap, HashSet};
-
 use crate::key::KeyRecord;
-use crate::keyring::IdHasher;
 use crate::token::KeyId;
 
 /// The creator links of a set of keys: key id → the id of its creator.
@@ -28,8 +26,8 @@ use crate::token::KeyId;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Lineage {
-    creator: HashMap<KeyId, KeyId, IdHasher>,
-    children: HashMap<KeyId, Vec<KeyId>, IdHasher>,
+    creator: BTreeMap<KeyId, KeyId>,
+    children: BTreeMap<KeyId, Vec<KeyId>>,
 }
 
 impl Lineage {
@@ -83,7 +81,7 @@ impl Lineage {
     /// assert!(lineage.descendants(b).is_empty());
     /// ```
     pub fn descendants(&self, root: KeyId) -> Vec<KeyId> {
-        let mut seen: HashSet<KeyId, IdHasher> = HashSet::with_hasher(IdHasher);
+        let mut seen = BTreeSet::new();
         seen.insert(root);
         let mut out = Vec::new();
         let mut next = 0;
