@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Prints N random, well-formed keygate tokens (valid CRC32 checksum) whose
-key ids no keyring holds, for bench/load.sh's unknown-id flood.
+key ids no keyring holds, for benches/load.sh's unknown-id flood.
 
-Usage: python3 bench/unknown_tokens.py N [PREFIX]   (PREFIX: ak_ or rk_, default rk_)
+Usage: python3 benches/unknown_tokens.py N [PREFIX]   (PREFIX: ak_ or rk_, default rk_)
 """
 import secrets
 import sys

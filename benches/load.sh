@@ -2,12 +2,12 @@
 # Loads GET /v1/authorize and GET /healthz on one release keygate server,
 # over loopback, with wrk; prints req/s and p99 for both and the ratio.
 # Then the unknown-id flood: /v1/authorize with random, well-formed tokens
-# of ids the server does not know (bench/unknown_tokens.py, every answer a
+# of ids the server does not know (benches/unknown_tokens.py, every answer a
 # 401), against the same route with the known key through the same wrk
-# script (bench/tokens.lua), and the ratio of the two (target >= 90%).
+# script (benches/tokens.lua), and the ratio of the two (target >= 90%).
 #
-#   bench/load.sh
-#   FLOOD=0 bench/load.sh   # skip the flood
+#   benches/load.sh
+#   FLOOD=0 benches/load.sh   # skip the flood
 #
 # Env: DURATION (10s per run), CONNECTIONS (32), THREADS (2), ROUNDS (3; the
 # routes alternate, the best run of each counts). wrk and the server share
@@ -76,14 +76,14 @@ run() {
     echo "$rps $p99 $cpu"
 }
 
-# The flood's runs: wrk with bench/tokens.lua cycling through the tokens in
+# The flood's runs: wrk with benches/tokens.lua cycling through the tokens in
 # file $2. $3 is the status every answer must have (204 or 401).
 # run_tokens NAME FILE STATUS -> prints "rps p99 server_cpu_us_per_request"
 run_tokens() {
     local out t0 t1 n bad
     t0=$(cpu_ticks)
     out=$(KEYGATE_TOKENS="$2" "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
-        --latency -s "$ROOT/bench/tokens.lua" "$AUTHORIZE")
+        --latency -s "$ROOT/benches/tokens.lua" "$AUTHORIZE")
     t1=$(cpu_ticks)
     echo "$out" > "$WORK/wrk-$1-$RANDOM.txt"
     n=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -140,7 +140,7 @@ echo "authorize/healthz req/s: median $(ratio "$med_a" "$med_h")%, best $(ratio 
 
 if [ "${FLOOD:-1}" = 1 ]; then
     echo "$TOKEN" > "$WORK/known.tokens"
-    python3 "$ROOT/bench/unknown_tokens.py" 100000 rk_ > "$WORK/unknown.tokens"
+    python3 "$ROOT/benches/unknown_tokens.py" 100000 rk_ > "$WORK/unknown.tokens"
     # Sanity: an unknown token is well-formed (a 401 for invalid credentials,
     # not for a malformed token), and the known one passes.
     body=$(curl -s -H "Authorization: Bearer $(head -1 "$WORK/unknown.tokens")" "$AUTHORIZE")
@@ -160,7 +160,7 @@ if [ "${FLOOD:-1}" = 1 ]; then
     read -r best_k p99_k cpu_k < <(best "$WORK/known.runs")
     read -r best_u p99_u cpu_u < <(best "$WORK/unknown.runs")
     echo
-    echo "unknown-id flood: 100 000 random well-formed rk_ tokens, cycled; bench/tokens.lua for both"
+    echo "unknown-id flood: 100 000 random well-formed rk_ tokens, cycled; benches/tokens.lua for both"
     printf '%-22s %12s %10s %22s\n' "route (run)" "req/s" p99 "server CPU us/request"
     printf '%-22s %12s %10s %22s\n' "known (median)" "$med_k" "$mp99_k" "$mcpu_k"
     printf '%-22s %12s %10s %22s\n' "unknown (median)" "$med_u" "$mp99_u" "$mcpu_u"

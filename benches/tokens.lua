@@ -1,4 +1,4 @@
--- wrk script for bench/load.sh: GET the URL with `Authorization: Bearer <token>`,
+-- wrk script for benches/load.sh: GET the URL with `Authorization: Bearer <token>`,
 -- cycling through the tokens in the file named by $KEYGATE_TOKENS (one per
 -- line). Each wrk thread starts at its own offset. Both the known-key run
 -- (a file holding one token) and the unknown-id flood (a file of random,
