@@ -302,7 +302,7 @@ impl MintError {
 ///
 /// ```
 /// use keygate::RecordError;
-/// # let id = keygate::key::example_record().id();
+/// # let id = keygate::testing::example_record().id();
 /// let err = RecordError::StandardWithoutAllScopes { id };
 /// assert_eq!(err.http_status(), 500);
 /// ```
@@ -334,7 +334,7 @@ impl RecordError {
 /// returned, nothing has changed: the keyring still holds every key it held.
 ///
 /// ```
-/// # let record = keygate::key::example_record();
+/// # let record = keygate::testing::example_record();
 /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
 /// keyring.insert(record.clone())?;
 /// keyring.revoke(&record.id());
@@ -393,7 +393,7 @@ impl KeyringError {
 /// A key that cannot be rolled.
 ///
 /// ```
-/// # let id = keygate::key::example_record().id();
+/// # let id = keygate::testing::example_record().id();
 /// let err = keygate::RollError::Expired { id, expires_at_ms: 5 };
 /// assert_eq!(err.http_status(), 409);
 /// ```

@@ -145,7 +145,7 @@ impl Keyring {
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(keyring.insert(keygate::key::example_record())?.is_none());
+    /// assert!(keyring.insert(keygate::testing::example_record())?.is_none());
     /// assert_eq!(keyring.len(), 1);
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
@@ -163,7 +163,7 @@ impl Keyring {
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// keyring.try_extend([keygate::key::example_record()])?;
+    /// keyring.try_extend([keygate::testing::example_record()])?;
     /// assert_eq!(keyring.len(), 1);
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
@@ -188,7 +188,7 @@ impl Keyring {
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let record = keygate::key::example_record();
+    /// let record = keygate::testing::example_record();
     /// let id = record.id();
     /// keyring.insert(record)?;
     /// assert!(keyring.revoke(&id).is_some());
@@ -207,13 +207,13 @@ impl Keyring {
     ///
     /// ```
     /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(!keyring.is_revoked(&keygate::key::example_record().id()));
+    /// assert!(!keyring.is_revoked(&keygate::testing::example_record().id()));
     /// ```
     pub fn is_revoked(&self, id: &KeyId) -> bool {
         self.revoked.contains(id)
     }
 
-    /// Applies one change of a store's log (see [`crate::feed`]).
+    /// Applies one change of a store's log (see [`Change`] and the README's change-feed protocol).
     ///
     /// Idempotent and order-insensitive: per key id, the change with the
     /// highest sequence number wins, and a revocation is final, so a
@@ -224,7 +224,7 @@ impl Keyring {
     ///
     /// ```
     /// use keygate::{Applied, Change};
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let newer = record.clone();
     /// assert_eq!(keyring.apply(Change::upsert(5, newer))?, Applied::Changed);
@@ -282,7 +282,7 @@ impl Keyring {
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// keyring.insert(keygate::key::example_record())?; // expires at 2 000 ms
+    /// keyring.insert(keygate::testing::example_record())?; // expires at 2 000 ms
     /// assert_eq!(keyring.evict_expired(1_999), 0);
     /// assert_eq!(keyring.evict_expired(2_000), 1);
     /// assert!(keyring.is_empty());
@@ -397,7 +397,7 @@ impl Keyring {
     /// the secret, so [`AuthError::Expired`] tells nothing to a guesser.
     ///
     /// ```
-    /// # let text = keygate::token::example_token();
+    /// # let text = keygate::testing::example_token();
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let token = keygate::Token::parse(&text)?;
     /// assert_eq!(keyring.verify(&token, 0), Err(keygate::AuthError::InvalidCredentials));

@@ -160,7 +160,7 @@ impl Pepper {
     /// The digest a record stores for `token`.
     ///
     /// ```
-    /// # let text = keygate::token::example_token();
+    /// # let text = keygate::testing::example_token();
     /// let pepper = keygate::Pepper::from_bytes(&[9u8; 32]);
     /// let token = keygate::Token::parse(&text)?;
     /// assert_eq!(pepper.digest(&token), pepper.digest(&token));
@@ -234,7 +234,7 @@ impl fmt::Debug for Pepper {
 /// together with the pepper.
 ///
 /// ```
-/// # let text = keygate::token::example_token();
+/// # let text = keygate::testing::example_token();
 /// let pepper = keygate::Pepper::from_bytes(&[9u8; 32]);
 /// let digest = pepper.digest(&keygate::Token::parse(&text)?);
 /// let json = serde_json::to_string(&digest)?;
@@ -311,7 +311,7 @@ impl<'de> Deserialize<'de> for SecretHash {
 /// [`Keyring`](crate::Keyring), which compares digests in constant time.
 ///
 /// ```
-/// # let text = keygate::token::example_token();
+/// # let text = keygate::testing::example_token();
 /// let token = keygate::SecretToken::new(text.clone());
 /// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
 /// assert_eq!(token.expose_secret(), text);
@@ -344,7 +344,7 @@ impl SecretToken {
     /// Parses the text as a [`Token`].
     ///
     /// ```
-    /// # let text = keygate::token::example_token();
+    /// # let text = keygate::testing::example_token();
     /// let t = keygate::SecretToken::new(text);
     /// assert_eq!(t.parse()?.kind(), keygate::KeyKind::Restricted);
     /// # Ok::<(), keygate::TokenError>(())

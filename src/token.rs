@@ -56,7 +56,7 @@ const _: () = assert!(SECRET_LEN as u64 * 5_954_196_310 > 256 * 1_000_000_000);
 /// The regular expression that matches a version-1 token, for secret scanners.
 ///
 /// ```
-/// assert!(keygate::token::TOKEN_REGEX.contains("{49}"));
+/// assert!(keygate::TOKEN_REGEX.contains("{49}"));
 /// ```
 pub const TOKEN_REGEX: &str = r"\b(?:ak|rk)_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b";
 
@@ -368,7 +368,7 @@ impl<'a> Token<'a> {
     /// The kind named by the prefix.
     ///
     /// ```
-    /// # let t = keygate::token::example_token();
+    /// # let t = keygate::testing::example_token();
     /// assert_eq!(keygate::Token::parse(&t)?.kind(), keygate::KeyKind::Restricted);
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
@@ -380,7 +380,7 @@ impl<'a> Token<'a> {
     /// The public key id, for a store lookup.
     ///
     /// ```
-    /// # let t = keygate::token::example_token();
+    /// # let t = keygate::testing::example_token();
     /// let id = keygate::Token::parse(&t)?.key_id();
     /// assert_eq!(id.as_str(), &t[3..19]);
     /// # Ok::<(), keygate::TokenError>(())
@@ -400,7 +400,7 @@ impl<'a> Token<'a> {
     /// [`SecretToken`]. For a parsed token this is the parsed text.
     ///
     /// ```
-    /// # let t = keygate::token::example_token();
+    /// # let t = keygate::testing::example_token();
     /// let token = keygate::Token::parse(&t)?;
     /// assert_eq!(token.to_secret_token().expose_secret(), t);
     /// # Ok::<(), keygate::TokenError>(())
@@ -486,10 +486,12 @@ pub(crate) fn write_checksum(checked: &[u8], out: &mut [u8; CHECKSUM_LEN]) {
 pub(crate) const DECOY_KEY_ID: KeyId = KeyId(*b"0keygateDecoy000");
 
 /// The key id of [`example_token`], for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub const EXAMPLE_KEY_ID: KeyId = KeyId(*b"4GZ6bQvR9cXw2LmT");
 
 /// A valid restricted token, made from fixed bytes, for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn example_token() -> alloc::string::String {
     let secret = [b'x'; SECRET_LEN];

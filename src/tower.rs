@@ -18,7 +18,7 @@
 //! [`Keyring`](crate::Keyring), an `RwLock<Keyring>`, an `Arc` of either, or
 //! your own type (keygate's server implements it to fall back to its
 //! database). The time
-//! comes from a clock function, [`system_now_ms`] unless you pass another.
+//! comes from a clock function, [`system_now_ms`](crate::system_now_ms) unless you pass another.
 //!
 //! ```
 //! use std::sync::{Arc, RwLock};
@@ -314,22 +314,6 @@ pub fn authorize_route<'t, A: Authenticate + ?Sized>(
     }
 }
 
-/// The system clock in Unix milliseconds (0 before 1970, saturating).
-///
-/// ```
-/// assert!(keygate::tower::system_now_ms() > 1_700_000_000_000);
-/// ```
-pub fn system_now_ms() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        // Seconds and millis apart: no 128-bit division on the hot path.
-        Ok(d) => i64::try_from(d.as_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000)
-            .saturating_add(i64::from(d.subsec_millis())),
-        Err(_) => 0,
-    }
-}
-
 /// A tower layer that lets a request through only if its bearer token may
 /// act on `resource` at `access`. See the [module docs](self).
 ///
@@ -355,11 +339,11 @@ impl<A> RequireScope<A> {
             auth,
             resource,
             access,
-            clock: system_now_ms,
+            clock: crate::system_now_ms,
         }
     }
 
-    /// Replaces the clock ([`system_now_ms`] by default), e.g. for tests.
+    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
     pub fn with_clock(mut self, clock: fn() -> i64) -> RequireScope<A> {
         self.clock = clock;
         self
@@ -470,11 +454,11 @@ impl<A> RequireRoute<A> {
         RequireRoute {
             auth,
             table,
-            clock: system_now_ms,
+            clock: crate::system_now_ms,
         }
     }
 
-    /// Replaces the clock ([`system_now_ms`] by default), e.g. for tests.
+    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
     pub fn with_clock(mut self, clock: fn() -> i64) -> RequireRoute<A> {
         self.clock = clock;
         self

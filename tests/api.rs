@@ -339,7 +339,7 @@ fn secrets_never_show_in_debug_or_errors() {
 
 #[test]
 fn documented_regex_finds_minted_tokens_in_text() {
-    let re = regex_lite::Regex::new(keygate::token::TOKEN_REGEX).unwrap();
+    let re = regex_lite::Regex::new(keygate::TOKEN_REGEX).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let pepper = Pepper::generate(&mut rng);
     for request in [

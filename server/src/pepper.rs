@@ -110,7 +110,7 @@ mod tests {
         let (b, created) = load_or_create(&path, true).unwrap();
         assert!(!created);
         let d = |p: &Pepper| {
-            let t = keygate::token::example_token();
+            let t = keygate::testing::example_token();
             p.digest(&keygate::Token::parse(&t).unwrap())
         };
         assert_eq!(d(&a), d(&b));
@@ -149,7 +149,7 @@ mod tests {
         std::fs::write(&path, &secret[..32]).unwrap();
         let (from_file, created) = load_or_create(&path, false).unwrap();
         assert!(!created);
-        let t = keygate::token::example_token();
+        let t = keygate::testing::example_token();
         let t = keygate::Token::parse(&t).unwrap();
         assert_eq!(
             from_file.digest(&t),

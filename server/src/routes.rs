@@ -20,7 +20,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Router};
 use keygate::route::MatchedBy;
-use keygate::tower::{authorize_route, problem, system_now_ms, Authenticate};
+use keygate::system_now_ms;
+use keygate::tower::{authorize_route, problem, Authenticate};
 use keygate::RouteTable;
 
 /// The loaded table, in the request extensions of every route.

@@ -27,7 +27,7 @@ use crate::token::{KeyId, KeyKind, KEY_ID_LEN, PREFIX_LEN, TOKEN_LEN};
 ///
 /// ```
 /// use core::hash::BuildHasher;
-/// let hasher = keygate::keyring::IdHasher::default();
+/// let hasher = keygate::IdHasher::default();
 /// assert_eq!(hasher.hash_one(7u128), hasher.hash_one(7u128));
 /// assert_eq!(format!("{hasher:?}"), "IdHasher(<seeded>)");
 /// ```
