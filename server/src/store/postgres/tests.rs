@@ -1,0 +1,470 @@
+//! The PostgreSQL store against a real, throwaway PostgreSQL 15
+//! (`tests/support/pg.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate::{ChangeOp, KeyId, KeyRecord, MintRequest, Pepper};
+
+use super::pg::TestPg;
+use super::*;
+
+fn pepper() -> Pepper {
+    Pepper::from_bytes(&[7u8; 32])
+}
+
+fn standard(name: &str) -> KeyRecord {
+    let request = MintRequest::standard(Some(name), None, 1_000).unwrap();
+    keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 1_000)
+        .into_parts()
+        .0
+}
+
+/// A restricted key minted by `creator`.
+fn child(name: &str, creator: &KeyRecord) -> KeyRecord {
+    let request = MintRequest::restricted(Some(name), "objects:read".parse().unwrap(), None, 2_000)
+        .unwrap()
+        .created_by(&creator.principal());
+    keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 2_000)
+        .into_parts()
+        .0
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn lifecycle_round_trip() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        store.ping().await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 0);
+        let root = standard("root");
+        let a = child("a", &root);
+        let b = child("b", &a);
+        let other = standard("other");
+        assert_eq!(store.create(&root, None, 10).await.unwrap(), 1);
+        assert_eq!(store.create(&a, Some(root.id()), 11).await.unwrap(), 2);
+        assert_eq!(store.create(&b, Some(a.id()), 12).await.unwrap(), 3);
+        assert_eq!(store.create(&other, None, 13).await.unwrap(), 4);
+        assert_eq!(store.count().await.unwrap(), 4);
+
+        // Columns round-trip into the same record.
+        let got = store.get(b.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.record, b);
+        assert_eq!(got.revoked_at_ms, None);
+        assert_eq!(got.last_used_at_ms, None);
+        // Scope: b descends from root and a; other does not.
+        assert!(store
+            .get(b.id(), Scope::DescendantsOf(root.id()))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .get(b.id(), Scope::DescendantsOf(a.id()))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .get(a.id(), Scope::DescendantsOf(a.id()))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .get(other.id(), Scope::DescendantsOf(root.id()))
+            .await
+            .unwrap()
+            .is_none());
+
+        // List: id order, paging, scope.
+        let mut ids = [root.id(), a.id(), b.id(), other.id()];
+        ids.sort();
+        let page = store.list(Scope::All, None, 3).await.unwrap();
+        assert!(page.has_more);
+        let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.id()).collect();
+        assert_eq!(listed, ids[..3]);
+        let page = store.list(Scope::All, Some(ids[2]), 3).await.unwrap();
+        assert!(!page.has_more);
+        assert_eq!(page.keys.len(), 1);
+        assert_eq!(page.keys[0].record.id(), ids[3]);
+        let mut mine = vec![a.id(), b.id()];
+        mine.sort();
+        let page = store
+            .list(Scope::DescendantsOf(root.id()), None, 10)
+            .await
+            .unwrap();
+        let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.id()).collect();
+        assert_eq!(listed, mine);
+
+        // last_used never moves back.
+        store
+            .record_last_used(&[(a.id(), 500), (b.id(), 600)])
+            .await
+            .unwrap();
+        store.record_last_used(&[(a.id(), 400)]).await.unwrap();
+        let got = store.get(a.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.last_used_at_ms, Some(500));
+
+        // Roll: the old key's expiry shortened, a new key, two events.
+        let rolled =
+            keygate::roll(&pepper(), &other, 1_000, &mut keygate::os_entropy(), 5_000).unwrap();
+        let (new, old) = rolled.into_parts();
+        let new = new.into_parts().0;
+        let (created, rolled_seq) = store
+            .roll(&old, &new, Scope::All, Some(root.id()), 20)
+            .await
+            .unwrap();
+        assert_eq!((created, rolled_seq), (5, 6));
+        let got = store.get(other.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.record.expires_at_ms(), Some(6_000));
+        // Out of scope, or unknown: not found.
+        let again = keygate::roll(&pepper(), &other, 0, &mut keygate::os_entropy(), 5_000).unwrap();
+        let (n2, o2) = again.into_parts();
+        assert_eq!(
+            store
+                .roll(&o2, n2.record(), Scope::DescendantsOf(root.id()), None, 21)
+                .await,
+            Err(StoreError::NotFound)
+        );
+
+        // Cascading revocation: a and its child b, each with an event.
+        let revoked = store
+            .revoke(a.id(), Scope::All, true, Some(root.id()), 30)
+            .await
+            .unwrap();
+        assert_eq!(revoked, vec![(7, a.id()), (8, b.id())]);
+        assert_eq!(
+            store.revoke(a.id(), Scope::All, true, None, 31).await,
+            Err(StoreError::NotFound)
+        );
+        // A revoked creator mints nothing more.
+        assert_eq!(
+            store.create(&child("late", &a), Some(a.id()), 32).await,
+            Err(StoreError::NotFound)
+        );
+        let got = store.get(b.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.revoked_at_ms, Some(30));
+        let page = store.list(Scope::All, None, 10).await.unwrap();
+        assert_eq!(page.keys.len(), 3, "revoked keys are not listed");
+
+        // Events: the audit log in order.
+        let (events, more) = store.events(0, 100).await.unwrap();
+        assert!(!more);
+        let actions: Vec<(u64, Action, KeyId)> =
+            events.iter().map(|e| (e.seq, e.action, e.key_id)).collect();
+        assert_eq!(
+            actions,
+            vec![
+                (1, Action::Created, root.id()),
+                (2, Action::Created, a.id()),
+                (3, Action::Created, b.id()),
+                (4, Action::Created, other.id()),
+                (5, Action::Created, new.id()),
+                (6, Action::Rolled, other.id()),
+                (7, Action::Revoked, a.id()),
+                (8, Action::Revoked, b.id()),
+            ]
+        );
+        assert_eq!(events[5].new_key_id, Some(new.id()));
+        assert_eq!(events[5].actor_id, Some(root.id()));
+        assert_eq!(events[0].actor_id, None);
+        let (page, more) = store.events(2, 3).await.unwrap();
+        assert!(more);
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+
+        // Changes from current rows: revoked keys give revocations.
+        let changes = store.changes_since(0, 100).await.unwrap();
+        assert_eq!(changes.len(), 8);
+        assert!(matches!(&changes[1].op, ChangeOp::Revoke(id) if *id == a.id()));
+        assert!(matches!(&changes[5].op, ChangeOp::Upsert(r) if r.expires_at_ms() == Some(6_000)));
+        assert_eq!(store.changes_since(6, 1).await.unwrap().len(), 1);
+
+        // A keyring fed the log equals one built from the snapshot.
+        let snapshot = store.snapshot().await.unwrap();
+        assert_eq!(snapshot.seq, 8);
+        assert_eq!(snapshot.records.len(), 3);
+        let mut fed = keygate::Keyring::new(pepper());
+        for change in changes {
+            fed.apply(change).unwrap();
+        }
+        assert_eq!(fed.last_seq(), 8);
+        let mut live: Vec<KeyId> = fed.records().map(KeyRecord::id).collect();
+        let mut snap: Vec<KeyId> = snapshot.records.iter().map(KeyRecord::id).collect();
+        live.sort();
+        snap.sort();
+        assert_eq!(live, snap);
+    });
+}
+
+/// Two writers interleaved on purpose: T1 takes its sequence number first
+/// and holds its transaction open; T2 (a `create`) starts after. T2 must
+/// not commit a later number while T1's is still invisible, or a reader
+/// that has seen T2's number would skip T1's for ever. The same
+/// interleaving on a `bigserial` table does produce the skip, which shows
+/// the test can see one.
+#[test]
+fn interleaved_writers_never_let_a_reader_skip_a_seq() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = Arc::new(PgStore::connect(&pg.url()).await.unwrap());
+        let first = standard("first");
+        store.create(&first, None, 1).await.unwrap();
+
+        // T1: a write that has taken its sequence number, not yet committed.
+        let mut client = store.client().await.unwrap();
+        let t1 = client.transaction().await.unwrap();
+        let slow = standard("slow");
+        insert_key(&t1, &slow).await.ok().unwrap();
+        let event = NewEvent {
+            action: Action::Created,
+            key_id: slow.id(),
+            new_key_id: None,
+        };
+        let t1_seqs = append(&t1, &[event], None, 2).await.ok().unwrap();
+        assert_eq!(t1_seqs, vec![2]);
+
+        // T2 starts now and would commit first if it could.
+        let fast = standard("fast");
+        let t2 = {
+            let store = Arc::clone(&store);
+            let fast = fast.clone();
+            tokio::spawn(async move { store.create(&fast, None, 3).await })
+        };
+        // A reader polls while T1 is open: it must never see T2's change
+        // before T1's.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let seen: Vec<u64> = store
+                .changes_since(1, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|c| c.seq)
+                .collect();
+            assert!(
+                seen.is_empty(),
+                "a reader saw {seen:?} while seq 2 was uncommitted"
+            );
+        }
+        assert!(
+            !t2.is_finished(),
+            "T2 committed while T1 held an earlier seq"
+        );
+        t1.commit().await.unwrap();
+        drop(client);
+        let t2_seq = t2.await.unwrap().unwrap();
+        assert_eq!(t2_seq, 3, "T2 takes the next number after T1 commits");
+        let changes = store.changes_since(1, 10).await.unwrap();
+        let seen: Vec<(u64, KeyId)> = changes.iter().map(|c| (c.seq, c.key_id())).collect();
+        assert_eq!(seen, vec![(2, slow.id()), (3, fast.id())]);
+
+        // A rolled-back writer returns its number: no gap either.
+        let mut client = store.client().await.unwrap();
+        let t3 = client.transaction().await.unwrap();
+        let gone = standard("gone");
+        insert_key(&t3, &gone).await.ok().unwrap();
+        let event = NewEvent {
+            action: Action::Created,
+            key_id: gone.id(),
+            new_key_id: None,
+        };
+        assert_eq!(append(&t3, &[event], None, 4).await.ok().unwrap(), vec![4]);
+        t3.rollback().await.unwrap();
+        drop(client);
+        assert_eq!(store.create(&standard("next"), None, 5).await.unwrap(), 4);
+
+        // The control: a bigserial under the same interleaving is skipped.
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute("CREATE TABLE serial_log (seq BIGSERIAL PRIMARY KEY)")
+            .await
+            .unwrap();
+        drop(client);
+        let mut c1 = store.client().await.unwrap();
+        let mut c2 = store.client().await.unwrap();
+        let s1 = c1.transaction().await.unwrap();
+        let a: i64 = s1
+            .query_one("INSERT INTO serial_log DEFAULT VALUES RETURNING seq", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let s2 = c2.transaction().await.unwrap();
+        let b: i64 = s2
+            .query_one("INSERT INTO serial_log DEFAULT VALUES RETURNING seq", &[])
+            .await
+            .unwrap()
+            .get(0);
+        s2.commit().await.unwrap();
+        assert!(a < b);
+        let reader = store.client().await.unwrap();
+        let seen: Vec<i64> = reader
+            .query("SELECT seq FROM serial_log ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // The reader's cursor is now b; a commits later and is never read.
+        assert_eq!(seen, vec![b]);
+        s1.commit().await.unwrap();
+        let after_cursor = reader
+            .query("SELECT seq FROM serial_log WHERE seq > $1", &[&b])
+            .await
+            .unwrap();
+        assert!(after_cursor.is_empty(), "bigserial: seq {a} was skipped");
+    });
+}
+
+#[test]
+fn three_concurrent_starts_migrate_once() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let url = pg.url();
+        let starts = (0..3).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&url).await })
+        });
+        let mut stores = Vec::new();
+        for start in starts {
+            stores.push(start.await.unwrap().unwrap());
+        }
+        // Each ran its migration step; exactly one applied anything.
+        let mut applied = 0;
+        for store in &stores {
+            applied += store.migrate().await.unwrap().len();
+        }
+        assert_eq!(applied, 0, "a second run finds nothing to do");
+        assert_eq!(pg.psql("SELECT count(*) FROM schema_migrations"), "1");
+        assert_eq!(
+            pg.psql("SELECT version FROM schema_migrations"),
+            SCHEMA_VERSION.to_string()
+        );
+        assert_eq!(
+            pg.psql("SELECT schema_version FROM meta"),
+            SCHEMA_VERSION.to_string()
+        );
+        // All three write through one log.
+        for (i, store) in stores.iter().enumerate() {
+            store
+                .create(&standard(&format!("k{i}")), None, 1)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            pg.psql("SELECT string_agg(seq::text, ',' ORDER BY seq) FROM changes"),
+            "1,2,3"
+        );
+    });
+    // A newer schema than the binary knows is refused.
+    pg.psql("UPDATE meta SET schema_version = 99");
+    let err = runtime().block_on(PgStore::connect(&pg.url())).unwrap_err();
+    match err {
+        StoreError::Fatal(m) => assert!(m.contains("schema version 99 is newer"), "{m}"),
+        other => panic!("expected fatal, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_pepper_fingerprint_is_stored_then_checked() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        let right = pepper().fingerprint();
+        store.check_pepper(right).await.unwrap();
+        store.check_pepper(right).await.unwrap();
+        let hex: String = right.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(pg.psql("SELECT pepper_fingerprint FROM meta"), hex);
+        let wrong = Pepper::from_bytes(&[8u8; 32]).fingerprint();
+        match store.check_pepper(wrong).await {
+            Err(StoreError::Fatal(m)) => {
+                assert!(
+                    m.contains("pepper file does not belong to this database"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    });
+}
+
+/// A database that goes away: calls fail as unavailable (not fatal), the
+/// listener reconnects and signals, and everything works after the restart.
+#[test]
+fn unavailable_while_down_then_caught_up() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        let other = PgStore::connect(&pg.url()).await.unwrap();
+        let signal = store.change_signal().unwrap();
+        // The first signal: "caught up after connecting".
+        tokio::time::timeout(Duration::from_secs(10), signal.notified())
+            .await
+            .expect("a signal after the listener connected");
+        // A write through another store is signalled.
+        let k = standard("k");
+        other.create(&k, None, 1).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), signal.notified())
+            .await
+            .expect("a NOTIFY for the write");
+
+        pg.stop_immediate();
+        let r = store.create(&standard("down"), None, 2).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = store.ping().await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = other.revoke(k.id(), Scope::All, false, None, 3).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = PgStore::connect(&pg.url()).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        // Drain any stale permit, then restart: the listener reconnects
+        // and signals once so the follower catches up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(10), signal.notified()).await;
+        pg.pg_ctl_start();
+        tokio::time::timeout(Duration::from_secs(10), signal.notified())
+            .await
+            .expect("a signal after the listener reconnected");
+        // Pooled connections died with the server; new ones are made.
+        let mut ok = false;
+        for _ in 0..20 {
+            if store.ping().await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "the pool reconnects");
+        other
+            .revoke(k.id(), Scope::All, false, None, 4)
+            .await
+            .unwrap();
+        let changes = store.changes_since(0, 10).await.unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(matches!(changes[1].op, ChangeOp::Revoke(id) if id == k.id()));
+    });
+}
+
+/// `connect_waiting` waits for a database that is starting.
+#[test]
+fn connect_waiting_waits_for_the_database() {
+    let pg = TestPg::start();
+    pg.stop_immediate();
+    let url = pg.url();
+    let rt = runtime();
+    let waiting =
+        rt.spawn(async move { PgStore::connect_waiting(&url, Duration::from_secs(30)).await });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!waiting.is_finished());
+    pg.pg_ctl_start();
+    let store = rt.block_on(waiting).unwrap().unwrap();
+    rt.block_on(store.ping()).unwrap();
+}
