@@ -5,7 +5,7 @@
 //! it stops the cluster (`-m immediate`) and removes the directory.
 //!
 //! The binaries are looked up in `KEYGATE_PG_BIN`, else
-//! `/usr/lib/postgresql/15/bin`; when they are missing the test fails
+//! `/usr/lib/postgresql/15/bin` (else the newest `/usr/lib/postgresql/N`); when they are missing the test fails
 //! (`scripts/test.sh` installs them), it never skips.
 #![allow(dead_code, missing_docs)]
 #![allow(
@@ -32,7 +32,24 @@ pub struct TestPg {
 fn bin_dir() -> PathBuf {
     let bin = std::env::var_os("KEYGATE_PG_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+        .unwrap_or_else(|| {
+            // Debian's layout: 15 where present, else the newest installed.
+            let preferred = PathBuf::from("/usr/lib/postgresql/15/bin");
+            if preferred.exists() {
+                return preferred;
+            }
+            let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    Some((v, e.path().join("bin")))
+                })
+                .collect();
+            found.sort();
+            found.pop().map(|(_, p)| p).unwrap_or(preferred)
+        });
     assert!(
         bin.join("initdb").exists() && bin.join("pg_ctl").exists(),
         "PostgreSQL binaries not found in `{}`: install postgresql (scripts/test.sh does) \
