@@ -1,9 +1,9 @@
 //! The HTTP service: routes, handlers, the keyring with its database
 //! fallback, and the request log.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -13,15 +13,19 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use keygate::tower::{problem, system_now_ms, Authenticate, Rejection, RequireScope};
+use keygate::tower::{problem, Authenticate, Rejection, RequireScope};
 use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
 use keygate::{
-    Access, AuthError, KeyId, KeyRecord, Keyring, MintPolicy, MintRequest, Principal, Resource,
-    Token, ValidationError,
+    Access, AuthError, Change, KeyRecord, MintPolicy, MintRequest, Principal, Resource,
+    ValidationError,
 };
 use serde::de::DeserializeOwned;
 
-use crate::store::sqlite::Store;
+use crate::cache::KeyCache;
+use crate::clock::now_ms as system_now_ms;
+use crate::lifecycle;
+use crate::store::{Store, StoreError};
+use crate::usage::Usage;
 
 /// The largest request body, in bytes (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -35,71 +39,14 @@ static KEY_KIND_HEADER: HeaderName = HeaderName::from_static("x-keygate-key-kind
 /// The served OpenAPI document.
 pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 
-/// How long an id that the database did not have stays known-unknown.
-const NEGATIVE_TTL: Duration = Duration::from_secs(10);
-/// The most ids the negative cache holds.
-const NEGATIVE_CAP: usize = 16_384;
-/// Database lookups for ids the keyring lacks: the bucket's size...
-const MISS_BURST: f64 = 50.0;
-/// ...and its refill, per second.
-const MISS_PER_SEC: f64 = 50.0;
-
 /// Shared server state.
 pub struct AppState {
-    keyring: RwLock<Keyring>,
-    writer: Mutex<Store>,
-    reader: Mutex<Store>,
-    misses: Mutex<MissGuard>,
+    cache: KeyCache,
+    store: Arc<dyn Store>,
+    usage: Usage,
+    /// Whether the store answered the follower's last read.
+    ready: AtomicBool,
     policy: MintPolicy,
-}
-
-/// Bounds what unknown ids cost: a per-id negative cache with a TTL, and a
-/// global token bucket on database lookups.
-struct MissGuard {
-    unknown: HashMap<KeyId, Instant>,
-    tokens: f64,
-    last: Instant,
-}
-
-impl MissGuard {
-    fn new() -> MissGuard {
-        MissGuard {
-            unknown: HashMap::new(),
-            tokens: MISS_BURST,
-            last: Instant::now(),
-        }
-    }
-
-    /// Whether the database may be asked about `id` now. Takes a token.
-    fn may_lookup(&mut self, id: &KeyId, now: Instant) -> bool {
-        if let Some(&at) = self.unknown.get(id) {
-            if now.duration_since(at) < NEGATIVE_TTL {
-                return false;
-            }
-            self.unknown.remove(id);
-        }
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * MISS_PER_SEC).min(MISS_BURST);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Remembers that the database lacks `id`.
-    fn remember_unknown(&mut self, id: KeyId, now: Instant) {
-        if self.unknown.len() >= NEGATIVE_CAP {
-            self.unknown
-                .retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
-            if self.unknown.len() >= NEGATIVE_CAP {
-                self.unknown.clear();
-            }
-        }
-        self.unknown.insert(id, now);
-    }
 }
 
 /// What the server hands the tower layer: the state, behind an `Arc`.
@@ -107,68 +54,51 @@ impl MissGuard {
 pub struct Shared(pub Arc<AppState>);
 
 impl AppState {
-    /// State over an opened keyring (already loaded from the store).
-    pub fn new(keyring: Keyring, writer: Store, reader: Store, policy: MintPolicy) -> AppState {
+    /// State over a loaded cache and its store.
+    pub fn new(cache: KeyCache, store: Arc<dyn Store>, policy: MintPolicy) -> AppState {
         AppState {
-            keyring: RwLock::new(keyring),
-            writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
-            misses: Mutex::new(MissGuard::new()),
+            cache,
+            store,
+            usage: Usage::default(),
+            ready: AtomicBool::new(true),
             policy,
         }
     }
 
-    fn keyring(&self) -> std::sync::RwLockReadGuard<'_, Keyring> {
-        self.keyring.read().unwrap_or_else(PoisonError::into_inner)
+    /// The keyring.
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
     }
 
-    /// Looks an id up in the database, if the miss guard allows it, and
-    /// adds a found record to the keyring.
-    fn fetch_missing(&self, id: KeyId) {
-        let now = Instant::now();
-        let allowed = self
-            .misses
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .may_lookup(&id, now);
-        if !allowed {
-            return;
-        }
-        let found = tokio::task::block_in_place(|| {
-            self.reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&id)
-        });
-        match found {
-            Ok(Some(record)) => {
-                self.keyring
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(record)
-                    .ok();
-            }
-            Ok(None) => self
-                .misses
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remember_unknown(id, now),
-            Err(e) => tracing::warn!(key_id = %id, "key lookup failed: {e}"),
-        }
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The last-use tracker.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Whether the store answered last time.
+    pub fn ready_flag(&self) -> &AtomicBool {
+        &self.ready
+    }
+
+    /// The minting policy.
+    pub fn policy(&self) -> MintPolicy {
+        self.policy
     }
 }
 
 impl Authenticate for AppState {
+    /// The library's constant-time path, and nothing else: no store lookup,
+    /// no branch on whether the id is known. A success notes the key's use.
+    #[inline]
     fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        let token = Token::parse_bytes(token)?;
-        {
-            let keyring = self.keyring();
-            if keyring.contains(&token.key_id()) {
-                return keyring.verify(&token, now_ms);
-            }
-        }
-        self.fetch_missing(token.key_id());
-        self.keyring().verify(&token, now_ms)
+        let principal = self.cache.authenticate(token, now_ms)?;
+        self.usage.touch(principal.id(), now_ms);
+        Ok(principal)
     }
 }
 
@@ -182,18 +112,28 @@ impl Authenticate for Shared {
 /// The router with every route and layer.
 pub fn router(state: Arc<AppState>) -> Router {
     let shared = Shared(Arc::clone(&state));
-    let mint_routes = Router::new()
+    let account_routes = Router::new()
         .route("/v1/apikeys", post(create::<ApiKeyCreateParameters>))
         .route(
             "/v1/restricted_keys",
             post(create::<RestrictedKeyCreateParameters>),
         )
-        .route_layer(RequireScope::new(shared, Resource::Account, Access::Write))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        .route("/v1/keys", get(lifecycle::list))
+        .route(
+            "/v1/keys/{id}",
+            get(lifecycle::get_key).delete(lifecycle::revoke),
+        )
+        .route("/v1/keys/{id}/roll", post(lifecycle::roll))
+        .route("/v1/events", get(lifecycle::events))
+        .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
     Router::new()
-        .merge(mint_routes)
+        .merge(account_routes)
+        // Holding the token is the proof: no Authorization header.
+        .route("/v1/keys/revoke", post(lifecycle::self_revoke))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -240,7 +180,7 @@ impl std::fmt::Display for PathOnly {
     }
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -250,14 +190,14 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
-fn bad_request(detail: &str) -> Response {
+pub(crate) fn bad_request(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
 }
 
 /// Reads an optional JSON body: empty (or only whitespace) counts as `{}`.
 /// Any content type is accepted; the bytes must be a JSON object. The error
 /// is the status (400 or 413) and the problem's detail.
-fn parse_body<T: DeserializeOwned + Default>(
+pub(crate) fn parse_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, (StatusCode, String)> {
     let bytes = body.map_err(|rejection| {
@@ -307,8 +247,32 @@ async fn create<P: CreateParameters + DeserializeOwned + Default>(
     }
 }
 
-fn internal_error(detail: &str) -> Response {
+pub(crate) fn internal_error(detail: &str) -> Response {
     problem(StatusCode::INTERNAL_SERVER_ERROR, detail)
+}
+
+/// The answer to a failed store call: 503 with `Retry-After` while the
+/// store is unreachable, 404 for an unknown key, else 500 (logged; the
+/// client sees `detail` only).
+pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!("{detail}: {e}");
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable; retry later",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        StoreError::NotFound => problem(StatusCode::NOT_FOUND, "no such key"),
+        StoreError::Fatal(_) => {
+            tracing::error!("{detail}: {e}");
+            internal_error(detail)
+        }
+    }
 }
 
 /// Checks the minting policy, mints, commits the record, adds it to the
@@ -327,45 +291,20 @@ async fn mint_and_store(
         );
         return response;
     }
-    let minted = {
-        let keyring = state.keyring();
-        keygate::mint(
-            keyring.pepper(),
-            &request,
-            &mut keygate::os_entropy(),
-            now_ms,
-        )
-    };
+    let request = request.created_by(&caller);
+    let minted = keygate::mint(
+        &state.cache.pepper(),
+        &request,
+        &mut keygate::os_entropy(),
+        now_ms,
+    );
     let record: KeyRecord = minted.record().clone();
-    let committed = tokio::task::spawn_blocking({
-        let state = Arc::clone(&state);
-        let record = record.clone();
-        move || {
-            state
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(&record)
+    match state.store.create(&record, Some(caller.id()), now_ms).await {
+        Ok(seq) => {
+            state.cache.apply([Change::upsert(seq, record)]);
         }
-    })
-    .await;
-    match committed {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(key_id = %record.id(), "cannot store key: {e}");
-            return internal_error("cannot store the key");
-        }
-        Err(e) => {
-            tracing::error!(key_id = %record.id(), "store task failed: {e}");
-            return internal_error("cannot store the key");
-        }
+        Err(e) => return store_error(&e, "cannot store the key"),
     }
-    state
-        .keyring
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(record)
-        .ok();
     match serde_json::to_vec(&minted.into_view()) {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);
@@ -377,40 +316,32 @@ async fn mint_and_store(
     }
 }
 
-/// The two query parameters of `/v1/authorize`, parsed without copying
-/// (bytes, not chars: this is the hot path). The error is the 400's detail.
+/// The two query parameters of `/v1/authorize`, percent-decoded
+/// (`application/x-www-form-urlencoded`). Other parameters are ignored. The
+/// error is the 400's detail.
 fn parse_authorize_query(query: Option<&str>) -> Result<(Resource, Access), String> {
     let mut resource = None;
     let mut access = None;
-    for pair in query.unwrap_or_default().as_bytes().split(|&b| b == b'&') {
-        let (key, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(at) => (
-                pair.get(..at).unwrap_or_default(),
-                pair.get(at + 1..).unwrap_or_default(),
-            ),
-            None => (pair, &[][..]),
-        };
-        // The query is a `&str` split at ASCII bytes, so `value` is UTF-8.
-        let value = std::str::from_utf8(value).unwrap_or_default();
-        match key {
-            b"resource_type" => {
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "resource_type" => {
                 if resource.is_some() {
                     return Err(String::from(
                         "query parameter `resource_type` appears twice",
                     ));
                 }
                 resource = Some(
-                    Resource::from_api_name(value)
-                        .ok_or_else(|| format!("unknown `resource_type` `{}`", quote(value)))?,
+                    Resource::from_api_name(&value)
+                        .ok_or_else(|| format!("unknown `resource_type` `{}`", quote(&value)))?,
                 );
             }
-            b"access_level" => {
+            "access_level" => {
                 if access.is_some() {
                     return Err(String::from("query parameter `access_level` appears twice"));
                 }
                 access = Some(
-                    Access::from_api_name(value)
-                        .ok_or_else(|| format!("unknown `access_level` `{}`", quote(value)))?,
+                    Access::from_api_name(&value)
+                        .ok_or_else(|| format!("unknown `access_level` `{}`", quote(&value)))?,
                 );
             }
             _ => {}
@@ -424,7 +355,7 @@ fn parse_authorize_query(query: Option<&str>) -> Result<(Resource, Access), Stri
 }
 
 /// Cuts user input for an error message at 64 characters.
-fn quote(input: &str) -> String {
+pub(crate) fn quote(input: &str) -> String {
     match input.char_indices().nth(64) {
         Some((end, _)) => format!("{}…", input.get(..end).unwrap_or_default()),
         None => input.to_owned(),
@@ -470,6 +401,23 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
+/// `GET /readyz`: 200 while the store answers, 503 while it does not (the
+/// hot path keeps answering from memory either way).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+    } else {
+        let mut response = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key store is unreachable; serving keys from memory",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+}
+
 async fn openapi() -> Response {
     let mut response = Response::new(Body::from(OPENAPI_YAML));
     response.headers_mut().insert(
@@ -495,27 +443,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn miss_guard_bounds_lookups() {
-        let mut g = MissGuard::new();
-        let t0 = Instant::now();
-        let id = |n: u8| KeyId::parse(&format!("{:0>16}", n)).unwrap();
-        let mut allowed = 0;
-        for n in 0..200u8 {
-            if g.may_lookup(&id(n), t0) {
-                allowed += 1;
-                g.remember_unknown(id(n), t0);
-            }
-        }
-        assert_eq!(allowed, MISS_BURST as usize);
-        // A remembered id is not looked up again within the TTL...
-        let later = t0 + Duration::from_secs(1);
-        assert!(!g.may_lookup(&id(0), later));
-        // ...but a new id is, once tokens refill.
-        assert!(g.may_lookup(&id(250), later));
-        assert!(g.may_lookup(&id(0), t0 + NEGATIVE_TTL + Duration::from_secs(1)));
-    }
-
-    #[test]
     fn authorize_query() {
         assert_eq!(
             parse_authorize_query(Some(
@@ -533,5 +460,29 @@ mod tests {
         ] {
             assert!(parse_authorize_query(bad).is_err());
         }
+    }
+
+    #[test]
+    fn authorize_query_values_are_percent_decoded() {
+        // `%5F` is `_`; `+` is a space in form encoding, so it never names
+        // an enum value.
+        assert_eq!(
+            parse_authorize_query(Some(
+                "resource%5Ftype=RESOURCE%5FTYPE%5FOBJECTS&access_level=ACCESS_LEVEL_%57RITE"
+            ))
+            .ok(),
+            Some((Resource::Objects, Access::Write))
+        );
+        let err = parse_authorize_query(Some(
+            "resource_type=RESOURCE_TYPE_OBJECTS+&access_level=ACCESS_LEVEL_READ",
+        ))
+        .unwrap_err();
+        assert_eq!(err, "unknown `resource_type` `RESOURCE_TYPE_OBJECTS `");
+        // A doubled parameter is caught after decoding too.
+        assert!(parse_authorize_query(Some(
+            "access_level=ACCESS_LEVEL_READ&resource_type=RESOURCE_TYPE_AGENTS&access%5Flevel=ACCESS_LEVEL_READ"
+        ))
+        .unwrap_err()
+        .contains("twice"));
     }
 }

@@ -5,8 +5,14 @@
 //! * `keygate mint`: mints a key straight into the database.
 
 mod app;
+mod cache;
+mod cli;
+mod clock;
+mod follow;
+mod lifecycle;
 mod pepper;
 mod store;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +20,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use keygate::tower::system_now_ms;
-use keygate::{Keyring, MintPolicy, MintRequest, Pepper, Scopes};
+use keygate::{Change, MintPolicy, MintRequest};
 
-use crate::store::sqlite::Store;
+use crate::cache::KeyCache;
+use crate::store::Store;
 
 /// API-key authorization server.
 #[derive(Parser, Debug)]
@@ -50,9 +56,19 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
         /// Use the attenuating minting policy: a restricted caller may only
-        /// mint restricted keys within its own scopes.
+        /// mint restricted keys within its own scopes, expiring no later
+        /// than itself, and acts only on the keys it minted.
         #[arg(long)]
         attenuate: bool,
+        /// How often to read the change log, in milliseconds (changes made
+        /// by the CLI or another instance apply within about this long).
+        #[arg(long, value_name = "MS", default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(10..=1_000))]
+        poll_ms: u64,
+        /// How often to write last-used times to the store, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 10_000,
+              value_parser = clap::value_parser!(u64).range(100..=10_000))]
+        last_used_flush_ms: u64,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -78,7 +94,18 @@ fn main() -> ExitCode {
             listen,
             store,
             attenuate,
-        } => serve(listen, &store, attenuate),
+            poll_ms,
+            last_used_flush_ms,
+        } => serve(
+            listen,
+            &store,
+            attenuate,
+            follow::Intervals {
+                poll: std::time::Duration::from_millis(poll_ms),
+                flush: std::time::Duration::from_millis(last_used_flush_ms),
+                ..follow::Intervals::default()
+            },
+        ),
         Command::Mint {
             store,
             name,
@@ -95,52 +122,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the store and the pepper. A missing pepper is created only while
-/// the database holds no keys: with keys, it would silently lock them out.
-fn open(args: &StoreArgs) -> Result<(Store, Pepper), String> {
-    let store = Store::open(&args.db).map_err(|e| e.to_string())?;
-    let count = store.count().map_err(|e| e.to_string())?;
-    let path = args
-        .pepper_file
-        .clone()
-        .unwrap_or_else(|| pepper::default_path(&args.db));
-    let (pepper, _created) = pepper::load_or_create(&path, count == 0).map_err(|e| {
-        if count > 0 && !path.exists() {
-            format!(
-                "pepper file `{}` is missing but database `{}` holds {count} keys; restore the pepper file",
-                path.display(),
-                args.db.display()
-            )
-        } else {
-            e
-        }
-    })?;
-    Ok((store, pepper))
-}
-
 fn mint(
-    args: &StoreArgs,
-    name: Option<&str>,
-    expires_at_ms: Option<i64>,
-    scopes: &[String],
+    _args: &StoreArgs,
+    _name: Option<&str>,
+    _expires_at_ms: Option<i64>,
+    _scopes: &[String],
 ) -> Result<(), String> {
-    let (store, pepper) = open(args)?;
-    let now_ms = system_now_ms();
-    let request = if scopes.is_empty() {
-        MintRequest::standard(name, expires_at_ms, now_ms)
-    } else {
-        let scopes: Scopes = scopes.join(",").parse().map_err(|e| format!("{e}"))?;
-        MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
-    }
-    .map_err(|e| e.to_string())?;
-    let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
-    store.insert(minted.record()).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(&minted.into_view()).map_err(|e| e.to_string())?;
-    println!("{json}");
-    Ok(())
+    Err(String::from("pending: the CLI branch"))
 }
 
-fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), String> {
+fn serve(
+    listen: SocketAddr,
+    args: &StoreArgs,
+    attenuate: bool,
+    intervals: follow::Intervals,
+) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
@@ -149,53 +145,69 @@ fn serve(listen: SocketAddr, args: &StoreArgs, attenuate: bool) -> Result<(), St
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let (writer, pepper) = open(args)?;
-    let reader = Store::open(&args.db).map_err(|e| e.to_string())?;
-    let records = writer.load_all().map_err(|e| e.to_string())?;
-    let mut keyring = Keyring::with_capacity(pepper, records.len());
-    for record in records {
-        keyring.insert(record).map_err(|e| e.to_string())?;
-    }
-    if keyring.is_empty() {
-        bootstrap(&writer, &mut keyring)?;
-    }
-    tracing::info!(keys = keyring.len(), db = %args.db.display(), "loaded keys");
-    let policy = if attenuate {
-        MintPolicy::Attenuating
-    } else {
-        MintPolicy::Spec
-    };
-    let state = Arc::new(app::AppState::new(keyring, writer, reader, policy));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(listen, state))
+    runtime.block_on(async {
+        let (store, pepper) = cli::open_store(args).await?;
+        let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
+        let cache = KeyCache::new(pepper, snapshot.records.len());
+        let seq = snapshot.seq;
+        cache.apply(
+            snapshot
+                .records
+                .into_iter()
+                .map(|record| Change::upsert(seq, record)),
+        );
+        if store.count().await.map_err(|e| e.to_string())? == 0 {
+            bootstrap(&*store, &cache, args).await?;
+        }
+        tracing::info!(keys = cache.len(), seq, "loaded keys");
+        let policy = if attenuate {
+            MintPolicy::Attenuating
+        } else {
+            MintPolicy::Spec
+        };
+        let state = Arc::new(app::AppState::new(cache, store, policy));
+        run(listen, state, seq, intervals).await
+    })
 }
 
-/// Mints the `bootstrap` standard key and prints its secret once, to stderr.
-fn bootstrap(store: &Store, keyring: &mut Keyring) -> Result<(), String> {
-    let now_ms = system_now_ms();
+/// Mints the `bootstrap` standard key into an empty store and writes its
+/// token to a new 0600 file beside the database; only the file's path is
+/// logged, never the secret.
+async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Result<(), String> {
+    let now_ms = clock::now_ms();
     let request =
         MintRequest::standard(Some("bootstrap"), None, now_ms).map_err(|e| e.to_string())?;
     let (record, token) = keygate::mint(
-        keyring.pepper(),
+        &cache.pepper(),
         &request,
         &mut keygate::os_entropy(),
         now_ms,
     )
     .into_parts();
-    store.insert(&record).map_err(|e| e.to_string())?;
-    eprintln!(
-        "bootstrap key `{}` created; its secret is shown once:\n{}",
-        record.id(),
-        token.expose_secret()
+    let path = cli::write_bootstrap_file(&args.db, &token)?;
+    let seq = store
+        .create(&record, None, now_ms)
+        .await
+        .map_err(|e| e.to_string())?;
+    cache.apply([Change::upsert(seq, record.clone())]);
+    tracing::info!(
+        key_id = %record.id(),
+        path = %path.display(),
+        "bootstrap key created; its token is in the file (mode 0600): read it, then delete the file"
     );
-    keyring.insert(record).map_err(|e| e.to_string())?;
     Ok(())
 }
 
-async fn run(listen: SocketAddr, state: Arc<app::AppState>) -> Result<(), String> {
+async fn run(
+    listen: SocketAddr,
+    state: Arc<app::AppState>,
+    seq: u64,
+    intervals: follow::Intervals,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
@@ -204,10 +216,18 @@ async fn run(listen: SocketAddr, state: Arc<app::AppState>) -> Result<(), String
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
-    axum::serve(listener, app::router(state))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(follow::run(Arc::clone(&state), seq, intervals, stopped));
+    let served = axum::serve(listener, app::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(|e| format!("server error: {e}"))?;
+        .map_err(|e| format!("server error: {e}"));
+    // Stop the follower; it writes the last uses once more.
+    let _ = stop.send(true);
+    if let Err(e) = follower.await {
+        tracing::error!("follower task failed: {e}");
+    }
+    served?;
     tracing::info!("drained; exiting");
     Ok(())
 }

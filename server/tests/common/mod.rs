@@ -49,7 +49,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Every stderr line so far.
     pub log: Arc<Mutex<Vec<String>>>,
-    /// The bootstrap token, if this start printed one.
+    /// The bootstrap token, if this start wrote one (to
+    /// `<db>.bootstrap-key`; the harness reads the file, then removes it).
     pub bootstrap: Option<String>,
 }
 
@@ -83,12 +84,7 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-        let bootstrap = log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.starts_with("ak_"))
-            .cloned();
+        let bootstrap = take_bootstrap_file(db);
         Server {
             child,
             addr,
@@ -164,6 +160,38 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The path of the bootstrap key file of `db`.
+pub fn bootstrap_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".bootstrap-key");
+    PathBuf::from(s)
+}
+
+/// Reads and removes the bootstrap key file of `db`, if there is one.
+pub fn take_bootstrap_file(db: &Path) -> Option<String> {
+    let path = bootstrap_path(db);
+    let text = std::fs::read_to_string(&path).ok()?;
+    std::fs::remove_file(&path).unwrap();
+    Some(text.trim().to_owned())
+}
+
+/// Runs the CLI with `args` (after the subcommand, `--db db` is added) and
+/// returns (exit ok, stdout, stderr).
+pub fn cli(db: &Path, command: &[&str], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(command)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 /// An HTTP response.

@@ -1,0 +1,136 @@
+//! The follower: keeps this instance's keyring in step with the store's
+//! change log, flushes `last_used_at_ms`, and evicts expired keys.
+//!
+//! It reads the log from its own cursor every `poll` interval, and at once
+//! when the store signals new changes (PostgreSQL's `NOTIFY`). Applying is
+//! idempotent (see `keygate::feed`), so a change this instance already
+//! applied when it wrote it is read again harmlessly, and a change written
+//! by the CLI or another instance is applied within one poll interval.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keygate::ChangeOp;
+use tokio::sync::watch;
+
+use crate::app::AppState;
+use crate::clock::now_ms;
+
+/// How many changes one read of the log takes at most.
+const BATCH: usize = 1_000;
+
+/// How often the follower does what.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    /// Reading the change log.
+    pub poll: Duration,
+    /// Writing `last_used_at_ms` to the store (at most).
+    pub flush: Duration,
+    /// Dropping expired keys from memory.
+    pub evict: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Intervals {
+        Intervals {
+            poll: Duration::from_millis(100),
+            flush: Duration::from_secs(10),
+            evict: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Follows the log from `cursor` until `shutdown` turns true; then flushes
+/// the last uses once more and returns.
+pub async fn run(
+    state: Arc<AppState>,
+    mut cursor: u64,
+    intervals: Intervals,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let signal = state.store().change_signal();
+    let mut tick = tokio::time::interval(intervals.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = Instant::now();
+    let mut last_evict = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = async {
+                match &signal {
+                    Some(notify) => notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = shutdown.changed() => break,
+        }
+        cursor = catch_up(&state, cursor).await;
+        if last_flush.elapsed() >= intervals.flush {
+            flush(&state).await;
+            last_flush = Instant::now();
+        }
+        if last_evict.elapsed() >= intervals.evict {
+            let evicted = state.cache().evict_expired(now_ms());
+            if evicted > 0 {
+                tracing::info!(evicted, "evicted expired keys from memory");
+            }
+            last_evict = Instant::now();
+        }
+    }
+    flush(&state).await;
+}
+
+/// Reads and applies every change after `cursor`; returns the new cursor.
+/// Marks the store ready or not by whether it answered.
+pub async fn catch_up(state: &AppState, mut cursor: u64) -> u64 {
+    loop {
+        match state.store().changes_since(cursor, BATCH).await {
+            Ok(changes) => {
+                mark(state.ready_flag(), true);
+                let Some(last) = changes.last().map(|c| c.seq) else {
+                    return cursor;
+                };
+                let full = changes.len() == BATCH;
+                for change in &changes {
+                    if let ChangeOp::Revoke(id) = &change.op {
+                        state.usage().forget(id);
+                    }
+                }
+                let changed = state.cache().apply(changes);
+                tracing::debug!(from = cursor, to = last, changed, "applied changes");
+                cursor = last;
+                if !full {
+                    return cursor;
+                }
+            }
+            Err(e) => {
+                if mark(state.ready_flag(), false) {
+                    tracing::warn!("cannot read the change log: {e}");
+                }
+                return cursor;
+            }
+        }
+    }
+}
+
+/// Sets the readiness flag; true if it changed.
+fn mark(flag: &AtomicBool, ready: bool) -> bool {
+    let was = flag.swap(ready, Ordering::Relaxed);
+    if was != ready && ready {
+        tracing::info!("store reachable again");
+    }
+    was != ready
+}
+
+/// Writes the last uses noted since the last flush.
+pub async fn flush(state: &AppState) {
+    let batch = state.usage().take_dirty();
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store().record_last_used(&batch).await {
+        tracing::warn!(keys = batch.len(), "cannot write last-used times: {e}");
+        state.usage().unflush(&batch);
+    }
+}

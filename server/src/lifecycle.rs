@@ -1,0 +1,528 @@
+//! The key lifecycle over HTTP (keygate extensions beyond the spec): list,
+//! read, revoke, roll, self-revocation and the audit log.
+//!
+//! Every route but self-revocation sits behind the minting rule (a standard
+//! key, or a restricted key with `account:write`, checked by the tower
+//! layer). Under the attenuating policy a restricted caller sees and acts
+//! on only the keys it minted, directly or transitively; any other id is a
+//! 404 to it, and revoking a key revokes its descendants too.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use keygate::tower::problem;
+use keygate::wire::{scope_entries, ScopeEntryView};
+use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{
+    bad_request, internal_error, json_response, parse_body, quote, store_error, AppState,
+};
+use crate::clock::now_ms;
+use crate::store::{Event, Scope, StoredKey};
+
+/// The longest overlap a roll may ask for: 7 days, in milliseconds.
+pub const MAX_OVERLAP_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
+/// The default and the largest page size of `GET /v1/keys` and `/v1/events`.
+pub const DEFAULT_LIMIT: usize = 20;
+/// The largest page size.
+pub const MAX_LIMIT: usize = 100;
+
+/// A key as `GET /v1/keys` shows it: no secret, no digest.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct KeyView {
+    /// The key id.
+    pub id: String,
+    /// The key's name.
+    pub name: String,
+    /// `standard` or `restricted`.
+    pub kind: &'static str,
+    /// The grants; a standard key lists all nine at `ACCESS_LEVEL_WRITE`.
+    pub scopes: Vec<ScopeEntryView>,
+    /// When it was minted.
+    pub created_at_ms: i64,
+    /// When it expires; null never.
+    pub expires_at_ms: Option<i64>,
+    /// When it last authenticated; null never (as far as this instance
+    /// knows: flushed uses from every instance, plus this one's unflushed).
+    pub last_used_at_ms: Option<i64>,
+    /// The key that minted it; null for the CLI and the bootstrap key.
+    pub creator_id: Option<String>,
+}
+
+impl KeyView {
+    /// The view of a stored key, with a last use noted in memory merged in.
+    pub fn of(key: &StoredKey, last_used_in_memory: Option<i64>) -> KeyView {
+        let record = &key.record;
+        KeyView {
+            id: record.id().as_str().to_owned(),
+            name: record.name().to_owned(),
+            kind: record.kind().as_str(),
+            scopes: scope_entries(record.scopes()),
+            created_at_ms: record.created_at_ms(),
+            expires_at_ms: record.expires_at_ms(),
+            last_used_at_ms: key.last_used_at_ms.max(last_used_in_memory),
+            creator_id: record.creator_id().map(|id| id.as_str().to_owned()),
+        }
+    }
+}
+
+/// The body of `GET /v1/keys`.
+#[derive(Debug, Serialize)]
+pub struct KeyListView {
+    /// The page.
+    pub keys: Vec<KeyView>,
+    /// Whether more keys follow; pass the last id as `starting_after`.
+    pub has_more: bool,
+}
+
+/// The body of `GET /v1/events`.
+#[derive(Debug, Serialize)]
+pub struct EventListView {
+    /// The page, in sequence order.
+    pub events: Vec<Event>,
+    /// Whether more events follow; pass the last `seq` as `after`.
+    pub has_more: bool,
+}
+
+/// The query of `GET /v1/keys`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// 1 to 100.
+    pub limit: usize,
+    /// The id after which the page starts.
+    pub starting_after: Option<KeyId>,
+}
+
+/// The query of `GET /v1/events`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// The sequence number after which the page starts.
+    pub after: u64,
+    /// 1 to 100.
+    pub limit: usize,
+}
+
+/// Splits a query into decoded pairs, refusing unknown and repeated names.
+fn query_pairs<'a>(
+    query: Option<&'a str>,
+    known: &[&str],
+) -> Result<Vec<(String, String)>, String> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !known.contains(&&*key) {
+            return Err(format!("unknown query parameter `{}`", quote(&key)));
+        }
+        if seen.iter().any(|(k, _)| *k == key) {
+            return Err(format!("query parameter `{key}` appears twice"));
+        }
+        seen.push((key.into_owned(), value.into_owned()));
+    }
+    Ok(seen)
+}
+
+fn parse_limit(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) && !value.starts_with('+') => Ok(n),
+        _ => Err(format!(
+            "`limit` must be an integer from 1 to {MAX_LIMIT}, not `{}`",
+            quote(value)
+        )),
+    }
+}
+
+fn parse_id(value: &str, what: &str) -> Result<KeyId, String> {
+    KeyId::parse(value).map_err(|_| {
+        format!(
+            "`{what}` is not a key id (16 characters of [0-9A-Za-z]): `{}`",
+            quote(value)
+        )
+    })
+}
+
+impl ListQuery {
+    /// Parses `limit` and `starting_after`; anything else is an error.
+    pub fn parse(query: Option<&str>) -> Result<ListQuery, String> {
+        let mut out = ListQuery {
+            limit: DEFAULT_LIMIT,
+            starting_after: None,
+        };
+        for (key, value) in query_pairs(query, &["limit", "starting_after"])? {
+            match key.as_str() {
+                "limit" => out.limit = parse_limit(&value)?,
+                _ => out.starting_after = Some(parse_id(&value, "starting_after")?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EventsQuery {
+    /// Parses `after` and `limit`; anything else is an error.
+    pub fn parse(query: Option<&str>) -> Result<EventsQuery, String> {
+        let mut out = EventsQuery {
+            after: 0,
+            limit: DEFAULT_LIMIT,
+        };
+        for (key, value) in query_pairs(query, &["after", "limit"])? {
+            match key.as_str() {
+                "limit" => out.limit = parse_limit(&value)?,
+                _ => {
+                    out.after = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| !value.starts_with('+'))
+                        .ok_or_else(|| {
+                            format!(
+                                "`after` must be a sequence number (0 or more), not `{}`",
+                                quote(&value)
+                            )
+                        })?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The body of `POST /v1/keys/{id}/roll`.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RollParameters {
+    /// How long the old key keeps working, 0 to 7 days; default 0.
+    #[serde(default)]
+    pub overlap_ms: u64,
+}
+
+/// The body of `POST /v1/keys/revoke`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SelfRevokeParameters {
+    /// The full token to revoke.
+    #[serde(default)]
+    token: Option<zeroize::Zeroizing<String>>,
+}
+
+/// Which keys `caller` may see and touch.
+pub fn scope_of(policy: MintPolicy, caller: &Principal) -> Scope {
+    match (policy, caller.kind()) {
+        (MintPolicy::Attenuating, KeyKind::Restricted) => Scope::DescendantsOf(caller.id()),
+        _ => Scope::All,
+    }
+}
+
+fn cascade(policy: MintPolicy) -> bool {
+    policy == MintPolicy::Attenuating
+}
+
+fn ok_json<T: Serialize>(status: StatusCode, value: &T, caller: Principal) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = json_response(status, body);
+            response.extensions_mut().insert(caller);
+            response
+        }
+        Err(_) => internal_error("cannot encode the response"),
+    }
+}
+
+fn with_caller(mut response: Response, caller: Principal) -> Response {
+    response.extensions_mut().insert(caller);
+    response
+}
+
+/// `GET /v1/keys?limit=N&starting_after=ID`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = match ListQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(detail) => return with_caller(bad_request(&detail), caller),
+    };
+    let scope = scope_of(state.policy(), &caller);
+    match state
+        .store()
+        .list(scope, query.starting_after, query.limit)
+        .await
+    {
+        Ok(page) => {
+            let keys = page
+                .keys
+                .iter()
+                .map(|key| KeyView::of(key, state.usage().last_used(&key.record.id())))
+                .collect();
+            let body = KeyListView {
+                keys,
+                has_more: page.has_more,
+            };
+            ok_json(StatusCode::OK, &body, caller)
+        }
+        Err(e) => with_caller(store_error(&e, "cannot list keys"), caller),
+    }
+}
+
+/// `GET /v1/keys/{id}`: 404 for an unknown id, or one outside the caller's
+/// scope. A revoked key is shown too (its record stays for the audit).
+pub async fn get_key(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match parse_id(&id, "id") {
+        Ok(id) => id,
+        Err(detail) => return with_caller(bad_request(&detail), caller),
+    };
+    let scope = scope_of(state.policy(), &caller);
+    match state.store().get(id, scope).await {
+        Ok(Some(key)) => {
+            let view = KeyView::of(&key, state.usage().last_used(&id));
+            ok_json(StatusCode::OK, &view, caller)
+        }
+        Ok(None) => with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
+        Err(e) => with_caller(store_error(&e, "cannot read the key"), caller),
+    }
+}
+
+/// Revokes in the store, then in this instance's keyring at once.
+async fn revoke_now(
+    state: &AppState,
+    id: KeyId,
+    scope: Scope,
+    actor: KeyId,
+) -> Result<(), crate::store::StoreError> {
+    let now = now_ms();
+    let revoked = state
+        .store()
+        .revoke(id, scope, cascade(state.policy()), Some(actor), now)
+        .await?;
+    for (_, id) in &revoked {
+        state.usage().forget(id);
+    }
+    state
+        .cache()
+        .apply(revoked.into_iter().map(|(seq, id)| Change::revoke(seq, id)));
+    Ok(())
+}
+
+/// `DELETE /v1/keys/{id}`: 204, or 404 for an unknown, already revoked or
+/// out-of-scope id.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match parse_id(&id, "id") {
+        Ok(id) => id,
+        Err(detail) => return with_caller(bad_request(&detail), caller),
+    };
+    let scope = scope_of(state.policy(), &caller);
+    match revoke_now(&state, id, scope, caller.id()).await {
+        Ok(()) => {
+            let mut response = Response::new(axum::body::Body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            with_caller(response, caller)
+        }
+        Err(e) => with_caller(store_error(&e, "cannot revoke the key"), caller),
+    }
+}
+
+/// `POST /v1/keys/{id}/roll`: a new key like the old one; the old one ends
+/// after `overlap_ms`. 200 with the spec's created view of the key's kind.
+pub async fn roll(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let id = match parse_id(&id, "id") {
+        Ok(id) => id,
+        Err(detail) => return with_caller(bad_request(&detail), caller),
+    };
+    let params: RollParameters = match parse_body(body) {
+        Ok(p) => p,
+        Err((status, detail)) => return with_caller(problem(status, &detail), caller),
+    };
+    if params.overlap_ms > MAX_OVERLAP_MS {
+        let detail = format!(
+            "`overlap_ms` `{}` is more than {MAX_OVERLAP_MS} (7 days)",
+            params.overlap_ms
+        );
+        return with_caller(bad_request(&detail), caller);
+    }
+    let scope = scope_of(state.policy(), &caller);
+    let key = match state.store().get(id, scope).await {
+        Ok(Some(key)) if key.revoked_at_ms.is_none() => key,
+        Ok(_) => return with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
+        Err(e) => return with_caller(store_error(&e, "cannot read the key"), caller),
+    };
+    let now = now_ms();
+    let pepper = state.cache().pepper();
+    let rolled = match keygate::roll(
+        &pepper,
+        &key.record,
+        params.overlap_ms,
+        &mut keygate::os_entropy(),
+        now,
+    ) {
+        Ok(rolled) => rolled,
+        Err(e @ RollError::Expired { .. }) => {
+            return with_caller(problem(StatusCode::CONFLICT, &e.to_string()), caller)
+        }
+        Err(e) => return with_caller(internal_error(&e.to_string()), caller),
+    };
+    let (new_key, old) = rolled.into_parts();
+    let new_record = new_key.record().clone();
+    match state
+        .store()
+        .roll(&old, &new_record, scope, Some(caller.id()), now)
+        .await
+    {
+        Ok((created_seq, rolled_seq)) => {
+            state.cache().apply([
+                Change::upsert(created_seq, new_record),
+                Change::upsert(rolled_seq, old),
+            ]);
+        }
+        Err(e) => return with_caller(store_error(&e, "cannot roll the key"), caller),
+    }
+    ok_json(StatusCode::OK, &new_key.into_view(), caller)
+}
+
+/// `POST /v1/keys/revoke` with `{"token": "..."}`: self-revocation, in the
+/// manner of RFC 7009. Holding the token is the proof. The answer is 200
+/// `{}` whether or not the token matched a key, so it is no oracle; an
+/// expired token is revoked too.
+pub async fn self_revoke(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let params: SelfRevokeParameters = match parse_body(body) {
+        Ok(p) => p,
+        Err((status, detail)) => return problem(status, &detail),
+    };
+    let Some(token) = params.token else {
+        return bad_request("the `token` field is required");
+    };
+    let now = now_ms();
+    let id = match state.cache().authenticate(token.as_bytes(), now) {
+        Ok(principal) => Some(principal.id()),
+        Err(AuthError::Expired { id, .. }) => Some(id),
+        Err(_) => None,
+    };
+    drop(token);
+    if let Some(id) = id {
+        match revoke_now(&state, id, Scope::All, id).await {
+            // Revoked meanwhile by someone else: the outcome is the same.
+            Ok(()) | Err(crate::store::StoreError::NotFound) => {}
+            Err(e) => return store_error(&e, "cannot revoke the key"),
+        }
+    }
+    json_response(StatusCode::OK, b"{}".to_vec())
+}
+
+/// `GET /v1/events?after=SEQ&limit=N`: the audit log, in sequence order.
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = match EventsQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(detail) => return with_caller(bad_request(&detail), caller),
+    };
+    match state.store().events(query.after, query.limit).await {
+        Ok((events, has_more)) => {
+            ok_json(StatusCode::OK, &EventListView { events, has_more }, caller)
+        }
+        Err(e) => with_caller(store_error(&e, "cannot read events"), caller),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query() {
+        assert_eq!(
+            ListQuery::parse(None),
+            Ok(ListQuery {
+                limit: 20,
+                starting_after: None
+            })
+        );
+        let q = ListQuery::parse(Some("limit=100&starting_after=abcdefghijklmnop")).unwrap();
+        assert_eq!(q.limit, 100);
+        assert_eq!(q.starting_after.unwrap().as_str(), "abcdefghijklmnop");
+        assert_eq!(ListQuery::parse(Some("limit=1")).unwrap().limit, 1);
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=-1",
+            "limit=+5",
+            "limit=",
+            "limit=1.5",
+            "limit=1&limit=2",
+            "starting_after=short",
+            "starting_after=abcdefghijklmno%21",
+            "cursor=x",
+            "limit=99999999999999999999999",
+        ] {
+            assert!(ListQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(
+            ListQuery::parse(Some("x%79z=1")).unwrap_err(),
+            "unknown query parameter `xyz`"
+        );
+    }
+
+    #[test]
+    fn events_query() {
+        assert_eq!(
+            EventsQuery::parse(Some("after=18446744073709551615&limit=5")),
+            Ok(EventsQuery {
+                after: u64::MAX,
+                limit: 5
+            })
+        );
+        for bad in [
+            "after=-1",
+            "after=x",
+            "after=18446744073709551616",
+            "limit=0",
+            "seq=1",
+        ] {
+            assert!(EventsQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roll_body() {
+        assert_eq!(
+            serde_json::from_str::<RollParameters>("{}")
+                .unwrap()
+                .overlap_ms,
+            0
+        );
+        assert!(serde_json::from_str::<RollParameters>(r#"{"overlap_ms":-1}"#).is_err());
+        assert!(serde_json::from_str::<RollParameters>(r#"{"overlap":1}"#).is_err());
+        assert!(serde_json::from_str::<RollParameters>(r#"{"overlap_ms":null}"#).is_err());
+    }
+
+    #[test]
+    fn restricted_callers_are_scoped_only_under_attenuation() {
+        let restricted = keygate::key::example_record().principal();
+        assert_eq!(scope_of(MintPolicy::Spec, &restricted), Scope::All);
+        assert_eq!(
+            scope_of(MintPolicy::Attenuating, &restricted),
+            Scope::DescendantsOf(restricted.id())
+        );
+    }
+}
