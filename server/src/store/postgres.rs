@@ -350,14 +350,62 @@ pub fn is_postgres_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
-/// Opens the PostgreSQL store at `url` for `serve` or a CLI command,
-/// waiting up to `wait` for a database that is not reachable yet; the error
-/// is a message for the operator.
-pub async fn open_postgres(url: &str, wait: Duration) -> Result<Arc<dyn Store>, String> {
-    let store = PgStore::connect_waiting(url, wait)
+/// How long `serve` and the CLI wait for an unreachable database at start
+/// (`KEYGATE_DB_WAIT`, in seconds; default 30).
+pub fn wait_from_env() -> Duration {
+    std::env::var("KEYGATE_DB_WAIT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
+
+/// Opens the PostgreSQL store at `url` for `serve` or a CLI command: waits
+/// up to [`wait_from_env`] for the database, migrates it, loads the pepper
+/// file (created only while the database holds no keys) and checks it
+/// against the stored fingerprint. The error is a message for the operator.
+///
+/// With PostgreSQL the pepper file has no default: every instance must be
+/// given the same file (`--pepper-file`).
+pub async fn open(
+    url: &str,
+    pepper_file: Option<&std::path::Path>,
+) -> Result<(Arc<dyn Store>, keygate::Pepper), String> {
+    let path = pepper_file.ok_or_else(|| {
+        String::from(
+            "a PostgreSQL database needs `--pepper-file PATH`: every instance must read the same pepper file",
+        )
+    })?;
+    let store = PgStore::connect_waiting(url, wait_from_env())
         .await
         .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
-    Ok(Arc::new(store))
+    let count = store.count().await.map_err(|e| e.to_string())?;
+    let (pepper, _created) = crate::pepper::load_or_create(path, count == 0).map_err(|e| {
+        if count > 0 && !path.exists() {
+            format!(
+                "pepper file `{}` is missing but the database holds {count} keys; copy the pepper file the other instances use",
+                path.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    store
+        .check_pepper(pepper.fingerprint())
+        .await
+        .map_err(|e| match e {
+            StoreError::Fatal(m) => format!("{m} (pepper file `{}`)", path.display()),
+            other => other.to_string(),
+        })?;
+    Ok((Arc::new(store), pepper))
+}
+
+/// Where `serve` writes the bootstrap key file for a database named `db`:
+/// beside the SQLite file, or beside the pepper file for PostgreSQL.
+pub fn bootstrap_base(db: &std::path::Path, pepper_file: Option<&std::path::Path>) -> std::path::PathBuf {
+    match (db.to_str().is_some_and(is_postgres_url), pepper_file) {
+        (true, Some(pepper)) => pepper.to_path_buf(),
+        _ => db.to_path_buf(),
+    }
 }
 
 /// An error inside a write transaction: PostgreSQL's (maybe retryable) or
