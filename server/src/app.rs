@@ -217,6 +217,14 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    // serde's derive also reads a struct from a JSON array; only an object
+    // is a valid body.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            String::from("invalid request body: expected a JSON object"),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
@@ -402,9 +410,13 @@ async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: 200 while the store answers, 503 while it does not (the
-/// hot path keeps answering from memory either way).
+/// hot path keeps answering from memory either way). It asks the store,
+/// with a one-second limit, and tells the follower's flag what it saw.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(1), state.store.ping()).await;
+    let ready = matches!(ping, Ok(Ok(())));
+    state.ready.store(ready, Ordering::Relaxed);
+    if ready {
         json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
     } else {
         let mut response = problem(

@@ -1,19 +1,437 @@
-//! Placeholder until the CLI branch lands.
+//! The CLI subcommands that act on the database directly (`mint`, `list`,
+//! `revoke`, `roll`, `events`), the store opener they share with `serve`,
+//! and the bootstrap key file.
+//!
+//! Every write here is made with a null actor: the operator at the
+//! database, not a key.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
-use keygate::{Pepper, SecretToken};
+use keygate::tower::system_now_ms;
+use keygate::wire::{scope_entries, ScopeEntryView};
+use keygate::{KeyId, KeyKind, MintRequest, Pepper, Scopes};
+use serde::Serialize;
 
-use crate::store::Store;
+use crate::pepper;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Event, Scope, Store, StoreError, StoredKey};
 use crate::StoreArgs;
 
-/// Placeholder.
-pub async fn open_store(_args: &StoreArgs) -> Result<(Arc<dyn Store>, Pepper), String> {
-    Err(String::from("pending"))
+/// The longest roll overlap: 7 days (as over HTTP).
+pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How many rows the CLI asks the store for at a time.
+const PAGE: usize = 100;
+
+fn store_err(e: StoreError) -> String {
+    e.to_string()
 }
 
-/// Placeholder.
-pub fn write_bootstrap_file(_db: &Path, _token: &SecretToken) -> Result<PathBuf, String> {
-    Err(String::from("pending"))
+/// Opens the store named by `args`, loads its pepper (creating the pepper
+/// file only while the store holds no keys: with keys, a new pepper would
+/// lock them all out), and checks the pepper against the fingerprint the
+/// store keeps (storing it on first use).
+pub async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Pepper), String> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&args.db).map_err(store_err)?);
+    let count = store.count().await.map_err(store_err)?;
+    let path = args
+        .pepper_file
+        .clone()
+        .unwrap_or_else(|| pepper::default_path(&args.db));
+    let (pepper, _created) = pepper::load_or_create(&path, count == 0).map_err(|e| {
+        if count > 0 && !path.exists() {
+            format!(
+                "pepper file `{}` is missing but database `{}` holds {count} keys; restore the pepper file",
+                path.display(),
+                args.db.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    store
+        .check_pepper(pepper.fingerprint())
+        .await
+        .map_err(|e| match e {
+            StoreError::Fatal(m) => format!("{m} (pepper file `{}`)", path.display()),
+            other => other.to_string(),
+        })?;
+    Ok((store, pepper))
+}
+
+/// Runs `f` on a current-thread runtime (the CLI's one-shot commands).
+pub fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(f)
+}
+
+/// `keygate mint`: mints a key into the store and prints its created view.
+pub async fn mint(
+    args: &StoreArgs,
+    name: Option<&str>,
+    expires_at_ms: Option<i64>,
+    scopes: &[String],
+) -> Result<(), String> {
+    let now_ms = system_now_ms();
+    let request = if scopes.is_empty() {
+        MintRequest::standard(name, expires_at_ms, now_ms)
+    } else {
+        let scopes: Scopes = scopes.join(",").parse().map_err(|e| format!("{e}"))?;
+        MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
+    }
+    .map_err(|e| e.to_string())?;
+    let (store, pepper) = open_store(args).await?;
+    let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
+    store
+        .create(minted.record(), None, now_ms)
+        .await
+        .map_err(store_err)?;
+    print_json(&minted.into_view())
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
+    let json = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    println!("{json}");
+    Ok(())
+}
+
+/// A key as `keygate list --json` shows it: the `KeyView` of
+/// `GET /v1/keys`, without secret or hash.
+#[derive(Serialize)]
+struct KeyView {
+    id: KeyId,
+    name: String,
+    kind: &'static str,
+    scopes: Vec<ScopeEntryView>,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    last_used_at_ms: Option<i64>,
+    creator_id: Option<KeyId>,
+}
+
+impl KeyView {
+    fn of(key: &StoredKey) -> KeyView {
+        let r = &key.record;
+        KeyView {
+            id: r.id(),
+            name: r.name().to_owned(),
+            kind: r.kind().as_str(),
+            scopes: scope_entries(r.scopes()),
+            created_at_ms: r.created_at_ms(),
+            expires_at_ms: r.expires_at_ms(),
+            last_used_at_ms: key.last_used_at_ms,
+            creator_id: r.creator_id(),
+        }
+    }
+}
+
+/// A Unix-ms time as RFC 3339 UTC to the second (raw ms outside years
+/// 1970–9999).
+fn time(ms: i64) -> String {
+    const MAX_MS: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+    match u64::try_from(ms) {
+        Ok(u) if ms <= MAX_MS => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(u)).to_string()
+        }
+        _ => format!("{ms}ms"),
+    }
+}
+
+fn opt_time(ms: Option<i64>, none: &str) -> String {
+    ms.map_or_else(|| none.to_owned(), time)
+}
+
+/// Lays `rows` out under `headers` in left-aligned columns.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// `keygate list`: every key that is not revoked, by id; a table, or a
+/// JSON array of key views with `--json`.
+pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
+    let (store, _pepper) = open_store(args).await?;
+    let mut keys = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(Scope::All, after, PAGE)
+            .await
+            .map_err(store_err)?;
+        after = page.keys.last().map(|k| k.record.id());
+        keys.extend(page.keys);
+        if !page.has_more || after.is_none() {
+            break;
+        }
+    }
+    if json {
+        return print_json(&keys.iter().map(KeyView::of).collect::<Vec<_>>());
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let r = &k.record;
+            vec![
+                r.id().to_string(),
+                r.kind().as_str().to_owned(),
+                r.name().to_owned(),
+                match r.kind() {
+                    KeyKind::Standard => "all".to_owned(),
+                    KeyKind::Restricted if r.scopes().is_empty() => "-".to_owned(),
+                    KeyKind::Restricted => r.scopes().to_string(),
+                },
+                time(r.created_at_ms()),
+                opt_time(r.expires_at_ms(), "never"),
+                opt_time(k.last_used_at_ms, "never"),
+                r.creator_id()
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "KIND",
+                "NAME",
+                "SCOPES",
+                "CREATED",
+                "EXPIRES",
+                "LAST USED",
+                "CREATOR"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn parse_id(text: &str) -> Result<KeyId, String> {
+    KeyId::parse(text).map_err(|e| format!("invalid key id `{}`: {e}", cut(text)))
+}
+
+/// User input cut to 64 characters for a message.
+fn cut(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// `keygate revoke ID [--cascade]`: revokes a key (and, with `cascade`,
+/// every key minted from it) and prints one line per revoked key.
+pub async fn revoke(args: &StoreArgs, id: &str, cascade: bool) -> Result<(), String> {
+    let id = parse_id(id)?;
+    let (store, _pepper) = open_store(args).await?;
+    let revoked = store
+        .revoke(id, Scope::All, cascade, None, system_now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => format!("no live key `{id}` (unknown or already revoked)"),
+            other => other.to_string(),
+        })?;
+    for (seq, key) in revoked {
+        println!("revoked {key} (event {seq})");
+    }
+    Ok(())
+}
+
+/// Parses a roll overlap: a number and a unit (`90s`, `15m`, `24h`, `7d`),
+/// or `0`; at most [`MAX_OVERLAP`].
+pub fn parse_overlap(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "invalid duration `{}`: {e}; expected a number and a unit, like `90s`, `15m`, `24h`, `7d` or `0`",
+            cut(text)
+        )
+    })?;
+    if d > MAX_OVERLAP {
+        return Err(format!(
+            "overlap `{}` is longer than the maximum of 7 days",
+            cut(text)
+        ));
+    }
+    Ok(d)
+}
+
+/// `keygate roll ID [--overlap DURATION]`: rolls a key and prints the new
+/// key's created view.
+pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), String> {
+    let id = parse_id(id)?;
+    let overlap = parse_overlap(overlap)?;
+    let overlap_ms = u64::try_from(overlap.as_millis()).unwrap_or(u64::MAX);
+    let (store, pepper) = open_store(args).await?;
+    let not_found = || format!("no live key `{id}` (unknown or revoked)");
+    let key = match store.get(id, Scope::All).await.map_err(store_err)? {
+        Some(key) if key.revoked_at_ms.is_none() => key,
+        _ => return Err(not_found()),
+    };
+    let now_ms = system_now_ms();
+    let rolled = keygate::roll(
+        &pepper,
+        &key.record,
+        overlap_ms,
+        &mut keygate::os_entropy(),
+        now_ms,
+    )
+    .map_err(|e| e.to_string())?;
+    let (new_key, old) = rolled.into_parts();
+    store
+        .roll(&old, new_key.record(), Scope::All, None, now_ms)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => not_found(),
+            other => other.to_string(),
+        })?;
+    print_json(&new_key.into_view())
+}
+
+/// `keygate events [--after SEQ] [--json]`: the audit log after `after`, in
+/// order; a table, or a JSON array of events with `--json`.
+pub async fn events(args: &StoreArgs, after: u64, json: bool) -> Result<(), String> {
+    let (store, _pepper) = open_store(args).await?;
+    let mut events: Vec<Event> = Vec::new();
+    let mut cursor = after;
+    loop {
+        let (page, more) = store.events(cursor, PAGE).await.map_err(store_err)?;
+        cursor = page.last().map_or(cursor, |e| e.seq);
+        let empty = page.is_empty();
+        events.extend(page);
+        if !more || empty {
+            break;
+        }
+    }
+    if json {
+        return print_json(&events);
+    }
+    let id_or_dash = |id: Option<KeyId>| id.map_or_else(|| "-".to_owned(), |i| i.to_string());
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                time(e.at_ms),
+                e.action.as_str().to_owned(),
+                e.key_id.to_string(),
+                id_or_dash(e.actor_id),
+                id_or_dash(e.new_key_id),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["SEQ", "AT", "ACTION", "KEY", "ACTOR", "NEW KEY"], &rows)
+    );
+    Ok(())
+}
+
+/// The bootstrap key file's path: the database path with `.bootstrap-key`
+/// appended.
+pub fn bootstrap_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".bootstrap-key");
+    PathBuf::from(s)
+}
+
+/// Writes the bootstrap token to `<db>.bootstrap-key`, mode 0600, created
+/// new (an existing file is an error, never overwritten), with the file and
+/// its directory fsynced; returns the path. The token is never printed.
+pub fn write_bootstrap_file(db_path: &Path, token: &str) -> Result<PathBuf, String> {
+    let path = bootstrap_path(db_path);
+    let shown = path.display().to_string();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot create bootstrap key file `{shown}`: {e}"))?;
+    file.write_all(token.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write bootstrap key file `{shown}`: {e}"))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync directory `{}`: {e}", dir.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn bootstrap_file_is_0600_new_and_holds_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let path = write_bootstrap_file(&db, "ak_token").unwrap();
+        assert_eq!(path, dir.path().join("k.db.bootstrap-key"));
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ak_token\n");
+        // Never overwritten.
+        let err = write_bootstrap_file(&db, "ak_other").unwrap_err();
+        assert!(err.contains("cannot create bootstrap key file"), "{err}");
+        assert!(!err.contains("ak_other"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ak_token\n");
+        // A bare file name works (directory `.`) in spirit: the parent of a
+        // relative path with no directory is the current directory.
+        assert_eq!(
+            bootstrap_path(Path::new("keygate.db")),
+            PathBuf::from("keygate.db.bootstrap-key")
+        );
+    }
+
+    #[test]
+    fn overlaps() {
+        assert_eq!(parse_overlap("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_overlap("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_overlap("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_overlap("7d").unwrap(), MAX_OVERLAP);
+        assert_eq!(parse_overlap("0").unwrap(), Duration::ZERO);
+        assert!(parse_overlap("8d")
+            .unwrap_err()
+            .contains("maximum of 7 days"));
+        assert!(parse_overlap("7d1s").unwrap_err().contains("maximum"));
+        assert_eq!(parse_overlap("1.5h").unwrap(), Duration::from_secs(5_400));
+        for bad in ["", "5", "-5s", "abc", "5x", "7 days ago"] {
+            let e = parse_overlap(bad).unwrap_err();
+            assert!(e.starts_with("invalid duration `"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn times_and_tables() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(4_102_444_800_000), "2100-01-01T00:00:00Z");
+        assert_eq!(time(i64::MAX), format!("{}ms", i64::MAX));
+        assert_eq!(time(-1), "-1ms");
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\n");
+    }
 }

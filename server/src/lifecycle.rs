@@ -109,10 +109,7 @@ pub struct EventsQuery {
 }
 
 /// Splits a query into decoded pairs, refusing unknown and repeated names.
-fn query_pairs<'a>(
-    query: Option<&'a str>,
-    known: &[&str],
-) -> Result<Vec<(String, String)>, String> {
+fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut seen: Vec<(String, String)> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if !known.contains(&&*key) {

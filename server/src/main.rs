@@ -2,7 +2,8 @@
 //!
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
-//! * `keygate mint`: mints a key straight into the database.
+//! * `keygate mint`, `list`, `revoke`, `roll`, `events`: act on the
+//!   database directly (see `cli`).
 
 mod app;
 mod cache;
@@ -85,6 +86,47 @@ enum Command {
         #[arg(long = "scope", value_name = "RESOURCE:ACCESS")]
         scopes: Vec<String>,
     },
+    /// List the keys that are not revoked, by id.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print a JSON array of key views instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id.
+        id: String,
+        /// Also revoke every key minted from it, transitively.
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Roll a key: a new key (printed as its created view, as JSON) with the
+    /// same kind, name, scopes and expiry; the old key ends after the overlap.
+    Roll {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id.
+        id: String,
+        /// How long the old key keeps working: `90s`, `15m`, `24h`, `7d`
+        /// (at most), or `0` (it ends now).
+        #[arg(long, value_name = "DURATION", default_value = "0")]
+        overlap: String,
+    },
+    /// Print the audit log (the change log) in sequence order.
+    Events {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only events with sequence numbers after this one.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+        /// Print a JSON array of events instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,7 +153,11 @@ fn main() -> ExitCode {
             name,
             expires_at_ms,
             scopes,
-        } => mint(&store, name.as_deref(), expires_at_ms, &scopes),
+        } => cli::block_on(cli::mint(&store, name.as_deref(), expires_at_ms, &scopes)),
+        Command::List { store, json } => cli::block_on(cli::list(&store, json)),
+        Command::Revoke { store, id, cascade } => cli::block_on(cli::revoke(&store, &id, cascade)),
+        Command::Roll { store, id, overlap } => cli::block_on(cli::roll(&store, &id, &overlap)),
+        Command::Events { store, after, json } => cli::block_on(cli::events(&store, after, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,15 +166,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn mint(
-    _args: &StoreArgs,
-    _name: Option<&str>,
-    _expires_at_ms: Option<i64>,
-    _scopes: &[String],
-) -> Result<(), String> {
-    Err(String::from("pending: the CLI branch"))
 }
 
 fn serve(
@@ -188,7 +225,7 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
         now_ms,
     )
     .into_parts();
-    let path = cli::write_bootstrap_file(&args.db, &token)?;
+    let path = cli::write_bootstrap_file(&args.db, token.expose_secret())?;
     let seq = store
         .create(&record, None, now_ms)
         .await

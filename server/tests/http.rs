@@ -214,12 +214,11 @@ fn create_endpoints_follow_the_spec() {
     );
     assert_eq!(r.status, 200);
 
-    // No secret in any log line but the bootstrap's own, printed once.
+    // No secret in any log line, the bootstrap's included.
     let log = server.log_text();
-    for t in [&standard, &reader, &ops] {
+    for t in [&standard, &reader, &ops, &admin] {
         assert!(!log.contains(&t[19..]), "secret in log");
     }
-    assert_eq!(log.matches(&admin[19..]).count(), 1);
 }
 
 #[test]
@@ -351,22 +350,6 @@ fn every_401_and_403() {
 }
 
 #[test]
-fn wrong_secret_for_known_id_is_401() {
-    // The record is in the database, but its digest was made with another
-    // pepper: a well-formed token, a known id, a wrong secret.
-    let dir = TempDir::new("pepper");
-    let token = mint_token(&dir.db(), &[]);
-    let other_pepper = dir.0.join("other.pepper");
-    std::fs::write(&other_pepper, [7u8; 32]).unwrap();
-    let server = Server::start(
-        &dir.db(),
-        &["--pepper-file", other_pepper.to_str().unwrap()],
-    );
-    assert!(server.bootstrap.is_none(), "the database holds a key");
-    assert_401(&server.authorize(&token, "DEVBOXES", "READ"));
-}
-
-#[test]
 fn missing_pepper_with_keys_refuses_to_start() {
     let dir = TempDir::new("nopepper");
     mint_token(&dir.db(), &[]);
@@ -416,7 +399,7 @@ fn expiry_takes_effect_while_running() {
         &dir.db(),
         &["--expires-at-ms", &(now_ms() + 2_000).to_string()],
     );
-    assert_eq!(server.authorize(&cli, "AGENTS", "READ").status, 204);
+    server.wait_accepted(&cli);
     std::thread::sleep(Duration::from_millis(2_100));
     assert_401(&server.authorize(&cli, "AGENTS", "READ"));
 }
@@ -521,6 +504,7 @@ fn cli_mint_is_seen_by_a_running_server() {
         ])
     );
     let restricted = v["key_secret"].as_str().unwrap().to_owned();
+    server.wait_accepted(&restricted);
     assert_eq!(
         server.authorize(&restricted, "DEVBOXES", "WRITE").status,
         204
@@ -532,6 +516,7 @@ fn cli_mint_is_seen_by_a_running_server() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(fields(&v), ["expires_at_ms", "id", "key_secret", "name"]);
     let standard = v["key_secret"].as_str().unwrap().to_owned();
+    server.wait_accepted(&standard);
     assert_eq!(
         server.authed("POST", "/v1/apikeys", &standard, None).status,
         200

@@ -555,8 +555,8 @@ fn known_id_wrong_secret_and_unknown_id_answer_byte_for_byte_alike() {
     let admin = server.token().to_owned();
     let key = secret(&create(&server, &admin, "/v1/apikeys", "{}"));
     // Same id, another secret (checksum fixed up), and an unknown id.
-    let wrong_secret = forge::with_checksum(&format!("{}{}", &key[..20], "Z".repeat(42)));
-    let unknown_id = forge::with_checksum(&format!("ak_{}{}", "U".repeat(16), &key[19..62]));
+    let wrong_secret = forge::with_checksum(&format!("{}{}", &key[..20], "Z".repeat(43)));
+    let unknown_id = forge::with_checksum(&format!("ak_{}{}", "U".repeat(16), &key[19..63]));
     assert_ne!(wrong_secret, key);
     let strip_date = |r: Resp| -> (u16, Vec<(String, String)>, Vec<u8>) {
         let headers = r.headers.into_iter().filter(|(k, _)| k != "date").collect();

@@ -127,6 +127,24 @@ impl Server {
         )
     }
 
+    /// Waits (up to 2 s) until `token` is accepted: a key minted by the CLI
+    /// reaches the running server through its change-log poll.
+    pub fn wait_accepted(&self, token: &str) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let status = self.authorize(token, "OBJECTS", "NONE").status;
+            if status == 204 {
+                return;
+            }
+            assert_eq!(status, 401);
+            assert!(
+                Instant::now() < deadline,
+                "the server never accepted the key"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
