@@ -401,7 +401,10 @@ pub async fn open(
 
 /// Where `serve` writes the bootstrap key file for a database named `db`:
 /// beside the SQLite file, or beside the pepper file for PostgreSQL.
-pub fn bootstrap_base(db: &std::path::Path, pepper_file: Option<&std::path::Path>) -> std::path::PathBuf {
+pub fn bootstrap_base(
+    db: &std::path::Path,
+    pepper_file: Option<&std::path::Path>,
+) -> std::path::PathBuf {
     match (db.to_str().is_some_and(is_postgres_url), pepper_file) {
         (true, Some(pepper)) => pepper.to_path_buf(),
         _ => db.to_path_buf(),
