@@ -6,6 +6,11 @@
 //! against a single `RwLock<Keyring>` (the cache before it was sharded), in
 //! the same run, phases alternating over rounds.
 //!
+//! The readers are closed-loop (each call starts when the last ended), so a
+//! reader blocked for a while counts as one slow call, not as the many that
+//! would have queued up behind it: the writer's lock-holding calls are timed
+//! as well, and are the stall a client at a fixed rate would see.
+//!
 //! ```text
 //! cargo bench -p keygate-server --bench reader_stall
 //! KEYS=1000000 SECS=4 ROUNDS=3 cargo bench -p keygate-server --bench reader_stall
@@ -95,6 +100,15 @@ impl Phase {
     }
 }
 
+/// The writer's calls of a phase: how long each revocation, and each
+/// eviction pass over every shard, took (a single lock holds readers off
+/// for the whole of it; 64 shards for about 1/64 of it each).
+#[derive(Default, Clone)]
+struct Holds {
+    revoke: Vec<Duration>,
+    evict: Vec<Duration>,
+}
+
 /// Runs one phase; returns every call's latency in ns, sorted.
 fn run(
     cache: &dyn Cache,
@@ -103,6 +117,7 @@ fn run(
     seq: &mut u64,
     phase: Phase,
     secs: u64,
+    holds: &mut Holds,
 ) -> Vec<u32> {
     let stop = AtomicBool::new(false);
     let duration = Duration::from_secs(secs);
@@ -132,12 +147,16 @@ fn run(
         while start.elapsed() < duration {
             if phase != Phase::Idle {
                 *seq += 1;
+                let t = Instant::now();
                 cache.revoke(*seq, victims.next().unwrap());
+                holds.revoke.push(t.elapsed());
                 if phase == Phase::RevokingEvicting
                     && last_evict.elapsed() >= Duration::from_secs(1)
                 {
                     // Nothing has expired: the pass walks every record.
+                    let t = Instant::now();
                     assert_eq!(cache.evict(1), 0);
+                    holds.evict.push(t.elapsed());
                     last_evict = Instant::now();
                 }
             }
@@ -218,6 +237,7 @@ fn main() {
     let mut p999 = vec![vec![Vec::new(); phases.len()]; caches.len()];
     let mut p50 = vec![vec![Vec::new(); phases.len()]; caches.len()];
     let mut worst = vec![vec![0u32; phases.len()]; caches.len()];
+    let mut held = vec![Holds::default(); caches.len()];
     // Each cache revokes its own copy of the victims, in the same order.
     let mut victims: Vec<_> = (0..caches.len())
         .map(|_| victim_ids.clone().into_iter())
@@ -226,7 +246,15 @@ fn main() {
     for round in 0..rounds {
         for (p, &phase) in phases.iter().enumerate() {
             for (c, (name, cache)) in caches.iter().enumerate() {
-                let lat = run(*cache, &tokens, &mut victims[c], &mut seqs[c], phase, secs);
+                let lat = run(
+                    *cache,
+                    &tokens,
+                    &mut victims[c],
+                    &mut seqs[c],
+                    phase,
+                    secs,
+                    &mut held[c],
+                );
                 eprintln!(
                     "round {round} {name:>13} {:>33}: {} calls, p50 {} ns, p99 {} ns, p99.9 {} ns, max {} us",
                     phase.name(),
@@ -245,6 +273,24 @@ fn main() {
     }
     seq = seqs[0];
     let _ = seq;
+    for (c, (name, _)) in caches.iter().enumerate() {
+        let Holds {
+            revoke: r,
+            evict: e,
+        } = &mut held[c];
+        r.sort_unstable();
+        e.sort_unstable();
+        println!(
+            "{name}: writer calls: revocation apply median {:.1} us, p99 {:.1} us ({} calls); \
+             eviction pass median {:.0} us ({} passes; a single lock holds every reader off \
+             for all of it, a shard for 1/64 of it)",
+            r[r.len() / 2].as_secs_f64() * 1e6,
+            r[(r.len() - 1) * 99 / 100].as_secs_f64() * 1e6,
+            r.len(),
+            e[e.len() / 2].as_secs_f64() * 1e6,
+            e.len()
+        );
+    }
     println!("\nmedians over {rounds} rounds ({keys} keys, 2 reader threads, {secs} s per phase):");
     println!(
         "| cache | phase | p50 ns | p99 ns | p99 / idle p99 | p99.9 ns | max us |\n|---|---|---|---|---|---|---|"
