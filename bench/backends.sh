@@ -25,6 +25,7 @@ cargo build --quiet --release -p keygate-server
 BIN="$ROOT/target/release/keygate"
 
 WORK=$(mktemp -d /tmp/keygate-backends.XXXXXX)
+chmod 755 "$WORK" # the postgres user must reach its data directory
 PIDS=()
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
