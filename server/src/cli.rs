@@ -11,15 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate::tower::system_now_ms;
-use keygate::wire::{scope_entries, ScopeEntryView};
 use keygate::{KeyId, KeyKind, MintRequest, Pepper, Scopes};
 use serde::Serialize;
 
+use crate::app::quote;
+use crate::clock::now_ms as system_now_ms;
+use crate::lifecycle::KeyView;
 use crate::pepper;
 use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Event, Scope, Store, StoreError, StoredKey};
+use crate::store::{Event, Scope, Store, StoreError};
 use crate::StoreArgs;
 
 /// The longest roll overlap: 7 days (as over HTTP).
@@ -110,36 +111,6 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
     Ok(())
 }
 
-/// A key as `keygate list --json` shows it: the `KeyView` of
-/// `GET /v1/keys`, without secret or hash.
-#[derive(Serialize)]
-struct KeyView {
-    id: KeyId,
-    name: String,
-    kind: &'static str,
-    scopes: Vec<ScopeEntryView>,
-    created_at_ms: i64,
-    expires_at_ms: Option<i64>,
-    last_used_at_ms: Option<i64>,
-    creator_id: Option<KeyId>,
-}
-
-impl KeyView {
-    fn of(key: &StoredKey) -> KeyView {
-        let r = &key.record;
-        KeyView {
-            id: r.id(),
-            name: r.name().to_owned(),
-            kind: r.kind().as_str(),
-            scopes: scope_entries(r.scopes()),
-            created_at_ms: r.created_at_ms(),
-            expires_at_ms: r.expires_at_ms(),
-            last_used_at_ms: key.last_used_at_ms,
-            creator_id: r.creator_id(),
-        }
-    }
-}
-
 /// A Unix-ms time as RFC 3339 UTC to the second (raw ms outside years
 /// 1970–9999).
 fn time(ms: i64) -> String {
@@ -196,7 +167,12 @@ pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
         }
     }
     if json {
-        return print_json(&keys.iter().map(KeyView::of).collect::<Vec<_>>());
+        return print_json(
+            &keys
+                .iter()
+                .map(|k| KeyView::of(k, None))
+                .collect::<Vec<_>>(),
+        );
     }
     let rows: Vec<Vec<String>> = keys
         .iter()
@@ -239,12 +215,7 @@ pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
 }
 
 fn parse_id(text: &str) -> Result<KeyId, String> {
-    KeyId::parse(text).map_err(|e| format!("invalid key id `{}`: {e}", cut(text)))
-}
-
-/// User input cut to 64 characters for a message.
-fn cut(text: &str) -> String {
-    text.chars().take(64).collect()
+    KeyId::parse(text).map_err(|e| format!("invalid key id `{}`: {e}", quote(text)))
 }
 
 /// `keygate revoke ID [--cascade]`: revokes a key (and, with `cascade`,
@@ -271,13 +242,13 @@ pub fn parse_overlap(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| {
         format!(
             "invalid duration `{}`: {e}; expected a number and a unit, like `90s`, `15m`, `24h`, `7d` or `0`",
-            cut(text)
+            quote(text)
         )
     })?;
     if d > MAX_OVERLAP {
         return Err(format!(
             "overlap `{}` is longer than the maximum of 7 days",
-            cut(text)
+            quote(text)
         ));
     }
     Ok(d)

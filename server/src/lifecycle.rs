@@ -170,13 +170,16 @@ impl EventsQuery {
             match key.as_str() {
                 "limit" => out.limit = parse_limit(&value)?,
                 _ => {
+                    // Sequence numbers are 63-bit (the stores keep them as
+                    // SQL BIGINT), as the document's `int64` says.
                     out.after = value
                         .parse::<u64>()
                         .ok()
-                        .filter(|_| !value.starts_with('+'))
+                        .filter(|&n| !value.starts_with('+') && i64::try_from(n).is_ok())
                         .ok_or_else(|| {
                             format!(
-                                "`after` must be a sequence number (0 or more), not `{}`",
+                                "`after` must be a sequence number from 0 to {}, not `{}`",
+                                i64::MAX,
                                 quote(&value)
                             )
                         })?;
@@ -265,8 +268,9 @@ pub async fn list(
     }
 }
 
-/// `GET /v1/keys/{id}`: 404 for an unknown id, or one outside the caller's
-/// scope. A revoked key is shown too (its record stays for the audit).
+/// `GET /v1/keys/{id}`: 404 for an unknown or revoked id, or one outside
+/// the caller's scope (as `DELETE` and the list treat them; a revoked key's
+/// history stays in `GET /v1/events`).
 pub async fn get_key(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Principal>,
@@ -278,11 +282,11 @@ pub async fn get_key(
     };
     let scope = scope_of(state.policy(), &caller);
     match state.store().get(id, scope).await {
-        Ok(Some(key)) => {
+        Ok(Some(key)) if key.revoked_at_ms.is_none() => {
             let view = KeyView::of(&key, state.usage().last_used(&id));
             ok_json(StatusCode::OK, &view, caller)
         }
-        Ok(None) => with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
+        Ok(_) => with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
         Err(e) => with_caller(store_error(&e, "cannot read the key"), caller),
     }
 }

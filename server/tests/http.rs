@@ -350,6 +350,33 @@ fn every_401_and_403() {
 }
 
 #[test]
+fn wrong_pepper_file_refuses_to_start() {
+    // The database records its pepper's fingerprint: a server started with
+    // another pepper file refuses to start, instead of answering 401 to
+    // every key.
+    let dir = TempDir::new("pepper");
+    mint_token(&dir.db(), &[]);
+    let other_pepper = dir.0.join("other.pepper");
+    std::fs::write(&other_pepper, [7u8; 32]).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.db())
+        .arg("--pepper-file")
+        .arg(&other_pepper)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the pepper file does not match this database's pepper"),
+        "{err}"
+    );
+    // The right pepper still starts it.
+    let server = Server::start(&dir.db(), &[]);
+    assert!(server.bootstrap.is_none(), "the database holds a key");
+}
+
+#[test]
 fn missing_pepper_with_keys_refuses_to_start() {
     let dir = TempDir::new("nopepper");
     mint_token(&dir.db(), &[]);

@@ -142,10 +142,17 @@ fn check_durability(conn: &Connection, path: &str) -> Result<(), StoreError> {
 fn open_connection(path: &Path, shown: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open database `{shown}`: {e}")))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
-        .map_err(sql)?;
-    conn.execute_batch("PRAGMA synchronous=FULL").map_err(sql)?;
+    let setup = |conn: &Connection| -> Result<(), rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+        conn.execute_batch("PRAGMA synchronous=FULL")
+    };
+    setup(&conn).map_err(|e| match sql(e) {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("cannot open database `{shown}`: {m}"))
+        }
+        other => StoreError::Fatal(format!("cannot open database `{shown}`: {other}")),
+    })?;
     check_durability(&conn, shown)?;
     Ok(conn)
 }
@@ -962,9 +969,47 @@ mod tests {
             conn.execute_batch("PRAGMA synchronous=EXTRA").unwrap();
             check_durability(&conn, "x").unwrap();
         }
+        // A file that is no database fails to open, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+        let e = SqliteStore::open(&junk).err().unwrap();
+        assert!(matches!(e, StoreError::Fatal(_)), "{e:?}");
+        assert!(e.to_string().contains("junk.db"), "{e}");
         // A database that cannot journal to a WAL (in memory) fails to open.
         let e = SqliteStore::open(Path::new(":memory:")).err().unwrap();
         assert!(e.to_string().contains("not in WAL mode"), "{e}");
+    }
+
+    // The writer's lock is held across the reads on purpose: they must not
+    // need it.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn reads_do_not_wait_for_a_write_in_progress() {
+        let (_dir, store) = new_store();
+        let [a, ..] = family(&store).await;
+        let late = record(None, 99);
+        // Hold the writer, mid-transaction, with an uncommitted insert.
+        let mut writer = raw(&store);
+        let tx = writer
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        insert_key(&tx, &late).unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            (
+                store.get(a.id(), Scope::All).await.unwrap(),
+                store.get(late.id(), Scope::All).await.unwrap(),
+                store.snapshot().await.unwrap().seq,
+            )
+        })
+        .await
+        .expect("a read waited for the writer");
+        assert!(read.0.is_some());
+        assert!(read.1.is_none(), "an uncommitted row is invisible");
+        assert_eq!(read.2, 5);
+        tx.commit().unwrap();
+        drop(writer);
+        assert!(store.get(late.id(), Scope::All).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -1,0 +1,444 @@
+//! The CLI subcommands, run as real processes against a temporary database:
+//! `mint`, `list`, `revoke`, `roll`, `events`, and the 0.1.0 migration on
+//! first use.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Runs `keygate ARGS --db DB`; returns (exit ok, stdout, stderr).
+fn run(db: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(db: &Path, args: &[&str]) -> String {
+    let (success, out, err) = run(db, args);
+    assert!(success, "keygate {args:?} failed: {err}");
+    out
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(db: &Path, args: &[&str]) -> String {
+    let (success, out, err) = run(db, args);
+    assert!(!success, "keygate {args:?} succeeded: {out}");
+    assert!(out.is_empty(), "a failure prints nothing on stdout: {out}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn list(db: &Path) -> Vec<Value> {
+    json(&ok(db, &["list", "--json"]))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn events(db: &Path, after: Option<u64>) -> Vec<Value> {
+    let after = after.map(|a| a.to_string());
+    let mut args = vec!["events", "--json"];
+    if let Some(a) = &after {
+        args.extend(["--after", a.as_str()]);
+    }
+    json(&ok(db, &args)).as_array().unwrap().clone()
+}
+
+fn find<'a>(keys: &'a [Value], id: &str) -> &'a Value {
+    keys.iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("`{id}` not listed"))
+}
+
+#[test]
+fn mint_list_roll_revoke_events_round_trip() {
+    let dir = TempDir::new("cli");
+    let db = dir.db();
+    let expiry = now_ms() + 3_600_000;
+    let admin = json(&ok(&db, &["mint", "--name", "admin"]));
+    let ci = json(&ok(
+        &db,
+        &[
+            "mint",
+            "--name",
+            "ci",
+            "--scope",
+            "devboxes:write,objects:read",
+            "--expires-at-ms",
+            &expiry.to_string(),
+        ],
+    ));
+    let (admin_id, ci_id) = (admin["id"].as_str().unwrap(), ci["id"].as_str().unwrap());
+
+    // list --json: key views by id, no secret, no hash.
+    let keys = list(&db);
+    assert_eq!(keys.len(), 2);
+    let mut ids: Vec<&str> = keys.iter().map(|k| k["id"].as_str().unwrap()).collect();
+    let listed = ids.clone();
+    ids.sort_unstable();
+    assert_eq!(listed, ids, "listed in id order");
+    let a = find(&keys, admin_id);
+    assert_eq!(
+        fields(a),
+        [
+            "created_at_ms",
+            "creator_id",
+            "expires_at_ms",
+            "id",
+            "kind",
+            "last_used_at_ms",
+            "name",
+            "scopes"
+        ]
+    );
+    let first_created = a["created_at_ms"].as_i64().unwrap();
+    assert_eq!(a["kind"], "standard");
+    assert_eq!(a["name"], "admin");
+    let all = a["scopes"].as_array().unwrap();
+    assert_eq!(all.len(), 9);
+    assert!(all
+        .iter()
+        .all(|s| s["access_level"] == "ACCESS_LEVEL_WRITE"));
+    assert_eq!(
+        (&a["expires_at_ms"], &a["creator_id"], &a["last_used_at_ms"]),
+        (&Value::Null, &Value::Null, &Value::Null)
+    );
+    let c = find(&keys, ci_id);
+    assert_eq!(c["kind"], "restricted");
+    assert_eq!(c["expires_at_ms"], expiry);
+    assert_eq!(c["scopes"], ci["scopes"]);
+    let created = c["created_at_ms"].as_i64().unwrap();
+    assert!((now_ms() - 60_000..=now_ms()).contains(&created));
+
+    // The table: a header and one line per key.
+    let table = ok(&db, &["list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    for column in [
+        "ID",
+        "KIND",
+        "NAME",
+        "SCOPES",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "CREATOR",
+    ] {
+        assert!(lines[0].contains(column), "{table}");
+    }
+    let ci_line = lines.iter().find(|l| l.starts_with(ci_id)).unwrap();
+    assert!(ci_line.contains("restricted"), "{ci_line}");
+    assert!(
+        ci_line.contains(" ci ") && ci_line.contains("devboxes:write,objects:read"),
+        "{ci_line}"
+    );
+    let admin_line = lines.iter().find(|l| l.starts_with(admin_id)).unwrap();
+    assert!(
+        admin_line.contains("standard") && admin_line.contains(" all "),
+        "{admin_line}"
+    );
+    assert!(admin_line.contains("never"), "{admin_line}");
+
+    // roll with an overlap: the created view of the same kind, a new id and
+    // secret, the same name, scopes and expiry; the old key ends after the
+    // overlap (which here is sooner than its expiry).
+    let before_roll = now_ms();
+    let rolled = json(&ok(&db, &["roll", ci_id, "--overlap", "15m"]));
+    let new_id = rolled["id"].as_str().unwrap();
+    assert_ne!(new_id, ci_id);
+    let secret = rolled["key_secret"].as_str().unwrap();
+    assert!(secret.starts_with(&format!("rk_{new_id}_")), "{secret}");
+    assert_eq!(rolled["name"], "ci");
+    assert_eq!(rolled["scopes"], ci["scopes"]);
+    assert_eq!(rolled["expires_at_ms"], expiry);
+    let keys = list(&db);
+    assert_eq!(keys.len(), 3);
+    let old_end = find(&keys, ci_id)["expires_at_ms"].as_i64().unwrap();
+    assert!(
+        (before_roll + 900_000..=now_ms() + 900_000).contains(&old_end),
+        "{old_end}"
+    );
+    assert_eq!(find(&keys, new_id)["expires_at_ms"], expiry);
+    assert_eq!(find(&keys, new_id)["creator_id"], Value::Null);
+
+    // A roll with overlap 0 of a key that never expires: the old one ends
+    // now, the new one never expires.
+    let admin2 = json(&ok(&db, &["roll", admin_id]));
+    let admin2_id = admin2["id"].as_str().unwrap();
+    assert_eq!(admin2["expires_at_ms"], Value::Null);
+    assert!(admin2["key_secret"].as_str().unwrap().starts_with("ak_"));
+    assert!(admin2.get("scopes").is_none(), "a standard created view");
+    let old_admin_end = find(&list(&db), admin_id)["expires_at_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(old_admin_end <= now_ms());
+    // An expired key cannot be rolled again.
+    let err = fails(&db, &["roll", admin_id]);
+    assert!(err.contains("expired"), "{err}");
+
+    // revoke: one line per revoked key; then it is gone from the list.
+    let out = ok(&db, &["revoke", ci_id]);
+    assert_eq!(out, format!("revoked {ci_id} (event 7)\n"));
+    assert!(list(&db).iter().all(|k| k["id"] != ci_id));
+    let err = fails(&db, &["revoke", ci_id]);
+    assert!(err.contains(&format!("no live key `{ci_id}`")), "{err}");
+    let err = fails(&db, &["roll", ci_id]);
+    assert!(err.contains(&format!("no live key `{ci_id}`")), "{err}");
+    // --cascade is accepted (this key minted nothing: only itself goes).
+    assert_eq!(
+        ok(&db, &["revoke", "--cascade", new_id]),
+        format!("revoked {new_id} (event 8)\n")
+    );
+
+    // events: the audit log in order, actor null for the CLI.
+    let log = events(&db, None);
+    let summary: Vec<(u64, &str, &str, Value)> = log
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["key_id"].as_str().unwrap(),
+                e["new_key_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "created", admin_id, Value::Null),
+            (2, "created", ci_id, Value::Null),
+            (3, "created", new_id, Value::Null),
+            (4, "rolled", ci_id, Value::String(new_id.into())),
+            (5, "created", admin2_id, Value::Null),
+            (6, "rolled", admin_id, Value::String(admin2_id.into())),
+            (7, "revoked", ci_id, Value::Null),
+            (8, "revoked", new_id, Value::Null),
+        ]
+    );
+    assert!(log.iter().all(|e| e["actor_id"].is_null()));
+    assert!(log
+        .iter()
+        .all(|e| (first_created..=now_ms()).contains(&e["at_ms"].as_i64().unwrap())));
+    let tail = events(&db, Some(6));
+    assert_eq!(tail, log[6..].to_vec());
+    assert!(events(&db, Some(8)).is_empty());
+    let table = ok(&db, &["events", "--after", "5"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(lines[0].starts_with("SEQ") && lines[0].contains("NEW KEY"));
+    assert!(lines[1].starts_with("6 ") && lines[1].contains("rolled"));
+    assert!(lines[1].contains(admin2_id), "{table}");
+
+    // A running server (started on this database) honours all of it.
+    let server = Server::start(&db, &[]);
+    assert!(server.bootstrap.is_none(), "the database holds keys");
+    assert_eq!(
+        server
+            .authorize(admin2["key_secret"].as_str().unwrap(), "ACCOUNT", "WRITE")
+            .status,
+        204
+    );
+    for dead in [
+        admin["key_secret"].as_str().unwrap(), // rolled, overlap 0
+        ci["key_secret"].as_str().unwrap(),    // revoked
+        secret,                                // revoked
+    ] {
+        assert_eq!(server.authorize(dead, "DEVBOXES", "READ").status, 401);
+    }
+}
+
+#[test]
+fn a_rolled_key_works_through_its_overlap() {
+    let dir = TempDir::new("cli-overlap");
+    let db = dir.db();
+    let old = json(&ok(&db, &["mint", "--scope", "agents:read"]));
+    let new = json(&ok(
+        &db,
+        &["roll", old["id"].as_str().unwrap(), "--overlap", "1h"],
+    ));
+    let server = Server::start(&db, &[]);
+    for token in [&old, &new] {
+        let token = token["key_secret"].as_str().unwrap();
+        assert_eq!(server.authorize(token, "AGENTS", "READ").status, 204);
+        assert_eq!(server.authorize(token, "AGENTS", "WRITE").status, 403);
+    }
+}
+
+#[test]
+fn bad_durations_and_ids_are_refused_before_any_write() {
+    let dir = TempDir::new("cli-bad");
+    let db = dir.db();
+    let key = json(&ok(&db, &["mint"]));
+    let id = key["id"].as_str().unwrap();
+    for (overlap, message) in [
+        ("8d", "overlap `8d` is longer than the maximum of 7 days"),
+        (
+            "169h",
+            "overlap `169h` is longer than the maximum of 7 days",
+        ),
+        ("5", "invalid duration `5`"),
+        ("abc", "invalid duration `abc`"),
+        ("-5s", "invalid duration `-5s`"),
+        ("", "invalid duration ``"),
+    ] {
+        let err = fails(&db, &["roll", id, &format!("--overlap={overlap}")]);
+        assert!(err.contains(message), "{overlap}: {err}");
+    }
+    // 7 days exactly is allowed.
+    json(&ok(&db, &["roll", id, "--overlap", "7d"]));
+    let err = fails(&db, &["revoke", "not-an-id"]);
+    assert!(err.contains("invalid key id `not-an-id`"), "{err}");
+    let err = fails(&db, &["roll", "too-short"]);
+    assert!(err.contains("invalid key id `too-short`"), "{err}");
+    let err = fails(&db, &["revoke", "0000000000000000"]);
+    assert!(err.contains("no live key `0000000000000000`"), "{err}");
+    let err = fails(&db, &["events", "--after=-1"]);
+    assert!(
+        err.contains("invalid value '-1' for '--after <SEQ>'"),
+        "{err}"
+    );
+    // Only the mint and the 7-day roll were written.
+    assert_eq!(events(&db, None).len(), 3);
+}
+
+#[test]
+fn a_wrong_pepper_file_is_refused() {
+    let dir = TempDir::new("cli-pepper");
+    let db = dir.db();
+    ok(&db, &["mint"]);
+    let other = dir.0.join("other.pepper");
+    std::fs::write(&other, [9u8; 32]).unwrap();
+    for cmd in ["list", "events"] {
+        let err = fails(&db, &[cmd, "--pepper-file", other.to_str().unwrap()]);
+        assert!(
+            err.contains("the pepper file does not match this database's pepper"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_0_1_0_fixture_migrates_on_first_cli_use() {
+    let dir = TempDir::new("cli-migrate");
+    let db = dir.0.join("keys.sqlite3");
+    std::fs::copy(format!("{FIXTURES}/keys-0.1.0.sqlite3"), &db).unwrap();
+    let pepper = dir.0.join("keys.pepper");
+    std::fs::copy(format!("{FIXTURES}/keys-0.1.0.pepper-bin"), &pepper).unwrap();
+    let views: Vec<Value> =
+        json(&std::fs::read_to_string(format!("{FIXTURES}/keys-0.1.0.views.json")).unwrap())
+            .as_array()
+            .unwrap()
+            .clone();
+    assert_eq!(views.len(), 4);
+    let pepper_arg = pepper.to_str().unwrap();
+
+    let keys = json(&ok(&db, &["list", "--json", "--pepper-file", pepper_arg]))
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(keys.len(), 4);
+    for view in &views {
+        let key = find(&keys, view["id"].as_str().unwrap());
+        assert_eq!(key["name"], view["name"]);
+        assert_eq!(key["expires_at_ms"], view["expires_at_ms"]);
+        assert_eq!(key["creator_id"], Value::Null);
+        assert_eq!(key["last_used_at_ms"], Value::Null);
+        let secret = view["key_secret"].as_str().unwrap();
+        if secret.starts_with("ak_") {
+            assert_eq!(key["kind"], "standard");
+            assert_eq!(key["scopes"].as_array().unwrap().len(), 9);
+        } else {
+            assert_eq!(key["kind"], "restricted");
+            assert_eq!(key["scopes"], view["scopes"]);
+        }
+    }
+    // One `created` event per key, actor null, at its creation time.
+    let log = json(&ok(&db, &["events", "--json", "--pepper-file", pepper_arg]));
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 4);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+        assert_eq!(e["action"], "created");
+        assert_eq!(e["actor_id"], Value::Null);
+        let key = find(&keys, e["key_id"].as_str().unwrap());
+        assert_eq!(e["at_ms"], key["created_at_ms"]);
+    }
+    // A second use does not migrate again.
+    assert_eq!(
+        json(&ok(&db, &["events", "--json", "--pepper-file", pepper_arg]))
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // Every key still authenticates, with its scopes; the expired one not.
+    let server = Server::start(&db, &["--pepper-file", pepper_arg]);
+    assert!(server.bootstrap.is_none());
+    let by_name = |name: &str| {
+        views.iter().find(|v| v["name"] == name).unwrap()["key_secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        server
+            .authorize(&by_name("std-key"), "ACCOUNT", "WRITE")
+            .status,
+        204
+    );
+    assert_eq!(
+        server.authorize(&by_name("ci"), "DEVBOXES", "WRITE").status,
+        204
+    );
+    assert_eq!(
+        server.authorize(&by_name("ci"), "OBJECTS", "READ").status,
+        204
+    );
+    assert_eq!(
+        server.authorize(&by_name("ci"), "OBJECTS", "WRITE").status,
+        403
+    );
+    assert_eq!(
+        server
+            .authorize(&by_name("short"), "ACCOUNT", "WRITE")
+            .status,
+        204
+    );
+    assert_eq!(
+        server
+            .authorize(&by_name("short"), "DEVBOXES", "READ")
+            .status,
+        403
+    );
+    assert_eq!(
+        server.authorize(&by_name("gone"), "ACCOUNT", "READ").status,
+        401
+    );
+}
