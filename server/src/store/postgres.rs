@@ -62,7 +62,11 @@
 //! A database that cannot be reached (connection refused, reset, a pool
 //! timeout, PostgreSQL shutting down) is [`StoreError::Unavailable`], which
 //! the HTTP layer answers with 503 and `Retry-After`. Anything else
-//! PostgreSQL refuses is [`StoreError::Fatal`].
+//! PostgreSQL refuses is [`StoreError::Fatal`]. A database that vanishes
+//! without closing its connections (a partition) is found by TCP
+//! keepalives and a 5 s TCP user timeout, so calls fail as unavailable
+//! within seconds instead of hanging; that case is not simulated by the
+//! tests (they stop PostgreSQL, which closes every connection).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -202,9 +206,19 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that vanishes without closing the connection (a
+        // network partition, a host that died) must turn into errors, not
+        // requests that hang: keepalives find an idle dead connection in
+        // about 5 + 3 × 1 s, and the TCP user timeout fails a query whose
+        // bytes stay unacknowledged for 5 s.
         config
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(5));
+        }
         if config.get_application_name().is_none() {
             config.application_name("keygate");
         }
