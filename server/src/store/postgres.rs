@@ -610,19 +610,25 @@ async fn in_scope<C: GenericClient>(
         .get(0))
 }
 
-/// Locks the live key `id` for update, if it is live and within `scope`.
+/// Locks the live key `id` for update, if it is live and within `scope`;
+/// returns its stored expiry.
 async fn lock_live(
     tx: &deadpool_postgres::Transaction<'_>,
     id: KeyId,
     scope: Scope,
-) -> Result<(), WriteError> {
+) -> Result<Option<i64>, WriteError> {
     let stmt = tx
-        .prepare_cached("SELECT 1 FROM keys WHERE id = $1 AND revoked_at_ms IS NULL FOR UPDATE")
+        .prepare_cached(
+            "SELECT expires_at_ms FROM keys WHERE id = $1 AND revoked_at_ms IS NULL FOR UPDATE",
+        )
         .await?;
-    if tx.query_opt(&stmt, &[&id.as_str()]).await?.is_none() || !in_scope(tx, id, scope).await? {
+    let Some(row) = tx.query_opt(&stmt, &[&id.as_str()]).await? else {
+        return Err(StoreError::NotFound.into());
+    };
+    if !in_scope(tx, id, scope).await? {
         return Err(StoreError::NotFound.into());
     }
-    Ok(())
+    Ok(row.get(0))
 }
 
 #[async_trait]
@@ -729,7 +735,23 @@ impl Store for PgStore {
         at_ms: i64,
     ) -> Result<(u64, u64), StoreError> {
         write_tx!(self, tx => {
-            lock_live(tx, old.id(), scope).await?;
+            let stored = lock_live(tx, old.id(), scope).await?;
+            // `old` and `new` were computed from a read made before this
+            // transaction; if another roll shortened the key since, writing
+            // them would lengthen a life. Refuse (as SQLite does), so the
+            // caller reads again.
+            let never_longer = |e: Option<i64>| match (e, stored) {
+                (_, None) => true,
+                (Some(e), Some(s)) => e <= s,
+                (None, Some(_)) => false,
+            };
+            if !never_longer(old.expires_at_ms()) || !never_longer(new.expires_at_ms()) {
+                return Err(StoreError::Unavailable(format!(
+                    "key `{}` changed while it was being rolled; try again",
+                    old.id()
+                ))
+                .into());
+            }
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
                 .await?;

@@ -468,3 +468,213 @@ fn connect_waiting_waits_for_the_database() {
     let store = rt.block_on(waiting).unwrap().unwrap();
     rt.block_on(store.ping()).unwrap();
 }
+
+/// Runs one script of calls on a store and returns every answer, in a form
+/// that can be compared across stores.
+async fn script(
+    store: &dyn Store,
+    keys: &[KeyRecord; 6],
+    rolled: &(KeyRecord, KeyRecord),
+) -> Vec<String> {
+    let [root, a, b, c, other, spare] = keys;
+    let mut out = Vec::new();
+    let mut say = |what: &str, v: String| out.push(format!("{what}: {v}"));
+    say("count0", format!("{:?}", store.count().await));
+    say(
+        "create root",
+        format!("{:?}", store.create(root, None, 10).await),
+    );
+    say(
+        "create a",
+        format!("{:?}", store.create(a, Some(root.id()), 11).await),
+    );
+    say(
+        "create b",
+        format!("{:?}", store.create(b, Some(a.id()), 12).await),
+    );
+    say(
+        "create c",
+        format!("{:?}", store.create(c, Some(b.id()), 13).await),
+    );
+    say(
+        "create other",
+        format!("{:?}", store.create(other, None, 14).await),
+    );
+    for (name, id) in [("a", a.id()), ("c", c.id()), ("other", other.id())] {
+        for (sname, scope) in [
+            ("all", Scope::All),
+            ("root", Scope::DescendantsOf(root.id())),
+            ("a", Scope::DescendantsOf(a.id())),
+            ("c", Scope::DescendantsOf(c.id())),
+        ] {
+            say(
+                &format!("get {name} in {sname}"),
+                format!("{:?}", store.get(id, scope).await),
+            );
+        }
+    }
+    say(
+        "get unknown",
+        format!("{:?}", store.get(spare.id(), Scope::All).await),
+    );
+    let ids = |p: &Result<KeyPage, StoreError>| match p {
+        Ok(p) => format!(
+            "{:?} more={}",
+            p.keys.iter().map(|k| k.record.id()).collect::<Vec<_>>(),
+            p.has_more
+        ),
+        Err(e) => format!("{e:?}"),
+    };
+    say("list all 2", ids(&store.list(Scope::All, None, 2).await));
+    say(
+        "list all after",
+        ids(&store.list(Scope::All, Some(b.id()), 10).await),
+    );
+    say(
+        "list root",
+        ids(&store.list(Scope::DescendantsOf(root.id()), None, 10).await),
+    );
+    say(
+        "list b",
+        ids(&store.list(Scope::DescendantsOf(b.id()), None, 10).await),
+    );
+    say(
+        "last used",
+        format!(
+            "{:?}",
+            store.record_last_used(&[(a.id(), 50), (b.id(), 60)]).await
+        ),
+    );
+    say(
+        "last used back",
+        format!("{:?}", store.record_last_used(&[(a.id(), 40)]).await),
+    );
+    say(
+        "get a used",
+        format!("{:?}", store.get(a.id(), Scope::All).await),
+    );
+    let (new, old) = rolled;
+    say(
+        "roll out of scope",
+        format!(
+            "{:?}",
+            store
+                .roll(old, new, Scope::DescendantsOf(a.id()), None, 20)
+                .await
+        ),
+    );
+    say(
+        "roll",
+        format!(
+            "{:?}",
+            store.roll(old, new, Scope::All, Some(root.id()), 21).await
+        ),
+    );
+    say(
+        "roll again",
+        format!("{:?}", store.roll(old, spare, Scope::All, None, 22).await),
+    );
+    say(
+        "revoke out of scope",
+        format!(
+            "{:?}",
+            store
+                .revoke(a.id(), Scope::DescendantsOf(b.id()), true, None, 30)
+                .await
+        ),
+    );
+    say(
+        "revoke b no cascade",
+        format!(
+            "{:?}",
+            store
+                .revoke(b.id(), Scope::DescendantsOf(root.id()), false, None, 31)
+                .await
+        ),
+    );
+    say(
+        "revoke a cascade",
+        format!(
+            "{:?}",
+            store
+                .revoke(a.id(), Scope::All, true, Some(root.id()), 32)
+                .await
+        ),
+    );
+    say(
+        "revoke a again",
+        format!(
+            "{:?}",
+            store.revoke(a.id(), Scope::All, true, None, 33).await
+        ),
+    );
+    say(
+        "get c",
+        format!("{:?}", store.get(c.id(), Scope::All).await),
+    );
+    say("list all", ids(&store.list(Scope::All, None, 100).await));
+    say("events", format!("{:?}", store.events(0, 100).await));
+    say("events page", format!("{:?}", store.events(3, 2).await));
+    say(
+        "changes",
+        format!("{:?}", store.changes_since(0, 100).await),
+    );
+    say(
+        "changes tail",
+        format!("{:?}", store.changes_since(7, 2).await),
+    );
+    let snap = store.snapshot().await.unwrap();
+    let mut live: Vec<KeyId> = snap.records.iter().map(KeyRecord::id).collect();
+    live.sort();
+    say("snapshot", format!("seq={} {live:?}", snap.seq));
+    say("count", format!("{:?}", store.count().await));
+    say(
+        "pepper",
+        format!("{:?}", store.check_pepper(pepper().fingerprint()).await),
+    );
+    say(
+        "pepper again",
+        format!("{:?}", store.check_pepper(pepper().fingerprint()).await),
+    );
+    let wrong = store
+        .check_pepper(Pepper::from_bytes(&[1u8; 32]).fingerprint())
+        .await;
+    say(
+        "wrong pepper is fatal",
+        format!("{}", matches!(wrong, Err(StoreError::Fatal(_)))),
+    );
+    out
+}
+
+/// The same calls on SQLite and on PostgreSQL give the same answers: one
+/// trait, two stores, no handler can tell them apart.
+#[test]
+fn sqlite_and_postgres_answer_alike() {
+    let pg = TestPg::start();
+    let dir = std::env::temp_dir().join(format!("keygate-pg-diff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = standard("root");
+    let a = child("a", &root);
+    let b = child("b", &a);
+    let c = child("c", &b);
+    let other = standard("other");
+    let spare = standard("spare");
+    let rolled = keygate::roll(&pepper(), &other, 500, &mut keygate::os_entropy(), 5_000).unwrap();
+    let (new, old) = rolled.into_parts();
+    let rolled = (new.into_parts().0, old);
+    let keys = [root, a, b, c, other, spare];
+    let (on_sqlite, on_pg) = runtime().block_on(async {
+        let sqlite = super::super::sqlite::SqliteStore::open(&dir.join("k.db")).unwrap();
+        let postgres = PgStore::connect(&pg.url()).await.unwrap();
+        (
+            script(&sqlite, &keys, &rolled).await,
+            script(&postgres, &keys, &rolled).await,
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(on_sqlite.len(), on_pg.len());
+    for (s, p) in on_sqlite.iter().zip(&on_pg) {
+        assert_eq!(s, p, "SQLite and PostgreSQL differ");
+    }
+}
