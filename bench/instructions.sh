@@ -8,7 +8,8 @@
 # The release server runs under callgrind with instrumentation on; each route
 # is warmed, then loaded with wrk for LOAD_SECONDS (5) while callgrind counts; the
 # server's log lines give the number of requests in each window.
-# Needs valgrind and wrk (Debian packages).
+# Needs valgrind and wrk (Debian packages). H2=1 loads over h2c with h2load
+# (nghttp2-client) instead of wrk.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +19,8 @@ for tool in valgrind callgrind_control wrk; do
     command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
 done
 cargo build --quiet --release -p keygate-server
-BIN="$ROOT/target/release/keygate"
+# KEYGATE_BIN: another build to count (e.g. an older release), for comparisons.
+BIN="${KEYGATE_BIN:-$ROOT/target/release/keygate}"
 
 . "$ROOT/scripts/lib.sh"
 keygate_work
@@ -30,7 +32,9 @@ AUTHORIZE="http://$ADDR/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access
 AUTH_HEADER="Authorization: Bearer $TOKEN"
 
 load() { # NAME SECONDS URL [HEADER]
-    if [ -n "${4:-}" ]; then wrk -t1 -c4 -d"$2"s -H "$4" "$3" >/dev/null; else wrk -t1 -c4 -d"$2"s "$3" >/dev/null; fi
+    if [ "${H2:-0}" = 1 ]; then # HTTP/2 cleartext (prior knowledge), 4 connections of 4 streams
+        if [ -n "${4:-}" ]; then h2load -c4 -m4 -t1 -D"$2" -H "$4" "$3" >/dev/null; else h2load -c4 -m4 -t1 -D"$2" "$3" >/dev/null; fi
+    elif [ -n "${4:-}" ]; then wrk -t1 -c4 -d"$2"s -H "$4" "$3" >/dev/null; else wrk -t1 -c4 -d"$2"s "$3" >/dev/null; fi
 }
 count() { grep -c "path=$1 status=$2" "$WORK/server.log" || true; }
 

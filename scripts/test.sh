@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# tests/h2.rs checks h2c with `curl --http2-prior-knowledge` too.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # PostgreSQL server binaries (initdb, pg_ctl) for the PostgreSQL store's tests;
 # each test runs its own throwaway cluster (server/tests/support/pg.rs).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)

@@ -487,15 +487,16 @@ mod tests {
     #[test]
     fn events_query() {
         assert_eq!(
-            EventsQuery::parse(Some("after=18446744073709551615&limit=5")),
+            EventsQuery::parse(Some("after=9223372036854775807&limit=5")),
             Ok(EventsQuery {
-                after: u64::MAX,
+                after: i64::MAX as u64,
                 limit: 5
             })
         );
         for bad in [
             "after=-1",
             "after=x",
+            "after=9223372036854775808",
             "after=18446744073709551616",
             "limit=0",
             "seq=1",

@@ -11,6 +11,7 @@ mod cli;
 mod clock;
 mod follow;
 mod lifecycle;
+mod listen;
 mod pepper;
 mod store;
 mod usage;
@@ -77,6 +78,8 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 10_000,
               value_parser = clap::value_parser!(u64).range(100..=10_000))]
         last_used_flush_ms: u64,
+        #[command(flatten)]
+        limits: listen::Args,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -145,10 +148,12 @@ fn main() -> ExitCode {
             attenuate,
             poll_ms,
             last_used_flush_ms,
+            limits,
         } => serve(
             listen,
             &store,
             attenuate,
+            &limits,
             follow::Intervals {
                 poll: std::time::Duration::from_millis(poll_ms),
                 flush: std::time::Duration::from_millis(last_used_flush_ms),
@@ -179,6 +184,7 @@ fn serve(
     listen: SocketAddr,
     args: &StoreArgs,
     attenuate: bool,
+    limits: &listen::Args,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
     tracing_subscriber::fmt()
@@ -214,7 +220,7 @@ fn serve(
             MintPolicy::Spec
         };
         let state = Arc::new(app::AppState::new(cache, store, policy));
-        run(listen, state, seq, intervals).await
+        run(listen, state, limits, seq, intervals).await
     })
 }
 
@@ -250,12 +256,11 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
 async fn run(
     listen: SocketAddr,
     state: Arc<app::AppState>,
+    limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
+    let listener = listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -263,16 +268,12 @@ async fn run(
     tracing::info!(%local, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(follow::run(Arc::clone(&state), seq, intervals, stopped));
-    let served = axum::serve(listener, app::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"));
+    listen::serve(listener, app::router(state), limits, shutdown_signal()).await;
     // Stop the follower; it writes the last uses once more.
     let _ = stop.send(true);
     if let Err(e) = follower.await {
         tracing::error!("follower task failed: {e}");
     }
-    served?;
     tracing::info!("drained; exiting");
     Ok(())
 }

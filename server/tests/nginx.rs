@@ -164,6 +164,8 @@ http {{
     let admin = keygate.token().to_owned();
     let writer = mint_token(&dir.db(), &["--scope", "devboxes:write"]);
     let reader = mint_token(&dir.db(), &["--scope", "devboxes:read"]);
+    keygate.wait_accepted(&writer);
+    keygate.wait_accepted(&reader);
     let get = |token: Option<&str>| {
         let auth = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> =
