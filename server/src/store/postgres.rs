@@ -91,10 +91,10 @@ pub const CHANNEL: &str = "keygate_changes";
 const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
 /// Connections per pool (per process), besides the listener's.
-const POOL_SIZE: usize = 10;
-/// How long a request waits for a connection before the store is called
-/// unavailable.
-const POOL_WAIT: Duration = Duration::from_secs(3);
+const POOL_SIZE: usize = 16;
+/// How long a request waits for a pooled connection while all are busy (a
+/// database that is down fails faster: opening a connection is refused).
+const POOL_WAIT: Duration = Duration::from_secs(15);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The listener's first and longest pause between reconnection attempts.
@@ -542,9 +542,10 @@ async fn insert_key(
     Ok(())
 }
 
-/// Takes the next sequence numbers for `events` and appends them to the
-/// log, then notifies: the last step of every writing transaction, so the
-/// `change_seq` row lock is held only from here to the commit.
+/// Takes the next sequence numbers for `events`, appends them to the log
+/// and notifies, in one statement (one round trip): the last step of every
+/// writing transaction, so the `change_seq` row lock, which serializes
+/// writers, is held only from here to the commit.
 async fn append(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[NewEvent],
@@ -552,36 +553,41 @@ async fn append(
     at_ms: i64,
 ) -> Result<Vec<u64>, WriteError> {
     let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let take = tx
-        .prepare_cached("UPDATE change_seq SET seq = seq + $1 RETURNING seq")
-        .await?;
-    let last: i64 = tx.query_one(&take, &[&n]).await?.get(0);
-    let insert = tx
+    let stmt = tx
         .prepare_cached(
-            "INSERT INTO changes (seq, at_ms, action, key_id, actor_id, new_key_id) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH s AS (UPDATE change_seq SET seq = seq + $1 RETURNING seq), \
+             i AS ( \
+                 INSERT INTO changes (seq, at_ms, action, key_id, actor_id, new_key_id) \
+                 SELECT s.seq - $1 + e.ord, $2, e.action, e.key_id, $3, e.new_key_id \
+                 FROM s, unnest($4::text[], $5::text[], $6::text[]) \
+                     WITH ORDINALITY AS e(action, key_id, new_key_id, ord) \
+                 RETURNING seq \
+             ) \
+             SELECT array_agg(seq ORDER BY seq), pg_notify($7, max(seq)::text) FROM i",
         )
         .await?;
-    let actor = actor.as_ref().map(KeyId::as_str);
-    let mut seqs = Vec::with_capacity(events.len());
-    for (seq, event) in (last - n + 1..).zip(events) {
-        tx.execute(
-            &insert,
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let keys: Vec<&str> = events.iter().map(|e| e.key_id.as_str()).collect();
+    let new_keys: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.new_key_id.as_ref().map(KeyId::as_str))
+        .collect();
+    let row = tx
+        .query_one(
+            &stmt,
             &[
-                &seq,
+                &n,
                 &at_ms,
-                &event.action.as_str(),
-                &event.key_id.as_str(),
-                &actor,
-                &event.new_key_id.as_ref().map(KeyId::as_str),
+                &actor.as_ref().map(KeyId::as_str),
+                &actions,
+                &keys,
+                &new_keys,
+                &CHANNEL,
             ],
         )
         .await?;
-        seqs.push(to_u64(seq));
-    }
-    let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    tx.execute(&notify, &[&CHANNEL, &last.to_string()]).await?;
-    Ok(seqs)
+    let seqs: Option<Vec<i64>> = row.get(0);
+    Ok(seqs.unwrap_or_default().into_iter().map(to_u64).collect())
 }
 
 /// Whether `id` is within `scope`: for [`Scope::DescendantsOf`], whether
