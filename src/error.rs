@@ -421,6 +421,18 @@ pub enum Error {
     /// A key that cannot be rolled.
     #[error(transparent)]
     Roll(#[from] RollError),
+    /// See [`RouteParseError`](crate::RouteParseError).
+    #[error(transparent)]
+    RouteParse(#[from] crate::route::RouteParseError),
+    /// See [`RouteError`](crate::RouteError) (a refused path converts too).
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
+}
+
+impl From<crate::route::PathError> for Error {
+    fn from(e: crate::route::PathError) -> Error {
+        Error::Route(e.into())
+    }
 }
 
 impl Error {
@@ -440,6 +452,8 @@ impl Error {
             Error::Record(e) => e.http_status(),
             Error::Keyring(e) => e.http_status(),
             Error::Roll(e) => e.http_status(),
+            Error::RouteParse(e) => e.http_status(),
+            Error::Route(e) => e.http_status(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! * [`roll()`], [`Change`], [`lineage`]: the key lifecycle: rotation with
 //!   an overlap, a change feed that keeps keyrings in step with a store,
 //!   and who minted whom.
+//! * [`RouteTable`], [`Decision`]: method and path to a scope ([`route`]).
 //! * [`wire`]: the spec's JSON types.
 //! * [`Error`] and friends: each knows its HTTP status.
 //!
@@ -48,6 +49,7 @@ pub mod keyring;
 pub mod lineage;
 pub mod mint;
 pub mod roll;
+pub mod route;
 pub mod scope;
 pub mod secret;
 pub mod token;
@@ -64,6 +66,7 @@ pub use key::{KeyRecord, KeyRecordParts, Principal};
 pub use keyring::Keyring;
 pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};
 pub use roll::{roll, RolledKey};
+pub use route::{Decision, PathError, RouteError, RouteParseError, RouteTable};
 pub use scope::{Access, Resource, Scopes};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};

@@ -376,6 +376,10 @@ pub(crate) fn quote(input: &str) -> String {
 /// The hot path: it borrows the request (no header map or URI copy) and
 /// the 204 carries the key id in a header, where the log reads it.
 async fn authorize(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // Forward-auth (method and URI in headers, decided by `--routes`).
+    if let Some(response) = crate::routes::forward_auth(&*state, &request) {
+        return response;
+    }
     let principal =
         match keygate::tower::authenticate_headers(&*state, request.headers(), system_now_ms()) {
             Ok(p) => p,
