@@ -40,11 +40,18 @@ struct Cli {
 /// Where the keys and the pepper live.
 #[derive(clap::Args, Debug)]
 struct StoreArgs {
-    /// SQLite database file (created if missing).
-    #[arg(long, value_name = "PATH", default_value = "keygate.db")]
+    /// SQLite database file (created if missing), or a PostgreSQL URL
+    /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "keygate.db",
+        env = "KEYGATE_DATABASE_URL"
+    )]
     db: PathBuf,
     /// Pepper file: 32 random bytes, created with mode 0600 if missing.
-    /// Default: the database path with `.pepper` appended.
+    /// Default: the database path with `.pepper` appended; required with
+    /// PostgreSQL (every instance reads the same file).
     #[arg(long, value_name = "PATH")]
     pepper_file: Option<PathBuf>,
 }
@@ -251,7 +258,8 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
         now_ms,
     )
     .into_parts();
-    let path = cli::write_bootstrap_file(&args.db, token.expose_secret())?;
+    let base = store::postgres::bootstrap_base(&args.db, args.pepper_file.as_deref());
+    let path = cli::write_bootstrap_file(&base, token.expose_secret())?;
     let seq = store
         .create(&record, None, now_ms)
         .await
