@@ -276,6 +276,7 @@ pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
             response
         }
         StoreError::NotFound => problem(StatusCode::NOT_FOUND, "no such key"),
+        StoreError::Conflict(m) => problem(StatusCode::CONFLICT, m),
         StoreError::Fatal(_) => {
             tracing::error!("{detail}: {e}");
             internal_error(detail)

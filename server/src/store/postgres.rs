@@ -742,22 +742,7 @@ impl Store for PgStore {
     ) -> Result<(u64, u64), StoreError> {
         write_tx!(self, tx => {
             let stored = lock_live(tx, old.id(), scope).await?;
-            // `old` and `new` were computed from a read made before this
-            // transaction; if another roll shortened the key since, writing
-            // them would lengthen a life. Refuse (as SQLite does), so the
-            // caller reads again.
-            let never_longer = |e: Option<i64>| match (e, stored) {
-                (_, None) => true,
-                (Some(e), Some(s)) => e <= s,
-                (None, Some(_)) => false,
-            };
-            if !never_longer(old.expires_at_ms()) || !never_longer(new.expires_at_ms()) {
-                return Err(StoreError::Unavailable(format!(
-                    "key `{}` changed while it was being rolled; try again",
-                    old.id()
-                ))
-                .into());
-            }
+            super::check_roll_fits(old, new, stored)?;
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
                 .await?;
