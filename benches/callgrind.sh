@@ -18,15 +18,15 @@ for line in sys.stdin:
         print(m["executable"])')
 out=$(mktemp -d)
 declare -A ir
-for op in can parse floor auth_1 auth_10k unknown_id wrong_secret expired; do
+for op in can parse floor floor_eq floor_48_eq auth_1 auth_10k unknown_id wrong_secret expired; do
   KEYGATE_COUNT=$op valgrind --tool=callgrind --callgrind-out-file="$out/$op" \
     --toggle-collect='hot_path::counted*' "$bin" >/dev/null 2>&1
   total=$(grep -m1 '^summary:' "$out/$op" | awk '{print $2}')
   ir[$op]=$((total / 10000))
 done
 rm -r "$out"
-printf '| op | instructions per call | / floor |\n|---|---:|---:|\n'
-for op in can parse floor auth_1 auth_10k unknown_id wrong_secret expired; do
+printf '| op | instructions per call | / floor (60 B + eq) |\n|---|---:|---:|\n'
+for op in can parse floor floor_eq floor_48_eq auth_1 auth_10k unknown_id wrong_secret expired; do
   printf '| `%s` | %d | %s |\n' "$op" "${ir[$op]}" \
-    "$(python3 -c "print(f'{${ir[$op]} / ${ir[floor]}:.2f}×')")"
+    "$(python3 -c "print(f'{${ir[$op]} / ${ir[floor_eq]}:.2f}×')")"
 done

@@ -35,6 +35,8 @@ opts_for() {
         authenticate) echo "-max_len=512" ;;
         create_request_json) echo "-max_len=4096 -dict=$here/dict/json.dict" ;;
         scope_text) echo "-max_len=1024 -dict=$here/dict/scopes.dict" ;;
+        route_table_parse) echo "-max_len=4096 -dict=$here/dict/routes.dict" ;;
+        route_lookup) echo "-max_len=1024 -dict=$here/dict/routes.dict" ;;
         *) echo "" ;;
     esac
 }

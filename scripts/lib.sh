@@ -1,4 +1,4 @@
-# Shared by scripts/schemathesis.sh, bench/load.sh and bench/instructions.sh:
+# Shared by scripts/schemathesis.sh, benches/load.sh and benches/instructions.sh:
 # a throwaway keygate server over a temporary database. Source it, then:
 #
 #   keygate_work                          # WORK=temp dir, removed (and the server stopped) on exit

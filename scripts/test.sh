@@ -8,19 +8,24 @@ need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 # tests/h2.rs checks h2c with `curl --http2-prior-knowledge` too.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v caddy >/dev/null 2>&1 || [ -x /usr/bin/caddy ] || need_apt+=(caddy)
+# PostgreSQL server binaries (initdb, pg_ctl) for the PostgreSQL store's tests;
+# each test runs its own throwaway cluster (server/tests/support/pg.rs).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
     apt-get update -qq >/dev/null
-    # RUNLEVEL=1: do not start the packaged nginx service on port 80; the test runs its own.
+    # RUNLEVEL=1: do not start the packaged nginx, caddy or postgresql services
+    # (nginx and caddy would take port 80); the tests run their own.
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
       apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "missing ${need_apt[*]}: install it (the nginx end-to-end test needs it)" >&2
+    echo "missing ${need_apt[*]}: install it (the nginx, Caddy and PostgreSQL tests need them)" >&2
     exit 1
   fi
 fi
 
-# The nginx end-to-end test never skips here.
-unset KEYGATE_SKIP_NGINX
+# The nginx and Caddy end-to-end tests never skip here.
+unset KEYGATE_SKIP_NGINX KEYGATE_SKIP_CADDY
 cargo test --workspace --all-features

@@ -302,7 +302,7 @@ impl MintError {
 ///
 /// ```
 /// use keygate::RecordError;
-/// # let id = keygate::key::example_record().id();
+/// # let id = keygate::testing::example_record().id();
 /// let err = RecordError::StandardWithoutAllScopes { id };
 /// assert_eq!(err.http_status(), 500);
 /// ```
@@ -330,15 +330,19 @@ impl RecordError {
     }
 }
 
-/// A record the keyring will not take.
+/// A record a [`Keyring`](crate::Keyring) will not take. When it is
+/// returned, nothing has changed: the keyring still holds every key it held.
 ///
 /// ```
-/// # let record = keygate::key::example_record();
+/// # let record = keygate::testing::example_record();
 /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
 /// keyring.insert(record.clone())?;
 /// keyring.revoke(&record.id());
 /// let err = keyring.insert(record).unwrap_err();
 /// assert_eq!(err.http_status(), 409);
+/// let err = keygate::KeyringError::Full { max: keygate::Keyring::MAX_KEYS };
+/// assert_eq!(err.to_string(), "the keyring is full: it holds at most 4194304 keys");
+/// assert_eq!(err.http_status(), 503);
 /// # Ok::<(), keygate::KeyringError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
@@ -350,13 +354,38 @@ pub enum KeyringError {
         /// The revoked id.
         id: KeyId,
     },
+    /// The keyring holds [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS) keys.
+    #[error("the keyring is full: it holds at most {max} keys")]
+    Full {
+        /// The bound.
+        max: usize,
+    },
+    /// The id's slot window is full and the digest index may not grow
+    /// further for the keys it holds (see
+    /// [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS)). With random ids
+    /// this does not happen; it takes ids chosen with knowledge of the
+    /// pepper.
+    #[error("key id `{id}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")]
+    Crowded {
+        /// The refused key's id.
+        id: KeyId,
+    },
 }
 
 impl KeyringError {
-    /// 409 for a revoked id.
+    /// 409 for a revoked id: the request conflicts with the key's state.
+    /// 503 for `Full` and `Crowded`: not the client's fault, so not 4xx, and
+    /// a state of the server that an operator resolves (revoke keys, shard,
+    /// rotate the pepper), which may pass; generic clients and proxies
+    /// treat 503 as "try later" already (507 is WebDAV's).
+    ///
+    /// ```
+    /// assert_eq!(keygate::KeyringError::Full { max: 1 }.http_status(), 503);
+    /// ```
     pub const fn http_status(&self) -> u16 {
         match self {
             KeyringError::Revoked { .. } => 409,
+            KeyringError::Full { .. } | KeyringError::Crowded { .. } => 503,
         }
     }
 }
@@ -364,7 +393,7 @@ impl KeyringError {
 /// A key that cannot be rolled.
 ///
 /// ```
-/// # let id = keygate::key::example_record().id();
+/// # let id = keygate::testing::example_record().id();
 /// let err = keygate::RollError::Expired { id, expires_at_ms: 5 };
 /// assert_eq!(err.http_status(), 409);
 /// ```
@@ -421,10 +450,22 @@ pub enum Error {
     /// A key that cannot be rolled.
     #[error(transparent)]
     Roll(#[from] RollError),
+    /// See [`RouteParseError`](crate::RouteParseError).
+    #[error(transparent)]
+    RouteParse(#[from] crate::route::RouteParseError),
+    /// See [`RouteError`](crate::RouteError) (a refused path converts too).
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
+}
+
+impl From<crate::route::PathError> for Error {
+    fn from(e: crate::route::PathError) -> Error {
+        Error::Route(e.into())
+    }
 }
 
 impl Error {
-    /// The HTTP status that answers this error: 400, 401 or 403.
+    /// The HTTP status that answers this error: 400, 401, 403, 409, 500 or 503.
     ///
     /// ```
     /// let err: keygate::Error = keygate::ValidationError::NoAccessGranted.into();
@@ -440,6 +481,8 @@ impl Error {
             Error::Record(e) => e.http_status(),
             Error::Keyring(e) => e.http_status(),
             Error::Roll(e) => e.http_status(),
+            Error::RouteParse(e) => e.http_status(),
+            Error::Route(e) => e.http_status(),
         }
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use keygate::{Applied, Change, Keyring, Pepper};
-//! # let record = keygate::key::example_record();
+//! # let record = keygate::testing::example_record();
 //! let mut keyring = Keyring::new(Pepper::from_bytes(&[0u8; 32]));
 //! let id = record.id();
 //! assert_eq!(keyring.apply(Change::upsert(1, record.clone()))?, Applied::Changed);
@@ -33,7 +33,7 @@ use crate::token::KeyId;
 /// (a cursor of 0 means "from the start").
 ///
 /// ```
-/// # let record = keygate::key::example_record();
+/// # let record = keygate::testing::example_record();
 /// let change = keygate::Change::upsert(7, record.clone());
 /// assert_eq!(change.seq, 7);
 /// assert_eq!(change.key_id(), record.id());
@@ -49,7 +49,7 @@ pub struct Change {
 /// What a [`Change`] does.
 ///
 /// ```
-/// # let id = keygate::key::example_record().id();
+/// # let id = keygate::testing::example_record().id();
 /// let op = keygate::ChangeOp::Revoke(id);
 /// assert!(matches!(op, keygate::ChangeOp::Revoke(_)));
 /// ```
@@ -66,7 +66,7 @@ impl Change {
     /// An upsert of `record` at `seq`.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// let change = keygate::Change::upsert(1, record);
     /// assert!(matches!(change.op, keygate::ChangeOp::Upsert(_)));
     /// ```
@@ -80,7 +80,7 @@ impl Change {
     /// A revocation of `id` at `seq`.
     ///
     /// ```
-    /// # let id = keygate::key::example_record().id();
+    /// # let id = keygate::testing::example_record().id();
     /// let change = keygate::Change::revoke(2, id);
     /// assert_eq!(change.key_id(), id);
     /// ```
@@ -94,7 +94,7 @@ impl Change {
     /// The id of the key the change is about.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(keygate::Change::upsert(1, record.clone()).key_id(), record.id());
     /// ```
     pub fn key_id(&self) -> KeyId {
@@ -108,7 +108,7 @@ impl Change {
 /// Whether [`Keyring::apply`](crate::Keyring::apply) changed the keyring.
 ///
 /// ```
-/// # let record = keygate::key::example_record();
+/// # let record = keygate::testing::example_record();
 /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
 /// let change = keygate::Change::upsert(1, record);
 /// assert_eq!(keyring.apply(change.clone())?, keygate::Applied::Changed);

@@ -46,7 +46,7 @@ pub struct KeyRecord {
 /// columns: build one from a row and call [`KeyRecord::from_parts`].
 ///
 /// ```
-/// # let record = keygate::key::example_record();
+/// # let record = keygate::testing::example_record();
 /// let parts = keygate::KeyRecordParts {
 ///     id: record.id(),
 ///     kind: record.kind(),
@@ -121,7 +121,7 @@ impl KeyRecord {
     /// own creator.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// let mut parts = keygate::KeyRecordParts {
     ///     id: record.id(),
     ///     kind: keygate::KeyKind::Standard,
@@ -194,7 +194,7 @@ impl KeyRecord {
     /// The public key id.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.id().as_str().len(), 16);
     /// ```
     pub fn id(&self) -> KeyId {
@@ -204,7 +204,7 @@ impl KeyRecord {
     /// Standard or restricted.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.kind(), keygate::KeyKind::Restricted);
     /// ```
     pub fn kind(&self) -> KeyKind {
@@ -214,7 +214,7 @@ impl KeyRecord {
     /// The key's name.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.name(), "example");
     /// ```
     pub fn name(&self) -> &str {
@@ -224,7 +224,7 @@ impl KeyRecord {
     /// The stored digest of the secret.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// let _digest: keygate::SecretHash = record.secret_hash();
     /// ```
     pub fn secret_hash(&self) -> SecretHash {
@@ -234,7 +234,7 @@ impl KeyRecord {
     /// The granted scopes; [`Scopes::all`] for a standard key.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.scopes().to_string(), "devboxes:write,objects:read");
     /// ```
     pub fn scopes(&self) -> Scopes {
@@ -244,7 +244,7 @@ impl KeyRecord {
     /// The expiry in Unix milliseconds; `None` never expires.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.expires_at_ms(), Some(2_000));
     /// ```
     pub fn expires_at_ms(&self) -> Option<i64> {
@@ -254,7 +254,7 @@ impl KeyRecord {
     /// When the key was minted, in Unix milliseconds.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.created_at_ms(), 1_000);
     /// ```
     pub fn created_at_ms(&self) -> i64 {
@@ -265,7 +265,7 @@ impl KeyRecord {
     /// API (the server's bootstrap key, `keygate mint`).
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.creator_id(), None);
     /// ```
     pub fn creator_id(&self) -> Option<KeyId> {
@@ -275,7 +275,7 @@ impl KeyRecord {
     /// A key is valid while `now_ms < expires_at_ms`; a null expiry never expires.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert!(!record.is_expired_at(1_999));
     /// assert!(record.is_expired_at(2_000));
     /// ```
@@ -287,7 +287,7 @@ impl KeyRecord {
     /// The principal this record stands for.
     ///
     /// ```
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// assert_eq!(record.principal().id(), record.id());
     /// ```
     #[inline]
@@ -303,7 +303,7 @@ impl KeyRecord {
 ///
 /// ```
 /// use keygate::{Access, Resource};
-/// # let principal = keygate::key::example_record().principal();
+/// # let principal = keygate::testing::example_record().principal();
 /// assert!(principal.can(Resource::Devboxes, Access::Write));
 /// assert!(!principal.can(Resource::Objects, Access::Write));
 /// assert!(principal.require(Resource::Objects, Access::Write).is_err());
@@ -338,7 +338,7 @@ impl Principal {
     /// The key id.
     ///
     /// ```
-    /// # let p = keygate::key::example_record().principal();
+    /// # let p = keygate::testing::example_record().principal();
     /// assert_eq!(p.id().as_str().len(), 16);
     /// ```
     #[inline]
@@ -349,7 +349,7 @@ impl Principal {
     /// Standard or restricted.
     ///
     /// ```
-    /// # let p = keygate::key::example_record().principal();
+    /// # let p = keygate::testing::example_record().principal();
     /// assert_eq!(p.kind(), keygate::KeyKind::Restricted);
     /// ```
     #[inline]
@@ -360,7 +360,7 @@ impl Principal {
     /// What the key may do; [`Scopes::all`] for a standard key.
     ///
     /// ```
-    /// # let p = keygate::key::example_record().principal();
+    /// # let p = keygate::testing::example_record().principal();
     /// assert!(!p.scopes().is_empty());
     /// ```
     #[inline]
@@ -373,7 +373,7 @@ impl Principal {
     /// at it.
     ///
     /// ```
-    /// # let p = keygate::key::example_record().principal();
+    /// # let p = keygate::testing::example_record().principal();
     /// assert_eq!(p.expires_at_ms(), Some(2_000));
     /// ```
     #[inline]
@@ -385,7 +385,7 @@ impl Principal {
     ///
     /// ```
     /// use keygate::{Access, Resource};
-    /// # let p = keygate::key::example_record().principal();
+    /// # let p = keygate::testing::example_record().principal();
     /// assert!(p.can(Resource::Objects, Access::Read));
     /// ```
     #[inline(always)]
@@ -397,7 +397,7 @@ impl Principal {
     ///
     /// ```
     /// use keygate::{Access, Resource};
-    /// # let p = keygate::key::example_record().principal();
+    /// # let p = keygate::testing::example_record().principal();
     /// let err = p.require(Resource::Account, Access::Write).unwrap_err();
     /// assert_eq!(err.http_status(), 403);
     /// ```
@@ -417,6 +417,7 @@ impl Principal {
 
 /// A restricted record (`devboxes:write,objects:read`, created at 1 000 ms,
 /// expiring at 2 000 ms), for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn example_record() -> KeyRecord {
     KeyRecord::new(

@@ -4,17 +4,17 @@ mod index;
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::error::{AuthError, KeyringError};
+use crate::error::{AuthError, KeyringError, TokenError};
 use crate::feed::{Applied, Change, ChangeOp};
 use crate::key::{KeyRecord, Principal};
 use crate::scope::{Access, Resource};
-use crate::secret::{Pepper, SecretHash};
-use crate::token::{KeyId, KeyKind, Token, EXAMPLE_KEY_ID, SECRET_LEN};
+use crate::secret::{Message, Pepper, SecretHash};
+use crate::token::{KeyId, KeyKind, Token, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
 
-pub use index::IdHasher;
 #[cfg(test)]
 use index::Slot;
-use index::{DigestIndex, MAX_PREALLOCATED_KEYS};
+use index::{DigestIndex, MAX_KEYS, MAX_PREALLOCATED_KEYS};
+pub use index::{IdHash, IdHasher};
 
 /// The keys a gateway knows, by id, and the checks of the request hot path.
 ///
@@ -62,6 +62,22 @@ struct Entry {
 }
 
 impl Keyring {
+    /// The most keys a keyring holds: 4 194 304 (2^22). Past it,
+    /// [`Keyring::insert`] fails with [`KeyringError::Full`].
+    ///
+    /// Memory stays bounded too. The digest index has at most 8 slots of 64
+    /// bytes per key (128 to 256 bytes per key in the usual case, since it
+    /// is at most half full), so at most 2 GiB at the bound; the map of
+    /// records holds one [`KeyRecord`] per key. An id whose slot window is
+    /// full when the index may not grow further is refused with
+    /// [`KeyringError::Crowded`]: the index grows on demand (doubling) only
+    /// up to that limit, and never drops a key to make room.
+    ///
+    /// ```
+    /// assert_eq!(keygate::Keyring::MAX_KEYS, 1 << 22);
+    /// ```
+    pub const MAX_KEYS: usize = MAX_KEYS;
+
     /// An empty keyring whose digests are keyed by `pepper`.
     ///
     /// ```
@@ -82,16 +98,29 @@ impl Keyring {
     /// let keyring = keygate::Keyring::with_capacity(keygate::Pepper::from_bytes(&[0u8; 32]), 1024);
     /// assert_eq!(keyring.len(), 0);
     /// ```
+    ///
+    /// The id hash of the map and of the digest index is seeded from the
+    /// pepper (see [`IdHasher`]), so ids chosen without the pepper cannot
+    /// crowd one slot window.
     pub fn with_capacity(pepper: Pepper, capacity: usize) -> Keyring {
         let capacity = capacity.min(MAX_PREALLOCATED_KEYS);
-        // The decoy is a digest no token can match short of a blake3 preimage.
-        let decoy = pepper.digest_parts(KeyKind::Standard, &EXAMPLE_KEY_ID, &[0u8; SECRET_LEN]);
+        // The decoy is a digest no token can match: its secret is 43 zero
+        // bytes, which are not base62. Its id is a constant of its own, not
+        // the documentation's example id.
+        let decoy = pepper.digest_parts(KeyKind::Standard, &DECOY_KEY_ID, &[0u8; SECRET_LEN]);
+        // The map and the index hash ids with seeds of their own, so that
+        // the map's iteration order (by its hash) is not the index's order:
+        // copying one keyring into another fills the index evenly.
+        let [map_lo, map_hi, index_lo, index_hi] = pepper.index_seeds();
         Keyring {
             pepper,
             decoy,
-            keys: HashMap::with_capacity_and_hasher(capacity, IdHasher),
-            revoked: HashSet::with_hasher(IdHasher),
-            index: DigestIndex::with_capacity(capacity),
+            keys: HashMap::with_capacity_and_hasher(
+                capacity,
+                IdHasher::with_seeds([map_lo, map_hi]),
+            ),
+            revoked: HashSet::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
+            index: DigestIndex::with_capacity(capacity, IdHasher::with_seeds([index_lo, index_hi])),
             last_seq: 0,
         }
     }
@@ -110,10 +139,13 @@ impl Keyring {
     ///
     /// This is for a keyring that no change feed drives; with a feed, use
     /// [`Keyring::apply`]. A revoked id is refused: revocation is final.
+    /// Fails, changing nothing, when the keyring is full
+    /// ([`Keyring::MAX_KEYS`]) or the id's slot window is
+    /// ([`KeyringError::Crowded`]). A replacement always succeeds.
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(keyring.insert(keygate::key::example_record())?.is_none());
+    /// assert!(keyring.insert(keygate::testing::example_record())?.is_none());
     /// assert_eq!(keyring.len(), 1);
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
@@ -123,13 +155,32 @@ impl Keyring {
             return Err(KeyringError::Revoked { id });
         }
         let seq = self.keys.get(&id).map_or(0, |entry| entry.seq);
-        Ok(self.put(record, seq).map(|entry| entry.record))
+        Ok(self.put(record, seq)?.map(|entry| entry.record))
+    }
+
+    /// Inserts every record, stopping at the first that fails (the records
+    /// before it stay inserted).
+    ///
+    /// ```
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// keyring.try_extend([keygate::testing::example_record()])?;
+    /// assert_eq!(keyring.len(), 1);
+    /// # Ok::<(), keygate::KeyringError>(())
+    /// ```
+    pub fn try_extend<I: IntoIterator<Item = KeyRecord>>(
+        &mut self,
+        records: I,
+    ) -> Result<(), KeyringError> {
+        for record in records {
+            self.insert(record)?;
+        }
+        Ok(())
     }
 
     /// Stores `record` in the map and the digest index.
-    fn put(&mut self, record: KeyRecord, seq: u64) -> Option<Entry> {
-        self.index.insert(&record);
-        self.keys.insert(record.id(), Entry { record, seq })
+    fn put(&mut self, record: KeyRecord, seq: u64) -> Result<Option<Entry>, KeyringError> {
+        self.index.insert(&record)?;
+        Ok(self.keys.insert(record.id(), Entry { record, seq }))
     }
 
     /// Removes a key; its tokens stop working at once, and the id can never
@@ -137,7 +188,7 @@ impl Keyring {
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let record = keygate::key::example_record();
+    /// let record = keygate::testing::example_record();
     /// let id = record.id();
     /// keyring.insert(record)?;
     /// assert!(keyring.revoke(&id).is_some());
@@ -156,13 +207,13 @@ impl Keyring {
     ///
     /// ```
     /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(!keyring.is_revoked(&keygate::key::example_record().id()));
+    /// assert!(!keyring.is_revoked(&keygate::testing::example_record().id()));
     /// ```
     pub fn is_revoked(&self, id: &KeyId) -> bool {
         self.revoked.contains(id)
     }
 
-    /// Applies one change of a store's log (see [`crate::feed`]).
+    /// Applies one change of a store's log (see [`Change`] and the README's change-feed protocol).
     ///
     /// Idempotent and order-insensitive: per key id, the change with the
     /// highest sequence number wins, and a revocation is final, so a
@@ -173,7 +224,7 @@ impl Keyring {
     ///
     /// ```
     /// use keygate::{Applied, Change};
-    /// # let record = keygate::key::example_record();
+    /// # let record = keygate::testing::example_record();
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let newer = record.clone();
     /// assert_eq!(keyring.apply(Change::upsert(5, newer))?, Applied::Changed);
@@ -182,28 +233,32 @@ impl Keyring {
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn apply(&mut self, change: Change) -> Result<Applied, KeyringError> {
-        self.last_seq = self.last_seq.max(change.seq);
-        match change.op {
+        let seq = change.seq;
+        let applied = match change.op {
             ChangeOp::Upsert(record) => {
                 let id = record.id();
-                if self.revoked.contains(&id) {
-                    return Ok(Applied::Unchanged);
+                if self.revoked.contains(&id)
+                    || matches!(self.keys.get(&id), Some(entry) if entry.seq >= seq)
+                {
+                    Applied::Unchanged
+                } else {
+                    // On an error nothing changed, the sequence number included.
+                    self.put(record, seq)?;
+                    Applied::Changed
                 }
-                if matches!(self.keys.get(&id), Some(entry) if entry.seq >= change.seq) {
-                    return Ok(Applied::Unchanged);
-                }
-                self.put(record, change.seq);
-                Ok(Applied::Changed)
             }
             ChangeOp::Revoke(id) => {
-                if !self.revoked.insert(id) {
-                    return Ok(Applied::Unchanged);
+                if self.revoked.insert(id) {
+                    self.index.remove(&id);
+                    self.keys.remove(&id);
+                    Applied::Changed
+                } else {
+                    Applied::Unchanged
                 }
-                self.index.remove(&id);
-                self.keys.remove(&id);
-                Ok(Applied::Changed)
             }
-        }
+        };
+        self.last_seq = self.last_seq.max(seq);
+        Ok(applied)
     }
 
     /// The highest sequence number [`Keyring::apply`] has seen; 0 before any.
@@ -227,7 +282,7 @@ impl Keyring {
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// keyring.insert(keygate::key::example_record())?; // expires at 2 000 ms
+    /// keyring.insert(keygate::testing::example_record())?; // expires at 2 000 ms
     /// assert_eq!(keyring.evict_expired(1_999), 0);
     /// assert_eq!(keyring.evict_expired(2_000), 1);
     /// assert!(keyring.is_empty());
@@ -316,7 +371,22 @@ impl Keyring {
     /// ```
     #[inline]
     pub fn authenticate_bytes(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.verify(&Token::parse_bytes(token)?, now_ms)
+        let text: &[u8; TOKEN_LEN] = token
+            .try_into()
+            .map_err(|_| TokenError::Length { len: token.len() })?;
+        // The order matters. The message is built first, and the parse
+        // (about 270 instructions) runs while its stores retire, so blake3
+        // reads it back without a store-forwarding stall. Then the window's
+        // loads start (at 1M keys a DRAM miss) right before the hash, so the
+        // miss overlaps the hash (a long dependency chain) rather than
+        // following it. The digest counts only once the text has parsed.
+        let message = Message::of_text(text);
+        let parsed = Token::parse_bytes(text);
+        self.index.touch(DigestIndex::text_key(text));
+        let digest = self.pepper.digest_message(&message);
+        drop(message);
+        let parsed = parsed?;
+        self.verify_digest(&parsed, &digest, now_ms)
     }
 
     /// Verifies a parsed token at `now_ms`.
@@ -327,22 +397,41 @@ impl Keyring {
     /// the secret, so [`AuthError::Expired`] tells nothing to a guesser.
     ///
     /// ```
-    /// # let text = keygate::token::example_token();
+    /// # let text = keygate::testing::example_token();
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let token = keygate::Token::parse(&text)?;
     /// assert_eq!(keyring.verify(&token, 0), Err(keygate::AuthError::InvalidCredentials));
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
     pub fn verify(&self, token: &Token<'_>, now_ms: i64) -> Result<Principal, AuthError> {
+        self.index.touch(DigestIndex::key(&token.key_id()));
+        self.verify_digest(token, &self.pepper.digest(token), now_ms)
+    }
+
+    /// [`Keyring::verify`] with the token's digest already computed.
+    #[inline(always)]
+    fn verify_digest(
+        &self,
+        token: &Token<'_>,
+        digest: &SecretHash,
+        now_ms: i64,
+    ) -> Result<Principal, AuthError> {
         let id = token.key_id();
         // The same work for a known and an unknown id (see `DigestIndex`);
         // the slot also carries the grant, so no other memory is read.
         let (found, slot) = self.index.lookup(&id, &self.decoy);
-        // `SecretHash` equality is blake3's constant-time comparison.
-        let matches = self.pepper.digest(token) == DigestIndex::digest(&slot.digest);
+        // The constant-time comparison, on the words the slot holds: the OR
+        // of their XORs, with no early exit, behind a barrier, then a mask
+        // (all ones iff equal) by arithmetic, as for the ids.
+        let diff = DigestIndex::words(digest)
+            .iter()
+            .zip(slot.digest)
+            .fold(0u64, |diff, (computed, stored)| diff | (computed ^ stored));
+        let diff = core::hint::black_box(diff);
+        let equal = ((diff | diff.wrapping_neg()) >> 63).wrapping_sub(1);
         // One mask and one branch, on the outcome alone: not on `found`
         // first (LLVM may split a branch on `a && b`, or even on `a & b`).
-        let accepted = core::hint::black_box(found & u64::from(matches).wrapping_neg());
+        let accepted = core::hint::black_box(found & equal);
         // The digest binds the kind, so a relabelled token fails the compare;
         // the kind test only restates it.
         if accepted == 0 || slot.kind() != token.kind() {
@@ -508,6 +597,38 @@ mod tests {
     }
 
     #[test]
+    fn a_digest_that_differs_in_any_bit_fails() {
+        let (mut keyring, token) = setup(None, None);
+        let id = Token::parse(&token).unwrap().key_id();
+        let record = keyring.get(&id).unwrap().clone();
+        let right = *record.secret_hash().as_bytes();
+        for byte in 0..32 {
+            for bit in [0, 7] {
+                let mut wrong = right;
+                wrong[byte] ^= 1 << bit;
+                let forged = KeyRecord::new(
+                    id,
+                    record.kind(),
+                    "f".into(),
+                    SecretHash::from_bytes(wrong),
+                    record.scopes(),
+                    None,
+                    0,
+                    None,
+                );
+                keyring.insert(forged).unwrap();
+                assert_eq!(
+                    keyring.authenticate(&token, 1),
+                    Err(AuthError::InvalidCredentials),
+                    "byte {byte} bit {bit}"
+                );
+            }
+        }
+        keyring.insert(record).unwrap();
+        assert!(keyring.authenticate(&token, 1).is_ok());
+    }
+
+    #[test]
     fn digest_index_follows_inserts_revokes_and_growth() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
         // Capacity 0: the index starts at its minimum and grows many times.
@@ -609,6 +730,263 @@ mod tests {
                 id,
                 expires_at_ms: -5
             })
+        );
+    }
+
+    /// A record with `id` and a digest of its own.
+    fn record_with_id(id: KeyId, n: u8) -> KeyRecord {
+        KeyRecord::new(
+            id,
+            KeyKind::Standard,
+            "crafted".into(),
+            SecretHash::from_bytes([n; 32]),
+            Scopes::all(),
+            None,
+            0,
+            None,
+        )
+    }
+
+    /// `count` random ids whose home, under `keyring`'s seeded hash, is the
+    /// same in every table of up to 2^12 slots: found by brute force.
+    fn colliding_ids(keyring: &Keyring, count: usize) -> alloc::vec::Vec<KeyId> {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(77);
+        let [_, _, lo, hi] = keyring.pepper.index_seeds();
+        let big = DigestIndex::with_capacity(1 << 11, IdHasher::with_seeds([lo, hi]));
+        assert_eq!(big.size(), 1 << 12);
+        let target = big.home(DigestIndex::key(&KeyId::generate(&mut rng)));
+        let mut ids = alloc::vec::Vec::new();
+        while ids.len() < count {
+            let id = KeyId::generate(&mut rng);
+            if big.home(DigestIndex::key(&id)) == target {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn crafted_colliding_ids_are_refused_and_no_key_is_lost() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let ids = colliding_ids(&keyring, 9);
+        // Eight share one window; the index grows for load only.
+        for (n, id) in ids.iter().take(8).enumerate() {
+            assert!(keyring
+                .insert(record_with_id(*id, n as u8))
+                .unwrap()
+                .is_none());
+        }
+        assert_eq!(keyring.index.size(), 16);
+        // The ninth lands in a full window at every size the index may take
+        // for nine keys (at most 8 slots per key, rounded up: 128): refused.
+        let ninth = ids[8];
+        assert_eq!(
+            keyring.insert(record_with_id(ninth, 8)),
+            Err(KeyringError::Crowded { id: ninth })
+        );
+        assert_eq!(
+            alloc::string::ToString::to_string(&KeyringError::Crowded { id: ninth }),
+            alloc::format!("key id `{ninth}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")
+        );
+        // Nothing changed: the table, the map and every stored digest.
+        assert_eq!(keyring.index.size(), 16);
+        assert_eq!(keyring.index.len, 8);
+        assert_eq!(keyring.len(), 8);
+        assert!(keyring.get(&ninth).is_none());
+        for (n, id) in ids.iter().take(8).enumerate() {
+            let (found, slot) = keyring.index.lookup(id, &keyring.decoy);
+            assert_eq!(found, u64::MAX, "key {n} lost");
+            assert_eq!(
+                DigestIndex::digest(&slot.digest),
+                SecretHash::from_bytes([n as u8; 32])
+            );
+        }
+        // A replacement of a crowded id still works: it reuses its slot.
+        assert!(keyring
+            .insert(record_with_id(ids[0], 100))
+            .unwrap()
+            .is_some());
+        let (_, slot) = keyring.index.lookup(&ids[0], &keyring.decoy);
+        assert_eq!(
+            DigestIndex::digest(&slot.digest),
+            SecretHash::from_bytes([100; 32])
+        );
+        // Random ids still go in. With enough of them, the index may grow
+        // past 2^12 slots, where the crafted ids no longer share a home, and
+        // takes the ninth too.
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let mut tokens = alloc::vec::Vec::new();
+        for _ in 0..600 {
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            keyring.insert(record).unwrap();
+            tokens.push(token);
+        }
+        for t in &tokens {
+            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+        }
+        assert_eq!(keyring.index.size(), 2048);
+        assert_eq!(keyring.insert(record_with_id(ninth, 8)).unwrap(), None);
+        assert_eq!(keyring.index.size(), 8192);
+        assert_eq!(keyring.len(), 609);
+        for id in &ids {
+            assert_eq!(keyring.index.lookup(id, &keyring.decoy).0, u64::MAX);
+        }
+    }
+
+    #[test]
+    fn a_full_window_is_freed_by_moving_a_key_within_its_own_window() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(16);
+        let mut index = DigestIndex::with_capacity(0, IdHasher::default());
+        assert_eq!(index.size(), 16);
+        let mut with_home = |home: usize, count: usize| {
+            let mut ids = alloc::vec::Vec::new();
+            while ids.len() < count {
+                let id = KeyId::generate(&mut rng);
+                if index.home(DigestIndex::key(&id)) == home {
+                    ids.push(id);
+                }
+            }
+            ids
+        };
+        let at_0 = with_home(0, 6);
+        let at_2 = with_home(2, 6);
+        // Slots 0-3 hold four keys of home 0, slots 4-7 the keys of home 2.
+        for (n, id) in at_0.iter().take(4).chain(&at_2[..4]).enumerate() {
+            assert!(index.place(Slot::of(&record_with_id(*id, n as u8))));
+        }
+        let slot_of = |index: &DigestIndex, id: &KeyId| {
+            index
+                .slots
+                .iter()
+                .position(|s| s.id == DigestIndex::key(id))
+        };
+        assert_eq!(slot_of(&index, &at_2[0]), Some(4));
+        // The fifth key of home 0 finds slots 0-7 full: the key in slot 4
+        // (home 2, window 2-9) moves to slot 8, and the new key takes 4.
+        assert!(index.place(Slot::of(&record_with_id(at_0[4], 99))));
+        assert_eq!(slot_of(&index, &at_2[0]), Some(8));
+        assert_eq!(slot_of(&index, &at_0[4]), Some(4));
+        assert_eq!(index.len, 9);
+        for id in at_0[..5].iter().chain(&at_2[..4]) {
+            let (found, _) = index.lookup(id, &SecretHash::from_bytes([0; 32]));
+            assert_eq!(found, u64::MAX, "{id:?}");
+        }
+        // One more of home 2 takes slot 9. Then slots 0-9 are full and no
+        // key in them may move past 9: a sixth key of home 0 or another of
+        // home 2 has nowhere to go.
+        assert!(index.place(Slot::of(&record_with_id(at_2[4], 5))));
+        assert_eq!(slot_of(&index, &at_2[4]), Some(9));
+        assert!(!index.place(Slot::of(&record_with_id(at_0[5], 1))));
+        assert!(!index.place(Slot::of(&record_with_id(at_2[5], 1))));
+        assert_eq!(index.len, 10);
+    }
+
+    #[test]
+    fn the_index_stays_within_its_memory_bound_under_collisions() {
+        // 64 ids with one home in every table up to 2^12 slots: at most 8
+        // fit one window, and the index never exceeds 8 slots per key.
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(14);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let mut accepted = 0;
+        for (n, id) in colliding_ids(&keyring, 64).into_iter().enumerate() {
+            match keyring.insert(record_with_id(id, n as u8)) {
+                Ok(None) => accepted += 1,
+                Err(KeyringError::Crowded { id: refused }) => assert_eq!(refused, id),
+                other => panic!("{other:?}"),
+            }
+            let limit = (8 * keyring.len().max(2)).next_power_of_two().max(16);
+            assert!(
+                keyring.index.size() <= limit,
+                "{} > {limit}",
+                keyring.index.size()
+            );
+        }
+        assert_eq!(accepted, 8);
+        assert_eq!(keyring.len(), 8);
+    }
+
+    #[test]
+    fn a_full_keyring_refuses_new_keys_and_keeps_replacing() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(15);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        assert_eq!(keyring.index.max_keys, Keyring::MAX_KEYS);
+        keyring.index.max_keys = 50;
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let mut records = alloc::vec::Vec::new();
+        for _ in 0..50 {
+            let (record, _) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            records.push(record);
+        }
+        keyring.try_extend(records.iter().cloned()).unwrap();
+        let (extra, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+        let err = keyring.insert(extra.clone()).unwrap_err();
+        assert_eq!(err, KeyringError::Full { max: 50 });
+        assert_eq!(err.http_status(), 503);
+        assert_eq!(
+            alloc::string::ToString::to_string(&err),
+            "the keyring is full: it holds at most 50 keys"
+        );
+        assert_eq!(keyring.len(), 50);
+        assert_eq!(
+            keyring.authenticate(token.expose_secret(), 1),
+            Err(AuthError::InvalidCredentials)
+        );
+        assert_eq!(keyring.try_extend([extra.clone()]), Err(err));
+        // Replacing a stored key needs no new slot.
+        assert!(keyring.insert(records[7].clone()).unwrap().is_some());
+        // After a revocation there is room again.
+        keyring.revoke(&records[0].id());
+        assert!(keyring.insert(extra).unwrap().is_none());
+        assert!(keyring.authenticate(token.expose_secret(), 1).is_ok());
+    }
+
+    #[test]
+    fn try_extend_stops_at_a_full_keyring_rather_than_drop_a_record() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        keyring.index.max_keys = 2;
+        let req = MintRequest::standard(None, None, 0).unwrap();
+        let records: alloc::vec::Vec<_> = (0..3)
+            .map(|_| mint(keyring.pepper(), &req, &mut rng, 0).into_parts().0)
+            .collect();
+        assert_eq!(
+            keyring.try_extend(records.clone()),
+            Err(KeyringError::Full { max: 2 })
+        );
+        assert_eq!(keyring.len(), 2);
+        assert!(keyring.get(&records[2].id()).is_none());
+        // A failed insert through the feed changes nothing either.
+        assert_eq!(
+            keyring.apply(Change::upsert(9, records[2].clone())),
+            Err(KeyringError::Full { max: 2 })
+        );
+        assert_eq!(keyring.last_seq(), 0);
+        assert_eq!(keyring.len(), 2);
+    }
+
+    #[test]
+    fn the_id_hash_is_seeded_by_the_pepper() {
+        let a = Pepper::from_bytes(&[1; 32]).index_seeds();
+        let b = Pepper::from_bytes(&[2; 32]).index_seeds();
+        assert_ne!(a, b);
+        assert_eq!(a, Pepper::from_bytes(&[1; 32]).index_seeds());
+        let id = DigestIndex::key(&crate::token::EXAMPLE_KEY_ID);
+        let homes = |seeds: [u64; 4]| {
+            let [_, _, lo, hi] = seeds;
+            let index = DigestIndex::with_capacity(1 << 20, IdHasher::with_seeds([lo, hi]));
+            index.home(id)
+        };
+        assert_ne!(homes(a), homes(b));
+        // The map's hash is not the index's.
+        use core::hash::BuildHasher;
+        assert_ne!(
+            IdHasher::with_seeds([a[0], a[1]]).hash_one(id),
+            IdHasher::with_seeds([a[2], a[3]]).hash_one(id)
+        );
+        assert_eq!(
+            alloc::format!("{:?}", IdHasher::with_seeds([a[0], a[1]])),
+            "IdHasher(<seeded>)"
         );
     }
 

@@ -13,6 +13,7 @@
 //! * [`roll()`], [`Change`], [`lineage`]: the key lifecycle: rotation with
 //!   an overlap, a change feed that keeps keyrings in step with a store,
 //!   and who minted whom.
+//! * [`RouteTable`], [`Decision`]: method and path to a scope ([`route`]).
 //! * [`wire`]: the spec's JSON types.
 //! * [`Error`] and friends: each knows its HTTP status.
 //!
@@ -41,34 +42,47 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod error;
-pub mod feed;
-pub mod key;
-pub mod keyring;
+#[cfg(feature = "std")]
+mod clock;
+mod error;
+mod feed;
+mod key;
+mod keyring;
 pub mod lineage;
-pub mod mint;
-pub mod roll;
-pub mod scope;
-pub mod secret;
-pub mod token;
+mod mint;
+mod roll;
+pub mod route;
+mod scope;
+mod secret;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod token;
 #[cfg(feature = "tower")]
 pub mod tower;
 pub mod wire;
 
+#[cfg(feature = "std")]
+pub use clock::system_now_ms;
 pub use error::{
     AuthError, Error, KeyringError, MintError, RecordError, RollError, ScopeParseError, TokenError,
     ValidationError,
 };
 pub use feed::{Applied, Change, ChangeOp};
 pub use key::{KeyRecord, KeyRecordParts, Principal};
-pub use keyring::Keyring;
+pub use keyring::{IdHash, IdHasher, Keyring};
 pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};
 pub use roll::{roll, RolledKey};
-pub use scope::{Access, Resource, Scopes};
+pub use route::{Decision, PathError, RouteError, RouteParseError, RouteTable};
+pub use scope::{Access, Resource, Scopes, ScopesIter};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};
-pub use secret::{Pepper, SecretHash, SecretToken};
-pub use token::{KeyId, KeyKind, Token};
+pub use secret::{
+    Pepper, SecretHash, SecretToken, FINGERPRINT_CONTEXT, INDEX_SEED_CONTEXT, PEPPER_CONTEXT,
+    PEPPER_LEN,
+};
+pub use token::{
+    KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN, TOKEN_LEN, TOKEN_REGEX,
+};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

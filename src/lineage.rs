@@ -3,12 +3,10 @@
 //! keys it minted (directly or transitively), and that revoking a key
 //! revokes every key minted from it.
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use hashbrown::{HashMap, HashSet};
-
 use crate::key::KeyRecord;
-use crate::keyring::IdHasher;
 use crate::token::KeyId;
 
 /// The creator links of a set of keys: key id → the id of its creator.
@@ -18,7 +16,7 @@ use crate::token::KeyId;
 ///
 /// ```
 /// use keygate::lineage::Lineage;
-/// # let [a, b, c, d] = keygate::lineage::example_ids();
+/// # let [a, b, c, d] = keygate::testing::example_ids();
 /// // a minted b, b minted c; d stands alone.
 /// let lineage = Lineage::from_links([(a, None), (b, Some(a)), (c, Some(b)), (d, None)]);
 /// assert_eq!(lineage.descendants(a), vec![b, c]);
@@ -28,15 +26,15 @@ use crate::token::KeyId;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Lineage {
-    creator: HashMap<KeyId, KeyId, IdHasher>,
-    children: HashMap<KeyId, Vec<KeyId>, IdHasher>,
+    creator: BTreeMap<KeyId, KeyId>,
+    children: BTreeMap<KeyId, Vec<KeyId>>,
 }
 
 impl Lineage {
     /// The lineage of `(id, creator)` links.
     ///
     /// ```
-    /// # let [a, b, ..] = keygate::lineage::example_ids();
+    /// # let [a, b, ..] = keygate::testing::example_ids();
     /// let lineage = keygate::lineage::Lineage::from_links([(b, Some(a))]);
     /// assert_eq!(lineage.creator_of(b), Some(a));
     /// ```
@@ -54,7 +52,7 @@ impl Lineage {
     /// The lineage of a set of records.
     ///
     /// ```
-    /// let record = keygate::key::example_record();
+    /// let record = keygate::testing::example_record();
     /// let lineage = keygate::lineage::Lineage::from_records([&record]);
     /// assert_eq!(lineage.creator_of(record.id()), None);
     /// ```
@@ -66,7 +64,7 @@ impl Lineage {
     ///
     /// ```
     /// let lineage = keygate::lineage::Lineage::default();
-    /// assert_eq!(lineage.creator_of(keygate::key::example_record().id()), None);
+    /// assert_eq!(lineage.creator_of(keygate::testing::example_record().id()), None);
     /// ```
     pub fn creator_of(&self, id: KeyId) -> Option<KeyId> {
         self.creator.get(&id).copied()
@@ -77,13 +75,13 @@ impl Lineage {
     /// a corrupt lineage with a cycle.
     ///
     /// ```
-    /// # let [a, b, c, _] = keygate::lineage::example_ids();
+    /// # let [a, b, c, _] = keygate::testing::example_ids();
     /// let lineage = keygate::lineage::Lineage::from_links([(b, Some(a)), (c, Some(a))]);
     /// assert_eq!(lineage.descendants(a), vec![b, c]);
     /// assert!(lineage.descendants(b).is_empty());
     /// ```
     pub fn descendants(&self, root: KeyId) -> Vec<KeyId> {
-        let mut seen: HashSet<KeyId, IdHasher> = HashSet::with_hasher(IdHasher);
+        let mut seen = BTreeSet::new();
         seen.insert(root);
         let mut out = Vec::new();
         let mut next = 0;
@@ -104,7 +102,7 @@ impl Lineage {
     /// key is not its own descendant.
     ///
     /// ```
-    /// # let [a, b, ..] = keygate::lineage::example_ids();
+    /// # let [a, b, ..] = keygate::testing::example_ids();
     /// let lineage = keygate::lineage::Lineage::from_links([(b, Some(a))]);
     /// assert!(lineage.is_descendant(b, a));
     /// assert!(!lineage.is_descendant(a, a));
@@ -124,6 +122,7 @@ impl Lineage {
 }
 
 /// Four fixed ids, for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn example_ids() -> [KeyId; 4] {
     [

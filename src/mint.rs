@@ -148,7 +148,7 @@ impl MintRequest {
     /// can answer who minted what and revoke a key's descendants.
     ///
     /// ```
-    /// # let caller = keygate::key::example_record().principal();
+    /// # let caller = keygate::testing::example_record().principal();
     /// let req = keygate::MintRequest::standard(None, None, 0)?.created_by(&caller);
     /// assert_eq!(req.creator_id(), Some(caller.id()));
     /// # Ok::<(), keygate::ValidationError>(())
@@ -233,7 +233,7 @@ fn validate_expiry(
 ///
 /// ```
 /// use keygate::{MintPolicy, MintRequest};
-/// # let caller = keygate::key::example_record().principal(); // devboxes:write,objects:read
+/// # let caller = keygate::testing::example_record().principal(); // devboxes:write,objects:read
 /// let req = MintRequest::restricted(None, "objects:read".parse()?, None, 0)?;
 /// // The caller lacks account:write, so neither policy lets it mint.
 /// assert!(MintPolicy::Spec.authorize(&caller, &req).is_err());
@@ -333,7 +333,7 @@ impl MintedKey {
     /// The record to store; it holds the digest, not the secret.
     ///
     /// ```
-    /// # let minted = keygate::mint::example_minted();
+    /// # let minted = keygate::testing::example_minted();
     /// assert_eq!(minted.record().id(), minted.token().parse()?.key_id());
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
@@ -344,7 +344,7 @@ impl MintedKey {
     /// The token, to hand to the key's owner once.
     ///
     /// ```
-    /// # let minted = keygate::mint::example_minted();
+    /// # let minted = keygate::testing::example_minted();
     /// assert_eq!(minted.token().expose_secret().len(), 69);
     /// ```
     pub fn token(&self) -> &SecretToken {
@@ -354,7 +354,7 @@ impl MintedKey {
     /// Splits into record and token.
     ///
     /// ```
-    /// # let minted = keygate::mint::example_minted();
+    /// # let minted = keygate::testing::example_minted();
     /// let (record, token) = minted.into_parts();
     /// # let _ = (record, token);
     /// ```
@@ -367,7 +367,7 @@ impl MintedKey {
     /// secret; the record stays with the caller's store.
     ///
     /// ```
-    /// # let minted = keygate::mint::example_minted();
+    /// # let minted = keygate::testing::example_minted();
     /// assert!(matches!(minted.into_view(), keygate::wire::CreatedKeyView::Restricted(_)));
     /// ```
     pub fn into_view(self) -> CreatedKeyView {
@@ -431,6 +431,7 @@ pub fn mint<R: CryptoRng + ?Sized>(
 }
 
 /// A restricted key minted from fixed entropy, for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn example_minted() -> MintedKey {
     struct Counter(u8);

@@ -12,7 +12,7 @@ use crate::secret::Pepper;
 /// shortened expiry. Store both in one transaction, then show the new token.
 ///
 /// ```
-/// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::key::example_record());
+/// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
 /// # let mut rng = keygate::os_entropy();
 /// let rolled = keygate::roll(&pepper, &record, 100, &mut rng, 1_500)?;
 /// assert_eq!(rolled.old().expires_at_ms(), Some(1_600));
@@ -29,7 +29,7 @@ impl RolledKey {
     /// The new key: record and token.
     ///
     /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::key::example_record());
+    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
     /// # let rolled = keygate::roll(&pepper, &record, 0, &mut keygate::os_entropy(), 1_000)?;
     /// assert_ne!(rolled.new_key().record().id(), record.id());
     /// # Ok::<(), keygate::RollError>(())
@@ -41,7 +41,7 @@ impl RolledKey {
     /// The old key's record, with its new expiry.
     ///
     /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::key::example_record());
+    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
     /// # let rolled = keygate::roll(&pepper, &record, 0, &mut keygate::os_entropy(), 1_000)?;
     /// assert_eq!(rolled.old().expires_at_ms(), Some(1_000)); // overlap 0: ends now
     /// # Ok::<(), keygate::RollError>(())
@@ -53,7 +53,7 @@ impl RolledKey {
     /// Splits into the new key and the old key's updated record.
     ///
     /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::key::example_record());
+    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
     /// # let rolled = keygate::roll(&pepper, &record, 0, &mut keygate::os_entropy(), 1_000)?;
     /// let (new_key, old) = rolled.into_parts();
     /// assert_eq!(new_key.record().scopes(), old.scopes());

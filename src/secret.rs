@@ -5,6 +5,7 @@
 //! ```text
 //! key    = blake3::derive_key(PEPPER_CONTEXT, pepper)          (once, at Pepper::from_bytes)
 //! digest = blake3::keyed_hash(key, kind_tag || key_id || secret)
+//! seeds  = blake3::derive_key(INDEX_SEED_CONTEXT, key)           (the keyring's id hashes)
 //! ```
 //!
 //! `kind_tag` is `a` or `r`, `key_id` the 16 id characters and `secret` the 43
@@ -20,13 +21,20 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::token::{KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, TOKEN_LEN};
+use crate::token::{
+    KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN, TOKEN_LEN,
+};
 
 /// The blake3 `derive_key` context that turns a pepper into the hashing key.
 pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
 
 /// The blake3 `derive_key` context of [`Pepper::fingerprint`].
 pub const FINGERPRINT_CONTEXT: &str = "keygate 2026-11-29 v1 pepper fingerprint";
+
+/// The blake3 `derive_key` context that turns the pepper's hashing key into
+/// the seeds of a [`Keyring`](crate::Keyring)'s id hash (see
+/// [`IdHasher`](crate::keyring::IdHasher)).
+pub const INDEX_SEED_CONTEXT: &str = "keygate 2026-11-29 v1 keyring id-hash seeds";
 
 /// Length of a pepper, in bytes.
 pub const PEPPER_LEN: usize = 32;
@@ -75,47 +83,61 @@ impl Pepper {
     /// # let _ = pepper;
     /// ```
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Pepper {
-        let mut bytes = Pepper::generate_bytes(rng);
-        let pepper = Pepper::from_bytes(&bytes);
-        bytes.zeroize();
-        pepper
+        Pepper::from_bytes(&Pepper::generate_bytes(rng))
     }
 
-    /// Draws 32 fresh pepper bytes, for a caller that persists them.
+    /// Draws 32 fresh pepper bytes, for a caller that persists them. They
+    /// are zeroized when dropped, on every path.
     ///
     /// ```
     /// use rand_core::SeedableRng;
     /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    /// let bytes = keygate::Pepper::generate_bytes(&mut rng);
+    /// let bytes: zeroize::Zeroizing<[u8; 32]> = keygate::Pepper::generate_bytes(&mut rng);
     /// let pepper = keygate::Pepper::from_bytes(&bytes);
     /// # let _ = pepper;
     /// ```
-    pub fn generate_bytes<R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; PEPPER_LEN] {
-        let mut bytes = [0u8; PEPPER_LEN];
-        rng.fill_bytes(&mut bytes);
+    pub fn generate_bytes<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+    ) -> zeroize::Zeroizing<[u8; PEPPER_LEN]> {
+        let mut bytes = zeroize::Zeroizing::new([0u8; PEPPER_LEN]);
+        rng.fill_bytes(bytes.as_mut_slice());
         bytes
     }
 
+    /// The seeds of the keyring's id hashes (two for the map, two for the
+    /// digest index): secret and random, like the pepper, and independent of
+    /// the digests (another `derive_key` context).
+    pub(crate) fn index_seeds(&self) -> [u64; 4] {
+        let seed = zeroize::Zeroizing::new(blake3::derive_key(INDEX_SEED_CONTEXT, &self.key));
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(seed.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(bytes);
+        }
+        words
+    }
+
     /// The digest of a token's kind, id and secret.
+    #[inline]
     pub(crate) fn digest_parts(
         &self,
         kind: KeyKind,
         id: &KeyId,
         secret: &[u8; SECRET_LEN],
     ) -> SecretHash {
-        let mut message = [0u8; MESSAGE_LEN];
-        let (tag, rest) = message.split_at_mut(1);
-        let (id_part, secret_part) = rest.split_at_mut(KEY_ID_LEN);
-        if let Some(t) = tag.first_mut() {
-            *t = kind.tag();
-        }
-        id_part.copy_from_slice(id.as_bytes());
-        secret_part.copy_from_slice(secret);
-        let digest = SecretHash(blake3::keyed_hash(&self.key, &message));
-        // As a slice: with zeroize 1.9, one bulk fill behind an optimization
-        // barrier, rather than the array impl's 60 single-byte volatile writes.
-        message.as_mut_slice().zeroize();
-        digest
+        self.digest_raw(kind.tag(), id.as_bytes(), secret)
+    }
+
+    /// The digest of a [`Message`].
+    #[inline(always)]
+    pub(crate) fn digest_message(&self, message: &Message) -> SecretHash {
+        SecretHash(blake3::keyed_hash(&self.key, &message.0))
+    }
+
+    #[inline(always)]
+    fn digest_raw(&self, tag: u8, id: &[u8; KEY_ID_LEN], secret: &[u8; SECRET_LEN]) -> SecretHash {
+        self.digest_message(&Message::new(tag, id, secret))
     }
 
     /// A public value that tells peppers apart without revealing them: a
@@ -138,7 +160,7 @@ impl Pepper {
     /// The digest a record stores for `token`.
     ///
     /// ```
-    /// # let text = keygate::token::example_token();
+    /// # let text = keygate::testing::example_token();
     /// let pepper = keygate::Pepper::from_bytes(&[9u8; 32]);
     /// let token = keygate::Token::parse(&text)?;
     /// assert_eq!(pepper.digest(&token), pepper.digest(&token));
@@ -147,6 +169,55 @@ impl Pepper {
     #[inline]
     pub fn digest(&self, token: &Token<'_>) -> SecretHash {
         self.digest_parts(token.kind(), &token.key_id(), token.secret())
+    }
+}
+
+/// The hashed message (kind tag, key id, secret): secret, so zeroized on
+/// drop.
+pub(crate) struct Message([u8; MESSAGE_LEN]);
+
+impl Message {
+    #[inline(always)]
+    fn new(tag: u8, id: &[u8; KEY_ID_LEN], secret: &[u8; SECRET_LEN]) -> Message {
+        let mut message = [0u8; MESSAGE_LEN];
+        let (tag_part, rest) = message.split_at_mut(1);
+        let (id_part, secret_part) = rest.split_at_mut(KEY_ID_LEN);
+        if let Some(t) = tag_part.first_mut() {
+            *t = tag;
+        }
+        id_part.copy_from_slice(id);
+        secret_part.copy_from_slice(secret);
+        Message(message)
+    }
+
+    /// The message of a token text that is not parsed yet: the tag is the
+    /// prefix's first byte (`a` or `r`, as [`KeyKind`]'s tag), the id bytes
+    /// 3 to 19, the secret bytes 20 to 63. Meaningful only once the text
+    /// parses; it lets the hash start before the parse (see
+    /// `Keyring::authenticate_bytes`).
+    #[inline(always)]
+    pub(crate) fn of_text(text: &[u8; TOKEN_LEN]) -> Message {
+        let tag = text.first().copied().unwrap_or(0);
+        let id = text
+            .get(PREFIX_LEN..)
+            .and_then(|rest| rest.first_chunk::<KEY_ID_LEN>());
+        let secret = text
+            .get(PREFIX_LEN + KEY_ID_LEN + 1..)
+            .and_then(|rest| rest.first_chunk::<SECRET_LEN>());
+        match (id, secret) {
+            (Some(id), Some(secret)) => Message::new(tag, id, secret),
+            // Unreachable: the offsets are constants within TOKEN_LEN.
+            _ => Message([0; MESSAGE_LEN]),
+        }
+    }
+}
+
+impl Drop for Message {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // As a slice: with zeroize 1.9, one bulk fill behind an optimization
+        // barrier, rather than the array impl's 60 single-byte volatile writes.
+        self.0.as_mut_slice().zeroize();
     }
 }
 
@@ -163,7 +234,7 @@ impl fmt::Debug for Pepper {
 /// together with the pepper.
 ///
 /// ```
-/// # let text = keygate::token::example_token();
+/// # let text = keygate::testing::example_token();
 /// let pepper = keygate::Pepper::from_bytes(&[9u8; 32]);
 /// let digest = pepper.digest(&keygate::Token::parse(&text)?);
 /// let json = serde_json::to_string(&digest)?;
@@ -240,7 +311,7 @@ impl<'de> Deserialize<'de> for SecretHash {
 /// [`Keyring`](crate::Keyring), which compares digests in constant time.
 ///
 /// ```
-/// # let text = keygate::token::example_token();
+/// # let text = keygate::testing::example_token();
 /// let token = keygate::SecretToken::new(text.clone());
 /// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
 /// assert_eq!(token.expose_secret(), text);
@@ -273,7 +344,7 @@ impl SecretToken {
     /// Parses the text as a [`Token`].
     ///
     /// ```
-    /// # let text = keygate::token::example_token();
+    /// # let text = keygate::testing::example_token();
     /// let t = keygate::SecretToken::new(text);
     /// assert_eq!(t.parse()?.kind(), keygate::KeyKind::Restricted);
     /// # Ok::<(), keygate::TokenError>(())
@@ -372,6 +443,24 @@ mod tests {
         message.extend_from_slice(&text.as_bytes()[20..63]);
         assert_eq!(message.len(), 60);
         assert_eq!(pepper.digest(&token).0, blake3::keyed_hash(&key, &message));
+    }
+
+    #[test]
+    fn digest_of_the_text_is_the_digest_of_the_parsed_token() {
+        let pepper = Pepper::from_bytes(&[6u8; 32]);
+        let text = example_token();
+        let bytes: &[u8; TOKEN_LEN] = text.as_bytes().try_into().unwrap();
+        let token = Token::parse(&text).unwrap();
+        assert_eq!(
+            pepper.digest_message(&Message::of_text(bytes)),
+            pepper.digest(&token)
+        );
+        let standard = SecretToken::assemble(KeyKind::Standard, &token.key_id(), token.secret());
+        let bytes: &[u8; TOKEN_LEN] = standard.expose_secret().as_bytes().try_into().unwrap();
+        assert_eq!(
+            pepper.digest_message(&Message::of_text(bytes)),
+            pepper.digest_parts(KeyKind::Standard, &token.key_id(), token.secret())
+        );
     }
 
     #[test]

@@ -44,10 +44,19 @@ const SEPARATOR_AT: usize = PREFIX_LEN + KEY_ID_LEN;
 /// Number of leading bytes covered by the checksum.
 const CHECKED_LEN: usize = TOKEN_LEN - CHECKSUM_LEN;
 
+// The layout, checked when the crate compiles (a wrong constant is a build
+// error): the parts add up to the token; 6 base62 digits hold every CRC32
+// (62^6 > 2^32); 43 base62 digits carry more than 256 bits (43 · log2 62 >
+// 256, in fixed point with log2 62 rounded down to 5.954196310; the unit
+// test `secret_entropy_fixed_point_bound_is_sound` checks the rounding).
+const _: () = assert!(PREFIX_LEN + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN == TOKEN_LEN);
+const _: () = assert!(62u64.pow(CHECKSUM_LEN as u32) > u32::MAX as u64);
+const _: () = assert!(SECRET_LEN as u64 * 5_954_196_310 > 256 * 1_000_000_000);
+
 /// The regular expression that matches a version-1 token, for secret scanners.
 ///
 /// ```
-/// assert!(keygate::token::TOKEN_REGEX.contains("{49}"));
+/// assert!(keygate::TOKEN_REGEX.contains("{49}"));
 /// ```
 pub const TOKEN_REGEX: &str = r"\b(?:ak|rk)_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b";
 
@@ -346,7 +355,7 @@ impl<'a> Token<'a> {
         let checked = all
             .first_chunk::<CHECKED_LEN>()
             .ok_or(TokenError::Checksum)?;
-        if expected != u64::from(crc32fast::hash(checked)) {
+        if expected != u64::from(crc32(checked)) {
             return Err(TokenError::Checksum);
         }
         Ok(Token {
@@ -359,7 +368,7 @@ impl<'a> Token<'a> {
     /// The kind named by the prefix.
     ///
     /// ```
-    /// # let t = keygate::token::example_token();
+    /// # let t = keygate::testing::example_token();
     /// assert_eq!(keygate::Token::parse(&t)?.kind(), keygate::KeyKind::Restricted);
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
@@ -371,7 +380,7 @@ impl<'a> Token<'a> {
     /// The public key id, for a store lookup.
     ///
     /// ```
-    /// # let t = keygate::token::example_token();
+    /// # let t = keygate::testing::example_token();
     /// let id = keygate::Token::parse(&t)?.key_id();
     /// assert_eq!(id.as_str(), &t[3..19]);
     /// # Ok::<(), keygate::TokenError>(())
@@ -391,7 +400,7 @@ impl<'a> Token<'a> {
     /// [`SecretToken`]. For a parsed token this is the parsed text.
     ///
     /// ```
-    /// # let t = keygate::token::example_token();
+    /// # let t = keygate::testing::example_token();
     /// let token = keygate::Token::parse(&t)?;
     /// assert_eq!(token.to_secret_token().expose_secret(), t);
     /// # Ok::<(), keygate::TokenError>(())
@@ -445,20 +454,44 @@ pub(crate) fn fill_base62<R: CryptoRng + ?Sized>(rng: &mut R, out: &mut [u8]) {
     zeroize::Zeroize::zeroize(&mut pool);
 }
 
+/// The CRC32 (IEEE) of `bytes`. With `std`, crc32fast detects the CPU's
+/// features once, not on every call (its `hash` does, for 40-odd
+/// instructions, a seventh of a parse).
+#[inline(always)]
+fn crc32(bytes: &[u8]) -> u32 {
+    #[cfg(feature = "std")]
+    {
+        static DETECTED: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+        let mut hasher = DETECTED.get_or_init(crc32fast::Hasher::new).clone();
+        hasher.update(bytes);
+        hasher.finalize()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        crc32fast::hash(bytes)
+    }
+}
+
 /// Writes the 6-digit base62 checksum of `checked` into `out`.
 pub(crate) fn write_checksum(checked: &[u8], out: &mut [u8; CHECKSUM_LEN]) {
-    let mut crc = u64::from(crc32fast::hash(checked));
+    let mut crc = u64::from(crc32(checked));
     for slot in out.iter_mut().rev() {
         *slot = BASE62.get((crc % 62) as usize).copied().unwrap_or(b'0');
         crc /= 62;
     }
 }
 
+/// The key id of the keyring's decoy digest (see `Keyring::verify`): a
+/// constant of its own, not [`EXAMPLE_KEY_ID`].
+pub(crate) const DECOY_KEY_ID: KeyId = KeyId(*b"0keygateDecoy000");
+
 /// The key id of [`example_token`], for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub const EXAMPLE_KEY_ID: KeyId = KeyId(*b"4GZ6bQvR9cXw2LmT");
 
 /// A valid restricted token, made from fixed bytes, for documentation examples.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn example_token() -> alloc::string::String {
     let secret = [b'x'; SECRET_LEN];
@@ -478,14 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn layout_lengths_add_up() {
-        assert_eq!(
-            PREFIX_LEN + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN,
-            TOKEN_LEN
-        );
-        // 62^6 > 2^32, so 6 digits hold every CRC32.
-        assert!(62u64.pow(6) > u64::from(u32::MAX));
-        // 43 base62 digits carry at least 256 bits.
+    fn decoy_id_is_not_the_example_id() {
+        assert_ne!(DECOY_KEY_ID, EXAMPLE_KEY_ID);
+        assert_eq!(KeyId::parse(DECOY_KEY_ID.as_str()), Ok(DECOY_KEY_ID));
+    }
+
+    #[test]
+    fn secret_entropy_fixed_point_bound_is_sound() {
+        // The const assertion uses log2(62) rounded down to 9 decimals.
+        assert!(5.954_196_310 <= 62f64.log2());
         assert!(SECRET_LEN as f64 * 62f64.log2() >= 256.0);
     }
 

@@ -15,9 +15,10 @@
 //!   [`Principal`] in its extensions (and in the response's, for logging).
 //!
 //! The keys come from anything that implements [`Authenticate`]: a
-//! [`Keyring`], an `RwLock<Keyring>`, an `Arc` of either, or your own type
-//! (keygate's server implements it to fall back to its database). The time
-//! comes from a clock function, [`system_now_ms`] unless you pass another.
+//! [`Keyring`](crate::Keyring), an `RwLock<Keyring>`, an `Arc` of either, or
+//! your own type (keygate's server implements it to fall back to its
+//! database). The time
+//! comes from a clock function, [`system_now_ms`](crate::system_now_ms) unless you pass another.
 //!
 //! ```
 //! use std::sync::{Arc, RwLock};
@@ -31,7 +32,7 @@
 //! ```
 
 use std::string::{String, ToString};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -40,7 +41,7 @@ use pin_project_lite::pin_project;
 
 use crate::error::AuthError;
 use crate::key::Principal;
-use crate::keyring::Keyring;
+use crate::route::{Decision, RouteError, RouteMatch, RouteTable};
 use crate::scope::{Access, Resource};
 
 /// The media type of every error body.
@@ -52,7 +53,11 @@ pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer error=\"invalid_token\"";
 /// `WWW-Authenticate` of a 403 (RFC 6750 section 3.1).
 pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = "Bearer error=\"insufficient_scope\"";
 
-/// Why a request was refused: a 401 or a 403.
+/// `WWW-Authenticate` of a 400 for a path refused as unsafe (RFC 6750
+/// section 3.1).
+pub const INVALID_REQUEST_CHALLENGE: &str = "Bearer error=\"invalid_request\"";
+
+/// Why a request was refused: a 400, 401 or 403.
 ///
 /// ```
 /// use keygate::tower::Rejection;
@@ -71,6 +76,22 @@ pub enum Rejection {
     /// The token was refused, or lacks the scope; see [`AuthError`].
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A route table refused the request: a path refused as unsafe (400),
+    /// or a `deny` or unmatched route (403). See [`RequireRoute`].
+    #[error(transparent)]
+    Route(RouteError),
+}
+
+impl From<RouteError> for Rejection {
+    /// Keeps a key's refusal an [`Rejection::Auth`], and a missing key a
+    /// [`Rejection::Missing`], whichever path found them.
+    fn from(e: RouteError) -> Rejection {
+        match e {
+            RouteError::Auth(a) => Rejection::Auth(a),
+            RouteError::MissingCredential => Rejection::Missing,
+            other => Rejection::Route(other),
+        }
+    }
 }
 
 impl Rejection {
@@ -83,6 +104,7 @@ impl Rejection {
     pub const fn http_status(&self) -> u16 {
         match self {
             Rejection::Auth(e) => e.http_status(),
+            Rejection::Route(e) => e.http_status(),
             _ => 401,
         }
     }
@@ -108,10 +130,10 @@ impl Rejection {
     /// assert_eq!(Rejection::Missing.challenge(), INVALID_TOKEN_CHALLENGE);
     /// ```
     pub const fn challenge(&self) -> &'static str {
-        if self.http_status() == 403 {
-            INSUFFICIENT_SCOPE_CHALLENGE
-        } else {
-            INVALID_TOKEN_CHALLENGE
+        match self.http_status() {
+            403 => INSUFFICIENT_SCOPE_CHALLENGE,
+            400 => INVALID_REQUEST_CHALLENGE,
+            _ => INVALID_TOKEN_CHALLENGE,
         }
     }
 
@@ -201,43 +223,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Rejection> {
     rest.get(start..).ok_or(Rejection::NotBearer)
 }
 
-/// A source of keys that checks a presented token at a given time.
-pub trait Authenticate {
-    /// Verifies `token` (the raw bearer token) at `now_ms`, Unix milliseconds.
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError>;
-}
-
-impl Authenticate for Keyring {
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.authenticate_bytes(token, now_ms)
-    }
-}
-
-impl<A: Authenticate + ?Sized> Authenticate for RwLock<A> {
-    /// Takes the read lock (a poisoned lock still reads: the keyring has
-    /// no invariant a panicking writer could break halfway).
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authenticate(token, now_ms)
-    }
-}
-
-impl<A: Authenticate + ?Sized> Authenticate for Arc<A> {
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
-    }
-}
-
-impl<A: Authenticate + ?Sized> Authenticate for &A {
-    #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
-    }
-}
+pub use crate::route::Authenticate;
 
 /// Authenticates the bearer token of `headers` at `now_ms`.
 ///
@@ -282,19 +268,49 @@ pub fn authorize_headers<A: Authenticate + ?Sized>(
     Ok(principal)
 }
 
-/// The system clock in Unix milliseconds (0 before 1970, saturating).
+/// Decides a request by a route table: look the method and target (path
+/// and query, as sent) up in `table`; a `public` route needs no key, a
+/// `deny` or unmatched one is 403, and a scope is required of the bearer
+/// token of `headers` as [`authorize_headers`] does. Returns the principal
+/// (`None` on a public route) and the matched route: what [`RequireRoute`]
+/// does to each request, and what keygate's forward-auth endpoint does with
+/// the original method and URI a gateway sends.
 ///
 /// ```
-/// assert!(keygate::tower::system_now_ms() > 1_700_000_000_000);
+/// use keygate::tower::{authorize_route, Rejection};
+/// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+/// let table: keygate::RouteTable = "GET /healthz public\nGET /v1/objects/** objects:read".parse()?;
+/// let headers = http::HeaderMap::new();
+/// let (principal, route) = authorize_route(&keyring, &table, b"GET", b"/healthz", &headers, 0)?;
+/// assert!(principal.is_none());
+/// assert_eq!(route.decision(), keygate::Decision::Public);
+/// let err = authorize_route(&keyring, &table, b"GET", b"/v1/objects", &headers, 0).unwrap_err();
+/// assert_eq!(err, Rejection::Missing);
+/// let err = authorize_route(&keyring, &table, b"GET", b"/v1/objects/..%2Fx", &headers, 0).unwrap_err();
+/// assert_eq!(err.http_status(), 400);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn system_now_ms() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        // Seconds and millis apart: no 128-bit division on the hot path.
-        Ok(d) => i64::try_from(d.as_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000)
-            .saturating_add(i64::from(d.subsec_millis())),
-        Err(_) => 0,
+pub fn authorize_route<'t, A: Authenticate + ?Sized>(
+    auth: &A,
+    table: &'t RouteTable,
+    method: &[u8],
+    target: &[u8],
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> Result<(Option<Principal>, RouteMatch<'t>), Rejection> {
+    let route = table
+        .lookup_bytes(method, target)
+        .map_err(|e| Rejection::Route(e.into()))?;
+    match route.decision() {
+        Decision::Public => Ok((None, route)),
+        Decision::Deny => Err(Rejection::Route(match route.line() {
+            Some(line) => RouteError::Denied { line },
+            None => RouteError::Unmatched,
+        })),
+        Decision::Scope(resource, access) => {
+            let principal = authorize_headers(auth, headers, resource, access, now_ms)?;
+            Ok((Some(principal), route))
+        }
     }
 }
 
@@ -323,11 +339,11 @@ impl<A> RequireScope<A> {
             auth,
             resource,
             access,
-            clock: system_now_ms,
+            clock: crate::system_now_ms,
         }
     }
 
-    /// Replaces the clock ([`system_now_ms`] by default), e.g. for tests.
+    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
     pub fn with_clock(mut self, clock: fn() -> i64) -> RequireScope<A> {
         self.clock = clock;
         self
@@ -390,6 +406,123 @@ where
                 ResponseFuture {
                     state: State::Inner {
                         future: self.inner.call(request),
+                        principal: Some(principal),
+                    },
+                }
+            }
+            Err(rejection) => ResponseFuture {
+                state: State::Rejected {
+                    response: Some(rejection.to_response()),
+                },
+            },
+        }
+    }
+}
+
+/// A tower layer that decides each request by a [`RouteTable`]: the scope
+/// comes from the request's method and path, not from the layer. `public`
+/// routes pass without a key (and without a [`Principal`] in the request's
+/// extensions); `deny` and unmatched routes answer 403; a path refused as
+/// unsafe answers 400; otherwise as [`RequireScope`]. The matched
+/// [`Decision`] is put in the request's extensions.
+///
+/// It matches `request.uri().path()` as it reaches the layer: put it where
+/// the full path is seen (in axum, outside any `Router::nest`, which strips
+/// the prefix before inner layers run).
+///
+/// ```
+/// use std::sync::Arc;
+/// use keygate::tower::RequireRoute;
+/// use keygate::{Keyring, Pepper, RouteTable};
+/// let keyring = Arc::new(Keyring::new(Pepper::from_bytes(&[1u8; 32])));
+/// let table: RouteTable = "GET /v1/devboxes/** devboxes:read\nPOST /v1/devboxes/** devboxes:write".parse()?;
+/// let layer = RequireRoute::new(keyring, Arc::new(table)).with_clock(|| 0);
+/// assert_eq!(layer.table().len(), 2);
+/// // axum: Router::new().nest("/v1", api).layer(layer)
+/// # Ok::<(), keygate::RouteParseError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RequireRoute<A> {
+    auth: A,
+    table: Arc<RouteTable>,
+    clock: fn() -> i64,
+}
+
+impl<A> RequireRoute<A> {
+    /// Decides requests by `table`, checking tokens against `auth`.
+    pub fn new(auth: A, table: Arc<RouteTable>) -> RequireRoute<A> {
+        RequireRoute {
+            auth,
+            table,
+            clock: crate::system_now_ms,
+        }
+    }
+
+    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
+    pub fn with_clock(mut self, clock: fn() -> i64) -> RequireRoute<A> {
+        self.clock = clock;
+        self
+    }
+
+    /// The route table.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+}
+
+impl<S, A: Clone> tower_layer::Layer<S> for RequireRoute<A> {
+    type Service = RequireRouteService<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireRouteService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`RequireRoute`] makes.
+#[derive(Clone, Debug)]
+pub struct RequireRouteService<S, A> {
+    inner: S,
+    layer: RequireRoute<A>,
+}
+
+impl<S, A, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for RequireRouteService<S, A>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    A: Authenticate,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        // The path as sent (still percent-encoded); the table canonicalizes it.
+        let decided = authorize_route(
+            &layer.auth,
+            &layer.table,
+            request.method().as_str().as_bytes(),
+            request.uri().path().as_bytes(),
+            request.headers(),
+            (layer.clock)(),
+        )
+        .map(|(principal, route)| (principal, route.decision()));
+        match decided {
+            Ok((principal, decision)) => {
+                request.extensions_mut().insert(decision);
+                if let Some(p) = principal {
+                    request.extensions_mut().insert(p);
+                }
+                ResponseFuture {
+                    state: State::Inner {
+                        future: self.inner.call(request),
                         principal,
                     },
                 }
@@ -404,7 +537,7 @@ where
 }
 
 pin_project! {
-    /// The future of [`RequireScopeService`].
+    /// The future of [`RequireScopeService`] and [`RequireRouteService`].
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -414,7 +547,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
-        Inner { #[pin] future: F, principal: Principal },
+        Inner { #[pin] future: F, principal: Option<Principal> },
         Rejected { response: Option<Response<B>> },
     }
 }
@@ -430,7 +563,9 @@ where
         match self.project().state.project() {
             StateProj::Inner { future, principal } => match future.poll(cx) {
                 Poll::Ready(Ok(mut response)) => {
-                    response.extensions_mut().insert(*principal);
+                    if let Some(p) = principal {
+                        response.extensions_mut().insert(*p);
+                    }
                     Poll::Ready(Ok(response))
                 }
                 other => other,
@@ -450,12 +585,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::Keyring;
     use crate::mint::{mint, MintRequest};
     use crate::scope::Scopes;
     use crate::Pepper;
     use core::future::Future;
     use rand_core::SeedableRng;
     use std::format;
+    use std::sync::{Arc, RwLock};
     use std::vec::Vec;
     use tower_layer::Layer;
     use tower_service::Service;
@@ -609,7 +746,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        let now = system_now_ms();
+        let now = crate::system_now_ms();
         let after = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -624,7 +761,7 @@ mod tests {
     fn default_clock_refuses_a_key_that_expired_a_millisecond_ago() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let now = system_now_ms();
+        let now = crate::system_now_ms();
         let mut make = |expires: i64| {
             let minted_at = now - 60_000;
             let req = MintRequest::standard(None, Some(expires), minted_at).unwrap();
@@ -718,5 +855,97 @@ mod tests {
         let by_ref: &RwLock<Keyring> = &keyring;
         let p = authenticate_headers(&by_ref, &headers, 0).unwrap();
         assert_eq!(p.id().as_str(), &standard[3..19]);
+    }
+
+    fn call_route(
+        layer: &RequireRoute<Arc<RwLock<Keyring>>>,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> Response<String> {
+        let mut svc = layer.layer(Echo);
+        let mut req = Request::builder().method(method).uri(uri).body(()).unwrap();
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        match block_on(svc.call(req)) {
+            Ok(r) => r,
+            Err(e) => match e {},
+        }
+    }
+
+    #[test]
+    fn route_layer_statuses() {
+        let (keyring, standard, reader, expired) = setup();
+        let table: RouteTable = "GET  /v1/devboxes/**  devboxes:read\n\
+                                 POST /v1/devboxes/**  devboxes:write\n\
+                                 GET  /healthz         public\n\
+                                 *    /internal/**     deny"
+            .parse()
+            .unwrap();
+        let layer = RequireRoute::new(keyring, Arc::new(table)).with_clock(|| 100);
+        let bearer = |t: &str| format!("Bearer {t}");
+
+        // Allowed: the principal reaches the inner service and the response.
+        for (method, token) in [("GET", &reader), ("POST", &standard), ("GET", &standard)] {
+            let r = call_route(
+                &layer,
+                method,
+                "/v1/devboxes/dbx_1/logs?x=1",
+                Some(&bearer(token)),
+            );
+            assert_eq!(r.status(), 200, "{method}");
+            assert_eq!(r.body(), &token[3..19]);
+            assert!(r.extensions().get::<Principal>().is_some());
+        }
+        // 403: the reader may not write.
+        let r = call_route(
+            &layer,
+            "POST",
+            "/v1/devboxes/dbx_1/execute",
+            Some(&bearer(&reader)),
+        );
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], INSUFFICIENT_SCOPE_CHALLENGE);
+        // 403: deny and unmatched, even for a standard key and without one.
+        for (uri, auth) in [
+            ("/internal/x", Some(bearer(&standard))),
+            ("/internal/x", None),
+            ("/v2/other", Some(bearer(&standard))),
+        ] {
+            let r = call_route(&layer, "GET", uri, auth.as_deref());
+            assert_eq!(r.status(), 403, "{uri}");
+            assert!(!r.body().contains(&standard[20..]));
+            assert!(matches!(
+                r.extensions().get::<Rejection>(),
+                Some(Rejection::Route(_))
+            ));
+        }
+        // 401: missing, not bearer, expired.
+        for auth in [None, Some(String::from("Basic x")), Some(bearer(&expired))] {
+            let r = call_route(&layer, "GET", "/v1/devboxes", auth.as_deref());
+            assert_eq!(r.status(), 401, "{auth:?}");
+            assert_eq!(r.headers()[WWW_AUTHENTICATE], INVALID_TOKEN_CHALLENGE);
+        }
+        // public: no key needed, none recorded; a bad header is ignored.
+        for auth in [None, Some(String::from("Basic x"))] {
+            let r = call_route(&layer, "GET", "/healthz", auth.as_deref());
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.body(), "");
+            assert!(r.extensions().get::<Principal>().is_none());
+        }
+        // 400: path confusion never reaches the inner service.
+        for uri in [
+            "/v1/devboxes/..%2F..%2Finternal/x",
+            "/v1/devboxes/%2e%2e/%2e%2e/internal",
+            "/v1//devboxes",
+            "/v1/devboxes;jsessionid=1",
+        ] {
+            let r = call_route(&layer, "GET", uri, Some(&bearer(&standard)));
+            assert_eq!(r.status(), 400, "{uri}");
+            assert_eq!(r.headers()[WWW_AUTHENTICATE], INVALID_REQUEST_CHALLENGE);
+            assert_eq!(r.headers()[CONTENT_TYPE], PROBLEM_JSON);
+        }
     }
 }

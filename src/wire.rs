@@ -303,7 +303,7 @@ pub fn scope_entries(scopes: Scopes) -> Vec<ScopeEntryView> {
 /// purpose, once), while `Debug` keeps it redacted.
 ///
 /// ```
-/// # let minted = keygate::mint::example_minted();
+/// # let minted = keygate::testing::example_minted();
 /// # let view = keygate::wire::ApiKeyCreatedView { id: "x".into(), name: "n".into(),
 /// #     key_secret: minted.token().clone(), expires_at_ms: None };
 /// assert!(!format!("{view:?}").contains(view.key_secret.expose_secret()));
@@ -330,7 +330,7 @@ pub struct ApiKeyCreatedView {
 /// `scopes` are the granted scopes: the non-NONE grants, in spec order.
 ///
 /// ```
-/// # let minted = keygate::mint::example_minted();
+/// # let minted = keygate::testing::example_minted();
 /// let keygate::wire::CreatedKeyView::Restricted(view) = minted.into_view() else { unreachable!() };
 /// let json = serde_json::to_value(&view)?;
 /// assert_eq!(json["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
@@ -355,7 +355,7 @@ pub struct RestrictedKeyCreatedView {
 /// Either created view; serializes as the inner view.
 ///
 /// ```
-/// # let minted = keygate::mint::example_minted();
+/// # let minted = keygate::testing::example_minted();
 /// let view = minted.into_view();
 /// assert_eq!(view.id().len(), 16);
 /// ```
@@ -372,7 +372,7 @@ impl CreatedKeyView {
     /// The key id.
     ///
     /// ```
-    /// # let minted = keygate::mint::example_minted();
+    /// # let minted = keygate::testing::example_minted();
     /// # let id = minted.record().id();
     /// assert_eq!(minted.into_view().id(), id.as_str());
     /// ```
@@ -386,7 +386,7 @@ impl CreatedKeyView {
     /// The token, shown once.
     ///
     /// ```
-    /// # let minted = keygate::mint::example_minted();
+    /// # let minted = keygate::testing::example_minted();
     /// assert!(minted.into_view().key_secret().expose_secret().starts_with("rk_"));
     /// ```
     pub fn key_secret(&self) -> &SecretToken {

@@ -9,13 +9,19 @@
     clippy::indexing_slicing
 )]
 
-use keygate::wire::{CreatedKeyView, RestrictedKeyCreateParameters};
+mod common;
+use common::with_checksum;
+
+use keygate::wire::{
+    ApiKeyCreateParameters, CreateParameters, CreatedKeyView, RestrictedKeyCreateParameters,
+};
 use keygate::{
     mint, Access, AuthError, Error, KeyKind, Keyring, MintError, MintPolicy, MintRequest, Pepper,
     Resource, Scopes, Token, TokenError,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+use serde::de::DeserializeOwned;
 
 const NOW: i64 = 1_764_000_000_000;
 
@@ -42,26 +48,54 @@ impl Gateway {
         token.expose_secret().to_owned()
     }
 
-    /// What a server does for `POST /v1/restricted_keys`: status and body.
+    /// What the server does for `POST /v1/restricted_keys`: status and body.
     fn create_restricted(&mut self, bearer: &str, body: &str) -> (u16, serde_json::Value) {
+        self.create::<RestrictedKeyCreateParameters>(bearer, body)
+    }
+
+    /// What the server's generic create handler does: authenticate, parse
+    /// the body with the library's wire types (an empty body is the default
+    /// parameters; a body that does not deserialize is a 400 of its own),
+    /// validate through [`CreateParameters`], authorize, mint, insert.
+    fn create<P: CreateParameters + DeserializeOwned + Default>(
+        &mut self,
+        bearer: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let caller = match self.keyring.authenticate(bearer, NOW) {
+            Ok(caller) => caller,
+            Err(e) => return failure(&e.into()),
+        };
+        let params: P = if body.trim().is_empty() {
+            P::default()
+        } else {
+            match serde_json::from_str(body) {
+                Ok(params) => params,
+                Err(e) => {
+                    let detail = format!("invalid request body: {e}");
+                    return (400, serde_json::json!({ "detail": detail }));
+                }
+            }
+        };
         let result = (|| -> Result<CreatedKeyView, Error> {
-            let caller = self.keyring.authenticate(bearer, NOW)?;
-            let params: RestrictedKeyCreateParameters =
-                serde_json::from_str(body).map_err(|_| keygate::ValidationError::ScopesMissing)?;
             let request = params.validate(NOW)?;
             self.policy.authorize(&caller, &request)?;
             let minted = mint(self.keyring.pepper(), &request, &mut self.rng, NOW);
-            self.keyring.insert(minted.record().clone()).unwrap();
+            self.keyring.insert(minted.record().clone())?;
             Ok(minted.into_view())
         })();
         match result {
             Ok(view) => (200, serde_json::to_value(view).unwrap()),
-            Err(e) => (
-                e.http_status(),
-                serde_json::json!({ "detail": e.to_string() }),
-            ),
+            Err(e) => failure(&e),
         }
     }
+}
+
+fn failure(e: &Error) -> (u16, serde_json::Value) {
+    (
+        e.http_status(),
+        serde_json::json!({ "detail": e.to_string() }),
+    )
 }
 
 fn scope_body(scopes: &str) -> String {
@@ -136,22 +170,58 @@ fn spec_policy_allows_escalation_and_attenuation_closes_it() {
 fn invalid_scopes_are_400() {
     let mut gw = Gateway::new(MintPolicy::Spec);
     let root = gw.bootstrap();
+    for (body, detail) in [
+        ("{}", "invalid scopes: the `scopes` field is required"),
+        ("", "invalid scopes: the `scopes` field is required"),
+        (
+            r#"{"scopes":[]}"#,
+            "invalid scopes: the scopes grant no access",
+        ),
+        (
+            r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_NONE"}]}"#,
+            "invalid scopes: the scopes grant no access",
+        ),
+        (
+            r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS"}]}"#,
+            "invalid scopes: entry 0 lacks `access_level`",
+        ),
+    ] {
+        let (status, body_json) = gw.create_restricted(&root, body);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body_json["detail"], detail, "{body}");
+    }
+}
+
+#[test]
+fn bodies_that_do_not_parse_are_400_but_not_invalid_scopes() {
+    let mut gw = Gateway::new(MintPolicy::Spec);
+    let root = gw.bootstrap();
     for body in [
-        "{}",
-        r#"{"scopes":[]}"#,
-        r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS","access_level":"ACCESS_LEVEL_NONE"}]}"#,
-        r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_AGENTS"}]}"#,
+        r#"{"scopes":"devboxes:read"}"#,
+        r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_NOPE","access_level":"ACCESS_LEVEL_READ"}]}"#,
+        r#"{"name":"k","surprise":1}"#,
+        r#"["k"]"#,
+        "{",
     ] {
         let (status, detail) = gw.create_restricted(&root, body);
         assert_eq!(status, 400, "{body}");
+        let detail = detail["detail"].as_str().unwrap();
         assert!(
-            detail["detail"]
-                .as_str()
-                .unwrap()
-                .starts_with("invalid scopes"),
-            "{detail}"
+            detail.starts_with("invalid request body: "),
+            "{body}: {detail}"
         );
+        assert!(!detail.contains("invalid scopes"), "{body}: {detail}");
     }
+    // The other create route goes through the same parsing.
+    let (status, detail) = gw.create::<ApiKeyCreateParameters>(&root, r#"{"name":5}"#);
+    assert_eq!(status, 400);
+    assert_eq!(
+        detail["detail"],
+        "invalid request body: invalid type: integer `5`, expected a string at line 1 column 9"
+    );
+    let (status, view) = gw.create::<ApiKeyCreateParameters>(&root, "");
+    assert_eq!(status, 200, "{view}");
+    assert!(view["key_secret"].as_str().unwrap().starts_with("ak_"));
 }
 
 #[test]
@@ -161,8 +231,7 @@ fn credentials_failures_are_401_and_alike() {
     let (status, _) = gw.create_restricted("", &scope_body("devboxes:read"));
     assert_eq!(status, 401);
 
-    // Unknown id and wrong secret: the same error.
-    let parsed = Token::parse(&root).unwrap();
+    // An unknown id (minted under another pepper, so well-formed).
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let stranger = mint(
         &Pepper::generate(&mut rng),
@@ -170,22 +239,43 @@ fn credentials_failures_are_401_and_alike() {
         &mut rng,
         NOW,
     );
-    let unknown = gw
-        .keyring
-        .authenticate(stranger.token().expose_secret(), NOW)
-        .unwrap_err();
+    let stranger = stranger.token().expose_secret().to_owned();
+    assert!(Token::parse(&stranger).is_ok());
+    let unknown = gw.keyring.authenticate(&stranger, NOW).unwrap_err();
     assert_eq!(unknown, AuthError::InvalidCredentials);
+
+    // The root key's id with a wrong secret (one character changed, the
+    // checksum recomputed, so it parses).
+    let mut wrong = root.clone().into_bytes();
+    wrong[40] = if wrong[40] == b'a' { b'b' } else { b'a' };
+    let wrong = with_checksum(std::str::from_utf8(&wrong).unwrap());
+    let parsed = Token::parse(&wrong).unwrap();
+    assert_eq!(parsed.key_id(), Token::parse(&root).unwrap().key_id());
     assert_eq!(parsed.kind(), KeyKind::Standard);
+    let wrong_secret = gw.keyring.authenticate(&wrong, NOW).unwrap_err();
+    assert_eq!(wrong_secret, AuthError::InvalidCredentials);
 
     let malformed = gw.keyring.authenticate("ak_not_a_token", NOW).unwrap_err();
     assert_eq!(
         malformed,
         AuthError::Malformed(TokenError::Length { len: 14 })
     );
-    for e in [unknown, malformed] {
+    for e in [unknown, wrong_secret, malformed] {
         assert_eq!(e.http_status(), 401);
         assert!(!e.to_string().contains(&root[20..63]));
     }
+    // Unknown id and wrong secret are indistinguishable to the caller: the
+    // same status and the same body, byte for byte; the right secret works.
+    let body = scope_body("devboxes:read");
+    let answer_unknown = gw.create_restricted(&stranger, &body);
+    let answer_wrong = gw.create_restricted(&wrong, &body);
+    assert_eq!(answer_unknown.0, 401);
+    assert_eq!(answer_unknown, answer_wrong);
+    assert_eq!(
+        serde_json::to_vec(&answer_unknown.1).unwrap(),
+        serde_json::to_vec(&answer_wrong.1).unwrap()
+    );
+    assert_eq!(gw.create_restricted(&root, &body).0, 200);
 }
 
 #[test]
@@ -249,7 +339,7 @@ fn secrets_never_show_in_debug_or_errors() {
 
 #[test]
 fn documented_regex_finds_minted_tokens_in_text() {
-    let re = regex_lite::Regex::new(keygate::token::TOKEN_REGEX).unwrap();
+    let re = regex_lite::Regex::new(keygate::TOKEN_REGEX).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let pepper = Pepper::generate(&mut rng);
     for request in [

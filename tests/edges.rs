@@ -273,17 +273,49 @@ fn non_utf8_and_non_ascii_bytes() {
 
 #[test]
 fn checksum_digits_beyond_u32_do_not_overflow() {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let digits = |mut value: u64| {
+        let mut out = [b'0'; 6];
+        for d in out.iter_mut().rev() {
+            *d = BASE62[(value % 62) as usize];
+            value /= 62;
+        }
+        assert_eq!(value, 0, "more than 6 digits");
+        String::from_utf8(out.to_vec()).unwrap()
+    };
+    let value = |digits: &str| {
+        digits.bytes().fold(0u64, |v, b| {
+            v * 62 + BASE62.iter().position(|&c| c == b).unwrap() as u64
+        })
+    };
     let (_, token) = real_token();
-    for digits in ["zzzzzz", "ZZZZZZ", "000000", "4GfFC4"] {
-        let text = format!("{}{}", &token[..63], digits);
-        assert!(matches!(
-            Token::parse(&text),
-            Err(TokenError::Checksum) | Ok(_)
-        ));
+    let crc = value(&token[63..]);
+    assert!(crc <= u64::from(u32::MAX));
+    let max = 62u64.pow(6) - 1;
+    assert_eq!(digits(max), "zzzzzz");
+    // Each case with its exact outcome. The ones above u32::MAX are the CRC
+    // plus multiples of 2^32: a parser that truncated the digits to u32
+    // (or wrapped) would accept them.
+    let cases = [
+        (crc, Ok(())),
+        (crc + (1 << 32), Err(TokenError::Checksum)),
+        (crc + (12 << 32), Err(TokenError::Checksum)),
+        (max, Err(TokenError::Checksum)),
+        (value("ZZZZZZ"), Err(TokenError::Checksum)),
+        (u64::from(u32::MAX) + 1, Err(TokenError::Checksum)),
+        ((crc + 1) % (1 << 32), Err(TokenError::Checksum)),
+    ];
+    for (checksum, expected) in cases {
+        let text = format!("{}{}", &token[..63], digits(checksum));
+        assert_eq!(
+            Token::parse(&text).map(|_| ()),
+            expected,
+            "{checksum} = {}",
+            &text[63..]
+        );
     }
-    // "zzzzzz" is 62^6 - 1 > u32::MAX: always a mismatch, never a wrap.
-    let text = format!("{}zzzzzz", &token[..63]);
-    assert_eq!(Token::parse(&text).err(), Some(TokenError::Checksum));
+    assert!(value("ZZZZZZ") > u64::from(u32::MAX));
+    assert!((12 << 32) + crc <= max);
 }
 
 #[test]
@@ -362,10 +394,41 @@ fn every_single_grant_round_trips() {
 #[test]
 fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
     let depth = 100_000;
+    // Untyped first, so the nesting is really parsed: serde_json stops at
+    // its recursion limit of 128 with an error, not a stack overflow.
     let json = format!("{{\"scopes\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
-    assert!(serde_json::from_str::<RestrictedKeyCreateParameters>(&json).is_err());
+    let err = serde_json::from_str::<serde_json::Value>(&json).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "recursion limit exceeded at line 1 column 137"
+    );
+    // 127 levels in all fit the limit; the typed parser then rejects the
+    // shape at the first level a scope entry must be an object.
+    let fits = format!("{{\"scopes\":{}{}}}", "[".repeat(126), "]".repeat(126));
+    let value: serde_json::Value = serde_json::from_str(&fits).unwrap();
+    let err = serde_json::from_value::<RestrictedKeyCreateParameters>(value).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid type: sequence, expected a JSON object"
+    );
+    // Typed, straight from the text: the same shape error at depth 2, and
+    // for a nested name, at depth 1.
+    let err = serde_json::from_str::<RestrictedKeyCreateParameters>(&json).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid type: sequence, expected a JSON object at line 1 column 11"
+    );
     let json = format!("{}{}", "{\"name\":".repeat(depth), "}".repeat(depth));
-    assert!(serde_json::from_str::<ApiKeyCreateParameters>(&json).is_err());
+    let err = serde_json::from_str::<ApiKeyCreateParameters>(&json).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid type: map, expected a string at line 1 column 8"
+    );
+    let err = serde_json::from_str::<serde_json::Value>(&json).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "recursion limit exceeded at line 1 column 1017"
+    );
 }
 
 #[test]

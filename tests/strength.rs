@@ -12,8 +12,7 @@
 
 use std::collections::HashSet;
 
-use keygate::secret::PEPPER_LEN;
-use keygate::{mint, KeyId, Keyring, MintRequest, Pepper, Resource, Scopes};
+use keygate::{mint, KeyId, Keyring, MintRequest, Pepper, Resource, Scopes, PEPPER_LEN};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -22,8 +21,8 @@ const NOW: i64 = 1_764_000_000_000;
 #[test]
 fn generated_peppers_are_random() {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let a = Pepper::generate_bytes(&mut rng);
-    let b = Pepper::generate_bytes(&mut rng);
+    let a = *Pepper::generate_bytes(&mut rng);
+    let b = *Pepper::generate_bytes(&mut rng);
     assert_ne!(a, [0u8; PEPPER_LEN], "an all-zero pepper");
     assert_ne!(b, [0u8; PEPPER_LEN], "an all-zero pepper");
     assert_ne!(a, b, "two draws gave the same pepper");

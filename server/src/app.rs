@@ -276,6 +276,7 @@ pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
             response
         }
         StoreError::NotFound => problem(StatusCode::NOT_FOUND, "no such key"),
+        StoreError::Conflict(m) => problem(StatusCode::CONFLICT, m),
         StoreError::Fatal(_) => {
             tracing::error!("{detail}: {e}");
             internal_error(detail)
@@ -376,6 +377,10 @@ pub(crate) fn quote(input: &str) -> String {
 /// The hot path: it borrows the request (no header map or URI copy) and
 /// the 204 carries the key id in a header, where the log reads it.
 async fn authorize(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // Forward-auth (method and URI in headers, decided by `--routes`).
+    if let Some(response) = crate::routes::forward_auth(&*state, &request) {
+        return response;
+    }
     let principal =
         match keygate::tower::authenticate_headers(&*state, request.headers(), system_now_ms()) {
             Ok(p) => p,

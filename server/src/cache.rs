@@ -2,52 +2,99 @@
 //! with the store by the follower (`crate::follow`) and by this instance's
 //! own writes.
 //!
-//! The hot path takes a read lock and calls the library's constant-time
-//! [`Keyring::authenticate_bytes`]: an unknown id costs what a wrong secret
-//! costs, and no request ever reaches the database.
+//! The hot path parses the token outside any lock, takes the read lock of
+//! one shard and calls the library's constant-time [`Keyring::verify`]: an
+//! unknown id costs what a wrong secret costs, and no request ever reaches
+//! the database.
+//!
+//! # Shards
+//!
+//! The keys are spread over [`SHARDS`] keyrings by a hash of the key id,
+//! each behind its own `RwLock`. A write (a change from the log, an
+//! eviction pass) locks one shard at a time, so it stalls at most the
+//! readers of that shard, for the time of a write to a keyring
+//! 1/[`SHARDS`] the size: an index that grows rehashes 1/64 of the keys,
+//! and eviction walks the shards one after another instead of a million
+//! records under one lock. `server/benches/reader_stall.rs` measures it
+//! against a single lock (BENCHMARKS.md). The shard depends on the key id
+//! only, which is public; the secret comparison is the library's, per
+//! shard, unchanged.
 
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use keygate::{AuthError, Change, Keyring, Pepper, Principal};
+use keygate::{AuthError, Change, KeyId, Keyring, Pepper, Principal, Token};
 
-/// The keyring behind a lock.
+/// How many shards the keys are spread over (a power of two).
+pub const SHARDS: usize = 64;
+
+/// The keyring, in shards behind locks.
 pub struct KeyCache {
-    keyring: RwLock<Keyring>,
+    shards: Vec<RwLock<Keyring>>,
+    pepper: Pepper,
+}
+
+/// The shard of `id`: FNV-1a over its 16 bytes (ids are random base62, so
+/// any mix spreads them evenly), masked to [`SHARDS`].
+fn shard_of(id: &KeyId) -> usize {
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // Fold the high bits in: FNV's low bits mix the last bytes the least.
+    ((hash ^ (hash >> 32)) as usize) & (SHARDS - 1)
 }
 
 impl KeyCache {
     /// An empty cache whose digests are keyed by `pepper`, with room for
     /// `capacity` keys.
     pub fn new(pepper: Pepper, capacity: usize) -> KeyCache {
+        let per_shard = capacity.div_ceil(SHARDS);
         KeyCache {
-            keyring: RwLock::new(Keyring::with_capacity(pepper, capacity)),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(Keyring::with_capacity(pepper.clone(), per_shard)))
+                .collect(),
+            pepper,
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Keyring> {
-        self.keyring.read().unwrap_or_else(PoisonError::into_inner)
+    fn shard(&self, id: &KeyId) -> Option<&RwLock<Keyring>> {
+        self.shards.get(shard_of(id))
+    }
+
+    fn read(lock: &RwLock<Keyring>) -> RwLockReadGuard<'_, Keyring> {
+        lock.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(lock: &RwLock<Keyring>) -> RwLockWriteGuard<'_, Keyring> {
+        lock.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Verifies a bearer token at `now_ms`.
     #[inline]
     pub fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.read().authenticate_bytes(token, now_ms)
+        let token = Token::parse_bytes(token)?;
+        match self.shard(&token.key_id()) {
+            Some(shard) => Self::read(shard).verify(&token, now_ms),
+            // Unreachable (the shard index is masked); fail closed.
+            None => Err(AuthError::InvalidCredentials),
+        }
     }
 
     /// A copy of the pepper, to mint and roll keys this cache accepts.
     pub fn pepper(&self) -> Pepper {
-        self.read().pepper().clone()
+        self.pepper.clone()
     }
 
-    /// Applies changes of the log, in one write-lock section per call.
+    /// Applies changes of the log, each under its own shard's write lock.
     /// Returns how many changed the keyring. A change the keyring refuses
     /// is logged and skipped: one bad row must not stop the feed.
     pub fn apply(&self, changes: impl IntoIterator<Item = Change>) -> usize {
-        let mut keyring = self.keyring.write().unwrap_or_else(PoisonError::into_inner);
         let mut changed = 0;
         for change in changes {
             let (seq, id) = (change.seq, change.key_id());
-            match keyring.apply(change) {
+            let Some(shard) = self.shard(&id) else {
+                continue;
+            };
+            match Self::write(shard).apply(change) {
                 Ok(keygate::Applied::Changed) => changed += 1,
                 Ok(keygate::Applied::Unchanged) => {}
                 Err(e) => tracing::error!(seq, key_id = %id, "cannot apply change: {e}"),
@@ -56,16 +103,84 @@ impl KeyCache {
         changed
     }
 
-    /// Drops the records expired by `now_ms`; returns how many.
+    /// Drops the records expired by `now_ms`, one shard at a time; returns
+    /// how many.
     pub fn evict_expired(&self, now_ms: i64) -> usize {
-        self.keyring
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .evict_expired(now_ms)
+        self.shards
+            .iter()
+            .map(|shard| Self::write(shard).evict_expired(now_ms))
+            .sum()
     }
 
     /// The number of live records.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.shards
+            .iter()
+            .map(|shard| Self::read(shard).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+    use keygate::MintRequest;
+
+    fn minted(pepper: &Pepper, expires: Option<i64>) -> (keygate::KeyRecord, String) {
+        let request = MintRequest::standard(None, expires, 0).unwrap();
+        let (record, token) =
+            keygate::mint(pepper, &request, &mut keygate::os_entropy(), 0).into_parts();
+        (record, token.expose_secret().to_owned())
+    }
+
+    #[test]
+    fn shards_spread_keys_and_the_cache_acts_as_one_keyring() {
+        let pepper = Pepper::from_bytes(&[3u8; 32]);
+        let cache = KeyCache::new(pepper.clone(), 10);
+        let keys: Vec<_> = (0..2_000)
+            .map(|i| minted(&pepper, (i % 2 == 0).then_some(1_000)))
+            .collect();
+        let mut per_shard = [0usize; SHARDS];
+        for (seq, (record, _)) in keys.iter().enumerate() {
+            per_shard[shard_of(&record.id())] += 1;
+            assert_eq!(
+                cache.apply([Change::upsert(seq as u64 + 1, record.clone())]),
+                1
+            );
+        }
+        // 2 000 keys over 64 shards: about 31 each; none empty or lopsided.
+        assert!(
+            per_shard.iter().all(|&n| (8..=80).contains(&n)),
+            "{per_shard:?}"
+        );
+        assert_eq!(cache.len(), 2_000);
+        for (record, token) in &keys {
+            let p = cache.authenticate(token.as_bytes(), 1).unwrap();
+            assert_eq!(p.id(), record.id());
+            assert!(p.can(keygate::Resource::Account, keygate::Access::Write));
+        }
+        // A revocation lands in the key's shard; a stale upsert can't undo it.
+        let (victim, token) = &keys[1];
+        assert_eq!(cache.apply([Change::revoke(5_000, victim.id())]), 1);
+        assert_eq!(cache.apply([Change::upsert(5_001, victim.clone())]), 0);
+        assert_eq!(
+            cache.authenticate(token.as_bytes(), 1),
+            Err(AuthError::InvalidCredentials)
+        );
+        // Malformed tokens fail before any lock.
+        assert!(matches!(
+            cache.authenticate(b"ak_nope", 1),
+            Err(AuthError::Malformed(_))
+        ));
+        // Eviction walks every shard.
+        assert_eq!(cache.evict_expired(1_000), 1_000);
+        assert_eq!(cache.len(), 999);
+        assert_eq!(cache.pepper().fingerprint(), pepper.fingerprint());
     }
 }

@@ -18,6 +18,7 @@ use crate::app::quote;
 use crate::clock::now_ms as system_now_ms;
 use crate::lifecycle::KeyView;
 use crate::pepper;
+use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Event, Scope, Store, StoreError};
 use crate::StoreArgs;
@@ -36,7 +37,14 @@ fn store_err(e: StoreError) -> String {
 /// file only while the store holds no keys: with keys, a new pepper would
 /// lock them all out), and checks the pepper against the fingerprint the
 /// store keeps (storing it on first use).
+///
+/// A `postgres://` or `postgresql://` URL in `--db` selects PostgreSQL
+/// ([`postgres::open`]: `--pepper-file` required); anything else is a SQLite
+/// file.
 pub async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Pepper), String> {
+    if let Some(url) = args.db.to_str().filter(|db| postgres::is_postgres_url(db)) {
+        return postgres::open(url, args.pepper_file.as_deref()).await;
+    }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&args.db).map_err(store_err)?);
     let count = store.count().await.map_err(store_err)?;
     let path = args

@@ -3,5 +3,5 @@
 /// Unix milliseconds now.
 #[inline]
 pub fn now_ms() -> i64 {
-    keygate::tower::system_now_ms()
+    keygate::system_now_ms()
 }

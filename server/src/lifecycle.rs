@@ -533,7 +533,7 @@ mod tests {
 
     #[test]
     fn restricted_callers_are_scoped_only_under_attenuation() {
-        let restricted = keygate::key::example_record().principal();
+        let restricted = keygate::testing::example_record().principal();
         assert_eq!(scope_of(MintPolicy::Spec, &restricted), Scope::All);
         assert_eq!(
             scope_of(MintPolicy::Attenuating, &restricted),

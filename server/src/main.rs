@@ -4,6 +4,7 @@
 //!   endpoint, SQLite storage.
 //! * `keygate mint`, `list`, `revoke`, `roll`, `events`: act on the
 //!   database directly (see `cli`).
+//! * `keygate routes check|explain`: validates a route table, explains a decision.
 
 mod app;
 mod cache;
@@ -13,6 +14,7 @@ mod follow;
 mod lifecycle;
 mod listen;
 mod pepper;
+mod routes;
 mod store;
 mod usage;
 
@@ -38,11 +40,18 @@ struct Cli {
 /// Where the keys and the pepper live.
 #[derive(clap::Args, Debug)]
 struct StoreArgs {
-    /// SQLite database file (created if missing).
-    #[arg(long, value_name = "PATH", default_value = "keygate.db")]
+    /// SQLite database file (created if missing), or a PostgreSQL URL
+    /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "keygate.db",
+        env = "KEYGATE_DATABASE_URL"
+    )]
     db: PathBuf,
     /// Pepper file: 32 random bytes, created with mode 0600 if missing.
-    /// Default: the database path with `.pepper` appended.
+    /// Default: the database path with `.pepper` appended; required with
+    /// PostgreSQL (every instance reads the same file).
     #[arg(long, value_name = "PATH")]
     pepper_file: Option<PathBuf>,
 }
@@ -73,6 +82,15 @@ enum Command {
         last_used_flush_ms: u64,
         #[command(flatten)]
         limits: listen::Args,
+        /// A route table (see `keygate routes check`): enables forward-auth
+        /// on `/v1/authorize`. A table that does not parse stops start-up.
+        #[arg(long, value_name = "FILE")]
+        routes: Option<PathBuf>,
+    },
+    /// Route tables: validate one, or explain its decision for a request.
+    Routes {
+        #[command(subcommand)]
+        command: routes::RoutesCommand,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -142,17 +160,20 @@ fn main() -> ExitCode {
             poll_ms,
             last_used_flush_ms,
             limits,
+            routes,
         } => serve(
             listen,
             &store,
             attenuate,
             &limits,
+            routes.as_deref(),
             follow::Intervals {
                 poll: std::time::Duration::from_millis(poll_ms),
                 flush: std::time::Duration::from_millis(last_used_flush_ms),
                 ..follow::Intervals::default()
             },
         ),
+        Command::Routes { command } => routes::run(&command),
         Command::Mint {
             store,
             name,
@@ -178,8 +199,11 @@ fn serve(
     args: &StoreArgs,
     attenuate: bool,
     limits: &listen::Args,
+    routes: Option<&std::path::Path>,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
+    // A bad table stops start-up before anything else happens.
+    let table = routes.map(routes::load).transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
@@ -213,7 +237,10 @@ fn serve(
             MintPolicy::Spec
         };
         let state = Arc::new(app::AppState::new(cache, store, policy));
-        run(listen, state, limits, seq, intervals).await
+        if let Some(t) = &table {
+            tracing::info!(rules = t.len(), "loaded route table");
+        }
+        run(listen, state, table, limits, seq, intervals).await
     })
 }
 
@@ -231,7 +258,8 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
         now_ms,
     )
     .into_parts();
-    let path = cli::write_bootstrap_file(&args.db, token.expose_secret())?;
+    let base = store::postgres::bootstrap_base(&args.db, args.pepper_file.as_deref());
+    let path = cli::write_bootstrap_file(&base, token.expose_secret())?;
     let seq = store
         .create(&record, None, now_ms)
         .await
@@ -248,6 +276,7 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
 async fn run(
     listen: SocketAddr,
     state: Arc<app::AppState>,
+    table: Option<keygate::RouteTable>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
@@ -260,7 +289,8 @@ async fn run(
     tracing::info!(%local, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(follow::run(Arc::clone(&state), seq, intervals, stopped));
-    listen::serve(listener, app::router(state), limits, shutdown_signal()).await;
+    let router = routes::with_routes(app::router(Arc::clone(&state)), table);
+    listen::serve(listener, router, limits, shutdown_signal()).await;
     // Stop the follower; it writes the last uses once more.
     let _ = stop.send(true);
     if let Err(e) = follower.await {

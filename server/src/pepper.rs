@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use keygate::Pepper;
-use zeroize::Zeroize;
+use zeroize::Zeroizing;
 
 /// The default pepper path: the database path with `.pepper` appended.
 pub fn default_path(db: &Path) -> PathBuf {
@@ -16,43 +16,72 @@ pub fn default_path(db: &Path) -> PathBuf {
 }
 
 /// Reads the pepper at `path`. If the file is missing and `may_create`,
-/// creates it (mode 0600) with 32 bytes from the OS CSPRNG. Returns the
-/// pepper and whether it was created.
+/// creates it (mode 0600) with 32 bytes from the OS CSPRNG, fsyncs it and
+/// then its directory, so that the new directory entry survives a power
+/// loss. Returns the pepper and whether it was created.
+///
+/// Every buffer that holds pepper bytes is a `Zeroizing` one, so it is
+/// wiped on every path: success, a read error, a file of the wrong length,
+/// a write or fsync error.
 pub fn load_or_create(path: &Path, may_create: bool) -> Result<(Pepper, bool), String> {
     match std::fs::File::open(path) {
-        Ok(mut file) => {
-            let mut bytes = [0u8; 32];
-            let mut extra = [0u8; 1];
-            file.read_exact(&mut bytes).map_err(|_| {
-                format!("pepper file `{}` is shorter than 32 bytes", path.display())
-            })?;
-            if file.read(&mut extra).map_err(|e| read_error(path, &e))? != 0 {
-                return Err(format!(
-                    "pepper file `{}` is longer than 32 bytes",
-                    path.display()
-                ));
-            }
-            let pepper = Pepper::from_bytes(&bytes);
-            bytes.zeroize();
-            Ok((pepper, false))
-        }
+        Ok(file) => Ok((read(path, file)?, false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
-            let mut bytes = Pepper::generate_bytes(&mut keygate::os_entropy());
+            let bytes = Pepper::generate_bytes(&mut keygate::os_entropy());
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| format!("cannot create pepper file `{}`: {e}", path.display()))?;
-            file.write_all(&bytes)
+            write(&mut file, &bytes)
                 .and_then(|()| file.sync_all())
+                .and_then(|()| sync_parent(path))
                 .map_err(|e| format!("cannot write pepper file `{}`: {e}", path.display()))?;
-            let pepper = Pepper::from_bytes(&bytes);
-            bytes.zeroize();
-            Ok((pepper, true))
+            Ok((Pepper::from_bytes(&bytes), true))
         }
         Err(e) => Err(read_error(path, &e)),
     }
+}
+
+/// Reads exactly 32 bytes and checks that nothing follows.
+fn read(path: &Path, mut file: impl Read) -> Result<Pepper, String> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    // The byte after the pepper, if any, is as secret as the rest.
+    let mut extra = Zeroizing::new([0u8; 1]);
+    file.read_exact(bytes.as_mut_slice()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("pepper file `{}` is shorter than 32 bytes", path.display())
+        } else {
+            read_error(path, &e)
+        }
+    })?;
+    if file
+        .read(extra.as_mut_slice())
+        .map_err(|e| read_error(path, &e))?
+        != 0
+    {
+        return Err(format!(
+            "pepper file `{}` is longer than 32 bytes",
+            path.display()
+        ));
+    }
+    Ok(Pepper::from_bytes(&bytes))
+}
+
+/// Writes the pepper. A separate function so that tests can make it fail.
+fn write(file: &mut impl Write, bytes: &Zeroizing<[u8; 32]>) -> std::io::Result<()> {
+    file.write_all(bytes.as_slice())
+}
+
+/// Fsyncs the directory that holds `path`, so that a newly created entry is
+/// durable (fsyncing a file does not persist its name on every filesystem).
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
 }
 
 fn read_error(path: &Path, e: &std::io::Error) -> String {
@@ -81,12 +110,100 @@ mod tests {
         let (b, created) = load_or_create(&path, true).unwrap();
         assert!(!created);
         let d = |p: &Pepper| {
-            let t = keygate::token::example_token();
+            let t = keygate::testing::example_token();
             p.digest(&keygate::Token::parse(&t).unwrap())
         };
         assert_eq!(d(&a), d(&b));
         std::fs::write(&path, [1u8; 31]).unwrap();
         assert!(load_or_create(&path, true).unwrap_err().contains("shorter"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("keygate-pepper-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn wrong_lengths_and_read_errors_are_errors_that_hold_no_secret() {
+        let dir = temp_dir("errors");
+        let path = dir.join("p");
+        let secret = [0x41u8; 33];
+        std::fs::write(&path, secret).unwrap();
+        let err = load_or_create(&path, true).unwrap_err();
+        assert_eq!(
+            err,
+            format!("pepper file `{}` is longer than 32 bytes", path.display())
+        );
+        std::fs::write(&path, []).unwrap();
+        let err = load_or_create(&path, false).unwrap_err();
+        assert!(err.ends_with("is shorter than 32 bytes"), "{err}");
+        // A directory opens but cannot be read: the read error, not "shorter".
+        let err = load_or_create(&dir, true).unwrap_err();
+        assert!(err.starts_with("cannot read pepper file"), "{err}");
+        assert!(err.contains("directory"), "{err}");
+        // Exactly 32 bytes read.
+        std::fs::write(&path, &secret[..32]).unwrap();
+        let (from_file, created) = load_or_create(&path, false).unwrap();
+        assert!(!created);
+        let t = keygate::testing::example_token();
+        let t = keygate::Token::parse(&t).unwrap();
+        assert_eq!(
+            from_file.digest(&t),
+            Pepper::from_bytes(&[0x41; 32]).digest(&t)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reader that fails after handing out some bytes.
+    struct Failing(usize);
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            let n = self.0.min(buf.len());
+            buf[..n].fill(0x41);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn io_errors_mid_read_and_on_write_are_reported() {
+        let path = Path::new("/x/p");
+        let err = read(path, Failing(10)).unwrap_err();
+        assert_eq!(err, "cannot read pepper file `/x/p`: disk on fire");
+        // Fails on the read after the 32 bytes.
+        let err = read(path, Failing(32)).unwrap_err();
+        assert_eq!(err, "cannot read pepper file `/x/p`: disk on fire");
+        let bytes = Zeroizing::new([0x41u8; 32]);
+        let err = write(&mut Failing(0), &bytes).unwrap_err();
+        assert_eq!(err.to_string(), "disk on fire");
+    }
+
+    #[test]
+    fn creating_fails_cleanly_where_no_file_can_be_made() {
+        let dir = temp_dir("create");
+        let path = dir.join("missing-subdir").join("p");
+        let err = load_or_create(&path, true).unwrap_err();
+        assert!(err.starts_with("cannot create pepper file"), "{err}");
+        // A relative path's directory is `.`, which sync_parent opens.
+        sync_parent(Path::new("relative-file")).unwrap();
+        sync_parent(&dir.join("p")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

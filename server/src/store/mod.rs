@@ -7,6 +7,7 @@
 //! entry names a key, and [`Store::changes_since`] turns entries into
 //! [`keygate::Change`]s from the key's current row.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -24,6 +25,9 @@ pub enum StoreError {
     Unavailable(String),
     /// The key is unknown, or revoked where a live key was needed.
     NotFound,
+    /// The key changed between the read a write was computed from and the
+    /// write (two rolls racing): read again and retry. HTTP 409.
+    Conflict(String),
     /// The database is not one this binary can use (newer schema, another
     /// pepper, a corrupt row): stop and tell the operator.
     Fatal(String),
@@ -34,6 +38,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
             StoreError::NotFound => f.write_str("no such key"),
+            StoreError::Conflict(m) => f.write_str(m),
             StoreError::Fatal(m) => f.write_str(m),
         }
     }
@@ -130,6 +135,31 @@ pub struct Snapshot {
     pub records: Vec<KeyRecord>,
     /// The last sequence number the snapshot includes.
     pub seq: u64,
+}
+
+/// Checks, inside a roll's write transaction, that the rolled records still
+/// fit the stored key: `old` and `new` were computed from a read made before
+/// the transaction, and if another roll shortened the key since, writing
+/// them would lengthen a life. `stored_expiry` is the key's expiry as the
+/// transaction reads it.
+pub fn check_roll_fits(
+    old: &KeyRecord,
+    new: &KeyRecord,
+    stored_expiry: Option<i64>,
+) -> Result<(), StoreError> {
+    let never_longer = |e: Option<i64>| match (e, stored_expiry) {
+        (_, None) => true,
+        (Some(e), Some(s)) => e <= s,
+        (None, Some(_)) => false,
+    };
+    if never_longer(old.expires_at_ms()) && never_longer(new.expires_at_ms()) {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "key `{}` changed while it was being rolled; try again",
+            old.id()
+        )))
+    }
 }
 
 /// Key storage. Implementations: [`sqlite::SqliteStore`] (and PostgreSQL).

@@ -498,21 +498,7 @@ fn roll_tx(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
     let current = live_in_scope(&tx, old.id(), scope)?;
-    // `old` and `new` were computed from a read made before this
-    // transaction; if another roll shortened the key since, writing them
-    // would lengthen a life. Refuse, so the caller reads again.
-    let stored = current.record.expires_at_ms();
-    let never_longer = |e: Option<i64>| match (e, stored) {
-        (_, None) => true,
-        (Some(e), Some(s)) => e <= s,
-        (None, Some(_)) => false,
-    };
-    if !never_longer(old.expires_at_ms()) || !never_longer(new.expires_at_ms()) {
-        return Err(StoreError::Unavailable(format!(
-            "key `{}` changed while it was being rolled; try again",
-            old.id()
-        )));
-    }
+    super::check_roll_fits(old, new, current.record.expires_at_ms())?;
     tx.execute(
         "UPDATE keys SET expires_at_ms = ?2 WHERE id = ?1",
         params![old.id().as_str(), old.expires_at_ms()],
@@ -1245,7 +1231,7 @@ mod tests {
             store
                 .roll(stale.old(), stale.new_key().record(), Scope::All, None, 60)
                 .await,
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Conflict(_))
         ));
         assert_eq!(
             store.get(b.id(), Scope::All).await.unwrap().unwrap().record,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time from a CLI revocation to the running server's first refusal.
 
-    bench/revoke_latency.py [--revokes 100] [--poll-ms 100] [--bin target/release/keygate]
+    benches/revoke_latency.py [--revokes 100] [--poll-ms 100] [--bin target/release/keygate]
 
 Starts a throwaway `keygate serve` on 127.0.0.1:0 over a temporary database,
 mints N keys over HTTP, then for each: checks the key is accepted, runs

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Loads GET /v1/authorize and GET /healthz on one release keygate server,
 # over loopback, with wrk; prints req/s and p99 for both and the ratio.
+# Then the unknown-id flood: /v1/authorize with random, well-formed tokens
+# of ids the server does not know (benches/unknown_tokens.py, every answer a
+# 401), against the same route with the known key through the same wrk
+# script (benches/tokens.lua), and the ratio of the two (target >= 90%).
 #
-#   bench/load.sh
+#   benches/load.sh
+#   FLOOD=0 benches/load.sh   # skip the flood
 #
 # Env: DURATION (10s per run), CONNECTIONS (32), THREADS (2), ROUNDS (3; the
 # routes alternate, the best run of each counts). wrk and the server share
@@ -71,6 +76,33 @@ run() {
     echo "$rps $p99 $cpu"
 }
 
+# The flood's runs: wrk with benches/tokens.lua cycling through the tokens in
+# file $2. $3 is the status every answer must have (204 or 401).
+# run_tokens NAME FILE STATUS -> prints "rps p99 server_cpu_us_per_request"
+run_tokens() {
+    local out t0 t1 n bad
+    t0=$(cpu_ticks)
+    out=$(KEYGATE_TOKENS="$2" "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+        --latency -s "$ROOT/benches/tokens.lua" "$AUTHORIZE")
+    t1=$(cpu_ticks)
+    echo "$out" > "$WORK/wrk-$1-$RANDOM.txt"
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    bad=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {print $5}')
+    bad=${bad:-0}
+    if { [ "$3" = 401 ] && [ "$bad" != "$n" ]; } || { [ "$3" != 401 ] && [ "$bad" != 0 ]; }; then
+        echo "error: $1: $bad of $n answers were not 2xx, expected every answer $3:" >&2
+        echo "$out" >&2; exit 1
+    fi
+    if echo "$out" | grep -q 'Socket errors'; then
+        echo "error: $1: socket errors:" >&2; echo "$out" >&2; exit 1
+    fi
+    local rps p99 cpu
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    cpu=$(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v n="$n" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+    echo "$rps $p99 $cpu"
+}
+
 # Warm up both routes.
 DURATION=2s run warm-h "$HEALTHZ" >/dev/null
 DURATION=2s run warm-a "$AUTHORIZE" "$AUTH_HEADER" >/dev/null
@@ -105,6 +137,37 @@ printf '%-22s %12s %10s %22s\n' "authorize (median)" "$med_a" "$mp99_a" "$mcpu_a
 printf '%-22s %12s %10s %22s\n' "healthz (best)" "$best_h" "$p99_h" "$cpu_h"
 printf '%-22s %12s %10s %22s\n' "authorize (best)" "$best_a" "$p99_a" "$cpu_a"
 echo "authorize/healthz req/s: median $(ratio "$med_a" "$med_h")%, best $(ratio "$best_a" "$best_h")% (target >= 95%)"
+
+if [ "${FLOOD:-1}" = 1 ]; then
+    echo "$TOKEN" > "$WORK/known.tokens"
+    python3 "$ROOT/benches/unknown_tokens.py" 100000 rk_ > "$WORK/unknown.tokens"
+    # Sanity: an unknown token is well-formed (a 401 for invalid credentials,
+    # not for a malformed token), and the known one passes.
+    body=$(curl -s -H "Authorization: Bearer $(head -1 "$WORK/unknown.tokens")" "$AUTHORIZE")
+    echo "$body" | grep -q 'unknown key or wrong secret' ||
+        { echo "error: an unknown token got: $body" >&2; exit 1; }
+    DURATION=2s run_tokens warm-u "$WORK/unknown.tokens" 401 >/dev/null
+    for round in $(seq "$ROUNDS"); do
+        read -r rps p99 cpu < <(run_tokens known "$WORK/known.tokens" 204)
+        echo "round $round known id (lua):   $rps req/s, p99 $p99, server CPU $cpu us/request"
+        echo "$rps $p99 $cpu" >> "$WORK/known.runs"
+        read -r rps p99 cpu < <(run_tokens unknown "$WORK/unknown.tokens" 401)
+        echo "round $round unknown ids (lua): $rps req/s, p99 $p99, server CPU $cpu us/request"
+        echo "$rps $p99 $cpu" >> "$WORK/unknown.runs"
+    done
+    read -r med_k mp99_k mcpu_k < <(median "$WORK/known.runs")
+    read -r med_u mp99_u mcpu_u < <(median "$WORK/unknown.runs")
+    read -r best_k p99_k cpu_k < <(best "$WORK/known.runs")
+    read -r best_u p99_u cpu_u < <(best "$WORK/unknown.runs")
+    echo
+    echo "unknown-id flood: 100 000 random well-formed rk_ tokens, cycled; benches/tokens.lua for both"
+    printf '%-22s %12s %10s %22s\n' "route (run)" "req/s" p99 "server CPU us/request"
+    printf '%-22s %12s %10s %22s\n' "known (median)" "$med_k" "$mp99_k" "$mcpu_k"
+    printf '%-22s %12s %10s %22s\n' "unknown (median)" "$med_u" "$mp99_u" "$mcpu_u"
+    printf '%-22s %12s %10s %22s\n' "known (best)" "$best_k" "$p99_k" "$cpu_k"
+    printf '%-22s %12s %10s %22s\n' "unknown (best)" "$best_u" "$p99_u" "$cpu_u"
+    echo "unknown/known req/s: median $(ratio "$med_u" "$med_k")%, best $(ratio "$best_u" "$best_k")% (target >= 90%)"
+fi
 if grep -qF "${TOKEN:20}" "$WORK/server.log"; then
     echo "error: the server log shows the token's secret" >&2; exit 1
 fi

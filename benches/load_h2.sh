@@ -2,9 +2,9 @@
 # Loads GET /v1/authorize and GET /healthz on one release keygate server over
 # HTTP/2 cleartext (prior knowledge), over loopback, with h2load (Debian's
 # nghttp2-client); prints req/s, mean latency and server CPU per request for
-# both, and the ratio. The HTTP/2 twin of bench/load.sh (wrk, HTTP/1.1).
+# both, and the ratio. The HTTP/2 twin of benches/load.sh (wrk, HTTP/1.1).
 #
-#   bench/load_h2.sh
+#   benches/load_h2.sh
 #
 # Env: DURATION (10, seconds per run), CLIENTS (8 connections), STREAMS (8
 # concurrent streams per connection), THREADS (2), ROUNDS (3; the routes
@@ -13,7 +13,7 @@
 # one line per request (to a temp file) as in production.
 #
 # PIN=1 (root): the server on CPU 1 and h2load on CPU 0, both SCHED_FIFO, as
-# in bench/load.sh.
+# in benches/load.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

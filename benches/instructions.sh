@@ -3,7 +3,7 @@
 # valgrind's callgrind: unlike req/s, the count does not depend on what else
 # the machine is doing, so it shows what authorizing costs the server.
 #
-#   bench/instructions.sh
+#   benches/instructions.sh
 #
 # The release server runs under callgrind with instrumentation on; each route
 # is warmed, then loaded with wrk for LOAD_SECONDS (5) while callgrind counts; the

@@ -1,0 +1,1143 @@
+//! The PostgreSQL store: many `keygate serve` instances on one database.
+//!
+//! # Driver
+//!
+//! `tokio-postgres` with `deadpool-postgres`, not `sqlx`: the server already
+//! runs on tokio, needs no compile-time checked queries (there are a dozen
+//! fixed statements, covered by tests against a real PostgreSQL), and
+//! `tokio-postgres` hands us the raw connection, whose
+//! [`poll_message`](tokio_postgres::Connection::poll_message) is what a
+//! `LISTEN` connection needs. The pair is a fraction of `sqlx`'s dependency
+//! tree (no macros, no `sqlx-core` drivers for other databases), and
+//! `deadpool-postgres` adds a small pool with a prepared-statement cache per
+//! connection.
+//!
+//! # Schema (version [`SCHEMA_VERSION`])
+//!
+//! The same tables and columns as the SQLite store:
+//!
+//! * `keys(id, kind, name, secret_hash, scopes, created_at_ms,
+//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms)`: one row per
+//!   key, revoked ones included; `secret_hash` is 32 bytes of `BYTEA`,
+//!   `scopes` the [`Scopes::bits`]. Ids compare bytewise (`COLLATE "C"`), so
+//!   `GET /v1/keys` pages in the same order as on SQLite.
+//! * `changes(seq, at_ms, action, key_id, actor_id, new_key_id)`: the
+//!   change log, which is also the audit log.
+//! * `meta(schema_version, pepper_fingerprint)`: one row; the fingerprint
+//!   is hex.
+//! * `change_seq(seq)`: one row, the last sequence number handed out (see
+//!   below), and `schema_migrations(version, applied_at_ms, applied_by)`: one
+//!   row per migration this database has run.
+//!
+//! Migrations run in [`PgStore::connect`], in one transaction that first
+//! takes a transaction-level advisory lock: instances that start together
+//! queue on the lock, and all but the first find nothing left to do. A
+//! database whose schema is newer than this binary's is refused.
+//!
+//! # Commit-ordered sequence numbers
+//!
+//! A `bigserial` hands out numbers at `INSERT` time, not at commit: a
+//! transaction can take 7, commit after another took 8 and committed, and a
+//! follower that has read up to 8 never looks at 7 again. Here every writing
+//! transaction takes its numbers as its last step with
+//! `UPDATE change_seq SET seq = seq + n RETURNING seq`. The row lock this
+//! takes is held until commit, so the next writer cannot take a number until
+//! the previous one has committed (or rolled back, returning its numbers):
+//! numbers are dense, and they become visible in order. A reader that has
+//! seen `n` has seen everything below it.
+//!
+//! # Change signal
+//!
+//! Every writing transaction also runs `pg_notify('keygate_changes', seq)`,
+//! which PostgreSQL delivers at commit. [`Store::change_signal`] starts (on
+//! first use) a task that holds one dedicated connection in `LISTEN
+//! keygate_changes`, reconnects with exponential backoff (50 ms to 2 s)
+//! when it drops, and signals the returned [`Notify`] on every notification
+//! and once after every (re)connect, so that the follower catches up on what
+//! it missed while the listener was away. Notifications are only a hint: the
+//! follower polls the log by sequence number either way.
+//!
+//! # Failures
+//!
+//! A database that cannot be reached (connection refused, reset, a pool
+//! timeout, PostgreSQL shutting down) is [`StoreError::Unavailable`], which
+//! the HTTP layer answers with 503 and `Retry-After`. Anything else
+//! PostgreSQL refuses is [`StoreError::Fatal`]. A database that vanishes
+//! without closing its connections (a partition) is found by TCP
+//! keepalives and a 5 s TCP user timeout, so calls fail as unavailable
+//! within seconds instead of hanging; that case is not simulated by the
+//! tests (they stop PostgreSQL, which closes every connection).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash};
+use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+
+use super::{
+    Action, Event, KeyPage, Scope, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
+};
+
+/// The channel every write notifies and every listener listens on.
+pub const CHANNEL: &str = "keygate_changes";
+
+/// The advisory lock that serializes migrations (`"keygate"` in ASCII).
+const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
+
+/// Connections per pool (per process), besides the listener's.
+const POOL_SIZE: usize = 16;
+/// How long a request waits for a pooled connection while all are busy (a
+/// database that is down fails faster: opening a connection is refused).
+const POOL_WAIT: Duration = Duration::from_secs(15);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The listener's first and longest pause between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often the listener checks that its connection still answers.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a write is retried after PostgreSQL broke a deadlock.
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// The key columns, in the order [`stored_key`] reads them.
+const KEY_COLUMNS: &str = "id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
+     creator_id, revoked_at_ms, last_used_at_ms";
+
+/// The migrations, by the schema version they produce. Version 1 was the
+/// SQLite-only JSON table of 0.1.0, so PostgreSQL starts at 2.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    r#"
+    CREATE TABLE meta (
+        one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+        schema_version BIGINT NOT NULL,
+        pepper_fingerprint TEXT
+    );
+    INSERT INTO meta (schema_version) VALUES (0);
+    CREATE TABLE schema_migrations (
+        version BIGINT PRIMARY KEY,
+        applied_at_ms BIGINT NOT NULL,
+        applied_by TEXT NOT NULL
+    );
+    CREATE TABLE keys (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('standard', 'restricted')),
+        name TEXT NOT NULL,
+        secret_hash BYTEA NOT NULL CHECK (octet_length(secret_hash) = 32),
+        scopes BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT,
+        creator_id TEXT COLLATE "C",
+        revoked_at_ms BIGINT,
+        last_used_at_ms BIGINT
+    );
+    CREATE INDEX keys_creator_id ON keys (creator_id);
+    CREATE TABLE change_seq (
+        one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+        seq BIGINT NOT NULL
+    );
+    INSERT INTO change_seq (seq) VALUES (0);
+    CREATE TABLE changes (
+        seq BIGINT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('created', 'revoked', 'rolled')),
+        key_id TEXT COLLATE "C" NOT NULL,
+        actor_id TEXT COLLATE "C",
+        new_key_id TEXT COLLATE "C"
+    );
+    "#,
+)];
+
+/// Key storage in PostgreSQL, shared by any number of instances. See the
+/// module documentation.
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    listener: OnceLock<Listener>,
+}
+
+/// The `LISTEN` task and the signal it raises; the task ends with the store.
+struct Listener {
+    signal: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config may hold a password: name only where it points.
+        f.debug_struct("PgStore")
+            .field("hosts", &self.config.get_hosts())
+            .field("ports", &self.config.get_ports())
+            .field("dbname", &self.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write's event before it has a sequence number.
+struct NewEvent {
+    action: Action,
+    key_id: KeyId,
+    new_key_id: Option<KeyId>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://USER@HOST:PORT/DB`,
+    /// or any libpq-style URL or key-value string), migrates it to
+    /// [`SCHEMA_VERSION`] under an advisory lock, and returns the store.
+    ///
+    /// An unreachable database is [`StoreError::Unavailable`]; a malformed
+    /// URL or a newer schema is [`StoreError::Fatal`].
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A database that vanishes without closing the connection (a
+        // network partition, a host that died) must turn into errors, not
+        // requests that hang: keepalives find an idle dead connection in
+        // about 5 + 3 × 1 s, and the TCP user timeout fails a query whose
+        // bytes stay unacknowledged for 5 s.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("keygate");
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Fatal(format!("cannot build the connection pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            config,
+            listener: OnceLock::new(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Like [`PgStore::connect`], but retries while the database is
+    /// unavailable, for up to `wait` (the CLI waits for a database that is
+    /// restarting instead of failing at once).
+    pub async fn connect_waiting(url: &str, wait: Duration) -> Result<PgStore, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = BACKOFF_MIN;
+        loop {
+            match PgStore::connect(url).await {
+                Err(StoreError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("database unavailable, retrying: {m}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(BACKOFF_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs the migrations this database lacks, in one transaction under
+    /// the migration lock. Returns the versions applied (none when another
+    /// instance got there first).
+    async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db_error)?;
+        let has_meta: bool = tx
+            .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        let current: i64 = if has_meta {
+            tx.query_one("SELECT schema_version FROM meta", &[])
+                .await
+                .map_err(db_error)?
+                .get(0)
+        } else {
+            0
+        };
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::Fatal(format!(
+                "database schema version {current} is newer than this binary's ({SCHEMA_VERSION}); \
+                 upgrade keygate"
+            )));
+        }
+        let mut applied = Vec::new();
+        for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tx.batch_execute(sql).await.map_err(db_error)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms, applied_by) \
+                 VALUES ($1, $2, $3)",
+                &[
+                    &version,
+                    &keygate::system_now_ms(),
+                    &format!(
+                        "keygate {} pid {}",
+                        env!("CARGO_PKG_VERSION"),
+                        std::process::id()
+                    ),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.execute("UPDATE meta SET schema_version = $1", &[&version])
+                .await
+                .map_err(db_error)?;
+            applied.push(version);
+        }
+        tx.commit().await.map_err(db_error)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrated the database");
+        }
+        Ok(applied)
+    }
+}
+
+/// Runs `$body` (which may use `?` on PostgreSQL and store errors) in a
+/// transaction bound to `$tx` and commits, retrying when PostgreSQL aborted
+/// it to break a deadlock or a serialization conflict.
+macro_rules! write_tx {
+    ($store:expr, $tx:ident => $body:block) => {{
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut client = $store.client().await?;
+            let owned = client.transaction().await.map_err(db_error)?;
+            let result: Result<_, WriteError> = async {
+                let $tx = &owned;
+                $body
+            }
+            .await;
+            let result = match result {
+                Ok(value) => owned.commit().await.map(|()| value).map_err(WriteError::Db),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(value) => break Ok(value),
+                Err(WriteError::Db(e)) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!("write conflict, retrying: {e}");
+                }
+                Err(WriteError::Db(e)) => break Err(db_error(e)),
+                Err(WriteError::Store(e)) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// Whether `db` names a PostgreSQL database (a `postgres://` or
+/// `postgresql://` URL) rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// How long `serve` and the CLI wait for an unreachable database at start
+/// (`KEYGATE_DB_WAIT`, in seconds; default 30).
+pub fn wait_from_env() -> Duration {
+    std::env::var("KEYGATE_DB_WAIT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
+
+/// Opens the PostgreSQL store at `url` for `serve` or a CLI command: waits
+/// up to [`wait_from_env`] for the database, migrates it, loads the pepper
+/// file (created only while the database holds no keys) and checks it
+/// against the stored fingerprint. The error is a message for the operator.
+///
+/// With PostgreSQL the pepper file has no default: every instance must be
+/// given the same file (`--pepper-file`).
+pub async fn open(
+    url: &str,
+    pepper_file: Option<&std::path::Path>,
+) -> Result<(Arc<dyn Store>, keygate::Pepper), String> {
+    let path = pepper_file.ok_or_else(|| {
+        String::from(
+            "a PostgreSQL database needs `--pepper-file PATH`: every instance must read the same pepper file",
+        )
+    })?;
+    let store = PgStore::connect_waiting(url, wait_from_env())
+        .await
+        .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+    let count = store.count().await.map_err(|e| e.to_string())?;
+    let (pepper, _created) = crate::pepper::load_or_create(path, count == 0).map_err(|e| {
+        if count > 0 && !path.exists() {
+            format!(
+                "pepper file `{}` is missing but the database holds {count} keys; copy the pepper file the other instances use",
+                path.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    store
+        .check_pepper(pepper.fingerprint())
+        .await
+        .map_err(|e| match e {
+            StoreError::Fatal(m) => format!("{m} (pepper file `{}`)", path.display()),
+            other => other.to_string(),
+        })?;
+    Ok((Arc::new(store), pepper))
+}
+
+/// Where `serve` writes the bootstrap key file for a database named `db`:
+/// beside the SQLite file, or beside the pepper file for PostgreSQL.
+pub fn bootstrap_base(
+    db: &std::path::Path,
+    pepper_file: Option<&std::path::Path>,
+) -> std::path::PathBuf {
+    match (db.to_str().is_some_and(is_postgres_url), pepper_file) {
+        (true, Some(pepper)) => pepper.to_path_buf(),
+        _ => db.to_path_buf(),
+    }
+}
+
+/// An error inside a write transaction: PostgreSQL's (maybe retryable) or
+/// the store's own verdict.
+enum WriteError {
+    Db(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> WriteError {
+        WriteError::Db(e)
+    }
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> WriteError {
+        WriteError::Store(e)
+    }
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// Maps a PostgreSQL error by what the caller should do: unreachable or
+/// shutting down is [`StoreError::Unavailable`], the rest is fatal.
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    let unavailable = match e.code() {
+        Some(code) => {
+            let c = code.code();
+            // 08: connection exception; 57P01-57P03: admin/crash shutdown,
+            // cannot connect now; 53: insufficient resources (too many
+            // connections, disk full).
+            c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+        }
+        None => {
+            e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+                || e.to_string().contains("timeout")
+        }
+    };
+    if unavailable {
+        StoreError::Unavailable(format!("database unreachable: {e}"))
+    } else {
+        StoreError::Fatal(format!("database error: {}", describe(&e)))
+    }
+}
+
+/// The server's message, when there is one, rather than `db error`.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => db_error(e),
+        PoolError::Timeout(kind) => {
+            StoreError::Unavailable(format!("database unreachable: pool timeout ({kind:?})"))
+        }
+        other => StoreError::Unavailable(format!("database unreachable: {other}")),
+    }
+}
+
+fn corrupt(id: &str, what: &str) -> StoreError {
+    StoreError::Fatal(format!("corrupt key row `{id}` in database: {what}"))
+}
+
+/// A key row ([`KEY_COLUMNS`]) as a [`StoredKey`].
+fn stored_key(row: &Row) -> Result<StoredKey, StoreError> {
+    stored_key_at(row, 0)
+}
+
+fn key_id(text: &str) -> Result<KeyId, StoreError> {
+    KeyId::parse(text).map_err(|_| StoreError::Fatal(format!("corrupt id `{text}` in change log")))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Inserts a key row.
+async fn insert_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    r: &KeyRecord,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, creator_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &r.id().as_str(),
+            &r.kind().as_str(),
+            &r.name(),
+            &r.secret_hash().as_bytes().as_slice(),
+            &i64::from(r.scopes().bits()),
+            &r.created_at_ms(),
+            &r.expires_at_ms(),
+            &r.creator_id().as_ref().map(KeyId::as_str),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes the next sequence numbers for `events`, appends them to the log
+/// and notifies, in one statement (one round trip): the last step of every
+/// writing transaction, so the `change_seq` row lock, which serializes
+/// writers, is held only from here to the commit.
+async fn append(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[NewEvent],
+    actor: Option<KeyId>,
+    at_ms: i64,
+) -> Result<Vec<u64>, WriteError> {
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let stmt = tx
+        .prepare_cached(
+            "WITH s AS (UPDATE change_seq SET seq = seq + $1 RETURNING seq), \
+             i AS ( \
+                 INSERT INTO changes (seq, at_ms, action, key_id, actor_id, new_key_id) \
+                 SELECT s.seq - $1 + e.ord, $2, e.action, e.key_id, $3, e.new_key_id \
+                 FROM s, unnest($4::text[], $5::text[], $6::text[]) \
+                     WITH ORDINALITY AS e(action, key_id, new_key_id, ord) \
+                 RETURNING seq \
+             ) \
+             SELECT array_agg(seq ORDER BY seq), pg_notify($7, max(seq)::text) FROM i",
+        )
+        .await?;
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let keys: Vec<&str> = events.iter().map(|e| e.key_id.as_str()).collect();
+    let new_keys: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.new_key_id.as_ref().map(KeyId::as_str))
+        .collect();
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &n,
+                &at_ms,
+                &actor.as_ref().map(KeyId::as_str),
+                &actions,
+                &keys,
+                &new_keys,
+                &CHANNEL,
+            ],
+        )
+        .await?;
+    let seqs: Option<Vec<i64>> = row.get(0);
+    Ok(seqs.unwrap_or_default().into_iter().map(to_u64).collect())
+}
+
+/// Whether `id` is within `scope`: for [`Scope::DescendantsOf`], whether
+/// `ancestor` is among its creators, transitively.
+async fn in_scope<C: GenericClient>(
+    client: &C,
+    id: KeyId,
+    scope: Scope,
+) -> Result<bool, tokio_postgres::Error> {
+    let ancestor = match scope {
+        Scope::All => return Ok(true),
+        Scope::DescendantsOf(ancestor) => ancestor,
+    };
+    let stmt = client
+        .prepare_cached(
+            "WITH RECURSIVE up(id) AS ( \
+                 SELECT creator_id FROM keys WHERE id = $1 AND creator_id IS NOT NULL \
+                 UNION \
+                 SELECT k.creator_id FROM keys k JOIN up ON k.id = up.id WHERE k.creator_id IS NOT NULL \
+             ) SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)",
+        )
+        .await?;
+    Ok(client
+        .query_one(&stmt, &[&id.as_str(), &ancestor.as_str()])
+        .await?
+        .get(0))
+}
+
+/// Locks the live key `id` for update, if it is live and within `scope`;
+/// returns its stored expiry.
+async fn lock_live(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: KeyId,
+    scope: Scope,
+) -> Result<Option<i64>, WriteError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT expires_at_ms FROM keys WHERE id = $1 AND revoked_at_ms IS NULL FOR UPDATE",
+        )
+        .await?;
+    let Some(row) = tx.query_opt(&stmt, &[&id.as_str()]).await? else {
+        return Err(StoreError::NotFound.into());
+    };
+    if !in_scope(tx, id, scope).await? {
+        return Err(StoreError::NotFound.into());
+    }
+    Ok(row.get(0))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create(
+        &self,
+        record: &KeyRecord,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        write_tx!(self, tx => {
+            // A key minted by a key that is being revoked: lock the
+            // creator's row, so that the revocation either sees this key
+            // (and revokes it too) or this insert sees the revocation.
+            if let Some(creator) = record.creator_id() {
+                let stmt = tx
+                    .prepare_cached("SELECT revoked_at_ms FROM keys WHERE id = $1 FOR SHARE")
+                    .await?;
+                if let Some(row) = tx.query_opt(&stmt, &[&creator.as_str()]).await? {
+                    if row.get::<_, Option<i64>>(0).is_some() {
+                        return Err(StoreError::NotFound.into());
+                    }
+                }
+            }
+            insert_key(tx, record).await?;
+            let event = NewEvent {
+                action: Action::Created,
+                key_id: record.id(),
+                new_key_id: None,
+            };
+            let seqs = append(tx, &[event], actor, at_ms).await?;
+            Ok(seqs.first().copied().unwrap_or_default())
+        })
+    }
+
+    async fn revoke(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        cascade: bool,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyId)>, StoreError> {
+        write_tx!(self, tx => {
+            lock_live(tx, id, scope).await?;
+            let revoke = tx
+                .prepare_cached(
+                    "UPDATE keys SET revoked_at_ms = $2 \
+                     WHERE id = ANY($1) AND revoked_at_ms IS NULL RETURNING id",
+                )
+                .await?;
+            tx.execute(&revoke, &[&vec![id.as_str()], &at_ms]).await?;
+            let mut revoked = vec![id];
+            if cascade {
+                // Live descendants, nearest first. Repeated until none
+                // is left: a child minted by a descendant that committed
+                // after the previous round shows up in the next one (a
+                // mint locks its creator's row, which this transaction
+                // now holds, so none can slip in after the last round).
+                let live = tx
+                    .prepare_cached(
+                        "WITH RECURSIVE d(id, depth) AS ( \
+                             SELECT id, 1 FROM keys WHERE creator_id = $1 \
+                             UNION ALL \
+                             SELECT k.id, d.depth + 1 FROM keys k JOIN d ON k.creator_id = d.id \
+                             WHERE d.depth < 10000 \
+                         ) SELECT d.id FROM d JOIN keys k ON k.id = d.id \
+                         WHERE k.revoked_at_ms IS NULL ORDER BY d.depth, d.id",
+                    )
+                    .await?;
+                loop {
+                    let rows = tx.query(&live, &[&id.as_str()]).await?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    let done = tx.query(&revoke, &[&ids, &at_ms]).await?;
+                    let done: std::collections::HashSet<String> =
+                        done.iter().map(|r| r.get(0)).collect();
+                    for text in ids.iter().filter(|t| done.contains(*t)) {
+                        revoked.push(key_id(text)?);
+                    }
+                }
+            }
+            let events: Vec<NewEvent> = revoked
+                .iter()
+                .map(|&key_id| NewEvent {
+                    action: Action::Revoked,
+                    key_id,
+                    new_key_id: None,
+                })
+                .collect();
+            let seqs = append(tx, &events, actor, at_ms).await?;
+            Ok(seqs.into_iter().zip(revoked).collect())
+        })
+    }
+
+    async fn roll(
+        &self,
+        old: &KeyRecord,
+        new: &KeyRecord,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        write_tx!(self, tx => {
+            let stored = lock_live(tx, old.id(), scope).await?;
+            super::check_roll_fits(old, new, stored)?;
+            let shorten = tx
+                .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
+                .await?;
+            tx.execute(&shorten, &[&old.id().as_str(), &old.expires_at_ms()])
+                .await?;
+            insert_key(tx, new).await?;
+            let events = [
+                NewEvent {
+                    action: Action::Created,
+                    key_id: new.id(),
+                    new_key_id: None,
+                },
+                NewEvent {
+                    action: Action::Rolled,
+                    key_id: old.id(),
+                    new_key_id: Some(new.id()),
+                },
+            ];
+            let seqs = append(tx, &events, actor, at_ms).await?;
+            match seqs.as_slice() {
+                [created, rolled] => Ok((*created, *rolled)),
+                _ => Err(StoreError::Fatal("roll appended no events".into()).into()),
+            }
+        })
+    }
+
+    async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
+            .await
+            .map_err(db_error)?;
+        let Some(row) = client
+            .query_opt(&stmt, &[&id.as_str()])
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        if !in_scope(&client, id, scope).await.map_err(db_error)? {
+            return Ok(None);
+        }
+        stored_key(&row).map(Some)
+    }
+
+    async fn list(
+        &self,
+        scope: Scope,
+        starting_after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        let client = self.client().await?;
+        let after = starting_after.as_ref().map_or("", KeyId::as_str);
+        let fetch = to_i64(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
+        let rows = match scope {
+            Scope::All => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL AND id > $1 \
+                         ORDER BY id LIMIT $2"
+                    ))
+                    .await
+                    .map_err(db_error)?;
+                client.query(&stmt, &[&after, &fetch]).await
+            }
+            Scope::DescendantsOf(ancestor) => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH RECURSIVE d(id) AS ( \
+                             SELECT id FROM keys WHERE creator_id = $3 \
+                             UNION \
+                             SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id \
+                         ) SELECT {KEY_COLUMNS} FROM keys WHERE id IN (SELECT id FROM d) \
+                         AND revoked_at_ms IS NULL AND id > $1 ORDER BY id LIMIT $2"
+                    ))
+                    .await
+                    .map_err(db_error)?;
+                client
+                    .query(&stmt, &[&after, &fetch, &ancestor.as_str()])
+                    .await
+            }
+        }
+        .map_err(db_error)?;
+        let mut keys = rows.iter().map(stored_key).collect::<Result<Vec<_>, _>>()?;
+        let has_more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok(KeyPage { keys, has_more })
+    }
+
+    async fn events(&self, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .await
+            .map_err(db_error)?;
+        let fetch = to_i64(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
+        let rows = client
+            .query(&stmt, &[&to_i64(after), &fetch])
+            .await
+            .map_err(db_error)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let action: &str = row.get(2);
+            let optional = |i: usize| -> Result<Option<KeyId>, StoreError> {
+                row.get::<_, Option<&str>>(i).map(key_id).transpose()
+            };
+            events.push(Event {
+                seq: to_u64(row.get(0)),
+                at_ms: row.get(1),
+                action: Action::from_name(action).ok_or_else(|| {
+                    StoreError::Fatal(format!("unknown action `{action}` in change log"))
+                })?,
+                key_id: key_id(row.get(3))?,
+                actor_id: optional(4)?,
+                new_key_id: optional(5)?,
+            });
+        }
+        let has_more = events.len() > limit;
+        events.truncate(limit);
+        Ok((events, has_more))
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT c.seq, c.key_id, {} FROM changes c LEFT JOIN keys k ON k.id = c.key_id \
+                 WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+                KEY_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("k.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .await
+            .map_err(db_error)?;
+        let limit = to_i64(u64::try_from(limit).unwrap_or(u64::MAX));
+        let rows = client
+            .query(&stmt, &[&to_i64(after), &limit])
+            .await
+            .map_err(db_error)?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq = to_u64(row.get(0));
+            let id = key_id(row.get(1))?;
+            let revoked = match row.get::<_, Option<&str>>(2) {
+                // A log entry without its key row: treat it as gone.
+                None => true,
+                Some(_) => row.get::<_, Option<i64>>(10).is_some(),
+            };
+            if revoked {
+                changes.push(Change::revoke(seq, id));
+            } else {
+                let key = stored_key_at(row, 2)?;
+                changes.push(Change::upsert(seq, key.record));
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let seq: i64 = tx
+            .query_one("SELECT seq FROM change_seq", &[])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        let rows = tx
+            .query(
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL"),
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let records = rows
+            .iter()
+            .map(|r| stored_key(r).map(|k| k.record))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Snapshot {
+            records,
+            seq: to_u64(seq),
+        })
+    }
+
+    async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // In id order, so two instances flushing at once lock rows in the
+        // same order.
+        let mut sorted: Vec<(KeyId, i64)> = batch.to_vec();
+        sorted.sort_unstable();
+        let ids: Vec<&str> = sorted.iter().map(|(id, _)| id.as_str()).collect();
+        let at: Vec<i64> = sorted.iter().map(|&(_, at)| at).collect();
+        let ids = &ids;
+        let at = &at;
+        write_tx!(self, tx => {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE keys SET last_used_at_ms = b.at \
+                     FROM unnest($1::text[], $2::bigint[]) AS b(id, at) \
+                     WHERE keys.id = b.id \
+                     AND (keys.last_used_at_ms IS NULL OR keys.last_used_at_ms < b.at)",
+                )
+                .await?;
+            tx.execute(&stmt, &[ids, at]).await?;
+            Ok(())
+        })
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM keys", &[])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        Ok(to_u64(n))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
+        let hex: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = &hex;
+        write_tx!(self, tx => {
+            let stored: Option<String> = tx
+                .query_one("SELECT pepper_fingerprint FROM meta FOR UPDATE", &[])
+                .await?
+                .get(0);
+            match stored {
+                None => {
+                    tx.execute("UPDATE meta SET pepper_fingerprint = $1", &[hex])
+                        .await?;
+                    Ok(())
+                }
+                Some(stored) if stored.eq_ignore_ascii_case(hex) => Ok(()),
+                Some(_) => Err(StoreError::Fatal(
+                    "the pepper file does not belong to this database (its fingerprint \
+                     differs from the one stored): every key would be refused; start with \
+                     the pepper file the other instances use"
+                        .into(),
+                )
+                .into()),
+            }
+        })
+    }
+
+    fn change_signal(&self) -> Option<Arc<Notify>> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let listener = self.listener.get_or_init(|| {
+            let signal = Arc::new(Notify::new());
+            let task = handle.spawn(listen(self.config.clone(), Arc::clone(&signal)));
+            Listener { signal, task }
+        });
+        Some(Arc::clone(&listener.signal))
+    }
+}
+
+/// [`stored_key`] for a row whose key columns start at `offset`.
+fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
+    let id_text: &str = row.try_get(offset).map_err(db_error)?;
+    let id = KeyId::parse(id_text).map_err(|_| corrupt(id_text, "malformed id"))?;
+    let kind = match row.try_get::<_, &str>(offset + 1).map_err(db_error)? {
+        "standard" => KeyKind::Standard,
+        "restricted" => KeyKind::Restricted,
+        other => return Err(corrupt(id_text, &format!("unknown kind `{other}`"))),
+    };
+    let hash: &[u8] = row.try_get(offset + 3).map_err(db_error)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| corrupt(id_text, "secret hash is not 32 bytes"))?;
+    let bits: i64 = row.try_get(offset + 4).map_err(db_error)?;
+    let scopes = u32::try_from(bits)
+        .ok()
+        .and_then(Scopes::from_bits)
+        .ok_or_else(|| corrupt(id_text, "invalid scope bits"))?;
+    let creator_id = row
+        .try_get::<_, Option<&str>>(offset + 7)
+        .map_err(db_error)?
+        .map(KeyId::parse)
+        .transpose()
+        .map_err(|_| corrupt(id_text, "malformed creator id"))?;
+    let record = KeyRecord::from_parts(KeyRecordParts {
+        id,
+        kind,
+        name: row.try_get(offset + 2).map_err(db_error)?,
+        secret_hash: SecretHash::from_bytes(hash),
+        scopes,
+        created_at_ms: row.try_get(offset + 5).map_err(db_error)?,
+        expires_at_ms: row.try_get(offset + 6).map_err(db_error)?,
+        creator_id,
+    })
+    .map_err(|e| corrupt(id_text, &e.to_string()))?;
+    Ok(StoredKey {
+        record,
+        revoked_at_ms: row.try_get(offset + 8).map_err(db_error)?,
+        last_used_at_ms: row.try_get(offset + 9).map_err(db_error)?,
+    })
+}
+
+/// The listener task: `LISTEN` on a dedicated connection, forever,
+/// reconnecting with backoff.
+async fn listen(config: tokio_postgres::Config, signal: Arc<Notify>) {
+    let mut pause = BACKOFF_MIN;
+    let mut was_up = true;
+    loop {
+        match listen_once(&config, &signal).await {
+            Ok(()) => {
+                pause = BACKOFF_MIN;
+                tracing::warn!("change listener: connection lost; reconnecting");
+                was_up = true;
+            }
+            Err(e) => {
+                if was_up {
+                    tracing::warn!("change listener: cannot listen: {e}; retrying");
+                }
+                was_up = false;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One listening connection: returns `Ok` when an established listener
+/// lost its connection, `Err` when it could not be established.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    signal: &Arc<Notify>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let driver_signal = Arc::clone(signal);
+    let mut driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => driver_signal.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!("change listener connection: {e}");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _abort = Abort(driver.abort_handle());
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    tracing::info!("change listener: listening");
+    // Whatever was written while no one listened: catch up now.
+    signal.notify_one();
+    loop {
+        tokio::select! {
+            _ = &mut driver => return Ok(()),
+            () = tokio::time::sleep(HEARTBEAT) => {
+                // A half-open connection (no RST) answers nothing: find out.
+                match tokio::time::timeout(HEARTBEAT, client.simple_query("")).await {
+                    Ok(Ok(_)) => {}
+                    _ => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/pg.rs"]
+mod pg;
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests;

@@ -1,0 +1,680 @@
+//! The PostgreSQL store against a real, throwaway PostgreSQL 15
+//! (`tests/support/pg.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate::{ChangeOp, KeyId, KeyRecord, MintRequest, Pepper};
+
+use super::pg::TestPg;
+use super::*;
+
+fn pepper() -> Pepper {
+    Pepper::from_bytes(&[7u8; 32])
+}
+
+fn standard(name: &str) -> KeyRecord {
+    let request = MintRequest::standard(Some(name), None, 1_000).unwrap();
+    keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 1_000)
+        .into_parts()
+        .0
+}
+
+/// A restricted key minted by `creator`.
+fn child(name: &str, creator: &KeyRecord) -> KeyRecord {
+    let request = MintRequest::restricted(Some(name), "objects:read".parse().unwrap(), None, 2_000)
+        .unwrap()
+        .created_by(&creator.principal());
+    keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 2_000)
+        .into_parts()
+        .0
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn lifecycle_round_trip() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        store.ping().await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 0);
+        let root = standard("root");
+        let a = child("a", &root);
+        let b = child("b", &a);
+        let other = standard("other");
+        assert_eq!(store.create(&root, None, 10).await.unwrap(), 1);
+        assert_eq!(store.create(&a, Some(root.id()), 11).await.unwrap(), 2);
+        assert_eq!(store.create(&b, Some(a.id()), 12).await.unwrap(), 3);
+        assert_eq!(store.create(&other, None, 13).await.unwrap(), 4);
+        assert_eq!(store.count().await.unwrap(), 4);
+
+        // Columns round-trip into the same record.
+        let got = store.get(b.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.record, b);
+        assert_eq!(got.revoked_at_ms, None);
+        assert_eq!(got.last_used_at_ms, None);
+        // Scope: b descends from root and a; other does not.
+        assert!(store
+            .get(b.id(), Scope::DescendantsOf(root.id()))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .get(b.id(), Scope::DescendantsOf(a.id()))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .get(a.id(), Scope::DescendantsOf(a.id()))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .get(other.id(), Scope::DescendantsOf(root.id()))
+            .await
+            .unwrap()
+            .is_none());
+
+        // List: id order, paging, scope.
+        let mut ids = [root.id(), a.id(), b.id(), other.id()];
+        ids.sort();
+        let page = store.list(Scope::All, None, 3).await.unwrap();
+        assert!(page.has_more);
+        let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.id()).collect();
+        assert_eq!(listed, ids[..3]);
+        let page = store.list(Scope::All, Some(ids[2]), 3).await.unwrap();
+        assert!(!page.has_more);
+        assert_eq!(page.keys.len(), 1);
+        assert_eq!(page.keys[0].record.id(), ids[3]);
+        let mut mine = vec![a.id(), b.id()];
+        mine.sort();
+        let page = store
+            .list(Scope::DescendantsOf(root.id()), None, 10)
+            .await
+            .unwrap();
+        let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.id()).collect();
+        assert_eq!(listed, mine);
+
+        // last_used never moves back.
+        store
+            .record_last_used(&[(a.id(), 500), (b.id(), 600)])
+            .await
+            .unwrap();
+        store.record_last_used(&[(a.id(), 400)]).await.unwrap();
+        let got = store.get(a.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.last_used_at_ms, Some(500));
+
+        // Roll: the old key's expiry shortened, a new key, two events.
+        let rolled =
+            keygate::roll(&pepper(), &other, 1_000, &mut keygate::os_entropy(), 5_000).unwrap();
+        let (new, old) = rolled.into_parts();
+        let new = new.into_parts().0;
+        let (created, rolled_seq) = store
+            .roll(&old, &new, Scope::All, Some(root.id()), 20)
+            .await
+            .unwrap();
+        assert_eq!((created, rolled_seq), (5, 6));
+        let got = store.get(other.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.record.expires_at_ms(), Some(6_000));
+        // Out of scope, or unknown: not found.
+        let again = keygate::roll(&pepper(), &other, 0, &mut keygate::os_entropy(), 5_000).unwrap();
+        let (n2, o2) = again.into_parts();
+        assert_eq!(
+            store
+                .roll(&o2, n2.record(), Scope::DescendantsOf(root.id()), None, 21)
+                .await,
+            Err(StoreError::NotFound)
+        );
+
+        // Cascading revocation: a and its child b, each with an event.
+        let revoked = store
+            .revoke(a.id(), Scope::All, true, Some(root.id()), 30)
+            .await
+            .unwrap();
+        assert_eq!(revoked, vec![(7, a.id()), (8, b.id())]);
+        assert_eq!(
+            store.revoke(a.id(), Scope::All, true, None, 31).await,
+            Err(StoreError::NotFound)
+        );
+        // A revoked creator mints nothing more.
+        assert_eq!(
+            store.create(&child("late", &a), Some(a.id()), 32).await,
+            Err(StoreError::NotFound)
+        );
+        let got = store.get(b.id(), Scope::All).await.unwrap().unwrap();
+        assert_eq!(got.revoked_at_ms, Some(30));
+        let page = store.list(Scope::All, None, 10).await.unwrap();
+        assert_eq!(page.keys.len(), 3, "revoked keys are not listed");
+
+        // Events: the audit log in order.
+        let (events, more) = store.events(0, 100).await.unwrap();
+        assert!(!more);
+        let actions: Vec<(u64, Action, KeyId)> =
+            events.iter().map(|e| (e.seq, e.action, e.key_id)).collect();
+        assert_eq!(
+            actions,
+            vec![
+                (1, Action::Created, root.id()),
+                (2, Action::Created, a.id()),
+                (3, Action::Created, b.id()),
+                (4, Action::Created, other.id()),
+                (5, Action::Created, new.id()),
+                (6, Action::Rolled, other.id()),
+                (7, Action::Revoked, a.id()),
+                (8, Action::Revoked, b.id()),
+            ]
+        );
+        assert_eq!(events[5].new_key_id, Some(new.id()));
+        assert_eq!(events[5].actor_id, Some(root.id()));
+        assert_eq!(events[0].actor_id, None);
+        let (page, more) = store.events(2, 3).await.unwrap();
+        assert!(more);
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+
+        // Changes from current rows: revoked keys give revocations.
+        let changes = store.changes_since(0, 100).await.unwrap();
+        assert_eq!(changes.len(), 8);
+        assert!(matches!(&changes[1].op, ChangeOp::Revoke(id) if *id == a.id()));
+        assert!(matches!(&changes[5].op, ChangeOp::Upsert(r) if r.expires_at_ms() == Some(6_000)));
+        assert_eq!(store.changes_since(6, 1).await.unwrap().len(), 1);
+
+        // A keyring fed the log equals one built from the snapshot.
+        let snapshot = store.snapshot().await.unwrap();
+        assert_eq!(snapshot.seq, 8);
+        assert_eq!(snapshot.records.len(), 3);
+        let mut fed = keygate::Keyring::new(pepper());
+        for change in changes {
+            fed.apply(change).unwrap();
+        }
+        assert_eq!(fed.last_seq(), 8);
+        let mut live: Vec<KeyId> = fed.records().map(KeyRecord::id).collect();
+        let mut snap: Vec<KeyId> = snapshot.records.iter().map(KeyRecord::id).collect();
+        live.sort();
+        snap.sort();
+        assert_eq!(live, snap);
+    });
+}
+
+/// Two writers interleaved on purpose: T1 takes its sequence number first
+/// and holds its transaction open; T2 (a `create`) starts after. T2 must
+/// not commit a later number while T1's is still invisible, or a reader
+/// that has seen T2's number would skip T1's for ever. The same
+/// interleaving on a `bigserial` table does produce the skip, which shows
+/// the test can see one.
+#[test]
+fn interleaved_writers_never_let_a_reader_skip_a_seq() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = Arc::new(PgStore::connect(&pg.url()).await.unwrap());
+        let first = standard("first");
+        store.create(&first, None, 1).await.unwrap();
+
+        // T1: a write that has taken its sequence number, not yet committed.
+        let mut client = store.client().await.unwrap();
+        let t1 = client.transaction().await.unwrap();
+        let slow = standard("slow");
+        insert_key(&t1, &slow).await.ok().unwrap();
+        let event = NewEvent {
+            action: Action::Created,
+            key_id: slow.id(),
+            new_key_id: None,
+        };
+        let t1_seqs = append(&t1, &[event], None, 2).await.ok().unwrap();
+        assert_eq!(t1_seqs, vec![2]);
+
+        // T2 starts now and would commit first if it could.
+        let fast = standard("fast");
+        let t2 = {
+            let store = Arc::clone(&store);
+            let fast = fast.clone();
+            tokio::spawn(async move { store.create(&fast, None, 3).await })
+        };
+        // A reader polls while T1 is open: it must never see T2's change
+        // before T1's.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let seen: Vec<u64> = store
+                .changes_since(1, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|c| c.seq)
+                .collect();
+            assert!(
+                seen.is_empty(),
+                "a reader saw {seen:?} while seq 2 was uncommitted"
+            );
+        }
+        assert!(
+            !t2.is_finished(),
+            "T2 committed while T1 held an earlier seq"
+        );
+        t1.commit().await.unwrap();
+        drop(client);
+        let t2_seq = t2.await.unwrap().unwrap();
+        assert_eq!(t2_seq, 3, "T2 takes the next number after T1 commits");
+        let changes = store.changes_since(1, 10).await.unwrap();
+        let seen: Vec<(u64, KeyId)> = changes.iter().map(|c| (c.seq, c.key_id())).collect();
+        assert_eq!(seen, vec![(2, slow.id()), (3, fast.id())]);
+
+        // A rolled-back writer returns its number: no gap either.
+        let mut client = store.client().await.unwrap();
+        let t3 = client.transaction().await.unwrap();
+        let gone = standard("gone");
+        insert_key(&t3, &gone).await.ok().unwrap();
+        let event = NewEvent {
+            action: Action::Created,
+            key_id: gone.id(),
+            new_key_id: None,
+        };
+        assert_eq!(append(&t3, &[event], None, 4).await.ok().unwrap(), vec![4]);
+        t3.rollback().await.unwrap();
+        drop(client);
+        assert_eq!(store.create(&standard("next"), None, 5).await.unwrap(), 4);
+
+        // The control: a bigserial under the same interleaving is skipped.
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute("CREATE TABLE serial_log (seq BIGSERIAL PRIMARY KEY)")
+            .await
+            .unwrap();
+        drop(client);
+        let mut c1 = store.client().await.unwrap();
+        let mut c2 = store.client().await.unwrap();
+        let s1 = c1.transaction().await.unwrap();
+        let a: i64 = s1
+            .query_one("INSERT INTO serial_log DEFAULT VALUES RETURNING seq", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let s2 = c2.transaction().await.unwrap();
+        let b: i64 = s2
+            .query_one("INSERT INTO serial_log DEFAULT VALUES RETURNING seq", &[])
+            .await
+            .unwrap()
+            .get(0);
+        s2.commit().await.unwrap();
+        assert!(a < b);
+        let reader = store.client().await.unwrap();
+        let seen: Vec<i64> = reader
+            .query("SELECT seq FROM serial_log ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // The reader's cursor is now b; a commits later and is never read.
+        assert_eq!(seen, vec![b]);
+        s1.commit().await.unwrap();
+        let after_cursor = reader
+            .query("SELECT seq FROM serial_log WHERE seq > $1", &[&b])
+            .await
+            .unwrap();
+        assert!(after_cursor.is_empty(), "bigserial: seq {a} was skipped");
+    });
+}
+
+#[test]
+fn three_concurrent_starts_migrate_once() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let url = pg.url();
+        let starts = (0..3).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&url).await })
+        });
+        let mut stores = Vec::new();
+        for start in starts {
+            stores.push(start.await.unwrap().unwrap());
+        }
+        // Each ran its migration step; exactly one applied anything.
+        let mut applied = 0;
+        for store in &stores {
+            applied += store.migrate().await.unwrap().len();
+        }
+        assert_eq!(applied, 0, "a second run finds nothing to do");
+        assert_eq!(pg.psql("SELECT count(*) FROM schema_migrations"), "1");
+        assert_eq!(
+            pg.psql("SELECT version FROM schema_migrations"),
+            SCHEMA_VERSION.to_string()
+        );
+        assert_eq!(
+            pg.psql("SELECT schema_version FROM meta"),
+            SCHEMA_VERSION.to_string()
+        );
+        // All three write through one log.
+        for (i, store) in stores.iter().enumerate() {
+            store
+                .create(&standard(&format!("k{i}")), None, 1)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            pg.psql("SELECT string_agg(seq::text, ',' ORDER BY seq) FROM changes"),
+            "1,2,3"
+        );
+    });
+    // A newer schema than the binary knows is refused.
+    pg.psql("UPDATE meta SET schema_version = 99");
+    let err = runtime().block_on(PgStore::connect(&pg.url())).unwrap_err();
+    match err {
+        StoreError::Fatal(m) => assert!(m.contains("schema version 99 is newer"), "{m}"),
+        other => panic!("expected fatal, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_pepper_fingerprint_is_stored_then_checked() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        let right = pepper().fingerprint();
+        store.check_pepper(right).await.unwrap();
+        store.check_pepper(right).await.unwrap();
+        let hex: String = right.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(pg.psql("SELECT pepper_fingerprint FROM meta"), hex);
+        let wrong = Pepper::from_bytes(&[8u8; 32]).fingerprint();
+        match store.check_pepper(wrong).await {
+            Err(StoreError::Fatal(m)) => {
+                assert!(
+                    m.contains("pepper file does not belong to this database"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    });
+}
+
+/// A database that goes away: calls fail as unavailable (not fatal), the
+/// listener reconnects and signals, and everything works after the restart.
+#[test]
+fn unavailable_while_down_then_caught_up() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        let other = PgStore::connect(&pg.url()).await.unwrap();
+        let signal = store.change_signal().unwrap();
+        // The first signal: "caught up after connecting".
+        tokio::time::timeout(Duration::from_secs(10), signal.notified())
+            .await
+            .expect("a signal after the listener connected");
+        // A write through another store is signalled.
+        let k = standard("k");
+        other.create(&k, None, 1).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), signal.notified())
+            .await
+            .expect("a NOTIFY for the write");
+
+        pg.stop_immediate();
+        let r = store.create(&standard("down"), None, 2).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = store.ping().await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = other.revoke(k.id(), Scope::All, false, None, 3).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let r = PgStore::connect(&pg.url()).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        // Drain any stale permit, then restart: the listener reconnects
+        // and signals once so the follower catches up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(10), signal.notified()).await;
+        pg.pg_ctl_start();
+        tokio::time::timeout(Duration::from_secs(10), signal.notified())
+            .await
+            .expect("a signal after the listener reconnected");
+        // Pooled connections died with the server; new ones are made.
+        let mut ok = false;
+        for _ in 0..20 {
+            if store.ping().await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "the pool reconnects");
+        other
+            .revoke(k.id(), Scope::All, false, None, 4)
+            .await
+            .unwrap();
+        let changes = store.changes_since(0, 10).await.unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(matches!(changes[1].op, ChangeOp::Revoke(id) if id == k.id()));
+    });
+}
+
+/// `connect_waiting` waits for a database that is starting.
+#[test]
+fn connect_waiting_waits_for_the_database() {
+    let pg = TestPg::start();
+    pg.stop_immediate();
+    let url = pg.url();
+    let rt = runtime();
+    let waiting =
+        rt.spawn(async move { PgStore::connect_waiting(&url, Duration::from_secs(30)).await });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!waiting.is_finished());
+    pg.pg_ctl_start();
+    let store = rt.block_on(waiting).unwrap().unwrap();
+    rt.block_on(store.ping()).unwrap();
+}
+
+/// Runs one script of calls on a store and returns every answer, in a form
+/// that can be compared across stores.
+async fn script(
+    store: &dyn Store,
+    keys: &[KeyRecord; 6],
+    rolled: &(KeyRecord, KeyRecord),
+) -> Vec<String> {
+    let [root, a, b, c, other, spare] = keys;
+    let mut out = Vec::new();
+    let mut say = |what: &str, v: String| out.push(format!("{what}: {v}"));
+    say("count0", format!("{:?}", store.count().await));
+    say(
+        "create root",
+        format!("{:?}", store.create(root, None, 10).await),
+    );
+    say(
+        "create a",
+        format!("{:?}", store.create(a, Some(root.id()), 11).await),
+    );
+    say(
+        "create b",
+        format!("{:?}", store.create(b, Some(a.id()), 12).await),
+    );
+    say(
+        "create c",
+        format!("{:?}", store.create(c, Some(b.id()), 13).await),
+    );
+    say(
+        "create other",
+        format!("{:?}", store.create(other, None, 14).await),
+    );
+    for (name, id) in [("a", a.id()), ("c", c.id()), ("other", other.id())] {
+        for (sname, scope) in [
+            ("all", Scope::All),
+            ("root", Scope::DescendantsOf(root.id())),
+            ("a", Scope::DescendantsOf(a.id())),
+            ("c", Scope::DescendantsOf(c.id())),
+        ] {
+            say(
+                &format!("get {name} in {sname}"),
+                format!("{:?}", store.get(id, scope).await),
+            );
+        }
+    }
+    say(
+        "get unknown",
+        format!("{:?}", store.get(spare.id(), Scope::All).await),
+    );
+    let ids = |p: &Result<KeyPage, StoreError>| match p {
+        Ok(p) => format!(
+            "{:?} more={}",
+            p.keys.iter().map(|k| k.record.id()).collect::<Vec<_>>(),
+            p.has_more
+        ),
+        Err(e) => format!("{e:?}"),
+    };
+    say("list all 2", ids(&store.list(Scope::All, None, 2).await));
+    say(
+        "list all after",
+        ids(&store.list(Scope::All, Some(b.id()), 10).await),
+    );
+    say(
+        "list root",
+        ids(&store.list(Scope::DescendantsOf(root.id()), None, 10).await),
+    );
+    say(
+        "list b",
+        ids(&store.list(Scope::DescendantsOf(b.id()), None, 10).await),
+    );
+    say(
+        "last used",
+        format!(
+            "{:?}",
+            store.record_last_used(&[(a.id(), 50), (b.id(), 60)]).await
+        ),
+    );
+    say(
+        "last used back",
+        format!("{:?}", store.record_last_used(&[(a.id(), 40)]).await),
+    );
+    say(
+        "get a used",
+        format!("{:?}", store.get(a.id(), Scope::All).await),
+    );
+    let (new, old) = rolled;
+    say(
+        "roll out of scope",
+        format!(
+            "{:?}",
+            store
+                .roll(old, new, Scope::DescendantsOf(a.id()), None, 20)
+                .await
+        ),
+    );
+    say(
+        "roll",
+        format!(
+            "{:?}",
+            store.roll(old, new, Scope::All, Some(root.id()), 21).await
+        ),
+    );
+    say(
+        "roll again",
+        format!("{:?}", store.roll(old, spare, Scope::All, None, 22).await),
+    );
+    say(
+        "revoke out of scope",
+        format!(
+            "{:?}",
+            store
+                .revoke(a.id(), Scope::DescendantsOf(b.id()), true, None, 30)
+                .await
+        ),
+    );
+    say(
+        "revoke b no cascade",
+        format!(
+            "{:?}",
+            store
+                .revoke(b.id(), Scope::DescendantsOf(root.id()), false, None, 31)
+                .await
+        ),
+    );
+    say(
+        "revoke a cascade",
+        format!(
+            "{:?}",
+            store
+                .revoke(a.id(), Scope::All, true, Some(root.id()), 32)
+                .await
+        ),
+    );
+    say(
+        "revoke a again",
+        format!(
+            "{:?}",
+            store.revoke(a.id(), Scope::All, true, None, 33).await
+        ),
+    );
+    say(
+        "get c",
+        format!("{:?}", store.get(c.id(), Scope::All).await),
+    );
+    say("list all", ids(&store.list(Scope::All, None, 100).await));
+    say("events", format!("{:?}", store.events(0, 100).await));
+    say("events page", format!("{:?}", store.events(3, 2).await));
+    say(
+        "changes",
+        format!("{:?}", store.changes_since(0, 100).await),
+    );
+    say(
+        "changes tail",
+        format!("{:?}", store.changes_since(7, 2).await),
+    );
+    let snap = store.snapshot().await.unwrap();
+    let mut live: Vec<KeyId> = snap.records.iter().map(KeyRecord::id).collect();
+    live.sort();
+    say("snapshot", format!("seq={} {live:?}", snap.seq));
+    say("count", format!("{:?}", store.count().await));
+    say(
+        "pepper",
+        format!("{:?}", store.check_pepper(pepper().fingerprint()).await),
+    );
+    say(
+        "pepper again",
+        format!("{:?}", store.check_pepper(pepper().fingerprint()).await),
+    );
+    let wrong = store
+        .check_pepper(Pepper::from_bytes(&[1u8; 32]).fingerprint())
+        .await;
+    say(
+        "wrong pepper is fatal",
+        format!("{}", matches!(wrong, Err(StoreError::Fatal(_)))),
+    );
+    out
+}
+
+/// The same calls on SQLite and on PostgreSQL give the same answers: one
+/// trait, two stores, no handler can tell them apart.
+#[test]
+fn sqlite_and_postgres_answer_alike() {
+    let pg = TestPg::start();
+    let dir = std::env::temp_dir().join(format!("keygate-pg-diff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = standard("root");
+    let a = child("a", &root);
+    let b = child("b", &a);
+    let c = child("c", &b);
+    let other = standard("other");
+    let spare = standard("spare");
+    let rolled = keygate::roll(&pepper(), &other, 500, &mut keygate::os_entropy(), 5_000).unwrap();
+    let (new, old) = rolled.into_parts();
+    let rolled = (new.into_parts().0, old);
+    let keys = [root, a, b, c, other, spare];
+    let (on_sqlite, on_pg) = runtime().block_on(async {
+        let sqlite = super::super::sqlite::SqliteStore::open(&dir.join("k.db")).unwrap();
+        let postgres = PgStore::connect(&pg.url()).await.unwrap();
+        (
+            script(&sqlite, &keys, &rolled).await,
+            script(&postgres, &keys, &rolled).await,
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(on_sqlite.len(), on_pg.len());
+    for (s, p) in on_sqlite.iter().zip(&on_pg) {
+        assert_eq!(s, p, "SQLite and PostgreSQL differ");
+    }
+}

@@ -1,0 +1,329 @@
+//! Route policy: map a request's method and path to a scope.
+//!
+//! A gateway is not asked "can this key write devboxes?"; it sees
+//! `POST /v1/devboxes/dbx_123/execute` with a bearer token. A [`RouteTable`]
+//! turns the method and path into a [`Decision`] — a scope, `public` or
+//! `deny` — and [`RouteTable::authorize_request`] does the whole check in
+//! one call: canonicalize the path (400), decide the route (403 for `deny`
+//! or no match), authenticate (401) and require the scope (403).
+//!
+//! * [`RouteTable`]: the text format, the parser and the matcher.
+//! * [`CanonicalPath`]: the path-safety rules, one set for every caller.
+//! * [`RouteError`], [`PathError`], [`RouteParseError`]: each knows its status.
+//!
+//! ```
+//! use keygate::{Keyring, MintRequest, Pepper, RouteTable};
+//! use rand_core::SeedableRng;
+//!
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+//! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+//! let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, 0)?;
+//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+//! keyring.insert(record)?;
+//! let token = Some(token.expose_secret().as_bytes());
+//!
+//! let table: RouteTable = "GET /v1/devboxes/** devboxes:read\nPOST /v1/devboxes/** devboxes:write\nGET /healthz public".parse()?;
+//! let ok = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/dbx_1", 10)?;
+//! assert!(ok.principal().is_some());
+//! let err = table.authorize_request(&keyring, token, b"POST", b"/v1/devboxes/dbx_1/execute", 10).unwrap_err();
+//! assert_eq!(err.http_status(), 403);
+//! let err = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/%2e%2e/x", 10).unwrap_err();
+//! assert_eq!(err.http_status(), 400);
+//! assert!(table.authorize_request(&keyring, None, b"GET", b"/healthz", 10)?.principal().is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod path;
+mod table;
+
+pub use path::{CanonicalPath, PathError, Segment, Segments};
+pub use table::{
+    Candidate, Decision, Explanation, MatchedBy, Method, RouteMatch, RouteParseError,
+    RouteParseErrorKind, RouteTable, Rule, MAX_PATTERN_SEGMENTS,
+};
+
+use thiserror::Error;
+
+use crate::error::AuthError;
+use crate::key::Principal;
+use crate::keyring::Keyring;
+
+/// A source of keys that checks a presented token at a given time: a
+/// [`Keyring`], a reference, an `Arc` or (with `std`) an `RwLock` of one, or
+/// your own type (keygate's server falls back to its database).
+///
+/// ```
+/// use keygate::route::Authenticate;
+/// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+/// assert!(Authenticate::authenticate(&keyring, b"ak_x", 0).is_err());
+/// ```
+pub trait Authenticate {
+    /// Verifies `token` (the raw bearer token) at `now_ms`, Unix milliseconds.
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError>;
+}
+
+impl Authenticate for Keyring {
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        self.authenticate_bytes(token, now_ms)
+    }
+}
+
+#[cfg(feature = "std")]
+impl<A: Authenticate + ?Sized> Authenticate for std::sync::RwLock<A> {
+    /// Takes the read lock (a poisoned lock still reads: the keyring has
+    /// no invariant a panicking writer could break halfway).
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        self.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .authenticate(token, now_ms)
+    }
+}
+
+#[cfg(target_has_atomic = "ptr")]
+impl<A: Authenticate + ?Sized> Authenticate for alloc::sync::Arc<A> {
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now_ms)
+    }
+}
+
+impl<A: Authenticate + ?Sized> Authenticate for &A {
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now_ms)
+    }
+}
+
+/// Why [`RouteTable::authorize_request`] refused a request: 400, 401 or 403.
+///
+/// ```
+/// use keygate::{AuthError, PathError, RouteError};
+/// assert_eq!(RouteError::from(PathError::NotAbsolute).http_status(), 400);
+/// assert_eq!(RouteError::MissingCredential.http_status(), 401);
+/// assert_eq!(RouteError::Denied { line: 3 }.http_status(), 403);
+/// assert_eq!(RouteError::Denied { line: 3 }.to_string(), "the route table denies this request (line 3)");
+/// assert_eq!(RouteError::from(AuthError::InvalidCredentials).http_status(), 401);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The method or path was refused before matching (400).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A `deny` rule (or `default deny`) matched (403).
+    #[error("the route table denies this request (line {line})")]
+    Denied {
+        /// The deciding line.
+        line: u32,
+    },
+    /// No rule matched and the table has no `default` (403).
+    #[error("no route matches this request")]
+    Unmatched,
+    /// The route needs a key and none was presented (401).
+    #[error("missing `Authorization: Bearer` credential")]
+    MissingCredential,
+    /// The key was refused (401) or lacks the route's scope (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl RouteError {
+    /// 400 for a refused path, 401 for a missing or refused key, 403 for a
+    /// denied route or a key without the scope.
+    ///
+    /// ```
+    /// assert_eq!(keygate::RouteError::Unmatched.http_status(), 403);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            RouteError::Path(e) => e.http_status(),
+            RouteError::Denied { .. } | RouteError::Unmatched => 403,
+            RouteError::MissingCredential => 401,
+            RouteError::Auth(e) => e.http_status(),
+        }
+    }
+}
+
+/// A request [`RouteTable::authorize_request`] let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Authorized<'t> {
+    principal: Option<Principal>,
+    route: RouteMatch<'t>,
+}
+
+impl<'t> Authorized<'t> {
+    /// The verified key; `None` on a `public` route.
+    ///
+    /// ```
+    /// # let table: keygate::RouteTable = "GET /healthz public".parse()?;
+    /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", 0)?;
+    /// assert_eq!(ok.principal(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn principal(&self) -> Option<Principal> {
+        self.principal
+    }
+
+    /// The route decision and the rule that made it.
+    ///
+    /// ```
+    /// # let table: keygate::RouteTable = "GET /healthz public".parse()?;
+    /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", 0)?;
+    /// assert_eq!(ok.route().line(), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn route(&self) -> RouteMatch<'t> {
+        self.route
+    }
+}
+
+impl RouteTable {
+    /// One call for a gateway: canonicalize `target` and decide the route,
+    /// then, unless it is `public`, authenticate `token` against `auth` at
+    /// `now_ms` and require the route's scope. Allocates nothing.
+    ///
+    /// The order fixes the status: a refused path is 400 whatever the token;
+    /// a `deny` or unmatched route is 403 even for a standard key (and with
+    /// no key at all); a missing or refused key is 401; a key without the
+    /// scope is 403. A `public` route ignores the token.
+    ///
+    /// ```
+    /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// let table: keygate::RouteTable = "GET /v1/objects/** objects:read".parse()?;
+    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/objects", 0).unwrap_err();
+    /// assert_eq!(err, keygate::RouteError::MissingCredential);
+    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/other", 0).unwrap_err();
+    /// assert_eq!(err, keygate::RouteError::Unmatched);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn authorize_request<A: Authenticate + ?Sized>(
+        &self,
+        auth: &A,
+        token: Option<&[u8]>,
+        method: &[u8],
+        target: &[u8],
+        now_ms: i64,
+    ) -> Result<Authorized<'_>, RouteError> {
+        let route = self.lookup_bytes(method, target)?;
+        let (resource, access) = match route.decision() {
+            Decision::Public => {
+                return Ok(Authorized {
+                    principal: None,
+                    route,
+                })
+            }
+            Decision::Deny => {
+                return Err(match route.line() {
+                    Some(line) => RouteError::Denied { line },
+                    None => RouteError::Unmatched,
+                })
+            }
+            Decision::Scope(resource, access) => (resource, access),
+        };
+        let principal = auth.authenticate(token.ok_or(RouteError::MissingCredential)?, now_ms)?;
+        principal.require(resource, access)?;
+        Ok(Authorized {
+            principal: Some(principal),
+            route,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::{mint, MintRequest};
+    use crate::scope::{Access, Resource, Scopes};
+    use crate::secret::Pepper;
+    use alloc::string::String;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn statuses_in_order() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let mut add = |req: MintRequest| {
+            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            // `let _`: compiles whether `insert` returns an `Option` or a `Result`.
+            keyring.insert(record).unwrap();
+            String::from(token.expose_secret())
+        };
+        let standard = add(MintRequest::standard(None, None, 0).unwrap());
+        let reader = add(MintRequest::restricted(
+            None,
+            Scopes::grant(Resource::Devboxes, Access::Read),
+            None,
+            0,
+        )
+        .unwrap());
+        let table: RouteTable = "GET /v1/devboxes/** devboxes:read\n\
+             POST /v1/devboxes/** devboxes:write\n\
+             GET /healthz public\n\
+             * /internal/** deny"
+            .parse()
+            .unwrap();
+        let run = |token: Option<&str>, m: &str, p: &str| {
+            table
+                .authorize_request(
+                    &keyring,
+                    token.map(str::as_bytes),
+                    m.as_bytes(),
+                    p.as_bytes(),
+                    5,
+                )
+                .map(|a| a.principal().map(|p| p.id()))
+        };
+        let std_id = crate::KeyId::parse(&standard[3..19]).unwrap();
+        assert_eq!(
+            run(Some(&standard), "POST", "/v1/devboxes/x"),
+            Ok(Some(std_id))
+        );
+        assert!(run(Some(&reader), "GET", "/v1/devboxes/x").is_ok());
+        let e = run(Some(&reader), "POST", "/v1/devboxes/x").unwrap_err();
+        assert!(matches!(
+            e,
+            RouteError::Auth(AuthError::InsufficientScope { .. })
+        ));
+        assert_eq!(e.http_status(), 403);
+        assert_eq!(run(None, "GET", "/healthz"), Ok(None));
+        assert_eq!(run(Some("ak_garbage"), "GET", "/healthz"), Ok(None));
+        // Deny and no match: 403 even for a standard key, and without one.
+        assert_eq!(
+            run(Some(&standard), "GET", "/internal/x"),
+            Err(RouteError::Denied { line: 4 })
+        );
+        assert_eq!(
+            run(None, "GET", "/internal/x"),
+            Err(RouteError::Denied { line: 4 })
+        );
+        assert_eq!(
+            run(Some(&standard), "GET", "/v2"),
+            Err(RouteError::Unmatched)
+        );
+        // 401s.
+        assert_eq!(
+            run(None, "GET", "/v1/devboxes"),
+            Err(RouteError::MissingCredential)
+        );
+        assert_eq!(
+            run(Some("ak_garbage"), "GET", "/v1/devboxes").map_err(|e| e.http_status()),
+            Err(401)
+        );
+        // 400 before anything else.
+        for p in [
+            "/v1/devboxes/..%2Finternal",
+            "/internal/../x",
+            "/v1//devboxes",
+        ] {
+            assert_eq!(
+                run(Some(&standard), "GET", p).map_err(|e| e.http_status()),
+                Err(400),
+                "{p}"
+            );
+        }
+    }
+}

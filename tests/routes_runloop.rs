@@ -1,0 +1,210 @@
+//! `examples/runloop.routes`: it parses, and a representative request of
+//! every family gets the decision the file argues for.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use keygate::route::MatchedBy;
+use keygate::{Access, Decision, Resource, RouteTable};
+
+const RUNLOOP: &str = include_str!("../examples/runloop.routes");
+
+fn table() -> RouteTable {
+    RUNLOOP.parse().expect("examples/runloop.routes parses")
+}
+
+fn decide(t: &RouteTable, method: &str, path: &str) -> String {
+    t.lookup(method, path)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        .decision()
+        .to_string()
+}
+
+#[test]
+fn every_family_has_its_resource() {
+    let t = table();
+    let cases: &[(&str, &str, &str)] = &[
+        // devboxes, including executions, logs, tunnels, files
+        ("GET", "/v1/devboxes", "devboxes:read"),
+        ("POST", "/v1/devboxes", "devboxes:write"),
+        ("GET", "/v1/devboxes/dbx_1", "devboxes:read"),
+        ("POST", "/v1/devboxes/dbx_1/execute", "devboxes:write"),
+        ("POST", "/v1/devboxes/dbx_1/execute_async", "devboxes:write"),
+        ("POST", "/v1/devboxes/dbx_1/shutdown", "devboxes:write"),
+        ("GET", "/v1/devboxes/dbx_1/logs", "devboxes:read"),
+        (
+            "GET",
+            "/v1/devboxes/dbx_1/executions/exe_1",
+            "devboxes:read",
+        ),
+        (
+            "GET",
+            "/v1/devboxes/dbx_1/executions/exe_1/stream_stdout_updates",
+            "devboxes:read",
+        ),
+        (
+            "POST",
+            "/v1/devboxes/dbx_1/executions/exe_1/kill",
+            "devboxes:write",
+        ),
+        ("POST", "/v1/devboxes/dbx_1/enable_tunnel", "devboxes:write"),
+        ("POST", "/v1/devboxes/dbx_1/upload_file", "devboxes:write"),
+        (
+            "POST",
+            "/v1/devboxes/dbx_1/write_file_contents",
+            "devboxes:write",
+        ),
+        ("POST", "/v1/devboxes/dbx_1/snapshot_disk", "devboxes:write"),
+        // the POSTs that read
+        (
+            "POST",
+            "/v1/devboxes/dbx_1/read_file_contents",
+            "devboxes:read",
+        ),
+        ("POST", "/v1/devboxes/dbx_1/download_file", "devboxes:read"),
+        (
+            "POST",
+            "/v1/devboxes/dbx_1/executions/exe_1/wait_for_status",
+            "devboxes:read",
+        ),
+        (
+            "POST",
+            "/v1/scenarios/runs/run_1/download_logs",
+            "scenarios:read",
+        ),
+        ("POST", "/v1/blueprints/preview", "blueprints:read"),
+        // snapshots
+        ("GET", "/v1/devboxes/disk_snapshots", "snapshots:read"),
+        (
+            "GET",
+            "/v1/devboxes/disk_snapshots/snp_1/status",
+            "snapshots:read",
+        ),
+        (
+            "POST",
+            "/v1/devboxes/disk_snapshots/snp_1",
+            "snapshots:write",
+        ),
+        (
+            "POST",
+            "/v1/devboxes/disk_snapshots/snp_1/delete",
+            "snapshots:write",
+        ),
+        // blueprints
+        ("GET", "/v1/blueprints/bpt_1/logs", "blueprints:read"),
+        ("POST", "/v1/blueprints", "blueprints:write"),
+        ("POST", "/v1/blueprints/bpt_1/delete", "blueprints:write"),
+        // benchmarks, runs, jobs
+        ("GET", "/v1/benchmarks/list_public", "benchmarks:read"),
+        ("POST", "/v1/benchmarks/start_run", "benchmarks:write"),
+        (
+            "GET",
+            "/v1/benchmark_runs/bmr_1/scenario_runs",
+            "benchmarks:read",
+        ),
+        (
+            "POST",
+            "/v1/benchmark_runs/bmr_1/cancel",
+            "benchmarks:write",
+        ),
+        ("GET", "/v1/benchmark_jobs", "benchmarks:read"),
+        ("POST", "/v1/benchmark_jobs", "benchmarks:write"),
+        // scenarios
+        ("GET", "/v1/scenarios/scn_1", "scenarios:read"),
+        ("POST", "/v1/scenarios/start_run", "scenarios:write"),
+        ("POST", "/v1/scenarios/runs/run_1/score", "scenarios:write"),
+        ("GET", "/v1/scenarios/scorers", "scenarios:read"),
+        // repo_connections
+        (
+            "GET",
+            "/v1/repositories/repo_1/inspections",
+            "repo_connections:read",
+        ),
+        (
+            "POST",
+            "/v1/repositories/repo_1/refresh",
+            "repo_connections:write",
+        ),
+        // agents
+        ("GET", "/v1/agents/devbox_counts", "agents:read"),
+        ("POST", "/v1/agents/agt_1/delete", "agents:write"),
+        // objects
+        ("GET", "/v1/objects/obj_1/download", "objects:read"),
+        ("POST", "/v1/objects/obj_1/complete", "objects:write"),
+        // account
+        ("GET", "/v1/accounts/me", "account:read"),
+        ("POST", "/v1/apikeys", "account:write"),
+        ("POST", "/v1/restricted_keys", "account:write"),
+        ("GET", "/v1/keys", "account:read"),
+        ("POST", "/v1/keys/key_1/rotate", "account:write"),
+        ("DELETE", "/v1/keys/key_1", "account:write"),
+        ("GET", "/v1/events", "account:read"),
+        // public
+        ("GET", "/healthz", "public"),
+        ("HEAD", "/healthz", "public"),
+        // HEAD follows GET
+        ("HEAD", "/v1/objects/obj_1", "objects:read"),
+        // outside the nine: denied
+        ("GET", "/v1/secrets/GITHUB_TOKEN", "deny"),
+        ("POST", "/v1/secrets", "deny"),
+        ("POST", "/v1/network-policies/np_1", "deny"),
+        ("GET", "/v1/gateway-configs", "deny"),
+        ("GET", "/v1/mcp-configs/m_1", "deny"),
+        ("POST", "/v1/axons/ax_1/sql/query", "deny"),
+        ("GET", "/pty/session", "deny"),
+        // unlisted paths and methods: denied
+        ("GET", "/v1/unknown", "deny"),
+        ("DELETE", "/v1/devboxes/dbx_1", "deny"),
+        ("PUT", "/v1/objects/obj_1", "deny"),
+        ("GET", "/v2/devboxes", "deny"),
+        ("GET", "/", "deny"),
+    ];
+    for (method, path, want) in cases {
+        assert_eq!(decide(&t, method, path), *want, "{method} {path}");
+    }
+}
+
+#[test]
+fn every_resource_is_reachable_for_read_and_write() {
+    let t = table();
+    for resource in Resource::ALL {
+        for access in [Access::Read, Access::Write] {
+            assert!(
+                t.rules()
+                    .any(|r| r.decision() == Decision::Scope(resource, access)),
+                "{resource}:{access}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unmatched_is_nothing_and_not_a_default() {
+    let t = table();
+    assert!(t.default_decision().is_none());
+    let m = t.lookup("GET", "/v1/nope").unwrap();
+    assert_eq!(m.matched_by(), MatchedBy::Nothing);
+}
+
+#[test]
+fn path_confusion_is_refused() {
+    let t = table();
+    for path in [
+        "/v1/devboxes/..%2Faccounts/me",
+        "/v1/devboxes/%2e%2e/secrets",
+        "/v1/devboxes/../secrets",
+        "/v1//secrets",
+        "/v1/secrets;x/y",
+        "/v1/devboxes%2Fdisk_snapshots",
+        "/v1/devboxes/dbx_1%00/read_file_contents",
+    ] {
+        assert_eq!(
+            t.lookup("GET", path).map_err(|e| e.http_status()),
+            Err(400),
+            "{path}"
+        );
+    }
+}
