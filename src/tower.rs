@@ -31,7 +31,7 @@
 //! # let _ = layer;
 //! ```
 
-use std::string::{String, ToString};
+use std::string::String;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -148,7 +148,7 @@ impl Rejection {
     /// ```
     pub fn to_response<B: From<String>>(&self) -> Response<B> {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        let mut response = problem(status, &self.to_string());
+        let mut response = problem_with(status, self);
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static(self.challenge()));
@@ -173,13 +173,40 @@ impl Rejection {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 pub fn problem<B: From<String>>(status: StatusCode, detail: &str) -> Response<B> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    })
-    .to_string();
+    problem_with(status, &detail)
+}
+
+/// [`problem`] with any displayable detail, written straight into the body:
+/// one allocation (the body) for the usual short document.
+fn problem_with<B: From<String>>(
+    status: StatusCode,
+    detail: &dyn core::fmt::Display,
+) -> Response<B> {
+    /// The document, in RFC 9457's member order.
+    struct Problem<'a> {
+        status: StatusCode,
+        detail: &'a dyn core::fmt::Display,
+    }
+    impl serde::Serialize for Problem<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStruct;
+            let mut s = serializer.serialize_struct("Problem", 4)?;
+            s.serialize_field("type", "about:blank")?;
+            s.serialize_field("title", self.status.canonical_reason().unwrap_or("Error"))?;
+            s.serialize_field("status", &self.status.as_u16())?;
+            s.serialize_field("detail", &Collected(self.detail))?;
+            s.end()
+        }
+    }
+    /// Serializes a `Display` value as a JSON string, escaped as written.
+    struct Collected<'a>(&'a dyn core::fmt::Display);
+    impl serde::Serialize for Collected<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_str(self.0)
+        }
+    }
+    // Serializing strings and a number into a `Vec` cannot fail.
+    let body = serde_json::to_string(&Problem { status, detail }).unwrap_or_default();
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     response
@@ -596,6 +623,25 @@ mod tests {
     use std::vec::Vec;
     use tower_layer::Layer;
     use tower_service::Service;
+
+    #[test]
+    fn problem_bodies_are_exact_and_escaped() {
+        let r: Response<String> = problem(StatusCode::BAD_REQUEST, "a \"q\" \\ \n\u{1}");
+        assert_eq!(
+            r.body(),
+            r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"a \"q\" \\ \n\u0001"}"#
+        );
+        let r: Response<String> = Rejection::from(AuthError::InvalidCredentials).to_response();
+        assert_eq!(
+            r.body(),
+            r#"{"type":"about:blank","title":"Unauthorized","status":401,"detail":"unknown key or wrong secret"}"#
+        );
+        let r: Response<String> = problem(StatusCode::from_u16(599).unwrap(), "x");
+        assert_eq!(
+            r.body(),
+            r#"{"type":"about:blank","title":"Error","status":599,"detail":"x"}"#
+        );
+    }
 
     /// Echoes 200 with the principal's id, if the request carries one.
     #[derive(Clone)]

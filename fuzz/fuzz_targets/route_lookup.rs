@@ -134,9 +134,13 @@ fuzz_target!(|data: &[u8]| {
             .explain(method, target)
             .expect("explain accepts what lookup accepts");
         assert_eq!(e.route(), m);
-        // The decoded form, where it is itself acceptable, decides the same.
-        if let Ok(again) = table.lookup(method, &text) {
-            assert_eq!(again.decision(), m.decision(), "{target:?} vs {text:?}");
-        }
+        // The canonical text is itself an acceptable target, a fixed point,
+        // and decides the same.
+        let again = table
+            .lookup(method, &text)
+            .unwrap_or_else(|e| panic!("{target:?} vs {text:?}: {e}"));
+        assert_eq!(again.decision(), m.decision(), "{target:?} vs {text:?}");
+        let fixed = CanonicalPath::new(text.as_bytes()).expect("canonical text is canonical");
+        assert_eq!(fixed.to_string(), text, "{target:?}");
     }
 });

@@ -247,7 +247,18 @@ impl<'a> CanonicalPath<'a> {
 }
 
 impl core::fmt::Display for CanonicalPath<'_> {
-    /// The decoded path, `/`-joined, with a leading `/`.
+    /// The decoded path, `/`-joined, with a leading `/`; a decoded `?` or `#`
+    /// stays escaped (`%3F`, `%23`), so the text is itself a request target
+    /// for the same path, and canonical text is a fixed point.
+    ///
+    /// ```
+    /// use keygate::route::CanonicalPath;
+    /// let path = CanonicalPath::new(b"/v1/a%3Fb%41/?q=1")?;
+    /// assert_eq!(path.to_string(), "/v1/a%3FbA");
+    /// let again = path.to_string();
+    /// assert_eq!(CanonicalPath::new(again.as_bytes())?.to_string(), again);
+    /// # Ok::<(), keygate::PathError>(())
+    /// ```
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let mut any = false;
         for seg in self.segments() {
@@ -582,6 +593,21 @@ impl<'a> Segment<'a> {
             }
         };
         for b in decode(self.raw) {
+            // A decoded `?` or `#` written raw would end the path: keep it
+            // escaped so the text is a request target for the same path.
+            // (Every byte before it ends a whole UTF-8 character.)
+            let escape = match b {
+                b'?' => "%3F",
+                b'#' => "%23",
+                _ => "",
+            };
+            if !escape.is_empty() {
+                let done = out(buf.get(..len).unwrap_or_default(), f)?;
+                buf.copy_within(done..len, 0);
+                len -= done;
+                f.write_str(escape)?;
+                continue;
+            }
             if len == buf.len() {
                 let done = out(&buf, f)?;
                 buf.copy_within(done.., 0);
@@ -625,6 +651,18 @@ mod tests {
         assert_eq!(canon("/v1/devboxes").unwrap(), "/v1/devboxes");
         assert_eq!(canon("/v1/devboxes?x=/../y").unwrap(), "/v1/devboxes");
         assert_eq!(canon("/?q").unwrap(), "/");
+    }
+
+    #[test]
+    fn display_keeps_query_and_fragment_bytes_escaped() {
+        // Found by the route_lookup fuzz target: a decoded `?` printed raw
+        // made the canonical text name a shorter path.
+        let text = canon("/v1/agents%3Fx%2e/ab%23c%3f").unwrap();
+        assert_eq!(text, "/v1/agents%3Fx./ab%23c%3F");
+        assert_eq!(canon(&text).unwrap(), text);
+        let long = format!("/{}%3F{}", "é".repeat(40), "x".repeat(70));
+        let text = canon(&long).unwrap();
+        assert_eq!(text, format!("/{}%3F{}", "é".repeat(40), "x".repeat(70)));
     }
 
     #[test]
