@@ -428,7 +428,7 @@ impl Keyring {
             .zip(slot.digest)
             .fold(0u64, |diff, (computed, stored)| diff | (computed ^ stored));
         let diff = core::hint::black_box(diff);
-        let equal = ((diff | diff.wrapping_neg()) >> 63).wrapping_sub(1);
+        let equal = zero_mask(diff);
         // One mask and one branch, on the outcome alone: not on `found`
         // first (LLVM may split a branch on `a && b`, or even on `a & b`).
         let accepted = core::hint::black_box(found & equal);
@@ -498,6 +498,13 @@ impl PartialEq for Keyring {
 
 impl Eq for Keyring {}
 
+/// All ones if `diff` is 0, else 0, by arithmetic: `x | -x` has its top
+/// bit set iff `x != 0`.
+#[inline(always)]
+const fn zero_mask(diff: u64) -> u64 {
+    ((diff | diff.wrapping_neg()) >> 63).wrapping_sub(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +523,19 @@ mod tests {
         let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
         keyring.insert(record).unwrap();
         (keyring, String::from(token.expose_secret()))
+    }
+
+    #[test]
+    fn zero_mask_is_all_ones_only_for_zero() {
+        assert_eq!(zero_mask(0), u64::MAX);
+        // Every single-bit difference, the top bit included (where `x ^ -x`
+        // would be 0), and a few wider ones.
+        for bit in 0..64 {
+            assert_eq!(zero_mask(1u64 << bit), 0, "bit {bit}");
+        }
+        for diff in [u64::MAX, 3, 0x8000_0000_0000_0001, 0xff00] {
+            assert_eq!(zero_mask(diff), 0, "{diff:#x}");
+        }
     }
 
     #[test]

@@ -176,3 +176,97 @@ fn keyring_tracks_revocations_sequence_and_expiry() {
     assert_eq!(keyring.evict_expired(NOW + 5_000), 1);
     assert!(keyring.is_empty());
 }
+
+#[test]
+fn evicting_expired_keys_leaves_the_others_authenticating() {
+    use keygate::AuthError;
+    let mut rng = ChaCha20Rng::seed_from_u64(79);
+    let pepper_bytes = Pepper::generate_bytes(&mut rng);
+    let mut keyring = Keyring::new(Pepper::from_bytes(&pepper_bytes));
+    let mut mint_one = |expires: Option<i64>| {
+        let req = MintRequest::standard(None, expires, NOW).unwrap();
+        mint(&Pepper::from_bytes(&pepper_bytes), &req, &mut rng, NOW).into_parts()
+    };
+    let (short, short_token) = mint_one(Some(NOW + 10));
+    let (long, long_token) = mint_one(Some(NOW + 1_000));
+    keyring.insert(short.clone()).unwrap();
+    keyring.insert(long.clone()).unwrap();
+    // Before eviction an expired key is known, and says so.
+    assert!(matches!(
+        keyring.authenticate(short_token.expose_secret(), NOW + 20),
+        Err(AuthError::Expired { .. })
+    ));
+    assert_eq!(keyring.evict_expired(NOW + 20), 1);
+    // After it, the key is gone from the lookup too: unknown, not expired.
+    assert_eq!(
+        keyring.authenticate(short_token.expose_secret(), NOW + 20),
+        Err(AuthError::InvalidCredentials)
+    );
+    // And the key that stays still authenticates.
+    let principal = keyring
+        .authenticate(long_token.expose_secret(), NOW + 20)
+        .unwrap();
+    assert_eq!(principal.id(), long.id());
+    assert!(principal.can(Resource::Account, keygate::Access::Write));
+}
+
+#[test]
+fn keyrings_differing_in_one_part_are_unequal() {
+    use keygate::Change;
+    let mut rng = ChaCha20Rng::seed_from_u64(80);
+    let pepper_bytes = Pepper::generate_bytes(&mut rng);
+    let ring = || Keyring::new(Pepper::from_bytes(&pepper_bytes));
+    let req = MintRequest::standard(None, None, NOW).unwrap();
+    let pepper = Pepper::from_bytes(&pepper_bytes);
+    let r1 = mint(&pepper, &req, &mut rng, NOW).into_parts().0;
+    let r2 = mint(&pepper, &req, &mut rng, NOW).into_parts().0;
+    let with = |changes: &[Change]| {
+        let mut k = ring();
+        for c in changes {
+            k.apply(c.clone()).unwrap();
+        }
+        k
+    };
+    // Only the pepper differs.
+    assert_eq!(ring(), ring());
+    assert_ne!(ring(), Keyring::new(Pepper::generate(&mut rng)));
+    // Only the last sequence number differs.
+    let a = with(&[Change::upsert(5, r1.clone())]);
+    assert_eq!(a, with(&[Change::upsert(5, r1.clone())]));
+    assert_ne!(a, with(&[Change::upsert(6, r1.clone())]));
+    // Only the keys differ.
+    assert_ne!(a, with(&[Change::upsert(5, r2.clone())]));
+    // Only the tombstones differ.
+    let b = with(&[Change::upsert(1, r1.clone()), Change::revoke(2, r2.id())]);
+    let c = with(&[
+        Change::upsert(1, r1.clone()),
+        Change::revoke(2, KeyId::parse("0000000000000000").unwrap()),
+    ]);
+    assert_eq!(b.len(), c.len());
+    assert_eq!(b.last_seq(), c.last_seq());
+    assert_ne!(b, c);
+}
+
+#[test]
+fn debug_texts_name_the_type_and_hide_the_secret() {
+    use core::hash::BuildHasher;
+    use keygate::{IdHasher, SecretHash};
+    let hash = SecretHash::from_bytes([0xab; 32]);
+    assert_eq!(format!("{hash:?}"), "SecretHash(abababab…)");
+    let mut rng = ChaCha20Rng::seed_from_u64(81);
+    let pepper = Pepper::generate(&mut rng);
+    let req = MintRequest::standard(None, None, NOW).unwrap();
+    let (_, token) = mint(&pepper, &req, &mut rng, NOW).into_parts();
+    assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
+    assert_eq!(format!("{token}"), "<redacted>");
+    assert_eq!(
+        format!("{:?}", IdHasher::default().build_hasher()),
+        "IdHash(<seeded>)"
+    );
+    // A digest that is not a JSON string says what it expected.
+    let err = serde_json::from_str::<SecretHash>("7").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid type: integer `7`, expected 64 hex characters at line 1 column 1"
+    );
+}
