@@ -247,6 +247,11 @@ fn serve(
 /// Mints the `bootstrap` standard key into an empty store and writes its
 /// token to a new 0600 file beside the database; only the file's path is
 /// logged, never the secret.
+///
+/// Several instances may start at once on one empty PostgreSQL database:
+/// the store creates the key only if it holds none ([`Store::create_first`]),
+/// so exactly one instance bootstraps it, and the others remove the file
+/// they wrote (or, sharing its path, find it taken) and carry on.
 async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Result<(), String> {
     let now_ms = clock::now_ms();
     let request =
@@ -259,18 +264,44 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
     )
     .into_parts();
     let base = store::postgres::bootstrap_base(&args.db, args.pepper_file.as_deref());
-    let path = cli::write_bootstrap_file(&base, token.expose_secret())?;
-    let seq = store
-        .create(&record, None, now_ms)
-        .await
-        .map_err(|e| e.to_string())?;
-    cache.apply([Change::upsert(seq, record.clone())]);
-    tracing::info!(
-        key_id = %record.id(),
-        path = %path.display(),
-        "bootstrap key created; its token is in the file (mode 0600): read it, then delete the file"
-    );
-    Ok(())
+    // The file first: a key is never created whose token nobody holds.
+    let path = match cli::write_bootstrap_file(&base, token.expose_secret()) {
+        Ok(path) => path,
+        // Another instance on this file system won the race.
+        Err(_) if store.count().await.map_err(|e| e.to_string())? > 0 => {
+            tracing::info!("another instance bootstrapped the store");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let created = store.create_first(&record, now_ms).await;
+    match created {
+        Ok(Some(seq)) => {
+            cache.apply([Change::upsert(seq, record.clone())]);
+            tracing::info!(
+                key_id = %record.id(),
+                path = %path.display(),
+                "bootstrap key created; its token is in the file (mode 0600): read it, then delete the file"
+            );
+            Ok(())
+        }
+        Ok(None) => {
+            remove_quietly(&path);
+            tracing::info!("another instance bootstrapped the store");
+            Ok(())
+        }
+        Err(e) => {
+            remove_quietly(&path);
+            Err(format!("cannot store the bootstrap key: {e}"))
+        }
+    }
+}
+
+/// Removes a bootstrap key file whose key was not stored.
+fn remove_quietly(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), "cannot remove the unused bootstrap key file: {e}");
+    }
 }
 
 async fn run(

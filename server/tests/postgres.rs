@@ -453,3 +453,68 @@ fn the_wrong_pepper_is_refused_at_startup() {
     let (ok, _, err) = c.cli(&["events"], &[]);
     assert!(ok, "{err}");
 }
+
+/// Starts `n` instances at once on the cluster's empty database, instance
+/// `i` with the pepper file `peppers[i]`, and waits until all listen.
+fn serve_at_once(c: &Cluster, peppers: &[PathBuf]) -> Vec<Server> {
+    let url = c.url();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = peppers
+            .iter()
+            .map(|p| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    Server::start(Path::new(&url), &["--pepper-file", p.to_str().unwrap()])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Several instances started at once on one empty database bootstrap it
+/// exactly once, whether each has its own copy of the pepper file (one
+/// machine each) or they share one (one file system): one key, one
+/// bootstrap file, and its token is accepted everywhere.
+#[test]
+fn instances_started_at_once_on_an_empty_database_bootstrap_it_once() {
+    for shared_file in [false, true] {
+        let c = Cluster::new("pg-bootstrap-race");
+        let peppers: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let p = if shared_file {
+                    c.pepper()
+                } else {
+                    let dir = c.dir.0.join(format!("machine-{i}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    dir.join("pepper")
+                };
+                std::fs::write(&p, [7u8; 32]).unwrap();
+                p
+            })
+            .collect();
+        let servers = serve_at_once(&c, &peppers);
+        let files: BTreeSet<PathBuf> = peppers
+            .iter()
+            .map(|p| bootstrap_path(p))
+            .filter(|f| f.exists())
+            .collect();
+        assert_eq!(files.len(), 1, "shared file {shared_file}: {files:?}");
+        let token = take_bootstrap_file(&peppers[0])
+            .or_else(|| peppers.iter().find_map(|p| take_bootstrap_file(p)))
+            .unwrap();
+        assert_eq!(
+            c.pg.psql("SELECT count(*) FROM keys").trim(),
+            "1",
+            "shared file {shared_file}"
+        );
+        for s in &servers {
+            until(s, &token, 204, Duration::from_secs(5));
+        }
+        let bootstrapped = servers
+            .iter()
+            .filter(|s| s.log_text().contains("bootstrap key created"))
+            .count();
+        assert_eq!(bootstrapped, 1, "shared file {shared_file}");
+    }
+}

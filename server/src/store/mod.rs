@@ -177,6 +177,14 @@ pub trait Store: Send + Sync + 'static {
         at_ms: i64,
     ) -> Result<u64, StoreError>;
 
+    /// Stores the first key of an empty store (the bootstrap key) and its
+    /// `created` event, and returns the event's sequence number; returns
+    /// `None`, and stores nothing, if the store already holds a key. Atomic
+    /// against the other instances of a shared store: of several started
+    /// at once on an empty store, exactly one bootstraps it.
+    async fn create_first(&self, record: &KeyRecord, at_ms: i64)
+        -> Result<Option<u64>, StoreError>;
+
     /// Revokes `id` and, with `cascade`, every live key minted from it
     /// (transitively), each with its own `revoked` event; all or nothing.
     /// `scope` limits which `id` may be named ([`StoreError::NotFound`]

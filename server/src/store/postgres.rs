@@ -964,6 +964,30 @@ impl Store for PgStore {
         })
     }
 
+    async fn create_first(
+        &self,
+        record: &KeyRecord,
+        at_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        write_tx!(self, tx => {
+            // meta's one row serializes the instances that bootstrap at once:
+            // the second waits here, then counts the first one's key.
+            tx.execute("SELECT 1 FROM meta FOR UPDATE", &[]).await?;
+            let keys: i64 = tx.query_one("SELECT count(*) FROM keys", &[]).await?.get(0);
+            if keys != 0 {
+                return Ok(None);
+            }
+            insert_key(tx, record).await?;
+            let event = NewEvent {
+                action: Action::Created,
+                key_id: record.id(),
+                new_key_id: None,
+            };
+            let seqs = append(tx, &[event], None, at_ms).await?;
+            Ok(Some(seqs.first().copied().unwrap_or_default()))
+        })
+    }
+
     async fn count(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let n: i64 = client

@@ -769,6 +769,32 @@ impl super::Store for SqliteStore {
         .await
     }
 
+    async fn create_first(
+        &self,
+        record: &KeyRecord,
+        at_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let record = record.clone();
+        self.write(move |conn, _| {
+            // IMMEDIATE takes the database's write lock first: no other
+            // process can insert between the count and the insert.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let keys: i64 = tx
+                .query_row("SELECT count(*) FROM keys", [], |row| row.get(0))
+                .map_err(sql)?;
+            if keys != 0 {
+                return Ok(None);
+            }
+            insert_key(&tx, &record)?;
+            let seq = append(&tx, at_ms, Action::Created, record.id(), None, None)?;
+            tx.commit().map_err(sql)?;
+            Ok(Some(seq))
+        })
+        .await
+    }
+
     async fn revoke(
         &self,
         id: KeyId,
@@ -896,6 +922,22 @@ mod tests {
 
     fn raw(store: &SqliteStore) -> std::sync::MutexGuard<'_, Connection> {
         store.inner.writer.lock().unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_first_stores_only_into_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let a = record(None, 5);
+        let b = record(None, 6);
+        assert_eq!(store.create_first(&a, 5).await.unwrap(), Some(1));
+        assert_eq!(store.create_first(&b, 6).await.unwrap(), None);
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert!(store.get(a.id(), Scope::All).await.unwrap().is_some());
+        assert!(store.get(b.id(), Scope::All).await.unwrap().is_none());
+        // One change: the first key's creation.
+        let changes = store.changes_since(0, 10).await.unwrap();
+        assert_eq!(changes.len(), 1);
     }
 
     #[tokio::test]
