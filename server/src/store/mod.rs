@@ -258,3 +258,44 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate::{MintRequest, Pepper};
+
+    fn expiring(at: Option<i64>) -> KeyRecord {
+        let request = MintRequest::standard(None, at, 0).unwrap();
+        keygate::mint(
+            &Pepper::from_bytes(&[5u8; 32]),
+            &request,
+            &mut keygate::os_entropy(),
+            0,
+        )
+        .into_parts()
+        .0
+    }
+
+    #[test]
+    fn a_roll_fits_only_if_neither_record_outlives_the_stored_key() {
+        let fits = |old: Option<i64>, new: Option<i64>, stored: Option<i64>| {
+            check_roll_fits(&expiring(old), &expiring(new), stored).is_ok()
+        };
+        // A key that never expires takes any roll.
+        assert!(fits(None, None, None));
+        assert!(fits(Some(500), None, None));
+        // Equal or shorter lives fit; a longer one, or none, does not.
+        assert!(fits(Some(100), Some(100), Some(100)));
+        assert!(fits(Some(100), Some(50), Some(100)));
+        assert!(fits(Some(60), Some(99), Some(100)));
+        assert!(!fits(Some(101), Some(50), Some(100)));
+        assert!(!fits(Some(50), Some(101), Some(100)));
+        assert!(!fits(None, Some(50), Some(100)));
+        assert!(!fits(Some(50), None, Some(100)));
+        let err = check_roll_fits(&expiring(Some(101)), &expiring(Some(1)), Some(100)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict(ref m) if m.contains("changed while it was being rolled")),
+            "{err}"
+        );
+    }
+}
