@@ -546,6 +546,23 @@ async fn insert_key(
 /// and notifies, in one statement (one round trip): the last step of every
 /// writing transaction, so the `change_seq` row lock, which serializes
 /// writers, is held only from here to the commit.
+/// Inserts a new key and its `created` event; returns the event's seq.
+async fn insert_created(
+    tx: &deadpool_postgres::Transaction<'_>,
+    record: &KeyRecord,
+    actor: Option<KeyId>,
+    at_ms: i64,
+) -> Result<u64, WriteError> {
+    insert_key(tx, record).await?;
+    let event = NewEvent {
+        action: Action::Created,
+        key_id: record.id(),
+        new_key_id: None,
+    };
+    let seqs = append(tx, &[event], actor, at_ms).await?;
+    Ok(seqs.first().copied().unwrap_or_default())
+}
+
 async fn append(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[NewEvent],
@@ -659,14 +676,7 @@ impl Store for PgStore {
                     }
                 }
             }
-            insert_key(tx, record).await?;
-            let event = NewEvent {
-                action: Action::Created,
-                key_id: record.id(),
-                new_key_id: None,
-            };
-            let seqs = append(tx, &[event], actor, at_ms).await?;
-            Ok(seqs.first().copied().unwrap_or_default())
+            insert_created(tx, record, actor, at_ms).await
         })
     }
 
@@ -977,14 +987,7 @@ impl Store for PgStore {
             if keys != 0 {
                 return Ok(None);
             }
-            insert_key(tx, record).await?;
-            let event = NewEvent {
-                action: Action::Created,
-                key_id: record.id(),
-                new_key_id: None,
-            };
-            let seqs = append(tx, &[event], None, at_ms).await?;
-            Ok(Some(seqs.first().copied().unwrap_or_default()))
+            insert_created(tx, record, None, at_ms).await.map(Some)
         })
     }
 
