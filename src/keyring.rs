@@ -539,6 +539,33 @@ mod tests {
     }
 
     #[test]
+    fn index_differs_only_for_a_nonzero_difference() {
+        use index::differs;
+        assert_eq!(differs(0), 0);
+        for bit in 0..128 {
+            assert_eq!(differs(1u128 << bit), 1, "bit {bit}");
+        }
+        assert_eq!(differs(u128::MAX), 1);
+    }
+
+    #[test]
+    fn the_index_stays_at_most_half_full() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+        let request = MintRequest::standard(None, None, 0).unwrap();
+        for n in 1..=100 {
+            let (record, _) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+            keyring.insert(record).unwrap();
+            assert_eq!(keyring.index.len, n);
+            assert!(
+                2 * keyring.index.len <= keyring.index.size(),
+                "{n} keys in {}",
+                keyring.index.size()
+            );
+        }
+    }
+
+    #[test]
     fn standard_key_can_everything() {
         let (keyring, token) = setup(None, None);
         for r in Resource::ALL {

@@ -115,6 +115,13 @@ impl core::hash::Hasher for IdHash {
     }
 }
 
+/// 1 if `diff` is not 0, else 0, by arithmetic: `x | -x` has its top bit
+/// set iff `x != 0`.
+#[inline(always)]
+pub(crate) const fn differs(diff: u128) -> u64 {
+    ((diff | diff.wrapping_neg()) >> 127) as u64
+}
+
 /// The most keys `Keyring::with_capacity` reserves room for up front.
 pub(crate) const MAX_PREALLOCATED_KEYS: usize = 1 << 20;
 
@@ -229,10 +236,11 @@ pub(crate) struct DigestIndex {
     hasher: IdHasher,
 }
 
-/// The largest table for `keys` keys.
+/// The largest table for `keys` keys (at most [`MAX_KEYS`], checked before,
+/// so at most `MAX_KEYS · SLOTS_PER_KEY` slots).
 fn size_limit(keys: usize) -> usize {
     keys.saturating_mul(SLOTS_PER_KEY)
-        .clamp(2 * WINDOW, MAX_KEYS * SLOTS_PER_KEY)
+        .max(2 * WINDOW)
         .next_power_of_two()
 }
 
@@ -458,10 +466,7 @@ impl DigestIndex {
         // parallel.
         let mut equal = [0u64; WINDOW];
         for (mask, slot) in equal.iter_mut().zip(window) {
-            let diff = slot.id ^ key;
-            // `x | -x` has its top bit set iff x != 0.
-            let differs = ((diff | diff.wrapping_neg()) >> 127) as u64;
-            *mask = differs.wrapping_sub(1);
+            *mask = differs(slot.id ^ key).wrapping_sub(1);
         }
         // The barrier hides that each mask is 0 or all ones, so the
         // optimizer can't turn the merge below into branches.
