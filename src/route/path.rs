@@ -816,5 +816,28 @@ mod tests {
         assert_eq!(check_method(b""), Err(PathError::BadMethod));
         assert_eq!(check_method(b"GE T"), Err(PathError::BadMethod));
         assert_eq!(check_method(&[b'A'; 33]), Err(PathError::BadMethod));
+        // 32 bytes is the longest method accepted.
+        assert!(check_method(&[b'A'; 32]).is_ok());
+        // Every tchar punctuation mark is accepted; a separator is not.
+        assert!(check_method(b"!#$%&'*+-.^_`|~").is_ok());
+        for sep in [
+            b'(', b')', b',', b'/', b':', b';', b'<', b'=', b'>', b'?', b'@', b'[', b'"',
+        ] {
+            assert_eq!(
+                check_method(&[b'X', sep]),
+                Err(PathError::BadMethod),
+                "{}",
+                sep as char
+            );
+        }
+    }
+
+    #[test]
+    fn is_encoded_only_with_a_percent_escape() {
+        assert!(!CanonicalPath::new(b"/v1/devboxes").unwrap().is_encoded());
+        assert!(!CanonicalPath::new(b"/v1/dev.boxes/a?x=%41")
+            .unwrap()
+            .is_encoded());
+        assert!(CanonicalPath::new(b"/v1/%41").unwrap().is_encoded());
     }
 }
