@@ -297,3 +297,47 @@ fn id_hasher_sees_every_bit() {
         assert!(seen.insert(hasher.hash_one(flipped)), "bit {bit}");
     }
 }
+
+/// A stored digest that differs from the presented one in any way is
+/// refused, also when the differences of its 64-bit words cancel out under
+/// XOR (a comparison that folded the words with `^` instead of `|` would
+/// accept it).
+#[test]
+fn a_digest_differing_in_words_that_cancel_is_refused() {
+    use keygate::{AuthError, KeyRecord, KeyRecordParts, SecretHash};
+    let mut rng = ChaCha20Rng::seed_from_u64(82);
+    let pepper = Pepper::generate(&mut rng);
+    let req = MintRequest::standard(None, None, NOW).unwrap();
+    let (record, token) = mint(&pepper, &req, &mut rng, NOW).into_parts();
+    let stored = *record.secret_hash().as_bytes();
+    for (a, b) in [(0, 1), (0, 3), (2, 3)] {
+        let mut forged = stored;
+        for i in 0..8 {
+            forged[a * 8 + i] ^= 0xa5;
+            forged[b * 8 + i] ^= 0xa5;
+        }
+        let parts = KeyRecordParts {
+            id: record.id(),
+            kind: record.kind(),
+            name: record.name().to_owned(),
+            secret_hash: SecretHash::from_bytes(forged),
+            scopes: record.scopes(),
+            expires_at_ms: record.expires_at_ms(),
+            created_at_ms: record.created_at_ms(),
+            creator_id: record.creator_id(),
+        };
+        let mut keyring = Keyring::new(pepper.clone());
+        keyring
+            .insert(KeyRecord::from_parts(parts).unwrap())
+            .unwrap();
+        assert_eq!(
+            keyring.authenticate(token.expose_secret(), NOW),
+            Err(AuthError::InvalidCredentials),
+            "words {a} and {b}"
+        );
+    }
+    // The untouched digest is accepted (the test's own control).
+    let mut keyring = Keyring::new(pepper.clone());
+    keyring.insert(record).unwrap();
+    assert!(keyring.authenticate(token.expose_secret(), NOW).is_ok());
+}
