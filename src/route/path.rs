@@ -639,6 +639,7 @@ mod tests {
     use super::*;
     use alloc::format;
     use alloc::string::{String, ToString};
+    use alloc::vec;
     use alloc::vec::Vec;
 
     fn canon(p: &str) -> Result<String, PathError> {
@@ -828,6 +829,49 @@ mod tests {
                 Err(PathError::BadMethod),
                 "{}",
                 sep as char
+            );
+        }
+    }
+
+    /// Segments whose decoded bytes run past the 64-byte chunks of the UTF-8
+    /// check, with a character across a chunk boundary and invalid bytes
+    /// on either side of it.
+    #[test]
+    fn utf8_is_checked_across_chunks() {
+        let path = |parts: &[&[u8]]| {
+            let mut p = b"/".to_vec();
+            for part in parts {
+                p.extend_from_slice(part);
+            }
+            p
+        };
+        let a = |n: usize| vec![b'a'; n];
+        let ok = |p: &[u8]| CanonicalPath::new(p).map(|c| c.to_string());
+        let euro = "€".as_bytes();
+        // A two- and a three-byte character across byte 64, raw and encoded.
+        let p = path(&[&a(63), "é".as_bytes(), b"z"]);
+        assert_eq!(ok(&p).unwrap(), format!("/{}éz", "a".repeat(63)));
+        let p = path(&[&a(62), euro, b"b"]);
+        assert_eq!(ok(&p).unwrap(), format!("/{}€b", "a".repeat(62)));
+        let p = path(&[&a(62), b"%E2%82%AC", &a(70)]);
+        assert_eq!(
+            ok(&p).unwrap(),
+            format!("/{}€{}", "a".repeat(62), "a".repeat(70))
+        );
+        // An invalid byte after the boundary, after the first chunk, or in
+        // the first chunk of a long segment.
+        for p in [
+            path(&[&a(63), "é".as_bytes(), b"%FF"]),
+            path(&[&a(62), euro, b"%FF"]),
+            path(&[&a(100), b"%FF"]),
+            path(&[&a(30), b"%FF", &a(100)]),
+            path(&[&a(62), b"%E2%82", &a(70)]),
+        ] {
+            assert_eq!(
+                CanonicalPath::new(&p),
+                Err(PathError::NotUtf8 { at: 1 }),
+                "{}",
+                String::from_utf8_lossy(&p)
             );
         }
     }
