@@ -208,3 +208,32 @@ fn path_confusion_is_refused() {
         );
     }
 }
+
+/// Each of the seven named methods finds its own rule, ahead of a `*` rule
+/// for the same path; any other method finds only the `*` rule.
+#[test]
+fn every_named_method_finds_its_own_rule() {
+    let t: RouteTable = "GET     /m  devboxes:read\n\
+                         HEAD    /m  agents:read\n\
+                         POST    /m  devboxes:write\n\
+                         PUT     /m  agents:write\n\
+                         PATCH   /m  blueprints:write\n\
+                         DELETE  /m  snapshots:write\n\
+                         OPTIONS /m  public\n\
+                         *       /m  deny\n"
+        .parse()
+        .unwrap();
+    for (method, want) in [
+        ("GET", "devboxes:read"),
+        ("HEAD", "agents:read"),
+        ("POST", "devboxes:write"),
+        ("PUT", "agents:write"),
+        ("PATCH", "blueprints:write"),
+        ("DELETE", "snapshots:write"),
+        ("OPTIONS", "public"),
+        ("PROPFIND", "deny"),
+        ("put", "deny"),
+    ] {
+        assert_eq!(decide(&t, method, "/m"), want, "{method}");
+    }
+}
