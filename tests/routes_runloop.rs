@@ -237,3 +237,32 @@ fn every_named_method_finds_its_own_rule() {
         assert_eq!(decide(&t, method, "/m"), want, "{method}");
     }
 }
+
+/// The table's and its rules' accessors report what the text says.
+#[test]
+fn table_and_rule_accessors() {
+    let t: RouteTable = "# comment\nGET /a/{id} devboxes:read\n\nPOST /b/** deny\ndefault public\n"
+        .parse()
+        .unwrap();
+    assert_eq!(t.len(), 2);
+    assert!(!t.is_empty());
+    assert_eq!(t.default_decision(), Some((Decision::Public, 5)));
+    let rules: Vec<String> = t.rules().map(|r| r.to_string()).collect();
+    assert_eq!(rules, ["GET /a/{id} devboxes:read", "POST /b/** deny"]);
+    let patterns: Vec<&str> = t.rules().map(|r| r.pattern()).collect();
+    assert_eq!(patterns, ["/a/{id}", "/b/**"]);
+    let lines: Vec<u32> = t.rules().map(|r| r.line()).collect();
+    assert_eq!(lines, [2, 4]);
+    assert_eq!(
+        t.rules().next().map(|r| r.decision()),
+        Some(Decision::Scope(Resource::Devboxes, Access::Read))
+    );
+
+    let empty: RouteTable = "# nothing\n".parse().unwrap();
+    assert_eq!(empty.len(), 0);
+    assert!(empty.is_empty());
+    assert_eq!(empty.default_decision(), None);
+    let only_default: RouteTable = "default deny".parse().unwrap();
+    assert!(only_default.is_empty());
+    assert_eq!(only_default.default_decision(), Some((Decision::Deny, 1)));
+}
