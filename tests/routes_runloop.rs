@@ -266,3 +266,62 @@ fn table_and_rule_accessors() {
     assert!(only_default.is_empty());
     assert_eq!(only_default.default_decision(), Some((Decision::Deny, 1)));
 }
+
+/// `explain` names the winner and says why each other candidate lost.
+#[test]
+fn explain_says_why_each_candidate_lost() {
+    let t: RouteTable = "GET /v1/devboxes/{id} devboxes:read\n\
+                         GET /v1/devboxes/dbx_1 devboxes:write\n\
+                         GET /v1/** objects:read\n\
+                         GET /v1/devboxes/{id}/** agents:read\n\
+                         *   /v1/devboxes/dbx_1 deny\n"
+        .parse()
+        .unwrap();
+    let text = t.explain("GET", "/v1/devboxes/dbx_1").unwrap().to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "request:  GET /v1/devboxes/dbx_1");
+    assert_eq!(
+        lines[1],
+        "decision: devboxes:write (line 2: GET /v1/devboxes/dbx_1 devboxes:write)"
+    );
+    let why: Vec<(&str, &str)> = lines[2..]
+        .iter()
+        .map(|l| {
+            // `  line NNNN: ` (13 bytes), the rule padded to 64, a space.
+            let (rule, why) = l.split_at(78);
+            (rule.trim(), why.trim())
+        })
+        .collect();
+    assert_eq!(
+        why,
+        [
+            (
+                "line    2: GET /v1/devboxes/dbx_1 devboxes:write",
+                "wins: the most specific match"
+            ),
+            (
+                "line    5: * /v1/devboxes/dbx_1 deny",
+                "equally specific path; the request's own method beats `*`"
+            ),
+            (
+                "line    1: GET /v1/devboxes/{id} devboxes:read",
+                "loses at segment 3 (`dbx_1`): a literal beats a `{…}`/`*` segment"
+            ),
+            (
+                "line    4: GET /v1/devboxes/{id}/** agents:read",
+                "loses at segment 3 (`dbx_1`): a literal beats a `{…}`/`*` segment"
+            ),
+            (
+                "line    3: GET /v1/** objects:read",
+                "loses at segment 2 (`devboxes`): a literal beats `**`"
+            ),
+        ]
+    );
+    // An exact end beats a trailing `**`.
+    let t: RouteTable = "GET /a/** deny\nGET /a public\n".parse().unwrap();
+    let text = t.explain("GET", "/a").unwrap().to_string();
+    assert!(
+        text.contains("loses at segment 2 (past the end of the path): an exact end beats `**`"),
+        "{text}"
+    );
+}
