@@ -325,3 +325,28 @@ fn explain_says_why_each_candidate_lost() {
         "{text}"
     );
 }
+
+/// For `HEAD`, a `GET` rule stands in ahead of a `*` rule, and `explain`
+/// says so.
+#[test]
+fn explain_names_get_standing_in_for_head() {
+    let t: RouteTable = "GET /a devboxes:read\n* /a deny\n".parse().unwrap();
+    assert_eq!(decide(&t, "HEAD", "/a"), "devboxes:read");
+    let text = t.explain("HEAD", "/a").unwrap().to_string();
+    assert!(
+        text.contains("equally specific path; `GET` standing in for `HEAD` beats `*`"),
+        "{text}"
+    );
+}
+
+/// A pattern has at most 64 segments: 64 parse, 65 do not.
+#[test]
+fn patterns_have_at_most_64_segments() {
+    let pattern = |n: usize| "/s".repeat(n);
+    let t: RouteTable = format!("GET {} public", pattern(64)).parse().unwrap();
+    assert_eq!(decide(&t, "GET", &pattern(64)), "public");
+    let err = format!("GET {} public", pattern(65))
+        .parse::<RouteTable>()
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 64 segments"), "{err}");
+}
