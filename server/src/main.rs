@@ -251,7 +251,8 @@ fn serve(
 /// Several instances may start at once on one empty PostgreSQL database:
 /// the store creates the key only if it holds none ([`Store::create_first`]),
 /// so exactly one instance bootstraps it, and the others remove the file
-/// they wrote (or, sharing its path, find it taken) and carry on.
+/// they wrote (or, sharing its path, find it taken and wait up to
+/// [`BOOTSTRAP_WAIT`] for the key) and carry on.
 async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Result<(), String> {
     let now_ms = clock::now_ms();
     let request =
@@ -267,10 +268,15 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
     // The file first: a key is never created whose token nobody holds.
     let path = match cli::write_bootstrap_file(&base, token.expose_secret()) {
         Ok(path) => path,
-        // Another instance on this file system won the race.
-        Err(_) if store.count().await.map_err(|e| e.to_string())? > 0 => {
-            tracing::info!("another instance bootstrapped the store");
-            return Ok(());
+        // The file exists: another instance on this file system may be
+        // bootstrapping right now (it writes the file, then the key). Give
+        // it time to store the key; a file that stays without one is stale.
+        Err(e) if cli::bootstrap_path(&base).exists() => {
+            if wait_for_a_key(store, BOOTSTRAP_WAIT).await? {
+                tracing::info!("another instance bootstrapped the store");
+                return Ok(());
+            }
+            return Err(e);
         }
         Err(e) => return Err(e),
     };
@@ -294,6 +300,24 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
             remove_quietly(&path);
             Err(format!("cannot store the bootstrap key: {e}"))
         }
+    }
+}
+
+/// How long an instance that finds the bootstrap file taken waits for the
+/// instance that took it to store the key.
+const BOOTSTRAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the store holds a key within `limit` (polled every 100 ms).
+async fn wait_for_a_key(store: &dyn Store, limit: std::time::Duration) -> Result<bool, String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if store.count().await.map_err(|e| e.to_string())? > 0 {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
