@@ -41,6 +41,9 @@ pub const PEPPER_LEN: usize = 32;
 
 /// Length of the hashed message: kind tag, key id, secret.
 const MESSAGE_LEN: usize = 1 + KEY_ID_LEN + SECRET_LEN;
+// `Message::of_text`'s 16-byte moves cover the message exactly when the id
+// is one move and the secret two to three.
+const _: () = assert!(KEY_ID_LEN == 16 && SECRET_LEN > 32 && SECRET_LEN <= 48);
 
 /// The server-side secret that keys every secret hash.
 ///
@@ -197,18 +200,39 @@ impl Message {
     /// `Keyring::authenticate_bytes`).
     #[inline(always)]
     pub(crate) fn of_text(text: &[u8; TOKEN_LEN]) -> Message {
-        let tag = text.first().copied().unwrap_or(0);
-        let id = text
-            .get(PREFIX_LEN..)
-            .and_then(|rest| rest.first_chunk::<KEY_ID_LEN>());
-        let secret = text
-            .get(PREFIX_LEN + KEY_ID_LEN + 1..)
-            .and_then(|rest| rest.first_chunk::<SECRET_LEN>());
-        match (id, secret) {
-            (Some(id), Some(secret)) => Message::new(tag, id, secret),
-            // Unreachable: the offsets are constants within TOKEN_LEN.
-            _ => Message([0; MESSAGE_LEN]),
+        // Four 16-byte moves straight from the text (the last two overlap on
+        // bytes that agree), rather than a 16- and a 43-byte copy, which LLVM
+        // routes through a stack temporary that it writes and then reads
+        // across two stores: a store-forwarding stall worth about a sixth of
+        // the whole verification (measured with perf on the hot path).
+        const SECRET_AT: usize = PREFIX_LEN + KEY_ID_LEN + 1;
+        let mut message = [0u8; MESSAGE_LEN];
+        if let Some(t) = message.first_mut() {
+            *t = text.first().copied().unwrap_or(0);
         }
+        move16(&mut message, 1, text, PREFIX_LEN);
+        move16(&mut message, 1 + KEY_ID_LEN, text, SECRET_AT);
+        move16(&mut message, 1 + KEY_ID_LEN + 16, text, SECRET_AT + 16);
+        move16(
+            &mut message,
+            MESSAGE_LEN - 16,
+            text,
+            SECRET_AT + SECRET_LEN - 16,
+        );
+        Message(message)
+    }
+}
+
+/// Copies the 16 bytes of `from` at `src` to `to` at `dst`; out of range
+/// (never, for the constant offsets above) it copies nothing.
+#[inline(always)]
+fn move16(to: &mut [u8], dst: usize, from: &[u8], src: usize) {
+    let chunk = from.get(src..).and_then(|rest| rest.first_chunk::<16>());
+    let slot = to
+        .get_mut(dst..)
+        .and_then(|rest| rest.first_chunk_mut::<16>());
+    if let (Some(chunk), Some(slot)) = (chunk, slot) {
+        *slot = *chunk;
     }
 }
 

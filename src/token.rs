@@ -126,6 +126,17 @@ impl KeyKind {
         }
     }
 
+    /// The kind whose tag is `tag`: `r` is restricted, any other byte
+    /// standard (only a text whose framing is valid counts).
+    #[inline(always)]
+    pub(crate) const fn of_tag(tag: u8) -> KeyKind {
+        if tag == b'r' {
+            KeyKind::Restricted
+        } else {
+            KeyKind::Standard
+        }
+    }
+
     /// A one-byte tag that binds the kind into the secret hash.
     pub(crate) const fn tag(self) -> u8 {
         match self {
@@ -343,15 +354,9 @@ impl<'a> Token<'a> {
             });
         }
 
-        // The checksum's digits, weighted independently rather than by
-        // Horner's rule, so the multiplies don't wait on each other. Six
-        // digits below 62 sum to less than 62^6 < 2^36: no overflow.
-        let mut expected = 0u64;
-        let mut weight = 1u64;
-        for &b in checksum.iter().rev() {
-            expected += u64::from(base62_value(b)) * weight;
-            weight *= 62;
-        }
+        let expected = checksum
+            .first_chunk::<CHECKSUM_LEN>()
+            .map_or(u64::MAX, checksum_value);
         let checked = all
             .first_chunk::<CHECKED_LEN>()
             .ok_or(TokenError::Checksum)?;
@@ -425,6 +430,54 @@ impl fmt::Display for Token<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}_<redacted>", self.kind.prefix(), self.id)
     }
+}
+
+/// The parts of a token text that its digest does not bind: whether the
+/// prefix reads `ak_` or `rk_`, the separator is `_`, and the checksum is six
+/// base62 digits that match the text. Only for a text whose tag, id and
+/// secret a stored digest has just matched: those are then the minted ones
+/// (base62, as a parse requires), so this and the digest together give
+/// [`Token::parse_bytes`]'s verdict without its alphabet scans. Any other
+/// text goes through the parse, for the exact error.
+#[inline(always)]
+pub(crate) fn framing_is_valid(text: &[u8; TOKEN_LEN]) -> bool {
+    let prefix_ok = matches!(text.first_chunk::<PREFIX_LEN>(), Some(b"ak_" | b"rk_"));
+    let separator_ok = text.get(SEPARATOR_AT) == Some(&b'_');
+    let Some((checked, checksum)) = text.split_first_chunk::<CHECKED_LEN>() else {
+        return false;
+    };
+    let Some(checksum) = checksum.first_chunk::<CHECKSUM_LEN>() else {
+        return false;
+    };
+    prefix_ok & separator_ok & all_base62(checksum)
+        && checksum_value(checksum) == u64::from(crc32(checked))
+}
+
+/// The number the six base62 `digits` spell, most significant first. The
+/// digits are weighted independently rather than by Horner's rule, so the
+/// multiplies don't wait on each other; six digits below 62 sum to less
+/// than 62^6 < 2^36: no overflow.
+#[inline(always)]
+fn checksum_value(digits: &[u8; CHECKSUM_LEN]) -> u64 {
+    let mut value = 0u64;
+    let mut weight = 1u64;
+    for &b in digits.iter().rev() {
+        value += u64::from(base62_value(b)) * weight;
+        weight *= 62;
+    }
+    value
+}
+
+/// The key id of a token text, unchecked: bytes 3 to 19. Only for a text
+/// whose digest matched and [`framing_is_valid`].
+#[inline(always)]
+pub(crate) fn key_id_of_text(text: &[u8; TOKEN_LEN]) -> KeyId {
+    KeyId(
+        text.get(PREFIX_LEN..)
+            .and_then(|rest| rest.first_chunk::<KEY_ID_LEN>())
+            .copied()
+            .unwrap_or([b'0'; KEY_ID_LEN]),
+    )
 }
 
 /// Position of the first byte outside the token alphabet (cold path).

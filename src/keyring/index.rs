@@ -278,7 +278,8 @@ impl DigestIndex {
     }
 
     /// [`DigestIndex::key`] of the id bytes (3 to 19) of a token text that
-    /// is not parsed yet, for [`DigestIndex::touch`] only.
+    /// is not parsed yet (for `Keyring::authenticate_bytes`, which parses only
+    /// when the digest does not match).
     #[inline(always)]
     pub(crate) fn text_key(text: &[u8; TOKEN_LEN]) -> u128 {
         text.get(PREFIX_LEN..)
@@ -308,6 +309,7 @@ impl DigestIndex {
             .and_then(|rest| rest.first_chunk_mut::<WINDOW>())
     }
 
+    #[inline(always)]
     pub(crate) fn words(digest: &SecretHash) -> [u64; 4] {
         let mut words = [0u64; 4];
         for (word, chunk) in words.iter_mut().zip(digest.as_bytes().chunks_exact(8)) {
@@ -441,25 +443,12 @@ impl DigestIndex {
         }
     }
 
-    /// Starts the loads of `id`'s window, one per slot (each slot is one
-    /// cache line), and does not wait for them: their results only feed an
-    /// optimization barrier. At a million keys a window is a DRAM miss; this
-    /// lets the miss overlap the hashing instead of following it. Safe Rust:
-    /// plain reads, kept alive by `black_box`.
-    #[inline(always)]
-    pub(crate) fn touch(&self, key: u128) {
-        let window = self.window(key);
-        let sum = window.iter().fold(0u64, |sum, slot| sum ^ slot.grant);
-        core::hint::black_box(sum);
-    }
-
-    /// The slot stored for `id` and an all-ones mask, or a slot holding the
+    /// The slot stored for the id `key` and an all-ones mask, or a slot holding the
     /// `decoy` digest (and no grant) and 0. It reads the [`WINDOW`] slots
     /// from the id's home and merges each with a mask, the same work for a
     /// known and an unknown id.
     #[inline]
-    pub(crate) fn lookup(&self, id: &KeyId, decoy: &SecretHash) -> (u64, Slot) {
-        let key = DigestIndex::key(id);
+    pub(crate) fn lookup(&self, key: u128, decoy: &SecretHash) -> (u64, Slot) {
         let window = self.window(key);
         // Pass 1: per slot, all ones if it holds `key`, else 0. The masks
         // are independent of each other, so the CPU computes them in
