@@ -396,6 +396,13 @@ impl Keyring {
         }
     }
 
+    /// Whether `a` and `b` have the same index window (for
+    /// [`crate::testing::unknown_id_sharing_window`]).
+    #[cfg(feature = "testing")]
+    pub(crate) fn shares_window(&self, a: &KeyId, b: &KeyId) -> bool {
+        self.index.home(DigestIndex::key(a)) == self.index.home(DigestIndex::key(b))
+    }
+
     /// Verifies a parsed token at `now_ms`.
     ///
     /// The digest is computed and compared (in constant time) whether or not

@@ -17,7 +17,8 @@
 //! dudect-bencher's argument parser rejects.
 //!
 //! Cases (all through keygate's public API, inputs prepared outside the
-//! timed closure, a keyring of 16,384 keys):
+//! timed closure, a keyring of 16,384 keys, `KEYGATE_CT_KEYS` to change it;
+//! the inputs of both classes share one buffer at shuffled places):
 //! * `a_shared_prefix`: `Keyring::verify`, a wrong secret that shares its
 //!   first 42 of 43 characters with the right one (Left) against a random
 //!   wrong secret (Right), same key ids.
@@ -27,9 +28,19 @@
 //! * `b_verify`: the same inputs through the whole `Keyring::verify`, whose
 //!   result (Ok or Err) necessarily differs; reported for information.
 //! * `c_unknown_id`: `Keyring::verify`, an unknown key id (Left: the decoy
-//!   digest path) against a known id with a wrong secret (Right).
+//!   digest path) against a known id with a wrong secret (Right). The
+//!   unknown ids are twins of known ones (`keygate::testing::
+//!   unknown_id_sharing_window`): ids of no key whose index window is a
+//!   known key's, so both classes read the same memory.
+//! * `c_authenticate_unknown_id`: the same through
+//!   `Keyring::authenticate_bytes` on the unparsed text, the server's call.
+//! * `w_null_random_windows`: a null (A/A) control, both classes unknown
+//!   ids drawn at random (two disjoint sets, each id in its own window).
+//! * `x_null_one_pool`: a null (A/A) control, both classes drawing from one
+//!   pool of inputs.
 //! * `y_null_unknown_ids`: a null (A/A) control, case (c) with unknown ids
-//!   in both classes: what |t| the machine produces when nothing differs.
+//!   in both classes (two disjoint sets of twins): what |t| the machine
+//!   produces when nothing differs.
 //! * `z_control_early_exit`: a positive control, a byte-by-byte comparison
 //!   of the 43 secret characters that stops at the first difference (Left:
 //!   differs at the first byte, Right: at the last). It must fail: it shows
@@ -53,8 +64,8 @@ use rand_core::{RngCore, SeedableRng};
 
 /// Samples per case, unless `KEYGATE_CT_SAMPLES` says otherwise.
 const DEFAULT_SAMPLES: usize = 1_000_000;
-/// Keys in the keyring.
-const KEYS: usize = 16_384;
+/// Keys in the keyring, unless `KEYGATE_CT_KEYS` says otherwise.
+const DEFAULT_KEYS: usize = 16_384;
 /// Distinct inputs per class; each sample draws one at random.
 const POOL: usize = 1 << 14;
 /// The time of every verification: no key expires.
@@ -72,7 +83,7 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(0x6374_6b65_7967_6174 ^ extra_seed());
-        let mut keyring = Keyring::with_capacity(Pepper::generate(&mut rng), KEYS);
+        let mut keyring = Keyring::with_capacity(Pepper::generate(&mut rng), keys());
         let request = MintRequest::restricted(
             Some("ct"),
             "devboxes:write,objects:read".parse().unwrap(),
@@ -80,8 +91,8 @@ fn fixture() -> &'static Fixture {
             0,
         )
         .unwrap();
-        let mut tokens = Vec::with_capacity(KEYS);
-        for _ in 0..KEYS {
+        let mut tokens = Vec::with_capacity(keys());
+        for _ in 0..keys() {
             let (record, token) =
                 keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
             keyring.insert(record).unwrap();
@@ -89,6 +100,15 @@ fn fixture() -> &'static Fixture {
         }
         Fixture { keyring, tokens }
     })
+}
+
+/// Keys in the keyring (and unknown ids per set): `KEYGATE_CT_KEYS`, or
+/// [`DEFAULT_KEYS`].
+fn keys() -> usize {
+    std::env::var("KEYGATE_CT_KEYS")
+        .ok()
+        .and_then(|s| s.replace('_', "").parse().ok())
+        .unwrap_or(DEFAULT_KEYS)
 }
 
 fn samples() -> usize {
@@ -123,27 +143,51 @@ fn token_text(kind: KeyKind, id: &[u8], secret: &[u8]) -> [u8; 69] {
 #[repr(C, align(64))]
 struct Aligned([u8; 69]);
 
-/// Parsed tokens of both classes. Their texts live in one leaked buffer,
-/// the classes interleaved, each text 64-byte aligned, so that neither class
-/// sits in memory that caches or aligns differently. (Without the alignment,
-/// tokens at even and odd positions of a packed `[[u8; 69]]` start at even
-/// and odd addresses, and the class at even positions measured slower by
-/// a fraction of a nanosecond, enough for |t| of 4 to 8.)
-fn pools(
+/// The texts of both classes in one leaked buffer, each 64-byte aligned, at
+/// places shuffled together, so that neither class sits in memory that
+/// caches or aligns differently. (Packed `[[u8; 69]]` texts at even and odd
+/// positions start at even and odd addresses, and the class at even
+/// positions measured slower by a fraction of a nanosecond, enough for |t|
+/// of 4 to 8. Aligned but at alternating places, the classes still differed
+/// by which half of a 256-byte block they sat in: |t| of 10 to 60 in the
+/// A/A control.)
+fn texts(
     rng: &mut ChaCha20Rng,
     mut left: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
     mut right: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
-) -> (Vec<Token<'static>>, Vec<Token<'static>>) {
+) -> (Vec<&'static [u8; 69]>, Vec<&'static [u8; 69]>) {
     let mut texts = Vec::with_capacity(2 * POOL);
     for _ in 0..POOL {
-        texts.push(Aligned(left(rng)));
-        texts.push(Aligned(right(rng)));
+        texts.push((true, Aligned(left(rng))));
+        texts.push((false, Aligned(right(rng))));
     }
-    let texts: &'static [Aligned] = Box::leak(texts.into_boxed_slice());
-    let parse = |t: &'static Aligned| Token::parse_bytes(&t.0).expect("well-formed token");
+    // Fisher-Yates.
+    for i in (1..texts.len()).rev() {
+        let j = rng.next_u32() as usize % (i + 1);
+        texts.swap(i, j);
+    }
+    let texts: &'static [(bool, Aligned)] = Box::leak(texts.into_boxed_slice());
+    let of = |class: bool| {
+        texts
+            .iter()
+            .filter(move |(c, _)| *c == class)
+            .map(|(_, t)| &t.0)
+            .collect()
+    };
+    (of(true), of(false))
+}
+
+/// Parsed tokens of both classes, from [`texts`].
+fn pools(
+    rng: &mut ChaCha20Rng,
+    left: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
+    right: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
+) -> (Vec<Token<'static>>, Vec<Token<'static>>) {
+    let (left, right) = texts(rng, left, right);
+    let parse = |t: &&'static [u8; 69]| Token::parse_bytes(&t[..]).expect("well-formed token");
     (
-        texts.iter().step_by(2).map(parse).collect(),
-        texts.iter().skip(1).step_by(2).map(parse).collect(),
+        left.iter().map(parse).collect(),
+        right.iter().map(parse).collect(),
     )
 }
 
@@ -156,7 +200,7 @@ fn secret_of(text: &str) -> &[u8] {
 }
 
 fn random_key(f: &'static Fixture, rng: &mut ChaCha20Rng) -> &'static str {
-    &f.tokens[rng.next_u32() as usize % KEYS]
+    &f.tokens[rng.next_u32() as usize % keys()]
 }
 
 /// A random wrong secret for a random known key.
@@ -278,19 +322,47 @@ fn b_verify(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     });
 }
 
+/// How many known keys cases (c) and (y) draw from: each gets unknown
+/// twins, ids of no key whose index window is the known key's.
+const TWINNED: usize = 1024;
+
+/// `count` unknown twins of each of the first [`TWINNED`] keys: for each
+/// key, its token and the twins' ids, as text.
+fn twins(rng: &mut ChaCha20Rng, count: usize) -> Vec<(&'static str, Vec<String>)> {
+    let f = fixture();
+    f.tokens
+        .iter()
+        .take(TWINNED)
+        .map(|token| {
+            let known = Token::parse(token).unwrap().key_id();
+            let ids = (0..count)
+                .map(|_| {
+                    keygate::testing::unknown_id_sharing_window(&f.keyring, &known, rng)
+                        .as_str()
+                        .to_owned()
+                })
+                .collect();
+            (token.as_str(), ids)
+        })
+        .collect()
+}
+
 /// (c) An unknown key id (decoy digest) against a known id with a wrong
-/// secret.
+/// secret. The unknown ids are the known keys' twins: the same windows,
+/// drawn alike, so the classes read the same memory (see case (y)).
 fn c_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let f = fixture();
     let mut rng = seeded(bench_rng);
-    // As many unknown ids as known ones, each drawn like a known one, so
-    // that both classes touch the same number of index windows.
-    let unknown_ids: Vec<Vec<u8>> = (0..KEYS).map(|_| base62(&mut rng, 16)).collect();
+    let twins = twins(&mut rng, 1);
     let unknown = |rng: &mut ChaCha20Rng| {
-        let id = &unknown_ids[rng.next_u32() as usize % KEYS];
-        token_text(KeyKind::Restricted, id, &base62(rng, 43))
+        let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
+        token_text(KeyKind::Restricted, ids[0].as_bytes(), &base62(rng, 43))
     };
-    let (left, right) = pools(&mut rng, unknown, random_secret_known_id);
+    let known = |rng: &mut ChaCha20Rng| {
+        let (token, _) = &twins[rng.next_u32() as usize % TWINNED];
+        token_text(KeyKind::Restricted, id_of(token), &base62(rng, 43))
+    };
+    let (left, right) = pools(&mut rng, unknown, known);
     assert!(left.iter().all(|t| !f.keyring.contains(&t.key_id())));
     assert!(right.iter().all(|t| f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &left, &right, |t| {
@@ -298,19 +370,68 @@ fn c_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     });
 }
 
+/// (c) through `Keyring::authenticate_bytes`, the server's call: the token
+/// text, unparsed, of an unknown id against a known id with a wrong secret
+/// (twins, as in `c_unknown_id`).
+fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
+    let f = fixture();
+    let mut rng = seeded(bench_rng);
+    let twins = twins(&mut rng, 1);
+    let unknown = |rng: &mut ChaCha20Rng| {
+        let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
+        token_text(KeyKind::Restricted, ids[0].as_bytes(), &base62(rng, 43))
+    };
+    let known = |rng: &mut ChaCha20Rng| {
+        let (token, _) = &twins[rng.next_u32() as usize % TWINNED];
+        token_text(KeyKind::Restricted, id_of(token), &base62(rng, 43))
+    };
+    let (left, right) = texts(&mut rng, unknown, known);
+    assert!(left.iter().chain(&right).all(|t| {
+        f.keyring.authenticate_bytes(&t[..], NOW_MS) == Err(keygate::AuthError::InvalidCredentials)
+    }));
+    measure(runner, &mut rng, &left, &right, |t| {
+        f.keyring.authenticate_bytes(&t[..], NOW_MS)
+    });
+}
+
 /// Null control (A/A): case (c)'s operation and input recipe with both
-/// classes unknown ids, drawn from two disjoint sets of `KEYS`. The classes
-/// differ in nothing the code could see, so any |t| here measures the
-/// harness and the machine, not keygate.
+/// classes unknown ids: two disjoint sets of twins of the same known keys.
+/// The classes differ in nothing the code could see, so any |t| here
+/// measures the harness and the machine, not keygate.
 fn y_null_unknown_ids(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let f = fixture();
     let mut rng = seeded(bench_rng);
-    let ids: Vec<Vec<u8>> = (0..2 * KEYS).map(|_| base62(&mut rng, 16)).collect();
-    let (ids_left, ids_right) = ids.split_at(KEYS);
+    let twins = twins(&mut rng, 2);
+    let draw = |which: usize| {
+        let twins = &twins;
+        move |rng: &mut ChaCha20Rng| {
+            let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
+            token_text(KeyKind::Restricted, ids[which].as_bytes(), &base62(rng, 43))
+        }
+    };
+    let (left, right) = pools(&mut rng, draw(0), draw(1));
+    assert!(left
+        .iter()
+        .chain(&right)
+        .all(|t| !f.keyring.contains(&t.key_id())));
+    measure(runner, &mut rng, &left, &right, |t| {
+        f.keyring.verify(&t, NOW_MS)
+    });
+}
+
+/// Null control (A/A) with unknown ids drawn at random, not as twins: two
+/// disjoint sets of `keys()` ids, each id in its own window. On this machine
+/// which window an id reads moves its time enough for a large |t|, known or
+/// not; this is why (c) and (y) use twins.
+fn w_null_random_windows(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
+    let f = fixture();
+    let mut rng = seeded(bench_rng);
+    let ids: Vec<Vec<u8>> = (0..2 * keys()).map(|_| base62(&mut rng, 16)).collect();
+    let (ids_left, ids_right) = ids.split_at(keys());
     let draw = |set: &[Vec<u8>]| {
         let set = set.to_vec();
         move |rng: &mut ChaCha20Rng| {
-            let id = &set[rng.next_u32() as usize % KEYS];
+            let id = &set[rng.next_u32() as usize % keys()];
             token_text(KeyKind::Restricted, id, &base62(rng, 43))
         }
     };
@@ -320,6 +441,25 @@ fn y_null_unknown_ids(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
         .chain(&right)
         .all(|t| !f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &left, &right, |t| {
+        f.keyring.verify(&t, NOW_MS)
+    });
+}
+
+/// Null control (A/A) on one pool: case (c)'s operation, both classes
+/// drawing from the very same inputs (unknown ids), so that not even the
+/// draw differs between them.
+fn x_null_one_pool(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
+    let f = fixture();
+    let mut rng = seeded(bench_rng);
+    let ids: Vec<Vec<u8>> = (0..keys()).map(|_| base62(&mut rng, 16)).collect();
+    let draw = |rng: &mut ChaCha20Rng| {
+        let id = &ids[rng.next_u32() as usize % keys()];
+        token_text(KeyKind::Restricted, id, &base62(rng, 43))
+    };
+    let (left, right) = pools(&mut rng, draw, draw);
+    let pool: Vec<Token<'static>> = left.into_iter().chain(right).collect();
+    assert!(pool.iter().all(|t| !f.keyring.contains(&t.key_id())));
+    measure(runner, &mut rng, &pool, &pool, |t| {
         f.keyring.verify(&t, NOW_MS)
     });
 }
@@ -354,6 +494,9 @@ ctbench_main_with_seeds!(
     (b_digest_compare, Some(0xb)),
     (b_verify, Some(0xb)),
     (c_unknown_id, Some(0xc)),
+    (c_authenticate_unknown_id, Some(0xc)),
+    (w_null_random_windows, Some(0xd)),
     (y_null_unknown_ids, Some(0xd)),
+    (x_null_one_pool, Some(0xe)),
     (z_control_early_exit, Some(0xf))
 );
