@@ -329,9 +329,61 @@ async fn mint_and_store(
 /// (`application/x-www-form-urlencoded`). Other parameters are ignored. The
 /// error is the 400's detail.
 fn parse_authorize_query(query: Option<&str>) -> Result<(Resource, Access), String> {
+    let query = query.unwrap_or_default();
+    match plain_authorize_query(query) {
+        Some(found) => Ok(found),
+        None => decode_authorize_query(query),
+    }
+}
+
+/// [`parse_authorize_query`]'s common case, read in place: text with no
+/// `%` and no `+` decodes to itself, so when each parameter appears once,
+/// plainly named, with a known value, this is the decoding parse's answer
+/// without its per-pair allocations and UTF-8 checks (about 2 800 of the 9 000
+/// instructions that `/v1/authorize` added to a request over h2c, measured
+/// under callgrind). `None` for anything else: the decoding parse then
+/// decides and words the error.
+fn plain_authorize_query(query: &str) -> Option<(Resource, Access)> {
+    let (mut resource, mut access) = (None, None);
+    for pair in query.as_bytes().split(|&b| b == b'&') {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (
+                pair.get(..at).unwrap_or_default(),
+                pair.get(at + 1..).unwrap_or_default(),
+            ),
+            None => (pair, &[][..]),
+        };
+        // A value that names a resource or level has no `%` or `+`: an
+        // exact match is the decoded match.
+        match key {
+            b"resource_type" if resource.is_none() => {
+                resource = Some(
+                    *Resource::ALL
+                        .iter()
+                        .find(|r| r.api_name().as_bytes() == value)?,
+                );
+            }
+            b"access_level" if access.is_none() => {
+                access = Some(
+                    *Access::ALL
+                        .iter()
+                        .find(|a| a.api_name().as_bytes() == value)?,
+                );
+            }
+            b"resource_type" | b"access_level" => return None,
+            // Another name is ignored, unless it may decode to one of ours.
+            _ if key.iter().any(|&b| b == b'%' || b == b'+') => return None,
+            _ => {}
+        }
+    }
+    Some((resource?, access?))
+}
+
+/// [`parse_authorize_query`] by `form_urlencoded`, with the errors.
+fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
     let mut resource = None;
     let mut access = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "resource_type" => {
                 if resource.is_some() {
@@ -477,6 +529,71 @@ mod tests {
         ] {
             assert!(parse_authorize_query(bad).is_err());
         }
+    }
+
+    #[test]
+    fn the_plain_query_read_agrees_with_the_decoding_parse() {
+        // Every query of up to three pairs over a vocabulary of names and
+        // values, plain and encoded, valid and not, plus odd separators.
+        let keys = [
+            "resource_type",
+            "access_level",
+            "resource%5Ftype",
+            "access_level+",
+            "other",
+            "",
+        ];
+        let values = [
+            "RESOURCE_TYPE_DEVBOXES",
+            "RESOURCE_TYPE_OBJECTS",
+            "ACCESS_LEVEL_READ",
+            "ACCESS_LEVEL_%57RITE",
+            "ACCESS_LEVEL_WRITE+",
+            "nope",
+            "",
+        ];
+        let mut pairs: Vec<String> = vec![String::new(), String::from("=")];
+        for key in keys {
+            pairs.push(key.to_owned());
+            for value in values {
+                pairs.push(format!("{key}={value}"));
+            }
+        }
+        let (mut plain_answers, mut checked) = (0, 0);
+        for a in &pairs {
+            for b in &pairs {
+                for c in &pairs {
+                    let query = format!("{a}&{b}&{c}");
+                    let decoded = decode_authorize_query(&query);
+                    if let Some(found) = plain_authorize_query(&query) {
+                        assert_eq!(decoded, Ok(found), "{query}");
+                        plain_answers += 1;
+                    }
+                    assert_eq!(parse_authorize_query(Some(&query)), decoded, "{query}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(plain_answers > 100, "{plain_answers} of {checked}");
+        assert_eq!(
+            plain_authorize_query(
+                "resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ"
+            ),
+            Some((Resource::Devboxes, Access::Read))
+        );
+        // Escapes, and a parameter given twice, go to the decoding parse.
+        assert_eq!(
+            plain_authorize_query(
+                "resource_type=RESOURCE%5FTYPE%5FOBJECTS&access_level=ACCESS_LEVEL_READ"
+            ),
+            None
+        );
+        assert_eq!(
+            plain_authorize_query(
+                "resource_type=RESOURCE_TYPE_OBJECTS&access_level=ACCESS_LEVEL_READ&access_level=ACCESS_LEVEL_READ"
+            ),
+            None
+        );
     }
 
     #[test]

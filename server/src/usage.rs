@@ -5,13 +5,16 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
-use keygate::KeyId;
+use keygate::{IdHasher, KeyId};
 
 /// Last-use times not yet written, and the ones written.
 #[derive(Default)]
 pub struct Usage {
     /// Per key: the last use noted (ms), and whether it awaits a flush.
-    seen: DashMap<KeyId, Entry>,
+    /// Hashed with the keyring's one-multiply id hash, not SipHash: only
+    /// keys that authenticated get here, and their ids come from a CSPRNG,
+    /// so no client can choose colliding ones.
+    seen: DashMap<KeyId, Entry, IdHasher>,
 }
 
 struct Entry {
