@@ -4,12 +4,15 @@
 //! deletes, replaced bytes, a relabelled prefix, a recomputed checksum so the
 //! mutation reaches the digest check), it never panics and never
 //! authenticates a token that it did not mint: only the exact minted texts
-//! authenticate, as their own id, kind and scopes.
+//! authenticate, as their own id, kind and scopes. Its verdict is, for every
+//! input, that of the plain order (`Token::parse_bytes`, then
+//! `Keyring::verify`): the hot path hashes first and parses only what the
+//! digest does not bind, and must not differ from it in any outcome.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use keygate::{Access, AuthError, KeyKind, Keyring, MintRequest, Principal, Resource};
+use keygate::{Access, AuthError, KeyKind, Keyring, MintRequest, Principal, Resource, Token};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use rand_core::SeedableRng;
@@ -156,6 +159,10 @@ fn apply(bytes: &mut Vec<u8>, op: &Op, keys: &[(String, Principal, Option<i64>)]
 fn check(bytes: &[u8], now_ms: i64) {
     let f = fixture();
     let result = f.keyring.authenticate_bytes(bytes, now_ms);
+    let plain = Token::parse_bytes(bytes)
+        .map_err(AuthError::from)
+        .and_then(|token| f.keyring.verify(&token, now_ms));
+    assert_eq!(result, plain, "hot path and plain order disagree on {bytes:?}");
     if let Ok(text) = std::str::from_utf8(bytes) {
         assert_eq!(f.keyring.authenticate(text, now_ms), result);
         let via_can = f
