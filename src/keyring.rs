@@ -1075,6 +1075,33 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "testing")]
+    #[test]
+    fn twins_share_the_known_keys_window_and_are_unknown() {
+        let (keyring, text) = setup(None, None);
+        let known = Token::parse(&text).unwrap().key_id();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let home = keyring.index.home(DigestIndex::key(&known));
+        let mut twins = alloc::vec::Vec::new();
+        for _ in 0..20 {
+            let twin = crate::testing::unknown_id_sharing_window(&keyring, &known, &mut rng);
+            assert_eq!(keyring.index.home(DigestIndex::key(&twin)), home);
+            assert!(!keyring.contains(&twin));
+            twins.push(twin);
+        }
+        // Drawn, not one fixed id.
+        twins.sort();
+        twins.dedup();
+        assert_eq!(twins.len(), 20);
+        // An id of another window does not share it.
+        let other = (0u8..)
+            .map(|n| KeyId::parse(&alloc::format!("{n:0>16}")).unwrap())
+            .find(|id| keyring.index.home(DigestIndex::key(id)) != home)
+            .unwrap();
+        assert!(!keyring.shares_window(&other, &known));
+        assert!(keyring.shares_window(&twins[0], &known));
+    }
+
     #[test]
     fn debug_hides_pepper() {
         let (keyring, _) = setup(None, None);

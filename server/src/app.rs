@@ -581,6 +581,20 @@ mod tests {
             ),
             Some((Resource::Devboxes, Access::Read))
         );
+        // Other parameters are passed over in place, unless their names
+        // could decode to one of the two.
+        assert_eq!(
+            plain_authorize_query(
+                "x=1&resource_type=RESOURCE_TYPE_DEVBOXES&y=%41+&access_level=ACCESS_LEVEL_READ"
+            ),
+            Some((Resource::Devboxes, Access::Read))
+        );
+        for name in ["resource%5Ftype", "access+level", "%61ccess_level"] {
+            let query = format!(
+                "resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ&{name}=x"
+            );
+            assert_eq!(plain_authorize_query(&query), None, "{query}");
+        }
         // Escapes, and a parameter given twice, go to the decoding parse.
         assert_eq!(
             plain_authorize_query(
