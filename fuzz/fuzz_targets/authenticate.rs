@@ -162,7 +162,10 @@ fn check(bytes: &[u8], now_ms: i64) {
     let plain = Token::parse_bytes(bytes)
         .map_err(AuthError::from)
         .and_then(|token| f.keyring.verify(&token, now_ms));
-    assert_eq!(result, plain, "hot path and plain order disagree on {bytes:?}");
+    assert_eq!(
+        result, plain,
+        "hot path and plain order disagree on {bytes:?}"
+    );
     if let Ok(text) = std::str::from_utf8(bytes) {
         assert_eq!(f.keyring.authenticate(text, now_ms), result);
         let via_can = f
