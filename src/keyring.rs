@@ -349,7 +349,12 @@ impl Keyring {
         self.keys.values().map(|entry| &entry.record)
     }
 
-    /// Parses `token` and verifies it at `now_ms` (Unix milliseconds).
+    /// Parses `token` and verifies it at `now_ms` (Unix milliseconds): the
+    /// same verdict and errors as [`Token::parse`] then [`Keyring::verify`].
+    /// It hashes first and checks the parts the digest does not bind
+    /// (prefix, separator, checksum); the full parse runs only when the
+    /// digest does not match, for its exact error. A known id with a wrong
+    /// secret and an unknown id take the same path.
     ///
     /// ```
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
