@@ -354,20 +354,33 @@ fn c_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let f = fixture();
     let mut rng = seeded(bench_rng);
     let twins = twins(&mut rng, 1);
-    let unknown = |rng: &mut ChaCha20Rng| {
-        let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
-        token_text(KeyKind::Restricted, ids[0].as_bytes(), &base62(rng, 43))
-    };
-    let known = |rng: &mut ChaCha20Rng| {
-        let (token, _) = &twins[rng.next_u32() as usize % TWINNED];
-        token_text(KeyKind::Restricted, id_of(token), &base62(rng, 43))
-    };
-    let (left, right) = pools(&mut rng, unknown, known);
+    let (left, right) = pools(&mut rng, twin_of(&twins, 0), known_of(&twins));
     assert!(left.iter().all(|t| !f.keyring.contains(&t.key_id())));
     assert!(right.iter().all(|t| f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &left, &right, |t| {
         f.keyring.verify(&t, NOW_MS)
     });
+}
+
+/// Draws a token of a random twinned key's twin `which`, with a random secret.
+fn twin_of<'a>(
+    twins: &'a [(&'static str, Vec<String>)],
+    which: usize,
+) -> impl FnMut(&mut ChaCha20Rng) -> [u8; 69] + 'a {
+    move |rng| {
+        let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
+        token_text(KeyKind::Restricted, ids[which].as_bytes(), &base62(rng, 43))
+    }
+}
+
+/// Draws a token of a random twinned key itself, with a wrong secret.
+fn known_of<'a>(
+    twins: &'a [(&'static str, Vec<String>)],
+) -> impl FnMut(&mut ChaCha20Rng) -> [u8; 69] + 'a {
+    move |rng| {
+        let (token, _) = &twins[rng.next_u32() as usize % TWINNED];
+        token_text(KeyKind::Restricted, id_of(token), &base62(rng, 43))
+    }
 }
 
 /// (c) through `Keyring::authenticate_bytes`, the server's call: the token
@@ -377,15 +390,7 @@ fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let f = fixture();
     let mut rng = seeded(bench_rng);
     let twins = twins(&mut rng, 1);
-    let unknown = |rng: &mut ChaCha20Rng| {
-        let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
-        token_text(KeyKind::Restricted, ids[0].as_bytes(), &base62(rng, 43))
-    };
-    let known = |rng: &mut ChaCha20Rng| {
-        let (token, _) = &twins[rng.next_u32() as usize % TWINNED];
-        token_text(KeyKind::Restricted, id_of(token), &base62(rng, 43))
-    };
-    let (left, right) = texts(&mut rng, unknown, known);
+    let (left, right) = texts(&mut rng, twin_of(&twins, 0), known_of(&twins));
     assert!(left.iter().chain(&right).all(|t| {
         f.keyring.authenticate_bytes(&t[..], NOW_MS) == Err(keygate::AuthError::InvalidCredentials)
     }));
@@ -394,29 +399,30 @@ fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     });
 }
 
+/// Times `verify` on two classes of unknown ids (the null controls).
+fn measure_unknown(
+    runner: &mut CtRunner,
+    rng: &mut ChaCha20Rng,
+    left: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
+    right: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
+) {
+    let f = fixture();
+    let (left, right) = pools(rng, left, right);
+    assert!(left
+        .iter()
+        .chain(&right)
+        .all(|t| !f.keyring.contains(&t.key_id())));
+    measure(runner, rng, &left, &right, |t| f.keyring.verify(&t, NOW_MS));
+}
+
 /// Null control (A/A): case (c)'s operation and input recipe with both
 /// classes unknown ids: two disjoint sets of twins of the same known keys.
 /// The classes differ in nothing the code could see, so any |t| here
 /// measures the harness and the machine, not keygate.
 fn y_null_unknown_ids(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
-    let f = fixture();
     let mut rng = seeded(bench_rng);
     let twins = twins(&mut rng, 2);
-    let draw = |which: usize| {
-        let twins = &twins;
-        move |rng: &mut ChaCha20Rng| {
-            let (_, ids) = &twins[rng.next_u32() as usize % TWINNED];
-            token_text(KeyKind::Restricted, ids[which].as_bytes(), &base62(rng, 43))
-        }
-    };
-    let (left, right) = pools(&mut rng, draw(0), draw(1));
-    assert!(left
-        .iter()
-        .chain(&right)
-        .all(|t| !f.keyring.contains(&t.key_id())));
-    measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.verify(&t, NOW_MS)
-    });
+    measure_unknown(runner, &mut rng, twin_of(&twins, 0), twin_of(&twins, 1));
 }
 
 /// Null control (A/A) with unknown ids drawn at random, not as twins: two
@@ -424,7 +430,6 @@ fn y_null_unknown_ids(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
 /// which window an id reads moves its time enough for a large |t|, known or
 /// not; this is why (c) and (y) use twins.
 fn w_null_random_windows(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
-    let f = fixture();
     let mut rng = seeded(bench_rng);
     let ids: Vec<Vec<u8>> = (0..2 * keys()).map(|_| base62(&mut rng, 16)).collect();
     let (ids_left, ids_right) = ids.split_at(keys());
@@ -435,14 +440,7 @@ fn w_null_random_windows(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
             token_text(KeyKind::Restricted, id, &base62(rng, 43))
         }
     };
-    let (left, right) = pools(&mut rng, draw(ids_left), draw(ids_right));
-    assert!(left
-        .iter()
-        .chain(&right)
-        .all(|t| !f.keyring.contains(&t.key_id())));
-    measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.verify(&t, NOW_MS)
-    });
+    measure_unknown(runner, &mut rng, draw(ids_left), draw(ids_right));
 }
 
 /// Null control (A/A) on one pool: case (c)'s operation, both classes
