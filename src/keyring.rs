@@ -390,10 +390,10 @@ impl Keyring {
         let framed = token::framing_is_valid(text);
         let digest = self.pepper.digest_message(&message);
         drop(message);
-        let key = DigestIndex::text_key(text);
+        let id = token::key_id_of_text(text);
         let kind = KeyKind::of_tag(text.first().copied().unwrap_or(0));
-        match self.matching_slot(key, kind, &digest) {
-            Some(slot) if framed => Keyring::principal(&slot, token::key_id_of_text(text), now_ms),
+        match self.matching_slot(DigestIndex::key(&id), kind, &digest) {
+            Some(slot) if framed => Keyring::principal(&slot, id, now_ms),
             _ => {
                 Token::parse_bytes(text)?;
                 Err(AuthError::InvalidCredentials)

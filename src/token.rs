@@ -468,8 +468,9 @@ fn checksum_value(digits: &[u8; CHECKSUM_LEN]) -> u64 {
     value
 }
 
-/// The key id of a token text, unchecked: bytes 3 to 19. Only for a text
-/// whose digest matched and [`framing_is_valid`].
+/// The key id of a token text, unchecked: bytes 3 to 19. It keys the index
+/// lookup of a text that is not parsed yet; it names a principal only once
+/// the digest matched and [`framing_is_valid`].
 #[inline(always)]
 pub(crate) fn key_id_of_text(text: &[u8; TOKEN_LEN]) -> KeyId {
     KeyId(

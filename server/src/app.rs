@@ -355,20 +355,13 @@ fn plain_authorize_query(query: &str) -> Option<(Resource, Access)> {
         };
         // A value that names a resource or level has no `%` or `+`: an
         // exact match is the decoded match.
+        let value = || core::str::from_utf8(value).ok();
         match key {
             b"resource_type" if resource.is_none() => {
-                resource = Some(
-                    *Resource::ALL
-                        .iter()
-                        .find(|r| r.api_name().as_bytes() == value)?,
-                );
+                resource = Some(Resource::from_api_name(value()?)?);
             }
             b"access_level" if access.is_none() => {
-                access = Some(
-                    *Access::ALL
-                        .iter()
-                        .find(|a| a.api_name().as_bytes() == value)?,
-                );
+                access = Some(Access::from_api_name(value()?)?);
             }
             b"resource_type" | b"access_level" => return None,
             // Another name is ignored, unless it may decode to one of ours.

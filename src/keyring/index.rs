@@ -7,7 +7,7 @@ use crate::error::KeyringError;
 use crate::key::KeyRecord;
 use crate::scope::Scopes;
 use crate::secret::SecretHash;
-use crate::token::{KeyId, KeyKind, KEY_ID_LEN, PREFIX_LEN, TOKEN_LEN};
+use crate::token::{KeyId, KeyKind};
 
 /// The hash of key ids, for the keyring's map and its digest index: one
 /// folded multiply (the 128-bit product's halves XORed, as foldhash does for
@@ -275,16 +275,6 @@ impl DigestIndex {
     #[inline(always)]
     pub(crate) fn key(id: &KeyId) -> u128 {
         u128::from_le_bytes(*id.as_bytes())
-    }
-
-    /// [`DigestIndex::key`] of the id bytes (3 to 19) of a token text that
-    /// is not parsed yet (for `Keyring::authenticate_bytes`, which parses only
-    /// when the digest does not match).
-    #[inline(always)]
-    pub(crate) fn text_key(text: &[u8; TOKEN_LEN]) -> u128 {
-        text.get(PREFIX_LEN..)
-            .and_then(|rest| rest.first_chunk::<KEY_ID_LEN>())
-            .map_or(0, |id| u128::from_le_bytes(*id))
     }
 
     #[inline(always)]
