@@ -260,7 +260,8 @@ pub(crate) fn internal_error(detail: &str) -> Response {
 }
 
 /// The answer to a failed store call: 503 with `Retry-After` while the
-/// store is unreachable, 404 for an unknown key, else 500 (logged; the
+/// store is unreachable or a write stays in conflict, 404 for an unknown
+/// key, 401 when the caller was revoked meanwhile, else 500 (logged; the
 /// client sees `detail` only).
 pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
     match e {
@@ -276,6 +277,9 @@ pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
             response
         }
         StoreError::NotFound => problem(StatusCode::NOT_FOUND, "no such key"),
+        // Revoked (or ended) while the request waited for the store: the
+        // answer any revoked key gets.
+        StoreError::CallerRevoked => Rejection::from(AuthError::InvalidCredentials).to_response(),
         StoreError::Conflict(m) => problem(StatusCode::CONFLICT, m),
         StoreError::Fatal(_) => {
             tracing::error!("{detail}: {e}");
@@ -467,7 +471,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = matches!(ping, Ok(Ok(())));
     state.ready.store(ready, Ordering::Relaxed);
     if ready {
-        json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+        // Key rows the feed could not read (each treated as revoked): a
+        // number an operator should see go above zero.
+        let body = format!(
+            r#"{{"status":"ready","corrupt_rows":{}}}"#,
+            state.store.corrupt_rows()
+        );
+        json_response(StatusCode::OK, body.into_bytes())
     } else {
         let mut response = problem(
             StatusCode::SERVICE_UNAVAILABLE,

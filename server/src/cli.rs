@@ -293,7 +293,10 @@ pub async fn events(args: &StoreArgs, after: u64, json: bool) -> Result<(), Stri
     let mut events: Vec<Event> = Vec::new();
     let mut cursor = after;
     loop {
-        let (page, more) = store.events(cursor, PAGE).await.map_err(store_err)?;
+        let (page, more) = store
+            .events(cursor, PAGE, crate::store::Scope::All)
+            .await
+            .map_err(store_err)?;
         cursor = page.last().map_or(cursor, |e| e.seq);
         let empty = page.is_empty();
         events.extend(page);

@@ -357,6 +357,11 @@ pub async fn roll(
         );
         return with_caller(bad_request(&detail), caller);
     }
+    if id == caller.id() && params.overlap_ms == 0 {
+        let detail = "a key cannot roll itself with `overlap_ms` 0: it would end at once, and \
+                      if the answer were lost its holder would be locked out; give an overlap";
+        return with_caller(bad_request(detail), caller);
+    }
     let scope = scope_of(state.policy(), &caller);
     let key = match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => key,
@@ -428,7 +433,9 @@ pub async fn self_revoke(
     json_response(StatusCode::OK, b"{}".to_vec())
 }
 
-/// `GET /v1/events?after=SEQ&limit=N`: the audit log, in sequence order.
+/// `GET /v1/events?after=SEQ&limit=N`: the audit log, in sequence order;
+/// under the attenuating policy a restricted caller reads only the events
+/// of its descendants.
 pub async fn events(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Principal>,
@@ -438,7 +445,8 @@ pub async fn events(
         Ok(q) => q,
         Err(detail) => return with_caller(bad_request(&detail), caller),
     };
-    match state.store().events(query.after, query.limit).await {
+    let scope = scope_of(state.policy(), &caller);
+    match state.store().events(query.after, query.limit, scope).await {
         Ok((events, has_more)) => {
             ok_json(StatusCode::OK, &EventListView { events, has_more }, caller)
         }

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use keygate::{Change, KeyId, KeyRecord};
 use serde::Serialize;
 
-/// The newest schema this binary knows.
-pub const SCHEMA_VERSION: i64 = 2;
+/// The newest schema this binary knows. Version 3 added `keys.rolled_from`
+/// (the key a rolled key replaced), which carries lineage through rolls.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// What went wrong in a store, by what the caller should do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,10 @@ pub enum StoreError {
     Unavailable(String),
     /// The key is unknown, or revoked where a live key was needed.
     NotFound,
+    /// The caller's own key was revoked, or ended, before the write could
+    /// commit (checked inside the write's transaction). HTTP 401, as for
+    /// any revoked key.
+    CallerRevoked,
     /// The key changed between the read a write was computed from and the
     /// write (two rolls racing): read again and retry. HTTP 409.
     Conflict(String),
@@ -38,6 +43,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
             StoreError::NotFound => f.write_str("no such key"),
+            StoreError::CallerRevoked => f.write_str("the calling key is revoked or expired"),
             StoreError::Conflict(m) => f.write_str(m),
             StoreError::Fatal(m) => f.write_str(m),
         }
@@ -123,7 +129,9 @@ pub enum Scope {
     All,
     /// Only the keys minted from this one, directly or transitively (the
     /// attenuating policy's rule for a restricted caller). The key itself is
-    /// not among them.
+    /// not among them. A roll's new key inherits the old key's children: the
+    /// children of a key are the keys minted by it or by any key rolled into
+    /// it (its predecessors), and those predecessors are not descendants.
     DescendantsOf(KeyId),
 }
 
@@ -135,6 +143,16 @@ pub struct Snapshot {
     pub records: Vec<KeyRecord>,
     /// The last sequence number the snapshot includes.
     pub seq: u64,
+}
+
+/// At most the first 16 characters of a stored id that failed to parse, for
+/// a log line: a corrupt column can hold anything, a token included.
+pub fn redacted(text: &str) -> String {
+    let mut shown: String = text.chars().take(16).collect();
+    if text.chars().nth(16).is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// Checks, inside a roll's write transaction, that the rolled records still
@@ -169,7 +187,10 @@ pub fn check_roll_fits(
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a newly minted key and its `created` event; returns the
-    /// event's sequence number.
+    /// event's sequence number. In the same transaction, checks that `actor`
+    /// (and the record's creator) is live at `at_ms`: not revoked, not
+    /// expired, known; [`StoreError::CallerRevoked`] otherwise. So a key
+    /// being revoked can never commit a child after its cascade.
     async fn create(
         &self,
         record: &KeyRecord,
@@ -188,8 +209,10 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes `id` and, with `cascade`, every live key minted from it
     /// (transitively), each with its own `revoked` event; all or nothing.
     /// `scope` limits which `id` may be named ([`StoreError::NotFound`]
-    /// otherwise, as for an unknown or already revoked id). Returns the
-    /// revoked ids with their events' sequence numbers, `id` first.
+    /// otherwise, as for an unknown or already revoked id). `actor`, unless
+    /// it is `id` itself (self-revocation), must be live at `at_ms`
+    /// ([`StoreError::CallerRevoked`]). Returns the revoked ids with their
+    /// events' sequence numbers, `id` first.
     async fn revoke(
         &self,
         id: KeyId,
@@ -201,9 +224,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Rolls a key: writes `old` (the same key with its shortened expiry)
     /// and the new key, with a `created` event for the new key and then a
-    /// `rolled` event for the old one, in one transaction. Fails with
-    /// [`StoreError::NotFound`] if `old` is unknown, revoked, or outside
-    /// `scope`. Returns the two events' sequence numbers.
+    /// `rolled` event for the old one, in one transaction; the new key
+    /// records `old` as the key it replaced, and so inherits its children.
+    /// Fails with [`StoreError::NotFound`] if `old` is unknown, revoked, or
+    /// outside `scope`, and with [`StoreError::CallerRevoked`] if `actor` is
+    /// not live at `at_ms`. Returns the two events' sequence numbers.
     async fn roll(
         &self,
         old: &KeyRecord,
@@ -225,16 +250,34 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<KeyPage, StoreError>;
 
-    /// Up to `limit` events with sequence numbers after `after`, in order;
-    /// and whether more follow.
-    async fn events(&self, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError>;
+    /// Up to `limit` events with sequence numbers after `after`, in order,
+    /// of keys within `scope`; and whether more such events follow.
+    async fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        scope: Scope,
+    ) -> Result<(Vec<Event>, bool), StoreError>;
 
     /// Up to `limit` changes after `after`, in sequence order, each built
     /// from its key's current row (a revoked key gives a revocation).
+    ///
+    /// A key row that cannot be read fails closed: its change is a
+    /// revocation, and it is logged and counted ([`Store::corrupt_rows`]),
+    /// so one bad row never stops the feed. A change naming no valid id is
+    /// skipped, logged and counted. Runs on a connection of its own, so a
+    /// flood of reads does not delay the feed.
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
 
-    /// The live records and the last sequence number, in one snapshot.
+    /// The live records and the last sequence number, in one snapshot. A key
+    /// row that cannot be read is left out (it fails closed, as in
+    /// [`Store::changes_since`]).
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// How many key rows or log entries could not be read by
+    /// [`Store::changes_since`] and [`Store::snapshot`] (each was treated as
+    /// revoked).
+    fn corrupt_rows(&self) -> u64;
 
     /// Writes a batch of `last_used_at_ms` values (never moving one back).
     async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError>;

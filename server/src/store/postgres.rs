@@ -17,10 +17,12 @@
 //! The same tables and columns as the SQLite store:
 //!
 //! * `keys(id, kind, name, secret_hash, scopes, created_at_ms,
-//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms)`: one row per
-//!   key, revoked ones included; `secret_hash` is 32 bytes of `BYTEA`,
-//!   `scopes` the [`Scopes::bits`]. Ids compare bytewise (`COLLATE "C"`), so
-//!   `GET /v1/keys` pages in the same order as on SQLite.
+//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms, rolled_from)`:
+//!   one row per key, revoked ones included; `secret_hash` is 32 bytes of
+//!   `BYTEA`, `scopes` the [`Scopes::bits`]; `rolled_from` the key a rolled
+//!   key replaced (version 3), whose children it inherits. Ids compare
+//!   bytewise (`COLLATE "C"`), so `GET /v1/keys` pages in the same order as
+//!   on SQLite.
 //! * `changes(seq, at_ms, action, key_id, actor_id, new_key_id)`: the
 //!   change log, which is also the audit log.
 //! * `meta(schema_version, pepper_fingerprint)`: one row; the fingerprint
@@ -111,9 +113,10 @@ const KEY_COLUMNS: &str = "id, kind, name, secret_hash, scopes, created_at_ms, e
 
 /// The migrations, by the schema version they produce. Version 1 was the
 /// SQLite-only JSON table of 0.1.0, so PostgreSQL starts at 2.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    2,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        2,
+        r#"
     CREATE TABLE meta (
         one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
         schema_version BIGINT NOT NULL,
@@ -152,12 +155,27 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         new_key_id TEXT COLLATE "C"
     );
     "#,
-)];
+    ),
+    (
+        3,
+        r#"
+    ALTER TABLE keys ADD COLUMN rolled_from TEXT COLLATE "C";
+    CREATE INDEX keys_rolled_from ON keys (rolled_from);
+    UPDATE keys k SET rolled_from = c.key_id
+    FROM changes c WHERE c.action = 'rolled' AND c.new_key_id = k.id;
+    "#,
+    ),
+];
 
 /// Key storage in PostgreSQL, shared by any number of instances. See the
 /// module documentation.
 pub struct PgStore {
     pool: Pool,
+    /// The follower's own connection (the change log and snapshots), so a
+    /// flood of requests on `pool` does not delay revocations.
+    follower: Pool,
+    /// Key rows and log entries the feed could not read (each failed closed).
+    corrupt: std::sync::atomic::AtomicU64,
     config: tokio_postgres::Config,
     listener: OnceLock<Listener>,
 }
@@ -222,23 +240,27 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("keygate");
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Fatal(format!("cannot build the connection pool: {e}")))?;
+        let pool_of = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| StoreError::Fatal(format!("cannot build the connection pool: {e}")))
+        };
         let store = PgStore {
-            pool,
+            pool: pool_of(POOL_SIZE)?,
+            follower: pool_of(1)?,
+            corrupt: std::sync::atomic::AtomicU64::new(0),
             config,
             listener: OnceLock::new(),
         };
@@ -350,6 +372,14 @@ macro_rules! write_tx {
                 Ok(value) => break Ok(value),
                 Err(WriteError::Db(e)) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => {
                     tracing::debug!("write conflict, retrying: {e}");
+                }
+                // Still in conflict after the retries: the client may retry
+                // later (503 with `Retry-After`), as for an unreachable store.
+                Err(WriteError::Db(e)) if is_retryable(&e) => {
+                    break Err(StoreError::Unavailable(format!(
+                        "write conflict after {WRITE_ATTEMPTS} attempts: {}",
+                        describe(&e)
+                    )))
                 }
                 Err(WriteError::Db(e)) => break Err(db_error(e)),
                 Err(WriteError::Store(e)) => break Err(e),
@@ -607,8 +637,32 @@ async fn append(
     Ok(seqs.unwrap_or_default().into_iter().map(to_u64).collect())
 }
 
-/// Whether `id` is within `scope`: for [`Scope::DescendantsOf`], whether
-/// `ancestor` is among its creators, transitively.
+/// The family of the key bound to `${n}`: the key and every key rolled into
+/// it, transitively (a common table expression named `fam`); empty if the
+/// key was itself rolled (its children belong to the key that replaced it).
+fn family_cte(n: u8) -> String {
+    format!(
+        "fam(id) AS ( \
+             SELECT ${n}::text COLLATE \"C\" \
+             WHERE NOT EXISTS (SELECT 1 FROM keys WHERE rolled_from = ${n}::text COLLATE \"C\") \
+             UNION \
+             SELECT k.rolled_from FROM keys k JOIN fam ON k.id = fam.id \
+             WHERE k.rolled_from IS NOT NULL \
+         )"
+    )
+}
+
+/// The keys minted by a member of `fam`, transitively (named `d`, after
+/// [`family_cte`]); callers exclude the members of `fam` themselves.
+const DESCENDANTS_CTE: &str = "d(id) AS ( \
+         SELECT k.id FROM keys k WHERE k.creator_id IN (SELECT id FROM fam) \
+         UNION \
+         SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id \
+     )";
+
+/// Whether `id` is within `scope`: for [`Scope::DescendantsOf`], whether a
+/// member of `ancestor`'s family (it and the keys rolled into it) is among
+/// `id`'s creators, transitively, and `id` is not of that family.
 async fn in_scope<C: GenericClient>(
     client: &C,
     id: KeyId,
@@ -619,13 +673,16 @@ async fn in_scope<C: GenericClient>(
         Scope::DescendantsOf(ancestor) => ancestor,
     };
     let stmt = client
-        .prepare_cached(
-            "WITH RECURSIVE up(id) AS ( \
+        .prepare_cached(&format!(
+            "WITH RECURSIVE {fam}, \
+             up(id) AS ( \
                  SELECT creator_id FROM keys WHERE id = $1 AND creator_id IS NOT NULL \
                  UNION \
                  SELECT k.creator_id FROM keys k JOIN up ON k.id = up.id WHERE k.creator_id IS NOT NULL \
-             ) SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)",
-        )
+             ) SELECT EXISTS (SELECT 1 FROM up WHERE id IN (SELECT id FROM fam)) \
+               AND $1 NOT IN (SELECT id FROM fam)",
+            fam = family_cte(2)
+        ))
         .await?;
     Ok(client
         .query_one(&stmt, &[&id.as_str(), &ancestor.as_str()])
@@ -654,6 +711,63 @@ async fn lock_live(
     Ok(row.get(0))
 }
 
+/// Fails with [`StoreError::CallerRevoked`] unless `actor` is a known key,
+/// not revoked and not expired at `at_ms`; locks its row `FOR SHARE`, so a
+/// revocation of it waits for this transaction, and this one for it.
+async fn lock_caller(
+    tx: &deadpool_postgres::Transaction<'_>,
+    actor: KeyId,
+    at_ms: i64,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached("SELECT revoked_at_ms, expires_at_ms FROM keys WHERE id = $1 FOR SHARE")
+        .await?;
+    let live = match tx.query_opt(&stmt, &[&actor.as_str()]).await? {
+        Some(row) => match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+            (None, None) => true,
+            (None, Some(expires_at_ms)) => at_ms < expires_at_ms,
+            (Some(_), _) => false,
+        },
+        None => false,
+    };
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::CallerRevoked.into())
+    }
+}
+
+/// A rolled key is on its way out: it mints and rolls no more; its children
+/// belong to the key that replaced it. Run with `id`'s row locked, so a roll
+/// of it commits before this reads, or waits for this transaction.
+async fn check_not_rolled(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: KeyId,
+    what: &str,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached("SELECT id FROM keys WHERE rolled_from = $1")
+        .await?;
+    match tx.query_opt(&stmt, &[&id.as_str()]).await? {
+        None => Ok(()),
+        Some(row) => Err(StoreError::Conflict(format!(
+            "key `{id}` was rolled into `{}`; {what} with the new key",
+            super::redacted(row.get(0))
+        ))
+        .into()),
+    }
+}
+
+/// Logs and counts a row the feed could not read.
+fn fail_closed(corrupt: &std::sync::atomic::AtomicU64, seq: u64, key_id: &str, what: &str) {
+    corrupt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        seq,
+        key_id = %super::redacted(key_id),
+        "unreadable key row in the change log: {what}"
+    );
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn create(
@@ -666,15 +780,11 @@ impl Store for PgStore {
             // A key minted by a key that is being revoked: lock the
             // creator's row, so that the revocation either sees this key
             // (and revokes it too) or this insert sees the revocation.
+            for caller in [actor, record.creator_id()].into_iter().flatten() {
+                lock_caller(tx, caller, at_ms).await?;
+            }
             if let Some(creator) = record.creator_id() {
-                let stmt = tx
-                    .prepare_cached("SELECT revoked_at_ms FROM keys WHERE id = $1 FOR SHARE")
-                    .await?;
-                if let Some(row) = tx.query_opt(&stmt, &[&creator.as_str()]).await? {
-                    if row.get::<_, Option<i64>>(0).is_some() {
-                        return Err(StoreError::NotFound.into());
-                    }
-                }
+                check_not_rolled(tx, creator, "mint").await?;
             }
             insert_created(tx, record, actor, at_ms).await
         })
@@ -689,6 +799,9 @@ impl Store for PgStore {
         at_ms: i64,
     ) -> Result<Vec<(u64, KeyId)>, StoreError> {
         write_tx!(self, tx => {
+            if let Some(actor) = actor.filter(|&actor| actor != id) {
+                lock_caller(tx, actor, at_ms).await?;
+            }
             lock_live(tx, id, scope).await?;
             let revoke = tx
                 .prepare_cached(
@@ -699,21 +812,20 @@ impl Store for PgStore {
             tx.execute(&revoke, &[&vec![id.as_str()], &at_ms]).await?;
             let mut revoked = vec![id];
             if cascade {
-                // Live descendants, nearest first. Repeated until none
-                // is left: a child minted by a descendant that committed
-                // after the previous round shows up in the next one (a
-                // mint locks its creator's row, which this transaction
-                // now holds, so none can slip in after the last round).
+                // Live descendants, at any depth (`UNION` stops at a
+                // cycle). Repeated until none is left: a child minted by a
+                // descendant that committed after the previous round shows
+                // up in the next one (a mint locks its creator's row, which
+                // this transaction now holds, so none can slip in after the
+                // last round).
                 let live = tx
-                    .prepare_cached(
-                        "WITH RECURSIVE d(id, depth) AS ( \
-                             SELECT id, 1 FROM keys WHERE creator_id = $1 \
-                             UNION ALL \
-                             SELECT k.id, d.depth + 1 FROM keys k JOIN d ON k.creator_id = d.id \
-                             WHERE d.depth < 10000 \
-                         ) SELECT d.id FROM d JOIN keys k ON k.id = d.id \
-                         WHERE k.revoked_at_ms IS NULL ORDER BY d.depth, d.id",
-                    )
+                    .prepare_cached(&format!(
+                        "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
+                         SELECT d.id FROM d JOIN keys k ON k.id = d.id \
+                         WHERE k.revoked_at_ms IS NULL AND d.id NOT IN (SELECT id FROM fam) \
+                         ORDER BY d.id",
+                        fam = family_cte(1)
+                    ))
                     .await?;
                 loop {
                     let rows = tx.query(&live, &[&id.as_str()]).await?;
@@ -751,7 +863,14 @@ impl Store for PgStore {
         at_ms: i64,
     ) -> Result<(u64, u64), StoreError> {
         write_tx!(self, tx => {
+            if let Some(actor) = actor.filter(|&actor| actor != old.id()) {
+                lock_caller(tx, actor, at_ms).await?;
+            }
             let stored = lock_live(tx, old.id(), scope).await?;
+            if actor == Some(old.id()) && stored.is_some_and(|e| at_ms >= e) {
+                return Err(StoreError::CallerRevoked.into());
+            }
+            check_not_rolled(tx, old.id(), "roll").await?;
             super::check_roll_fits(old, new, stored)?;
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
@@ -759,6 +878,11 @@ impl Store for PgStore {
             tx.execute(&shorten, &[&old.id().as_str(), &old.expires_at_ms()])
                 .await?;
             insert_key(tx, new).await?;
+            let link = tx
+                .prepare_cached("UPDATE keys SET rolled_from = $2 WHERE id = $1")
+                .await?;
+            tx.execute(&link, &[&new.id().as_str(), &old.id().as_str()])
+                .await?;
             let events = [
                 NewEvent {
                     action: Action::Created,
@@ -821,12 +945,11 @@ impl Store for PgStore {
             Scope::DescendantsOf(ancestor) => {
                 let stmt = client
                     .prepare_cached(&format!(
-                        "WITH RECURSIVE d(id) AS ( \
-                             SELECT id FROM keys WHERE creator_id = $3 \
-                             UNION \
-                             SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id \
-                         ) SELECT {KEY_COLUMNS} FROM keys WHERE id IN (SELECT id FROM d) \
-                         AND revoked_at_ms IS NULL AND id > $1 ORDER BY id LIMIT $2"
+                        "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
+                         SELECT {KEY_COLUMNS} FROM keys WHERE id IN (SELECT id FROM d) \
+                         AND id NOT IN (SELECT id FROM fam) \
+                         AND revoked_at_ms IS NULL AND id > $1 ORDER BY id LIMIT $2",
+                        fam = family_cte(3)
                     ))
                     .await
                     .map_err(db_error)?;
@@ -842,20 +965,43 @@ impl Store for PgStore {
         Ok(KeyPage { keys, has_more })
     }
 
-    async fn events(&self, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError> {
+    async fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        scope: Scope,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes \
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )
-            .await
-            .map_err(db_error)?;
         let fetch = to_i64(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
-        let rows = client
-            .query(&stmt, &[&to_i64(after), &fetch])
-            .await
-            .map_err(db_error)?;
+        let rows = match scope {
+            Scope::All => {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes \
+                         WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    )
+                    .await
+                    .map_err(db_error)?;
+                client.query(&stmt, &[&to_i64(after), &fetch]).await
+            }
+            Scope::DescendantsOf(ancestor) => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
+                         SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes \
+                         WHERE seq > $1 \
+                         AND key_id IN (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam)) \
+                         ORDER BY seq LIMIT $2",
+                        fam = family_cte(3)
+                    ))
+                    .await
+                    .map_err(db_error)?;
+                client
+                    .query(&stmt, &[&to_i64(after), &fetch, &ancestor.as_str()])
+                    .await
+            }
+        }
+        .map_err(db_error)?;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             let action: &str = row.get(2);
@@ -879,7 +1025,7 @@ impl Store for PgStore {
     }
 
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let client = self.client().await?;
+        let client = self.follower.get().await.map_err(pool_error)?;
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT c.seq, c.key_id, {} FROM changes c LEFT JOIN keys k ON k.id = c.key_id \
@@ -900,24 +1046,54 @@ impl Store for PgStore {
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq = to_u64(row.get(0));
-            let id = key_id(row.get(1))?;
-            let revoked = match row.get::<_, Option<&str>>(2) {
-                // A log entry without its key row: treat it as gone.
-                None => true,
-                Some(_) => row.get::<_, Option<i64>>(10).is_some(),
+            let text: &str = row.get(1);
+            let Ok(id) = KeyId::parse(text) else {
+                fail_closed(
+                    &self.corrupt,
+                    seq,
+                    text,
+                    "the change names no valid key id; skipped",
+                );
+                continue;
             };
-            if revoked {
+            if row.get::<_, Option<&str>>(2).is_none() {
+                fail_closed(
+                    &self.corrupt,
+                    seq,
+                    text,
+                    "the key has no row; treated as revoked",
+                );
                 changes.push(Change::revoke(seq, id));
-            } else {
-                let key = stored_key_at(row, 2)?;
-                changes.push(Change::upsert(seq, key.record));
+                continue;
+            }
+            match stored_key_at(row, 2) {
+                Ok(key) if key.revoked_at_ms.is_some() => changes.push(Change::revoke(seq, id)),
+                Ok(key) if key.record.id() == id => changes.push(Change::upsert(seq, key.record)),
+                Ok(_) => {
+                    fail_closed(
+                        &self.corrupt,
+                        seq,
+                        text,
+                        "the row is another key's; treated as revoked",
+                    );
+                    changes.push(Change::revoke(seq, id));
+                }
+                Err(e) => {
+                    fail_closed(
+                        &self.corrupt,
+                        seq,
+                        text,
+                        &format!("{e}; treated as revoked"),
+                    );
+                    changes.push(Change::revoke(seq, id));
+                }
             }
         }
         Ok(changes)
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.follower.get().await.map_err(pool_error)?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -938,10 +1114,13 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        let records = rows
-            .iter()
-            .map(|r| stored_key(r).map(|k| k.record))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match stored_key(row) {
+                Ok(key) => records.push(key.record),
+                Err(e) => fail_closed(&self.corrupt, to_u64(seq), "-", &format!("{e}; left out")),
+            }
+        }
         Ok(Snapshot {
             records,
             seq: to_u64(seq),
@@ -1031,6 +1210,10 @@ impl Store for PgStore {
                 .into()),
             }
         })
+    }
+
+    fn corrupt_rows(&self) -> u64 {
+        self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn change_signal(&self) -> Option<Arc<Notify>> {
@@ -1158,7 +1341,7 @@ async fn listen_once(
 
 #[cfg(test)]
 #[path = "../../tests/support/pg.rs"]
-mod pg;
+pub(super) mod pg;
 
 #[cfg(test)]
 #[allow(

@@ -1,10 +1,12 @@
-//! The SQLite store: [`SqliteStore`], schema version 2.
+//! The SQLite store: [`SqliteStore`], schema version 3.
 //!
 //! Tables:
 //!
 //! * `keys`: one row per key, in real columns (the secret digest as a
 //!   32-byte BLOB, the scopes as [`Scopes::bits`]), revoked rows kept;
-//!   indexed by `creator_id` for the attenuating policy's descendant rules.
+//!   indexed by `creator_id` for the attenuating policy's descendant rules;
+//!   `rolled_from` names the key a rolled key replaced (version 3), so a
+//!   roll's new key inherits the old key's children.
 //! * `changes`: the append-only change log, which is also the audit log.
 //!   `seq` is an `AUTOINCREMENT` key assigned inside the write transaction;
 //!   SQLite serializes writers, so sequence numbers grow with commit order
@@ -16,8 +18,14 @@
 //! write has been fsynced to the WAL before the method returns.
 //!
 //! Writes go through one connection behind a mutex; reads through another,
-//! so they do not wait for a write's fsync. All the SQLite work runs on
-//! tokio's blocking pool.
+//! so they do not wait for a write's fsync; the follower's reads of the log
+//! through a third, so a flood of reads does not delay revocations. All the
+//! SQLite work runs on tokio's blocking pool.
+//!
+//! Every write checks, inside its immediate transaction, that the calling
+//! key is live: writers are serialized, so a create or roll by a key that a
+//! revocation is removing either commits before the revocation (and is
+//! cascaded by it) or sees it and fails.
 //!
 //! A database written by keygate 0.1.0 (`keys(id, record)` with the record
 //! as serde JSON) is migrated on open, in one transaction: every record
@@ -29,7 +37,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use keygate::lineage::Lineage;
 use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -43,7 +50,7 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const KEY_COLUMNS: &str = "k.id, k.kind, k.name, k.secret_hash, k.scopes, k.created_at_ms, \
                            k.expires_at_ms, k.creator_id, k.revoked_at_ms, k.last_used_at_ms";
 
-/// Schema version 2.
+/// Schema version 2 (version 3 adds [`MIGRATE_V3`]).
 const SCHEMA_V2: &str = "
 CREATE TABLE keys (
     id              TEXT PRIMARY KEY NOT NULL,
@@ -72,6 +79,40 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2 to 3: `keys.rolled_from`, filled from the log's `rolled` events.
+const MIGRATE_V3: &str = "
+ALTER TABLE keys ADD COLUMN rolled_from TEXT;
+CREATE INDEX keys_rolled_from ON keys (rolled_from);
+UPDATE keys SET rolled_from = (
+    SELECT c.key_id FROM changes c
+    WHERE c.action = 'rolled' AND c.new_key_id = keys.id
+    ORDER BY c.seq LIMIT 1
+);
+";
+
+/// The family of the key bound to `?{n}`: the key and every key rolled into
+/// it, transitively (a common table expression named `fam`); empty if the
+/// key was itself rolled (its children belong to the key that replaced it).
+fn family_cte(n: u8) -> String {
+    format!(
+        "fam(id) AS (
+             SELECT ?{n} WHERE NOT EXISTS (SELECT 1 FROM keys WHERE rolled_from = ?{n})
+             UNION
+             SELECT k.rolled_from FROM keys k JOIN fam ON k.id = fam.id
+             WHERE k.rolled_from IS NOT NULL
+         )"
+    )
+}
+
+/// The keys minted by a member of `fam`, transitively (a common table
+/// expression named `d`, after [`family_cte`]). Members of `fam` themselves
+/// are excluded by the callers.
+const DESCENDANTS_CTE: &str = "d(id) AS (
+    SELECT k.id FROM keys k WHERE k.creator_id IN (SELECT id FROM fam)
+    UNION
+    SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id
+)";
+
 /// The SQLite implementation of [`Store`](super::Store).
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -80,6 +121,10 @@ pub struct SqliteStore {
 struct Inner {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// The follower's own connection: the change log and snapshots.
+    follower: Mutex<Connection>,
+    /// Key rows and log entries the feed could not read (each failed closed).
+    corrupt: std::sync::atomic::AtomicU64,
     /// The database path, for messages.
     path: String,
 }
@@ -193,8 +238,9 @@ fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Brings the database to schema version 2, in one immediate transaction:
-/// creates a new one, migrates a 0.1.0 one, refuses a newer one.
+/// Brings the database to schema version 3, in one immediate transaction:
+/// creates a new one, migrates a 0.1.0 or a version-2 one, refuses a newer
+/// one.
 fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -216,10 +262,15 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
                  knows ({SCHEMA_VERSION}); upgrade keygate to open it"
             )));
         }
-        if version < SCHEMA_VERSION {
+        if version < 2 {
             return Err(StoreError::Fatal(format!(
                 "database `{path}` has schema version {version}, which this keygate cannot migrate"
             )));
+        }
+        if version == 2 {
+            tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+            meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
+            tx.commit().map_err(sql)?;
         }
         return Ok(());
     }
@@ -233,6 +284,7 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     } else {
         tx.execute_batch(SCHEMA_V2).map_err(sql)?;
     }
+    tx.execute_batch(MIGRATE_V3).map_err(sql)?;
     meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
     tx.commit().map_err(sql)
 }
@@ -384,25 +436,72 @@ fn parse_id(text: &str, what: &str) -> Result<KeyId, StoreError> {
         .map_err(|e| StoreError::Fatal(format!("corrupt {what} `{text}` in database: {e}")))
 }
 
-/// Whether `id` is within `scope`: for `DescendantsOf(root)`, whether `root`
-/// is on `id`'s chain of creators (walked up by primary key; `UNION` stops
-/// at a cycle).
+/// Whether `id` is within `scope`: for `DescendantsOf(root)`, whether a
+/// member of `root`'s family (`root` and the keys rolled into it) is on
+/// `id`'s chain of creators, and `id` is not itself of that family (walked
+/// by primary key; `UNION` stops at a cycle).
 fn in_scope(conn: &Connection, id: KeyId, scope: Scope) -> Result<bool, StoreError> {
     match scope {
         Scope::All => Ok(true),
         Scope::DescendantsOf(root) => conn
             .query_row(
-                "WITH RECURSIVE up(id) AS (
-                     SELECT creator_id FROM keys WHERE id = ?1 AND creator_id IS NOT NULL
-                     UNION
-                     SELECT k.creator_id FROM keys k JOIN up ON k.id = up.id
-                     WHERE k.creator_id IS NOT NULL
-                 )
-                 SELECT EXISTS (SELECT 1 FROM up WHERE id = ?2)",
+                &format!(
+                    "WITH RECURSIVE {fam},
+                     up(id) AS (
+                         SELECT creator_id FROM keys WHERE id = ?1 AND creator_id IS NOT NULL
+                         UNION
+                         SELECT k.creator_id FROM keys k JOIN up ON k.id = up.id
+                         WHERE k.creator_id IS NOT NULL
+                     )
+                     SELECT EXISTS (SELECT 1 FROM up WHERE id IN (SELECT id FROM fam))
+                        AND ?1 NOT IN (SELECT id FROM fam)",
+                    fam = family_cte(2)
+                ),
                 params![id.as_str(), root.as_str()],
                 |r| r.get(0),
             )
             .map_err(sql),
+    }
+}
+
+/// The key `id` was rolled into, if it was.
+fn successor(conn: &Connection, id: KeyId) -> Result<Option<String>, StoreError> {
+    conn.query_row(
+        "SELECT id FROM keys WHERE rolled_from = ?1",
+        params![id.as_str()],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sql)
+}
+
+/// A rolled key is on its way out: it mints and rolls no more; its children
+/// belong to the key that replaced it.
+fn check_not_rolled(conn: &Connection, id: KeyId, what: &str) -> Result<(), StoreError> {
+    match successor(conn, id)? {
+        None => Ok(()),
+        Some(new) => Err(StoreError::Conflict(format!(
+            "key `{id}` was rolled into `{}`; {what} with the new key",
+            super::redacted(&new)
+        ))),
+    }
+}
+
+/// Fails with [`StoreError::CallerRevoked`] unless `actor` is a known key,
+/// not revoked, and not expired at `at_ms`. Run inside a write transaction.
+fn check_live(conn: &Connection, actor: KeyId, at_ms: i64) -> Result<(), StoreError> {
+    let row: Option<(Option<i64>, Option<i64>)> = conn
+        .query_row(
+            "SELECT revoked_at_ms, expires_at_ms FROM keys WHERE id = ?1",
+            params![actor.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    match row {
+        Some((None, None)) => Ok(()),
+        Some((None, Some(expires_at_ms))) if at_ms < expires_at_ms => Ok(()),
+        _ => Err(StoreError::CallerRevoked),
     }
 }
 
@@ -426,31 +525,24 @@ fn live_in_scope(conn: &Connection, id: KeyId, scope: Scope) -> Result<StoredKey
     }
 }
 
-/// Every key minted from `root`, transitively, breadth first (revoked ones
-/// included: they still link their children).
+/// Every key minted from `root`'s family, transitively (revoked ones
+/// included: they still link their children), in id order.
 fn descendants(conn: &Connection, root: KeyId) -> Result<Vec<KeyId>, StoreError> {
     let mut stmt = conn
-        .prepare(
-            "WITH RECURSIVE d(id) AS (
-                 SELECT id FROM keys WHERE creator_id = ?1
-                 UNION
-                 SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id
-             )
-             SELECT k.id, k.creator_id FROM keys k JOIN d ON k.id = d.id",
-        )
+        .prepare(&format!(
+            "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
+             SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam) ORDER BY id",
+            fam = family_cte(1)
+        ))
         .map_err(sql)?;
     let rows = stmt
-        .query_map(params![root.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-        })
+        .query_map(params![root.as_str()], |r| r.get::<_, String>(0))
         .map_err(sql)?;
-    let mut links = Vec::new();
+    let mut ids = Vec::new();
     for row in rows {
-        let (id, creator) = row.map_err(sql)?;
-        let creator = creator.map(|c| parse_id(&c, "creator id")).transpose()?;
-        links.push((parse_id(&id, "key id")?, creator));
+        ids.push(parse_id(&row.map_err(sql)?, "key id")?);
     }
-    Ok(Lineage::from_links(links).descendants(root))
+    Ok(ids)
 }
 
 fn revoke_tx(
@@ -464,6 +556,9 @@ fn revoke_tx(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
+    if let Some(actor) = actor.filter(|&actor| actor != id) {
+        check_live(&tx, actor, at_ms)?;
+    }
     live_in_scope(&tx, id, scope)?;
     let mut targets = vec![id];
     if cascade {
@@ -497,7 +592,14 @@ fn roll_tx(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
+    if let Some(actor) = actor.filter(|&actor| actor != old.id()) {
+        check_live(&tx, actor, at_ms)?;
+    }
     let current = live_in_scope(&tx, old.id(), scope)?;
+    if actor == Some(old.id()) {
+        check_live(&tx, old.id(), at_ms)?;
+    }
+    check_not_rolled(&tx, old.id(), "roll")?;
     super::check_roll_fits(old, new, current.record.expires_at_ms())?;
     tx.execute(
         "UPDATE keys SET expires_at_ms = ?2 WHERE id = ?1",
@@ -505,6 +607,11 @@ fn roll_tx(
     )
     .map_err(sql)?;
     insert_key(&tx, new)?;
+    tx.execute(
+        "UPDATE keys SET rolled_from = ?2 WHERE id = ?1",
+        params![new.id().as_str(), old.id().as_str()],
+    )
+    .map_err(sql)?;
     let created = append(&tx, at_ms, Action::Created, new.id(), actor, None)?;
     let rolled = append(&tx, at_ms, Action::Rolled, old.id(), actor, Some(new.id()))?;
     tx.commit().map_err(sql)?;
@@ -530,14 +637,12 @@ fn list_keys(
         ),
         Scope::DescendantsOf(root) => (
             format!(
-                "WITH RECURSIVE d(id) AS (
-                     SELECT id FROM keys WHERE creator_id = ?3
-                     UNION
-                     SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id
-                 )
+                "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
                  SELECT {KEY_COLUMNS} FROM keys k JOIN d ON k.id = d.id
-                 WHERE k.revoked_at_ms IS NULL AND k.id > ?1 AND k.id != ?3
-                 ORDER BY k.id LIMIT ?2"
+                 WHERE k.revoked_at_ms IS NULL AND k.id > ?1
+                   AND k.id NOT IN (SELECT id FROM fam)
+                 ORDER BY k.id LIMIT ?2",
+                fam = family_cte(3)
             ),
             Some(root),
         ),
@@ -562,16 +667,36 @@ fn read_events(
     conn: &Connection,
     after: u64,
     limit: usize,
+    scope: Scope,
 ) -> Result<(Vec<Event>, bool), StoreError> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .map_err(sql)?;
+    let (text, root) = match scope {
+        Scope::All => (
+            String::from(
+                "SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes
+                 WHERE seq > ?1 AND ?3 IS NULL ORDER BY seq LIMIT ?2",
+            ),
+            None,
+        ),
+        Scope::DescendantsOf(root) => (
+            format!(
+                "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
+                 SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes
+                 WHERE seq > ?1
+                   AND key_id IN (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam))
+                 ORDER BY seq LIMIT ?2",
+                fam = family_cte(3)
+            ),
+            Some(root),
+        ),
+    };
+    let mut stmt = conn.prepare(&text).map_err(sql)?;
     let rows = stmt
         .query_map(
-            params![from_seq(after), limit_sql(limit.saturating_add(1))],
+            params![
+                from_seq(after),
+                limit_sql(limit.saturating_add(1)),
+                root.as_ref().map(KeyId::as_str)
+            ],
             |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -606,7 +731,15 @@ fn read_events(
     Ok((events, has_more))
 }
 
-fn read_changes(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+/// Reads the log after `after`; a key row that cannot be read becomes a
+/// revocation and a change naming no valid id is skipped, each logged and
+/// counted in `corrupt`.
+fn read_changes(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+    corrupt: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<Change>, StoreError> {
     let mut stmt = conn
         .prepare(&format!(
             "SELECT c.seq, c.key_id, {KEY_COLUMNS} FROM changes c LEFT JOIN keys k ON k.id = c.key_id
@@ -620,23 +753,61 @@ fn read_changes(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Chang
     while let Some(row) = rows.next().map_err(sql)? {
         let seq = to_seq(row.get(0).map_err(sql)?);
         let key_id: String = row.get(1).map_err(sql)?;
+        let Ok(id) = KeyId::parse(&key_id) else {
+            fail_closed(
+                corrupt,
+                seq,
+                &key_id,
+                "the change names no valid key id; skipped",
+            );
+            continue;
+        };
         let present: Option<String> = row.get(2).map_err(sql)?;
         if present.is_none() {
-            return Err(StoreError::Fatal(format!(
-                "corrupt database: change {seq} names key `{key_id}`, which has no row"
-            )));
+            fail_closed(
+                corrupt,
+                seq,
+                &key_id,
+                "the key has no row; treated as revoked",
+            );
+            changes.push(Change::revoke(seq, id));
+            continue;
         }
-        let key = read_key(row, 2).map_err(sql)??;
-        changes.push(if key.revoked_at_ms.is_some() {
-            Change::revoke(seq, key.record.id())
-        } else {
-            Change::upsert(seq, key.record)
-        });
+        match read_key(row, 2).map_err(sql)? {
+            Ok(key) if key.record.id() != id => {
+                fail_closed(
+                    corrupt,
+                    seq,
+                    &key_id,
+                    "the row is another key's; treated as revoked",
+                );
+                changes.push(Change::revoke(seq, id));
+            }
+            Ok(key) if key.revoked_at_ms.is_some() => changes.push(Change::revoke(seq, id)),
+            Ok(key) => changes.push(Change::upsert(seq, key.record)),
+            Err(e) => {
+                fail_closed(corrupt, seq, &key_id, &format!("{e}; treated as revoked"));
+                changes.push(Change::revoke(seq, id));
+            }
+        }
     }
     Ok(changes)
 }
 
-fn read_snapshot(conn: &mut Connection) -> Result<Snapshot, StoreError> {
+/// Logs and counts a row the feed could not read.
+fn fail_closed(corrupt: &std::sync::atomic::AtomicU64, seq: u64, key_id: &str, what: &str) {
+    corrupt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        seq,
+        key_id = %super::redacted(key_id),
+        "unreadable key row in the change log: {what}"
+    );
+}
+
+fn read_snapshot(
+    conn: &mut Connection,
+    corrupt: &std::sync::atomic::AtomicU64,
+) -> Result<Snapshot, StoreError> {
     let tx = conn.transaction().map_err(sql)?;
     let seq: i64 = tx
         .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
@@ -652,7 +823,10 @@ fn read_snapshot(conn: &mut Connection) -> Result<Snapshot, StoreError> {
             .map_err(sql)?;
         let rows = stmt.query_map([], |r| read_key(r, 0)).map_err(sql)?;
         for row in rows {
-            records.push(row.map_err(sql)??.record);
+            match row.map_err(sql)? {
+                Ok(key) => records.push(key.record),
+                Err(e) => fail_closed(corrupt, to_seq(seq), "-", &format!("{e}; left out")),
+            }
         }
     }
     tx.commit().map_err(sql)?;
@@ -708,10 +882,13 @@ impl SqliteStore {
         let mut writer = open_connection(path, &shown)?;
         migrate(&mut writer, &shown)?;
         let reader = open_connection(path, &shown)?;
+        let follower = open_connection(path, &shown)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
+                follower: Mutex::new(follower),
+                corrupt: std::sync::atomic::AtomicU64::new(0),
                 path: shown,
             }),
         })
@@ -727,6 +904,26 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut conn, &inner.path)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` on the follower's connection, on the blocking pool.
+    async fn follow<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &std::sync::atomic::AtomicU64) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .follower
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn, &inner.corrupt)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
@@ -761,6 +958,12 @@ impl super::Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
+            for caller in [actor, record.creator_id()].into_iter().flatten() {
+                check_live(&tx, caller, at_ms)?;
+            }
+            if let Some(creator) = record.creator_id() {
+                check_not_rolled(&tx, creator, "mint")?;
+            }
             insert_key(&tx, &record)?;
             let seq = append(&tx, at_ms, Action::Created, record.id(), actor, None)?;
             tx.commit().map_err(sql)?;
@@ -838,17 +1041,29 @@ impl super::Store for SqliteStore {
             .await
     }
 
-    async fn events(&self, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError> {
-        self.read(move |conn| read_events(conn, after, limit)).await
+    async fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        scope: Scope,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        self.read(move |conn| read_events(conn, after, limit, scope))
+            .await
     }
 
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.read(move |conn| read_changes(conn, after, limit))
+        self.follow(move |conn, corrupt| read_changes(conn, after, limit, corrupt))
             .await
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.read(read_snapshot).await
+        self.follow(read_snapshot).await
+    }
+
+    fn corrupt_rows(&self) -> u64 {
+        self.inner
+            .corrupt
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError> {
@@ -974,7 +1189,7 @@ mod tests {
         assert_eq!(snap.records.len(), 2);
         assert_eq!(
             meta_get(&raw(&again), "schema_version").unwrap().as_deref(),
-            Some("2")
+            Some("3")
         );
     }
 
@@ -1144,7 +1359,7 @@ mod tests {
                 .await,
             Err(StoreError::NotFound)
         );
-        assert_eq!(store.events(0, 100).await.unwrap().0.len(), 5);
+        assert_eq!(store.events(0, 100, Scope::All).await.unwrap().0.len(), 5);
         // A revoked key still links its children to their grandparent.
         store
             .revoke(b.id(), of_a, false, Some(a.id()), 10)
@@ -1178,7 +1393,7 @@ mod tests {
             store.revoke(b.id(), Scope::All, true, None, 11).await,
             Err(StoreError::NotFound)
         );
-        // Cascade from a: a first, then its live descendants breadth first
+        // Cascade from a: a first, then its live descendants in id order
         // (b is already revoked and gets no second event), each with its
         // own event; e is untouched.
         let revoked = store
@@ -1187,14 +1402,12 @@ mod tests {
             .unwrap();
         let ids: Vec<KeyId> = revoked.iter().map(|(_, id)| *id).collect();
         assert_eq!(ids[0], a.id());
-        assert_eq!(sorted(ids[1..].to_vec()), sorted(vec![c.id(), d.id()]));
-        // c (grandchild) after d (child): breadth first.
-        assert_eq!(ids[2], c.id());
+        assert_eq!(ids[1..].to_vec(), sorted(vec![c.id(), d.id()]));
         assert_eq!(
             revoked.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             vec![7, 8, 9]
         );
-        let (events, more) = store.events(6, 100).await.unwrap();
+        let (events, more) = store.events(6, 100, Scope::All).await.unwrap();
         assert!(!more);
         assert_eq!(events.len(), 3);
         for (ev, (seq, id)) in events.iter().zip(&revoked) {
@@ -1240,7 +1453,7 @@ mod tests {
             new
         );
         assert_eq!(new.creator_id(), Some(a.id()));
-        let (events, more) = store.events(5, 10).await.unwrap();
+        let (events, more) = store.events(5, 10, Scope::All).await.unwrap();
         assert!(!more);
         assert_eq!(
             events,
@@ -1297,17 +1510,17 @@ mod tests {
     async fn events_page_with_has_more() {
         let (_dir, store) = new_store();
         family(&store).await;
-        let (first, more) = store.events(0, 2).await.unwrap();
+        let (first, more) = store.events(0, 2, Scope::All).await.unwrap();
         assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert!(more);
-        let (rest, more) = store.events(2, 3).await.unwrap();
+        let (rest, more) = store.events(2, 3, Scope::All).await.unwrap();
         assert_eq!(
             rest.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
         assert!(!more);
         assert!(rest.iter().all(|e| e.action == Action::Created));
-        let (none, more) = store.events(5, 3).await.unwrap();
+        let (none, more) = store.events(5, 3, Scope::All).await.unwrap();
         assert!(none.is_empty() && !more);
     }
 
@@ -1369,7 +1582,7 @@ mod tests {
         assert_eq!(get(a.id()).await, Some(100));
         assert_eq!(get(b.id()).await, Some(60));
         // Not a change: the log is untouched.
-        assert_eq!(store.events(0, 100).await.unwrap().0.len(), 5);
+        assert_eq!(store.events(0, 100, Scope::All).await.unwrap().0.len(), 5);
     }
 
     #[tokio::test]
@@ -1397,18 +1610,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_corrupt_row_is_fatal_and_names_the_key() {
+    async fn a_corrupt_row_fails_closed_in_the_feed_and_is_fatal_elsewhere() {
         let (_dir, store) = new_store();
-        let [a, b, ..] = family(&store).await;
+        let [a, b, c, ..] = family(&store).await;
         raw(&store)
             .execute(
                 "UPDATE keys SET scopes = 2 WHERE id = ?1",
                 params![b.id().as_str()],
             )
             .unwrap();
+        // A direct read names the key and the broken rule.
         for result in [
             store.get(b.id(), Scope::All).await.map(drop),
-            store.snapshot().await.map(drop),
             store.list(Scope::All, None, 10).await.map(drop),
         ] {
             match result {
@@ -1419,6 +1632,28 @@ mod tests {
                 other => panic!("expected fatal, got {other:?}"),
             }
         }
+        // The feed goes on: b's change is a revocation, the rest as stored.
+        let changes = store.changes_since(0, 100).await.unwrap();
+        assert_eq!(changes.len(), 5);
+        assert_eq!(changes[1], Change::revoke(2, b.id()));
+        assert_eq!(changes[2], Change::upsert(3, c.clone()));
+        assert_eq!(store.corrupt_rows(), 1);
+        // A snapshot leaves it out.
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(snap.records.len(), 4);
+        assert!(snap.records.iter().all(|r| r.id() != b.id()));
+        assert_eq!(store.corrupt_rows(), 2);
+        // A change naming no key row, and one naming no valid id.
+        raw(&store)
+            .execute_batch(
+                "INSERT INTO changes (at_ms, action, key_id) VALUES (9, 'created', 'zzzzzzzzzzzzzzzz');
+                 INSERT INTO changes (at_ms, action, key_id) VALUES (9, 'created', 'not an id');",
+            )
+            .unwrap();
+        let tail = store.changes_since(5, 100).await.unwrap();
+        let ghost = KeyId::parse("zzzzzzzzzzzzzzzz").unwrap();
+        assert_eq!(tail, vec![Change::revoke(6, ghost)]);
+        assert_eq!(store.corrupt_rows(), 4);
         // A standard row without all scopes breaks `from_parts`.
         raw(&store)
             .execute(
@@ -1428,6 +1663,199 @@ mod tests {
             .unwrap();
         let e = store.get(a.id(), Scope::All).await.unwrap_err();
         assert!(e.to_string().contains(a.id().as_str()), "{e}");
+        assert_eq!(
+            store.changes_since(0, 1).await.unwrap(),
+            vec![Change::revoke(1, a.id())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_roll_passes_the_old_keys_children_to_the_new_key() {
+        let (_dir, store) = new_store();
+        // a minted b and d; b minted c.
+        let [a, b, c, d, _e] = family(&store).await;
+        let (new_a, old_a) = keygate::roll(&pepper(), &a, 100, &mut keygate::os_entropy(), 10)
+            .unwrap()
+            .into_parts();
+        store
+            .roll(&old_a, new_a.record(), Scope::All, None, 10)
+            .await
+            .unwrap();
+        let a2 = new_a.record().id();
+        // The new key sees the old key's subtree; the old key is not in it.
+        assert_eq!(
+            listed(&store, Scope::DescendantsOf(a2)).await,
+            sorted(vec![b.id(), c.id(), d.id()])
+        );
+        assert!(store
+            .get(c.id(), Scope::DescendantsOf(a2))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .get(a.id(), Scope::DescendantsOf(a2))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .get(a2, Scope::DescendantsOf(a2))
+            .await
+            .unwrap()
+            .is_none());
+        // The old key, in its overlap, has no subtree, mints nothing and
+        // rolls no more; the new key mints into the inherited subtree.
+        assert!(listed(&store, Scope::DescendantsOf(a.id()))
+            .await
+            .is_empty());
+        assert!(matches!(
+            store.create(&record(Some(&a), 11), Some(a.id()), 11).await,
+            Err(StoreError::Conflict(m)) if m.contains("was rolled into")
+        ));
+        let (again, old_again) =
+            keygate::roll(&pepper(), &old_a, 5, &mut keygate::os_entropy(), 11)
+                .unwrap()
+                .into_parts();
+        assert!(matches!(
+            store
+                .roll(&old_again, again.record(), Scope::All, None, 11)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let late = record(Some(new_a.record()), 11);
+        store.create(&late, Some(a2), 11).await.unwrap();
+        // The events of the subtree, and nothing else.
+        let (events, _) = store
+            .events(0, 100, Scope::DescendantsOf(a2))
+            .await
+            .unwrap();
+        let keys: std::collections::BTreeSet<KeyId> = events.iter().map(|e| e.key_id).collect();
+        assert_eq!(
+            keys,
+            [b.id(), c.id(), d.id(), late.id()].into_iter().collect()
+        );
+        // Revoking the new key cascades to all of them, and not to the old
+        // key (which ends with its overlap).
+        let revoked: Vec<KeyId> = store
+            .revoke(a2, Scope::All, true, None, 12)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(revoked[0], a2);
+        assert_eq!(
+            revoked[1..].to_vec(),
+            sorted(vec![b.id(), c.id(), d.id(), late.id()])
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_by_a_revoked_or_expired_caller_are_refused() {
+        let (_dir, store) = new_store();
+        let [a, b, c, ..] = family(&store).await;
+        store
+            .revoke(b.id(), Scope::All, false, None, 10)
+            .await
+            .unwrap();
+        // Create, roll and revoke by the revoked b: 401's error.
+        assert_eq!(
+            store.create(&record(Some(&b), 11), Some(b.id()), 11).await,
+            Err(StoreError::CallerRevoked)
+        );
+        let (n, o) = keygate::roll(&pepper(), &c, 5, &mut keygate::os_entropy(), 11)
+            .unwrap()
+            .into_parts();
+        assert_eq!(
+            store
+                .roll(&o, n.record(), Scope::All, Some(b.id()), 11)
+                .await,
+            Err(StoreError::CallerRevoked)
+        );
+        assert_eq!(
+            store
+                .revoke(c.id(), Scope::All, false, Some(b.id()), 11)
+                .await,
+            Err(StoreError::CallerRevoked)
+        );
+        // An unknown caller, and one past its expiry.
+        let ghost = KeyId::parse("zzzzzzzzzzzzzzzz").unwrap();
+        assert_eq!(
+            store
+                .revoke(c.id(), Scope::All, false, Some(ghost), 11)
+                .await,
+            Err(StoreError::CallerRevoked)
+        );
+        let mortal = {
+            let req =
+                MintRequest::restricted(Some("m"), "objects:read".parse().unwrap(), Some(20), 12)
+                    .unwrap()
+                    .created_by(&a.principal());
+            keygate::mint(&pepper(), &req, &mut keygate::os_entropy(), 12)
+                .into_parts()
+                .0
+        };
+        store.create(&mortal, Some(a.id()), 12).await.unwrap();
+        assert_eq!(
+            store
+                .create(&record(Some(&mortal), 20), Some(mortal.id()), 20)
+                .await,
+            Err(StoreError::CallerRevoked)
+        );
+        store
+            .create(&record(Some(&mortal), 19), Some(mortal.id()), 19)
+            .await
+            .unwrap();
+        // Self-revocation needs no live caller: the token is the proof.
+        store
+            .revoke(mortal.id(), Scope::All, false, Some(mortal.id()), 30)
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn a_version_2_database_gains_rolled_from_from_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let (a, a2) = (record(None, 1), record(None, 2));
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V2).unwrap();
+            meta_set(&conn, "schema_version", "2").unwrap();
+            for r in [&a, &a2] {
+                conn.execute(
+                    "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        r.id().as_str(),
+                        r.kind().as_str(),
+                        r.name(),
+                        &r.secret_hash().as_bytes()[..],
+                        i64::from(r.scopes().bits()),
+                        r.created_at_ms()
+                    ],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO changes (at_ms, action, key_id, new_key_id) VALUES (2, 'rolled', ?1, ?2)",
+                params![a.id().as_str(), a2.id().as_str()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let conn = raw(&store);
+        assert_eq!(
+            meta_get(&conn, "schema_version").unwrap().as_deref(),
+            Some("3")
+        );
+        let from: Option<String> = conn
+            .query_row(
+                "SELECT rolled_from FROM keys WHERE id = ?1",
+                params![a2.id().as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(from.as_deref(), Some(a.id().as_str()));
     }
 
     #[test]
@@ -1455,20 +1883,20 @@ mod tests {
         drop(SqliteStore::open(&path).unwrap());
         {
             let conn = Connection::open(&path).unwrap();
-            meta_set(&conn, "schema_version", "3").unwrap();
+            meta_set(&conn, "schema_version", "4").unwrap();
         }
         let e = SqliteStore::open(&path).err().unwrap();
         let m = e.to_string();
         assert!(matches!(e, StoreError::Fatal(_)));
         assert!(
-            m.contains("schema version 3, newer than this keygate knows (2)"),
+            m.contains("schema version 4, newer than this keygate knows (3)"),
             "{m}"
         );
         // Refused without a change.
         let conn = Connection::open(&path).unwrap();
         assert_eq!(
             meta_get(&conn, "schema_version").unwrap().as_deref(),
-            Some("3")
+            Some("4")
         );
     }
 
@@ -1504,7 +1932,7 @@ mod tests {
             let conn = raw(&store);
             assert_eq!(
                 meta_get(&conn, "schema_version").unwrap().as_deref(),
-                Some("2")
+                Some("3")
             );
             assert!(!table_exists(&conn, "keys_v1").unwrap());
             assert!(!column_exists(&conn, "keys", "record").unwrap());
@@ -1516,7 +1944,7 @@ mod tests {
             assert_eq!((got.revoked_at_ms, got.last_used_at_ms), (None, None));
         }
         // One `created` event each, actor null, at its creation, in order.
-        let (events, more) = store.events(0, 100).await.unwrap();
+        let (events, more) = store.events(0, 100, Scope::All).await.unwrap();
         assert!(!more);
         let mut by_creation = before.clone();
         by_creation.sort_by_key(|r| r.created_at_ms());
@@ -1575,7 +2003,7 @@ mod tests {
         // Opening again migrates nothing twice.
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.events(0, 100).await.unwrap().0.len(), 4);
+        assert_eq!(store.events(0, 100, Scope::All).await.unwrap().0.len(), 4);
         assert_eq!(store.count().await.unwrap(), 4);
     }
 
