@@ -303,6 +303,15 @@ pub trait Store: Send + Sync + 'static {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use keygate::{MintRequest, Pepper};
