@@ -578,10 +578,10 @@ fn model_sqlite_and_postgres() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let n = std::sync::atomic::AtomicU32::new(0);
-    let mut runner = TestRunner::new(config(8));
+    let mut runner = TestRunner::new(config(16));
     runner
         .run(
-            &(proptest::collection::vec(op(), 1..30), any::<u64>()),
+            &(proptest::collection::vec(op(), 1..60), any::<u64>()),
             |(ops, seed)| {
                 let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 pg.psql(&format!("CREATE DATABASE m{n}"));
