@@ -585,3 +585,79 @@ fn a_compacted_revocation_is_not_undone_by_the_store_s_later_changes() {
     );
     assert!(keyring.is_revoked(&a.id()));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `descendants` and `is_descendant` follow the rule written out naively:
+    /// family(X) = X and its predecessors through rolls; children(X) = keys
+    /// whose creator is in family(X), less family(X); descendants = the
+    /// closure of children, less family(X). Rolls and links are arbitrary,
+    /// cycles included.
+    #[test]
+    fn lineage_follows_the_roll_rule(
+        creators in proptest::collection::vec(proptest::option::of(0usize..12), 12),
+        rolls in proptest::collection::vec((0usize..12, 0usize..12), 0..8),
+    ) {
+        let ids: Vec<KeyId> = (0..12u32)
+            .map(|n| KeyId::parse(&format!("{n:0>16}")).unwrap())
+            .collect();
+        let creator: Vec<Option<usize>> = creators
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.filter(|&c| c != i))
+            .collect();
+        let lineage = Lineage::from_links(
+            creator.iter().enumerate().map(|(i, c)| (ids[i], c.map(|c| ids[c]))),
+        )
+        .with_rolls(rolls.iter().map(|&(o, n)| (ids[o], ids[n])));
+
+        let family = |x: usize| {
+            let mut f = BTreeSet::from([x]);
+            loop {
+                let more: Vec<usize> = rolls
+                    .iter()
+                    .filter(|&&(o, n)| f.contains(&n) && !f.contains(&o))
+                    .map(|&(o, _)| o)
+                    .collect();
+                if more.is_empty() {
+                    return f;
+                }
+                f.extend(more);
+            }
+        };
+        let children = |x: usize| -> BTreeSet<usize> {
+            let fam = family(x);
+            (0..12)
+                .filter(|k| creator[*k].is_some_and(|c| fam.contains(&c)) && !fam.contains(k))
+                .collect()
+        };
+        for root in 0..12 {
+            let mut all: BTreeSet<usize> = children(root);
+            loop {
+                let more: BTreeSet<usize> = all.iter().flat_map(|&k| children(k)).collect();
+                let before = all.len();
+                all.extend(more);
+                if all.len() == before {
+                    break;
+                }
+            }
+            for f in family(root) {
+                all.remove(&f);
+            }
+            let expected: BTreeSet<KeyId> = all.iter().map(|&k| ids[k]).collect();
+            let got = lineage.descendants(ids[root]);
+            prop_assert_eq!(got.len(), expected.len(), "duplicates in {:?}", got);
+            prop_assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected.clone());
+            for k in 0..12 {
+                prop_assert_eq!(
+                    lineage.is_descendant(ids[k], ids[root]),
+                    expected.contains(&ids[k]),
+                    "is_descendant({}, {})", k, root
+                );
+            }
+            let fam: BTreeSet<KeyId> = family(root).into_iter().map(|k| ids[k]).collect();
+            prop_assert_eq!(lineage.family(ids[root]).into_iter().collect::<BTreeSet<_>>(), fam);
+        }
+    }
+}
