@@ -51,6 +51,9 @@ pub struct Keyring {
     /// the sequence number of the entry it dropped. An upsert at or below
     /// the mark is older than what was evicted, and changes nothing.
     evicted: HashMap<KeyId, u64, IdHasher>,
+    /// The highest horizon [`Keyring::compact`] was given: every change at
+    /// or below it has been applied, so an upsert at or below it is stale.
+    horizon: u64,
     /// The digests of `keys`, for [`Keyring::verify`]; kept in step with it.
     index: DigestIndex,
     /// The highest sequence number [`Keyring::apply`] has seen.
@@ -125,6 +128,7 @@ impl Keyring {
             ),
             revoked: HashMap::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
             evicted: HashMap::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
+            horizon: 0,
             index: DigestIndex::with_capacity(capacity, IdHasher::with_seeds([index_lo, index_hi])),
             last_seq: 0,
         }
@@ -265,8 +269,10 @@ impl Keyring {
     /// upsert, a replay); a store never writes an upsert of a revoked id
     /// after its revocation, and any change of an evicted id it writes later
     /// carries a higher number, which the mark would not refuse anyway. A
-    /// change at or below the horizon applied after all could bring back a
-    /// key the forgotten tombstone or mark would have refused.
+    /// change at or below the horizon that arrives after all (a server's own
+    /// write, applied after its follower read and compacted past it) is
+    /// stale: an upsert at or below the highest horizon given is refused,
+    /// so it cannot bring back a key whose tombstone or mark was forgotten.
     ///
     /// For a keyring no feed drives, [`Keyring::revoke`]'s tombstones carry
     /// [`Keyring::last_seq`] (0): `compact(0)` forgets them, and a revoked
@@ -286,6 +292,7 @@ impl Keyring {
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn compact(&mut self, horizon_seq: u64) -> usize {
+        self.horizon = self.horizon.max(horizon_seq);
         let before = self.tombstones();
         self.revoked.retain(|_, seq| *seq > horizon_seq);
         self.evicted.retain(|_, seq| *seq > horizon_seq);
@@ -319,6 +326,7 @@ impl Keyring {
             ChangeOp::Upsert(record) => {
                 let id = record.id();
                 if self.revoked.contains_key(&id)
+                    || seq <= self.horizon
                     || matches!(self.evicted.get(&id), Some(&mark) if mark >= seq)
                     || matches!(self.keys.get(&id), Some(entry) if entry.seq >= seq)
                 {
@@ -660,6 +668,30 @@ mod tests {
         let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
         keyring.insert(record).unwrap();
         (keyring, String::from(token.expose_secret()))
+    }
+
+    #[test]
+    fn a_stale_upsert_below_the_horizon_cannot_resurrect_a_compacted_key() {
+        // A server rolls a key (seq 1, the new key), its follower reads 1,
+        // then a revocation of the new key (2), applies both and compacts
+        // at 2; the roll's handler, late, applies its own upsert at 1.
+        let (mut keyring, token) = setup(None, None);
+        let id = Token::parse(&token).unwrap().key_id();
+        let record = keyring.revoke(&id).unwrap();
+        let mut keyring = Keyring::new(keyring.pepper().clone());
+        keyring.apply(Change::upsert(1, record.clone())).unwrap();
+        keyring.apply(Change::revoke(2, id)).unwrap();
+        assert_eq!(keyring.compact(2), 1);
+        assert_eq!(
+            keyring.apply(Change::upsert(1, record.clone())).unwrap(),
+            Applied::Unchanged
+        );
+        assert!(keyring.authenticate(&token, 5).is_err());
+        // A later change still applies.
+        assert_eq!(
+            keyring.apply(Change::upsert(3, record)).unwrap(),
+            Applied::Changed
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! key X is X and every key rolled into X, transitively (its predecessors).
 //! The children of X are the keys whose creator is in X's family (the family
 //! itself excluded); its descendants are its children, their children, and
-//! so on. A key's predecessors are not its descendants.
+//! so on. A key's predecessors are not its descendants, and a key that has
+//! been rolled has none: its children belong to the key that replaced it.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -122,16 +123,25 @@ impl Lineage {
     }
 
     /// The family of `id`: `id` first, then every key rolled into it,
-    /// transitively (nearest first). Each id appears once, even with a
+    /// transitively (nearest first); empty if `id` itself was rolled (its
+    /// children are its successor's). Each id appears once, even with a
     /// cycle of rolls.
     ///
     /// ```
-    /// # let [a, b, c, _] = keygate::testing::example_ids();
+    /// # let [a, b, c, d] = keygate::testing::example_ids();
     /// let lineage = keygate::lineage::Lineage::default().with_rolls([(a, b), (b, c)]);
     /// assert_eq!(lineage.family(c), vec![c, b, a]);
-    /// assert_eq!(lineage.family(a), vec![a]);
+    /// assert!(lineage.family(a).is_empty());
+    /// assert_eq!(lineage.family(d), vec![d]);
     /// ```
     pub fn family(&self, id: KeyId) -> Vec<KeyId> {
+        if self
+            .rolled_into
+            .get(&id)
+            .is_some_and(|into| !into.is_empty())
+        {
+            return Vec::new();
+        }
         closure(id, &self.rolled_from)
     }
 
@@ -179,35 +189,7 @@ impl Lineage {
     /// assert!(!lineage.is_descendant(a, a));
     /// ```
     pub fn is_descendant(&self, id: KeyId, ancestor: KeyId) -> bool {
-        // Upward: the keys whose family holds `id`'s creator are its
-        // parents (the creator and every key it was rolled into), less the
-        // keys whose family holds `id` itself.
-        let excluded: BTreeSet<KeyId> = closure(id, &self.rolled_into).into_iter().collect();
-        if excluded.contains(&ancestor) {
-            return false;
-        }
-        let mut seen = BTreeSet::new();
-        seen.insert(id);
-        let mut queue = Vec::new();
-        queue.push(id);
-        while let Some(node) = queue.pop() {
-            let Some(creator) = self.creator_of(node) else {
-                continue;
-            };
-            let own = closure(node, &self.rolled_into);
-            for parent in closure(creator, &self.rolled_into) {
-                if own.contains(&parent) {
-                    continue;
-                }
-                if parent == ancestor {
-                    return true;
-                }
-                if seen.insert(parent) {
-                    queue.push(parent);
-                }
-            }
-        }
-        false
+        self.descendants(ancestor).contains(&id)
     }
 }
 
@@ -301,9 +283,11 @@ mod tests {
         for x in [c, d, c2] {
             assert!(lineage.is_descendant(x, p2));
         }
-        // P's family is P alone: D, minted by its successor, is not P's.
-        assert_eq!(lineage.family(p), alloc::vec![p]);
-        assert_eq!(set(&lineage.descendants(p)), set(&[c, c2]));
+        // P, rolled, has no family and no descendants: its children are
+        // P2's now.
+        assert!(lineage.family(p).is_empty());
+        assert!(lineage.descendants(p).is_empty());
+        assert!(!lineage.is_descendant(c, p));
         assert!(!lineage.is_descendant(d, p));
         assert!(!lineage.is_descendant(p2, p));
         // Q sees both P and P2, and everything under them.
@@ -319,9 +303,9 @@ mod tests {
         for x in [c, c3, g, h] {
             assert!(lineage.is_descendant(x, p2), "{x}");
         }
-        // C3 inherits G; C does not get H; C is no descendant of C3.
+        // C3 inherits G; C, rolled, has none; C is no descendant of C3.
         assert_eq!(set(&lineage.descendants(c3)), set(&[g, h]));
-        assert_eq!(set(&lineage.descendants(c)), set(&[g]));
+        assert!(lineage.descendants(c).is_empty());
         assert!(!lineage.is_descendant(c, c3));
     }
 
@@ -343,13 +327,18 @@ mod tests {
         let [a, b, c, d] = ids(4).try_into().unwrap();
         let lineage = Lineage::from_links([(a, Some(c)), (b, Some(a)), (c, Some(b)), (d, Some(b))])
             .with_rolls([(a, b), (b, a), (c, c)]);
-        assert_eq!(set(&lineage.family(a)), set(&[a, b]));
-        let all = lineage.descendants(a);
-        assert_eq!(set(&all), set(&[c, d]));
-        assert!(lineage.is_descendant(c, a));
-        assert!(lineage.is_descendant(d, a));
-        assert!(!lineage.is_descendant(b, a));
+        // Every key here was rolled (c into itself): none has a family, so
+        // none has descendants; and every walk ends.
+        for x in [a, b, c] {
+            assert!(lineage.family(x).is_empty());
+            assert!(lineage.descendants(x).is_empty());
+        }
+        assert_eq!(lineage.family(d), alloc::vec![d]);
+        assert!(!lineage.is_descendant(c, a));
         assert!(!lineage.is_descendant(a, a));
+        // Without the self-roll, c's cycle of creators still terminates.
+        let lineage = Lineage::from_links([(a, Some(c)), (b, Some(a)), (c, Some(b)), (d, Some(b))]);
+        assert_eq!(set(&lineage.descendants(a)), set(&[b, c, d]));
         assert!(lineage.is_descendant(a, c));
     }
 

@@ -258,8 +258,12 @@ impl World {
 
     // ---- the model's lineage, written from the rule ----------------------
 
-    /// X and every key rolled into X, transitively.
+    /// X and every key rolled into X, transitively; nothing if X itself
+    /// was rolled (its children are its successor's).
     fn model_family(&self, x: KeyId) -> BTreeSet<KeyId> {
+        if self.model[&x].rolled_into.is_some() {
+            return BTreeSet::new();
+        }
         let mut family = BTreeSet::from([x]);
         loop {
             let more: Vec<KeyId> = self
@@ -332,6 +336,11 @@ impl World {
         let Some(caller) = self.caller(&by) else {
             return;
         };
+        // A rolled key mints no more (the server answers 409): a child of
+        // it would belong to its successor's subtree from birth.
+        if self.model[&by].rolled_into.is_some() {
+            return;
+        }
         let mut scopes: Scopes = Resource::ALL
             .into_iter()
             .zip(scopes.iter().copied())

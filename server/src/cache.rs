@@ -124,6 +124,24 @@ impl KeyCache {
             .sum()
     }
 
+    /// Forgets the tombstones and eviction marks at or below `horizon_seq`
+    /// ([`Keyring::compact`]): the follower has applied the log through it,
+    /// in order, and reads only after it. Returns how many were dropped.
+    pub fn compact(&self, horizon_seq: u64) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| Self::write(shard).compact(horizon_seq))
+            .sum()
+    }
+
+    /// Tombstones and eviction marks held, over every shard.
+    pub fn tombstones(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| Self::read(shard).tombstones())
+            .sum()
+    }
+
     /// The number of live records.
     pub fn len(&self) -> usize {
         self.shards
@@ -193,6 +211,16 @@ mod tests {
         // Eviction walks every shard.
         assert_eq!(cache.evict_expired(1_000), 1_000);
         assert_eq!(cache.len(), 999);
+        // The follower compacts what it has read past: the memory comes
+        // back, and a late own write at or below the horizon stays refused.
+        assert_eq!(cache.tombstones(), 1 + 1_000);
+        assert_eq!(cache.compact(5_000), 1 + 1_000);
+        assert_eq!(cache.tombstones(), 0);
+        assert_eq!(cache.apply([Change::upsert(5_000, victim.clone())]), 0);
+        assert_eq!(
+            cache.authenticate(token.as_bytes(), 1),
+            Err(AuthError::InvalidCredentials)
+        );
         assert_eq!(cache.pepper().fingerprint(), pepper.fingerprint());
     }
 }

@@ -75,6 +75,13 @@ pub async fn run(
             if evicted > 0 {
                 tracing::info!(evicted, "evicted expired keys from memory");
             }
+            // The log is read in order up to `cursor`: no change at or below
+            // it comes again (a late own write at or below it is refused as
+            // stale), so its tombstones and eviction marks can go.
+            let dropped = state.cache().compact(cursor);
+            if dropped > 0 {
+                tracing::debug!(dropped, cursor, "compacted tombstones");
+            }
             last_evict = Instant::now();
         }
     }

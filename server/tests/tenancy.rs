@@ -145,12 +145,7 @@ fn the_audit_log_is_scoped(server: &Server) {
 /// answer were lost its holder would be locked out.
 fn a_self_roll_needs_an_overlap(server: &Server) {
     let admin = server.token().to_owned();
-    let r = server.authed(
-        "POST",
-        "/v1/apikeys",
-        &admin,
-        Some(r#"{"name":"self"}"#),
-    );
+    let r = server.authed("POST", "/v1/apikeys", &admin, Some(r#"{"name":"self"}"#));
     let me: Value = r.json();
     let path = format!("/v1/keys/{}/roll", id(&me));
     let detail = server
@@ -194,18 +189,13 @@ fn creates_racing_their_callers_revocation_leave_no_child(server: &Server, round
                     &[("Authorization", &auth)],
                     Some(body.as_bytes()),
                 );
-                let minted = (r.status == 200)
-                    .then(|| r.json()["key_secret"].as_str().unwrap().to_owned());
+                let minted =
+                    (r.status == 200).then(|| r.json()["key_secret"].as_str().unwrap().to_owned());
                 (r.status, minted)
             }));
         }
         barrier.wait();
-        let r = server.authed(
-            "DELETE",
-            &format!("/v1/keys/{}", id(&tenant)),
-            &admin,
-            None,
-        );
+        let r = server.authed("DELETE", &format!("/v1/keys/{}", id(&tenant)), &admin, None);
         assert_eq!(r.status, 204, "{}", r.text());
         let mut statuses = Vec::new();
         let mut minted = Vec::new();

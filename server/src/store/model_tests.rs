@@ -22,8 +22,8 @@
 use std::collections::BTreeSet;
 
 use keygate::{
-    Access, AuthError, Change, KeyId, KeyKind, KeyRecord, Keyring, MintPolicy, MintRequest,
-    Pepper, Resource, Scopes,
+    Access, AuthError, Change, KeyId, KeyKind, KeyRecord, Keyring, MintPolicy, MintRequest, Pepper,
+    Resource, Scopes,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -267,7 +267,10 @@ async fn step(
             };
             if let Some(b) = by {
                 let caller = model.keys[b].record.principal();
-                if MintPolicy::Attenuating.authorize(&caller, &request).is_err() {
+                if MintPolicy::Attenuating
+                    .authorize(&caller, &request)
+                    .is_err()
+                {
                     return Ok(());
                 }
                 request = request.created_by(&caller);
@@ -275,9 +278,9 @@ async fn step(
             let (record, token) = keygate::mint(&pepper(), &request, rng, now).into_parts();
             let want = match by {
                 Some(b) if !model.live(b) => Err(StoreError::CallerRevoked),
-                Some(b) if model.keys[b].rolled_into.is_some() => Err(StoreError::Conflict(
-                    String::new(),
-                )),
+                Some(b) if model.keys[b].rolled_into.is_some() => {
+                    Err(StoreError::Conflict(String::new()))
+                }
                 _ => Ok(model.seq + 1),
             };
             let actor = by.map(|b| model.keys[b].record.id());
@@ -436,7 +439,9 @@ async fn invariants(
     for change in changes {
         *cursor = change.seq;
         log.push(change.clone());
-        follower.apply(change).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        follower
+            .apply(change)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
     follower.evict_expired(now);
     // The whole log, shuffled, each change twice.
@@ -450,7 +455,9 @@ async fn invariants(
     }
     let mut replayed = Keyring::new(pepper());
     for change in shuffled {
-        replayed.apply(change).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        replayed
+            .apply(change)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
     // A restart: the snapshot.
     let snapshot = store
@@ -489,7 +496,12 @@ async fn invariants(
             let head = model.head(creator);
             let parent = &model.keys[head];
             if parent.record.kind() == KeyKind::Restricted {
-                prop_assert!(!parent.revoked, "key {} lives under revoked head {}", i, head);
+                prop_assert!(
+                    !parent.revoked,
+                    "key {} lives under revoked head {}",
+                    i,
+                    head
+                );
                 let (c, p) = (key.record.expires_at_ms(), parent.record.expires_at_ms());
                 prop_assert!(
                     p.is_none() || c.is_some_and(|c| Some(c) <= p),
@@ -498,7 +510,10 @@ async fn invariants(
                     c,
                     p
                 );
-                prop_assert_eq!(key.record.scopes() & parent.record.scopes(), key.record.scopes());
+                prop_assert_eq!(
+                    key.record.scopes() & parent.record.scopes(),
+                    key.record.scopes()
+                );
             }
         }
     }
