@@ -687,3 +687,53 @@ fn sqlite_and_postgres_answer_alike() {
         assert_eq!(s, p, "SQLite and PostgreSQL differ");
     }
 }
+
+/// A chain deeper than any cap one might choose: revoking its head revokes
+/// every key down to the deepest, on both stores alike.
+#[test]
+fn a_cascade_reaches_the_bottom_of_a_deep_chain_on_both_stores() {
+    const DEPTH: i64 = 10_050;
+    let pg = TestPg::start();
+    let bits = i64::from(child("c", &standard("p")).scopes().bits());
+    let id = |n: i64| KeyId::parse(&format!("{n:016}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (on_sqlite, on_pg) = runtime().block_on(async {
+        let sqlite = super::super::sqlite::SqliteStore::open(&dir.path().join("deep.db")).unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("deep.db")).unwrap();
+            conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                 INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, creator_id)
+                 SELECT printf('%016d', i), 'restricted', 'c', zeroblob(32), ?2, 1,
+                        CASE WHEN i = 0 THEN NULL ELSE printf('%016d', i - 1) END
+                 FROM n",
+                rusqlite::params![DEPTH, bits],
+            )
+            .unwrap();
+        }
+        let postgres = PgStore::connect(&pg.url()).await.unwrap();
+        pg.psql(&format!(
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, creator_id) \
+             SELECT lpad(i::text, 16, '0'), 'restricted', 'c', decode(repeat('00', 32), 'hex'), \
+                    {bits}, 1, CASE WHEN i = 0 THEN NULL ELSE lpad((i - 1)::text, 16, '0') END \
+             FROM generate_series(0, {DEPTH}) AS i"
+        ));
+        let mut answers = Vec::new();
+        for store in [&sqlite as &dyn Store, &postgres] {
+            let revoked = store
+                .revoke(id(0), Scope::All, true, None, 10)
+                .await
+                .unwrap();
+            let deepest = store.get(id(DEPTH), Scope::All).await.unwrap().unwrap();
+            let in_scope = store
+                .get(id(DEPTH), Scope::DescendantsOf(id(0)))
+                .await
+                .unwrap()
+                .is_some();
+            answers.push((revoked.len(), deepest.revoked_at_ms, in_scope));
+        }
+        (answers[0], answers[1])
+    });
+    assert_eq!(on_sqlite, (DEPTH as usize + 1, Some(10), true));
+    assert_eq!(on_pg, on_sqlite);
+}
