@@ -136,6 +136,34 @@ fn keys_and_revocations_propagate_between_three_instances() {
             until(s, token, 204, Duration::from_secs(5));
         }
     }
+    // `KEYGATE_FLOOD_CLIENTS=N` (by hand, for BENCHMARKS.md): N clients
+    // flood B with `GET /v1/keys?limit=100` while the revocations run; the
+    // follower reads the log on a connection of its own.
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood: Vec<_> = (0..std::env::var("KEYGATE_FLOOD_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0))
+        .map(|_| {
+            let (addr, admin, flooding) = (b.addr, admin.clone(), Arc::clone(&flooding));
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {admin}");
+                let mut n = 0u64;
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = request(
+                        addr,
+                        "GET",
+                        "/v1/keys?limit=100",
+                        &[("Authorization", &auth)],
+                        None,
+                    );
+                    assert_eq!(r.status, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
     let mut lags = Vec::with_capacity(N);
     for (i, (id, token)) in keys.iter().enumerate() {
         let revoker = servers[i % 3];
@@ -167,6 +195,11 @@ fn keys_and_revocations_propagate_between_three_instances() {
                 .unwrap()
         });
         lags.push(lag);
+    }
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let listed: u64 = flood.into_iter().map(|t| t.join().unwrap()).sum();
+    if listed > 0 {
+        eprintln!("flood: {listed} list requests on B during the revocations");
     }
     lags.sort();
     let (p50, p99, max) = (
