@@ -217,6 +217,10 @@ fn serve(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
+        // The port first: a start that cannot listen leaves nothing behind
+        // (no database, no pepper, no bootstrap key).
+        let listener =
+            listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
         let (store, pepper) = cli::open_store(args).await?;
         let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
         let cache = KeyCache::new(pepper, snapshot.records.len());
@@ -240,7 +244,7 @@ fn serve(
         if let Some(t) = &table {
             tracing::info!(rules = t.len(), "loaded route table");
         }
-        run(listen, state, table, limits, seq, intervals).await
+        run(listener, state, table, limits, seq, intervals).await
     })
 }
 
@@ -329,14 +333,13 @@ fn remove_quietly(path: &std::path::Path) {
 }
 
 async fn run(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: Arc<app::AppState>,
     table: Option<keygate::RouteTable>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
-    let listener = listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;

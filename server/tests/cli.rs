@@ -442,3 +442,30 @@ fn the_0_1_0_fixture_migrates_on_first_cli_use() {
         401
     );
 }
+
+#[test]
+fn a_serve_that_cannot_listen_leaves_nothing_behind() {
+    let dir = TempDir::new("port-taken");
+    let db = dir.0.join("x.db");
+    // Hold a port: no SO_REUSEPORT, so keygate's bind fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &addr, "--db"])
+        .arg(&db)
+        .env("KEYGATE_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: cannot listen on `{addr}`")),
+        "{stderr}"
+    );
+    for left in ["x.db", "x.db.pepper", "x.db.bootstrap-key"] {
+        assert!(!dir.0.join(left).exists(), "`{left}` was created: {stderr}");
+    }
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0, "{stderr}");
+    assert!(!stderr.contains("bootstrap"), "{stderr}");
+    drop(taken);
+}
