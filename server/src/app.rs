@@ -20,6 +20,7 @@ use keygate::{
     ValidationError,
 };
 use serde::de::DeserializeOwned;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::cache::KeyCache;
 use crate::clock::now_ms as system_now_ms;
@@ -29,6 +30,11 @@ use crate::usage::Usage;
 
 /// The largest request body, in bytes (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The largest body of `POST /v1/keys/revoke`, in bytes (1 KiB): the one
+/// body-reading route without authentication, whose `{"token":"..."}` is
+/// about 80 bytes.
+pub const SELF_REVOKE_BODY_LIMIT: usize = 1024;
 
 /// The header of the 204 of `/v1/authorize` that names the key (a static,
 /// so the hot path does not parse the name again).
@@ -128,8 +134,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
     Router::new()
         .merge(account_routes)
-        // Holding the token is the proof: no Authorization header.
-        .route("/v1/keys/revoke", post(lifecycle::self_revoke))
+        // Holding the token is the proof: no Authorization header. Nobody is
+        // known yet, so the body it reads is small.
+        .route(
+            "/v1/keys/revoke",
+            post(lifecycle::self_revoke)
+                // A `Content-Length` over the limit is refused before any
+                // byte of the body is read or waited for.
+                .layer(RequestBodyLimitLayer::new(SELF_REVOKE_BODY_LIMIT))
+                .layer::<_, std::convert::Infallible>(middleware::map_response(
+                    self_revoke_too_large,
+                )),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
         .route("/healthz", get(healthz))
@@ -139,6 +155,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// A 413 of `POST /v1/keys/revoke` names its own limit.
+async fn self_revoke_too_large(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is larger than {SELF_REVOKE_BODY_LIMIT} bytes"),
+        );
+    }
+    response
 }
 
 /// One log line per request: method, path, status, latency, key id.
@@ -194,9 +221,23 @@ pub(crate) fn bad_request(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
 }
 
+/// Whether a body read failed because the body read timeout passed
+/// (`--body-read-timeout`: the listener's deadline, tower-http's
+/// `TimeoutError`, somewhere in the rejection's source chain).
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Reads an optional JSON body: empty (or only whitespace) counts as `{}`.
 /// Any content type is accepted; the bytes must be a JSON object. The error
-/// is the status (400 or 413) and the problem's detail.
+/// is the status (400, 408 or 413) and the problem's detail.
 pub(crate) fn parse_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, (StatusCode, String)> {
@@ -205,6 +246,11 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(
             (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {BODY_LIMIT} bytes"),
+            )
+        } else if timed_out(&rejection) {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                String::from("the request body did not arrive within the body read timeout"),
             )
         } else {
             (

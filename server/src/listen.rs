@@ -18,7 +18,16 @@
 //!   is closed: HTTP/1.1 at once, HTTP/2 gracefully (`GOAWAY`), dropped one
 //!   header read timeout later if the peer has not closed it.
 //!
-//! One watchdog per connection enforces both timeouts. It sleeps until the
+//! * **Body read timeout**: a request's body must be complete within it,
+//!   counted from its head; a handler still waiting for it then gets an
+//!   error and the client a 408 (HTTP/1.1: and the connection is closed).
+//!   Without it a client could send a head with `Content-Length: 100` and
+//!   nothing more, and hold the connection as long as it liked: the
+//!   watchdog below sees a request in flight. tower-http's
+//!   `RequestBodyDeadlineLayer` (one deadline for the whole body, not one
+//!   per frame, so a trickle does not extend it).
+//!
+//! One watchdog per connection enforces the header read and idle timeouts. It sleeps until the
 //! next deadline and looks at what the connection's requests did; it arms
 //! no timer per request (hyper's own HTTP/1.1 header timer, which resets a
 //! timer for every request, is not used).
@@ -42,6 +51,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -49,6 +60,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 /// The listen backlog: connections the kernel holds while the server is at
 /// its connection cap or busy (capped by `net.core.somaxconn`). The usual
@@ -81,6 +93,11 @@ pub struct Args {
     /// runs between requests, closes an idle connection first when shorter.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
+    /// Time a client has to send a complete request body, counted from the
+    /// end of its head; a route still waiting for it answers 408, and an
+    /// HTTP/1.1 connection is then closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub body_read_timeout: Duration,
     /// The most connections served at once; more wait in the listen
     /// backlog. Keep it under the process's file descriptor limit.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -99,6 +116,7 @@ impl Default for Args {
         Args {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_size: 128 * 1024,
@@ -136,6 +154,7 @@ pub async fn serve<F>(listener: TcpListener, router: Router, limits: &Args, shut
 where
     F: Future<Output = ()>,
 {
+    let router = with_body_deadline(router, limits.body_read_timeout);
     let builder = Arc::new(builder(limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (stop, stopped) = watch::channel(false);
@@ -192,6 +211,31 @@ where
         tracing::info!(connections = open, "draining connections");
     }
     let _all = slots.acquire_many(limits.max_connections).await;
+}
+
+/// Every request body must be complete within `timeout` of its head; an
+/// HTTP/1.1 connection whose request got a 408 is closed (its body is
+/// unread: the connection cannot carry another request).
+fn with_body_deadline(router: Router, timeout: Duration) -> Router {
+    router
+        .layer(axum::middleware::from_fn(close_after_408))
+        .layer(RequestBodyDeadlineLayer::new(timeout))
+}
+
+/// Adds `Connection: close` to an HTTP/1.x 408 (HTTP/2 has no such header:
+/// the stream ends with the answer).
+async fn close_after_408(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let h1 = request.version() < hyper::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if h1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The auto (HTTP/1.1 + h2c) connection builder with the limits set.
@@ -525,6 +569,8 @@ mod tests {
         let expected = Args::default();
         assert_eq!(d.header_read_timeout, expected.header_read_timeout);
         assert_eq!(d.idle_timeout, expected.idle_timeout);
+        assert_eq!(d.body_read_timeout, expected.body_read_timeout);
+        assert_eq!(d.body_read_timeout, Duration::from_secs(10));
         assert_eq!(d.max_connections, expected.max_connections);
         assert_eq!(
             d.h2_max_concurrent_streams,
@@ -539,15 +585,19 @@ mod tests {
             "2m",
             "--max-connections",
             "8",
+            "--body-read-timeout",
+            "750ms",
         ])
         .unwrap()
         .limits;
         assert_eq!(l.header_read_timeout, Duration::from_millis(1500));
         assert_eq!(l.idle_timeout, Duration::from_secs(120));
         assert_eq!(l.max_connections, 8);
+        assert_eq!(l.body_read_timeout, Duration::from_millis(750));
         for bad in [
             &["--header-read-timeout", "0s"][..],
             &["--idle-timeout", "soon"],
+            &["--body-read-timeout", "0s"],
             &["--max-connections", "0"],
             &["--h2-max-concurrent-streams", "0"],
             &["--h2-max-header-list-size", "10"],
