@@ -86,6 +86,13 @@ enum Command {
         /// on `/v1/authorize`. A table that does not parse stops start-up.
         #[arg(long, value_name = "FILE")]
         routes: Option<PathBuf>,
+        /// With `--routes`: the one header family that carries the original
+        /// request's method and URI. `x-original`: `X-Original-Method` and
+        /// `X-Original-URI` (nginx `auth_request`); `x-forwarded`:
+        /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Caddy, Traefik). A
+        /// request carrying the other family is refused (400).
+        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = routes::ForwardedHeaders::XOriginal)]
+        forwarded_headers: routes::ForwardedHeaders,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
@@ -161,12 +168,13 @@ fn main() -> ExitCode {
             last_used_flush_ms,
             limits,
             routes,
+            forwarded_headers,
         } => serve(
             listen,
             &store,
             attenuate,
             &limits,
-            routes.as_deref(),
+            routes.as_deref().map(|file| (file, forwarded_headers)),
             follow::Intervals {
                 poll: std::time::Duration::from_millis(poll_ms),
                 flush: std::time::Duration::from_millis(last_used_flush_ms),
@@ -199,11 +207,13 @@ fn serve(
     args: &StoreArgs,
     attenuate: bool,
     limits: &listen::Args,
-    routes: Option<&std::path::Path>,
+    routes: Option<(&std::path::Path, routes::ForwardedHeaders)>,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
     // A bad table stops start-up before anything else happens.
-    let table = routes.map(routes::load).transpose()?;
+    let table = routes
+        .map(|(file, trusted)| routes::load(file).map(|table| (table, trusted)))
+        .transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
@@ -241,8 +251,8 @@ fn serve(
             MintPolicy::Spec
         };
         let state = Arc::new(app::AppState::new(cache, store, policy));
-        if let Some(t) = &table {
-            tracing::info!(rules = t.len(), "loaded route table");
+        if let Some((t, trusted)) = &table {
+            tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
         run(listener, state, table, limits, seq, intervals).await
     })
@@ -335,7 +345,7 @@ fn remove_quietly(path: &std::path::Path) {
 async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<app::AppState>,
-    table: Option<keygate::RouteTable>,
+    table: Option<(keygate::RouteTable, routes::ForwardedHeaders)>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
