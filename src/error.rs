@@ -12,8 +12,14 @@ use crate::token::{KeyId, TOKEN_LEN};
 /// The longest user input an error message quotes, in characters.
 const QUOTE_MAX: usize = 64;
 
-/// Copies user input for an error message, cut at [`QUOTE_MAX`] characters.
+/// Copies user input for an error message: first redacted
+/// ([`redact_tokens`](crate::redact_tokens): no token secret, whole or in
+/// part, survives), then cut at [`QUOTE_MAX`] characters. Redacting first
+/// means a cut cannot leave secret characters that the redaction, seeing
+/// only a fragment, would have missed.
 pub(crate) fn quote(input: &str) -> String {
+    let input = crate::token::redact_tokens(input);
+    let input: &str = &input;
     match input.char_indices().nth(QUOTE_MAX) {
         Some((end, _)) => {
             let mut s = String::from(input.get(..end).unwrap_or_default());
@@ -493,13 +499,28 @@ mod tests {
 
     #[test]
     fn quote_cuts_long_input() {
-        let long = "x".repeat(500);
+        let long = "x-".repeat(250);
         let q = quote(&long);
         assert_eq!(q.chars().count(), QUOTE_MAX + 1);
         assert!(q.ends_with('…'));
         assert_eq!(quote("short"), "short");
         let multibyte = "é".repeat(100);
         assert_eq!(quote(&multibyte).chars().count(), QUOTE_MAX + 1);
+    }
+
+    #[test]
+    fn quote_redacts_before_it_cuts() {
+        let token = crate::token::example_token();
+        let secret = &token[20..63];
+        // The token starts 40 characters in, so a cut at 64 would keep 5
+        // secret characters, which alone are no bare secret.
+        let input = alloc::format!("{}{token}", "-".repeat(40));
+        let q = quote(&input);
+        assert_eq!(q, alloc::format!("{}rk_4GZ6bQvR9cXw2LmT_…", "-".repeat(40)));
+        assert!(!q.contains(&secret[..5]));
+        // A bare secret cut in half by the limit.
+        let input = alloc::format!("{}{secret}", "-".repeat(50));
+        assert_eq!(quote(&input), alloc::format!("{}…", "-".repeat(50)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 mod index;
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 
 use crate::error::{AuthError, KeyringError, TokenError};
 use crate::feed::{Applied, Change, ChangeOp};
@@ -42,9 +42,15 @@ pub struct Keyring {
     pepper: Pepper,
     decoy: SecretHash,
     keys: HashMap<KeyId, Entry, IdHasher>,
-    /// Tombstones: the revoked ids (16 bytes each, plus the set's
-    /// overhead). A revoked id never comes back.
-    revoked: HashSet<KeyId, IdHasher>,
+    /// Tombstones: the revoked ids, each with the sequence number of the
+    /// change that revoked it (24 bytes each, plus the map's overhead). A
+    /// revoked id never comes back; [`Keyring::compact`] forgets the
+    /// tombstones below a horizon.
+    revoked: HashMap<KeyId, u64, IdHasher>,
+    /// Eviction marks: the ids [`Keyring::evict_expired`] dropped, each with
+    /// the sequence number of the entry it dropped. An upsert at or below
+    /// the mark is older than what was evicted, and changes nothing.
+    evicted: HashMap<KeyId, u64, IdHasher>,
     /// The digests of `keys`, for [`Keyring::verify`]; kept in step with it.
     index: DigestIndex,
     /// The highest sequence number [`Keyring::apply`] has seen.
@@ -117,7 +123,8 @@ impl Keyring {
                 capacity,
                 IdHasher::with_seeds([map_lo, map_hi]),
             ),
-            revoked: HashSet::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
+            revoked: HashMap::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
+            evicted: HashMap::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
             index: DigestIndex::with_capacity(capacity, IdHasher::with_seeds([index_lo, index_hi])),
             last_seq: 0,
         }
@@ -149,7 +156,7 @@ impl Keyring {
     /// ```
     pub fn insert(&mut self, record: KeyRecord) -> Result<Option<KeyRecord>, KeyringError> {
         let id = record.id();
-        if self.revoked.contains(&id) {
+        if self.revoked.contains_key(&id) {
             return Err(KeyringError::Revoked { id });
         }
         let seq = self.keys.get(&id).map_or(0, |entry| entry.seq);
@@ -184,6 +191,11 @@ impl Keyring {
     /// Removes a key; its tokens stop working at once, and the id can never
     /// be inserted again. Returns the record.
     ///
+    /// The tombstone carries [`Keyring::last_seq`] as its sequence number
+    /// (0 for a keyring no feed drives), as if the revocation were the last
+    /// change applied: [`Keyring::compact`] with a horizon at or past it
+    /// forgets it, after which the id could be inserted again.
+    ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let record = keygate::testing::example_record();
@@ -195,9 +207,27 @@ impl Keyring {
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn revoke(&mut self, id: &KeyId) -> Option<KeyRecord> {
-        self.revoked.insert(*id);
+        self.tombstone(*id, self.last_seq);
         self.index.remove(id);
         self.keys.remove(id).map(|entry| entry.record)
+    }
+
+    /// Records that `id` was revoked by the change `seq` (keeping the
+    /// highest such number, so the order of duplicates does not matter), and
+    /// drops its eviction mark, which the tombstone outranks. Returns whether
+    /// the id was not revoked before.
+    fn tombstone(&mut self, id: KeyId, seq: u64) -> bool {
+        self.evicted.remove(&id);
+        match self.revoked.get_mut(&id) {
+            Some(at) => {
+                *at = (*at).max(seq);
+                false
+            }
+            None => {
+                self.revoked.insert(id, seq);
+                true
+            }
+        }
     }
 
     /// Whether `id` was revoked (by [`Keyring::revoke`] or a
@@ -208,7 +238,58 @@ impl Keyring {
     /// assert!(!keyring.is_revoked(&keygate::testing::example_record().id()));
     /// ```
     pub fn is_revoked(&self, id: &KeyId) -> bool {
-        self.revoked.contains(id)
+        self.revoked.contains_key(id)
+    }
+
+    /// How many tombstones (revoked ids) and eviction marks (ids
+    /// [`Keyring::evict_expired`] dropped) the keyring holds: the memory
+    /// that only [`Keyring::compact`] gives back. For metrics.
+    ///
+    /// ```
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// keyring.revoke(&keygate::testing::example_record().id());
+    /// assert_eq!(keyring.tombstones(), 1);
+    /// ```
+    pub fn tombstones(&self) -> usize {
+        self.revoked.len() + self.evicted.len()
+    }
+
+    /// Forgets the tombstones and eviction marks of changes with sequence
+    /// number `<= horizon_seq`, and returns how many it dropped.
+    ///
+    /// **The caller promises that no change with a sequence number
+    /// `<= horizon_seq` will be applied again** (the store has compacted its
+    /// log to past it, and every cursor, replay and cache fill starts
+    /// after it). That promise is what makes this safe: a tombstone and a
+    /// mark only refuse changes at or below their own number (a stale
+    /// upsert, a replay); a store never writes an upsert of a revoked id
+    /// after its revocation, and any change of an evicted id it writes later
+    /// carries a higher number, which the mark would not refuse anyway. A
+    /// change at or below the horizon applied after all could bring back a
+    /// key the forgotten tombstone or mark would have refused.
+    ///
+    /// For a keyring no feed drives, [`Keyring::revoke`]'s tombstones carry
+    /// [`Keyring::last_seq`] (0): `compact(0)` forgets them, and a revoked
+    /// id may then be inserted again.
+    ///
+    /// ```
+    /// use keygate::{Applied, Change};
+    /// # let record = keygate::testing::example_record();
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// keyring.apply(Change::upsert(1, record.clone()))?;
+    /// keyring.apply(Change::revoke(2, record.id()))?;
+    /// assert_eq!(keyring.compact(1), 0);
+    /// assert_eq!(keyring.compact(2), 1);
+    /// assert_eq!(keyring.tombstones(), 0);
+    /// // The key is still gone; the store will never send it again.
+    /// assert!(keyring.get(&record.id()).is_none());
+    /// # Ok::<(), keygate::KeyringError>(())
+    /// ```
+    pub fn compact(&mut self, horizon_seq: u64) -> usize {
+        let before = self.tombstones();
+        self.revoked.retain(|_, seq| *seq > horizon_seq);
+        self.evicted.retain(|_, seq| *seq > horizon_seq);
+        before - self.tombstones()
     }
 
     /// Applies one change of a store's log (see [`Change`] and the README's change-feed protocol).
@@ -218,7 +299,9 @@ impl Keyring {
     /// duplicate, an older change or an upsert of a revoked id returns
     /// [`Applied::Unchanged`]. Applying any set of changes in any order, with
     /// any duplicates, leaves the keyring as applying them once in order
-    /// would.
+    /// would. Eviction does not change that: an upsert at or below the
+    /// sequence number of a record [`Keyring::evict_expired`] dropped is
+    /// older than it, and changes nothing either.
     ///
     /// ```
     /// use keygate::{Applied, Change};
@@ -235,18 +318,21 @@ impl Keyring {
         let applied = match change.op {
             ChangeOp::Upsert(record) => {
                 let id = record.id();
-                if self.revoked.contains(&id)
+                if self.revoked.contains_key(&id)
+                    || matches!(self.evicted.get(&id), Some(&mark) if mark >= seq)
                     || matches!(self.keys.get(&id), Some(entry) if entry.seq >= seq)
                 {
                     Applied::Unchanged
                 } else {
                     // On an error nothing changed, the sequence number included.
                     self.put(record, seq)?;
+                    // The entry's number now outranks the mark.
+                    self.evicted.remove(&id);
                     Applied::Changed
                 }
             }
             ChangeOp::Revoke(id) => {
-                if self.revoked.insert(id) {
+                if self.tombstone(id, seq) {
                     self.index.remove(&id);
                     self.keys.remove(&id);
                     Applied::Changed
@@ -278,6 +364,14 @@ impl Keyring {
     /// authenticate again; a store keeps them for its audit) and returns how
     /// many. Call it now and then, with the time of the call.
     ///
+    /// An evicted key stays dead: the keyring keeps an eviction mark (id →
+    /// the sequence number of the dropped record), and [`Keyring::apply`]
+    /// refuses any upsert of that id at or below it, such as a replay of the
+    /// record from before a roll shortened its life. An upsert with a higher
+    /// number wins as usual. A record from [`Keyring::insert`] (number 0)
+    /// leaves no mark, since no change has number 0. [`Keyring::compact`]
+    /// forgets marks.
+    ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// keyring.insert(keygate::testing::example_record())?; // expires at 2 000 ms
@@ -288,11 +382,16 @@ impl Keyring {
     /// ```
     pub fn evict_expired(&mut self, now_ms: i64) -> usize {
         let index = &mut self.index;
+        let evicted = &mut self.evicted;
         let before = self.keys.len();
         self.keys.retain(|id, entry| {
             let keep = !entry.record.is_expired_at(now_ms);
             if !keep {
                 index.remove(id);
+                if entry.seq > 0 {
+                    let mark = evicted.entry(*id).or_insert(entry.seq);
+                    *mark = (*mark).max(entry.seq);
+                }
             }
             keep
         });
@@ -521,13 +620,15 @@ impl core::fmt::Debug for Keyring {
 
 impl PartialEq for Keyring {
     /// Two keyrings are equal when they hold the same records, tombstones
-    /// and last sequence number, under the same pepper.
+    /// (with their sequence numbers), eviction marks and last sequence
+    /// number, under the same pepper.
     fn eq(&self, other: &Keyring) -> bool {
         // The decoy digest is keyed by the pepper: equal decoys, equal
         // peppers (and `SecretHash` compares in constant time).
         self.decoy == other.decoy
             && self.last_seq == other.last_seq
             && self.revoked == other.revoked
+            && self.evicted == other.evicted
             && self.keys == other.keys
     }
 }

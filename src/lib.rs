@@ -81,7 +81,8 @@ pub use secret::{
     PEPPER_LEN,
 };
 pub use token::{
-    KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN, TOKEN_LEN, TOKEN_REGEX,
+    redact_tokens, KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN,
+    TOKEN_LEN, TOKEN_REGEX,
 };
 
 /// The README's examples, compiled as doctests.

@@ -1,7 +1,13 @@
-//! Who minted whom: the creator links of a set of records, for the
-//! attenuating policy's rules that a restricted caller acts only on the
-//! keys it minted (directly or transitively), and that revoking a key
-//! revokes every key minted from it.
+//! Who minted whom: the creator links of a set of records, and the rolls
+//! between them, for the attenuating policy's rules that a restricted
+//! caller acts only on the keys it minted (directly or transitively), and
+//! that revoking a key revokes every key minted from it.
+//!
+//! **A roll's new key inherits the old key's children.** The *family* of a
+//! key X is X and every key rolled into X, transitively (its predecessors).
+//! The children of X are the keys whose creator is in X's family (the family
+//! itself excluded); its descendants are its children, their children, and
+//! so on. A key's predecessors are not its descendants.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -9,10 +15,12 @@ use alloc::vec::Vec;
 use crate::key::KeyRecord;
 use crate::token::KeyId;
 
-/// The creator links of a set of keys: key id → the id of its creator.
+/// The creator links and rolls of a set of keys.
 ///
 /// Build it from every key a store holds, revoked ones included (a revoked
-/// key still links its children to their grandparent).
+/// key still links its children to their grandparent), and every roll
+/// ([`Lineage::with_rolls`]): a record names its creator but not the key it
+/// was rolled from.
 ///
 /// ```
 /// use keygate::lineage::Lineage;
@@ -28,6 +36,10 @@ use crate::token::KeyId;
 pub struct Lineage {
     creator: BTreeMap<KeyId, KeyId>,
     children: BTreeMap<KeyId, Vec<KeyId>>,
+    /// Old key → the keys it was rolled into.
+    rolled_into: BTreeMap<KeyId, Vec<KeyId>>,
+    /// New key → the keys rolled into it.
+    rolled_from: BTreeMap<KeyId, Vec<KeyId>>,
 }
 
 impl Lineage {
@@ -60,6 +72,45 @@ impl Lineage {
         Lineage::from_links(records.into_iter().map(|r| (r.id(), r.creator_id())))
     }
 
+    /// The same lineage with the rolls `(old, new)` recorded: each `new`
+    /// key inherits the children of `old` (and of everything rolled into
+    /// `old`). A roll keeps the creator, so `new` is a child of whatever
+    /// `old` was a child of.
+    ///
+    /// ```
+    /// use keygate::lineage::Lineage;
+    /// # let [p, c, p2, d] = keygate::testing::example_ids();
+    /// // P minted C, then P was rolled to P2, which minted D.
+    /// let lineage = Lineage::from_links([(c, Some(p)), (d, Some(p2))]).with_rolls([(p, p2)]);
+    /// assert_eq!(lineage.descendants(p2), vec![d, c]);
+    /// assert!(lineage.is_descendant(c, p2));
+    /// assert!(!lineage.is_descendant(p, p2)); // a predecessor is no descendant
+    /// assert_eq!(lineage.family(p2), vec![p2, p]);
+    /// ```
+    #[must_use]
+    pub fn with_rolls<I: IntoIterator<Item = (KeyId, KeyId)>>(mut self, rolls: I) -> Lineage {
+        for (old, new) in rolls {
+            self.rolled(old, new);
+        }
+        self
+    }
+
+    /// Records that `old` was rolled into `new` (see [`Lineage::with_rolls`]).
+    ///
+    /// ```
+    /// # let [p, c, p2, _] = keygate::testing::example_ids();
+    /// let mut lineage = keygate::lineage::Lineage::from_links([(c, Some(p))]);
+    /// lineage.rolled(p, p2);
+    /// assert!(lineage.is_descendant(c, p2));
+    /// ```
+    pub fn rolled(&mut self, old: KeyId, new: KeyId) {
+        let into = self.rolled_into.entry(old).or_default();
+        if !into.contains(&new) {
+            into.push(new);
+            self.rolled_from.entry(new).or_default().push(old);
+        }
+    }
+
     /// The key that minted `id`, if known.
     ///
     /// ```
@@ -70,9 +121,24 @@ impl Lineage {
         self.creator.get(&id).copied()
     }
 
-    /// Every key minted from `root`, directly or transitively, breadth
-    /// first; `root` itself is not included. Each id appears once, even in
-    /// a corrupt lineage with a cycle.
+    /// The family of `id`: `id` first, then every key rolled into it,
+    /// transitively (nearest first). Each id appears once, even with a
+    /// cycle of rolls.
+    ///
+    /// ```
+    /// # let [a, b, c, _] = keygate::testing::example_ids();
+    /// let lineage = keygate::lineage::Lineage::default().with_rolls([(a, b), (b, c)]);
+    /// assert_eq!(lineage.family(c), vec![c, b, a]);
+    /// assert_eq!(lineage.family(a), vec![a]);
+    /// ```
+    pub fn family(&self, id: KeyId) -> Vec<KeyId> {
+        closure(id, &self.rolled_from)
+    }
+
+    /// Every key that descends from `root`, breadth first: the keys minted
+    /// by `root` or by a key rolled into it, and so on down (see the module
+    /// docs). Neither `root` nor its predecessors are included. Each id
+    /// appears once, even in a corrupt lineage with a cycle.
     ///
     /// ```
     /// # let [a, b, c, _] = keygate::testing::example_ids();
@@ -81,15 +147,19 @@ impl Lineage {
     /// assert!(lineage.descendants(b).is_empty());
     /// ```
     pub fn descendants(&self, root: KeyId) -> Vec<KeyId> {
-        let mut seen = BTreeSet::new();
-        seen.insert(root);
+        let mut seen: BTreeSet<KeyId> = self.family(root).into_iter().collect();
         let mut out = Vec::new();
         let mut next = 0;
         let mut current = Some(root);
         while let Some(id) = current {
-            for child in self.children.get(&id).into_iter().flatten() {
-                if seen.insert(*child) {
-                    out.push(*child);
+            let family = self.family(id);
+            for member in &family {
+                for child in self.children.get(member).into_iter().flatten() {
+                    // A key rolled into `id` that its own family minted is
+                    // family, not a child.
+                    if !family.contains(child) && seen.insert(*child) {
+                        out.push(*child);
+                    }
                 }
             }
             current = out.get(next).copied();
@@ -98,8 +168,9 @@ impl Lineage {
         out
     }
 
-    /// Whether `id` was minted from `ancestor`, directly or transitively. A
-    /// key is not its own descendant.
+    /// Whether `id` descends from `ancestor` (is in
+    /// [`Lineage::descendants`]`(ancestor)`). A key is not its own
+    /// descendant, nor its successor's.
     ///
     /// ```
     /// # let [a, b, ..] = keygate::testing::example_ids();
@@ -108,17 +179,53 @@ impl Lineage {
     /// assert!(!lineage.is_descendant(a, a));
     /// ```
     pub fn is_descendant(&self, id: KeyId, ancestor: KeyId) -> bool {
-        let mut current = id;
-        // A chain longer than the number of links has a cycle.
-        for _ in 0..=self.creator.len() {
-            match self.creator_of(current) {
-                Some(creator) if creator == ancestor => return true,
-                Some(creator) => current = creator,
-                None => return false,
+        // Upward: the keys whose family holds `id`'s creator are its
+        // parents (the creator and every key it was rolled into), less the
+        // keys whose family holds `id` itself.
+        let excluded: BTreeSet<KeyId> = closure(id, &self.rolled_into).into_iter().collect();
+        if excluded.contains(&ancestor) {
+            return false;
+        }
+        let mut seen = BTreeSet::new();
+        seen.insert(id);
+        let mut queue = Vec::new();
+        queue.push(id);
+        while let Some(node) = queue.pop() {
+            let Some(creator) = self.creator_of(node) else {
+                continue;
+            };
+            let own = closure(node, &self.rolled_into);
+            for parent in closure(creator, &self.rolled_into) {
+                if own.contains(&parent) {
+                    continue;
+                }
+                if parent == ancestor {
+                    return true;
+                }
+                if seen.insert(parent) {
+                    queue.push(parent);
+                }
             }
         }
         false
     }
+}
+
+/// `start` and every id reachable from it through `links`, breadth first,
+/// each once.
+fn closure(start: KeyId, links: &BTreeMap<KeyId, Vec<KeyId>>) -> Vec<KeyId> {
+    let mut out = Vec::new();
+    out.push(start);
+    let mut next = 0;
+    while let Some(id) = out.get(next).copied() {
+        for linked in links.get(&id).into_iter().flatten() {
+            if !out.contains(linked) {
+                out.push(*linked);
+            }
+        }
+        next += 1;
+    }
+    out
 }
 
 /// Four fixed ids, for documentation examples.
@@ -162,6 +269,88 @@ mod tests {
         assert_eq!(lineage.descendants(ids[0]), ids[1..].to_vec());
         assert!(lineage.is_descendant(ids[499], ids[0]));
         assert!(!lineage.is_descendant(ids[0], ids[499]));
+    }
+
+    /// `n` distinct ids.
+    fn ids(n: u32) -> Vec<KeyId> {
+        (0..n)
+            .map(|n| KeyId::parse(&alloc::format!("{n:0>16}")).unwrap())
+            .collect()
+    }
+
+    fn set(ids: &[KeyId]) -> BTreeSet<KeyId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_roll_s_new_key_inherits_the_old_key_s_children() {
+        let [q, p, p2, c, d, c2, c3, g, h] = ids(9).try_into().unwrap();
+        // Q minted P; P minted C; P rolled to P2 (same creator Q); P2 minted
+        // D; P, in its overlap after the roll, minted C2.
+        let links = [
+            (p, Some(q)),
+            (c, Some(p)),
+            (p2, Some(q)),
+            (d, Some(p2)),
+            (c2, Some(p)),
+        ];
+        let lineage = Lineage::from_links(links).with_rolls([(p, p2)]);
+        assert_eq!(set(&lineage.descendants(p2)), set(&[c, d, c2]));
+        assert!(!lineage.is_descendant(p, p2));
+        assert!(!lineage.is_descendant(p2, p2));
+        for x in [c, d, c2] {
+            assert!(lineage.is_descendant(x, p2));
+        }
+        // P's family is P alone: D, minted by its successor, is not P's.
+        assert_eq!(lineage.family(p), alloc::vec![p]);
+        assert_eq!(set(&lineage.descendants(p)), set(&[c, c2]));
+        assert!(!lineage.is_descendant(d, p));
+        assert!(!lineage.is_descendant(p2, p));
+        // Q sees both P and P2, and everything under them.
+        assert_eq!(set(&lineage.descendants(q)), set(&[p, p2, c, d, c2]));
+
+        // C rolled to C3 (creator P, kept); C minted G, C3 minted H: all
+        // are P2's descendants.
+        let links = links
+            .into_iter()
+            .chain([(c3, Some(p)), (g, Some(c)), (h, Some(c3))]);
+        let lineage = Lineage::from_links(links).with_rolls([(p, p2), (c, c3)]);
+        assert_eq!(set(&lineage.descendants(p2)), set(&[c, d, c2, c3, g, h]));
+        for x in [c, c3, g, h] {
+            assert!(lineage.is_descendant(x, p2), "{x}");
+        }
+        // C3 inherits G; C does not get H; C is no descendant of C3.
+        assert_eq!(set(&lineage.descendants(c3)), set(&[g, h]));
+        assert_eq!(set(&lineage.descendants(c)), set(&[g]));
+        assert!(!lineage.is_descendant(c, c3));
+    }
+
+    #[test]
+    fn a_chain_of_rolls_inherits_all_the_way() {
+        let [p, p2, p3, c, d] = ids(5).try_into().unwrap();
+        let mut lineage = Lineage::from_links([(c, Some(p)), (d, Some(p2))]);
+        lineage.rolled(p, p2);
+        lineage.rolled(p2, p3);
+        lineage.rolled(p2, p3); // a duplicate changes nothing
+        assert_eq!(lineage.family(p3), alloc::vec![p3, p2, p]);
+        assert_eq!(lineage.descendants(p3), alloc::vec![d, c]);
+        assert!(lineage.is_descendant(c, p3));
+        assert!(!lineage.is_descendant(p, p3));
+    }
+
+    #[test]
+    fn cycles_of_rolls_and_links_terminate() {
+        let [a, b, c, d] = ids(4).try_into().unwrap();
+        let lineage = Lineage::from_links([(a, Some(c)), (b, Some(a)), (c, Some(b)), (d, Some(b))])
+            .with_rolls([(a, b), (b, a), (c, c)]);
+        assert_eq!(set(&lineage.family(a)), set(&[a, b]));
+        let all = lineage.descendants(a);
+        assert_eq!(set(&all), set(&[c, d]));
+        assert!(lineage.is_descendant(c, a));
+        assert!(lineage.is_descendant(d, a));
+        assert!(!lineage.is_descendant(b, a));
+        assert!(!lineage.is_descendant(a, a));
+        assert!(lineage.is_descendant(a, c));
     }
 
     #[test]

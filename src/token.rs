@@ -535,6 +535,116 @@ pub(crate) fn write_checksum(checked: &[u8], out: &mut [u8; CHECKSUM_LEN]) {
     }
 }
 
+/// The marker [`redact_tokens`] writes in place of redacted characters.
+const REDACTED: &str = "…";
+
+/// The shortest run of base62 characters [`redact_tokens`] treats as a bare
+/// secret.
+const BARE_SECRET_MIN: usize = 32;
+
+/// Returns `text` with everything that could be (part of) a keygate token's
+/// secret redacted, for logs and error messages.
+///
+/// Two rules, applied in one left-to-right pass:
+///
+/// * **Token-shaped runs.** An `ak_` or `rk_` followed by characters of
+///   `[A-Za-z0-9_]` keeps its prefix and at most the first 16 base62
+///   characters after it (the key id, which is public); the rest of that
+///   run, if it holds any base62 character, becomes `_…`. So a whole token
+///   `rk_<id>_<secret><crc>` reads `rk_<id>_…`. When the base62 characters
+///   after the prefix are 32 or more (a bare secret), none is kept: `rk_…`.
+/// * **Bare secrets.** Any other run of 32 or more consecutive base62
+///   characters (`[A-Za-z0-9]`) becomes `…` (U+2026), whatever surrounds it.
+///
+/// Everything else is copied as it is. The result borrows `text`, with no
+/// allocation, when nothing needed redacting; redacting twice changes
+/// nothing more. The rules are deliberately broad: a snake-case word with
+/// `ak_` or `rk_` inside (`peak_value_x`) may lose its tail too. They are
+/// also a heuristic: a token with a secret character changed to, say, `-`
+/// is split into runs that may each be too short to tell from text.
+///
+/// ```
+/// use std::borrow::Cow;
+/// # let token = keygate::testing::example_token();
+/// let line = format!("auth failed for {token} from 10.0.0.1");
+/// let redacted = keygate::redact_tokens(&line);
+/// assert_eq!(redacted, "auth failed for rk_4GZ6bQvR9cXw2LmT_… from 10.0.0.1");
+/// assert!(!redacted.contains(&token[20..63]));
+/// // A bare run of 32+ base62 characters goes too.
+/// assert_eq!(keygate::redact_tokens(&format!("s={}", "x".repeat(40))), "s=…");
+/// // Clean text is borrowed, not copied.
+/// assert!(matches!(keygate::redact_tokens("GET /v1/devboxes"), Cow::Borrowed(_)));
+/// ```
+pub fn redact_tokens(text: &str) -> alloc::borrow::Cow<'_, str> {
+    use alloc::borrow::Cow;
+    use alloc::string::String;
+
+    let bytes = text.as_bytes();
+    let is_word = |at: usize| bytes.get(at).is_some_and(|&b| b == b'_' || is_base62(b));
+    let base62_run_end = |from: usize| {
+        let mut end = from;
+        while bytes.get(end).is_some_and(|&b| is_base62(b)) {
+            end += 1;
+        }
+        end
+    };
+    let mut out: Option<String> = None;
+    // The end of the text already copied into `out` (or to be borrowed).
+    let mut copied = 0usize;
+    // Replaces `text[from..to]` with `marker`. Every index here is at an
+    // ASCII byte (or the end), so a char boundary.
+    let mut replace = |from: usize, to: usize, marker: &str| {
+        let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        out.push_str(text.get(copied..from).unwrap_or_default());
+        out.push_str(marker);
+        copied = to;
+    };
+    let mut i = 0usize;
+    while let Some(&b) = bytes.get(i) {
+        if !is_base62(b) {
+            i += 1;
+            continue;
+        }
+        let end = base62_run_end(i);
+        if end - i >= BARE_SECRET_MIN {
+            replace(i, end, REDACTED);
+            i = end;
+            continue;
+        }
+        // A run that ends in `ak` or `rk` before a `_` is a token prefix.
+        let tag = bytes.get(end.saturating_sub(2)..end);
+        if end - i >= 2 && matches!(tag, Some(b"ak" | b"rk")) && bytes.get(end) == Some(&b'_') {
+            let id_start = end + 1;
+            let id_end = base62_run_end(id_start);
+            let kept = if id_end - id_start >= BARE_SECRET_MIN {
+                0
+            } else {
+                (id_end - id_start).min(KEY_ID_LEN)
+            };
+            let rest = id_start + kept;
+            let mut word_end = rest;
+            let mut secret = false;
+            while is_word(word_end) {
+                secret |= bytes.get(word_end).is_some_and(|&b| is_base62(b));
+                word_end += 1;
+            }
+            if secret {
+                replace(rest, word_end, if kept == 0 { REDACTED } else { "_…" });
+            }
+            i = word_end;
+            continue;
+        }
+        i = end;
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut out) => {
+            out.push_str(text.get(copied..).unwrap_or_default());
+            Cow::Owned(out)
+        }
+    }
+}
+
 /// The key id of the keyring's decoy digest (see `Keyring::verify`): a
 /// constant of its own, not [`EXAMPLE_KEY_ID`].
 pub(crate) const DECOY_KEY_ID: KeyId = KeyId(*b"0keygateDecoy000");
@@ -562,6 +672,72 @@ mod tests {
 
     fn sample() -> String {
         example_token()
+    }
+
+    #[test]
+    fn redact_tokens_keeps_prefix_and_id_only() {
+        use alloc::borrow::Cow;
+        let text = sample();
+        let secret = &text[20..63];
+        let cases: [(String, String); 9] = [
+            (text.clone(), "rk_4GZ6bQvR9cXw2LmT_…".into()),
+            (
+                alloc::format!("Bearer {text}, again:{text}."),
+                "Bearer rk_4GZ6bQvR9cXw2LmT_…, again:rk_4GZ6bQvR9cXw2LmT_….".into(),
+            ),
+            // Glued to a word before and after: the bare run goes.
+            (alloc::format!("x{text}y"), "xrk_4GZ6bQvR9cXw2LmT_…".into()),
+            // Truncated anywhere after the id: the tail goes.
+            (text[..25].into(), "rk_4GZ6bQvR9cXw2LmT_…".into()),
+            (text[..21].into(), "rk_4GZ6bQvR9cXw2LmT_…".into()),
+            // Id and secret without the separator: 16 kept, the rest goes.
+            (
+                alloc::format!("ak_{}", &text[3..19]) + &text[20..30],
+                "ak_4GZ6bQvR9cXw2LmT_…".into(),
+            ),
+            // A secret straight after the prefix: nothing of it is kept.
+            (alloc::format!("ak_{secret}"), "ak_…".into()),
+            // A bare secret, anywhere, even inside other words.
+            (alloc::format!("a-{secret}-b"), "a-…-b".into()),
+            (alloc::format!("é{secret}é"), "é…é".into()),
+        ];
+        for (input, expected) in cases {
+            let redacted = redact_tokens(&input);
+            assert_eq!(redacted, expected, "{input}");
+            assert!(matches!(redacted, Cow::Owned(_)), "{input}");
+            assert!(!redacted.contains(&secret[..10]), "{input}");
+            // Idempotent.
+            assert_eq!(redact_tokens(&redacted), redacted);
+        }
+    }
+
+    #[test]
+    fn redact_tokens_borrows_clean_text() {
+        use alloc::borrow::Cow;
+        let clean = [
+            "",
+            "GET /v1/devboxes/dbx_1?wait=1",
+            "work_item bookmark_id ak_ rk_x",
+            "rk_4GZ6bQvR9cXw2LmT", // an id alone is public
+            "rk_4GZ6bQvR9cXw2LmT__",
+            "31 chars: 0123456789012345678901234567890",
+            "é€ unicode, ak_é",
+        ];
+        for text in clean {
+            assert!(
+                matches!(redact_tokens(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+        // The bound is 32 base62 characters in a row.
+        let long = "0".repeat(32);
+        assert_eq!(redact_tokens(&long), "…");
+        assert_eq!(redact_tokens(&long[1..]), &long[1..]);
+        // An `_` breaks a bare run; a snake-case word with `ak_` in it
+        // loses its tail (the documented cost of the broad rule).
+        let split = alloc::format!("{}_{}", "0".repeat(20), "0".repeat(20));
+        assert_eq!(redact_tokens(&split), split.as_str());
+        assert_eq!(redact_tokens("peak_value_x"), "peak_value_…");
     }
 
     #[test]

@@ -317,3 +317,347 @@ fn a_stale_cache_fill_after_a_revocation_cannot_resurrect() {
     assert!(keyring.get(&keys[0].id()).is_none());
     assert_eq!(keyring.last_seq(), 3);
 }
+
+/// `changes` with some of them repeated, in an order drawn from `seed`.
+fn scramble(changes: &[Change], dupes: &[prop::sample::Index], seed: u64) -> Vec<Change> {
+    let mut scrambled = changes.to_vec();
+    if !changes.is_empty() {
+        for d in dupes {
+            scrambled.push(d.get(changes).clone());
+        }
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    for i in (1..scrambled.len()).rev() {
+        let j = (rand_core::RngCore::next_u64(&mut rng) % (i as u64 + 1)) as usize;
+        scrambled.swap(i, j);
+    }
+    scrambled
+}
+
+/// The log a store would write: no upsert of an id after its revocation.
+fn store_log(ops: &[(usize, bool)], keys: &[KeyRecord]) -> Vec<Change> {
+    let mut revoked = BTreeSet::new();
+    log(ops, keys)
+        .into_iter()
+        .filter(|change| match &change.op {
+            ChangeOp::Revoke(id) => {
+                revoked.insert(*id);
+                true
+            }
+            ChangeOp::Upsert(r) => !revoked.contains(&r.id()),
+        })
+        .collect()
+}
+
+/// Panics unless `a` and `b` hold the same records and tombstones for `ids`.
+fn assert_same_keys(a: &Keyring, b: &Keyring, ids: &[KeyId]) {
+    for id in ids {
+        assert_eq!(a.get(id), b.get(id), "{id}");
+        assert_eq!(a.is_revoked(id), b.is_revoked(id), "{id}");
+    }
+    assert_eq!(a.len(), b.len());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Evicting at any point, any number of times, while the changes arrive
+    /// in any order with duplicates, ends where applying them in order and
+    /// evicting once at the end does: an evicted record never comes back
+    /// through an older change.
+    #[test]
+    fn eviction_at_any_point_keeps_the_outcome(
+        ops in proptest::collection::vec((0usize..6, proptest::bool::weighted(0.2)), 1..40),
+        shuffle_seed in any::<u64>(),
+        dupes in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+        // Versions of a key expire at 9 999 - seq (or earlier): evictions
+        // around there drop newer versions and leave older ones alive.
+        evictions in proptest::collection::vec(
+            (any::<prop::sample::Index>(), prop_oneof![3 => 9_950i64..10_000, 1 => 0i64..12_000]),
+            1..4,
+        ),
+    ) {
+        let keys = records(6, 1);
+        let ids: Vec<KeyId> = keys.iter().map(KeyRecord::id).collect();
+        let changes = log(&ops, &keys);
+        let last_eviction = evictions.iter().map(|e| e.1).max().unwrap();
+        let mut in_order = apply_all(changes.clone());
+        in_order.evict_expired(last_eviction);
+
+        let scrambled = scramble(&changes, &dupes, shuffle_seed);
+        let mut at: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        for (index, now) in &evictions {
+            at.entry(index.index(scrambled.len() + 1)).or_default().push(*now);
+        }
+        let mut evicting = Keyring::new(Pepper::from_bytes(&PEPPER));
+        for (i, change) in scrambled.into_iter().enumerate() {
+            for now in at.get(&i).into_iter().flatten() {
+                evicting.evict_expired(*now);
+            }
+            evicting.apply(change).unwrap();
+        }
+        for now in at.get(&(changes.len() + dupes.len())).into_iter().flatten() {
+            evicting.evict_expired(*now);
+        }
+        evicting.evict_expired(last_eviction);
+        assert_same_keys(&in_order, &evicting, &ids);
+        prop_assert_eq!(in_order.last_seq(), evicting.last_seq());
+    }
+
+    /// After `compact(h)`, a replay of the changes above `h` (in any order,
+    /// with duplicates) leaves the keyring as it was, and a revoked key whose
+    /// tombstone went stays gone.
+    #[test]
+    fn a_replay_above_the_horizon_behaves_after_compact(
+        ops in proptest::collection::vec((0usize..6, proptest::bool::weighted(0.25)), 1..40),
+        horizon in any::<prop::sample::Index>(),
+        evict_at in proptest::option::of(9_950i64..10_000),
+        shuffle_seed in any::<u64>(),
+        dupes in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+    ) {
+        let keys = records(6, 2);
+        let ids: Vec<KeyId> = keys.iter().map(KeyRecord::id).collect();
+        let changes = store_log(&ops, &keys);
+        let mut leader = apply_all(changes.clone());
+        if let Some(now) = evict_at {
+            leader.evict_expired(now);
+        }
+        let horizon = horizon.index(leader.last_seq() as usize + 1) as u64;
+        let mut compacted = leader.clone();
+        let held = compacted.tombstones();
+        let dropped = compacted.compact(horizon);
+        prop_assert_eq!(compacted.tombstones(), held - dropped);
+        prop_assert_eq!(compacted.compact(horizon), 0);
+        let tail: Vec<Change> = changes.iter().filter(|c| c.seq > horizon).cloned().collect();
+        for change in scramble(&tail, &dupes, shuffle_seed) {
+            compacted.apply(change).unwrap();
+        }
+        assert_same_keys_but_forgotten_tombstones(&leader, &compacted, &ids);
+        // Every key revoked in the log is gone, tombstone or not.
+        for change in &changes {
+            if let ChangeOp::Revoke(id) = change.op {
+                prop_assert!(compacted.get(&id).is_none());
+            }
+        }
+    }
+}
+
+/// [`assert_same_keys`], except that `compacted` may have forgotten a
+/// tombstone `leader` holds.
+fn assert_same_keys_but_forgotten_tombstones(leader: &Keyring, compacted: &Keyring, ids: &[KeyId]) {
+    for id in ids {
+        assert_eq!(leader.get(id), compacted.get(id), "{id}");
+        if compacted.is_revoked(id) {
+            assert!(leader.is_revoked(id), "{id}");
+        }
+    }
+    assert_eq!(leader.len(), compacted.len());
+}
+
+/// A key and its token, minted from `seed` with no expiry.
+fn key_with_token(seed: u64) -> (KeyRecord, String) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let request = MintRequest::standard(Some("a"), None, 0).unwrap();
+    let (record, token) = mint(&Pepper::from_bytes(&PEPPER), &request, &mut rng, 0).into_parts();
+    (record, token.expose_secret().to_owned())
+}
+
+#[test]
+fn an_evicted_key_stays_dead_for_older_changes() {
+    let (a, token) = key_with_token(21);
+    let pepper = Pepper::from_bytes(&PEPPER);
+    let mut rng = ChaCha20Rng::seed_from_u64(22);
+    let (new_key, a_rolled) = roll(&pepper, &a, 100, &mut rng, 0).unwrap().into_parts();
+    assert_eq!(a_rolled.expires_at_ms(), Some(100));
+    let mut keyring = Keyring::new(pepper);
+    assert_eq!(
+        keyring.apply(Change::upsert(1, a.clone())).unwrap(),
+        Applied::Changed
+    );
+    assert_eq!(
+        keyring.apply(Change::upsert(2, a_rolled)).unwrap(),
+        Applied::Changed
+    );
+    keyring
+        .apply(Change::upsert(3, new_key.record().clone()))
+        .unwrap();
+    assert_eq!(keyring.evict_expired(1_000), 1);
+    assert_eq!(keyring.tombstones(), 1);
+    // The replay of A's record from before the roll changes nothing.
+    assert_eq!(
+        keyring.apply(Change::upsert(1, a.clone())).unwrap(),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        keyring.apply(Change::upsert(2, a.clone())).unwrap(),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        keyring.authenticate(&token, 10_000),
+        Err(keygate::AuthError::InvalidCredentials)
+    );
+    assert!(keyring.get(&a.id()).is_none());
+    // A newer change wins as usual (and the mark goes with it).
+    assert_eq!(
+        keyring.apply(Change::upsert(4, a.clone())).unwrap(),
+        Applied::Changed
+    );
+    assert!(keyring.authenticate(&token, 10_000).is_ok());
+    assert_eq!(keyring.tombstones(), 0);
+    // Two keyrings that differ only in a mark are not equal.
+    let mut marked = apply_all([Change::upsert(1, a_with_expiry(&a, 5))]);
+    let unmarked = marked.clone();
+    marked.evict_expired(5);
+    let mut plain = unmarked.clone();
+    plain.apply(Change::revoke(1, a.id())).unwrap();
+    plain.compact(1);
+    assert_eq!(marked.len(), plain.len());
+    assert_eq!(marked.tombstones(), 1);
+    assert!(marked != plain);
+    assert_eq!(marked.compact(1), 1);
+    assert!(marked == plain);
+}
+
+fn a_with_expiry(record: &KeyRecord, expiry: i64) -> KeyRecord {
+    KeyRecord::from_parts(keygate::KeyRecordParts {
+        expires_at_ms: Some(expiry),
+        ..parts(record)
+    })
+    .unwrap()
+}
+
+#[test]
+fn compact_drops_exactly_the_tombstones_and_marks_at_or_below_the_horizon() {
+    let keys = records(6, 7); // keys 0 and 3 expire at 1 000 and 1 003
+    let mut keyring = Keyring::new(Pepper::from_bytes(&PEPPER));
+    for (i, r) in keys.iter().enumerate() {
+        keyring
+            .apply(Change::upsert(i as u64 + 1, r.clone()))
+            .unwrap(); // seqs 1..=6
+    }
+    keyring.apply(Change::revoke(7, keys[1].id())).unwrap();
+    keyring.apply(Change::revoke(9, keys[2].id())).unwrap();
+    assert_eq!(keyring.evict_expired(2_000), 2); // marks at 1 and 4
+                                                 // Revoking an evicted id turns its mark into a tombstone.
+    keyring.apply(Change::revoke(11, keys[3].id())).unwrap();
+    // A revocation without a feed carries the last sequence number, 11.
+    keyring.revoke(&keys[4].id());
+    assert_eq!(keyring.tombstones(), 5); // tombstones 7, 9, 11, 11; mark 1
+    assert_eq!(keyring.compact(0), 0);
+    assert_eq!(keyring.compact(1), 1);
+    assert_eq!(keyring.compact(8), 1);
+    assert!(!keyring.is_revoked(&keys[1].id()));
+    assert!(keyring.is_revoked(&keys[2].id()));
+    assert_eq!(keyring.compact(10), 1);
+    assert_eq!(keyring.tombstones(), 2);
+    assert!(keyring.is_revoked(&keys[3].id()) && keyring.is_revoked(&keys[4].id()));
+    assert_eq!(keyring.compact(11), 2);
+    assert_eq!(keyring.tombstones(), 0);
+    // What is left: the keys never revoked nor evicted.
+    assert_eq!(keyring.len(), 1);
+    assert!(keyring.get(&keys[5].id()).is_some());
+    // The horizon promise is what keeps a forgotten tombstone safe: a change
+    // at or below it, applied after all, would bring the key back.
+    keyring.apply(Change::upsert(6, keys[1].clone())).unwrap();
+    assert!(keyring.get(&keys[1].id()).is_some());
+}
+
+#[test]
+fn a_compacted_revocation_is_not_undone_by_the_store_s_later_changes() {
+    let (a, token) = key_with_token(31);
+    let (b, _) = key_with_token(32);
+    let mut keyring = Keyring::new(Pepper::from_bytes(&PEPPER));
+    keyring.apply(Change::upsert(1, a.clone())).unwrap();
+    keyring.apply(Change::upsert(2, b.clone())).unwrap();
+    keyring.apply(Change::revoke(3, a.id())).unwrap();
+    assert_eq!(keyring.compact(3), 1);
+    assert!(!keyring.is_revoked(&a.id()));
+    // What a store may send after the horizon: other keys' changes, and the
+    // revocation again (a replay); never an upsert of a revoked id.
+    keyring.apply(Change::upsert(4, b.clone())).unwrap();
+    assert_eq!(
+        keyring.apply(Change::revoke(5, a.id())).unwrap(),
+        Applied::Changed
+    );
+    assert_eq!(
+        keyring.authenticate(&token, 10),
+        Err(keygate::AuthError::InvalidCredentials)
+    );
+    assert!(keyring.is_revoked(&a.id()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `descendants` and `is_descendant` follow the rule written out naively:
+    /// family(X) = X and its predecessors through rolls; children(X) = keys
+    /// whose creator is in family(X), less family(X); descendants = the
+    /// closure of children, less family(X). Rolls and links are arbitrary,
+    /// cycles included.
+    #[test]
+    fn lineage_follows_the_roll_rule(
+        creators in proptest::collection::vec(proptest::option::of(0usize..12), 12),
+        rolls in proptest::collection::vec((0usize..12, 0usize..12), 0..8),
+    ) {
+        let ids: Vec<KeyId> = (0..12u32)
+            .map(|n| KeyId::parse(&format!("{n:0>16}")).unwrap())
+            .collect();
+        let creator: Vec<Option<usize>> = creators
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.filter(|&c| c != i))
+            .collect();
+        let lineage = Lineage::from_links(
+            creator.iter().enumerate().map(|(i, c)| (ids[i], c.map(|c| ids[c]))),
+        )
+        .with_rolls(rolls.iter().map(|&(o, n)| (ids[o], ids[n])));
+
+        let family = |x: usize| {
+            let mut f = BTreeSet::from([x]);
+            loop {
+                let more: Vec<usize> = rolls
+                    .iter()
+                    .filter(|&&(o, n)| f.contains(&n) && !f.contains(&o))
+                    .map(|&(o, _)| o)
+                    .collect();
+                if more.is_empty() {
+                    return f;
+                }
+                f.extend(more);
+            }
+        };
+        let children = |x: usize| -> BTreeSet<usize> {
+            let fam = family(x);
+            (0..12)
+                .filter(|k| creator[*k].is_some_and(|c| fam.contains(&c)) && !fam.contains(k))
+                .collect()
+        };
+        for root in 0..12 {
+            let mut all: BTreeSet<usize> = children(root);
+            loop {
+                let more: BTreeSet<usize> = all.iter().flat_map(|&k| children(k)).collect();
+                let before = all.len();
+                all.extend(more);
+                if all.len() == before {
+                    break;
+                }
+            }
+            for f in family(root) {
+                all.remove(&f);
+            }
+            let expected: BTreeSet<KeyId> = all.iter().map(|&k| ids[k]).collect();
+            let got = lineage.descendants(ids[root]);
+            prop_assert_eq!(got.len(), expected.len(), "duplicates in {:?}", got);
+            prop_assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected.clone());
+            for k in 0..12 {
+                prop_assert_eq!(
+                    lineage.is_descendant(ids[k], ids[root]),
+                    expected.contains(&ids[k]),
+                    "is_descendant({}, {})", k, root
+                );
+            }
+            let fam: BTreeSet<KeyId> = family(root).into_iter().map(|k| ids[k]).collect();
+            prop_assert_eq!(lineage.family(ids[root]).into_iter().collect::<BTreeSet<_>>(), fam);
+        }
+    }
+}

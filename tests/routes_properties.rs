@@ -310,6 +310,11 @@ fn hostile_path() -> impl Strategy<Value = String> {
         "%FF",
         "internal;x",
         "Internal",
+        "%3F",
+        "internal%3Fx",
+        "internal%3fx=1",
+        "internal%23frag",
+        "%23",
     ]);
     (prop::collection::vec(piece, 0..7), any::<bool>()).prop_map(|(pieces, slash)| {
         let mut p = String::new();
@@ -344,14 +349,17 @@ fn percent_decode_once(s: &str) -> Vec<u8> {
 }
 
 /// How various backends might read a path: decode once or twice (before
-/// splitting), treat `\` as `/`, strip `;params`, cut at NUL, merge `//`,
-/// resolve `.` and `..`. Returns every reading's segments.
+/// splitting, and before cutting off a decoded `?` query or `#` fragment),
+/// treat `\` as `/`, strip `;params`, cut at NUL, merge `//`, resolve `.`
+/// and `..`. Returns every reading's segments.
 fn backend_readings(path: &str) -> Vec<Vec<String>> {
     let path = path.split('?').next().unwrap();
     let once = String::from_utf8_lossy(&percent_decode_once(path)).into_owned();
     let twice = String::from_utf8_lossy(&percent_decode_once(&once)).into_owned();
+    let cut = |s: &str| s.split(['?', '#']).next().unwrap().to_owned();
+    let (once_cut, twice_cut) = (cut(&once), cut(&twice));
     let mut readings = Vec::new();
-    for decoded in [path.to_owned(), once, twice] {
+    for decoded in [path.to_owned(), once, twice, once_cut, twice_cut] {
         for backslash in [false, true] {
             for params in [false, true] {
                 let mut s = decoded.split('\0').next().unwrap().to_owned();
@@ -448,4 +456,41 @@ fn method_tiers_are_what_the_docs_say() {
         Decision::Deny
     );
     assert_eq!(Method::Any.to_string(), "*");
+}
+
+#[test]
+fn an_encoded_query_or_fragment_cannot_dodge_a_rule() {
+    // A backend that decodes, then splits off the query or fragment, serves
+    // `/v1/admin` for each of these; here each once matched no rule and fell
+    // to the default.
+    let table: RouteTable = "GET /v1/admin account:write\ndefault public"
+        .parse()
+        .unwrap();
+    for path in [
+        "/v1/admin%3Fx",
+        "/v1/admin%3fx=1",
+        "/v1/admin%23frag",
+        "/v1/admin%3F",
+        "/v1/admin%23",
+    ] {
+        let err = table.lookup("GET", path).unwrap_err();
+        assert_eq!(err.http_status(), 400, "{path}");
+        assert!(
+            matches!(
+                err,
+                keygate::PathError::EncodedQuery { at: 9 }
+                    | keygate::PathError::EncodedFragment { at: 9 }
+            ),
+            "{path}: {err:?}"
+        );
+        assert!(table.explain("GET", path).is_err(), "{path}");
+    }
+    // The path itself, and a real query, still match the rule.
+    for path in ["/v1/admin", "/v1/admin?x=%3F%23", "/v1/admin/"] {
+        assert_eq!(
+            table.lookup("GET", path).unwrap().decision().to_string(),
+            "account:write",
+            "{path}"
+        );
+    }
 }

@@ -195,3 +195,25 @@ fn malformed_tokens_allocate_nothing() {
         assert_zero(&format!("{expected:?}"), hot_path(&s.keyring, text));
     }
 }
+
+#[test]
+fn redact_tokens_allocates_nothing_on_clean_text() {
+    let s = setup();
+    let clean = [
+        "GET /v1/devboxes/dbx_1?wait=1 200 1.2ms",
+        "key rk_4GZ6bQvR9cXw2LmT revoked by bookmark_id",
+        "",
+    ];
+    for text in clean {
+        let info: AllocationInfo = measure(|| {
+            black_box(keygate::redact_tokens(black_box(text)));
+        });
+        assert_eq!(info.count_total, 0, "{text}");
+    }
+    // A token in the text: one allocation, for the copy.
+    let line = format!("Bearer {}", s.standard);
+    let info: AllocationInfo = measure(|| {
+        black_box(keygate::redact_tokens(black_box(&line)));
+    });
+    assert_eq!(info.count_total, 1);
+}

@@ -39,14 +39,21 @@ fn percent_decode_once(b: &[u8]) -> Vec<u8> {
 }
 
 /// Paths a lenient backend might serve for `target`: decoded zero, one or
-/// two times, `\` as `/`, `;params` stripped, NUL-terminated, `//` merged,
-/// dot segments resolved.
+/// two times (and cut at a decoded `?` or `#`), `\` as `/`, `;params`
+/// stripped, NUL-terminated, `//` merged, dot segments resolved.
 fn readings(target: &[u8]) -> Vec<Vec<Vec<u8>>> {
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     let once = percent_decode_once(path);
     let twice = percent_decode_once(&once);
+    let cut = |d: &[u8]| {
+        d.split(|&b| b == b'?' || b == b'#')
+            .next()
+            .unwrap_or_default()
+            .to_vec()
+    };
+    let (once_cut, twice_cut) = (cut(&once), cut(&twice));
     let mut out = Vec::new();
-    for decoded in [path.to_vec(), once, twice] {
+    for decoded in [path.to_vec(), once, twice, once_cut, twice_cut] {
         let cut = decoded
             .split(|&b| b == 0)
             .next()

@@ -61,6 +61,21 @@ pub enum PathError {
         /// Byte offset of the `;` or `%`.
         at: usize,
     },
+    /// `%3F` or `%3f`: an encoded `?`. A backend that decodes before it
+    /// splits off the query would route a shorter path than the one matched
+    /// (`/v1/admin%3Fx` read as `/v1/admin`).
+    #[error("request path has an encoded `?` (`%3F`) at byte {at}")]
+    EncodedQuery {
+        /// Byte offset of the `%`.
+        at: usize,
+    },
+    /// `%23`: an encoded `#`. A backend that decodes before it drops the
+    /// fragment would route a shorter path than the one matched.
+    #[error("request path has an encoded `#` (`%23`) at byte {at}")]
+    EncodedFragment {
+        /// Byte offset of the `%`.
+        at: usize,
+    },
     /// `%25`: an encoded `%`, a double-encoding attempt.
     #[error("request path has an encoded `%` (`%25`) at byte {at}")]
     EncodedPercent {
@@ -151,6 +166,9 @@ pub(crate) fn check_method(method: &[u8]) -> Result<(), PathError> {
 ///   `/internal;x/y` could be denied here and served as `/internal/y` there.
 /// * An encoded `%` (`%25`) is refused: a backend that decodes twice would see
 ///   a different path (`%252F` → `%2F` → `/`).
+/// * An encoded `?` (`%3F`, `%3f`) or `#` (`%23`) is refused: a backend that
+///   decodes before it splits off the query or fragment would route a
+///   shorter path (`/v1/admin%3Fx` → `/v1/admin`) than the one matched here.
 /// * A raw `#` is refused: a fragment never belongs in a request target.
 /// * A `%` not followed by two hex digits is refused, and so is a decoded
 ///   segment that is not UTF-8.
@@ -247,14 +265,15 @@ impl<'a> CanonicalPath<'a> {
 }
 
 impl core::fmt::Display for CanonicalPath<'_> {
-    /// The decoded path, `/`-joined, with a leading `/`; a decoded `?` or `#`
-    /// stays escaped (`%3F`, `%23`), so the text is itself a request target
-    /// for the same path, and canonical text is a fixed point.
+    /// The decoded path, `/`-joined, with a leading `/`: itself a request
+    /// target for the same path, so canonical text is a fixed point. (A
+    /// decoded `?` or `#` would be written escaped, `%3F` or `%23`, but the
+    /// rules refuse both.)
     ///
     /// ```
     /// use keygate::route::CanonicalPath;
-    /// let path = CanonicalPath::new(b"/v1/a%3Fb%41/?q=1")?;
-    /// assert_eq!(path.to_string(), "/v1/a%3FbA");
+    /// let path = CanonicalPath::new(b"/v1/a%5Fb%41/?q=1")?;
+    /// assert_eq!(path.to_string(), "/v1/a_bA");
     /// let again = path.to_string();
     /// assert_eq!(CanonicalPath::new(again.as_bytes())?.to_string(), again);
     /// # Ok::<(), keygate::PathError>(())
@@ -362,6 +381,8 @@ fn check_segment(seg: &[u8], at: usize) -> Result<bool, PathError> {
             match d {
                 b'/' => return Err(PathError::EncodedSlash { at: pos }),
                 b'%' => return Err(PathError::EncodedPercent { at: pos }),
+                b'?' => return Err(PathError::EncodedQuery { at: pos }),
+                b'#' => return Err(PathError::EncodedFragment { at: pos }),
                 _ => {}
             }
             d
@@ -595,7 +616,8 @@ impl<'a> Segment<'a> {
         for b in decode(self.raw) {
             // A decoded `?` or `#` written raw would end the path: keep it
             // escaped so the text is a request target for the same path.
-            // (Every byte before it ends a whole UTF-8 character.)
+            // (Every byte before it ends a whole UTF-8 character.) The rules
+            // refuse both now; this stays so the text is right regardless.
             let escape = match b {
                 b'?' => "%3F",
                 b'#' => "%23",
@@ -655,15 +677,41 @@ mod tests {
     }
 
     #[test]
-    fn display_keeps_query_and_fragment_bytes_escaped() {
-        // Found by the route_lookup fuzz target: a decoded `?` printed raw
-        // made the canonical text name a shorter path.
-        let text = canon("/v1/agents%3Fx%2e/ab%23c%3f").unwrap();
-        assert_eq!(text, "/v1/agents%3Fx./ab%23c%3F");
-        assert_eq!(canon(&text).unwrap(), text);
-        let long = format!("/{}%3F{}", "é".repeat(40), "x".repeat(70));
-        let text = canon(&long).unwrap();
-        assert_eq!(text, format!("/{}%3F{}", "é".repeat(40), "x".repeat(70)));
+    fn encoded_query_and_fragment_are_refused() {
+        // A backend that decodes before splitting off the query or fragment
+        // would route `/v1/agents`, not the segment `agents?x` matched here.
+        assert_eq!(
+            canon("/v1/agents%3Fx"),
+            Err(PathError::EncodedQuery { at: 10 })
+        );
+        assert_eq!(
+            canon("/v1/agents%3fx=1"),
+            Err(PathError::EncodedQuery { at: 10 })
+        );
+        assert_eq!(
+            canon("/v1/agents%23frag"),
+            Err(PathError::EncodedFragment { at: 10 })
+        );
+        // At any place in a segment, in any segment, after other escapes.
+        assert_eq!(canon("/%3F"), Err(PathError::EncodedQuery { at: 1 }));
+        assert_eq!(
+            canon("/a/b%41%23"),
+            Err(PathError::EncodedFragment { at: 7 })
+        );
+        // A raw `?` still starts the query, and an escape in the query is
+        // never looked at.
+        assert_eq!(canon("/v1/agents?x=%3F%23").unwrap(), "/v1/agents");
+        // Their neighbours still decode.
+        assert_eq!(canon("/a%3E%40").unwrap(), "/a>@");
+        assert_eq!(
+            PathError::EncodedQuery { at: 3 }.to_string(),
+            "request path has an encoded `?` (`%3F`) at byte 3"
+        );
+        assert_eq!(
+            PathError::EncodedFragment { at: 3 }.to_string(),
+            "request path has an encoded `#` (`%23`) at byte 3"
+        );
+        assert_eq!(PathError::EncodedFragment { at: 3 }.http_status(), 400);
     }
 
     #[test]

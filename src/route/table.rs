@@ -1053,7 +1053,13 @@ impl<'t> Explanation<'t> {
 
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "request:  {} {}", self.method, self.path)?;
+        // The request is user input: a token pasted into a path is not echoed.
+        writeln!(
+            f,
+            "request:  {} {}",
+            crate::token::redact_tokens(&self.method),
+            crate::token::redact_tokens(&self.path)
+        )?;
         write!(f, "decision: {}", self.route.decision)?;
         match self.route.by {
             MatchedBy::Rule(rule) => writeln!(f, " (line {}: {rule})", rule.line)?,
