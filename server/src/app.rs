@@ -171,7 +171,9 @@ async fn self_revoke_too_large(response: Response) -> Response {
 /// One log line per request: method, path, status, latency, key id.
 async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().clone();
+    // An extension method is any token of letters, digits and `_`: it may
+    // be a pasted key too.
+    let method = Redacted(request.method().clone());
     let path = PathOnly(request.uri().clone());
     let response = next.run(request).await;
     let latency_us = start.elapsed().as_micros() as u64;
@@ -198,12 +200,23 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Displays a URI's path, without the query.
+/// Displays a method, with any token in it redacted.
+struct Redacted(axum::http::Method);
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&keygate::redact_tokens(self.0.as_str()))
+    }
+}
+
+/// Displays a URI's path, without the query, with any token in it
+/// redacted ([`keygate::redact_tokens`]: `DELETE /v1/keys/<token>` logs the
+/// key id only).
 struct PathOnly(Uri);
 
 impl std::fmt::Display for PathOnly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.path())
+        f.write_str(&keygate::redact_tokens(self.0.path()))
     }
 }
 
@@ -271,10 +284,15 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(
             String::from("invalid request body: expected a JSON object"),
         ));
     }
+    // serde quotes what it could not read (an unknown field's name, a
+    // string of the wrong type): redacted, as any user input.
     serde_json::from_slice(&bytes).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
+            format!(
+                "invalid request body: {}",
+                keygate::redact_tokens(&e.to_string())
+            ),
         )
     })
 }
@@ -296,9 +314,27 @@ async fn create<P: CreateParameters + DeserializeOwned + Default>(
     };
     let now_ms = system_now_ms();
     match params.validate(now_ms) {
-        Ok(request) => mint_and_store(state, caller, request, now_ms).await,
+        Ok(request) => match check_name(request.name()) {
+            Ok(()) => mint_and_store(state, caller, request, now_ms).await,
+            Err(detail) => bad_request(&detail),
+        },
         Err(e) => validation_error(&e),
     }
+}
+
+/// Refuses a key name that holds what looks like a token or a secret (what
+/// [`keygate::redact_tokens`] would redact): a name is shown in every
+/// listing, created view and event, so a token pasted as a name would be
+/// echoed for good.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if keygate::redact_tokens(name) == name {
+        return Ok(());
+    }
+    Err(format!(
+        "name `{}` holds what looks like a key token or secret (a run of 32 or more \
+         letters and digits, or an `ak_`/`rk_` token); names are shown in listings: choose another",
+        quote(name)
+    ))
 }
 
 pub(crate) fn internal_error(detail: &str) -> Response {
@@ -454,11 +490,16 @@ fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
     }
 }
 
-/// Cuts user input for an error message at 64 characters.
+/// Copies user input for an error message: redacted first
+/// ([`keygate::redact_tokens`]: a token pasted where an id or a value
+/// belongs keeps its public id, never its secret), then cut at 64
+/// characters (after redaction, so a cut cannot leave a fragment of a
+/// secret that the redaction would no longer recognize).
 pub(crate) fn quote(input: &str) -> String {
+    let input = keygate::redact_tokens(input);
     match input.char_indices().nth(64) {
         Some((end, _)) => format!("{}…", input.get(..end).unwrap_or_default()),
-        None => input.to_owned(),
+        None => input.into_owned(),
     }
 }
 

@@ -126,7 +126,7 @@ enum Command {
     Revoke {
         #[command(flatten)]
         store: StoreArgs,
-        /// The key's id.
+        /// The key's id, or its whole token (its id is taken from it).
         id: String,
         /// Also revoke every key minted from it, transitively.
         #[arg(long)]
@@ -137,7 +137,7 @@ enum Command {
     Roll {
         #[command(flatten)]
         store: StoreArgs,
-        /// The key's id.
+        /// The key's id, or its whole token (its id is taken from it).
         id: String,
         /// How long the old key keeps working: `90s`, `15m`, `24h`, `7d`
         /// (at most), or `0` (it ends now).
@@ -158,7 +158,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap quotes the arguments it refuses: redacted, should a token
+        // have been pasted as one. Help and version go out as they are.
+        Err(e) if e.use_stderr() => {
+            eprint!("{}", keygate::redact_tokens(&e.render().to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Serve {
             listen,
@@ -196,7 +205,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            // Errors quote their input (paths, ids, values): never a token.
+            eprintln!("error: {}", keygate::redact_tokens(&message));
             ExitCode::FAILURE
         }
     }

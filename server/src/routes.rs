@@ -148,7 +148,8 @@ pub fn run(command: &RoutesCommand) -> Result<(), String> {
             let explanation = table
                 .explain(method, path)
                 .map_err(|e| format!("{e} (answered with 400)"))?;
-            print!("{explanation}");
+            // The request is echoed: redacted, should a token be in it.
+            print!("{}", keygate::redact_tokens(&explanation.to_string()));
             Ok(())
         }
     }
@@ -282,8 +283,8 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
     Some(match decided {
         Err(rejection) => {
             tracing::debug!(
-                method = %String::from_utf8_lossy(method),
-                uri = %String::from_utf8_lossy(uri),
+                method = %keygate::redact_tokens(&String::from_utf8_lossy(method)),
+                uri = %keygate::redact_tokens(&String::from_utf8_lossy(uri)),
                 "forward-auth refused: {rejection}"
             );
             rejection.to_response()
