@@ -147,3 +147,50 @@ fn an_unknown_family_stops_start_up() {
     );
     assert!(!dir.db().exists());
 }
+
+/// A decoded `?` or `#` in a forwarded path (`%3F`, `%3f`, `%23`) does not
+/// get around a rule: refused (400), never the `default public` 204.
+#[test]
+fn an_encoded_query_or_fragment_in_a_forwarded_path_is_refused() {
+    let dir = TempDir::new("fwd-qf");
+    let file = dir.0.join("admin.routes");
+    std::fs::write(&file, "GET /v1/admin account:write\ndefault public\n").unwrap();
+    let file = file.to_str().unwrap();
+    let xo = Server::start(&dir.db(), &["--routes", file]);
+    let xf = Server::start(
+        &dir.db(),
+        &["--routes", file, "--forwarded-headers", "x-forwarded"],
+    );
+    let reader = mint_token(&dir.db(), &["--scope", "devboxes:read"]);
+    xo.wait_accepted(&reader);
+    xf.wait_accepted(&reader);
+    for (server, (m, u)) in [(&xo, XO), (&xf, XF)] {
+        // The controls: the rule holds, and other paths are public.
+        ask(server, "", None, &[(m, "GET"), (u, "/v1/admin")]).problem(401);
+        ask(server, "", Some(&reader), &[(m, "GET"), (u, "/v1/admin")]).problem(403);
+        assert_eq!(
+            ask(server, "", None, &[(m, "GET"), (u, "/v1/other")]).status,
+            204
+        );
+        // A real query is no way around the rule either.
+        ask(server, "", None, &[(m, "GET"), (u, "/v1/admin?x=1")]).problem(401);
+        for uri in [
+            "/v1/admin%3Fx",
+            "/v1/admin%3fx=1",
+            "/v1/admin%23frag",
+            "/v1/admin%3F",
+            "/v1/admin%23",
+            "/v1/admin/%3F/x",
+        ] {
+            for token in [None, Some(reader.as_str())] {
+                let r = ask(server, "", token, &[(m, "GET"), (u, uri)]);
+                let detail = r.problem(400);
+                assert!(
+                    detail.contains("encoded `?` (`%3F`)")
+                        || detail.contains("encoded `#` (`%23`)"),
+                    "{uri}: {detail}"
+                );
+            }
+        }
+    }
+}
