@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -21,6 +21,7 @@ use keygate::{
 };
 use serde::de::DeserializeOwned;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::cache::KeyCache;
 use crate::clock::now_ms as system_now_ms;
@@ -115,8 +116,9 @@ impl Authenticate for Shared {
     }
 }
 
-/// The router with every route and layer.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The router with every route and layer. A request body must be complete
+/// within `body_read_timeout` of the request head (`--body-read-timeout`).
+pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
     let shared = Shared(Arc::clone(&state));
     let account_routes = Router::new()
         .route("/v1/apikeys", post(create::<ApiKeyCreateParameters>))
@@ -132,7 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/{id}/roll", post(lifecycle::roll))
         .route("/v1/events", get(lifecycle::events))
         .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
-    Router::new()
+    let body_routes = Router::new()
         .merge(account_routes)
         // Holding the token is the proof: no Authorization header. Nobody is
         // known yet, so the body it reads is small.
@@ -145,7 +147,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer::<_, std::convert::Infallible>(middleware::map_response(
                     self_revoke_too_large,
                 )),
-        )
+        );
+    Router::new()
+        // Only the routes that read a body get the body deadline: the hot
+        // path (`/v1/authorize`, `/healthz`) pays for no layer.
+        .merge(with_body_deadline(body_routes, body_read_timeout))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
         .route("/healthz", get(healthz))
@@ -155,6 +161,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every request body of `router`'s routes must be complete within
+/// `timeout` of its head (tower-http's `RequestBodyDeadlineLayer`: one
+/// deadline for the whole body, so a trickle does not extend it); a handler
+/// still waiting then reads an error, which [`parse_body`] answers with 408.
+/// An HTTP/1.1 connection whose request got a 408 is closed: its body is
+/// unread, so it cannot carry another request.
+fn with_body_deadline(router: Router<Arc<AppState>>, timeout: Duration) -> Router<Arc<AppState>> {
+    router
+        .layer(middleware::from_fn(close_after_408))
+        .layer(RequestBodyDeadlineLayer::new(timeout))
+}
+
+/// Adds `Connection: close` to an HTTP/1.x 408 (HTTP/2 has no such header:
+/// the stream ends with the answer).
+async fn close_after_408(request: Request, next: Next) -> Response {
+    let h1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if h1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// A 413 of `POST /v1/keys/revoke` names its own limit.

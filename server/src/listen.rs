@@ -23,9 +23,10 @@
 //!   error and the client a 408 (HTTP/1.1: and the connection is closed).
 //!   Without it a client could send a head with `Content-Length: 100` and
 //!   nothing more, and hold the connection as long as it liked: the
-//!   watchdog below sees a request in flight. tower-http's
-//!   `RequestBodyDeadlineLayer` (one deadline for the whole body, not one
-//!   per frame, so a trickle does not extend it).
+//!   watchdog below sees a request in flight. The router applies it (see
+//!   `app::router`), on the routes that read a body only: tower-http's
+//!   `RequestBodyDeadlineLayer`, one deadline for the whole body, not one
+//!   per frame, so a trickle does not extend it.
 //!
 //! One watchdog per connection enforces the header read and idle timeouts. It sleeps until the
 //! next deadline and looks at what the connection's requests did; it arms
@@ -51,8 +52,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -60,7 +59,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower_http::timeout::RequestBodyDeadlineLayer;
 
 /// The listen backlog: connections the kernel holds while the server is at
 /// its connection cap or busy (capped by `net.core.somaxconn`). The usual
@@ -154,7 +152,6 @@ pub async fn serve<F>(listener: TcpListener, router: Router, limits: &Args, shut
 where
     F: Future<Output = ()>,
 {
-    let router = with_body_deadline(router, limits.body_read_timeout);
     let builder = Arc::new(builder(limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (stop, stopped) = watch::channel(false);
@@ -211,31 +208,6 @@ where
         tracing::info!(connections = open, "draining connections");
     }
     let _all = slots.acquire_many(limits.max_connections).await;
-}
-
-/// Every request body must be complete within `timeout` of its head; an
-/// HTTP/1.1 connection whose request got a 408 is closed (its body is
-/// unread: the connection cannot carry another request).
-fn with_body_deadline(router: Router, timeout: Duration) -> Router {
-    router
-        .layer(axum::middleware::from_fn(close_after_408))
-        .layer(RequestBodyDeadlineLayer::new(timeout))
-}
-
-/// Adds `Connection: close` to an HTTP/1.x 408 (HTTP/2 has no such header:
-/// the stream ends with the answer).
-async fn close_after_408(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let h1 = request.version() < hyper::Version::HTTP_2;
-    let mut response = next.run(request).await;
-    if h1 && response.status() == StatusCode::REQUEST_TIMEOUT {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// The auto (HTTP/1.1 + h2c) connection builder with the limits set.

@@ -367,7 +367,10 @@ async fn run(
     tracing::info!(%local, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(follow::run(Arc::clone(&state), seq, intervals, stopped));
-    let router = routes::with_routes(app::router(Arc::clone(&state)), table);
+    let router = routes::with_routes(
+        app::router(Arc::clone(&state), limits.body_read_timeout),
+        table,
+    );
     listen::serve(listener, router, limits, shutdown_signal()).await;
     // Stop the follower; it writes the last uses once more.
     let _ = stop.send(true);
