@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -20,6 +20,8 @@ use keygate::{
     ValidationError,
 };
 use serde::de::DeserializeOwned;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::cache::KeyCache;
 use crate::clock::now_ms as system_now_ms;
@@ -29,6 +31,11 @@ use crate::usage::Usage;
 
 /// The largest request body, in bytes (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The largest body of `POST /v1/keys/revoke`, in bytes (1 KiB): the one
+/// body-reading route without authentication, whose `{"token":"..."}` is
+/// about 80 bytes.
+pub const SELF_REVOKE_BODY_LIMIT: usize = 1024;
 
 /// The header of the 204 of `/v1/authorize` that names the key (a static,
 /// so the hot path does not parse the name again).
@@ -109,8 +116,9 @@ impl Authenticate for Shared {
     }
 }
 
-/// The router with every route and layer.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The router with every route and layer. A request body must be complete
+/// within `body_read_timeout` of the request head (`--body-read-timeout`).
+pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
     let shared = Shared(Arc::clone(&state));
     let account_routes = Router::new()
         .route("/v1/apikeys", post(create::<ApiKeyCreateParameters>))
@@ -126,10 +134,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/{id}/roll", post(lifecycle::roll))
         .route("/v1/events", get(lifecycle::events))
         .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
-    Router::new()
+    let body_routes = Router::new()
         .merge(account_routes)
-        // Holding the token is the proof: no Authorization header.
-        .route("/v1/keys/revoke", post(lifecycle::self_revoke))
+        // Holding the token is the proof: no Authorization header. Nobody is
+        // known yet, so the body it reads is small.
+        .route(
+            "/v1/keys/revoke",
+            post(lifecycle::self_revoke)
+                // A `Content-Length` over the limit is refused before any
+                // byte of the body is read or waited for.
+                .layer(RequestBodyLimitLayer::new(SELF_REVOKE_BODY_LIMIT))
+                .layer::<_, std::convert::Infallible>(middleware::map_response(
+                    self_revoke_too_large,
+                )),
+        );
+    Router::new()
+        // Only the routes that read a body get the body deadline: the hot
+        // path (`/v1/authorize`, `/healthz`) pays for no layer.
+        .merge(with_body_deadline(body_routes, body_read_timeout))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
         .route("/healthz", get(healthz))
@@ -141,10 +163,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Every request body of `router`'s routes must be complete within
+/// `timeout` of its head (tower-http's `RequestBodyDeadlineLayer`: one
+/// deadline for the whole body, so a trickle does not extend it); a handler
+/// still waiting then reads an error, which [`parse_body`] answers with 408.
+/// An HTTP/1.1 connection whose request got a 408 is closed: its body is
+/// unread, so it cannot carry another request.
+fn with_body_deadline(router: Router<Arc<AppState>>, timeout: Duration) -> Router<Arc<AppState>> {
+    router
+        .layer(middleware::from_fn(close_after_408))
+        .layer(RequestBodyDeadlineLayer::new(timeout))
+}
+
+/// Adds `Connection: close` to an HTTP/1.x 408 (HTTP/2 has no such header:
+/// the stream ends with the answer).
+async fn close_after_408(request: Request, next: Next) -> Response {
+    let h1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if h1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A 413 of `POST /v1/keys/revoke` names its own limit.
+async fn self_revoke_too_large(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is larger than {SELF_REVOKE_BODY_LIMIT} bytes"),
+        );
+    }
+    response
+}
+
 /// One log line per request: method, path, status, latency, key id.
 async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().clone();
+    // An extension method is any token of letters, digits and `_`: it may
+    // be a pasted key too.
+    let method = Redacted(request.method().clone());
     let path = PathOnly(request.uri().clone());
     let response = next.run(request).await;
     let latency_us = start.elapsed().as_micros() as u64;
@@ -171,12 +231,23 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Displays a URI's path, without the query.
+/// Displays a method, with any token in it redacted.
+struct Redacted(axum::http::Method);
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&keygate::redact_tokens(self.0.as_str()))
+    }
+}
+
+/// Displays a URI's path, without the query, with any token in it
+/// redacted ([`keygate::redact_tokens`]: `DELETE /v1/keys/<token>` logs the
+/// key id only).
 struct PathOnly(Uri);
 
 impl std::fmt::Display for PathOnly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.path())
+        f.write_str(&keygate::redact_tokens(self.0.path()))
     }
 }
 
@@ -194,9 +265,23 @@ pub(crate) fn bad_request(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
 }
 
+/// Whether a body read failed because the body read timeout passed
+/// (`--body-read-timeout`: the listener's deadline, tower-http's
+/// `TimeoutError`, somewhere in the rejection's source chain).
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Reads an optional JSON body: empty (or only whitespace) counts as `{}`.
 /// Any content type is accepted; the bytes must be a JSON object. The error
-/// is the status (400 or 413) and the problem's detail.
+/// is the status (400, 408 or 413) and the problem's detail.
 pub(crate) fn parse_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, (StatusCode, String)> {
@@ -205,6 +290,11 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(
             (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {BODY_LIMIT} bytes"),
+            )
+        } else if timed_out(&rejection) {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                String::from("the request body did not arrive within the body read timeout"),
             )
         } else {
             (
@@ -225,10 +315,15 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(
             String::from("invalid request body: expected a JSON object"),
         ));
     }
+    // serde quotes what it could not read (an unknown field's name, a
+    // string of the wrong type): redacted, as any user input.
     serde_json::from_slice(&bytes).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
+            format!(
+                "invalid request body: {}",
+                keygate::redact_tokens(&e.to_string())
+            ),
         )
     })
 }
@@ -250,9 +345,27 @@ async fn create<P: CreateParameters + DeserializeOwned + Default>(
     };
     let now_ms = system_now_ms();
     match params.validate(now_ms) {
-        Ok(request) => mint_and_store(state, caller, request, now_ms).await,
+        Ok(request) => match check_name(request.name()) {
+            Ok(()) => mint_and_store(state, caller, request, now_ms).await,
+            Err(detail) => bad_request(&detail),
+        },
         Err(e) => validation_error(&e),
     }
+}
+
+/// Refuses a key name that holds what looks like a token or a secret (what
+/// [`keygate::redact_tokens`] would redact): a name is shown in every
+/// listing, created view and event, so a token pasted as a name would be
+/// echoed for good.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if keygate::redact_tokens(name) == name {
+        return Ok(());
+    }
+    Err(format!(
+        "name `{}` holds what looks like a key token or secret (a run of 32 or more \
+         letters and digits, or an `ak_`/`rk_` token); names are shown in listings: choose another",
+        quote(name)
+    ))
 }
 
 pub(crate) fn internal_error(detail: &str) -> Response {
@@ -412,11 +525,16 @@ fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
     }
 }
 
-/// Cuts user input for an error message at 64 characters.
+/// Copies user input for an error message: redacted first
+/// ([`keygate::redact_tokens`]: a token pasted where an id or a value
+/// belongs keeps its public id, never its secret), then cut at 64
+/// characters (after redaction, so a cut cannot leave a fragment of a
+/// secret that the redaction would no longer recognize).
 pub(crate) fn quote(input: &str) -> String {
+    let input = keygate::redact_tokens(input);
     match input.char_indices().nth(64) {
         Some((end, _)) => format!("{}…", input.get(..end).unwrap_or_default()),
-        None => input.to_owned(),
+        None => input.into_owned(),
     }
 }
 

@@ -96,6 +96,7 @@ pub async fn mint(
         MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
     }
     .map_err(|e| e.to_string())?;
+    crate::app::check_name(request.name())?;
     let (store, pepper) = open_store(args).await?;
     let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
     store
@@ -214,7 +215,13 @@ pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A key id, or a whole token (whose id is taken: an operator may paste
+/// the token where the id belongs). Neither the token nor its secret is
+/// ever echoed: the error quotes the input redacted.
 fn parse_id(text: &str) -> Result<KeyId, String> {
+    if let Ok(token) = keygate::Token::parse(text) {
+        return Ok(token.key_id());
+    }
     KeyId::parse(text).map_err(|e| format!("invalid key id `{}`: {e}", quote(text)))
 }
 

@@ -18,7 +18,17 @@
 //!   is closed: HTTP/1.1 at once, HTTP/2 gracefully (`GOAWAY`), dropped one
 //!   header read timeout later if the peer has not closed it.
 //!
-//! One watchdog per connection enforces both timeouts. It sleeps until the
+//! * **Body read timeout**: a request's body must be complete within it,
+//!   counted from its head; a handler still waiting for it then gets an
+//!   error and the client a 408 (HTTP/1.1: and the connection is closed).
+//!   Without it a client could send a head with `Content-Length: 100` and
+//!   nothing more, and hold the connection as long as it liked: the
+//!   watchdog below sees a request in flight. The router applies it (see
+//!   `app::router`), on the routes that read a body only: tower-http's
+//!   `RequestBodyDeadlineLayer`, one deadline for the whole body, not one
+//!   per frame, so a trickle does not extend it.
+//!
+//! One watchdog per connection enforces the header read and idle timeouts. It sleeps until the
 //! next deadline and looks at what the connection's requests did; it arms
 //! no timer per request (hyper's own HTTP/1.1 header timer, which resets a
 //! timer for every request, is not used).
@@ -81,6 +91,11 @@ pub struct Args {
     /// runs between requests, closes an idle connection first when shorter.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
+    /// Time a client has to send a complete request body, counted from the
+    /// end of its head; a route still waiting for it answers 408, and an
+    /// HTTP/1.1 connection is then closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub body_read_timeout: Duration,
     /// The most connections served at once; more wait in the listen
     /// backlog. Keep it under the process's file descriptor limit.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -99,6 +114,7 @@ impl Default for Args {
         Args {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_size: 128 * 1024,
@@ -525,6 +541,8 @@ mod tests {
         let expected = Args::default();
         assert_eq!(d.header_read_timeout, expected.header_read_timeout);
         assert_eq!(d.idle_timeout, expected.idle_timeout);
+        assert_eq!(d.body_read_timeout, expected.body_read_timeout);
+        assert_eq!(d.body_read_timeout, Duration::from_secs(10));
         assert_eq!(d.max_connections, expected.max_connections);
         assert_eq!(
             d.h2_max_concurrent_streams,
@@ -539,15 +557,19 @@ mod tests {
             "2m",
             "--max-connections",
             "8",
+            "--body-read-timeout",
+            "750ms",
         ])
         .unwrap()
         .limits;
         assert_eq!(l.header_read_timeout, Duration::from_millis(1500));
         assert_eq!(l.idle_timeout, Duration::from_secs(120));
         assert_eq!(l.max_connections, 8);
+        assert_eq!(l.body_read_timeout, Duration::from_millis(750));
         for bad in [
             &["--header-read-timeout", "0s"][..],
             &["--idle-timeout", "soon"],
+            &["--body-read-timeout", "0s"],
             &["--max-connections", "0"],
             &["--h2-max-concurrent-streams", "0"],
             &["--h2-max-header-list-size", "10"],

@@ -86,6 +86,13 @@ enum Command {
         /// on `/v1/authorize`. A table that does not parse stops start-up.
         #[arg(long, value_name = "FILE")]
         routes: Option<PathBuf>,
+        /// With `--routes`: the one header family that carries the original
+        /// request's method and URI. `x-original`: `X-Original-Method` and
+        /// `X-Original-URI` (nginx `auth_request`); `x-forwarded`:
+        /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Caddy, Traefik). A
+        /// request carrying the other family is refused (400).
+        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = routes::ForwardedHeaders::XOriginal)]
+        forwarded_headers: routes::ForwardedHeaders,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
@@ -119,7 +126,7 @@ enum Command {
     Revoke {
         #[command(flatten)]
         store: StoreArgs,
-        /// The key's id.
+        /// The key's id, or its whole token (its id is taken from it).
         id: String,
         /// Also revoke every key minted from it, transitively.
         #[arg(long)]
@@ -130,7 +137,7 @@ enum Command {
     Roll {
         #[command(flatten)]
         store: StoreArgs,
-        /// The key's id.
+        /// The key's id, or its whole token (its id is taken from it).
         id: String,
         /// How long the old key keeps working: `90s`, `15m`, `24h`, `7d`
         /// (at most), or `0` (it ends now).
@@ -151,7 +158,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap quotes the arguments it refuses: redacted, should a token
+        // have been pasted as one. Help and version go out as they are.
+        Err(e) if e.use_stderr() => {
+            eprint!("{}", keygate::redact_tokens(&e.render().to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Serve {
             listen,
@@ -161,12 +177,13 @@ fn main() -> ExitCode {
             last_used_flush_ms,
             limits,
             routes,
+            forwarded_headers,
         } => serve(
             listen,
             &store,
             attenuate,
             &limits,
-            routes.as_deref(),
+            routes.as_deref().map(|file| (file, forwarded_headers)),
             follow::Intervals {
                 poll: std::time::Duration::from_millis(poll_ms),
                 flush: std::time::Duration::from_millis(last_used_flush_ms),
@@ -188,7 +205,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            // Errors quote their input (paths, ids, values): never a token.
+            eprintln!("error: {}", keygate::redact_tokens(&message));
             ExitCode::FAILURE
         }
     }
@@ -199,11 +217,13 @@ fn serve(
     args: &StoreArgs,
     attenuate: bool,
     limits: &listen::Args,
-    routes: Option<&std::path::Path>,
+    routes: Option<(&std::path::Path, routes::ForwardedHeaders)>,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
     // A bad table stops start-up before anything else happens.
-    let table = routes.map(routes::load).transpose()?;
+    let table = routes
+        .map(|(file, trusted)| routes::load(file).map(|table| (table, trusted)))
+        .transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
@@ -217,6 +237,10 @@ fn serve(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
+        // The port first: a start that cannot listen leaves nothing behind
+        // (no database, no pepper, no bootstrap key).
+        let listener =
+            listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
         let (store, pepper) = cli::open_store(args).await?;
         let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
         let cache = KeyCache::new(pepper, snapshot.records.len());
@@ -237,10 +261,10 @@ fn serve(
             MintPolicy::Spec
         };
         let state = Arc::new(app::AppState::new(cache, store, policy));
-        if let Some(t) = &table {
-            tracing::info!(rules = t.len(), "loaded route table");
+        if let Some((t, trusted)) = &table {
+            tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
-        run(listen, state, table, limits, seq, intervals).await
+        run(listener, state, table, limits, seq, intervals).await
     })
 }
 
@@ -329,14 +353,13 @@ fn remove_quietly(path: &std::path::Path) {
 }
 
 async fn run(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: Arc<app::AppState>,
-    table: Option<keygate::RouteTable>,
+    table: Option<(keygate::RouteTable, routes::ForwardedHeaders)>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
-    let listener = listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -344,7 +367,10 @@ async fn run(
     tracing::info!(%local, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(follow::run(Arc::clone(&state), seq, intervals, stopped));
-    let router = routes::with_routes(app::router(Arc::clone(&state)), table);
+    let router = routes::with_routes(
+        app::router(Arc::clone(&state), limits.body_read_timeout),
+        table,
+    );
     listen::serve(listener, router, limits, shutdown_signal()).await;
     // Stop the follower; it writes the last uses once more.
     let _ = stop.send(true);

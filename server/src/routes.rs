@@ -2,10 +2,15 @@
 //! on `/v1/authorize`, and the `keygate routes check|explain` commands.
 //!
 //! Forward-auth: a gateway asks `GET /v1/authorize` with the original
-//! request's `Authorization` header and its method and URI in
-//! `X-Forwarded-Method` + `X-Forwarded-Uri` (Caddy `forward_auth`, Traefik
-//! `ForwardAuth`) or `X-Original-Method` + `X-Original-URI` (nginx
-//! `auth_request`, set in its config). The table decides; a 204 names the
+//! request's `Authorization` header and its method and URI in one header
+//! family, the one the operator names with `--forwarded-headers`:
+//! `X-Original-Method` + `X-Original-URI` (`x-original`, the default: nginx
+//! `auth_request`, set in its config) or `X-Forwarded-Method` +
+//! `X-Forwarded-Uri` (`x-forwarded`: Caddy `forward_auth`, Traefik
+//! `ForwardAuth`, which set them). A gateway passes on the headers it does
+//! not set (nginx passes a client's `X-Forwarded-Uri`), so the other family
+//! is never read: a request that carries it is refused (400), so that a
+//! gateway that lets it through is noticed. The table decides; a 204 names the
 //! key (`X-Keygate-Key-Id`, `-` on a public route), its kind, the decision
 //! (`X-Keygate-Decision`) and the deciding line (`X-Keygate-Rule`).
 //! Without forwarded headers, `?resource_type=&access_level=` keeps the
@@ -24,9 +29,54 @@ use keygate::system_now_ms;
 use keygate::tower::{authorize_route, problem, Authenticate};
 use keygate::RouteTable;
 
-/// The loaded table, in the request extensions of every route.
+/// The loaded table and the trusted header family, in the request
+/// extensions of every route.
 #[derive(Clone, Debug)]
-pub struct Routes(pub Arc<RouteTable>);
+pub struct Routes {
+    table: Arc<RouteTable>,
+    trusted: ForwardedHeaders,
+}
+
+/// The header family that carries the original method and URI, as
+/// `keygate serve --forwarded-headers` names it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeaders {
+    /// `X-Original-Method` + `X-Original-URI` (nginx `auth_request`, which
+    /// sets them in its config).
+    #[default]
+    #[value(name = "x-original")]
+    XOriginal,
+    /// `X-Forwarded-Method` + `X-Forwarded-Uri` (Caddy `forward_auth`,
+    /// Traefik `ForwardAuth`, which set them themselves).
+    #[value(name = "x-forwarded")]
+    XForwarded,
+}
+
+impl ForwardedHeaders {
+    /// The (method, URI) header names of the family.
+    fn names(self) -> &'static (HeaderName, HeaderName) {
+        match self {
+            ForwardedHeaders::XOriginal => &ORIGINAL,
+            ForwardedHeaders::XForwarded => &FORWARDED,
+        }
+    }
+
+    /// The other family.
+    fn other(self) -> ForwardedHeaders {
+        match self {
+            ForwardedHeaders::XOriginal => ForwardedHeaders::XForwarded,
+            ForwardedHeaders::XForwarded => ForwardedHeaders::XOriginal,
+        }
+    }
+
+    /// The flag value.
+    fn flag(self) -> &'static str {
+        match self {
+            ForwardedHeaders::XOriginal => "x-original",
+            ForwardedHeaders::XForwarded => "x-forwarded",
+        }
+    }
+}
 
 /// The 204's header with the key id (the same as the fixed-scope form's).
 static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
@@ -98,16 +148,21 @@ pub fn run(command: &RoutesCommand) -> Result<(), String> {
             let explanation = table
                 .explain(method, path)
                 .map_err(|e| format!("{e} (answered with 400)"))?;
-            print!("{explanation}");
+            // The request is echoed: redacted, should a token be in it.
+            print!("{}", keygate::redact_tokens(&explanation.to_string()));
             Ok(())
         }
     }
 }
 
-/// Adds the table, if any, to every request's extensions.
-pub fn with_routes(router: Router, table: Option<RouteTable>) -> Router {
+/// Adds the table, if any, and the trusted header family to every
+/// request's extensions.
+pub fn with_routes(router: Router, table: Option<(RouteTable, ForwardedHeaders)>) -> Router {
     match table {
-        Some(table) => router.layer(Extension(Routes(Arc::new(table)))),
+        Some((table, trusted)) => router.layer(Extension(Routes {
+            table: Arc::new(table),
+            trusted,
+        })),
         None => router,
     }
 }
@@ -125,13 +180,37 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h [u
 /// The original request's method and URI, as header bytes.
 type MethodAndUri<'h> = (&'h [u8], &'h [u8]);
 
-/// The original method and URI, from exactly one of the two header pairs.
-fn original(headers: &HeaderMap) -> Result<Option<MethodAndUri<'_>>, String> {
+/// The original method and URI. With a table, from the `trusted` family
+/// only, and a request with any header of the other family is refused;
+/// without one (`None`: the headers then only select the "needs a route
+/// table" answer), from exactly one of the two pairs.
+fn original(
+    headers: &HeaderMap,
+    trusted: Option<ForwardedHeaders>,
+) -> Result<Option<MethodAndUri<'_>>, String> {
     // Most requests carry none of the four: one pass over the few names a
     // request has is cheaper than four hashed lookups.
     let named = [&FORWARDED.0, &FORWARDED.1, &ORIGINAL.0, &ORIGINAL.1];
     if !headers.keys().any(|name| named.contains(&name)) {
         return Ok(None);
+    }
+    if let Some(trusted) = trusted {
+        let (om, ou) = trusted.other().names();
+        if let Some(name) = [om, ou].into_iter().find(|n| headers.contains_key(*n)) {
+            let (m, u) = trusted.names();
+            return Err(format!(
+                "header `{name}` is not trusted: this server reads the original request \
+                 from `{m}` and `{u}` only (`--forwarded-headers {}`); \
+                 the gateway must drop `{om}` and `{ou}`",
+                trusted.flag()
+            ));
+        }
+        let (m, u) = trusted.names();
+        return match (single(headers, m)?, single(headers, u)?) {
+            (Some(method), Some(uri)) => Ok(Some((method, uri))),
+            (None, None) => Ok(None),
+            _ => Err(format!("forward-auth needs both `{m}` and `{u}`")),
+        };
     }
     let mut found = None;
     for (m, u) in [&FORWARDED, &ORIGINAL] {
@@ -164,19 +243,33 @@ fn fixed_scope_query(query: Option<&str>) -> bool {
 
 /// `/v1/authorize` in forward-auth mode, or `None` for the fixed-scope form.
 ///
-/// With a table, a request that carries a forwarded method and URI is
-/// always decided by the table, whatever its query: Caddy keeps the client's
-/// query when it rewrites the request to `/v1/authorize`, so a client could
-/// otherwise add `?resource_type=&access_level=` and pick its own scope.
-/// Without a table, the fixed-scope query still works behind any gateway.
+/// With `--forwarded-headers x-forwarded`, a request that carries a
+/// forwarded method and URI is always decided by the table, whatever its
+/// query: Caddy keeps the client's query when it rewrites the request to
+/// `/v1/authorize`, so a client could otherwise add
+/// `?resource_type=&access_level=` and pick its own scope. With
+/// `x-original` (nginx, which passes no client query to `auth_request`), a
+/// fixed-scope query is the gateway's own and decides: the headers are not
+/// read, so a client cannot send `X-Original-URI` to a location that asks a
+/// fixed scope. Without a table, the fixed-scope query works behind any
+/// gateway.
 pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Option<Response> {
     let headers = request.headers();
-    let (method, uri) = match original(headers) {
+    let routes = request.extensions().get::<Routes>();
+    if routes.is_some_and(|r| r.trusted == ForwardedHeaders::XOriginal)
+        && fixed_scope_query(request.uri().query())
+    {
+        // nginx: a location that asks a fixed scope has put it in the
+        // query itself (nginx passes no client query to `auth_request`); no
+        // header the client may have sent is read.
+        return None;
+    }
+    let (method, uri) = match original(headers, routes.map(|r| r.trusted)) {
         Ok(Some(pair)) => pair,
         Ok(None) => return None,
         Err(detail) => return Some(problem(StatusCode::BAD_REQUEST, &detail)),
     };
-    let Some(Routes(table)) = request.extensions().get::<Routes>() else {
+    let Some(Routes { table, .. }) = routes else {
         if fixed_scope_query(request.uri().query()) {
             return None;
         }
@@ -190,8 +283,8 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
     Some(match decided {
         Err(rejection) => {
             tracing::debug!(
-                method = %String::from_utf8_lossy(method),
-                uri = %String::from_utf8_lossy(uri),
+                method = %keygate::redact_tokens(&String::from_utf8_lossy(method)),
+                uri = %keygate::redact_tokens(&String::from_utf8_lossy(uri)),
                 "forward-auth refused: {rejection}"
             );
             rejection.to_response()
@@ -246,18 +339,49 @@ mod tests {
     #[test]
     fn one_header_pair_only() {
         let mut h = HeaderMap::new();
-        assert_eq!(original(&h), Ok(None));
+        assert_eq!(original(&h, None), Ok(None));
         h.insert("x-forwarded-method", HeaderValue::from_static("GET"));
-        assert!(original(&h).is_err());
+        assert!(original(&h, None).is_err());
         h.insert("x-forwarded-uri", HeaderValue::from_static("/a"));
-        assert_eq!(original(&h), Ok(Some((&b"GET"[..], &b"/a"[..]))));
+        assert_eq!(original(&h, None), Ok(Some((&b"GET"[..], &b"/a"[..]))));
         h.insert("x-original-method", HeaderValue::from_static("GET"));
         h.insert("x-original-uri", HeaderValue::from_static("/b"));
-        assert!(original(&h).is_err());
+        assert!(original(&h, None).is_err());
         h.remove("x-forwarded-method");
         h.remove("x-forwarded-uri");
-        assert_eq!(original(&h), Ok(Some((&b"GET"[..], &b"/b"[..]))));
+        assert_eq!(original(&h, None), Ok(Some((&b"GET"[..], &b"/b"[..]))));
         h.append("x-original-uri", HeaderValue::from_static("/c"));
-        assert!(original(&h).is_err());
+        assert!(original(&h, None).is_err());
+    }
+
+    #[test]
+    fn only_the_trusted_family_is_read() {
+        use ForwardedHeaders::{XForwarded, XOriginal};
+        let pair = |m: &'static str, u: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(m, HeaderValue::from_static("GET"));
+            h.insert(u, HeaderValue::from_static("/a"));
+            h
+        };
+        let xo = pair("x-original-method", "x-original-uri");
+        let xf = pair("x-forwarded-method", "x-forwarded-uri");
+        let found = Ok(Some((&b"GET"[..], &b"/a"[..])));
+        assert_eq!(original(&xo, Some(XOriginal)), found);
+        assert_eq!(original(&xf, Some(XForwarded)), found);
+        // The other family, whole or one header of it, is refused.
+        for (h, trusted) in [(&xf, XOriginal), (&xo, XForwarded)] {
+            let e = original(h, Some(trusted)).unwrap_err();
+            assert!(e.contains("is not trusted"), "{e}");
+            assert!(e.contains(trusted.flag()), "{e}");
+        }
+        let mut one = xo.clone();
+        one.insert("x-forwarded-uri", HeaderValue::from_static("/healthz"));
+        assert!(original(&one, Some(XOriginal)).is_err());
+        let mut half = HeaderMap::new();
+        half.insert("x-original-uri", HeaderValue::from_static("/a"));
+        assert!(original(&half, Some(XOriginal))
+            .unwrap_err()
+            .contains("needs both"));
+        assert_eq!(ForwardedHeaders::default(), XOriginal);
     }
 }

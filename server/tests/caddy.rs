@@ -1,6 +1,8 @@
 //! A real Caddy with `forward_auth` in front of a small upstream: one site
 //! for every route, keygate's route table deciding (forward-auth with
-//! `X-Forwarded-Method` and `X-Forwarded-Uri`).
+//! `X-Forwarded-Method` and `X-Forwarded-Uri`, `keygate serve
+//! --forwarded-headers x-forwarded`). Client-sent forward-auth headers of
+//! either family change no decision.
 //!
 //! Caddy must be installed (`scripts/test.sh` apt-installs Debian's `caddy`).
 //! Set `KEYGATE_SKIP_CADDY=1` to skip this test on a machine without it.
@@ -50,7 +52,15 @@ fn caddy_forward_auth_end_to_end() {
     };
     let dir = TempDir::new("caddy");
     let table = write_table(&dir);
-    let keygate = Server::start(&dir.db(), &["--routes", table.to_str().unwrap()]);
+    let keygate = Server::start(
+        &dir.db(),
+        &[
+            "--routes",
+            table.to_str().unwrap(),
+            "--forwarded-headers",
+            "x-forwarded",
+        ],
+    );
     let upstream = start_upstream();
     let port = free_port();
     // The README's snippet, with the test's addresses.
@@ -64,6 +74,8 @@ http://127.0.0.1:{port} {{
     forward_auth {keygate} {{
         uri /v1/authorize
         copy_headers X-Keygate-Key-Id
+        header_up -X-Original-Method
+        header_up -X-Original-URI
     }}
     reverse_proxy 127.0.0.1:{upstream}
 }}
@@ -92,4 +104,9 @@ http://127.0.0.1:{port} {{
 
     // Caddy hands keygate's refusals (400 included) to the client as they are.
     check_gateway(addr, &keygate, &dir.db(), 400);
+
+    // Caddy sets X-Forwarded-Method/-Uri itself, over what a client sent;
+    // the config drops a client's X-Original-*. Client-sent forward-auth
+    // headers change no decision.
+    check_forged_forwarded_headers(addr, &keygate, &dir.db());
 }

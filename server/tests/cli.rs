@@ -442,3 +442,67 @@ fn the_0_1_0_fixture_migrates_on_first_cli_use() {
         401
     );
 }
+
+#[test]
+fn a_serve_that_cannot_listen_leaves_nothing_behind() {
+    let dir = TempDir::new("port-taken");
+    let db = dir.0.join("x.db");
+    // Hold a port: no SO_REUSEPORT, so keygate's bind fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &addr, "--db"])
+        .arg(&db)
+        .env("KEYGATE_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: cannot listen on `{addr}`")),
+        "{stderr}"
+    );
+    for left in ["x.db", "x.db.pepper", "x.db.bootstrap-key"] {
+        assert!(!dir.0.join(left).exists(), "`{left}` was created: {stderr}");
+    }
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0, "{stderr}");
+    assert!(!stderr.contains("bootstrap"), "{stderr}");
+    drop(taken);
+}
+
+#[test]
+fn revoke_and_roll_take_a_pasted_token_and_never_echo_it() {
+    let dir = TempDir::new("cli-token");
+    let db = dir.db();
+    let view = json(&ok(&db, &["mint", "--name", "pasted"]));
+    let token = view["key_secret"].as_str().unwrap().to_owned();
+    let id = view["id"].as_str().unwrap().to_owned();
+    let secret = &token[20..63];
+    // roll TOKEN: rolls the key the token names.
+    let (success, out, err) = run(&db, &["roll", &token, "--overlap", "1h"]);
+    assert!(success, "{err}");
+    assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    let rolled = json(&out);
+    assert_ne!(rolled["id"], id.as_str());
+    // revoke TOKEN: revokes it, and says so by id only.
+    let (success, out, err) = run(&db, &["revoke", &token]);
+    assert!(success, "{err}");
+    assert!(out.starts_with(&format!("revoked {id} (event ")), "{out}");
+    assert!(!err.contains(secret), "{err}");
+    // Again: the key is gone; the error names the id, not the token.
+    let (success, out, err) = run(&db, &["revoke", &token]);
+    assert!(!success);
+    assert!(err.contains(&format!("no live key `{id}`")), "{err}");
+    assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    // A token with a changed secret is no token: refused as an id, quoted
+    // redacted (its id kept, its secret not).
+    let mut broken = token.clone().into_bytes();
+    broken[40] = if broken[40] == b'Q' { b'R' } else { b'Q' };
+    let broken = String::from_utf8(broken).unwrap();
+    let err = fails(&db, &["revoke", &broken]);
+    assert!(err.contains("invalid key id `"), "{err}");
+    assert!(err.contains(&id), "{err}");
+    for w in 0..=secret.len() - 20 {
+        assert!(!err.contains(&broken[20 + w..40 + w]), "{err}");
+    }
+}

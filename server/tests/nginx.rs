@@ -1,6 +1,10 @@
-//! A real nginx with `auth_request` in front of a small upstream: one
+//! A real nginx with `auth_request` in front of a small upstream, configured
+//! by the shipped `examples/nginx/keygate.conf` (the README's config): one
 //! `location /` for every route, keygate's route table deciding (forward-auth
-//! with `X-Original-Method` and `X-Original-URI`).
+//! with `X-Original-Method` and `X-Original-URI`, keygate's default
+//! `--forwarded-headers x-original`). Client-sent forward-auth headers of
+//! either family change no decision; refusals reach the client as
+//! keygate's problem+json.
 //!
 //! nginx must be installed (`scripts/test.sh` apt-installs it). Set
 //! `KEYGATE_SKIP_NGINX=1` to skip this test on a machine without it.
@@ -14,7 +18,8 @@
 mod common;
 mod gateway;
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::*;
@@ -39,90 +44,165 @@ impl Drop for Nginx {
     }
 }
 
-#[test]
-fn nginx_auth_request_end_to_end() {
-    let Some(nginx) = find_nginx() else {
+/// The nginx binary; `None` (skip) only with `KEYGATE_SKIP_NGINX=1`.
+fn nginx_or_skip() -> Option<PathBuf> {
+    let found = find_nginx();
+    if found.is_none() {
         if std::env::var("KEYGATE_SKIP_NGINX").as_deref() == Ok("1") {
             eprintln!("nginx not found; skipped (KEYGATE_SKIP_NGINX=1)");
-            return;
+            return None;
         }
         panic!("nginx not found: install it (scripts/test.sh does) or set KEYGATE_SKIP_NGINX=1");
+    }
+    found
+}
+
+/// Runs the shipped `examples/nginx/NAME` with the test's ports (keygate,
+/// the upstream, a free port for nginx) and nginx's prefix in `dir`.
+fn run_shipped(
+    nginx: &Path,
+    dir: &TempDir,
+    name: &str,
+    keygate: &Server,
+    upstream: u16,
+) -> (Nginx, SocketAddr) {
+    let port = free_port();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/nginx/{name}")),
+    )
+    .unwrap();
+    let mut conf = shipped;
+    for (from, to) in [
+        ("127.0.0.1:8080", keygate.addr.to_string()),
+        ("127.0.0.1:9000", format!("127.0.0.1:{upstream}")),
+        ("127.0.0.1:8000", format!("127.0.0.1:{port}")),
+    ] {
+        assert!(conf.contains(from), "`{name}` lost `{from}`");
+        conf = conf.replace(from, &to);
+    }
+    let conf_path = dir.0.join(name);
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(nginx)
+        .arg("-c")
+        .arg(&conf_path)
+        .args([
+            "-p",
+            &format!("{}/", dir.0.display()),
+            "-g",
+            "master_process off;",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let nginx = Nginx(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr, &dir.0.join("error.log"));
+    (nginx, addr)
+}
+
+#[test]
+fn nginx_auth_request_end_to_end() {
+    let Some(nginx) = nginx_or_skip() else {
+        return;
     };
     let dir = TempDir::new("nginx");
     let table = write_table(&dir);
     let keygate = Server::start(&dir.db(), &["--routes", table.to_str().unwrap()]);
     let upstream = start_upstream();
-    let port = free_port();
-    let d = dir.0.display();
-    // The README's snippet, with the test's addresses.
-    let conf = format!(
-        r#"
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-
-    upstream keygate {{ server {keygate}; }}
-
-    server {{
-        listen 127.0.0.1:{port};
-
-        location = /_keygate {{
-            internal;
-            proxy_pass http://keygate/v1/authorize;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Original-URI $request_uri;
-            # keygate refuses a request with both header pairs: drop any
-            # X-Forwarded-* a client sent.
-            proxy_set_header X-Forwarded-Method "";
-            proxy_set_header X-Forwarded-Uri "";
-        }}
-
-        location / {{
-            auth_request /_keygate;
-            auth_request_set $keygate_key_id $upstream_http_x_keygate_key_id;
-            proxy_set_header X-Keygate-Key-Id $keygate_key_id;
-            proxy_pass http://127.0.0.1:{upstream};
-        }}
-    }}
-}}
-"#,
-        keygate = keygate.addr
-    );
-    let conf_path = dir.0.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let _nginx = Nginx(
-        Command::new(&nginx)
-            .arg("-c")
-            .arg(&conf_path)
-            .args([
-                "-p",
-                &d.to_string(),
-                "-g",
-                "daemon off; master_process off;",
-            ])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr, &dir.0.join("error.log"));
+    let (_nginx, addr) = run_shipped(&nginx, &dir, "keygate.conf", &keygate, upstream);
 
     // nginx's auth_request answers 500 for any auth status but 2xx, 401 and
     // 403, so keygate's 400 (path refused) reaches the client as 500.
     check_gateway(addr, &keygate, &dir.db(), 500);
 
+    // keygate's refusals reach the client as they are: problem+json with
+    // keygate's detail and challenge, not nginx's HTML page.
+    let detail = assert_keygate_refusal(
+        &request(addr, "GET", "/v1/devboxes/dbx_42", &[], None),
+        401,
+        r#"Bearer error="invalid_token""#,
+    );
+    assert!(detail.contains("Authorization"), "{detail}");
+    let reader = mint_token(&dir.db(), &["--scope", "devboxes:read"]);
+    keygate.wait_accepted(&reader);
+    let auth = format!("Bearer {reader}");
+    let r = request(
+        addr,
+        "POST",
+        "/v1/devboxes/dbx_42/execute?x=1",
+        &[("Authorization", &auth)],
+        Some(b"{}"),
+    );
+    let detail = assert_keygate_refusal(&r, 403, r#"Bearer error="insufficient_scope""#);
+    assert!(detail.contains("devboxes"), "{detail}");
+
+    // Client-sent forward-auth headers change no decision.
+    check_forged_forwarded_headers(addr, &keygate, &dir.db());
+
     // The fixed-scope form still works next to the table.
     let r = keygate.authorize(keygate.token(), "DEVBOXES", "WRITE");
     assert_eq!(r.status, 204, "{}", r.text());
     assert_eq!(r.header("x-keygate-key-id"), Some(&keygate.token()[3..19]));
+}
+
+/// The README's fixed-scope config (`examples/nginx/keygate-fixed-scope.conf`)
+/// next to a keygate that also has a route table: the location's query
+/// decides, and no forward-auth header a client sends (either family) turns
+/// the table on (`/healthz` is public there) or changes an answer.
+#[test]
+fn nginx_fixed_scope_config() {
+    let Some(nginx) = nginx_or_skip() else {
+        return;
+    };
+    let dir = TempDir::new("nginx-fixed");
+    let table = write_table(&dir);
+    let keygate = Server::start(&dir.db(), &["--routes", table.to_str().unwrap()]);
+    let upstream = start_upstream();
+    let (_nginx, addr) = run_shipped(&nginx, &dir, "keygate-fixed-scope.conf", &keygate, upstream);
+    let writer = mint_token(&dir.db(), &["--scope", "devboxes:write"]);
+    let reader = mint_token(&dir.db(), &["--scope", "devboxes:read"]);
+    keygate.wait_accepted(&writer);
+    keygate.wait_accepted(&reader);
+    let forged: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/healthz"),
+        ],
+        vec![("X-Original-Method", "GET"), ("X-Original-URI", "/healthz")],
+        vec![("X-Forwarded-Uri", "/healthz")],
+        vec![("X-Original-URI", "/healthz")],
+        vec![
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/healthz"),
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/healthz"),
+        ],
+    ];
+    for extra in &forged {
+        let with_key = |token: &str| {
+            let auth = format!("Bearer {token}");
+            let mut headers = vec![("Authorization", auth.as_str())];
+            headers.extend_from_slice(extra);
+            request(addr, "POST", "/devboxes/dbx_1/execute", &headers, Some(b""))
+        };
+        let r = with_key(&writer);
+        assert_eq!(r.status, 200, "{extra:?}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            format!(
+                "upstream POST /devboxes/dbx_1/execute for {}",
+                &writer[3..19]
+            )
+        );
+        let detail = assert_keygate_refusal(
+            &with_key(&reader),
+            403,
+            r#"Bearer error="insufficient_scope""#,
+        );
+        assert!(detail.contains("devboxes"), "{extra:?}: {detail}");
+        let r = request(addr, "POST", "/devboxes/dbx_1/execute", extra, Some(b""));
+        let detail = assert_keygate_refusal(&r, 401, r#"Bearer error="invalid_token""#);
+        assert!(detail.contains("Authorization"), "{extra:?}: {detail}");
+    }
 }

@@ -48,19 +48,19 @@ const XO: (&str, &str) = ("X-Original-Method", "X-Original-URI");
 fn forward_auth_decides_by_the_table() {
     let dir = TempDir::new("routes");
     let file = table_file(&dir, TABLE);
-    let server = Server::start(&dir.db(), &["--routes", &file]);
-    let admin = server.token().to_owned();
+    let xo_server = Server::start(&dir.db(), &["--routes", &file]);
+    let admin = xo_server.token().to_owned();
     let reader = mint_token(&dir.db(), &["--scope", "devboxes:read"]);
-    server.wait_accepted(&reader);
+    xo_server.wait_accepted(&reader);
+    // A second instance on the same database, trusting X-Forwarded-*.
+    let xf_server = Server::start(
+        &dir.db(),
+        &["--routes", &file, "--forwarded-headers", "x-forwarded"],
+    );
 
-    for pair in [XF, XO] {
-        let r = forward(
-            &server,
-            Some(&reader),
-            pair,
-            "GET",
-            "/v1/devboxes/dbx_1?x=1",
-        );
+    // Each server reads the one family it is told to trust.
+    for (server, pair) in [(&xf_server, XF), (&xo_server, XO)] {
+        let r = forward(server, Some(&reader), pair, "GET", "/v1/devboxes/dbx_1?x=1");
         assert_eq!(r.status, 204, "{}", r.text());
         assert_eq!(r.header("x-keygate-key-id"), Some(&reader[3..19]));
         assert_eq!(r.header("x-keygate-key-kind"), Some("restricted"));
@@ -68,7 +68,7 @@ fn forward_auth_decides_by_the_table() {
         assert_eq!(r.header("x-keygate-rule"), Some("1"));
 
         let r = forward(
-            &server,
+            server,
             Some(&reader),
             pair,
             "POST",
@@ -80,7 +80,7 @@ fn forward_auth_decides_by_the_table() {
             Some(r#"Bearer error="insufficient_scope""#)
         );
         let r = forward(
-            &server,
+            server,
             Some(&admin),
             pair,
             "POST",
@@ -89,11 +89,11 @@ fn forward_auth_decides_by_the_table() {
         assert_eq!(r.status, 204);
         assert_eq!(r.header("x-keygate-decision"), Some("devboxes:write"));
 
-        forward(&server, None, pair, "GET", "/v1/devboxes").problem(401);
-        forward(&server, Some(&admin), pair, "GET", "/internal/x").problem(403);
-        forward(&server, Some(&admin), pair, "GET", "/v9").problem(403);
+        forward(server, None, pair, "GET", "/v1/devboxes").problem(401);
+        forward(server, Some(&admin), pair, "GET", "/internal/x").problem(403);
+        forward(server, Some(&admin), pair, "GET", "/v9").problem(403);
         let detail = forward(
-            &server,
+            server,
             Some(&admin),
             pair,
             "GET",
@@ -102,12 +102,13 @@ fn forward_auth_decides_by_the_table() {
         .problem(400);
         assert!(detail.contains("encoded `/`"), "{detail}");
 
-        let r = forward(&server, None, pair, "GET", "/healthz");
+        let r = forward(server, None, pair, "GET", "/healthz");
         assert_eq!(r.status, 204);
         assert_eq!(r.header("x-keygate-key-id"), Some("-"));
         assert_eq!(r.header("x-keygate-decision"), Some("public"));
     }
 
+    let server = &xf_server;
     // One pair only: a client must not be able to add the other.
     let r = server.req(
         "GET",
@@ -120,7 +121,7 @@ fn forward_auth_decides_by_the_table() {
         ],
         None,
     );
-    assert!(r.problem(400).contains("send one pair"));
+    assert!(r.problem(400).contains("is not trusted"));
     let r = server.req(
         "GET",
         "/v1/authorize",

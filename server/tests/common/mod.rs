@@ -56,11 +56,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &Path, extra: &[&str]) -> Server {
+        Server::start_logging(db, extra, "info")
+    }
+
+    /// [`Server::start`] with `KEYGATE_LOG` set to `filter`.
+    pub fn start_logging(db: &Path, extra: &[&str], filter: &str) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
-            .env("KEYGATE_LOG", "info")
+            .env("KEYGATE_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -224,3 +224,101 @@ pub fn check_gateway(addr: SocketAddr, keygate: &Server, db: &Path, confusion_st
     assert!(log.contains("status=403"), "{log}");
     assert!(log.contains(&format!("key_id={}", id(&reader))), "{log}");
 }
+
+/// Forward-auth headers a client sends itself, through the gateway at
+/// `addr`: for every family and part of one (`X-Forwarded-Method`/`-Uri`,
+/// `X-Original-Method`/`-URI`) and every claimed original request, each
+/// request gets exactly the answer it gets without them: a protected route
+/// stays 401/403 without a key even when the client claims a public path,
+/// a refused one stays refused, an allowed one stays allowed.
+pub fn check_forged_forwarded_headers(addr: SocketAddr, keygate: &Server, db: &Path) {
+    let reader = mint_token(db, &["--scope", "devboxes:read"]);
+    keygate.wait_accepted(&reader);
+    let send = |method: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        headers.extend_from_slice(extra);
+        let body: Option<&[u8]> = (method == "POST").then_some(b"");
+        request(addr, method, path, &headers, body)
+    };
+    // (method, path, token, the answer without forged headers)
+    let cases: [(&str, &str, Option<&str>, u16); 6] = [
+        ("GET", "/v1/devboxes/dbx_42", None, 401),
+        ("POST", "/v1/devboxes/dbx_42/execute", None, 401),
+        ("POST", "/v1/devboxes/dbx_42/execute", Some(&reader), 403),
+        ("GET", "/internal/metrics", Some(&reader), 403),
+        ("GET", "/v1/devboxes/dbx_42", Some(&reader), 200),
+        ("GET", "/healthz", None, 200),
+    ];
+    // What a client might claim: a public path, a path the reader may
+    // read, a denied one.
+    let claims = [
+        ("GET", "/healthz"),
+        ("GET", "/v1/devboxes/dbx_42"),
+        ("DELETE", "/internal/metrics"),
+    ];
+    let families = [
+        ("X-Forwarded-Method", "X-Forwarded-Uri"),
+        ("X-Original-Method", "X-Original-URI"),
+    ];
+    let mut checked = 0;
+    for (method, path, token, expected) in cases {
+        let baseline = send(method, path, token, &[]);
+        assert_eq!(
+            baseline.status,
+            expected,
+            "{method} {path}: {}",
+            baseline.text()
+        );
+        for (claimed_method, claimed_uri) in claims {
+            for (m, u) in families {
+                let forged: [&[(&str, &str)]; 4] = [
+                    &[(m, claimed_method), (u, claimed_uri)],
+                    &[(u, claimed_uri)],
+                    &[(m, claimed_method)],
+                    // Both families at once.
+                    &[
+                        (families[0].0, claimed_method),
+                        (families[0].1, claimed_uri),
+                        (families[1].0, claimed_method),
+                        (families[1].1, claimed_uri),
+                    ],
+                ];
+                for extra in forged {
+                    let r = send(method, path, token, extra);
+                    assert_eq!(
+                        r.status,
+                        expected,
+                        "{method} {path} claiming {extra:?}: {}",
+                        r.text()
+                    );
+                    assert_eq!(
+                        r.text().contains("upstream"),
+                        expected == 200,
+                        "{method} {path} claiming {extra:?}: {}",
+                        r.text()
+                    );
+                    if expected == 200 {
+                        assert_eq!(r.text(), baseline.text(), "{extra:?}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 3 * 2 * 4);
+}
+
+/// Asserts that a refusal reached the client as keygate's problem+json
+/// (not the gateway's own error page), with its `WWW-Authenticate`.
+pub fn assert_keygate_refusal(r: &Resp, status: u16, challenge: &str) -> String {
+    let detail = r.problem(status);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(challenge),
+        "{}",
+        r.text()
+    );
+    detail
+}
