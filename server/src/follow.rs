@@ -41,6 +41,26 @@ impl Default for Intervals {
     }
 }
 
+/// Starts [`run`] on a thread of its own, with a runtime of its own: the
+/// follower is never queued behind request handlers on the server's
+/// workers, so a flood of requests delays revocations only by the CPU it
+/// takes, not by a run queue. Its database connection, its `LISTEN`
+/// connection and their I/O live on that runtime too.
+pub fn spawn(
+    state: Arc<AppState>,
+    cursor: u64,
+    intervals: Intervals,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("keygate-follower")
+        .build()?;
+    std::thread::Builder::new()
+        .name(String::from("keygate-follower"))
+        .spawn(move || runtime.block_on(run(state, cursor, intervals, shutdown)))
+}
+
 /// Follows the log from `cursor` until `shutdown` turns true; then flushes
 /// the last uses once more and returns.
 pub async fn run(

@@ -366,7 +366,8 @@ async fn run(
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let follower = tokio::spawn(follow::run(Arc::clone(&state), seq, intervals, stopped));
+    let follower = follow::spawn(Arc::clone(&state), seq, intervals, stopped)
+        .map_err(|e| format!("cannot start the follower: {e}"))?;
     let router = routes::with_routes(
         app::router(Arc::clone(&state), limits.body_read_timeout),
         table,
@@ -374,8 +375,9 @@ async fn run(
     listen::serve(listener, router, limits, shutdown_signal()).await;
     // Stop the follower; it writes the last uses once more.
     let _ = stop.send(true);
-    if let Err(e) = follower.await {
-        tracing::error!("follower task failed: {e}");
+    match tokio::task::spawn_blocking(move || follower.join()).await {
+        Ok(Ok(())) => {}
+        _ => tracing::error!("follower thread failed"),
     }
     tracing::info!("drained; exiting");
     Ok(())

@@ -171,8 +171,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// module documentation.
 pub struct PgStore {
     pool: Pool,
-    /// The follower's own connection (the change log and snapshots), so a
-    /// flood of requests on `pool` does not delay revocations.
+    /// The follower's own connection (the change log), so a flood of
+    /// requests on `pool` does not delay revocations.
     follower: Pool,
     /// Key rows and log entries the feed could not read (each failed closed).
     corrupt: std::sync::atomic::AtomicU64,
@@ -1093,7 +1093,9 @@ impl Store for PgStore {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut client = self.follower.get().await.map_err(pool_error)?;
+        // The request pool: a snapshot is taken at start, before the
+        // follower's runtime exists, and its connection must live there.
+        let mut client = self.client().await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
