@@ -100,7 +100,8 @@ pub async fn run(
             // stale), so its tombstones and eviction marks can go.
             let dropped = state.cache().compact(cursor);
             if dropped > 0 {
-                tracing::debug!(dropped, cursor, "compacted tombstones");
+                let held = state.cache().tombstones();
+                tracing::debug!(dropped, held, cursor, "compacted tombstones");
             }
             last_evict = Instant::now();
         }

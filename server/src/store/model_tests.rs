@@ -247,7 +247,7 @@ async fn step(
             // trees grow; the policy still refuses what exceeds them.
             if let Some(caller) = by.map(|b| &model.keys[b].record) {
                 if caller.kind() == KeyKind::Restricted && !*standard {
-                    scopes = scopes & caller.scopes();
+                    scopes &= caller.scopes();
                     if scopes.is_empty() {
                         scopes = caller.scopes();
                     }
