@@ -737,3 +737,29 @@ fn a_cascade_reaches_the_bottom_of_a_deep_chain_on_both_stores() {
     assert_eq!(on_sqlite, (DEPTH as usize + 1, Some(10), true));
     assert_eq!(on_pg, on_sqlite);
 }
+
+/// A write PostgreSQL keeps aborting as a deadlock (a trigger raises
+/// `40P01` on every insert) is retried, then answered as unavailable (503
+/// with `Retry-After`), not as a fatal error (500).
+#[test]
+fn a_write_still_deadlocked_after_its_retries_is_unavailable() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        pg.psql(
+            "CREATE FUNCTION always_deadlock() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40P01'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER always_deadlock BEFORE INSERT ON keys \
+             FOR EACH ROW EXECUTE FUNCTION always_deadlock();",
+        );
+        match store.create(&standard("k"), None, 1).await {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("write conflict after 3 attempts"), "{m}");
+                assert!(m.contains("40P01"), "{m}");
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        pg.psql("DROP TRIGGER always_deadlock ON keys");
+        store.create(&standard("k"), None, 1).await.unwrap();
+    });
+}
