@@ -145,6 +145,22 @@ impl Lineage {
         closure(id, &self.rolled_from)
     }
 
+    /// The keys rolled into `id`, transitively, nearest first: the same
+    /// credential in its earlier secrets, still alive in their overlaps.
+    /// Revoking a key should end them with it (the server does).
+    ///
+    /// ```
+    /// # let [a, b, c, _] = keygate::testing::example_ids();
+    /// let lineage = keygate::lineage::Lineage::default().with_rolls([(a, b), (b, c)]);
+    /// assert_eq!(lineage.predecessors(c), vec![b, a]);
+    /// assert!(lineage.predecessors(a).is_empty());
+    /// ```
+    pub fn predecessors(&self, id: KeyId) -> Vec<KeyId> {
+        let mut all = closure(id, &self.rolled_from);
+        all.retain(|other| *other != id);
+        all
+    }
+
     /// Every key that descends from `root`, breadth first: the keys minted
     /// by `root` or by a key rolled into it, and so on down (see the module
     /// docs). Neither `root` nor its predecessors are included. Each id

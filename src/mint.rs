@@ -308,6 +308,33 @@ impl MintPolicy {
             (Some(_), Some(_)) => Ok(()),
         }
     }
+
+    /// Whether `caller` may roll `target`. A roll mints a key like `target`
+    /// (its kind, scopes and expiry) and hands its secret to the caller, so
+    /// it needs what minting that key needs: under the attenuating policy an
+    /// expiring caller cannot roll a key that outlives it, nor a restricted
+    /// caller a key wider than itself.
+    ///
+    /// ```
+    /// use keygate::{MintError, MintPolicy, MintRequest};
+    /// # use rand_core::SeedableRng;
+    /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    /// # let pepper = keygate::Pepper::generate(&mut rng);
+    /// let forever = MintRequest::standard(Some("service"), None, 0)?;
+    /// let service = keygate::mint(&pepper, &forever, &mut rng, 0).into_parts().0;
+    /// let brief = MintRequest::standard(Some("temp"), Some(60_000), 0)?;
+    /// let temp = keygate::mint(&pepper, &brief, &mut rng, 0).record().principal();
+    ///
+    /// assert!(MintPolicy::Spec.authorize_roll(&temp, &service).is_ok());
+    /// assert!(matches!(
+    ///     MintPolicy::Attenuating.authorize_roll(&temp, &service),
+    ///     Err(MintError::ChildMustExpire { .. })
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn authorize_roll(self, caller: &Principal, target: &KeyRecord) -> Result<(), MintError> {
+        self.authorize(caller, &MintRequest::like(target))
+    }
 }
 
 /// A freshly minted key: the record to store, and the token to show once.

@@ -409,12 +409,27 @@ impl World {
         }
         let lineage =
             Lineage::from_records(self.records.values()).with_rolls(self.rolls.iter().copied());
-        let cascade: BTreeSet<KeyId> = lineage.descendants(root).into_iter().collect();
+        let descendants: BTreeSet<KeyId> = lineage.descendants(root).into_iter().collect();
         // The library's lineage is the model's.
-        assert_eq!(cascade, self.model_descendants(root), "lineage of {root}");
+        assert_eq!(
+            descendants,
+            self.model_descendants(root),
+            "lineage of {root}"
+        );
         for id in self.model.keys() {
-            assert_eq!(lineage.is_descendant(*id, root), cascade.contains(id));
+            assert_eq!(lineage.is_descendant(*id, root), descendants.contains(id));
         }
+        // Revoking a key also ends the keys rolled into it (its earlier
+        // secrets, in their overlap).
+        let predecessors: BTreeSet<KeyId> = lineage.predecessors(root).into_iter().collect();
+        let mut at = root;
+        let mut walked = BTreeSet::new();
+        while let Some((old, _)) = self.rolls.iter().find(|(_, new)| *new == at) {
+            walked.insert(*old);
+            at = *old;
+        }
+        assert_eq!(predecessors, walked, "predecessors of {root}");
+        let cascade: BTreeSet<KeyId> = descendants.union(&predecessors).copied().collect();
         let live_before = self.authenticating(&self.leader);
         for id in std::iter::once(root).chain(cascade.iter().copied()) {
             if !self.model[&id].revoked {

@@ -409,6 +409,9 @@ async fn mint_and_store(
     request: MintRequest,
     now_ms: i64,
 ) -> Response {
+    if let Some(refused) = lifecycle::refuse_caller(&state, &caller).await {
+        return refused;
+    }
     if let Err(e) = state.policy.authorize(&caller, &request) {
         let mut response = problem(StatusCode::FORBIDDEN, &e.to_string());
         response.headers_mut().insert(

@@ -236,6 +236,20 @@ fn with_caller(mut response: Response, caller: Principal) -> Response {
     response
 }
 
+/// What every lifecycle route checks of its caller in the store first: live
+/// there too (another instance may have revoked it) and not rolled (a rolled
+/// key authorizes requests in its overlap but manages no key). The answer to
+/// send when it is not.
+pub(crate) async fn refuse_caller(state: &AppState, caller: &Principal) -> Option<Response> {
+    match state.store().check_caller(caller.id(), now_ms()).await {
+        Ok(()) => None,
+        Err(e) => Some(with_caller(
+            store_error(&e, "cannot check the calling key"),
+            *caller,
+        )),
+    }
+}
+
 /// `GET /v1/keys?limit=N&starting_after=ID`.
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -246,6 +260,9 @@ pub async fn list(
         Ok(q) => q,
         Err(detail) => return with_caller(bad_request(&detail), caller),
     };
+    if let Some(refused) = refuse_caller(&state, &caller).await {
+        return refused;
+    }
     let scope = scope_of(state.policy(), &caller);
     match state
         .store()
@@ -280,6 +297,9 @@ pub async fn get_key(
         Ok(id) => id,
         Err(detail) => return with_caller(bad_request(&detail), caller),
     };
+    if let Some(refused) = refuse_caller(&state, &caller).await {
+        return refused;
+    }
     let scope = scope_of(state.policy(), &caller);
     match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => {
@@ -323,6 +343,9 @@ pub async fn revoke(
         Ok(id) => id,
         Err(detail) => return with_caller(bad_request(&detail), caller),
     };
+    if let Some(refused) = refuse_caller(&state, &caller).await {
+        return refused;
+    }
     let scope = scope_of(state.policy(), &caller);
     match revoke_now(&state, id, scope, caller.id()).await {
         Ok(()) => {
@@ -362,12 +385,25 @@ pub async fn roll(
                       if the answer were lost its holder would be locked out; give an overlap";
         return with_caller(bad_request(detail), caller);
     }
+    if let Some(refused) = refuse_caller(&state, &caller).await {
+        return refused;
+    }
     let scope = scope_of(state.policy(), &caller);
     let key = match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => key,
         Ok(_) => return with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
         Err(e) => return with_caller(store_error(&e, "cannot read the key"), caller),
     };
+    // A roll mints a key like the target and hands its secret to the
+    // caller: the minting policy decides, as for a create.
+    if let Err(e) = state.policy().authorize_roll(&caller, &key.record) {
+        let mut response = problem(StatusCode::FORBIDDEN, &e.to_string());
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static(keygate::tower::INSUFFICIENT_SCOPE_CHALLENGE),
+        );
+        return with_caller(response, caller);
+    }
     let now = now_ms();
     let pepper = state.cache().pepper();
     let rolled = match keygate::roll(
@@ -445,6 +481,9 @@ pub async fn events(
         Ok(q) => q,
         Err(detail) => return with_caller(bad_request(&detail), caller),
     };
+    if let Some(refused) = refuse_caller(&state, &caller).await {
+        return refused;
+    }
     let scope = scope_of(state.policy(), &caller);
     match state.store().events(query.after, query.limit, scope).await {
         Ok((events, has_more)) => {

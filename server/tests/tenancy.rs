@@ -110,7 +110,7 @@ fn a_rolled_key_mints_no_more(server: &Server) {
     );
     let r = server.authed("POST", "/v1/restricted_keys", &secret(&p), Some(&body));
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(r.text().contains("rolled into"), "{}", r.text());
+    assert!(r.text().contains("was rolled"), "{}", r.text());
     // Nor can the old key be rolled a second time.
     let r = server.authed(
         "POST",
@@ -253,4 +253,138 @@ fn tenancy_on_postgres() {
     a_rolled_key_mints_no_more(&server);
     a_self_roll_needs_an_overlap(&server);
     creates_racing_their_callers_revocation_leave_no_child(&server, 5);
+}
+
+// ---- Found by the outside review of this change ---------------------------
+
+fn standard(server: &Server, caller: &str, body: &str) -> Value {
+    let r = server.authed("POST", "/v1/apikeys", caller, Some(body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// A thief holding a rolled (old) key must not act on the key that replaced
+/// it, nor on anything else: a rolled key keeps authorizing requests in its
+/// overlap, but manages no key. The 409 names no successor.
+fn a_rolled_key_manages_nothing(server: &Server, admin: &str, victim: &Value) {
+    let old = secret(victim);
+    let new = roll(server, admin, &id(victim), 3_600_000);
+    assert!(works(server, &old));
+    let other = standard(server, admin, r#"{"name":"bystander"}"#);
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/v1/keys/{}/roll", id(&new)),
+            Some(r#"{"overlap_ms":0}"#),
+        ),
+        ("DELETE", format!("/v1/keys/{}", id(&new)), None),
+        (
+            "POST",
+            format!("/v1/keys/{}/roll", id(&other)),
+            Some(r#"{"overlap_ms":0}"#),
+        ),
+        ("DELETE", format!("/v1/keys/{}", id(&other)), None),
+        ("GET", format!("/v1/keys/{}", id(&new)), None),
+        ("GET", String::from("/v1/keys"), None),
+        ("GET", String::from("/v1/events"), None),
+        ("POST", String::from("/v1/apikeys"), Some("{}")),
+    ] {
+        let r = server.authed(method, &path, &old, body);
+        assert_eq!(r.status, 409, "{method} {path}: {}", r.text());
+        assert!(!r.text().contains(&id(&new)), "{}", r.text());
+    }
+    for k in [&new, &other] {
+        assert!(works(server, &secret(k)), "{}", id(k));
+    }
+    // Self-revocation still works: the holder may end the old key early.
+    let r = server.req(
+        "POST",
+        "/v1/keys/revoke",
+        &[],
+        Some(format!(r#"{{"token":"{old}"}}"#).as_bytes()),
+    );
+    assert_eq!(r.status, 200);
+    assert!(!works(server, &old));
+    assert!(works(server, &secret(&new)));
+}
+
+/// Revoking a key ends the keys rolled into it that are still in their
+/// overlap: the credential, not just its newest secret.
+fn revoking_a_successor_ends_its_predecessors(server: &Server, admin: &str) {
+    let t = standard(server, admin, r#"{"name":"t"}"#);
+    let t2 = roll(server, admin, &id(&t), 604_800_000);
+    let t3 = roll(server, admin, &id(&t2), 604_800_000);
+    assert!(works(server, &secret(&t)) && works(server, &secret(&t2)));
+    let r = server.authed("DELETE", &format!("/v1/keys/{}", id(&t3)), admin, None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    for k in [&t, &t2, &t3] {
+        assert!(!works(server, &secret(k)), "{}", id(k));
+    }
+}
+
+#[test]
+fn rolled_keys_under_attenuate_and_under_the_spec_policy() {
+    let dir = TempDir::new("rolled");
+    let server = Server::start(&dir.db(), &["--attenuate"]);
+    let admin = server.token().to_owned();
+    let victim = standard(&server, &admin, r#"{"name":"ops"}"#);
+    a_rolled_key_manages_nothing(&server, &admin, &victim);
+    revoking_a_successor_ends_its_predecessors(&server, &admin);
+
+    // Under the spec's policy, a restricted key with account write acts on
+    // every key: the same rule must hold.
+    let db = dir.0.join("spec.db");
+    let spec = Server::start(&db, &[]);
+    let admin = spec.token().to_owned();
+    let victim = create(&spec, &admin, ADMIN_SCOPES);
+    a_rolled_key_manages_nothing(&spec, &admin, &victim);
+}
+
+/// Under `--attenuate` a roll is a mint: an expiring caller cannot roll a
+/// key that outlives it (and get its new, longer-lived secret), nor a
+/// restricted caller a key wider than itself.
+#[test]
+fn a_roll_obeys_the_attenuating_policy() {
+    let dir = TempDir::new("roll-policy");
+    let server = Server::start(&dir.db(), &["--attenuate"]);
+    let admin = server.token().to_owned();
+    let service = standard(&server, &admin, r#"{"name":"service"}"#);
+    let soon = now_ms() + 600_000;
+    let mortal = standard(&server, &admin, &format!(r#"{{"expires_at_ms":{soon}}}"#));
+    let r = server.authed(
+        "POST",
+        &format!("/v1/keys/{}/roll", id(&service)),
+        &secret(&mortal),
+        Some(r#"{"overlap_ms":604800000}"#),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("expires_at_ms"), "{}", r.text());
+    // A key that expires no later than the caller may be rolled by it.
+    let child = standard(
+        &server,
+        &secret(&mortal),
+        &format!(r#"{{"expires_at_ms":{soon}}}"#),
+    );
+    roll(&server, &secret(&mortal), &id(&child), 1_000);
+}
+
+/// The scoped audit log names no key outside the caller's subtree: an
+/// admin's roll of a tenant's key shows no actor.
+#[test]
+fn scoped_events_name_no_actor_outside_the_subtree() {
+    let dir = TempDir::new("actors");
+    let server = Server::start(&dir.db(), &["--attenuate"]);
+    let admin = server.token().to_owned();
+    let tenant = create(&server, &admin, ADMIN_SCOPES);
+    let k = create(&server, &secret(&tenant), ADMIN_SCOPES);
+    roll(&server, &admin, &id(&k), 1_000);
+    let v = server
+        .authed("GET", "/v1/events?limit=100", &secret(&tenant), None)
+        .json();
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{v}");
+    let admin_id = &admin[3..19];
+    assert!(!v.to_string().contains(admin_id), "{v}");
+    assert_eq!(events[0]["actor_id"], id(&tenant).as_str());
+    assert!(events[2]["actor_id"].is_null(), "{v}");
 }

@@ -145,6 +145,16 @@ pub struct Snapshot {
     pub seq: u64,
 }
 
+/// The answer to a rolled key that tries to manage keys: it keeps
+/// authorizing requests in its overlap, but manages none. The message names
+/// no successor (a thief holding the old key must not learn the new one).
+pub fn rolled(id: KeyId) -> StoreError {
+    StoreError::Conflict(format!(
+        "key `{id}` was rolled: in its overlap it authorizes requests but manages no key; \
+         use the key that replaced it"
+    ))
+}
+
 /// At most the first 16 characters of a stored id that failed to parse, for
 /// a log line: a corrupt column can hold anything, a token included.
 pub fn redacted(text: &str) -> String {
@@ -210,9 +220,11 @@ pub trait Store: Send + Sync + 'static {
     /// (transitively), each with its own `revoked` event; all or nothing.
     /// `scope` limits which `id` may be named ([`StoreError::NotFound`]
     /// otherwise, as for an unknown or already revoked id). `actor`, unless
-    /// it is `id` itself (self-revocation), must be live at `at_ms`
-    /// ([`StoreError::CallerRevoked`]). Returns the revoked ids with their
-    /// events' sequence numbers, `id` first.
+    /// it is `id` itself (self-revocation), must be live at `at_ms` and not
+    /// rolled ([`Store::check_caller`]). The keys rolled into `id` (its
+    /// predecessors, still in their overlap) are revoked with it, cascade or
+    /// not: they are the same credential. Returns the revoked ids with their
+    /// events' sequence numbers, `id` first, then the others in id order.
     async fn revoke(
         &self,
         id: KeyId,
@@ -273,6 +285,12 @@ pub trait Store: Send + Sync + 'static {
     /// row that cannot be read is left out (it fails closed, as in
     /// [`Store::changes_since`]).
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// Checks that the key `id`, calling a management route, is live at
+    /// `at_ms` ([`StoreError::CallerRevoked`]) and was not rolled
+    /// ([`StoreError::Conflict`]): the store's view, which is ahead of this
+    /// instance's keyring when another instance revoked or rolled it.
+    async fn check_caller(&self, id: KeyId, at_ms: i64) -> Result<(), StoreError>;
 
     /// How many key rows or log entries could not be read by
     /// [`Store::changes_since`] and [`Store::snapshot`] (each was treated as

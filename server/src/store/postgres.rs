@@ -740,22 +740,26 @@ async fn lock_caller(
 /// A rolled key is on its way out: it mints and rolls no more; its children
 /// belong to the key that replaced it. Run with `id`'s row locked, so a roll
 /// of it commits before this reads, or waits for this transaction.
-async fn check_not_rolled(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: KeyId,
-    what: &str,
-) -> Result<(), WriteError> {
-    let stmt = tx
-        .prepare_cached("SELECT id FROM keys WHERE rolled_from = $1")
+async fn check_not_rolled<C: GenericClient>(client: &C, id: KeyId) -> Result<(), WriteError> {
+    let stmt = client
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1)")
         .await?;
-    match tx.query_opt(&stmt, &[&id.as_str()]).await? {
-        None => Ok(()),
-        Some(row) => Err(StoreError::Conflict(format!(
-            "key `{id}` was rolled into `{}`; {what} with the new key",
-            super::redacted(row.get(0))
-        ))
-        .into()),
+    if client.query_one(&stmt, &[&id.as_str()]).await?.get(0) {
+        Err(super::rolled(id).into())
+    } else {
+        Ok(())
     }
+}
+
+/// [`lock_caller`], then [`check_not_rolled`]: what every write checks of
+/// the key that asks for it.
+async fn lock_acting_caller(
+    tx: &deadpool_postgres::Transaction<'_>,
+    actor: KeyId,
+    at_ms: i64,
+) -> Result<(), WriteError> {
+    lock_caller(tx, actor, at_ms).await?;
+    check_not_rolled(tx, actor).await
 }
 
 /// Logs and counts a row the feed could not read.
@@ -781,10 +785,7 @@ impl Store for PgStore {
             // creator's row, so that the revocation either sees this key
             // (and revokes it too) or this insert sees the revocation.
             for caller in [actor, record.creator_id()].into_iter().flatten() {
-                lock_caller(tx, caller, at_ms).await?;
-            }
-            if let Some(creator) = record.creator_id() {
-                check_not_rolled(tx, creator, "mint").await?;
+                lock_acting_caller(tx, caller, at_ms).await?;
             }
             insert_created(tx, record, actor, at_ms).await
         })
@@ -800,7 +801,7 @@ impl Store for PgStore {
     ) -> Result<Vec<(u64, KeyId)>, StoreError> {
         write_tx!(self, tx => {
             if let Some(actor) = actor.filter(|&actor| actor != id) {
-                lock_caller(tx, actor, at_ms).await?;
+                lock_acting_caller(tx, actor, at_ms).await?;
             }
             lock_live(tx, id, scope).await?;
             let revoke = tx
@@ -811,6 +812,27 @@ impl Store for PgStore {
                 .await?;
             tx.execute(&revoke, &[&vec![id.as_str()], &at_ms]).await?;
             let mut revoked = vec![id];
+            // The keys rolled into `id`, still in their overlap: the same
+            // credential, revoked with it, cascade or not.
+            let predecessors = tx
+                .prepare_cached(
+                    "WITH RECURSIVE p(id) AS ( \
+                         SELECT rolled_from FROM keys WHERE id = $1 AND rolled_from IS NOT NULL \
+                         UNION \
+                         SELECT k.rolled_from FROM keys k JOIN p ON k.id = p.id \
+                         WHERE k.rolled_from IS NOT NULL \
+                     ) SELECT id FROM p WHERE id != $1",
+                )
+                .await?;
+            let ids: Vec<String> = tx
+                .query(&predecessors, &[&id.as_str()])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for row in tx.query(&revoke, &[&ids, &at_ms]).await? {
+                revoked.push(key_id(row.get(0))?);
+            }
             if cascade {
                 // Live descendants, at any depth (`UNION` stops at a
                 // cycle). Repeated until none is left: a child minted by a
@@ -841,6 +863,9 @@ impl Store for PgStore {
                     }
                 }
             }
+            if let Some(rest) = revoked.get_mut(1..) {
+                rest.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            }
             let events: Vec<NewEvent> = revoked
                 .iter()
                 .map(|&key_id| NewEvent {
@@ -864,13 +889,13 @@ impl Store for PgStore {
     ) -> Result<(u64, u64), StoreError> {
         write_tx!(self, tx => {
             if let Some(actor) = actor.filter(|&actor| actor != old.id()) {
-                lock_caller(tx, actor, at_ms).await?;
+                lock_acting_caller(tx, actor, at_ms).await?;
             }
             let stored = lock_live(tx, old.id(), scope).await?;
             if actor == Some(old.id()) && stored.is_some_and(|e| at_ms >= e) {
                 return Err(StoreError::CallerRevoked.into());
             }
-            check_not_rolled(tx, old.id(), "roll").await?;
+            check_not_rolled(tx, old.id()).await?;
             super::check_roll_fits(old, new, stored)?;
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
@@ -988,7 +1013,10 @@ impl Store for PgStore {
                 let stmt = client
                     .prepare_cached(&format!(
                         "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
-                         SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes \
+                         SELECT seq, at_ms, action, key_id, \
+                                CASE WHEN actor_id IN (SELECT id FROM fam) \
+                                       OR actor_id IN (SELECT id FROM d) THEN actor_id END, \
+                                new_key_id FROM changes \
                          WHERE seq > $1 \
                          AND key_id IN (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam)) \
                          ORDER BY seq LIMIT $2",
@@ -1212,6 +1240,33 @@ impl Store for PgStore {
                 .into()),
             }
         })
+    }
+
+    async fn check_caller(&self, id: KeyId, at_ms: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT revoked_at_ms, expires_at_ms, \
+                        EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1) \
+                 FROM keys WHERE id = $1",
+            )
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_opt(&stmt, &[&id.as_str()])
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            return Err(StoreError::CallerRevoked);
+        };
+        let (revoked, expires): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        if revoked.is_some() || expires.is_some_and(|e| at_ms >= e) {
+            return Err(StoreError::CallerRevoked);
+        }
+        if row.get::<_, bool>(2) {
+            return Err(super::rolled(id));
+        }
+        Ok(())
     }
 
     fn corrupt_rows(&self) -> u64 {

@@ -477,14 +477,41 @@ fn successor(conn: &Connection, id: KeyId) -> Result<Option<String>, StoreError>
 
 /// A rolled key is on its way out: it mints and rolls no more; its children
 /// belong to the key that replaced it.
-fn check_not_rolled(conn: &Connection, id: KeyId, what: &str) -> Result<(), StoreError> {
+fn check_not_rolled(conn: &Connection, id: KeyId) -> Result<(), StoreError> {
     match successor(conn, id)? {
         None => Ok(()),
-        Some(new) => Err(StoreError::Conflict(format!(
-            "key `{id}` was rolled into `{}`; {what} with the new key",
-            super::redacted(&new)
-        ))),
+        Some(_) => Err(super::rolled(id)),
     }
+}
+
+/// The keys rolled into `id`, transitively (its predecessors), in id order.
+fn predecessors(conn: &Connection, id: KeyId) -> Result<Vec<KeyId>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "WITH RECURSIVE p(id) AS (
+                 SELECT rolled_from FROM keys WHERE id = ?1 AND rolled_from IS NOT NULL
+                 UNION
+                 SELECT k.rolled_from FROM keys k JOIN p ON k.id = p.id
+                 WHERE k.rolled_from IS NOT NULL
+             )
+             SELECT id FROM p WHERE id != ?1 ORDER BY id",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![id.as_str()], |r| r.get::<_, String>(0))
+        .map_err(sql)?;
+    let mut ids = Vec::new();
+    for row in rows {
+        ids.push(parse_id(&row.map_err(sql)?, "key id")?);
+    }
+    Ok(ids)
+}
+
+/// The checks every write and every scoped read make of its caller: live
+/// ([`StoreError::CallerRevoked`]) and not rolled ([`StoreError::Conflict`]).
+fn check_caller(conn: &Connection, actor: KeyId, at_ms: i64) -> Result<(), StoreError> {
+    check_live(conn, actor, at_ms)?;
+    check_not_rolled(conn, actor)
 }
 
 /// Fails with [`StoreError::CallerRevoked`] unless `actor` is a known key,
@@ -557,13 +584,20 @@ fn revoke_tx(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
     if let Some(actor) = actor.filter(|&actor| actor != id) {
-        check_live(&tx, actor, at_ms)?;
+        check_caller(&tx, actor, at_ms)?;
     }
     live_in_scope(&tx, id, scope)?;
-    let mut targets = vec![id];
+    // The key, the keys rolled into it (the same credential, in their
+    // overlap) and, with `cascade`, its descendants: id first, then in id
+    // order.
+    let mut rest = predecessors(&tx, id)?;
     if cascade {
-        targets.extend(descendants(&tx, id)?);
+        rest.extend(descendants(&tx, id)?);
     }
+    rest.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    rest.dedup();
+    let mut targets = vec![id];
+    targets.extend(rest);
     let mut revoked = Vec::new();
     for target in targets {
         let changed = tx
@@ -593,13 +627,13 @@ fn roll_tx(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
     if let Some(actor) = actor.filter(|&actor| actor != old.id()) {
-        check_live(&tx, actor, at_ms)?;
+        check_caller(&tx, actor, at_ms)?;
     }
     let current = live_in_scope(&tx, old.id(), scope)?;
     if actor == Some(old.id()) {
         check_live(&tx, old.id(), at_ms)?;
     }
-    check_not_rolled(&tx, old.id(), "roll")?;
+    check_not_rolled(&tx, old.id())?;
     super::check_roll_fits(old, new, current.record.expires_at_ms())?;
     tx.execute(
         "UPDATE keys SET expires_at_ms = ?2 WHERE id = ?1",
@@ -677,10 +711,16 @@ fn read_events(
             ),
             None,
         ),
+        // An actor outside the caller's family and subtree (an ancestor
+        // acting on the subtree) is not named.
         Scope::DescendantsOf(root) => (
             format!(
                 "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
-                 SELECT seq, at_ms, action, key_id, actor_id, new_key_id FROM changes
+                 SELECT seq, at_ms, action, key_id,
+                        CASE WHEN actor_id IN (SELECT id FROM fam) OR actor_id IN (SELECT id FROM d)
+                             THEN actor_id END,
+                        new_key_id
+                 FROM changes
                  WHERE seq > ?1
                    AND key_id IN (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam))
                  ORDER BY seq LIMIT ?2",
@@ -959,10 +999,7 @@ impl super::Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             for caller in [actor, record.creator_id()].into_iter().flatten() {
-                check_live(&tx, caller, at_ms)?;
-            }
-            if let Some(creator) = record.creator_id() {
-                check_not_rolled(&tx, creator, "mint")?;
+                check_caller(&tx, caller, at_ms)?;
             }
             insert_key(&tx, &record)?;
             let seq = append(&tx, at_ms, Action::Created, record.id(), actor, None)?;
@@ -1064,6 +1101,10 @@ impl super::Store for SqliteStore {
         self.inner
             .corrupt
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn check_caller(&self, id: KeyId, at_ms: i64) -> Result<(), StoreError> {
+        self.read(move |conn| check_caller(conn, id, at_ms)).await
     }
 
     async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError> {
