@@ -51,14 +51,27 @@ pub fn spawn(
     cursor: u64,
     intervals: Intervals,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<(
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("keygate-follower")
         .build()?;
-    std::thread::Builder::new()
+    let (started, first_read) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
         .name(String::from("keygate-follower"))
-        .spawn(move || runtime.block_on(run(state, cursor, intervals, shutdown)))
+        .spawn(move || {
+            runtime.block_on(async move {
+                // The first read of the log before the server says it is
+                // listening: its connection and runtime exist from then on.
+                let cursor = catch_up(&state, cursor).await;
+                let _ = started.send(());
+                run(state, cursor, intervals, shutdown).await;
+            });
+        })?;
+    Ok((thread, first_read))
 }
 
 /// Follows the log from `cursor` until `shutdown` turns true; then flushes

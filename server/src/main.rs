@@ -363,11 +363,12 @@ async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (follower, first_read) = follow::spawn(Arc::clone(&state), seq, intervals, stopped)
+        .map_err(|e| format!("cannot start the follower: {e}"))?;
+    let _ = first_read.await;
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let follower = follow::spawn(Arc::clone(&state), seq, intervals, stopped)
-        .map_err(|e| format!("cannot start the follower: {e}"))?;
     let router = routes::with_routes(
         app::router(Arc::clone(&state), limits.body_read_timeout),
         table,
