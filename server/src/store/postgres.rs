@@ -161,6 +161,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         r#"
     ALTER TABLE keys ADD COLUMN rolled_from TEXT COLLATE "C";
     CREATE INDEX keys_rolled_from ON keys (rolled_from);
+    CREATE INDEX changes_key_id ON changes (key_id);
     UPDATE keys k SET rolled_from = c.key_id
     FROM changes c WHERE c.action = 'rolled' AND c.new_key_id = k.id;
     "#,
@@ -637,32 +638,58 @@ async fn append(
     Ok(seqs.unwrap_or_default().into_iter().map(to_u64).collect())
 }
 
-/// The family of the key bound to `${n}`: the key and every key rolled into
-/// it, transitively (a common table expression named `fam`); empty if the
-/// key was itself rolled (its children belong to the key that replaced it).
+/// The family of `root`: the key and every key rolled into it, transitively;
+/// empty if the key was itself rolled (its children belong to the key that
+/// replaced it). Read on its own, so that the descendants query gets it as
+/// an array.
+async fn family_ids<C: GenericClient>(
+    client: &C,
+    root: KeyId,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "WITH RECURSIVE fam(id) AS ( \
+                 SELECT $1::text COLLATE \"C\" \
+                 WHERE NOT EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1::text COLLATE \"C\") \
+                 UNION \
+                 SELECT k.rolled_from FROM keys k JOIN fam ON k.id = fam.id \
+                 WHERE k.rolled_from IS NOT NULL \
+             ) SELECT id FROM fam",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&root.as_str()])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The family given as the text array `${n}` ([`family_ids`]), as a common
+/// table expression named `fam`.
 fn family_cte(n: u8) -> String {
+    format!("fam(id) AS (SELECT unnest(${n}::text[]) COLLATE \"C\")")
+}
+
+/// The keys minted by a member of the family `${n}`, transitively (`d`), and
+/// the caller's subtree proper (`sub`: `d` without the family),
+/// materialized: scoped queries are driven by it, so they cost what the
+/// caller's own subtree costs, whatever the target (after [`family_cte`]).
+fn descendants_cte(n: u8) -> String {
     format!(
-        "fam(id) AS ( \
-             SELECT ${n}::text COLLATE \"C\" \
-             WHERE NOT EXISTS (SELECT 1 FROM keys WHERE rolled_from = ${n}::text COLLATE \"C\") \
+        "d(id) AS ( \
+             SELECT k.id FROM keys k WHERE k.creator_id = ANY(${n}::text[]) \
              UNION \
-             SELECT k.rolled_from FROM keys k JOIN fam ON k.id = fam.id \
-             WHERE k.rolled_from IS NOT NULL \
-         )"
+             SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id \
+         ), \
+         sub(id) AS MATERIALIZED (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam))"
     )
 }
 
-/// The keys minted by a member of `fam`, transitively (named `d`, after
-/// [`family_cte`]); callers exclude the members of `fam` themselves.
-const DESCENDANTS_CTE: &str = "d(id) AS ( \
-         SELECT k.id FROM keys k WHERE k.creator_id IN (SELECT id FROM fam) \
-         UNION \
-         SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id \
-     )";
-
-/// Whether `id` is within `scope`: for [`Scope::DescendantsOf`], whether a
-/// member of `ancestor`'s family (it and the keys rolled into it) is among
-/// `id`'s creators, transitively, and `id` is not of that family.
+/// Whether `id` is within `scope`: for [`Scope::DescendantsOf`], whether it
+/// is in `ancestor`'s subtree. The whole subtree is computed first, so the
+/// answer costs the same for an unknown id, another tenant's id and one of
+/// the caller's.
 async fn in_scope<C: GenericClient>(
     client: &C,
     id: KeyId,
@@ -672,22 +699,20 @@ async fn in_scope<C: GenericClient>(
         Scope::All => return Ok(true),
         Scope::DescendantsOf(ancestor) => ancestor,
     };
+    let family = family_ids(client, ancestor).await?;
     let stmt = client
         .prepare_cached(&format!(
-            "WITH RECURSIVE {fam}, \
-             up(id) AS ( \
-                 SELECT creator_id FROM keys WHERE id = $1 AND creator_id IS NOT NULL \
-                 UNION \
-                 SELECT k.creator_id FROM keys k JOIN up ON k.id = up.id WHERE k.creator_id IS NOT NULL \
-             ) SELECT EXISTS (SELECT 1 FROM up WHERE id IN (SELECT id FROM fam)) \
-               AND $1 NOT IN (SELECT id FROM fam)",
-            fam = family_cte(2)
+            "WITH RECURSIVE {fam}, {d} \
+             SELECT count(*) > 0 AND bool_or(id = $1::text COLLATE \"C\") FROM sub",
+            fam = family_cte(2),
+            d = descendants_cte(2)
         ))
         .await?;
     Ok(client
-        .query_one(&stmt, &[&id.as_str(), &ancestor.as_str()])
+        .query_one(&stmt, &[&id.as_str(), &family])
         .await?
-        .get(0))
+        .get::<_, Option<bool>>(0)
+        .unwrap_or(false))
 }
 
 /// Locks the live key `id` for update, if it is live and within `scope`;
@@ -702,13 +727,12 @@ async fn lock_live(
             "SELECT expires_at_ms FROM keys WHERE id = $1 AND revoked_at_ms IS NULL FOR UPDATE",
         )
         .await?;
-    let Some(row) = tx.query_opt(&stmt, &[&id.as_str()]).await? else {
-        return Err(StoreError::NotFound.into());
-    };
-    if !in_scope(tx, id, scope).await? {
-        return Err(StoreError::NotFound.into());
+    // The scope first, always: see `in_scope`.
+    let member = in_scope(tx, id, scope).await?;
+    match tx.query_opt(&stmt, &[&id.as_str()]).await? {
+        Some(row) if member => Ok(row.get(0)),
+        _ => Err(StoreError::NotFound.into()),
     }
-    Ok(row.get(0))
 }
 
 /// Fails with [`StoreError::CallerRevoked`] unless `actor` is a known key,
@@ -842,15 +866,16 @@ impl Store for PgStore {
                 // last round).
                 let live = tx
                     .prepare_cached(&format!(
-                        "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
-                         SELECT d.id FROM d JOIN keys k ON k.id = d.id \
-                         WHERE k.revoked_at_ms IS NULL AND d.id NOT IN (SELECT id FROM fam) \
-                         ORDER BY d.id",
-                        fam = family_cte(1)
+                        "WITH RECURSIVE {fam}, {d} \
+                         SELECT sub.id FROM sub JOIN keys k ON k.id = sub.id \
+                         WHERE k.revoked_at_ms IS NULL ORDER BY sub.id",
+                        fam = family_cte(1),
+                        d = descendants_cte(1)
                     ))
                     .await?;
+                let family = family_ids(tx, id).await?;
                 loop {
-                    let rows = tx.query(&live, &[&id.as_str()]).await?;
+                    let rows = tx.query(&live, &[&family]).await?;
                     if rows.is_empty() {
                         break;
                     }
@@ -934,17 +959,16 @@ impl Store for PgStore {
             .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
             .await
             .map_err(db_error)?;
-        let Some(row) = client
+        // The scope first, always: see `in_scope`.
+        let member = in_scope(&client, id, scope).await.map_err(db_error)?;
+        let row = client
             .query_opt(&stmt, &[&id.as_str()])
             .await
-            .map_err(db_error)?
-        else {
-            return Ok(None);
-        };
-        if !in_scope(&client, id, scope).await.map_err(db_error)? {
-            return Ok(None);
+            .map_err(db_error)?;
+        match row {
+            Some(row) if member => stored_key(&row).map(Some),
+            _ => Ok(None),
         }
-        stored_key(&row).map(Some)
     }
 
     async fn list(
@@ -968,19 +992,18 @@ impl Store for PgStore {
                 client.query(&stmt, &[&after, &fetch]).await
             }
             Scope::DescendantsOf(ancestor) => {
+                let family = family_ids(&client, ancestor).await.map_err(db_error)?;
                 let stmt = client
                     .prepare_cached(&format!(
-                        "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
-                         SELECT {KEY_COLUMNS} FROM keys WHERE id IN (SELECT id FROM d) \
-                         AND id NOT IN (SELECT id FROM fam) \
+                        "WITH RECURSIVE {fam}, {d} \
+                         SELECT {KEY_COLUMNS} FROM keys WHERE id IN (SELECT id FROM sub) \
                          AND revoked_at_ms IS NULL AND id > $1 ORDER BY id LIMIT $2",
-                        fam = family_cte(3)
+                        fam = family_cte(3),
+                        d = descendants_cte(3)
                     ))
                     .await
                     .map_err(db_error)?;
-                client
-                    .query(&stmt, &[&after, &fetch, &ancestor.as_str()])
-                    .await
+                client.query(&stmt, &[&after, &fetch, &family]).await
             }
         }
         .map_err(db_error)?;
@@ -1010,22 +1033,23 @@ impl Store for PgStore {
                 client.query(&stmt, &[&to_i64(after), &fetch]).await
             }
             Scope::DescendantsOf(ancestor) => {
+                let family = family_ids(&client, ancestor).await.map_err(db_error)?;
                 let stmt = client
                     .prepare_cached(&format!(
-                        "WITH RECURSIVE {fam}, {DESCENDANTS_CTE} \
+                        "WITH RECURSIVE {fam}, {d} \
                          SELECT seq, at_ms, action, key_id, \
                                 CASE WHEN actor_id IN (SELECT id FROM fam) \
-                                       OR actor_id IN (SELECT id FROM d) THEN actor_id END, \
+                                       OR actor_id IN (SELECT id FROM sub) THEN actor_id END, \
                                 new_key_id FROM changes \
-                         WHERE seq > $1 \
-                         AND key_id IN (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam)) \
+                         WHERE seq > $1 AND key_id IN (SELECT id FROM sub) \
                          ORDER BY seq LIMIT $2",
-                        fam = family_cte(3)
+                        fam = family_cte(3),
+                        d = descendants_cte(3)
                     ))
                     .await
                     .map_err(db_error)?;
                 client
-                    .query(&stmt, &[&to_i64(after), &fetch, &ancestor.as_str()])
+                    .query(&stmt, &[&to_i64(after), &fetch, &family])
                     .await
             }
         }

@@ -83,6 +83,7 @@ CREATE TABLE meta (
 const MIGRATE_V3: &str = "
 ALTER TABLE keys ADD COLUMN rolled_from TEXT;
 CREATE INDEX keys_rolled_from ON keys (rolled_from);
+CREATE INDEX changes_key_id ON changes (key_id);
 UPDATE keys SET rolled_from = (
     SELECT c.key_id FROM changes c
     WHERE c.action = 'rolled' AND c.new_key_id = keys.id
@@ -104,14 +105,17 @@ fn family_cte(n: u8) -> String {
     )
 }
 
-/// The keys minted by a member of `fam`, transitively (a common table
-/// expression named `d`, after [`family_cte`]). Members of `fam` themselves
-/// are excluded by the callers.
+/// The keys minted by a member of `fam`, transitively (`d`), and the
+/// caller's subtree proper (`sub`: `d` without the family), materialized:
+/// every scoped query is driven by it, so it costs what the caller's own
+/// subtree costs, whatever the target or the size of the table (common table
+/// expressions after [`family_cte`]).
 const DESCENDANTS_CTE: &str = "d(id) AS (
     SELECT k.id FROM keys k WHERE k.creator_id IN (SELECT id FROM fam)
     UNION
     SELECT k.id FROM keys k JOIN d ON k.creator_id = d.id
-)";
+),
+sub(id) AS MATERIALIZED (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam))";
 
 /// The SQLite implementation of [`Store`](super::Store).
 pub struct SqliteStore {
@@ -436,29 +440,22 @@ fn parse_id(text: &str, what: &str) -> Result<KeyId, StoreError> {
         .map_err(|e| StoreError::Fatal(format!("corrupt {what} `{text}` in database: {e}")))
 }
 
-/// Whether `id` is within `scope`: for `DescendantsOf(root)`, whether a
-/// member of `root`'s family (`root` and the keys rolled into it) is on
-/// `id`'s chain of creators, and `id` is not itself of that family (walked
-/// by primary key; `UNION` stops at a cycle).
+/// Whether `id` is within `scope`: for `DescendantsOf(root)`, whether it is
+/// in `root`'s subtree. The whole subtree is computed first, so the answer
+/// costs the same for an unknown id, another tenant's id and one of the
+/// caller's: the time of a 404 tells nothing about keys outside it.
 fn in_scope(conn: &Connection, id: KeyId, scope: Scope) -> Result<bool, StoreError> {
     match scope {
         Scope::All => Ok(true),
         Scope::DescendantsOf(root) => conn
             .query_row(
                 &format!(
-                    "WITH RECURSIVE {fam},
-                     up(id) AS (
-                         SELECT creator_id FROM keys WHERE id = ?1 AND creator_id IS NOT NULL
-                         UNION
-                         SELECT k.creator_id FROM keys k JOIN up ON k.id = up.id
-                         WHERE k.creator_id IS NOT NULL
-                     )
-                     SELECT EXISTS (SELECT 1 FROM up WHERE id IN (SELECT id FROM fam))
-                        AND ?1 NOT IN (SELECT id FROM fam)",
+                    "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
+                     SELECT count(*), sum(id = ?1) FROM sub",
                     fam = family_cte(2)
                 ),
                 params![id.as_str(), root.as_str()],
-                |r| r.get(0),
+                |r| Ok(r.get::<_, Option<i64>>(1)?.unwrap_or(0) > 0),
             )
             .map_err(sql),
     }
@@ -546,8 +543,10 @@ fn get_key(conn: &Connection, id: KeyId) -> Result<Option<StoredKey>, StoreError
 /// The key `id` if it exists, is not revoked, and is within `scope`;
 /// otherwise [`StoreError::NotFound`].
 fn live_in_scope(conn: &Connection, id: KeyId, scope: Scope) -> Result<StoredKey, StoreError> {
+    // The scope first, always: see `in_scope`.
+    let member = in_scope(conn, id, scope)?;
     match get_key(conn, id)? {
-        Some(key) if key.revoked_at_ms.is_none() && in_scope(conn, id, scope)? => Ok(key),
+        Some(key) if member && key.revoked_at_ms.is_none() => Ok(key),
         _ => Err(StoreError::NotFound),
     }
 }
@@ -672,9 +671,8 @@ fn list_keys(
         Scope::DescendantsOf(root) => (
             format!(
                 "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
-                 SELECT {KEY_COLUMNS} FROM keys k JOIN d ON k.id = d.id
+                 SELECT {KEY_COLUMNS} FROM sub CROSS JOIN keys k ON k.id = sub.id
                  WHERE k.revoked_at_ms IS NULL AND k.id > ?1
-                   AND k.id NOT IN (SELECT id FROM fam)
                  ORDER BY k.id LIMIT ?2",
                 fam = family_cte(3)
             ),
@@ -716,14 +714,14 @@ fn read_events(
         Scope::DescendantsOf(root) => (
             format!(
                 "WITH RECURSIVE {fam}, {DESCENDANTS_CTE}
-                 SELECT seq, at_ms, action, key_id,
-                        CASE WHEN actor_id IN (SELECT id FROM fam) OR actor_id IN (SELECT id FROM d)
-                             THEN actor_id END,
-                        new_key_id
-                 FROM changes
-                 WHERE seq > ?1
-                   AND key_id IN (SELECT id FROM d WHERE id NOT IN (SELECT id FROM fam))
-                 ORDER BY seq LIMIT ?2",
+                 SELECT c.seq, c.at_ms, c.action, c.key_id,
+                        CASE WHEN c.actor_id IN (SELECT id FROM fam)
+                               OR c.actor_id IN (SELECT id FROM sub)
+                             THEN c.actor_id END,
+                        c.new_key_id
+                 FROM sub CROSS JOIN changes c ON c.key_id = sub.id
+                 WHERE c.seq > ?1
+                 ORDER BY c.seq LIMIT ?2",
                 fam = family_cte(3)
             ),
             Some(root),
@@ -1061,9 +1059,10 @@ impl super::Store for SqliteStore {
     }
 
     async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError> {
-        self.read(move |conn| match get_key(conn, id)? {
-            Some(key) if in_scope(conn, id, scope)? => Ok(Some(key)),
-            _ => Ok(None),
+        self.read(move |conn| {
+            // The scope first, always: see `in_scope`.
+            let member = in_scope(conn, id, scope)?;
+            Ok(get_key(conn, id)?.filter(|_| member))
         })
         .await
     }
@@ -1750,7 +1749,7 @@ mod tests {
             .is_empty());
         assert!(matches!(
             store.create(&record(Some(&a), 11), Some(a.id()), 11).await,
-            Err(StoreError::Conflict(m)) if m.contains("was rolled into")
+            Err(StoreError::Conflict(m)) if m.contains("was rolled")
         ));
         let (again, old_again) =
             keygate::roll(&pepper(), &old_a, 5, &mut keygate::os_entropy(), 11)
