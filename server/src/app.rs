@@ -23,11 +23,11 @@ use serde::de::DeserializeOwned;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::RequestBodyDeadlineLayer;
 
-use crate::cache::KeyCache;
 use crate::clock::now_ms as system_now_ms;
 use crate::lifecycle;
 use crate::store::{Store, StoreError};
-use crate::usage::Usage;
+use crate::sync::cache::KeyCache;
+use crate::sync::usage::Usage;
 
 /// The largest request body, in bytes (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;

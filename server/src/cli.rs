@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::app::quote;
 use crate::clock::now_ms as system_now_ms;
 use crate::lifecycle::KeyView;
-use crate::pepper;
+use crate::store::pepper;
 use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Event, Scope, Store, StoreError};

@@ -7,16 +7,13 @@
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
 mod app;
-mod cache;
 mod cli;
 mod clock;
-mod follow;
 mod lifecycle;
 mod listen;
-mod pepper;
 mod routes;
 mod store;
-mod usage;
+mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +23,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use keygate::{Change, MintPolicy, MintRequest};
 
-use crate::cache::KeyCache;
 use crate::store::Store;
+use crate::sync::cache::KeyCache;
+use crate::sync::follow;
 
 /// API-key authorization server.
 #[derive(Parser, Debug)]

@@ -423,7 +423,7 @@ pub async fn open(
         .await
         .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
     let count = store.count().await.map_err(|e| e.to_string())?;
-    let (pepper, _created) = crate::pepper::load_or_create(path, count == 0).map_err(|e| {
+    let (pepper, _created) = crate::store::pepper::load_or_create(path, count == 0).map_err(|e| {
         if count > 0 && !path.exists() {
             format!(
                 "pepper file `{}` is missing but the database holds {count} keys; copy the pepper file the other instances use",
