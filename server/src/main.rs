@@ -6,12 +6,9 @@
 //!   database directly (see `cli`).
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
-mod app;
 mod cli;
 mod clock;
-mod lifecycle;
-mod listen;
-mod routes;
+mod http;
 mod store;
 mod sync;
 
@@ -23,9 +20,13 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use keygate::{Change, MintPolicy, MintRequest};
 
+use crate::cli::StoreArgs;
+use crate::http::forward::ForwardedHeaders;
+use crate::http::state::AppState;
+use crate::http::{listen, router};
 use crate::store::Store;
 use crate::sync::cache::KeyCache;
-use crate::sync::follow;
+use crate::sync::{follow, Keys};
 
 /// API-key authorization server.
 #[derive(Parser, Debug)]
@@ -33,25 +34,6 @@ use crate::sync::follow;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where the keys and the pepper live.
-#[derive(clap::Args, Debug)]
-struct StoreArgs {
-    /// SQLite database file (created if missing), or a PostgreSQL URL
-    /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
-    #[arg(
-        long,
-        value_name = "PATH|URL",
-        default_value = "keygate.db",
-        env = "KEYGATE_DATABASE_URL"
-    )]
-    db: PathBuf,
-    /// Pepper file: 32 random bytes, created with mode 0600 if missing.
-    /// Default: the database path with `.pepper` appended; required with
-    /// PostgreSQL (every instance reads the same file).
-    #[arg(long, value_name = "PATH")]
-    pepper_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,13 +71,13 @@ enum Command {
         /// `X-Original-URI` (nginx `auth_request`); `x-forwarded`:
         /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Caddy, Traefik). A
         /// request carrying the other family is refused (400).
-        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = routes::ForwardedHeaders::XOriginal)]
-        forwarded_headers: routes::ForwardedHeaders,
+        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = ForwardedHeaders::XOriginal)]
+        forwarded_headers: ForwardedHeaders,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
         #[command(subcommand)]
-        command: routes::RoutesCommand,
+        command: cli::routes::RoutesCommand,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -188,7 +170,7 @@ fn main() -> ExitCode {
                 ..follow::Intervals::default()
             },
         ),
-        Command::Routes { command } => routes::run(&command),
+        Command::Routes { command } => cli::routes::run(&command),
         Command::Mint {
             store,
             name,
@@ -215,12 +197,12 @@ fn serve(
     args: &StoreArgs,
     attenuate: bool,
     limits: &listen::Args,
-    routes: Option<(&std::path::Path, routes::ForwardedHeaders)>,
+    routes: Option<(&std::path::Path, ForwardedHeaders)>,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
     // A bad table stops start-up before anything else happens.
     let table = routes
-        .map(|(file, trusted)| routes::load(file).map(|table| (table, trusted)))
+        .map(|(file, trusted)| cli::routes::load(file).map(|table| (table, trusted)))
         .transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -258,11 +240,12 @@ fn serve(
         } else {
             MintPolicy::Spec
         };
-        let state = Arc::new(app::AppState::new(cache, store, policy));
+        let keys = Arc::new(Keys::new(cache, store));
+        let state = Arc::new(AppState::new(Arc::clone(&keys), policy));
         if let Some((t, trusted)) = &table {
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
-        run(listener, state, table, limits, seq, intervals).await
+        run(listener, state, keys, table, limits, seq, intervals).await
     })
 }
 
@@ -352,8 +335,9 @@ fn remove_quietly(path: &std::path::Path) {
 
 async fn run(
     listener: tokio::net::TcpListener,
-    state: Arc<app::AppState>,
-    table: Option<(keygate::RouteTable, routes::ForwardedHeaders)>,
+    state: Arc<AppState>,
+    keys: Arc<Keys>,
+    table: Option<(keygate::RouteTable, ForwardedHeaders)>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
@@ -364,10 +348,10 @@ async fn run(
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let follower = follow::spawn(Arc::clone(&state), seq, intervals, stopped)
+    let follower = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
-    let router = routes::with_routes(
-        app::router(Arc::clone(&state), limits.body_read_timeout),
+    let router = crate::http::forward::with_routes(
+        router::router(Arc::clone(&state), limits.body_read_timeout),
         table,
     );
     listen::serve(listener, router, limits, shutdown_signal()).await;

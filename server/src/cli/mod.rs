@@ -5,6 +5,8 @@
 //! Every write here is made with a null actor: the operator at the
 //! database, not a key.
 
+pub mod routes;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,14 +16,32 @@ use std::time::{Duration, UNIX_EPOCH};
 use keygate::{KeyId, KeyKind, MintRequest, Pepper, Scopes};
 use serde::Serialize;
 
-use crate::app::quote;
 use crate::clock::now_ms as system_now_ms;
-use crate::lifecycle::KeyView;
+use crate::http::keys::KeyView;
+use crate::http::problem::quote;
 use crate::store::pepper;
 use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Event, Scope, Store, StoreError};
-use crate::StoreArgs;
+
+/// Where the keys and the pepper live.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// SQLite database file (created if missing), or a PostgreSQL URL
+    /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "keygate.db",
+        env = "KEYGATE_DATABASE_URL"
+    )]
+    pub db: PathBuf,
+    /// Pepper file: 32 random bytes, created with mode 0600 if missing.
+    /// Default: the database path with `.pepper` appended; required with
+    /// PostgreSQL (every instance reads the same file).
+    #[arg(long, value_name = "PATH")]
+    pub pepper_file: Option<PathBuf>,
+}
 
 /// The longest roll overlap: 7 days (as over HTTP).
 pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -96,7 +116,7 @@ pub async fn mint(
         MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
     }
     .map_err(|e| e.to_string())?;
-    crate::app::check_name(request.name())?;
+    crate::http::create::check_name(request.name())?;
     let (store, pepper) = open_store(args).await?;
     let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
     store
