@@ -1,4 +1,5 @@
-//! `GET /v1/events`: the audit log (the change log), in sequence order.
+//! `GET /v1/events`: the audit log (the change log), in sequence order;
+//! it needs `account:read`.
 
 use std::sync::Arc;
 

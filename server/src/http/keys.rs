@@ -1,9 +1,9 @@
 //! The key lifecycle over HTTP (keygate extensions beyond the spec): list,
 //! read, revoke, roll and self-revocation.
 //!
-//! Every route but self-revocation sits behind the minting rule (a standard
-//! key, or a restricted key with `account:write`, checked by the tower
-//! layer). Under the attenuating policy a restricted caller sees and acts
+//! The reads (`GET /v1/keys`, `GET /v1/keys/{id}`) need `account:read`, the
+//! writes `account:write` (a standard key has both; the tower layer checks);
+//! self-revocation needs only the token. Under the attenuating policy a restricted caller sees and acts
 //! on only the keys it minted, directly or transitively; any other id is a
 //! 404 to it, and revoking a key revokes its descendants too.
 

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use keygate::tower::{problem, Rejection, RequireScope};
 use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters};
@@ -37,16 +37,24 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 /// within `body_read_timeout` of the request head (`--body-read-timeout`).
 pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
     let shared = Shared(Arc::clone(&state));
+    // Reads need `account:read`; a key with `account:write` has it too.
+    let read_routes = Router::new()
+        .route("/v1/keys", get(keys::list))
+        .route("/v1/keys/{id}", get(keys::get_key))
+        .route("/v1/events", get(events::events))
+        .route_layer(RequireScope::new(
+            shared.clone(),
+            Resource::Account,
+            Access::Read,
+        ));
     let account_routes = Router::new()
         .route("/v1/apikeys", post(create::<ApiKeyCreateParameters>))
         .route(
             "/v1/restricted_keys",
             post(create::<RestrictedKeyCreateParameters>),
         )
-        .route("/v1/keys", get(keys::list))
-        .route("/v1/keys/{id}", get(keys::get_key).delete(keys::revoke))
+        .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/keys/{id}/roll", post(keys::roll))
-        .route("/v1/events", get(events::events))
         .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
     let body_routes = Router::new()
         .merge(account_routes)
@@ -66,6 +74,7 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
         // Only the routes that read a body get the body deadline: the hot
         // path (`/v1/authorize`, `/healthz`) pays for no layer.
         .merge(with_body_deadline(body_routes, body_read_timeout))
+        .merge(read_routes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
         .route("/healthz", get(healthz))
