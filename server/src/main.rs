@@ -2,7 +2,7 @@
 //!
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
-//! * `keygate mint`, `list`, `revoke`, `roll`, `events`: act on the
+//! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `events`: act on the
 //!   database directly (see `cli`).
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
@@ -86,19 +86,35 @@ enum Command {
         /// The key's name.
         #[arg(long)]
         name: Option<String>,
-        /// Expiry in Unix milliseconds.
-        #[arg(long, value_name = "MS", allow_negative_numbers = true)]
-        expires_at_ms: Option<i64>,
+        #[command(flatten)]
+        expiry: cli::Expiry,
         /// A scope such as `devboxes:write` (repeatable, or comma-separated).
         /// With any, the key is restricted; without, it is standard.
         #[arg(long = "scope", value_name = "RESOURCE:ACCESS")]
         scopes: Vec<String>,
     },
-    /// List the keys that are not revoked, by id.
+    /// List the keys that are not revoked.
     List {
         #[command(flatten)]
         store: StoreArgs,
+        /// Only the keys whose name contains this text.
+        #[arg(long, value_name = "SUBSTRING")]
+        name: Option<String>,
+        /// The order: by id, or by creation time (oldest first; a rolled
+        /// key and its successor then sit side by side).
+        #[arg(long, value_enum, default_value_t = cli::SortBy::Id)]
+        sort: cli::SortBy,
         /// Print a JSON array of key views instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key that is not revoked: its view as a table, or as JSON.
+    Get {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id, or its whole token (its id is taken from it).
+        id: String,
+        /// Print the key view as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -113,7 +129,8 @@ enum Command {
         cascade: bool,
     },
     /// Roll a key: a new key (printed as its created view, as JSON) with the
-    /// same kind, name, scopes and expiry; the old key ends after the overlap.
+    /// same kind, name, scopes and expiry; the old key ends after the overlap
+    /// (its new expiry goes to stderr).
     Roll {
         #[command(flatten)]
         store: StoreArgs,
@@ -131,6 +148,10 @@ enum Command {
         /// Only events with sequence numbers after this one.
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: u64,
+        /// Only the events that name this key (its id, or its whole token):
+        /// as the key acted on, the actor, or the new key of a roll.
+        #[arg(long, value_name = "ID")]
+        key: Option<String>,
         /// Print a JSON array of events instead of a table.
         #[arg(long)]
         json: bool,
@@ -174,13 +195,24 @@ fn main() -> ExitCode {
         Command::Mint {
             store,
             name,
-            expires_at_ms,
+            expiry,
             scopes,
-        } => cli::block_on(cli::mint(&store, name.as_deref(), expires_at_ms, &scopes)),
-        Command::List { store, json } => cli::block_on(cli::list(&store, json)),
+        } => cli::block_on(cli::mint(&store, name.as_deref(), &expiry, &scopes)),
+        Command::List {
+            store,
+            name,
+            sort,
+            json,
+        } => cli::block_on(cli::list(&store, name.as_deref(), sort, json)),
+        Command::Get { store, id, json } => cli::block_on(cli::get(&store, &id, json)),
         Command::Revoke { store, id, cascade } => cli::block_on(cli::revoke(&store, &id, cascade)),
         Command::Roll { store, id, overlap } => cli::block_on(cli::roll(&store, &id, &overlap)),
-        Command::Events { store, after, json } => cli::block_on(cli::events(&store, after, json)),
+        Command::Events {
+            store,
+            after,
+            key,
+            json,
+        } => cli::block_on(cli::events(&store, after, key.as_deref(), json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -293,6 +325,12 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
                 key_id = %record.id(),
                 path = %path.display(),
                 "bootstrap key created; its token is in the file (mode 0600): read it, then delete the file"
+            );
+            tracing::info!(
+                key_id = %record.id(),
+                "the bootstrap key never expires: mint an admin key (`keygate mint --name admin`), \
+                 then revoke the bootstrap key (`keygate revoke {}`)",
+                record.id()
             );
             Ok(())
         }
