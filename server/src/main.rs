@@ -128,9 +128,11 @@ enum Command {
         #[arg(long)]
         cascade: bool,
     },
-    /// Roll a key: a new key (printed as its created view, as JSON) with the
-    /// same kind, name, scopes and expiry; the old key ends after the overlap
-    /// (its new expiry goes to stderr).
+    /// Roll a key: a new key with the same kind, name, scopes and expiry; the
+    /// old key ends after the overlap.
+    ///
+    /// Prints the new key's created view as JSON on stdout, and the old
+    /// key's new expiry on stderr.
     Roll {
         #[command(flatten)]
         store: StoreArgs,

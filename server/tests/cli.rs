@@ -682,3 +682,145 @@ fn serve_tells_the_operator_to_replace_the_bootstrap_key() {
         "{log}"
     );
 }
+
+/// The `--help` texts of `keygate` and every subcommand, as the reference
+/// `docs/cli.md` shows them: `(command path, help text)`, in the order the
+/// help lists them.
+fn help_texts() -> Vec<(Vec<String>, String)> {
+    fn help(path: &[String]) -> String {
+        let out = Command::new(BIN)
+            .args(path)
+            .arg("--help")
+            .env_remove("KEYGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keygate {path:?} --help failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn subcommands(text: &str) -> Vec<String> {
+        let Some(start) = text.find("\nCommands:\n") else {
+            return Vec::new();
+        };
+        text[start + "\nCommands:\n".len()..]
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|&name| name != "help")
+            .map(str::to_owned)
+            .collect()
+    }
+    fn walk(path: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+        let text = help(&path);
+        let children = subcommands(&text);
+        out.push((path.clone(), text));
+        for child in children {
+            let mut next = path.clone();
+            next.push(child);
+            walk(next, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(Vec::new(), &mut out);
+    out
+}
+
+/// `docs/cli.md` holds, under a heading per command, that command's
+/// `--help` exactly (in a fenced block). `KEYGATE_BLESS=1` rewrites the
+/// blocks from the binary, keeping the prose around them.
+#[test]
+fn the_cli_reference_is_the_binarys_help() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let helps = help_texts();
+    let heading = |path: &[String]| {
+        if path.is_empty() {
+            "## `keygate`".to_owned()
+        } else {
+            format!("## `keygate {}`", path.join(" "))
+        }
+    };
+    // The file's sections: the preamble, then (heading, prose) pairs; the
+    // prose is what precedes the section's fenced block.
+    let mut preamble = String::new();
+    let mut prose: Vec<(String, String)> = Vec::new();
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut current: Option<String> = None;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("## `keygate") {
+            current = Some(line.to_owned());
+            prose.push((line.to_owned(), String::new()));
+            continue;
+        }
+        match &current {
+            None => {
+                preamble.push_str(line);
+                preamble.push('\n');
+            }
+            Some(h) if line == "```text" => {
+                let mut block = String::new();
+                for l in lines.by_ref() {
+                    if l == "```" {
+                        break;
+                    }
+                    block.push_str(l);
+                    block.push('\n');
+                }
+                blocks.push((h.clone(), block));
+            }
+            Some(_) => {
+                let p = &mut prose.last_mut().unwrap().1;
+                p.push_str(line);
+                p.push('\n');
+            }
+        }
+    }
+    let want: Vec<(String, String)> = helps
+        .iter()
+        .map(|(path, help)| (heading(path), help.clone()))
+        .collect();
+    if std::env::var_os("KEYGATE_BLESS").is_some() {
+        let mut out = if preamble.trim().is_empty() {
+            "# `keygate` command-line reference\n\n\
+             Generated from the binary's `--help` (`KEYGATE_BLESS=1 cargo test -p \
+             keygate-server --test cli the_cli_reference` rewrites the blocks; the \
+             test fails when they differ).\n\n"
+                .to_owned()
+        } else {
+            preamble.clone()
+        };
+        for (h, help) in &want {
+            let kept = prose
+                .iter()
+                .find(|(ph, _)| ph == h)
+                .map_or_else(|| "\n".to_owned(), |(_, p)| p.clone());
+            out.push_str(&format!("{h}\n{kept}```text\n{help}```\n\n"));
+        }
+        std::fs::write(file, out.trim_end().to_owned() + "\n").unwrap();
+        return;
+    }
+    assert_eq!(
+        blocks.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+        want.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+        "docs/cli.md: one section per command, in the help's order \
+         (KEYGATE_BLESS=1 rewrites it)"
+    );
+    for ((h, got), (_, help)) in blocks.iter().zip(&want) {
+        assert_eq!(
+            got, help,
+            "docs/cli.md {h} differs from --help (KEYGATE_BLESS=1 rewrites it)"
+        );
+    }
+    // Every flag of every command appears; `routes` and `serve --routes` too.
+    for flag in [
+        "--routes",
+        "--forwarded-headers",
+        "--expires-in",
+        "--expires-at",
+        "--sort",
+        "--key",
+    ] {
+        assert!(text.contains(flag), "{flag}");
+    }
+    assert!(text.contains("## `keygate routes explain`"));
+}
