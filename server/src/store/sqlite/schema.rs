@@ -54,7 +54,7 @@ UPDATE keys SET rolled_from = (
 ";
 
 pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// Fails unless `conn` journals to a WAL and fsyncs it on every commit
