@@ -5,7 +5,7 @@
 #   scripts/mutants.sh src/scope.rs src/keyring   # only these files / directories
 #   scripts/mutants.sh --list               # list the mutants; checks that .cargo/mutants.toml parses
 #   scripts/mutants.sh --fast src/token.rs  # unit + integration tests only, no doctests
-#   scripts/mutants.sh --server server/src/lifecycle.rs   # the server's pure logic (its unit tests)
+#   scripts/mutants.sh --server server/src/http/keys.rs   # the server's pure logic (its unit tests)
 #   scripts/mutants.sh --daily              # CI: one library module chosen by the day, 5 min budget
 #
 # The library runs use all features and `cargo test`'s default targets: unit,

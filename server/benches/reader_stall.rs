@@ -23,7 +23,7 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../src/cache.rs"]
+#[path = "../src/sync/cache.rs"]
 #[allow(dead_code)]
 mod cache;
 

@@ -2,21 +2,15 @@
 //!
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
-//! * `keygate mint`, `list`, `revoke`, `roll`, `events`: act on the
+//! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `events`: act on the
 //!   database directly (see `cli`).
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
-mod app;
-mod cache;
 mod cli;
 mod clock;
-mod follow;
-mod lifecycle;
-mod listen;
-mod pepper;
-mod routes;
+mod http;
 mod store;
-mod usage;
+mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +20,13 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use keygate::{Change, MintPolicy, MintRequest};
 
-use crate::cache::KeyCache;
+use crate::cli::StoreArgs;
+use crate::http::forward::ForwardedHeaders;
+use crate::http::state::AppState;
+use crate::http::{listen, router};
 use crate::store::Store;
+use crate::sync::cache::KeyCache;
+use crate::sync::{follow, Keys};
 
 /// API-key authorization server.
 #[derive(Parser, Debug)]
@@ -35,25 +34,6 @@ use crate::store::Store;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where the keys and the pepper live.
-#[derive(clap::Args, Debug)]
-struct StoreArgs {
-    /// SQLite database file (created if missing), or a PostgreSQL URL
-    /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
-    #[arg(
-        long,
-        value_name = "PATH|URL",
-        default_value = "keygate.db",
-        env = "KEYGATE_DATABASE_URL"
-    )]
-    db: PathBuf,
-    /// Pepper file: 32 random bytes, created with mode 0600 if missing.
-    /// Default: the database path with `.pepper` appended; required with
-    /// PostgreSQL (every instance reads the same file).
-    #[arg(long, value_name = "PATH")]
-    pepper_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,13 +71,13 @@ enum Command {
         /// `X-Original-URI` (nginx `auth_request`); `x-forwarded`:
         /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Caddy, Traefik). A
         /// request carrying the other family is refused (400).
-        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = routes::ForwardedHeaders::XOriginal)]
-        forwarded_headers: routes::ForwardedHeaders,
+        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = ForwardedHeaders::XOriginal)]
+        forwarded_headers: ForwardedHeaders,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
         #[command(subcommand)]
-        command: routes::RoutesCommand,
+        command: cli::routes::RoutesCommand,
     },
     /// Mint a key into the database and print its created view as JSON.
     Mint {
@@ -106,19 +86,35 @@ enum Command {
         /// The key's name.
         #[arg(long)]
         name: Option<String>,
-        /// Expiry in Unix milliseconds.
-        #[arg(long, value_name = "MS", allow_negative_numbers = true)]
-        expires_at_ms: Option<i64>,
+        #[command(flatten)]
+        expiry: cli::Expiry,
         /// A scope such as `devboxes:write` (repeatable, or comma-separated).
         /// With any, the key is restricted; without, it is standard.
         #[arg(long = "scope", value_name = "RESOURCE:ACCESS")]
         scopes: Vec<String>,
     },
-    /// List the keys that are not revoked, by id.
+    /// List the keys that are not revoked.
     List {
         #[command(flatten)]
         store: StoreArgs,
+        /// Only the keys whose name contains this text.
+        #[arg(long, value_name = "SUBSTRING")]
+        name: Option<String>,
+        /// The order: by id, or by creation time (oldest first; a rolled
+        /// key and its successor then sit side by side).
+        #[arg(long, value_enum, default_value_t = cli::SortBy::Id)]
+        sort: cli::SortBy,
         /// Print a JSON array of key views instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key that is not revoked: its view as a table, or as JSON.
+    Get {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id, or its whole token (its id is taken from it).
+        id: String,
+        /// Print the key view as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -132,8 +128,11 @@ enum Command {
         #[arg(long)]
         cascade: bool,
     },
-    /// Roll a key: a new key (printed as its created view, as JSON) with the
-    /// same kind, name, scopes and expiry; the old key ends after the overlap.
+    /// Roll a key: a new key with the same kind, name, scopes and expiry; the
+    /// old key ends after the overlap.
+    ///
+    /// Prints the new key's created view as JSON on stdout, and the old
+    /// key's new expiry on stderr.
     Roll {
         #[command(flatten)]
         store: StoreArgs,
@@ -151,6 +150,10 @@ enum Command {
         /// Only events with sequence numbers after this one.
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: u64,
+        /// Only the events that name this key (its id, or its whole token):
+        /// as the key acted on, the actor, or the new key of a roll.
+        #[arg(long, value_name = "ID")]
+        key: Option<String>,
         /// Print a JSON array of events instead of a table.
         #[arg(long)]
         json: bool,
@@ -190,17 +193,28 @@ fn main() -> ExitCode {
                 ..follow::Intervals::default()
             },
         ),
-        Command::Routes { command } => routes::run(&command),
+        Command::Routes { command } => cli::routes::run(&command),
         Command::Mint {
             store,
             name,
-            expires_at_ms,
+            expiry,
             scopes,
-        } => cli::block_on(cli::mint(&store, name.as_deref(), expires_at_ms, &scopes)),
-        Command::List { store, json } => cli::block_on(cli::list(&store, json)),
+        } => cli::block_on(cli::mint(&store, name.as_deref(), &expiry, &scopes)),
+        Command::List {
+            store,
+            name,
+            sort,
+            json,
+        } => cli::block_on(cli::list(&store, name.as_deref(), sort, json)),
+        Command::Get { store, id, json } => cli::block_on(cli::get(&store, &id, json)),
         Command::Revoke { store, id, cascade } => cli::block_on(cli::revoke(&store, &id, cascade)),
         Command::Roll { store, id, overlap } => cli::block_on(cli::roll(&store, &id, &overlap)),
-        Command::Events { store, after, json } => cli::block_on(cli::events(&store, after, json)),
+        Command::Events {
+            store,
+            after,
+            key,
+            json,
+        } => cli::block_on(cli::events(&store, after, key.as_deref(), json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,12 +231,12 @@ fn serve(
     args: &StoreArgs,
     attenuate: bool,
     limits: &listen::Args,
-    routes: Option<(&std::path::Path, routes::ForwardedHeaders)>,
+    routes: Option<(&std::path::Path, ForwardedHeaders)>,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
     // A bad table stops start-up before anything else happens.
     let table = routes
-        .map(|(file, trusted)| routes::load(file).map(|table| (table, trusted)))
+        .map(|(file, trusted)| cli::routes::load(file).map(|table| (table, trusted)))
         .transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -260,11 +274,12 @@ fn serve(
         } else {
             MintPolicy::Spec
         };
-        let state = Arc::new(app::AppState::new(cache, store, policy));
+        let keys = Arc::new(Keys::new(cache, store));
+        let state = Arc::new(AppState::new(Arc::clone(&keys), policy));
         if let Some((t, trusted)) = &table {
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
-        run(listener, state, table, limits, seq, intervals).await
+        run(listener, state, keys, table, limits, seq, intervals).await
     })
 }
 
@@ -313,6 +328,12 @@ async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Res
                 path = %path.display(),
                 "bootstrap key created; its token is in the file (mode 0600): read it, then delete the file"
             );
+            tracing::info!(
+                key_id = %record.id(),
+                "the bootstrap key never expires: mint an admin key (`keygate mint --name admin`), \
+                 then revoke the bootstrap key (`keygate revoke {}`)",
+                record.id()
+            );
             Ok(())
         }
         Ok(None) => {
@@ -354,8 +375,9 @@ fn remove_quietly(path: &std::path::Path) {
 
 async fn run(
     listener: tokio::net::TcpListener,
-    state: Arc<app::AppState>,
-    table: Option<(keygate::RouteTable, routes::ForwardedHeaders)>,
+    state: Arc<AppState>,
+    keys: Arc<Keys>,
+    table: Option<(keygate::RouteTable, ForwardedHeaders)>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
@@ -364,13 +386,13 @@ async fn run(
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (follower, first_read) = follow::spawn(Arc::clone(&state), seq, intervals, stopped)
+    let (follower, first_read) = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
     let _ = first_read.await;
     eprintln!("listening on {local}");
     tracing::info!(%local, "listening");
-    let router = routes::with_routes(
-        app::router(Arc::clone(&state), limits.body_read_timeout),
+    let router = crate::http::forward::with_routes(
+        router::router(Arc::clone(&state), limits.body_read_timeout),
         table,
     );
     listen::serve(listener, router, limits, shutdown_signal()).await;

@@ -506,3 +506,321 @@ fn revoke_and_roll_take_a_pasted_token_and_never_echo_it() {
         assert!(!err.contains(&broken[20 + w..40 + w]), "{err}");
     }
 }
+
+#[test]
+fn mint_takes_an_expiry_as_a_duration_or_a_time() {
+    let dir = TempDir::new("cli-expiry");
+    let db = dir.db();
+    let before = now_ms();
+    let a = json(&ok(&db, &["mint", "--name", "a", "--expires-in", "90d"]));
+    let after = now_ms();
+    let ninety_days = 90 * 24 * 3600 * 1000;
+    let at = a["expires_at_ms"].as_i64().unwrap();
+    assert!(
+        (before + ninety_days..=after + ninety_days).contains(&at),
+        "{a}"
+    );
+    let b = json(&ok(
+        &db,
+        &[
+            "mint",
+            "--name",
+            "b",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    ));
+    assert_eq!(b["expires_at_ms"], 4_070_908_800_000_i64);
+    let c = json(&ok(&db, &["mint", "--expires-at-ms", "4070908800001"]));
+    assert_eq!(c["expires_at_ms"], 4_070_908_800_001_i64);
+    // One of the three at most; bad values are refused before any write.
+    for args in [
+        &[
+            "mint",
+            "--expires-in",
+            "1d",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+        ][..],
+        &[
+            "mint",
+            "--expires-in",
+            "1d",
+            "--expires-at-ms",
+            "4070908800001",
+        ][..],
+    ] {
+        let (success, _, err) = run(&db, args);
+        assert!(!success);
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+    let err = fails(&db, &["mint", "--expires-in", "ninety days"]);
+    assert!(err.contains("`--expires-in`"), "{err}");
+    let err = fails(&db, &["mint", "--expires-at", "2099-01-01"]);
+    assert!(err.contains("RFC 3339"), "{err}");
+    // A time in the past is the library's error, as with `--expires-at-ms`.
+    fails(&db, &["mint", "--expires-at", "2001-01-01T00:00:00Z"]);
+    assert_eq!(list(&db).len(), 3);
+}
+
+#[test]
+fn get_list_filters_events_by_key_and_roll_reports_the_old_expiry() {
+    let dir = TempDir::new("cli-get");
+    let db = dir.db();
+    let alpha = json(&ok(
+        &db,
+        &["mint", "--name", "alpha", "--scope", "objects:read"],
+    ));
+    let beta = json(&ok(&db, &["mint", "--name", "beta"]));
+    let alpha_id = alpha["id"].as_str().unwrap().to_owned();
+    let alpha_token = alpha["key_secret"].as_str().unwrap().to_owned();
+    let beta_id = beta["id"].as_str().unwrap().to_owned();
+
+    // get: a table by default, the key view with --json; id or token.
+    let table = ok(&db, &["get", &alpha_id]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("ID "), "{table}");
+    assert!(lines[1].starts_with(&alpha_id), "{table}");
+    assert!(lines[1].contains("objects:read"), "{table}");
+    let view = json(&ok(&db, &["get", &alpha_token, "--json"]));
+    assert_eq!(view, *find(&list(&db), &alpha_id));
+    assert!(!ok(&db, &["get", &alpha_token]).contains(&alpha_token[20..]));
+    let err = fails(&db, &["get", "0000000000000000"]);
+    assert!(err.contains("no key"), "{err}");
+
+    // roll: stdout is the new key's created view alone; stderr has the old
+    // key's new expiry.
+    let (success, out, err) = run(&db, &["roll", &alpha_id, "--overlap", "15m"]);
+    assert!(success, "{err}");
+    let rolled = json(&out);
+    let new_id = rolled["id"].as_str().unwrap().to_owned();
+    let old_expiry = find(&list(&db), &alpha_id)["expires_at_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        err.contains(&format!("old key {alpha_id} now expires at "))
+            && err.contains(&format!("(expires_at_ms {old_expiry})")),
+        "{err}"
+    );
+
+    // list --name filters by substring; --sort created puts the rolled pair
+    // side by side (by id they may be apart).
+    let names: Vec<String> = json(&ok(&db, &["list", "--json", "--name", "alp"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&alpha_id) && names.contains(&new_id));
+    let by_created: Vec<String> = json(&ok(&db, &["list", "--json", "--sort", "created"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        by_created,
+        [alpha_id.clone(), beta_id.clone(), new_id.clone()]
+    );
+    let table = ok(&db, &["list", "--name", "bet"]);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.contains(&beta_id));
+    assert!(ok(&db, &["list", "--name", "nobody"]).lines().count() == 1);
+    let (success, _, err) = run(&db, &["list", "--sort", "name"]);
+    assert!(!success && err.contains("--sort"), "{err}");
+
+    // events --key: the events that name the key, as subject or new key.
+    ok(&db, &["revoke", &beta_id]);
+    let named: Vec<(String, String)> = json(&ok(&db, &["events", "--json", "--key", &new_id]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["key_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("created".to_owned(), new_id.clone()),
+            ("rolled".to_owned(), alpha_id.clone())
+        ]
+    );
+    let table = ok(&db, &["events", "--key", &beta_id]);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.contains("revoked"), "{table}");
+    assert_eq!(
+        json(&ok(
+            &db,
+            &["events", "--json", "--key", &beta_id, "--after", "100"]
+        )),
+        serde_json::json!([])
+    );
+    fails(&db, &["events", "--key", "nope"]);
+
+    // A revoked key: get says so and points at its history.
+    let err = fails(&db, &["get", &beta_id]);
+    assert!(
+        err.contains("was revoked") && err.contains("events --key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_tells_the_operator_to_replace_the_bootstrap_key() {
+    let dir = TempDir::new("cli-bootstrap-advice");
+    let server = Server::start(&dir.db(), &[]);
+    let id = &server.token()[3..19];
+    let log = server.log_text();
+    assert!(
+        log.contains("mint an admin key") && log.contains(&format!("keygate revoke {id}")),
+        "{log}"
+    );
+}
+
+/// The `--help` texts of `keygate` and every subcommand, as the reference
+/// `docs/cli.md` shows them: `(command path, help text)`, in the order the
+/// help lists them.
+fn help_texts() -> Vec<(Vec<String>, String)> {
+    fn help(path: &[String]) -> String {
+        let out = Command::new(BIN)
+            .args(path)
+            .arg("--help")
+            .env_remove("KEYGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keygate {path:?} --help failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn subcommands(text: &str) -> Vec<String> {
+        let Some(start) = text.find("\nCommands:\n") else {
+            return Vec::new();
+        };
+        text[start + "\nCommands:\n".len()..]
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|&name| name != "help")
+            .map(str::to_owned)
+            .collect()
+    }
+    fn walk(path: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+        let text = help(&path);
+        let children = subcommands(&text);
+        out.push((path.clone(), text));
+        for child in children {
+            let mut next = path.clone();
+            next.push(child);
+            walk(next, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(Vec::new(), &mut out);
+    out
+}
+
+/// `docs/cli.md` holds, under a heading per command, that command's
+/// `--help` exactly (in a fenced block). `KEYGATE_BLESS=1` rewrites the
+/// blocks from the binary, keeping the prose around them.
+#[test]
+fn the_cli_reference_is_the_binarys_help() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let helps = help_texts();
+    let heading = |path: &[String]| {
+        if path.is_empty() {
+            "## `keygate`".to_owned()
+        } else {
+            format!("## `keygate {}`", path.join(" "))
+        }
+    };
+    // The file's sections: the preamble, then (heading, prose) pairs; the
+    // prose is what precedes the section's fenced block.
+    let mut preamble = String::new();
+    let mut prose: Vec<(String, String)> = Vec::new();
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut current: Option<String> = None;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("## `keygate") {
+            current = Some(line.to_owned());
+            prose.push((line.to_owned(), String::new()));
+            continue;
+        }
+        match &current {
+            None => {
+                preamble.push_str(line);
+                preamble.push('\n');
+            }
+            Some(h) if line == "```text" => {
+                let mut block = String::new();
+                for l in lines.by_ref() {
+                    if l == "```" {
+                        break;
+                    }
+                    block.push_str(l);
+                    block.push('\n');
+                }
+                blocks.push((h.clone(), block));
+            }
+            Some(_) => {
+                let p = &mut prose.last_mut().unwrap().1;
+                p.push_str(line);
+                p.push('\n');
+            }
+        }
+    }
+    let want: Vec<(String, String)> = helps
+        .iter()
+        .map(|(path, help)| (heading(path), help.clone()))
+        .collect();
+    if std::env::var_os("KEYGATE_BLESS").is_some() {
+        let mut out = if preamble.trim().is_empty() {
+            "# `keygate` command-line reference\n\n\
+             Generated from the binary's `--help` (`KEYGATE_BLESS=1 cargo test -p \
+             keygate-server --test cli the_cli_reference` rewrites the blocks; the \
+             test fails when they differ).\n\n"
+                .to_owned()
+        } else {
+            preamble.clone()
+        };
+        for (h, help) in &want {
+            let kept = prose
+                .iter()
+                .find(|(ph, _)| ph == h)
+                .map_or_else(|| "\n".to_owned(), |(_, p)| p.clone());
+            out.push_str(&format!("{h}\n{kept}```text\n{help}```\n\n"));
+        }
+        std::fs::write(file, out.trim_end().to_owned() + "\n").unwrap();
+        return;
+    }
+    assert_eq!(
+        blocks.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+        want.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+        "docs/cli.md: one section per command, in the help's order \
+         (KEYGATE_BLESS=1 rewrites it)"
+    );
+    for ((h, got), (_, help)) in blocks.iter().zip(&want) {
+        assert_eq!(
+            got, help,
+            "docs/cli.md {h} differs from --help (KEYGATE_BLESS=1 rewrites it)"
+        );
+    }
+    // Every flag of every command appears; `routes` and `serve --routes` too.
+    for flag in [
+        "--routes",
+        "--forwarded-headers",
+        "--expires-in",
+        "--expires-at",
+        "--sort",
+        "--key",
+    ] {
+        assert!(text.contains(flag), "{flag}");
+    }
+    assert!(text.contains("## `keygate routes explain`"));
+}

@@ -256,3 +256,92 @@ fn routes_check_and_explain() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("answered with 400"));
 }
+
+/// `examples/runloop.routes` and keygate agree on keygate's own routes: for
+/// each route keygate serves behind a gateway, and each kind of caller, the
+/// table's decision (forward-auth: 204, or 401/403) is keygate's own (its
+/// answer is neither 401 nor 403: the request passed the scope check, and
+/// a 400 or 404 after it comes from the handler).
+#[test]
+fn the_runloop_table_agrees_with_keygate_on_its_own_routes() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/runloop.routes");
+    let dir = TempDir::new("routes-agree");
+    let server = Server::start(&dir.db(), &["--routes", example]);
+    let standard = server.token().to_owned();
+    let callers: Vec<(&str, Option<String>)> = vec![
+        ("no key", None),
+        ("standard", Some(standard)),
+        (
+            "account:read",
+            Some(mint_token(&dir.db(), &["--scope", "account:read"])),
+        ),
+        (
+            "account:write",
+            Some(mint_token(&dir.db(), &["--scope", "account:write"])),
+        ),
+        (
+            "devboxes:write",
+            Some(mint_token(&dir.db(), &["--scope", "devboxes:write"])),
+        ),
+    ];
+    for (_, token) in &callers {
+        if let Some(t) = token {
+            server.wait_accepted(t);
+        }
+    }
+    // An id that names no key: an allowed revoke or roll answers 404 and
+    // changes nothing; a body that does not parse keeps creates from minting.
+    let id = "0000000000000000";
+    let routes: [(&str, String, Option<&str>); 8] = [
+        ("POST", "/v1/apikeys".into(), Some(r#"{"bogus":1}"#)),
+        ("POST", "/v1/restricted_keys".into(), Some(r#"{"bogus":1}"#)),
+        ("GET", "/v1/keys".into(), None),
+        ("GET", format!("/v1/keys/{id}"), None),
+        ("DELETE", format!("/v1/keys/{id}"), None),
+        (
+            "POST",
+            format!("/v1/keys/{id}/roll"),
+            Some(r#"{"bogus":1}"#),
+        ),
+        ("POST", "/v1/keys/revoke".into(), Some("{}")),
+        ("GET", "/v1/events".into(), None),
+    ];
+    for (method, path, body) in &routes {
+        for (who, token) in &callers {
+            let table = forward(&server, token.as_deref(), XO, method, path);
+            assert!(
+                [204, 401, 403].contains(&table.status),
+                "{method} {path} as {who}: the table answered {}",
+                table.text()
+            );
+            let own = match token {
+                Some(t) => server.authed(method, path, t, *body),
+                None => server.req(method, path, &[], body.map(str::as_bytes)),
+            };
+            assert!(
+                ![405, 500].contains(&own.status),
+                "{method} {path} as {who}: keygate answered {}",
+                own.text()
+            );
+            let table_allows = table.status == 204;
+            let keygate_allows = ![401, 403].contains(&own.status);
+            assert_eq!(
+                table_allows,
+                keygate_allows,
+                "{method} {path} as {who}: the table says {} ({}), keygate {} ({})",
+                table.status,
+                table.header("x-keygate-decision").unwrap_or("-"),
+                own.status,
+                own.text()
+            );
+        }
+    }
+    // Reads need only `account:read` in both.
+    let reader = callers[2].1.as_deref().unwrap();
+    assert_eq!(server.authed("GET", "/v1/keys", reader, None).status, 200);
+    assert_eq!(server.authed("GET", "/v1/events", reader, None).status, 200);
+    let d = server
+        .authed("DELETE", &format!("/v1/keys/{id}"), reader, None)
+        .problem(403);
+    assert!(d.contains("account:write"), "{d}");
+}

@@ -3,10 +3,11 @@
 //!
 //! Every write appends to a change log in the same transaction. The log is
 //! both the audit log (`GET /v1/events`) and the change feed that keeps
-//! every running instance's keyring up to date (see `crate::follow`): each
+//! every running instance's keyring up to date (see `crate::sync::follow`): each
 //! entry names a key, and [`Store::changes_since`] turns entries into
 //! [`keygate::Change`]s from the key's current row.
 
+pub mod pepper;
 pub mod postgres;
 pub mod sqlite;
 

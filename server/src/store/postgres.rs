@@ -74,6 +74,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
@@ -99,7 +100,7 @@ const POOL_SIZE: usize = 16;
 const POOL_WAIT: Duration = Duration::from_secs(15);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The listener's first and longest pause between reconnection attempts.
+/// The first and the longest pause between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often the listener checks that its connection still answers.
@@ -274,17 +275,14 @@ impl PgStore {
     /// restarting instead of failing at once).
     pub async fn connect_waiting(url: &str, wait: Duration) -> Result<PgStore, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = BACKOFF_MIN;
-        loop {
-            match PgStore::connect(url).await {
-                Err(StoreError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!("database unavailable, retrying: {m}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(BACKOFF_MAX);
-                }
-                other => return other,
-            }
-        }
+        (|| PgStore::connect(url))
+            .retry(backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e| {
+                matches!(e, StoreError::Unavailable(_)) && tokio::time::Instant::now() < deadline
+            })
+            .notify(|e, _| tracing::warn!("database unavailable, retrying: {e}"))
+            .await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -424,7 +422,7 @@ pub async fn open(
         .await
         .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
     let count = store.count().await.map_err(|e| e.to_string())?;
-    let (pepper, _created) = crate::pepper::load_or_create(path, count == 0).map_err(|e| {
+    let (pepper, _created) = crate::store::pepper::load_or_create(path, count == 0).map_err(|e| {
         if count > 0 && !path.exists() {
             format!(
                 "pepper file `{}` is missing but the database holds {count} keys; copy the pepper file the other instances use",
@@ -1241,8 +1239,7 @@ impl Store for PgStore {
     }
 
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
-        let hex: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
-        let hex = &hex;
+        let hex = &hex::encode(fingerprint);
         write_tx!(self, tx => {
             let stored: Option<String> = tx
                 .query_one("SELECT pepper_fingerprint FROM meta FOR UPDATE", &[])
@@ -1353,25 +1350,37 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
 /// The listener task: `LISTEN` on a dedicated connection, forever,
 /// reconnecting with backoff.
 async fn listen(config: tokio_postgres::Config, signal: Arc<Notify>) {
-    let mut pause = BACKOFF_MIN;
-    let mut was_up = true;
     loop {
-        match listen_once(&config, &signal).await {
-            Ok(()) => {
-                pause = BACKOFF_MIN;
-                tracing::warn!("change listener: connection lost; reconnecting");
-                was_up = true;
-            }
-            Err(e) => {
-                if was_up {
+        // Until a listener is established and later lost: the backoff
+        // starts again from its shortest pause after each such loss.
+        let mut warned = false;
+        let lost = (|| listen_once(&config, &signal))
+            .retry(backoff())
+            .sleep(tokio::time::sleep)
+            .notify(|e, _| {
+                if !warned {
                     tracing::warn!("change listener: cannot listen: {e}; retrying");
+                    warned = true;
                 }
-                was_up = false;
-            }
+            })
+            .await;
+        if let Err(e) = lost {
+            tracing::warn!("change listener: cannot listen: {e}; retrying");
+        } else {
+            tracing::warn!("change listener: connection lost; reconnecting");
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(BACKOFF_MIN).await;
     }
+}
+
+/// The reconnection backoff: exponential from [`BACKOFF_MIN`] to
+/// [`BACKOFF_MAX`], without end (a caller's `when` decides when to stop).
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times()
 }
 
 /// One listening connection: returns `Ok` when an established listener

@@ -2,7 +2,7 @@
 //! never logged.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use keygate::Pepper;
@@ -16,9 +16,8 @@ pub fn default_path(db: &Path) -> PathBuf {
 }
 
 /// Reads the pepper at `path`. If the file is missing and `may_create`,
-/// creates it (mode 0600) with 32 bytes from the OS CSPRNG, fsyncs it and
-/// then its directory, so that the new directory entry survives a power
-/// loss. Returns the pepper and whether it was created.
+/// creates it (mode 0600) with 32 bytes from the OS CSPRNG ([`create`]).
+/// Returns the pepper and whether it was created.
 ///
 /// Every buffer that holds pepper bytes is a `Zeroizing` one, so it is
 /// wiped on every path: success, a read error, a file of the wrong length,
@@ -26,21 +25,57 @@ pub fn default_path(db: &Path) -> PathBuf {
 pub fn load_or_create(path: &Path, may_create: bool) -> Result<(Pepper, bool), String> {
     match std::fs::File::open(path) {
         Ok(file) => Ok((read(path, file)?, false)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
-            let bytes = Pepper::generate_bytes(&mut keygate::os_entropy());
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| format!("cannot create pepper file `{}`: {e}", path.display()))?;
-            write(&mut file, &bytes)
-                .and_then(|()| file.sync_all())
-                .and_then(|()| sync_parent(path))
-                .map_err(|e| format!("cannot write pepper file `{}`: {e}", path.display()))?;
-            Ok((Pepper::from_bytes(&bytes), true))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create(path),
         Err(e) => Err(read_error(path, &e)),
+    }
+}
+
+/// Creates the pepper file atomically: the bytes go to a new temporary file
+/// (mode 0600, a random name beside `path`), which is fsynced and only then
+/// given its name, never over an existing file (`persist_noclobber`); then
+/// the directory is fsynced, so that the name survives a power loss. A crash
+/// leaves at most a stray temporary file, never a short pepper file. When
+/// another process created the file first, its pepper is read and returned
+/// (not created): concurrent creators agree on one pepper.
+fn create(path: &Path) -> Result<(Pepper, bool), String> {
+    let bytes = Pepper::generate_bytes(&mut keygate::os_entropy());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(parent(path))
+        .map_err(|e| format!("cannot create pepper file `{}`: {e}", path.display()))?;
+    write(file.as_file_mut(), &bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(|e| format!("cannot write pepper file `{}`: {e}", path.display()))?;
+    match file.persist_noclobber(path) {
+        Ok(_) => {}
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another creator won; its file was complete before it had a name.
+            let file = std::fs::File::open(path).map_err(|e| read_error(path, &e))?;
+            return Ok((read(path, file)?, false));
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot create pepper file `{}`: {}",
+                path.display(),
+                e.error
+            ))
+        }
+    }
+    sync_parent(path).map_err(|e| format!("cannot write pepper file `{}`: {e}", path.display()))?;
+    Ok((Pepper::from_bytes(&bytes), true))
+}
+
+/// The directory that holds `path` (`.` for a bare file name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -77,11 +112,7 @@ fn write(file: &mut impl Write, bytes: &Zeroizing<[u8; 32]>) -> std::io::Result<
 /// Fsyncs the directory that holds `path`, so that a newly created entry is
 /// durable (fsyncing a file does not persist its name on every filesystem).
 fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(parent)?.sync_all()
+    std::fs::File::open(parent(path))?.sync_all()
 }
 
 fn read_error(path: &Path, e: &std::io::Error) -> String {
@@ -91,7 +122,6 @@ fn read_error(path: &Path, e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn creates_0600_then_reads_same() {
@@ -205,5 +235,66 @@ mod tests {
         sync_parent(Path::new("relative-file")).unwrap();
         sync_parent(&dir.join("p")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn digest(p: &Pepper) -> impl PartialEq + std::fmt::Debug + Send + 'static {
+        let t = keygate::testing::example_token();
+        p.digest(&keygate::Token::parse(&t).unwrap())
+    }
+
+    #[test]
+    fn stray_temporary_files_of_a_crashed_creator_do_not_stop_a_start() {
+        let dir = temp_dir("stray");
+        let path = dir.join("k.db.pepper");
+        // What a creator that crashed before `persist` leaves: empty and
+        // short temporary files under the name pattern, never the pepper's.
+        std::fs::write(dir.join(".k.db.pepper.AbCdEf.tmp"), b"").unwrap();
+        std::fs::write(dir.join(".k.db.pepper.XyZ123.tmp"), [9u8; 7]).unwrap();
+        let (a, created) = load_or_create(&path, true).unwrap();
+        assert!(created);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 32);
+        let (b, created) = load_or_create(&path, true).unwrap();
+        assert!(!created);
+        assert_eq!(digest(&a), digest(&b));
+        // The creator leaves no temporary file of its own behind.
+        let strays = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(strays, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_creators_agree_on_one_pepper() {
+        for round in 0..20 {
+            let dir = temp_dir(&format!("race-{round}"));
+            let path = dir.join("p");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let results: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let (pepper, created) = load_or_create(&path, true).unwrap();
+                        (digest(&pepper), created)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+            assert!(results.iter().all(|(d, _)| *d == results[0].0));
+            let (on_disk, _) = load_or_create(&path, false).unwrap();
+            assert_eq!(digest(&on_disk), results[0].0);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The key lifecycle over HTTP (keygate extensions beyond the spec): list,
-//! read, revoke, roll, self-revocation and the audit log.
+//! read, revoke, roll and self-revocation.
 //!
-//! Every route but self-revocation sits behind the minting rule (a standard
-//! key, or a restricted key with `account:write`, checked by the tower
-//! layer). Under the attenuating policy a restricted caller sees and acts
+//! The reads (`GET /v1/keys`, `GET /v1/keys/{id}`) need `account:read`, the
+//! writes `account:write` (a standard key has both; the tower layer checks);
+//! self-revocation needs only the token. Under the attenuating policy a restricted caller sees and acts
 //! on only the keys it minted, directly or transitively; any other id is a
 //! 404 to it, and revoking a key revokes its descendants too.
 
@@ -20,18 +20,16 @@ use keygate::wire::{scope_entries, ScopeEntryView};
 use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{
-    bad_request, internal_error, json_response, parse_body, quote, store_error, AppState,
-};
 use crate::clock::now_ms;
-use crate::store::{Event, Scope, StoredKey};
+use crate::http::extract::{parse_body, parse_id, parse_limit, query_pairs, DEFAULT_LIMIT};
+use crate::http::problem::{
+    bad_request, internal_error, json_response, ok_json, store_error, with_caller,
+};
+use crate::http::state::AppState;
+use crate::store::{Scope, StoreError, StoredKey};
 
 /// The longest overlap a roll may ask for: 7 days, in milliseconds.
 pub const MAX_OVERLAP_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
-/// The default and the largest page size of `GET /v1/keys` and `/v1/events`.
-pub const DEFAULT_LIMIT: usize = 20;
-/// The largest page size.
-pub const MAX_LIMIT: usize = 100;
 
 /// A key as `GET /v1/keys` shows it: no secret, no digest.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -81,15 +79,6 @@ pub struct KeyListView {
     pub has_more: bool,
 }
 
-/// The body of `GET /v1/events`.
-#[derive(Debug, Serialize)]
-pub struct EventListView {
-    /// The page, in sequence order.
-    pub events: Vec<Event>,
-    /// Whether more events follow; pass the last `seq` as `after`.
-    pub has_more: bool,
-}
-
 /// The query of `GET /v1/keys`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ListQuery {
@@ -97,49 +86,6 @@ pub struct ListQuery {
     pub limit: usize,
     /// The id after which the page starts.
     pub starting_after: Option<KeyId>,
-}
-
-/// The query of `GET /v1/events`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct EventsQuery {
-    /// The sequence number after which the page starts.
-    pub after: u64,
-    /// 1 to 100.
-    pub limit: usize,
-}
-
-/// Splits a query into decoded pairs, refusing unknown and repeated names.
-fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, String> {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if !known.contains(&&*key) {
-            return Err(format!("unknown query parameter `{}`", quote(&key)));
-        }
-        if seen.iter().any(|(k, _)| *k == key) {
-            return Err(format!("query parameter `{key}` appears twice"));
-        }
-        seen.push((key.into_owned(), value.into_owned()));
-    }
-    Ok(seen)
-}
-
-fn parse_limit(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) && !value.starts_with('+') => Ok(n),
-        _ => Err(format!(
-            "`limit` must be an integer from 1 to {MAX_LIMIT}, not `{}`",
-            quote(value)
-        )),
-    }
-}
-
-fn parse_id(value: &str, what: &str) -> Result<KeyId, String> {
-    KeyId::parse(value).map_err(|_| {
-        format!(
-            "`{what}` is not a key id (16 characters of [0-9A-Za-z]): `{}`",
-            quote(value)
-        )
-    })
 }
 
 impl ListQuery {
@@ -153,37 +99,6 @@ impl ListQuery {
             match key.as_str() {
                 "limit" => out.limit = parse_limit(&value)?,
                 _ => out.starting_after = Some(parse_id(&value, "starting_after")?),
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl EventsQuery {
-    /// Parses `after` and `limit`; anything else is an error.
-    pub fn parse(query: Option<&str>) -> Result<EventsQuery, String> {
-        let mut out = EventsQuery {
-            after: 0,
-            limit: DEFAULT_LIMIT,
-        };
-        for (key, value) in query_pairs(query, &["after", "limit"])? {
-            match key.as_str() {
-                "limit" => out.limit = parse_limit(&value)?,
-                _ => {
-                    // Sequence numbers are 63-bit (the stores keep them as
-                    // SQL BIGINT), as the document's `int64` says.
-                    out.after = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|&n| !value.starts_with('+') && i64::try_from(n).is_ok())
-                        .ok_or_else(|| {
-                            format!(
-                                "`after` must be a sequence number from 0 to {}, not `{}`",
-                                i64::MAX,
-                                quote(&value)
-                            )
-                        })?;
-                }
             }
         }
         Ok(out)
@@ -218,22 +133,6 @@ pub fn scope_of(policy: MintPolicy, caller: &Principal) -> Scope {
 
 fn cascade(policy: MintPolicy) -> bool {
     policy == MintPolicy::Attenuating
-}
-
-fn ok_json<T: Serialize>(status: StatusCode, value: &T, caller: Principal) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
-            let mut response = json_response(status, body);
-            response.extensions_mut().insert(caller);
-            response
-        }
-        Err(_) => internal_error("cannot encode the response"),
-    }
-}
-
-fn with_caller(mut response: Response, caller: Principal) -> Response {
-    response.extensions_mut().insert(caller);
-    response
 }
 
 /// What every lifecycle route checks of its caller in the store first: live
@@ -317,7 +216,7 @@ async fn revoke_now(
     id: KeyId,
     scope: Scope,
     actor: KeyId,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     let now = now_ms();
     let revoked = state
         .store()
@@ -462,35 +361,11 @@ pub async fn self_revoke(
     if let Some(id) = id {
         match revoke_now(&state, id, Scope::All, id).await {
             // Revoked meanwhile by someone else: the outcome is the same.
-            Ok(()) | Err(crate::store::StoreError::NotFound) => {}
+            Ok(()) | Err(StoreError::NotFound) => {}
             Err(e) => return store_error(&e, "cannot revoke the key"),
         }
     }
     json_response(StatusCode::OK, b"{}".to_vec())
-}
-
-/// `GET /v1/events?after=SEQ&limit=N`: the audit log, in sequence order;
-/// under the attenuating policy a restricted caller reads only the events
-/// of its descendants.
-pub async fn events(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Principal>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let query = match EventsQuery::parse(query.as_deref()) {
-        Ok(q) => q,
-        Err(detail) => return with_caller(bad_request(&detail), caller),
-    };
-    if let Some(refused) = refuse_caller(&state, &caller).await {
-        return refused;
-    }
-    let scope = scope_of(state.policy(), &caller);
-    match state.store().events(query.after, query.limit, scope).await {
-        Ok((events, has_more)) => {
-            ok_json(StatusCode::OK, &EventListView { events, has_more }, caller)
-        }
-        Err(e) => with_caller(store_error(&e, "cannot read events"), caller),
-    }
 }
 
 #[cfg(test)]
@@ -529,40 +404,6 @@ mod tests {
             ListQuery::parse(Some("x%79z=1")).unwrap_err(),
             "unknown query parameter `xyz`"
         );
-    }
-
-    #[test]
-    fn events_query() {
-        assert_eq!(
-            EventsQuery::parse(Some("after=9223372036854775807&limit=5")),
-            Ok(EventsQuery {
-                after: i64::MAX as u64,
-                limit: 5
-            })
-        );
-        assert_eq!(
-            EventsQuery::parse(None),
-            Ok(EventsQuery {
-                after: 0,
-                limit: 20
-            })
-        );
-        assert_eq!(EventsQuery::parse(Some("after=7")).unwrap().after, 7);
-        for bad in [
-            "after=-1",
-            "after=x",
-            "after=+5",
-            "after=",
-            "after=9223372036854775808",
-            "after=18446744073709551615",
-            "after=18446744073709551616",
-            "after=1&after=2",
-            "limit=0",
-            "limit=+5",
-            "seq=1",
-        ] {
-            assert!(EventsQuery::parse(Some(bad)).is_err(), "{bad}");
-        }
     }
 
     #[test]

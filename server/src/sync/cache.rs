@@ -1,5 +1,5 @@
 //! The in-memory keyring every request is checked against, kept in step
-//! with the store by the follower (`crate::follow`) and by this instance's
+//! with the store by the follower (`crate::sync::follow`) and by this instance's
 //! own writes.
 //!
 //! The hot path picks a shard by the token's id bytes, takes its read lock

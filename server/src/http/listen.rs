@@ -24,7 +24,7 @@
 //!   Without it a client could send a head with `Content-Length: 100` and
 //!   nothing more, and hold the connection as long as it liked: the
 //!   watchdog below sees a request in flight. The router applies it (see
-//!   `app::router`), on the routes that read a body only: tower-http's
+//!   `http::router`), on the routes that read a body only: tower-http's
 //!   `RequestBodyDeadlineLayer`, one deadline for the whole body, not one
 //!   per frame, so a trickle does not extend it.
 //!

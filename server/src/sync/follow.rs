@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use keygate::ChangeOp;
 use tokio::sync::watch;
 
-use crate::app::AppState;
 use crate::clock::now_ms;
+use crate::sync::Keys;
 
 /// How many changes one read of the log takes at most.
 const BATCH: usize = 1_000;
@@ -47,7 +47,7 @@ impl Default for Intervals {
 /// takes, not by a run queue. Its database connection, its `LISTEN`
 /// connection and their I/O live on that runtime too.
 pub fn spawn(
-    state: Arc<AppState>,
+    state: Arc<Keys>,
     cursor: u64,
     intervals: Intervals,
     shutdown: watch::Receiver<bool>,
@@ -77,7 +77,7 @@ pub fn spawn(
 /// Follows the log from `cursor` until `shutdown` turns true; then flushes
 /// the last uses once more and returns.
 pub async fn run(
-    state: Arc<AppState>,
+    state: Arc<Keys>,
     mut cursor: u64,
     intervals: Intervals,
     mut shutdown: watch::Receiver<bool>,
@@ -124,7 +124,7 @@ pub async fn run(
 
 /// Reads and applies every change after `cursor`; returns the new cursor.
 /// Marks the store ready or not by whether it answered.
-pub async fn catch_up(state: &AppState, mut cursor: u64) -> u64 {
+pub async fn catch_up(state: &Keys, mut cursor: u64) -> u64 {
     loop {
         match state.store().changes_since(cursor, BATCH).await {
             Ok(changes) => {
@@ -165,7 +165,7 @@ fn mark(flag: &AtomicBool, ready: bool) -> bool {
 }
 
 /// Writes the last uses noted since the last flush.
-pub async fn flush(state: &AppState) {
+pub async fn flush(state: &Keys) {
     let batch = state.usage().take_dirty();
     if batch.is_empty() {
         return;

@@ -1,9 +1,11 @@
 //! The CLI subcommands that act on the database directly (`mint`, `list`,
-//! `revoke`, `roll`, `events`), the store opener they share with `serve`,
+//! `get`, `revoke`, `roll`, `events`), the store opener they share with `serve`,
 //! and the bootstrap key file.
 //!
 //! Every write here is made with a null actor: the operator at the
 //! database, not a key.
+
+pub mod routes;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,14 +16,92 @@ use std::time::{Duration, UNIX_EPOCH};
 use keygate::{KeyId, KeyKind, MintRequest, Pepper, Scopes};
 use serde::Serialize;
 
-use crate::app::quote;
 use crate::clock::now_ms as system_now_ms;
-use crate::lifecycle::KeyView;
-use crate::pepper;
+use crate::http::keys::KeyView;
+use crate::http::problem::quote;
+use crate::store::pepper;
 use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Event, Scope, Store, StoreError};
-use crate::StoreArgs;
+use crate::store::{Event, Scope, Store, StoreError, StoredKey};
+
+/// Where the keys and the pepper live.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// SQLite database file (created if missing), or a PostgreSQL URL
+    /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "keygate.db",
+        env = "KEYGATE_DATABASE_URL"
+    )]
+    pub db: PathBuf,
+    /// Pepper file: 32 random bytes, created with mode 0600 if missing.
+    /// Default: the database path with `.pepper` appended; required with
+    /// PostgreSQL (every instance reads the same file).
+    #[arg(long, value_name = "PATH")]
+    pub pepper_file: Option<PathBuf>,
+}
+
+/// When a minted key expires: at most one of the three; none, never.
+#[derive(clap::Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct Expiry {
+    /// Expiry as a time from now: `90d`, `12h`, `30m`, `1y 6months`.
+    #[arg(long, value_name = "DURATION")]
+    pub expires_in: Option<String>,
+    /// Expiry as an RFC 3339 UTC time, e.g. `2027-01-01T00:00:00Z`.
+    #[arg(long, value_name = "TIME")]
+    pub expires_at: Option<String>,
+    /// Expiry in Unix milliseconds.
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub expires_at_ms: Option<i64>,
+}
+
+impl Expiry {
+    /// The expiry in Unix milliseconds, if any, with `now_ms` for
+    /// `--expires-in`.
+    pub fn at_ms(&self, now_ms: i64) -> Result<Option<i64>, String> {
+        if let Some(text) = &self.expires_in {
+            let d = humantime::parse_duration(text).map_err(|e| {
+                format!(
+                    "invalid `--expires-in` `{}`: {e}; expected a number and a unit, like `90d`, `12h` or `30m`",
+                    quote(text)
+                )
+            })?;
+            let ms = i64::try_from(d.as_millis())
+                .ok()
+                .and_then(|ms| now_ms.checked_add(ms))
+                .ok_or_else(|| format!("`--expires-in` `{}` is too far away", quote(text)))?;
+            return Ok(Some(ms));
+        }
+        if let Some(text) = &self.expires_at {
+            let at = humantime::parse_rfc3339(text).map_err(|e| {
+                format!(
+                    "invalid `--expires-at` `{}`: {e}; expected an RFC 3339 UTC time, like `2027-01-01T00:00:00Z`",
+                    quote(text)
+                )
+            })?;
+            let ms = at
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+                .ok_or_else(|| format!("`--expires-at` `{}` is out of range", quote(text)))?;
+            return Ok(Some(ms));
+        }
+        Ok(self.expires_at_ms)
+    }
+}
+
+/// The order of `keygate list`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortBy {
+    /// By key id.
+    #[default]
+    Id,
+    /// By creation time, oldest first (then by id).
+    Created,
+}
 
 /// The longest roll overlap: 7 days (as over HTTP).
 pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -85,10 +165,11 @@ pub fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Re
 pub async fn mint(
     args: &StoreArgs,
     name: Option<&str>,
-    expires_at_ms: Option<i64>,
+    expiry: &Expiry,
     scopes: &[String],
 ) -> Result<(), String> {
     let now_ms = system_now_ms();
+    let expires_at_ms = expiry.at_ms(now_ms)?;
     let request = if scopes.is_empty() {
         MintRequest::standard(name, expires_at_ms, now_ms)
     } else {
@@ -96,7 +177,7 @@ pub async fn mint(
         MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
     }
     .map_err(|e| e.to_string())?;
-    crate::app::check_name(request.name())?;
+    crate::http::create::check_name(request.name())?;
     let (store, pepper) = open_store(args).await?;
     let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
     store
@@ -150,9 +231,47 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `keygate list`: every key that is not revoked, by id; a table, or a
-/// JSON array of key views with `--json`.
-pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
+/// The columns of a key in `list` and `get`.
+const KEY_HEADERS: [&str; 8] = [
+    "ID",
+    "KIND",
+    "NAME",
+    "SCOPES",
+    "CREATED",
+    "EXPIRES",
+    "LAST USED",
+    "CREATOR",
+];
+
+/// A key's row under [`KEY_HEADERS`].
+fn key_row(k: &StoredKey) -> Vec<String> {
+    let r = &k.record;
+    vec![
+        r.id().to_string(),
+        r.kind().as_str().to_owned(),
+        r.name().to_owned(),
+        match r.kind() {
+            KeyKind::Standard => "all".to_owned(),
+            KeyKind::Restricted if r.scopes().is_empty() => "-".to_owned(),
+            KeyKind::Restricted => r.scopes().to_string(),
+        },
+        time(r.created_at_ms()),
+        opt_time(r.expires_at_ms(), "never"),
+        opt_time(k.last_used_at_ms, "never"),
+        r.creator_id()
+            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+    ]
+}
+
+/// `keygate list`: every key that is not revoked (with `name`, those whose
+/// name contains it), by id or by creation; a table, or a JSON array of key
+/// views with `--json`.
+pub async fn list(
+    args: &StoreArgs,
+    name: Option<&str>,
+    sort: SortBy,
+    json: bool,
+) -> Result<(), String> {
     let (store, _pepper) = open_store(args).await?;
     let mut keys = Vec::new();
     let mut after = None;
@@ -167,6 +286,13 @@ pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
             break;
         }
     }
+    if let Some(name) = name {
+        keys.retain(|k| k.record.name().contains(name));
+    }
+    if sort == SortBy::Created {
+        // A stable sort: keys created in the same millisecond stay by id.
+        keys.sort_by_key(|k| k.record.created_at_ms());
+    }
     if json {
         return print_json(
             &keys
@@ -175,43 +301,30 @@ pub async fn list(args: &StoreArgs, json: bool) -> Result<(), String> {
                 .collect::<Vec<_>>(),
         );
     }
-    let rows: Vec<Vec<String>> = keys
-        .iter()
-        .map(|k| {
-            let r = &k.record;
-            vec![
-                r.id().to_string(),
-                r.kind().as_str().to_owned(),
-                r.name().to_owned(),
-                match r.kind() {
-                    KeyKind::Standard => "all".to_owned(),
-                    KeyKind::Restricted if r.scopes().is_empty() => "-".to_owned(),
-                    KeyKind::Restricted => r.scopes().to_string(),
-                },
-                time(r.created_at_ms()),
-                opt_time(r.expires_at_ms(), "never"),
-                opt_time(k.last_used_at_ms, "never"),
-                r.creator_id()
-                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "ID",
-                "KIND",
-                "NAME",
-                "SCOPES",
-                "CREATED",
-                "EXPIRES",
-                "LAST USED",
-                "CREATOR"
-            ],
-            &rows
-        )
-    );
+    let rows: Vec<Vec<String>> = keys.iter().map(key_row).collect();
+    print!("{}", table(&KEY_HEADERS, &rows));
+    Ok(())
+}
+
+/// `keygate get ID|TOKEN [--json]`: one key that is not revoked; a table,
+/// or its key view as JSON.
+pub async fn get(args: &StoreArgs, id: &str, json: bool) -> Result<(), String> {
+    let id = parse_id(id)?;
+    let (store, _pepper) = open_store(args).await?;
+    let key = match store.get(id, Scope::All).await.map_err(store_err)? {
+        Some(key) => key,
+        None => return Err(format!("no key `{id}`")),
+    };
+    if let Some(at) = key.revoked_at_ms {
+        return Err(format!(
+            "key `{id}` was revoked at {} (its history: `keygate events --key {id}`)",
+            time(at)
+        ));
+    }
+    if json {
+        return print_json(&KeyView::of(&key, None));
+    }
+    print!("{}", table(&KEY_HEADERS, &[key_row(&key)]));
     Ok(())
 }
 
@@ -262,7 +375,8 @@ pub fn parse_overlap(text: &str) -> Result<Duration, String> {
 }
 
 /// `keygate roll ID [--overlap DURATION]`: rolls a key and prints the new
-/// key's created view.
+/// key's created view; the old key's new expiry goes to stderr (stdout
+/// stays one JSON document).
 pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), String> {
     let id = parse_id(id)?;
     let overlap = parse_overlap(overlap)?;
@@ -290,23 +404,40 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
             StoreError::NotFound => not_found(),
             other => other.to_string(),
         })?;
-    print_json(&new_key.into_view())
+    print_json(&new_key.into_view())?;
+    match old.expires_at_ms() {
+        Some(ms) => eprintln!(
+            "old key {id} now expires at {} (expires_at_ms {ms})",
+            time(ms)
+        ),
+        None => eprintln!("old key {id} never expires"),
+    }
+    Ok(())
 }
 
-/// `keygate events [--after SEQ] [--json]`: the audit log after `after`, in
-/// order; a table, or a JSON array of events with `--json`.
-pub async fn events(args: &StoreArgs, after: u64, json: bool) -> Result<(), String> {
+/// `keygate events [--after SEQ] [--key ID] [--json]`: the audit log after
+/// `after`, in order (with `key`, only the events that name it); a table,
+/// or a JSON array of events with `--json`.
+pub async fn events(
+    args: &StoreArgs,
+    after: u64,
+    key: Option<&str>,
+    json: bool,
+) -> Result<(), String> {
+    let key = key.map(parse_id).transpose()?;
     let (store, _pepper) = open_store(args).await?;
     let mut events: Vec<Event> = Vec::new();
     let mut cursor = after;
     loop {
         let (page, more) = store
-            .events(cursor, PAGE, crate::store::Scope::All)
+            .events(cursor, PAGE, Scope::All)
             .await
             .map_err(store_err)?;
         cursor = page.last().map_or(cursor, |e| e.seq);
         let empty = page.is_empty();
-        events.extend(page);
+        events.extend(page.into_iter().filter(|e| {
+            key.is_none_or(|k| e.key_id == k || e.actor_id == Some(k) || e.new_key_id == Some(k))
+        }));
         if !more || empty {
             break;
         }

@@ -1,5 +1,5 @@
-//! Route tables in the server: `keygate serve --routes FILE`, forward-auth
-//! on `/v1/authorize`, and the `keygate routes check|explain` commands.
+//! Forward-auth on `/v1/authorize` by a route table (`keygate serve
+//! --routes FILE`; the `keygate routes` commands are in `crate::cli::routes`).
 //!
 //! Forward-auth: a gateway asks `GET /v1/authorize` with the original
 //! request's `Authorization` header and its method and URI in one header
@@ -16,7 +16,6 @@
 //! Without forwarded headers, `?resource_type=&access_level=` keeps the
 //! fixed-scope form; with a table, forwarded headers win over that query.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -99,61 +98,6 @@ static ORIGINAL: (HeaderName, HeaderName) = (
     HeaderName::from_static("x-original-method"),
     HeaderName::from_static("x-original-uri"),
 );
-
-/// `keygate routes ...`.
-#[derive(clap::Subcommand, Debug)]
-pub enum RoutesCommand {
-    /// Validate a route table; print its rule count, or the parse error.
-    Check {
-        /// The table file.
-        file: PathBuf,
-    },
-    /// Print the rule that wins for METHOD PATH, and why the others lose.
-    Explain {
-        /// The table file.
-        file: PathBuf,
-        /// The request method, e.g. `POST`.
-        method: String,
-        /// The request path as sent, e.g. `/v1/devboxes/dbx_1/execute`.
-        path: String,
-    },
-}
-
-/// Reads and parses a table; the error names the file.
-pub fn load(path: &Path) -> Result<RouteTable, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read route table `{}`: {e}", path.display()))?;
-    text.parse()
-        .map_err(|e| format!("route table `{}`: {e}", path.display()))
-}
-
-/// Runs `keygate routes ...`.
-pub fn run(command: &RoutesCommand) -> Result<(), String> {
-    match command {
-        RoutesCommand::Check { file } => {
-            let table = load(file)?;
-            let default = match table.default_decision() {
-                Some((d, line)) => format!("`{d}` (line {line})"),
-                None => String::from("deny (no `default` line)"),
-            };
-            println!(
-                "ok: `{}` has {} rules; unmatched requests: {default}",
-                file.display(),
-                table.len()
-            );
-            Ok(())
-        }
-        RoutesCommand::Explain { file, method, path } => {
-            let table = load(file)?;
-            let explanation = table
-                .explain(method, path)
-                .map_err(|e| format!("{e} (answered with 400)"))?;
-            // The request is echoed: redacted, should a token be in it.
-            print!("{}", keygate::redact_tokens(&explanation.to_string()));
-            Ok(())
-        }
-    }
-}
 
 /// Adds the table, if any, and the trusted header family to every
 /// request's extensions.

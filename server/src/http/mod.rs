@@ -1,0 +1,15 @@
+//! The HTTP service: the router (`router`), one file per resource
+//! (`create`, `keys`, `events`, `authorize`, with forward-auth in
+//! `forward`), problem responses (`problem`), body and query extraction
+//! (`extract`), and the listener that serves it all (`listen`).
+
+pub mod authorize;
+pub mod create;
+pub mod events;
+pub mod extract;
+pub mod forward;
+pub mod keys;
+pub mod listen;
+pub mod problem;
+pub mod router;
+pub mod state;

@@ -1,0 +1,86 @@
+//! Problem responses (RFC 9457 `application/problem+json`) and the other
+//! answer builders the handlers share.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use keygate::tower::{problem, Rejection};
+use keygate::{AuthError, Principal};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(crate) fn bad_request(detail: &str) -> Response {
+    problem(StatusCode::BAD_REQUEST, detail)
+}
+
+pub(crate) fn internal_error(detail: &str) -> Response {
+    problem(StatusCode::INTERNAL_SERVER_ERROR, detail)
+}
+
+/// The answer to a failed store call: 503 with `Retry-After` while the
+/// store is unreachable or a write stays in conflict, 404 for an unknown
+/// key, 401 when the caller was revoked meanwhile, else 500 (logged; the
+/// client sees `detail` only).
+pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!("{detail}: {e}");
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable; retry later",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        StoreError::NotFound => problem(StatusCode::NOT_FOUND, "no such key"),
+        // Revoked (or ended) while the request waited for the store: the
+        // answer any revoked key gets.
+        StoreError::CallerRevoked => Rejection::from(AuthError::InvalidCredentials).to_response(),
+        StoreError::Conflict(m) => problem(StatusCode::CONFLICT, m),
+        StoreError::Fatal(_) => {
+            tracing::error!("{detail}: {e}");
+            internal_error(detail)
+        }
+    }
+}
+
+/// Copies user input for an error message: redacted first
+/// ([`keygate::redact_tokens`]: a token pasted where an id or a value
+/// belongs keeps its public id, never its secret), then cut at 64
+/// characters (after redaction, so a cut cannot leave a fragment of a
+/// secret that the redaction would no longer recognize).
+pub(crate) fn quote(input: &str) -> String {
+    let input = keygate::redact_tokens(input);
+    match input.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", input.get(..end).unwrap_or_default()),
+        None => input.into_owned(),
+    }
+}
+pub(crate) fn ok_json<T: Serialize>(status: StatusCode, value: &T, caller: Principal) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = json_response(status, body);
+            response.extensions_mut().insert(caller);
+            response
+        }
+        Err(_) => internal_error("cannot encode the response"),
+    }
+}
+
+pub(crate) fn with_caller(mut response: Response, caller: Principal) -> Response {
+    response.extensions_mut().insert(caller);
+    response
+}

@@ -1,0 +1,302 @@
+//! The SQLite store: [`SqliteStore`], schema version 3.
+//!
+//! Tables:
+//!
+//! * `keys`: one row per key, in real columns (the secret digest as a
+//!   32-byte BLOB, the scopes as [`Scopes::bits`]), revoked rows kept;
+//!   indexed by `creator_id` for the attenuating policy's descendant rules;
+//!   `rolled_from` names the key a rolled key replaced (version 3), so a
+//!   roll's new key inherits the old key's children.
+//! * `changes`: the append-only change log, which is also the audit log.
+//!   `seq` is an `AUTOINCREMENT` key assigned inside the write transaction;
+//!   SQLite serializes writers, so sequence numbers grow with commit order
+//!   and are never reused.
+//! * `meta`: `schema_version` and `pepper_fingerprint` (hex).
+//!
+//! Durability: every connection must be in WAL mode with `synchronous`
+//! FULL or EXTRA, checked when it opens (it fails to open otherwise), so a
+//! write has been fsynced to the WAL before the method returns.
+//!
+//! Writes go through one connection behind a mutex; reads through another,
+//! so they do not wait for a write's fsync; the follower's reads of the log
+//! through a third, so a flood of reads does not delay revocations. All the
+//! SQLite work runs on tokio's blocking pool.
+//!
+//! Every write checks, inside its immediate transaction, that the calling
+//! key is live: writers are serialized, so a create or roll by a key that a
+//! revocation is removing either commits before the revocation (and is
+//! cascaded by it) or sees it and fails.
+//!
+//! A database written by keygate 0.1.0 (`keys(id, record)` with the record
+//! as serde JSON) is migrated on open, in one transaction: every record
+//! moves into the columns and gets a `created` event (actor null, at its
+//! creation time). A database with a newer schema than [`SCHEMA_VERSION`]
+//! is refused.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use keygate::{Change, KeyId, KeyRecord};
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKey};
+
+mod queries;
+mod schema;
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests;
+
+use queries::*;
+use schema::*;
+
+/// The SQLite implementation of [`Store`](super::Store).
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    /// The follower's own connection: the change log and snapshots.
+    follower: Mutex<Connection>,
+    /// Key rows and log entries the feed could not read (each failed closed).
+    corrupt: std::sync::atomic::AtomicU64,
+    /// The database path, for messages.
+    path: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`: a writer and a
+    /// reader connection, both checked for WAL and `synchronous` FULL or
+    /// EXTRA; creates schema version 2, migrates a 0.1.0 database, or
+    /// refuses a newer one.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let shown = path.display().to_string();
+        let mut writer = open_connection(path, &shown)?;
+        migrate(&mut writer, &shown)?;
+        let reader = open_connection(path, &shown)?;
+        let follower = open_connection(path, &shown)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                follower: Mutex::new(follower),
+                corrupt: std::sync::atomic::AtomicU64::new(0),
+                path: shown,
+            }),
+        })
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &str) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn, &inner.path)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` on the follower's connection, on the blocking pool.
+    async fn follow<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &std::sync::atomic::AtomicU64) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .follower
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn, &inner.corrupt)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` on the reader connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl super::Store for SqliteStore {
+    async fn create(
+        &self,
+        record: &KeyRecord,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let record = record.clone();
+        self.write(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            for caller in [actor, record.creator_id()].into_iter().flatten() {
+                check_caller(&tx, caller, at_ms)?;
+            }
+            insert_key(&tx, &record)?;
+            let seq = append(&tx, at_ms, Action::Created, record.id(), actor, None)?;
+            tx.commit().map_err(sql)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn create_first(
+        &self,
+        record: &KeyRecord,
+        at_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let record = record.clone();
+        self.write(move |conn, _| {
+            // IMMEDIATE takes the database's write lock first: no other
+            // process can insert between the count and the insert.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let keys: i64 = tx
+                .query_row("SELECT count(*) FROM keys", [], |row| row.get(0))
+                .map_err(sql)?;
+            if keys != 0 {
+                return Ok(None);
+            }
+            insert_key(&tx, &record)?;
+            let seq = append(&tx, at_ms, Action::Created, record.id(), None, None)?;
+            tx.commit().map_err(sql)?;
+            Ok(Some(seq))
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        cascade: bool,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyId)>, StoreError> {
+        self.write(move |conn, _| revoke_tx(conn, id, scope, cascade, actor, at_ms))
+            .await
+    }
+
+    async fn roll(
+        &self,
+        old: &KeyRecord,
+        new: &KeyRecord,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let (old, new) = (old.clone(), new.clone());
+        self.write(move |conn, _| roll_tx(conn, &old, &new, scope, actor, at_ms))
+            .await
+    }
+
+    async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError> {
+        self.read(move |conn| {
+            // The scope first, always: see `in_scope`.
+            let member = in_scope(conn, id, scope)?;
+            Ok(get_key(conn, id)?.filter(|_| member))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        scope: Scope,
+        starting_after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        self.read(move |conn| list_keys(conn, scope, starting_after, limit))
+            .await
+    }
+
+    async fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        scope: Scope,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        self.read(move |conn| read_events(conn, after, limit, scope))
+            .await
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.follow(move |conn, corrupt| read_changes(conn, after, limit, corrupt))
+            .await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.follow(read_snapshot).await
+    }
+
+    fn corrupt_rows(&self) -> u64 {
+        self.inner
+            .corrupt
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn check_caller(&self, id: KeyId, at_ms: i64) -> Result<(), StoreError> {
+        self.read(move |conn| check_caller(conn, id, at_ms)).await
+    }
+
+    async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        self.write(move |conn, _| write_last_used(conn, &batch))
+            .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get::<_, i64>(0))
+                .map(to_seq)
+                .map_err(sql)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(drop)
+                .map_err(sql)
+        })
+        .await
+    }
+
+    async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
+        self.write(move |conn, path| pepper_tx(conn, &fingerprint, path))
+            .await
+    }
+}

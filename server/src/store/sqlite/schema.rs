@@ -1,0 +1,259 @@
+//! The schema, its migrations (from the 0.1.0 JSON layout, and between
+//! versions), the durability check and the pepper fingerprint.
+
+use std::path::Path;
+
+use keygate::KeyRecord;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::super::{Action, StoreError, SCHEMA_VERSION};
+use super::queries::{append, insert_key, sql};
+
+/// How long a connection waits for another writer (another process, e.g.
+/// the CLI) before a write fails as unavailable.
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Schema version 2 (version 3 adds [`MIGRATE_V3`]).
+pub(super) const SCHEMA_V2: &str = "
+CREATE TABLE keys (
+    id              TEXT PRIMARY KEY NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('standard', 'restricted')),
+    name            TEXT NOT NULL,
+    secret_hash     BLOB NOT NULL CHECK (length(secret_hash) = 32),
+    scopes          INTEGER NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    expires_at_ms   INTEGER,
+    creator_id      TEXT,
+    revoked_at_ms   INTEGER,
+    last_used_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX keys_creator_id ON keys (creator_id);
+CREATE TABLE changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms      INTEGER NOT NULL,
+    action     TEXT NOT NULL CHECK (action IN ('created', 'revoked', 'rolled')),
+    key_id     TEXT NOT NULL,
+    actor_id   TEXT,
+    new_key_id TEXT
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 2 to 3: `keys.rolled_from`, filled from the log's `rolled` events.
+pub(super) const MIGRATE_V3: &str = "
+ALTER TABLE keys ADD COLUMN rolled_from TEXT;
+CREATE INDEX keys_rolled_from ON keys (rolled_from);
+CREATE INDEX changes_key_id ON changes (key_id);
+UPDATE keys SET rolled_from = (
+    SELECT c.key_id FROM changes c
+    WHERE c.action = 'rolled' AND c.new_key_id = keys.id
+    ORDER BY c.seq LIMIT 1
+);
+";
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// Fails unless `conn` journals to a WAL and fsyncs it on every commit
+/// (`synchronous` FULL = 2 or EXTRA = 3).
+pub(super) fn check_durability(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Fatal(format!(
+            "database `{path}` is not in WAL mode (journal_mode is `{mode}`)"
+        )));
+    }
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(sql)?;
+    if sync != 2 && sync != 3 {
+        return Err(StoreError::Fatal(format!(
+            "database `{path}` connection has synchronous={sync}; FULL (2) or EXTRA (3) is required"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens one connection in WAL mode with `synchronous=FULL`, and checks it.
+pub(super) fn open_connection(path: &Path, shown: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open database `{shown}`: {e}")))?;
+    let setup = |conn: &Connection| -> Result<(), rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+        conn.execute_batch("PRAGMA synchronous=FULL")
+    };
+    setup(&conn).map_err(|e| match sql(e) {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("cannot open database `{shown}`: {m}"))
+        }
+        other => StoreError::Fatal(format!("cannot open database `{shown}`: {other}")),
+    })?;
+    check_durability(&conn, shown)?;
+    Ok(conn)
+}
+
+pub(super) fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        params![name],
+        |r| r.get(0),
+    )
+    .map_err(sql)
+}
+
+pub(super) fn column_exists(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        params![table, column],
+        |r| r.get(0),
+    )
+    .map_err(sql)
+}
+
+pub(super) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(sql)
+}
+
+pub(super) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// Brings the database to schema version 3, in one immediate transaction:
+/// creates a new one, migrates a 0.1.0 or a version-2 one, refuses a newer
+/// one.
+pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    if table_exists(&tx, "meta")? {
+        let version = meta_get(&tx, "schema_version")?.ok_or_else(|| {
+            StoreError::Fatal(format!(
+                "database `{path}` has a meta table without a schema_version"
+            ))
+        })?;
+        let version: i64 = version.parse().map_err(|_| {
+            StoreError::Fatal(format!(
+                "database `{path}` has an unreadable schema_version `{version}`"
+            ))
+        })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Fatal(format!(
+                "database `{path}` has schema version {version}, newer than this keygate \
+                 knows ({SCHEMA_VERSION}); upgrade keygate to open it"
+            )));
+        }
+        if version < 2 {
+            return Err(StoreError::Fatal(format!(
+                "database `{path}` has schema version {version}, which this keygate cannot migrate"
+            )));
+        }
+        if version == 2 {
+            tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+            meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
+            tx.commit().map_err(sql)?;
+        }
+        return Ok(());
+    }
+    if table_exists(&tx, "keys")? {
+        if !column_exists(&tx, "keys", "record")? {
+            return Err(StoreError::Fatal(format!(
+                "database `{path}` has a `keys` table of an unknown layout"
+            )));
+        }
+        migrate_v1(&tx, path)?;
+    } else {
+        tx.execute_batch(SCHEMA_V2).map_err(sql)?;
+    }
+    tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+    meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
+    tx.commit().map_err(sql)
+}
+
+/// Moves the 0.1.0 JSON records into the version-2 tables; each gets a
+/// `created` event at its creation time, in creation order.
+pub(super) fn migrate_v1(tx: &rusqlite::Transaction<'_>, path: &str) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE keys RENAME TO keys_v1")
+        .map_err(sql)?;
+    tx.execute_batch(SCHEMA_V2).map_err(sql)?;
+    let mut records = Vec::new();
+    {
+        let mut stmt = tx.prepare("SELECT id, record FROM keys_v1").map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql)?;
+        for row in rows {
+            let (id, json) = row.map_err(sql)?;
+            let record: KeyRecord = serde_json::from_str(&json).map_err(|e| {
+                StoreError::Fatal(format!(
+                    "cannot migrate database `{path}`: key `{id}` has a corrupt record: {e}"
+                ))
+            })?;
+            if record.id().as_str() != id {
+                return Err(StoreError::Fatal(format!(
+                    "cannot migrate database `{path}`: row `{id}` holds the record of key `{}`",
+                    record.id()
+                )));
+            }
+            records.push(record);
+        }
+    }
+    records.sort_by(|a, b| {
+        (a.created_at_ms(), a.id().as_str()).cmp(&(b.created_at_ms(), b.id().as_str()))
+    });
+    for record in &records {
+        insert_key(tx, record)?;
+        append(
+            tx,
+            record.created_at_ms(),
+            Action::Created,
+            record.id(),
+            None,
+            None,
+        )?;
+    }
+    tx.execute_batch("DROP TABLE keys_v1").map_err(sql)?;
+    Ok(())
+}
+
+pub(super) fn pepper_tx(
+    conn: &mut Connection,
+    fingerprint: &[u8; 32],
+    path: &str,
+) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let want = hex(fingerprint);
+    match meta_get(&tx, "pepper_fingerprint")? {
+        Some(stored) if stored == want => Ok(()),
+        Some(_) => Err(StoreError::Fatal(format!(
+            "the pepper file does not match this database's pepper (database `{path}`); \
+             start with the pepper file that was created with this database"
+        ))),
+        None => {
+            meta_set(&tx, "pepper_fingerprint", &want)?;
+            tx.commit().map_err(sql)
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Keeping this instance in step with the store: the in-memory keyring
+//! (`cache`), the follower that applies the change log to it (`follow`),
+//! and the last-use tracker it flushes (`usage`).
+
+pub mod cache;
+pub mod follow;
+pub mod usage;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use keygate::tower::Authenticate;
+use keygate::{AuthError, Principal};
+
+use crate::store::Store;
+use crate::sync::cache::KeyCache;
+use crate::sync::usage::Usage;
+
+/// The keys this instance serves: the keyring, the store it follows, the
+/// last uses not yet written, and whether the store answered last time.
+pub struct Keys {
+    cache: KeyCache,
+    store: Arc<dyn Store>,
+    usage: Usage,
+    /// Whether the store answered the follower's last read.
+    ready: AtomicBool,
+}
+
+impl Keys {
+    /// Keys over a loaded cache and its store.
+    pub fn new(cache: KeyCache, store: Arc<dyn Store>) -> Keys {
+        Keys {
+            cache,
+            store,
+            usage: Usage::default(),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// The keyring.
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The last-use tracker.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Whether the store answered last time.
+    pub fn ready_flag(&self) -> &AtomicBool {
+        &self.ready
+    }
+}
+
+impl Authenticate for Keys {
+    /// The library's constant-time path, and nothing else: no store lookup,
+    /// no branch on whether the id is known. A success notes the key's use.
+    #[inline]
+    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+        let principal = self.cache.authenticate(token, now_ms)?;
+        self.usage.touch(principal.id(), now_ms);
+        Ok(principal)
+    }
+}
