@@ -89,3 +89,13 @@ pub use token::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// `docs/lifecycle.md`'s examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/lifecycle.md")]
+pub struct LifecycleDocDoctests;
+
+/// `docs/gateway.md`'s examples (the tower layers; `ignore`d, as in the README before).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/gateway.md")]
+pub struct GatewayDocDoctests;
