@@ -1,13 +1,45 @@
-//! Stored key records and verified principals.
+//! Stored key records and the errors of a bad one.
 
 use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AuthError, RecordError};
-use crate::scope::{Access, Resource, Scopes};
+use crate::scope::Scopes;
 use crate::secret::SecretHash;
 use crate::token::{KeyId, KeyKind};
+
+/// A record whose fields break a rule of [`KeyRecord`](crate::KeyRecord),
+/// as read from a store (a corrupt row, or one edited by hand).
+///
+/// ```
+/// use keygate::RecordError;
+/// # let id = keygate::testing::example_record().id();
+/// let err = RecordError::StandardWithoutAllScopes { id };
+/// assert_eq!(err.http_status(), 500);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A standard record must hold every scope.
+    #[error("record `{id}` is a standard key but does not hold every scope")]
+    StandardWithoutAllScopes {
+        /// The record's id.
+        id: KeyId,
+    },
+    /// A key cannot mint itself.
+    #[error("record `{id}` names itself as its creator")]
+    OwnCreator {
+        /// The record's id.
+        id: KeyId,
+    },
+}
+
+impl RecordError {
+    /// 500: a bad record comes from the store, not from the request.
+    pub const fn http_status(&self) -> u16 {
+        500
+    }
+}
 
 /// What a store keeps for a key: everything but the secret.
 ///
@@ -283,143 +315,12 @@ impl KeyRecord {
     pub fn is_expired_at(&self, now_ms: i64) -> bool {
         matches!(self.expires_at_ms, Some(expiry) if now_ms >= expiry)
     }
-
-    /// The principal this record stands for.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.principal().id(), record.id());
-    /// ```
-    #[inline]
-    pub fn principal(&self) -> Principal {
-        Principal::new(self.id, self.kind, self.scopes, self.expires_at_ms)
-    }
 }
 
-/// A verified key: who is calling and what it may do.
-///
-/// Only [`Keyring::verify`](crate::Keyring::verify) and
-/// [`KeyRecord::principal`] make one. It is `Copy` and holds no secret.
-///
-/// ```
-/// use keygate::{Access, Resource};
-/// # let principal = keygate::testing::example_record().principal();
-/// assert!(principal.can(Resource::Devboxes, Access::Write));
-/// assert!(!principal.can(Resource::Objects, Access::Write));
-/// assert!(principal.require(Resource::Objects, Access::Write).is_err());
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Principal {
-    id: KeyId,
-    kind: KeyKind,
-    scopes: Scopes,
-    expires_at_ms: Option<i64>,
-}
-
-impl Principal {
-    /// A principal for a verified key; `scopes` must be [`Scopes::all`] for a
-    /// standard key (the keyring's slots are built from records, which
-    /// ensure it).
-    #[inline]
-    pub(crate) fn new(
-        id: KeyId,
-        kind: KeyKind,
-        scopes: Scopes,
-        expires_at_ms: Option<i64>,
-    ) -> Principal {
-        Principal {
-            id,
-            kind,
-            scopes,
-            expires_at_ms,
-        }
-    }
-
-    /// The key id.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert_eq!(p.id().as_str().len(), 16);
-    /// ```
-    #[inline]
-    pub fn id(&self) -> KeyId {
-        self.id
-    }
-
-    /// Standard or restricted.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert_eq!(p.kind(), keygate::KeyKind::Restricted);
-    /// ```
-    #[inline]
-    pub fn kind(&self) -> KeyKind {
-        self.kind
-    }
-
-    /// What the key may do; [`Scopes::all`] for a standard key.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert!(!p.scopes().is_empty());
-    /// ```
-    #[inline]
-    pub fn scopes(&self) -> Scopes {
-        self.scopes
-    }
-
-    /// The key's expiry in Unix milliseconds; `None` never expires. The
-    /// attenuating [`MintPolicy`](crate::MintPolicy) caps a child's expiry
-    /// at it.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert_eq!(p.expires_at_ms(), Some(2_000));
-    /// ```
-    #[inline]
-    pub fn expires_at_ms(&self) -> Option<i64> {
-        self.expires_at_ms
-    }
-
-    /// Whether the key may act on `resource` at `access`: one mask test.
-    ///
-    /// ```
-    /// use keygate::{Access, Resource};
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert!(p.can(Resource::Objects, Access::Read));
-    /// ```
-    #[inline(always)]
-    pub fn can(&self, resource: Resource, access: Access) -> bool {
-        self.scopes.can(resource, access)
-    }
-
-    /// Like [`Principal::can`], as a `Result` whose error is a 403.
-    ///
-    /// ```
-    /// use keygate::{Access, Resource};
-    /// # let p = keygate::testing::example_record().principal();
-    /// let err = p.require(Resource::Account, Access::Write).unwrap_err();
-    /// assert_eq!(err.http_status(), 403);
-    /// ```
-    #[inline]
-    pub fn require(&self, resource: Resource, access: Access) -> Result<(), AuthError> {
-        if self.can(resource, access) {
-            Ok(())
-        } else {
-            Err(AuthError::InsufficientScope {
-                id: self.id,
-                resource,
-                access,
-            })
-        }
-    }
-}
-
-/// A restricted record (`devboxes:write,objects:read`, created at 1 000 ms,
-/// expiring at 2 000 ms), for documentation examples.
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn example_record() -> KeyRecord {
+    use crate::scope::{Access, Resource};
     KeyRecord::new(
         crate::token::EXAMPLE_KEY_ID,
         KeyKind::Restricted,
@@ -435,6 +336,8 @@ pub fn example_record() -> KeyRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::Principal;
+    use crate::scope::{Access, Resource};
 
     #[test]
     fn standard_record_holds_all_scopes() {
@@ -524,7 +427,7 @@ mod tests {
         assert_eq!(record.expires_at_ms(), Some(9_000));
         assert_eq!(record.created_at_ms(), 4_000);
         assert_eq!(record.creator_id(), Some(creator));
-        let p = record.principal();
+        let p = Principal::of_record(&record);
         assert_eq!(p.id(), r.id());
         assert_eq!(p.kind(), KeyKind::Restricted);
         assert_eq!(p.scopes(), record.scopes());

@@ -4,15 +4,263 @@ mod index;
 
 use hashbrown::HashMap;
 
-use crate::error::{AuthError, KeyringError, TokenError};
 use crate::feed::{Applied, Change, ChangeOp};
-use crate::key::{KeyRecord, Principal};
-use crate::scope::{Access, Resource};
+use crate::key::KeyRecord;
+use crate::scope::{Access, Resource, Scopes};
 use crate::secret::{Message, Pepper, SecretHash};
-use crate::token::{self, KeyId, KeyKind, Token, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
+use crate::token::{self, KeyId, KeyKind, Token, TokenError, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
 
 use index::{DigestIndex, Slot, MAX_KEYS, MAX_PREALLOCATED_KEYS};
 pub use index::{IdHash, IdHasher};
+
+/// A verified key: who is calling and what it may do.
+///
+/// Only a [`Keyring`] makes one, from a token it verified (fixtures aside:
+/// `keygate::testing::principal_of`). It is `Copy` and holds no secret.
+///
+/// ```
+/// use keygate::{Access, Resource};
+/// # let principal = keygate::testing::principal_of(&keygate::testing::example_record());
+/// assert!(principal.can(Resource::Devboxes, Access::Write));
+/// assert!(!principal.can(Resource::Objects, Access::Write));
+/// assert!(principal.require(Resource::Objects, Access::Write).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    id: KeyId,
+    kind: KeyKind,
+    scopes: Scopes,
+    expires_at_ms: Option<i64>,
+}
+
+impl Principal {
+    /// A principal for a verified key; `scopes` must be [`Scopes::all`] for a
+    /// standard key (the keyring's slots are built from records, which
+    /// ensure it).
+    /// The principal `record` would authenticate as, expired or not: for
+    /// code that has verified the token itself (or fixtures).
+    #[inline]
+    pub(crate) fn of_record(record: &KeyRecord) -> Principal {
+        Principal::new(
+            record.id(),
+            record.kind(),
+            record.scopes(),
+            record.expires_at_ms(),
+        )
+    }
+
+    #[inline]
+    pub(crate) fn new(
+        id: KeyId,
+        kind: KeyKind,
+        scopes: Scopes,
+        expires_at_ms: Option<i64>,
+    ) -> Principal {
+        Principal {
+            id,
+            kind,
+            scopes,
+            expires_at_ms,
+        }
+    }
+
+    /// The key id.
+    ///
+    /// ```
+    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// assert_eq!(p.id().as_str().len(), 16);
+    /// ```
+    #[inline]
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Standard or restricted.
+    ///
+    /// ```
+    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// assert_eq!(p.kind(), keygate::KeyKind::Restricted);
+    /// ```
+    #[inline]
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// What the key may do; [`Scopes::all`] for a standard key.
+    ///
+    /// ```
+    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// assert!(!p.scopes().is_empty());
+    /// ```
+    #[inline]
+    pub fn scopes(&self) -> Scopes {
+        self.scopes
+    }
+
+    /// The key's expiry in Unix milliseconds; `None` never expires. The
+    /// attenuating [`MintPolicy`](crate::MintPolicy) caps a child's expiry
+    /// at it.
+    ///
+    /// ```
+    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// assert_eq!(p.expires_at_ms(), Some(2_000));
+    /// ```
+    #[inline]
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        self.expires_at_ms
+    }
+
+    /// Whether the key may act on `resource` at `access`: one mask test.
+    ///
+    /// ```
+    /// use keygate::{Access, Resource};
+    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// assert!(p.can(Resource::Objects, Access::Read));
+    /// ```
+    #[inline(always)]
+    pub fn can(&self, resource: Resource, access: Access) -> bool {
+        self.scopes.can(resource, access)
+    }
+
+    /// Like [`Principal::can`], as a `Result` whose error is a 403.
+    ///
+    /// ```
+    /// use keygate::{Access, Resource};
+    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// let err = p.require(Resource::Account, Access::Write).unwrap_err();
+    /// assert_eq!(err.http_status(), 403);
+    /// ```
+    #[inline]
+    pub fn require(&self, resource: Resource, access: Access) -> Result<(), AuthError> {
+        if self.can(resource, access) {
+            Ok(())
+        } else {
+            Err(AuthError::InsufficientScope {
+                id: self.id,
+                resource,
+                access,
+            })
+        }
+    }
+}
+
+/// A restricted record (`devboxes:write,objects:read`, created at 1 000 ms,
+/// expiring at 2 000 ms), for documentation examples.
+/// Why a presented token was not accepted, or not allowed to act.
+///
+/// ```
+/// use keygate::AuthError;
+/// assert_eq!(AuthError::InvalidCredentials.http_status(), 401);
+/// assert_eq!(AuthError::InvalidCredentials.to_string(), "unknown key or wrong secret");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The token is malformed; see [`TokenError`].
+    #[error(transparent)]
+    Malformed(#[from] TokenError),
+    /// The key id is unknown, or the secret is wrong. The two cases are one
+    /// error on purpose: telling them apart would help guessing.
+    #[error("unknown key or wrong secret")]
+    InvalidCredentials,
+    /// The key was valid, but its expiry has passed.
+    #[error("key `{id}` expired at {expires_at_ms} ms")]
+    Expired {
+        /// The key's id.
+        id: KeyId,
+        /// When it expired, in Unix milliseconds.
+        expires_at_ms: i64,
+    },
+    /// The key is valid but its scopes do not allow the action.
+    #[error("key `{id}` lacks {resource}:{access} access")]
+    InsufficientScope {
+        /// The key's id.
+        id: KeyId,
+        /// The resource asked for.
+        resource: Resource,
+        /// The access level asked for.
+        access: Access,
+    },
+}
+
+impl AuthError {
+    /// 401 when the credential is missing, malformed, unknown, wrong or
+    /// expired; 403 when a valid key lacks the scope.
+    ///
+    /// ```
+    /// use keygate::{Access, AuthError, KeyId, Resource};
+    /// let id = KeyId::parse("0000000000000000")?;
+    /// let e = AuthError::InsufficientScope { id, resource: Resource::Account, access: Access::Write };
+    /// assert_eq!(e.http_status(), 403);
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            AuthError::InsufficientScope { .. } => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// A record a [`Keyring`](crate::Keyring) will not take. When it is
+/// returned, nothing has changed: the keyring still holds every key it held.
+///
+/// ```
+/// # let record = keygate::testing::example_record();
+/// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+/// keyring.insert(record.clone())?;
+/// keyring.revoke(&record.id());
+/// let err = keyring.insert(record).unwrap_err();
+/// assert_eq!(err.http_status(), 409);
+/// let err = keygate::KeyringError::Full { max: keygate::Keyring::MAX_KEYS };
+/// assert_eq!(err.to_string(), "the keyring is full: it holds at most 4194304 keys");
+/// assert_eq!(err.http_status(), 503);
+/// # Ok::<(), keygate::KeyringError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// The id was revoked.
+    #[error("key `{id}` was revoked; a revoked id never comes back")]
+    Revoked {
+        /// The revoked id.
+        id: KeyId,
+    },
+    /// The keyring holds [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS) keys.
+    #[error("the keyring is full: it holds at most {max} keys")]
+    Full {
+        /// The bound.
+        max: usize,
+    },
+    /// The id's slot window is full and the digest index may not grow
+    /// further for the keys it holds (see
+    /// [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS)). With random ids
+    /// this does not happen; it takes ids chosen with knowledge of the
+    /// pepper.
+    #[error("key id `{id}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")]
+    Crowded {
+        /// The refused key's id.
+        id: KeyId,
+    },
+}
+
+impl KeyringError {
+    /// 409 for a revoked id: the request conflicts with the key's state.
+    /// 503 for `Full` and `Crowded`: not the client's fault, so not 4xx, and
+    /// a state of the server that an operator resolves (revoke keys, shard,
+    /// rotate the pepper), which may pass; generic clients and proxies
+    /// treat 503 as "try later" already (507 is WebDAV's).
+    ///
+    /// ```
+    /// assert_eq!(keygate::KeyringError::Full { max: 1 }.http_status(), 503);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            KeyringError::Revoked { .. } => 409,
+            KeyringError::Full { .. } | KeyringError::Crowded { .. } => 503,
+        }
+    }
+}
 
 /// The keys a gateway knows, by id, and the checks of the request hot path.
 ///
@@ -747,7 +995,7 @@ mod tests {
     #[test]
     fn relabelled_prefix_fails() {
         let (keyring, token) = setup(Some(Scopes::grant(Resource::Agents, Access::Read)), None);
-        let relabelled = crate::secret::SecretToken::assemble(
+        let relabelled = crate::token::SecretToken::assemble(
             KeyKind::Standard,
             &Token::parse(&token).unwrap().key_id(),
             Token::parse(&token).unwrap().secret(),
@@ -805,7 +1053,7 @@ mod tests {
         );
         keyring.insert(forged).unwrap();
         let parsed = token_a.parse().unwrap();
-        let moved = crate::secret::SecretToken::assemble(parsed.kind(), &b.id(), parsed.secret());
+        let moved = crate::token::SecretToken::assemble(parsed.kind(), &b.id(), parsed.secret());
         assert_eq!(
             keyring.authenticate(moved.expose_secret(), 1),
             Err(AuthError::InvalidCredentials)
@@ -922,7 +1170,7 @@ mod tests {
         assert_eq!(slot.scopes(), keyring.get(&id).unwrap().scopes());
         assert_eq!(
             keyring.authenticate(&token, 1).unwrap(),
-            keyring.get(&id).unwrap().principal()
+            Principal::of_record(keyring.get(&id).unwrap())
         );
         // A negative expiry survives the masking (sign bits included).
         let record = keyring.get(&id).unwrap();

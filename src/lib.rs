@@ -63,26 +63,25 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub use clock::system_now_ms;
-pub use error::{
-    AuthError, Error, KeyringError, MintError, RecordError, RollError, ScopeParseError, TokenError,
-    ValidationError,
-};
+pub use error::Error;
 pub use feed::{Applied, Change, ChangeOp};
-pub use key::{KeyRecord, KeyRecordParts, Principal};
-pub use keyring::{IdHash, IdHasher, Keyring};
-pub use mint::{mint, MintPolicy, MintRequest, MintedKey, DEFAULT_KEY_NAME, MAX_NAME_LEN};
-pub use roll::{roll, RolledKey};
+pub use key::{KeyRecord, KeyRecordParts, RecordError};
+pub use keyring::{AuthError, IdHash, IdHasher, Keyring, KeyringError, Principal};
+pub use mint::{
+    mint, MintError, MintPolicy, MintRequest, MintedKey, ValidationError, DEFAULT_KEY_NAME,
+    MAX_NAME_LEN,
+};
+pub use roll::{roll, RollError, RolledKey};
 pub use route::{Decision, PathError, RouteError, RouteParseError, RouteTable};
-pub use scope::{Access, Resource, Scopes, ScopesIter};
+pub use scope::{Access, Resource, ScopeParseError, Scopes, ScopesIter};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};
 pub use secret::{
-    Pepper, SecretHash, SecretToken, FINGERPRINT_CONTEXT, INDEX_SEED_CONTEXT, PEPPER_CONTEXT,
-    PEPPER_LEN,
+    Pepper, SecretHash, FINGERPRINT_CONTEXT, INDEX_SEED_CONTEXT, PEPPER_CONTEXT, PEPPER_LEN,
 };
 pub use token::{
-    redact_tokens, KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN,
-    TOKEN_LEN, TOKEN_REGEX,
+    redact_tokens, KeyId, KeyKind, SecretToken, Token, TokenError, CHECKSUM_LEN, KEY_ID_LEN,
+    PREFIX_LEN, SECRET_LEN, TOKEN_LEN, TOKEN_REGEX,
 };
 
 /// The README's examples, compiled as doctests.

@@ -5,12 +5,141 @@ use alloc::string::String;
 
 use rand_core::CryptoRng;
 
-use crate::error::{MintError, ValidationError};
-use crate::key::{KeyRecord, Principal};
+use crate::key::KeyRecord;
+use crate::keyring::Principal;
 use crate::scope::{Access, Resource, Scopes};
-use crate::secret::{Pepper, SecretToken};
-use crate::token::{fill_base62, KeyId, KeyKind, SECRET_LEN};
-use crate::wire::{ApiKeyCreatedView, CreatedKeyView, RestrictedKeyCreatedView};
+use crate::secret::Pepper;
+use crate::token::{fill_base62, KeyId, KeyKind, SecretToken, SECRET_LEN};
+
+/// A create request that breaks one of the spec's rules (always 400).
+///
+/// ```
+/// use keygate::wire::RestrictedKeyCreateParameters;
+/// let err = RestrictedKeyCreateParameters::default().validate(0).unwrap_err();
+/// assert_eq!(err.to_string(), "invalid scopes: the `scopes` field is required");
+/// assert_eq!(err.http_status(), 400);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// A restricted-key request without a `scopes` field.
+    #[error("invalid scopes: the `scopes` field is required")]
+    ScopesMissing,
+    /// A scope entry without `resource_type` or `access_level`.
+    #[error("invalid scopes: entry {index} lacks `{field}`")]
+    ScopeEntryIncomplete {
+        /// Zero-based position of the entry.
+        index: usize,
+        /// The missing field's name.
+        field: &'static str,
+    },
+    /// The same resource in two entries.
+    #[error("invalid scopes: `{}` appears more than once", .0.api_name())]
+    DuplicateResource(Resource),
+    /// Scopes that are empty or all `ACCESS_LEVEL_NONE`.
+    #[error("invalid scopes: the scopes grant no access")]
+    NoAccessGranted,
+    /// A name longer than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes.
+    #[error("name is {len} bytes long, the limit is {max}")]
+    NameTooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A name with a control character (Unicode `Cc`) or a bidirectional
+    /// formatting character (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F,
+    /// U+061C).
+    #[error("name `{name}` has a control character at byte {position}")]
+    NameControlCharacter {
+        /// The name, with control characters escaped and cut to 64 characters.
+        name: String,
+        /// Byte offset of the first control character.
+        position: usize,
+    },
+    /// A negative `expires_at_ms`.
+    #[error("`expires_at_ms` is negative: `{0}`")]
+    ExpiryNegative(i64),
+    /// An `expires_at_ms` that is not after now.
+    #[error("`expires_at_ms` `{expires_at_ms}` is not after now ({now_ms})")]
+    ExpiryNotInFuture {
+        /// The expiry asked for.
+        expires_at_ms: i64,
+        /// The time of the request.
+        now_ms: i64,
+    },
+}
+
+impl ValidationError {
+    /// Always 400.
+    ///
+    /// ```
+    /// assert_eq!(keygate::ValidationError::NoAccessGranted.http_status(), 400);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        400
+    }
+
+    /// Whether the spec calls this "invalid scopes".
+    ///
+    /// ```
+    /// assert!(keygate::ValidationError::ScopesMissing.is_invalid_scopes());
+    /// assert!(!keygate::ValidationError::ExpiryNegative(-1).is_invalid_scopes());
+    /// ```
+    pub const fn is_invalid_scopes(&self) -> bool {
+        matches!(
+            self,
+            ValidationError::ScopesMissing
+                | ValidationError::ScopeEntryIncomplete { .. }
+                | ValidationError::DuplicateResource(_)
+                | ValidationError::NoAccessGranted
+        )
+    }
+}
+
+/// A caller that may not mint the requested key (403).
+///
+/// ```
+/// assert_eq!(keygate::MintError::MissingAccountWrite.http_status(), 403);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The caller is a restricted key without `RESOURCE_TYPE_ACCOUNT` write.
+    #[error("minting keys needs a standard key or `account:write` scope")]
+    MissingAccountWrite,
+    /// Attenuating policy: a restricted caller asked for a standard key.
+    #[error("a restricted key may not mint a standard key under the attenuating policy")]
+    StandardFromRestricted,
+    /// Attenuating policy: the requested scopes exceed the caller's.
+    #[error("requested scopes exceed the caller's under the attenuating policy")]
+    ScopesExceedCaller,
+    /// The caller expires, so its children must too.
+    #[error("a key that expires at {parent_expires_at_ms} ms may only mint keys with an `expires_at_ms` under the attenuating policy")]
+    ChildMustExpire {
+        /// The caller's expiry, in Unix milliseconds.
+        parent_expires_at_ms: i64,
+    },
+    /// The child would outlive the caller.
+    #[error("`expires_at_ms` `{expires_at_ms}` is later than the caller's own expiry ({parent_expires_at_ms}) under the attenuating policy")]
+    ChildOutlivesParent {
+        /// The expiry asked for.
+        expires_at_ms: i64,
+        /// The caller's expiry, in Unix milliseconds.
+        parent_expires_at_ms: i64,
+    },
+}
+
+impl MintError {
+    /// Always 403.
+    ///
+    /// ```
+    /// assert_eq!(keygate::MintError::ScopesExceedCaller.http_status(), 403);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        403
+    }
+}
 
 /// The longest key name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -148,7 +277,7 @@ impl MintRequest {
     /// can answer who minted what and revoke a key's descendants.
     ///
     /// ```
-    /// # let caller = keygate::testing::example_record().principal();
+    /// # let caller = keygate::testing::principal_of(&keygate::testing::example_record());
     /// let req = keygate::MintRequest::standard(None, None, 0)?.created_by(&caller);
     /// assert_eq!(req.creator_id(), Some(caller.id()));
     /// # Ok::<(), keygate::ValidationError>(())
@@ -199,7 +328,7 @@ fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
     {
         let escaped: String = name.chars().flat_map(char::escape_default).collect();
         return Err(ValidationError::NameControlCharacter {
-            name: crate::error::quote(&escaped),
+            name: crate::token::quote(&escaped),
             position,
         });
     }
@@ -233,7 +362,7 @@ fn validate_expiry(
 ///
 /// ```
 /// use keygate::{MintPolicy, MintRequest};
-/// # let caller = keygate::testing::example_record().principal(); // devboxes:write,objects:read
+/// # let caller = keygate::testing::principal_of(&keygate::testing::example_record()); // devboxes:write,objects:read
 /// let req = MintRequest::restricted(None, "objects:read".parse()?, None, 0)?;
 /// // The caller lacks account:write, so neither policy lets it mint.
 /// assert!(MintPolicy::Spec.authorize(&caller, &req).is_err());
@@ -266,7 +395,7 @@ impl MintPolicy {
     /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     /// # let pepper = keygate::Pepper::generate(&mut rng);
     /// let admin = MintRequest::restricted(None, "account:write,objects:read".parse()?, None, 0)?;
-    /// let caller = keygate::mint(&pepper, &admin, &mut rng, 0).record().principal();
+    /// let caller = keygate::testing::principal_of(keygate::mint(&pepper, &admin, &mut rng, 0).record());
     ///
     /// let standard = MintRequest::standard(None, None, 0)?;
     /// assert!(MintPolicy::Spec.authorize(&caller, &standard).is_ok());
@@ -319,7 +448,7 @@ impl MintPolicy {
 /// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
 /// let minted = keygate::mint(&pepper, &req, &mut rng, 0);
 /// assert_eq!(minted.record().name(), "ops");
-/// let json = serde_json::to_value(minted.into_view())?;
+/// let json = serde_json::to_value(keygate::wire::CreatedKeyView::from(minted))?;
 /// assert!(json["key_secret"].as_str().unwrap().starts_with("ak_"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -360,33 +489,6 @@ impl MintedKey {
     /// ```
     pub fn into_parts(self) -> (KeyRecord, SecretToken) {
         (self.record, self.token)
-    }
-
-    /// The spec's created view: [`ApiKeyCreatedView`] for a standard key,
-    /// [`RestrictedKeyCreatedView`] for a restricted one. It carries the
-    /// secret; the record stays with the caller's store.
-    ///
-    /// ```
-    /// # let minted = keygate::testing::example_minted();
-    /// assert!(matches!(minted.into_view(), keygate::wire::CreatedKeyView::Restricted(_)));
-    /// ```
-    pub fn into_view(self) -> CreatedKeyView {
-        let record = &self.record;
-        match record.kind() {
-            KeyKind::Standard => CreatedKeyView::Standard(ApiKeyCreatedView {
-                id: String::from(record.id().as_str()),
-                name: String::from(record.name()),
-                key_secret: self.token,
-                expires_at_ms: record.expires_at_ms(),
-            }),
-            KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
-                id: String::from(record.id().as_str()),
-                name: String::from(record.name()),
-                key_secret: self.token,
-                scopes: crate::wire::scope_entries(record.scopes()),
-                expires_at_ms: record.expires_at_ms(),
-            }),
-        }
     }
 }
 
@@ -533,7 +635,7 @@ mod tests {
         let pepper = Pepper::generate(&mut rng);
         let caller = |s: &str, rng: &mut rand_chacha::ChaCha20Rng| {
             let req = MintRequest::restricted(None, s.parse().unwrap(), None, 0).unwrap();
-            mint(&pepper, &req, rng, 0).record().principal()
+            Principal::of_record(mint(&pepper, &req, rng, 0).record())
         };
         let account_read = caller("account:read,devboxes:write", &mut rng);
         let account_write = caller("account:write", &mut rng);
@@ -592,7 +694,7 @@ mod tests {
 
     #[test]
     fn request_reads_back_and_names_its_creator() {
-        let caller = crate::key::example_record().principal();
+        let caller = Principal::of_record(&crate::key::example_record());
         let scopes = Scopes::grant(crate::Resource::Agents, crate::Access::Read);
         let req = MintRequest::restricted(Some("bot"), scopes, Some(50), 10)
             .unwrap()
@@ -634,10 +736,10 @@ mod tests {
     #[test]
     fn attenuated_child_may_expire_with_its_parent_but_not_after() {
         let parent = crate::key::example_record(); // expires at 2 000
-        let caller = parent.principal();
+        let caller = Principal::of_record(&parent);
         let scopes = Scopes::grant(crate::Resource::Devboxes, crate::Access::Read);
         let child = |expires: i64| MintRequest::restricted(None, scopes, Some(expires), 0).unwrap();
-        let caller = crate::key::Principal::new(
+        let caller = crate::keyring::Principal::new(
             caller.id(),
             caller.kind(),
             caller.scopes() | Scopes::grant(crate::Resource::Account, crate::Access::Write),

@@ -3,10 +3,37 @@
 
 use rand_core::CryptoRng;
 
-use crate::error::RollError;
 use crate::key::KeyRecord;
 use crate::mint::{mint, MintRequest, MintedKey};
 use crate::secret::Pepper;
+use crate::token::KeyId;
+
+/// A key that cannot be rolled.
+///
+/// ```
+/// # let id = keygate::testing::example_record().id();
+/// let err = keygate::RollError::Expired { id, expires_at_ms: 5 };
+/// assert_eq!(err.http_status(), 409);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollError {
+    /// The key has already expired.
+    #[error("key `{id}` expired at {expires_at_ms} ms; a roll never extends a key's life")]
+    Expired {
+        /// The key's id.
+        id: KeyId,
+        /// When it expired, in Unix milliseconds.
+        expires_at_ms: i64,
+    },
+}
+
+impl RollError {
+    /// 409: the key's state, not the request, is in the way.
+    pub const fn http_status(&self) -> u16 {
+        409
+    }
+}
 
 /// The outcome of [`roll()`]: the new key, and the old record with its
 /// shortened expiry. Store both in one transaction, then show the new token.
@@ -117,6 +144,7 @@ pub fn roll<R: CryptoRng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::key::example_record;
     use rand_core::SeedableRng;
 

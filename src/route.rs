@@ -44,9 +44,7 @@ pub use table::{
 
 use thiserror::Error;
 
-use crate::error::AuthError;
-use crate::key::Principal;
-use crate::keyring::Keyring;
+use crate::keyring::{AuthError, Keyring, Principal};
 
 /// A source of keys that checks a presented token at a given time: a
 /// [`Keyring`], a reference, an `Arc` or (with `std`) an `RwLock` of one, or

@@ -9,10 +9,46 @@
 use core::fmt;
 use core::str::FromStr;
 
+use alloc::string::String;
 use bitflags::bitflags;
+
 use serde::{Deserialize, Serialize};
 
-use crate::error::ScopeParseError;
+/// An invalid scope list in the text form (`devboxes:write,objects:read`).
+///
+/// ```
+/// let err = "devboxes:root".parse::<keygate::Scopes>().unwrap_err();
+/// assert_eq!(err.to_string(), "unknown access level `root` in scope list");
+/// assert_eq!(err.http_status(), 400);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScopeParseError {
+    /// A resource name that is not one of the nine.
+    #[error("unknown resource `{0}` in scope list")]
+    UnknownResource(String),
+    /// An access level other than `none`, `read` or `write`.
+    #[error("unknown access level `{0}` in scope list")]
+    UnknownAccess(String),
+    /// An item without the `:` between resource and access level.
+    #[error("scope `{0}` lacks `:access`; write it as `resource:access`")]
+    MissingAccess(String),
+    /// The same resource listed twice.
+    #[error("resource `{0}` appears twice in scope list")]
+    DuplicateResource(Resource),
+}
+
+impl ScopeParseError {
+    /// Always 400: the input is invalid.
+    ///
+    /// ```
+    /// # let err = "x:read".parse::<keygate::Scopes>().unwrap_err();
+    /// assert_eq!(err.http_status(), 400);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        400
+    }
+}
 
 /// A resource type that a restricted key can be scoped to.
 ///
@@ -142,7 +178,7 @@ impl FromStr for Resource {
         Resource::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| ScopeParseError::UnknownResource(crate::error::quote(s)))
+            .ok_or_else(|| ScopeParseError::UnknownResource(crate::token::quote(s)))
     }
 }
 
@@ -233,7 +269,7 @@ impl FromStr for Access {
         Access::ALL
             .into_iter()
             .find(|a| a.as_str() == s)
-            .ok_or_else(|| ScopeParseError::UnknownAccess(crate::error::quote(s)))
+            .ok_or_else(|| ScopeParseError::UnknownAccess(crate::token::quote(s)))
     }
 }
 
@@ -511,7 +547,7 @@ impl Scopes {
             let item = item.trim_matches(' ');
             let (resource, access) = item
                 .split_once(':')
-                .ok_or_else(|| ScopeParseError::MissingAccess(crate::error::quote(item)))?;
+                .ok_or_else(|| ScopeParseError::MissingAccess(crate::token::quote(item)))?;
             let resource: Resource = resource.parse()?;
             let access: Access = access.parse()?;
             let bit = 1u16 << resource as u16;

@@ -8,7 +8,8 @@
 
 use rand_core::CryptoRng;
 
-use crate::keyring::Keyring;
+use crate::key::KeyRecord;
+use crate::keyring::{Keyring, Principal};
 use crate::token::KeyId;
 
 pub use crate::key::example_record;
@@ -48,4 +49,16 @@ pub fn unknown_id_sharing_window<R: CryptoRng + ?Sized>(
             return id;
         }
     }
+}
+
+/// The [`Principal`] `record` would authenticate as, without a token and
+/// whether or not it has expired: for tests that need a caller. Production
+/// code gets a principal only from [`Keyring::authenticate`].
+///
+/// ```
+/// let record = keygate::testing::example_record();
+/// assert_eq!(keygate::testing::principal_of(&record).id(), record.id());
+/// ```
+pub fn principal_of(record: &KeyRecord) -> Principal {
+    Principal::of_record(record)
 }

@@ -25,9 +25,81 @@ use core::fmt;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::TokenError;
-use crate::secret::SecretToken;
+use alloc::string::String;
+
+/// The longest user input an error message quotes, in characters.
+const QUOTE_MAX: usize = 64;
+
+/// Copies user input for an error message: first redacted
+/// ([`redact_tokens`](crate::redact_tokens): no token secret, whole or in
+/// part, survives), then cut at [`QUOTE_MAX`] characters. Redacting first
+/// means a cut cannot leave secret characters that the redaction, seeing
+/// only a fragment, would have missed.
+pub(crate) fn quote(input: &str) -> String {
+    let input = crate::token::redact_tokens(input);
+    let input: &str = &input;
+    match input.char_indices().nth(QUOTE_MAX) {
+        Some((end, _)) => {
+            let mut s = String::from(input.get(..end).unwrap_or_default());
+            s.push('…');
+            s
+        }
+        None => String::from(input),
+    }
+}
+
+/// A token that is not a well-formed keygate token. Parsing alone finds
+/// these, before any store lookup. No variant carries token bytes.
+///
+/// ```
+/// let err = keygate::Token::parse("ak_123").unwrap_err();
+/// assert_eq!(err.to_string(), "token is 6 bytes long, expected 69");
+/// assert_eq!(err.http_status(), 401);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token does not have the fixed length.
+    #[error("token is {len} bytes long, expected {TOKEN_LEN}")]
+    Length {
+        /// The length that was presented.
+        len: usize,
+    },
+    /// The token starts with neither `ak_` nor `rk_`.
+    #[error("token does not start with `ak_` or `rk_`")]
+    Prefix,
+    /// The `_` between key id and secret is missing.
+    #[error("token lacks the `_` after its 16-character key id")]
+    Separator,
+    /// A byte outside `[A-Za-z0-9]` where the format wants one.
+    #[error("token has a byte outside [A-Za-z0-9] at position {position}")]
+    Character {
+        /// Zero-based offset of the first bad byte.
+        position: usize,
+    },
+    /// The CRC32 does not match: a typo, or not a keygate token.
+    #[error("token checksum does not match")]
+    Checksum,
+    /// A key id that is not 16 characters long.
+    #[error("key id is {len} bytes long, expected 16")]
+    KeyIdLength {
+        /// The length that was presented.
+        len: usize,
+    },
+}
+
+impl TokenError {
+    /// Always 401: a malformed credential.
+    ///
+    /// ```
+    /// assert_eq!(keygate::TokenError::Checksum.http_status(), 401);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        401
+    }
+}
 
 /// Length of a version-1 token, in bytes.
 pub const TOKEN_LEN: usize = 69;
@@ -52,6 +124,92 @@ const CHECKED_LEN: usize = TOKEN_LEN - CHECKSUM_LEN;
 const _: () = assert!(PREFIX_LEN + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN == TOKEN_LEN);
 const _: () = assert!(62u64.pow(CHECKSUM_LEN as u32) > u32::MAX as u64);
 const _: () = assert!(SECRET_LEN as u64 * 5_954_196_310 > 256 * 1_000_000_000);
+
+/// An owned token text, such as a freshly minted key's `key_secret`.
+///
+/// `Debug` and `Display` are redacted, the text is zeroized on drop, and the
+/// type does not implement `Serialize`: reading it takes an explicit
+/// [`SecretToken::expose_secret`]. It does implement `Deserialize`, for
+/// clients that read a created view. It has no `PartialEq`, so nobody compares
+/// secrets with a short-circuiting `==`: verify tokens with a
+/// [`Keyring`](crate::Keyring), which compares digests in constant time.
+///
+/// ```
+/// # let text = keygate::testing::example_token();
+/// let token = keygate::SecretToken::new(text.clone());
+/// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
+/// assert_eq!(token.expose_secret(), text);
+/// ```
+#[derive(Clone, Zeroize, ZeroizeOnDrop, Deserialize)]
+#[serde(transparent)]
+pub struct SecretToken(String);
+
+impl SecretToken {
+    /// Wraps token text.
+    ///
+    /// ```
+    /// let t = keygate::SecretToken::new("rk_...".into());
+    /// # let _ = t;
+    /// ```
+    pub fn new(text: String) -> SecretToken {
+        SecretToken(text)
+    }
+
+    /// The token text. Don't log it.
+    ///
+    /// ```
+    /// let t = keygate::SecretToken::new("rk_x".into());
+    /// assert_eq!(t.expose_secret(), "rk_x");
+    /// ```
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the text as a [`Token`].
+    ///
+    /// ```
+    /// # let text = keygate::testing::example_token();
+    /// let t = keygate::SecretToken::new(text);
+    /// assert_eq!(t.parse()?.kind(), keygate::KeyKind::Restricted);
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    pub fn parse(&self) -> Result<Token<'_>, TokenError> {
+        Token::parse(&self.0)
+    }
+
+    /// Lays out a token from its parts and appends the checksum.
+    pub(crate) fn assemble(kind: KeyKind, id: &KeyId, secret: &[u8; SECRET_LEN]) -> SecretToken {
+        let mut buf = [0u8; TOKEN_LEN];
+        let (body, checksum) = buf.split_at_mut(TOKEN_LEN - CHECKSUM_LEN);
+        let (prefix, rest) = body.split_at_mut(3);
+        prefix.copy_from_slice(kind.prefix().as_bytes());
+        let (id_part, rest) = rest.split_at_mut(KEY_ID_LEN);
+        id_part.copy_from_slice(id.as_bytes());
+        let (sep, secret_part) = rest.split_at_mut(1);
+        sep.copy_from_slice(b"_");
+        secret_part.copy_from_slice(secret);
+        if let Ok(checksum) = <&mut [u8; CHECKSUM_LEN]>::try_from(checksum) {
+            write_checksum(body, checksum);
+        }
+        let mut text = String::with_capacity(TOKEN_LEN);
+        // Every byte written above is ASCII.
+        text.extend(buf.iter().map(|&b| char::from(b)));
+        buf.zeroize();
+        SecretToken(text)
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// The regular expression that matches a version-1 token, for secret scanners.
 ///
@@ -667,6 +825,33 @@ pub fn example_token() -> alloc::string::String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quote_cuts_long_input() {
+        let long = "x-".repeat(250);
+        let q = quote(&long);
+        assert_eq!(q.chars().count(), QUOTE_MAX + 1);
+        assert!(q.ends_with('…'));
+        assert_eq!(quote("short"), "short");
+        let multibyte = "é".repeat(100);
+        assert_eq!(quote(&multibyte).chars().count(), QUOTE_MAX + 1);
+    }
+
+    #[test]
+    fn quote_redacts_before_it_cuts() {
+        let token = example_token();
+        let secret = &token[20..63];
+        // The token starts 40 characters in, so a cut at 64 would keep 5
+        // secret characters, which alone are no bare secret.
+        let input = alloc::format!("{}{token}", "-".repeat(40));
+        let q = quote(&input);
+        assert_eq!(q, alloc::format!("{}rk_4GZ6bQvR9cXw2LmT_…", "-".repeat(40)));
+        assert!(!q.contains(&secret[..5]));
+        // A bare secret cut in half by the limit.
+        let input = alloc::format!("{}{secret}", "-".repeat(50));
+        assert_eq!(quote(&input), alloc::format!("{}…", "-".repeat(50)));
+    }
+
     use alloc::string::String;
     use alloc::vec::Vec;
 

@@ -39,8 +39,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
-use crate::error::AuthError;
-use crate::key::Principal;
+use crate::keyring::{AuthError, Principal};
 use crate::route::{Decision, RouteError, RouteMatch, RouteTable};
 use crate::scope::{Access, Resource};
 

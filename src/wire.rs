@@ -18,10 +18,9 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::ValidationError;
-use crate::mint::MintRequest;
+use crate::mint::{MintRequest, MintedKey, ValidationError};
 use crate::scope::Scopes;
-use crate::secret::SecretToken;
+use crate::token::{KeyKind, SecretToken};
 
 /// The spec's `ApiResourceType`: the same type as [`Resource`](crate::Resource).
 pub use crate::scope::Resource as ApiResourceType;
@@ -331,7 +330,7 @@ pub struct ApiKeyCreatedView {
 ///
 /// ```
 /// # let minted = keygate::testing::example_minted();
-/// let keygate::wire::CreatedKeyView::Restricted(view) = minted.into_view() else { unreachable!() };
+/// let keygate::wire::CreatedKeyView::Restricted(view) = keygate::wire::CreatedKeyView::from(minted) else { unreachable!() };
 /// let json = serde_json::to_value(&view)?;
 /// assert_eq!(json["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
 /// # Ok::<(), serde_json::Error>(())
@@ -356,7 +355,7 @@ pub struct RestrictedKeyCreatedView {
 ///
 /// ```
 /// # let minted = keygate::testing::example_minted();
-/// let view = minted.into_view();
+/// let view = keygate::wire::CreatedKeyView::from(minted);
 /// assert_eq!(view.id().len(), 16);
 /// ```
 #[derive(Clone, Debug, Serialize)]
@@ -374,7 +373,7 @@ impl CreatedKeyView {
     /// ```
     /// # let minted = keygate::testing::example_minted();
     /// # let id = minted.record().id();
-    /// assert_eq!(minted.into_view().id(), id.as_str());
+    /// assert_eq!(keygate::wire::CreatedKeyView::from(minted).id(), id.as_str());
     /// ```
     pub fn id(&self) -> &str {
         match self {
@@ -387,12 +386,42 @@ impl CreatedKeyView {
     ///
     /// ```
     /// # let minted = keygate::testing::example_minted();
-    /// assert!(minted.into_view().key_secret().expose_secret().starts_with("rk_"));
+    /// assert!(keygate::wire::CreatedKeyView::from(minted).key_secret().expose_secret().starts_with("rk_"));
     /// ```
     pub fn key_secret(&self) -> &SecretToken {
         match self {
             CreatedKeyView::Standard(v) => &v.key_secret,
             CreatedKeyView::Restricted(v) => &v.key_secret,
+        }
+    }
+}
+
+/// The spec's created view of a freshly minted key: [`ApiKeyCreatedView`]
+/// for a standard key, [`RestrictedKeyCreatedView`] for a restricted one. It
+/// carries the secret; the record stays with the caller's store.
+///
+/// ```
+/// # let minted = keygate::testing::example_minted();
+/// let view = keygate::wire::CreatedKeyView::from(minted);
+/// assert!(matches!(view, keygate::wire::CreatedKeyView::Restricted(_)));
+/// ```
+impl From<MintedKey> for CreatedKeyView {
+    fn from(minted: MintedKey) -> CreatedKeyView {
+        let (record, token) = minted.into_parts();
+        match record.kind() {
+            KeyKind::Standard => CreatedKeyView::Standard(ApiKeyCreatedView {
+                id: String::from(record.id().as_str()),
+                name: String::from(record.name()),
+                key_secret: token,
+                expires_at_ms: record.expires_at_ms(),
+            }),
+            KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
+                id: String::from(record.id().as_str()),
+                name: String::from(record.name()),
+                key_secret: token,
+                scopes: scope_entries(record.scopes()),
+                expires_at_ms: record.expires_at_ms(),
+            }),
         }
     }
 }
@@ -510,7 +539,7 @@ mod tests {
     #[test]
     fn views_have_exactly_the_spec_fields() {
         let minted = crate::mint::example_minted();
-        let v = serde_json::to_value(minted.into_view()).unwrap();
+        let v = serde_json::to_value(CreatedKeyView::from(minted)).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
         assert_eq!(
@@ -536,7 +565,7 @@ mod tests {
             let minted = crate::mint(&pepper, &request, rng, 0);
             let id = minted.record().id();
             let token = alloc::string::String::from(minted.token().expose_secret());
-            let view = minted.into_view();
+            let view = CreatedKeyView::from(minted);
             assert_eq!(view.id(), id.as_str());
             assert_eq!(view.key_secret().expose_secret(), token);
         }

@@ -82,7 +82,7 @@ impl Gateway {
             self.policy.authorize(&caller, &request)?;
             let minted = mint(self.keyring.pepper(), &request, &mut self.rng, NOW);
             self.keyring.insert(minted.record().clone())?;
-            Ok(minted.into_view())
+            Ok(keygate::wire::CreatedKeyView::from(minted))
         })();
         match result {
             Ok(view) => (200, serde_json::to_value(view).unwrap()),
@@ -332,7 +332,7 @@ fn secrets_never_show_in_debug_or_errors() {
     for s in shown {
         assert!(!s.contains(secret_part), "{s}");
     }
-    let view = minted.into_view();
+    let view = keygate::wire::CreatedKeyView::from(minted);
     assert!(!format!("{view:?}").contains(secret_part));
     assert!(serde_json::to_string(&view).unwrap().contains(&secret));
 }

@@ -174,7 +174,7 @@ proptest! {
         } else {
             MintRequest::restricted(None, Scopes::all(), parent_expiry, 0).unwrap()
         };
-        let parent = mint(&pepper, &parent_request, &mut rng, 0).record().principal();
+        let parent = keygate::testing::principal_of(mint(&pepper, &parent_request, &mut rng, 0).record());
         let child = MintRequest::restricted(None, "objects:read".parse().unwrap(), child_expiry, 0)
             .unwrap()
             .created_by(&parent);

@@ -218,7 +218,7 @@ proptest! {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::generate(&mut rng);
         let caller_req = MintRequest::restricted(None, caller_scopes, None, 0).unwrap();
-        let caller = mint(&pepper, &caller_req, &mut rng, 0).record().principal();
+        let caller = keygate::testing::principal_of(mint(&pepper, &caller_req, &mut rng, 0).record());
         let request = if want_standard {
             MintRequest::standard(None, None, 0).unwrap()
         } else {

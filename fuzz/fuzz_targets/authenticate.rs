@@ -60,7 +60,7 @@ fn fixture() -> &'static Fixture {
                 keygate::mint(keyring.pepper(), request, &mut rng, CREATED_MS).into_parts();
             keys.push((
                 token.expose_secret().to_owned(),
-                record.principal(),
+                keygate::testing::principal_of(&record),
                 record.expires_at_ms(),
             ));
             assert!(keyring.insert(record).unwrap().is_none());

@@ -431,7 +431,7 @@ async fn mint_and_store(
         }
         Err(e) => return store_error(&e, "cannot store the key"),
     }
-    match serde_json::to_vec(&minted.into_view()) {
+    match serde_json::to_vec(&keygate::wire::CreatedKeyView::from(minted)) {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);
             // The log names the caller; the new key's id is in the body.

@@ -103,7 +103,7 @@ pub async fn mint(
         .create(minted.record(), None, now_ms)
         .await
         .map_err(store_err)?;
-    print_json(&minted.into_view())
+    print_json(&keygate::wire::CreatedKeyView::from(minted))
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
@@ -290,7 +290,7 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
             StoreError::NotFound => not_found(),
             other => other.to_string(),
         })?;
-    print_json(&new_key.into_view())
+    print_json(&keygate::wire::CreatedKeyView::from(new_key))
 }
 
 /// `keygate events [--after SEQ] [--json]`: the audit log after `after`, in

@@ -3,7 +3,7 @@
 
 use core::hash::BuildHasher;
 
-use crate::error::KeyringError;
+use super::KeyringError;
 use crate::key::KeyRecord;
 use crate::scope::Scopes;
 use crate::secret::SecretHash;

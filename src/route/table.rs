@@ -9,8 +9,8 @@ use core::str::FromStr;
 use thiserror::Error;
 
 use super::path::{check_method, literal_key, CanonicalPath, PathError, Segment, Segments};
-use crate::error::{quote, ScopeParseError};
-use crate::scope::{Access, Resource};
+use crate::scope::{Access, Resource, ScopeParseError};
+use crate::token::quote;
 
 /// The most segments a pattern may have (it bounds the matcher's recursion).
 pub const MAX_PATTERN_SEGMENTS: usize = 64;

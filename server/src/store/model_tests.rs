@@ -266,7 +266,7 @@ async fn step(
                 return Ok(());
             };
             if let Some(b) = by {
-                let caller = model.keys[b].record.principal();
+                let caller = keygate::testing::principal_of(&model.keys[b].record);
                 if MintPolicy::Attenuating
                     .authorize(&caller, &request)
                     .is_err()

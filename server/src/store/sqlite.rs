@@ -1128,7 +1128,7 @@ mod tests {
         let mut req =
             MintRequest::restricted(Some("k"), "objects:read".parse().unwrap(), None, at).unwrap();
         if let Some(c) = creator {
-            req = req.created_by(&c.principal());
+            req = req.created_by(&keygate::testing::principal_of(&c));
         }
         keygate::mint(&pepper(), &req, &mut keygate::os_entropy(), at)
             .into_parts()
@@ -1789,7 +1789,7 @@ mod tests {
             let req =
                 MintRequest::restricted(Some("m"), "objects:read".parse().unwrap(), Some(20), 12)
                     .unwrap()
-                    .created_by(&a.principal());
+                    .created_by(&keygate::testing::principal_of(&a));
             keygate::mint(&pepper(), &req, &mut keygate::os_entropy(), 12)
                 .into_parts()
                 .0
