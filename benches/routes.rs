@@ -96,7 +96,7 @@ fn authorize(c: &mut Criterion) {
     }
     let (method, path) = ("POST", "/v1/devboxes/dbx_123/execute");
     assert!(keyring
-        .can(&token, Resource::Devboxes, Access::Write, NOW_MS)
+        .authorize(&token, Resource::Devboxes, Access::Write, NOW_MS)
         .is_ok());
     assert!(table
         .authorize_request(
@@ -114,7 +114,7 @@ fn authorize(c: &mut Criterion) {
     group.bench_function("authenticate_can", |b| {
         b.iter(|| {
             keyring
-                .can(
+                .authorize(
                     black_box(&token),
                     black_box(Resource::Devboxes),
                     black_box(Access::Write),

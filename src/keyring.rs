@@ -282,7 +282,7 @@ impl KeyringError {
 ///
 /// let principal = keyring.authenticate(token.expose_secret(), 10)?;
 /// assert!(principal.can(Resource::Devboxes, Access::Read));
-/// assert!(keyring.can(token.expose_secret(), Resource::Devboxes, Access::Write, 10).is_err());
+/// assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Write, 10).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -716,19 +716,18 @@ impl Keyring {
     /// let err = keyring.authenticate("ak_bogus", 0).unwrap_err();
     /// assert_eq!(err.http_status(), 401);
     /// ```
+    /// `token` is text or bytes (a header value): `&str`, `String`, `&[u8]`.
     #[inline]
-    pub fn authenticate(&self, token: &str, now_ms: i64) -> Result<Principal, AuthError> {
-        self.authenticate_bytes(token.as_bytes(), now_ms)
+    pub fn authenticate(
+        &self,
+        token: impl AsRef<[u8]>,
+        now_ms: i64,
+    ) -> Result<Principal, AuthError> {
+        self.authenticate_bytes(token.as_ref(), now_ms)
     }
 
-    /// [`Keyring::authenticate`] for a token in bytes, such as a header value.
-    ///
-    /// ```
-    /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert!(keyring.authenticate_bytes(b"rk_bogus", 0).is_err());
-    /// ```
     #[inline]
-    pub fn authenticate_bytes(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+    fn authenticate_bytes(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
         let text: &[u8; TOKEN_LEN] = token
             .try_into()
             .map_err(|_| TokenError::Length { len: token.len() })?;
@@ -750,7 +749,7 @@ impl Keyring {
         match self.matching_slot(DigestIndex::key(&id), kind, &digest) {
             Some(slot) if framed => Keyring::principal(&slot, id, now_ms),
             _ => {
-                Token::parse_bytes(text)?;
+                Token::parse(text)?;
                 Err(AuthError::InvalidCredentials)
             }
         }
@@ -848,13 +847,13 @@ impl Keyring {
     /// ```
     /// use keygate::{Access, Resource};
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let err = keyring.can("ak_x", Resource::Objects, Access::Read, 0).unwrap_err();
+    /// let err = keyring.authorize("ak_x", Resource::Objects, Access::Read, 0).unwrap_err();
     /// assert_eq!(err.http_status(), 401);
     /// ```
     #[inline]
-    pub fn can(
+    pub fn authorize(
         &self,
-        token: &str,
+        token: impl AsRef<[u8]>,
         resource: Resource,
         access: Access,
         now_ms: i64,
@@ -987,7 +986,7 @@ mod tests {
         let (keyring, token) = setup(None, None);
         for r in Resource::ALL {
             for a in Access::ALL {
-                assert!(keyring.can(&token, r, a, 5).is_ok());
+                assert!(keyring.authorize(&token, r, a, 5).is_ok());
             }
         }
     }

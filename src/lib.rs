@@ -26,7 +26,7 @@
 //! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, 0)?;
 //! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
 //! keyring.insert(record)?;
-//! assert!(keyring.can(token.expose_secret(), Resource::Devboxes, Access::Read, 1).is_ok());
+//! assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Read, 1).is_ok());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

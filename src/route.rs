@@ -63,7 +63,7 @@ pub trait Authenticate {
 impl Authenticate for Keyring {
     #[inline]
     fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.authenticate_bytes(token, now_ms)
+        Keyring::authenticate(self, token, now_ms)
     }
 }
 
@@ -206,7 +206,7 @@ impl RouteTable {
         target: &[u8],
         now_ms: i64,
     ) -> Result<Authorized<'_>, RouteError> {
-        let route = self.lookup_bytes(method, target)?;
+        let route = self.lookup(method, target)?;
         let (resource, access) = match route.decision() {
             Decision::Public => {
                 return Ok(Authorized {

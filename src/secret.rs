@@ -195,7 +195,7 @@ impl Message {
     /// prefix's first byte (`a` or `r`, as [`KeyKind`]'s tag), the id bytes
     /// 3 to 19, the secret bytes 20 to 63. Meaningful only once the text
     /// parses; it lets the hash start before the parse (see
-    /// `Keyring::authenticate_bytes`).
+    /// `Keyring::authenticate`).
     #[inline(always)]
     pub(crate) fn of_text(text: &[u8; TOKEN_LEN]) -> Message {
         // Four 16-byte moves straight from the text (the last two overlap on

@@ -458,27 +458,22 @@ pub struct Token<'a> {
 }
 
 impl<'a> Token<'a> {
-    /// Parses a token from text. See [`Token::parse_bytes`].
-    ///
-    /// ```
-    /// assert!(keygate::Token::parse("rk_nope").is_err());
-    /// ```
-    #[inline]
-    pub fn parse(text: &'a str) -> Result<Token<'a>, TokenError> {
-        Token::parse_bytes(text.as_bytes())
-    }
-
-    /// Parses a token from bytes, such as an HTTP header value.
+    /// Parses a token from text or bytes (such as an HTTP header value).
     ///
     /// The checks run in this order: length, prefix, separator, alphabet,
     /// checksum. The first that fails is the error.
     ///
     /// ```
     /// use keygate::{Token, TokenError};
-    /// let bad = [b'x'; 69];
-    /// assert_eq!(Token::parse_bytes(&bad).err(), Some(TokenError::Prefix));
+    /// assert!(Token::parse("rk_nope").is_err());
+    /// assert_eq!(Token::parse(&[b'x'; 69]).err(), Some(TokenError::Prefix));
     /// ```
-    pub fn parse_bytes(bytes: &'a [u8]) -> Result<Token<'a>, TokenError> {
+    #[inline]
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(text: &'a T) -> Result<Token<'a>, TokenError> {
+        Token::parse_bytes(text.as_ref())
+    }
+
+    fn parse_bytes(bytes: &'a [u8]) -> Result<Token<'a>, TokenError> {
         let all: &[u8; TOKEN_LEN] = bytes
             .try_into()
             .map_err(|_| TokenError::Length { len: bytes.len() })?;
@@ -595,7 +590,7 @@ impl fmt::Display for Token<'_> {
 /// base62 digits that match the text. Only for a text whose tag, id and
 /// secret a stored digest has just matched: those are then the minted ones
 /// (base62, as a parse requires), so this and the digest together give
-/// [`Token::parse_bytes`]'s verdict without its alphabet scans. Any other
+/// [`Token::parse`]'s verdict without its alphabet scans. Any other
 /// text goes through the parse, for the exact error.
 #[inline(always)]
 pub(crate) fn framing_is_valid(text: &[u8; TOKEN_LEN]) -> bool {
@@ -962,10 +957,7 @@ mod tests {
                 if i == 0 && replacement == b'a' {
                     continue;
                 }
-                assert!(
-                    Token::parse_bytes(&bytes).is_err(),
-                    "pos {i} -> {replacement}"
-                );
+                assert!(Token::parse(&bytes).is_err(), "pos {i} -> {replacement}");
             }
         }
     }
@@ -975,34 +967,34 @@ mod tests {
         let text = sample();
         let b = text.as_bytes();
         assert_eq!(
-            Token::parse_bytes(&b[..68]).err(),
+            Token::parse(&b[..68]).err(),
             Some(TokenError::Length { len: 68 })
         );
         let mut long = b.to_vec();
         long.push(b'a');
         assert_eq!(
-            Token::parse_bytes(&long).err(),
+            Token::parse(&long).err(),
             Some(TokenError::Length { len: 70 })
         );
         let mut x = b.to_vec();
         x[0] = b'g';
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Prefix));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Prefix));
         let mut x = b.to_vec();
         x[19] = b'a';
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Separator));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Separator));
         let mut x = b.to_vec();
         x[30] = b'-';
         assert_eq!(
-            Token::parse_bytes(&x).err(),
+            Token::parse(&x).err(),
             Some(TokenError::Character { position: 30 })
         );
         let mut x = b.to_vec();
         x[30] = if x[30] == b'y' { b'z' } else { b'y' };
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Checksum));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Checksum));
         // A checksum that overflows u32 is a checksum error, not a panic.
         let mut x = b.to_vec();
         x[63..].copy_from_slice(b"zzzzzz");
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Checksum));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Checksum));
     }
 
     #[test]
@@ -1041,7 +1033,7 @@ mod tests {
                 let mut bytes: Vec<u8> = text.clone().into_bytes();
                 bytes[position] = bad;
                 assert_eq!(
-                    Token::parse_bytes(&bytes).err(),
+                    Token::parse(&bytes).err(),
                     Some(TokenError::Character { position }),
                     "byte {bad} at {position}"
                 );

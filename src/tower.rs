@@ -325,7 +325,7 @@ pub fn authorize_route<'t, A: Authenticate + ?Sized>(
     now_ms: i64,
 ) -> Result<(Option<Principal>, RouteMatch<'t>), Rejection> {
     let route = table
-        .lookup_bytes(method, target)
+        .lookup(method, target)
         .map_err(|e| Rejection::Route(e.into()))?;
     match route.decision() {
         Decision::Public => Ok((None, route)),

@@ -121,7 +121,7 @@ fn standard_key_mints_restricted_key_that_is_enforced() {
     assert_eq!(body["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
     assert!(body["expires_at_ms"].is_null());
 
-    let ok = |r, a| gw.keyring.can(&token, r, a, NOW).is_ok();
+    let ok = |r, a| gw.keyring.authorize(&token, r, a, NOW).is_ok();
     assert!(ok(Resource::Devboxes, Access::Write));
     assert!(ok(Resource::Devboxes, Access::Read));
     assert!(ok(Resource::Objects, Access::Read));
@@ -129,7 +129,7 @@ fn standard_key_mints_restricted_key_that_is_enforced() {
     assert!(!ok(Resource::Account, Access::Read));
     let err = gw
         .keyring
-        .can(&token, Resource::Account, Access::Write, NOW)
+        .authorize(&token, Resource::Account, Access::Write, NOW)
         .unwrap_err();
     assert_eq!(err.http_status(), 403);
     assert!(matches!(err, AuthError::InsufficientScope { .. }));

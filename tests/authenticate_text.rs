@@ -1,7 +1,7 @@
 //! `Keyring::authenticate` checks a token text in its own order (hash
 //! first, then only what the digest does not bind, the full parse only when
 //! the digest does not match). Its verdict must be, for every text, exactly
-//! that of the plain order: `Token::parse_bytes`, then `Keyring::verify`.
+//! that of the plain order: `Token::parse`, then `Keyring::verify`.
 //! Public API only.
 
 // Test code: a panic is a failed test (clippy.toml allows these only inside #[test] fns).
@@ -55,7 +55,7 @@ fn keyring() -> (Keyring, Vec<String>) {
 
 /// The plain order's verdict.
 fn reference(keyring: &Keyring, text: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-    let token = Token::parse_bytes(text)?;
+    let token = Token::parse(text)?;
     keyring.verify(&token, now_ms)
 }
 
@@ -78,7 +78,7 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
         for token in &tokens {
             let text = token.as_bytes();
             assert_eq!(
-                keyring.authenticate_bytes(text, now_ms),
+                keyring.authenticate(text, now_ms),
                 reference(&keyring, text, now_ms)
             );
             for at in 0..text.len() {
@@ -90,7 +90,7 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
                     changed[at] = byte;
                     let expected = reference(&keyring, &changed, now_ms);
                     assert_eq!(
-                        keyring.authenticate_bytes(&changed, now_ms),
+                        keyring.authenticate(&changed, now_ms),
                         expected,
                         "byte {at} set to {byte}"
                     );
@@ -99,7 +99,7 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
                     let rechecked = with_checksum(changed);
                     let expected_rechecked = reference(&keyring, &rechecked, now_ms);
                     assert_eq!(
-                        keyring.authenticate_bytes(&rechecked, now_ms),
+                        keyring.authenticate(&rechecked, now_ms),
                         expected_rechecked,
                         "byte {at} set to {byte}, checksum recomputed"
                     );
@@ -152,9 +152,9 @@ fn the_valid_tokens_authenticate_and_their_kinds_relabelled_do_not() {
         let mut relabelled = token.as_bytes().to_vec();
         relabelled[0] = if relabelled[0] == b'a' { b'r' } else { b'a' };
         let relabelled = with_checksum(relabelled);
-        assert!(Token::parse_bytes(&relabelled).is_ok());
+        assert!(Token::parse(&relabelled).is_ok());
         assert_eq!(
-            keyring.authenticate_bytes(&relabelled, NOW),
+            keyring.authenticate(&relabelled, NOW),
             Err(AuthError::InvalidCredentials)
         );
     }
@@ -167,7 +167,7 @@ fn the_valid_tokens_authenticate_and_their_kinds_relabelled_do_not() {
     let mut text = tokens[0].as_bytes().to_vec();
     text[68] = if text[68] == b'0' { b'1' } else { b'0' };
     assert_eq!(
-        keyring.authenticate_bytes(&text, NOW),
+        keyring.authenticate(&text, NOW),
         Err(AuthError::Malformed(TokenError::Checksum))
     );
 }
@@ -202,5 +202,5 @@ fn checksum_digits_outside_the_alphabet_are_refused_even_when_their_value_matche
     text[at - 1] = BASE62[before - 4];
     let expected = Err(AuthError::Malformed(TokenError::Character { position: at }));
     assert_eq!(reference(&keyring, &text, NOW), expected);
-    assert_eq!(keyring.authenticate_bytes(&text, NOW), expected);
+    assert_eq!(keyring.authenticate(&text, NOW), expected);
 }

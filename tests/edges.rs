@@ -226,14 +226,14 @@ fn token_lengths() {
         vec![b'a'; 1 << 20],
     ];
     for case in &cases {
-        let err = Token::parse_bytes(case).err();
+        let err = Token::parse(case).err();
         assert_eq!(err, Some(TokenError::Length { len: case.len() }));
         assert_eq!(
-            keyring.authenticate_bytes(case, 0),
+            keyring.authenticate(case, 0),
             Err(AuthError::Malformed(TokenError::Length { len: case.len() }))
         );
     }
-    assert!(keyring.authenticate_bytes(bytes, 0).is_ok());
+    assert!(keyring.authenticate(bytes, 0).is_ok());
 }
 
 #[test]
@@ -243,14 +243,11 @@ fn non_utf8_and_non_ascii_bytes() {
         let mut bytes = token.as_bytes().to_vec();
         bytes[at] = byte;
         assert_eq!(
-            Token::parse_bytes(&bytes).err(),
+            Token::parse(&bytes).err(),
             Some(TokenError::Character { position: at })
         );
         assert_eq!(
-            keyring
-                .authenticate_bytes(&bytes, 0)
-                .unwrap_err()
-                .http_status(),
+            keyring.authenticate(&bytes, 0).unwrap_err().http_status(),
             401
         );
     }
@@ -265,10 +262,10 @@ fn non_utf8_and_non_ascii_bytes() {
     // Prefix and separator come first in the order of checks.
     let mut bad = token.as_bytes().to_vec();
     bad[0] = 0xFF;
-    assert_eq!(Token::parse_bytes(&bad).err(), Some(TokenError::Prefix));
+    assert_eq!(Token::parse(&bad).err(), Some(TokenError::Prefix));
     let mut bad = token.as_bytes().to_vec();
     bad[19] = 0xFF;
-    assert_eq!(Token::parse_bytes(&bad).err(), Some(TokenError::Separator));
+    assert_eq!(Token::parse(&bad).err(), Some(TokenError::Separator));
 }
 
 #[test]

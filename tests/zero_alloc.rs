@@ -86,15 +86,15 @@ fn hot_path(keyring: &Keyring, token: &str) -> AllocationInfo {
             if let Ok(parsed) = Token::parse(token) {
                 let _ = black_box(keyring.verify(black_box(&parsed), NOW_MS));
             }
-            let _ = black_box(Token::parse_bytes(token.as_bytes()));
+            let _ = black_box(Token::parse(token.as_bytes()));
             if let Ok(principal) = black_box(keyring.authenticate(token, NOW_MS)) {
                 black_box(principal.can(Resource::Devboxes, Access::Write));
                 black_box(principal.can(Resource::Account, Access::Write));
                 let _ = black_box(principal.require(Resource::Account, Access::Write));
             }
-            let _ = black_box(keyring.authenticate_bytes(token.as_bytes(), NOW_MS));
-            let _ = black_box(keyring.can(token, Resource::Objects, Access::Read, NOW_MS));
-            let _ = black_box(keyring.can(token, Resource::Account, Access::Write, NOW_MS));
+            let _ = black_box(keyring.authenticate(token.as_bytes(), NOW_MS));
+            let _ = black_box(keyring.authorize(token, Resource::Objects, Access::Read, NOW_MS));
+            let _ = black_box(keyring.authorize(token, Resource::Account, Access::Write, NOW_MS));
         }
     })
 }
@@ -139,7 +139,7 @@ fn success_paths_allocate_nothing() {
     assert!(restricted.can(Resource::Devboxes, Access::Write));
     // Insufficient scope (a 403) is on this path too.
     assert!(matches!(
-        k.can(&s.restricted, Resource::Account, Access::Write, NOW_MS),
+        k.authorize(&s.restricted, Resource::Account, Access::Write, NOW_MS),
         Err(AuthError::InsufficientScope { .. })
     ));
     assert_zero("standard", hot_path(k, &s.standard));
@@ -190,7 +190,7 @@ fn malformed_tokens_allocate_nothing() {
         (&bad_checksum, TokenError::Checksum),
     ];
     for (bytes, expected) in cases {
-        assert_eq!(Token::parse_bytes(bytes).err(), Some(expected));
+        assert_eq!(Token::parse(bytes).err(), Some(expected));
         let text = std::str::from_utf8(bytes).unwrap();
         assert_zero(&format!("{expected:?}"), hot_path(&s.keyring, text));
     }

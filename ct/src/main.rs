@@ -33,7 +33,7 @@
 //!   unknown_id_sharing_window`): ids of no key whose index window is a
 //!   known key's, so both classes read the same memory.
 //! * `c_authenticate_unknown_id`: the same through
-//!   `Keyring::authenticate_bytes` on the unparsed text, the server's call.
+//!   `Keyring::authenticate` on the unparsed text, the server's call.
 //! * `w_null_random_windows`: a null (A/A) control, both classes unknown
 //!   ids drawn at random (two disjoint sets, each id in its own window).
 //! * `x_null_one_pool`: a null (A/A) control, both classes drawing from one
@@ -184,7 +184,7 @@ fn pools(
     right: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
 ) -> (Vec<Token<'static>>, Vec<Token<'static>>) {
     let (left, right) = texts(rng, left, right);
-    let parse = |t: &&'static [u8; 69]| Token::parse_bytes(&t[..]).expect("well-formed token");
+    let parse = |t: &&'static [u8; 69]| Token::parse(&t[..]).expect("well-formed token");
     (
         left.iter().map(parse).collect(),
         right.iter().map(parse).collect(),
@@ -383,7 +383,7 @@ fn known_of<'a>(
     }
 }
 
-/// (c) through `Keyring::authenticate_bytes`, the server's call: the token
+/// (c) through `Keyring::authenticate`, the server's call: the token
 /// text, unparsed, of an unknown id against a known id with a wrong secret
 /// (twins, as in `c_unknown_id`).
 fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
@@ -392,10 +392,10 @@ fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let twins = twins(&mut rng, 1);
     let (left, right) = texts(&mut rng, twin_of(&twins, 0), known_of(&twins));
     assert!(left.iter().chain(&right).all(|t| {
-        f.keyring.authenticate_bytes(&t[..], NOW_MS) == Err(keygate::AuthError::InvalidCredentials)
+        f.keyring.authenticate(&t[..], NOW_MS) == Err(keygate::AuthError::InvalidCredentials)
     }));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.authenticate_bytes(&t[..], NOW_MS)
+        f.keyring.authenticate(&t[..], NOW_MS)
     });
 }
 

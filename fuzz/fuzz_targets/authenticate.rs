@@ -5,7 +5,7 @@
 //! mutation reaches the digest check), it never panics and never
 //! authenticates a token that it did not mint: only the exact minted texts
 //! authenticate, as their own id, kind and scopes. Its verdict is, for every
-//! input, that of the plain order (`Token::parse_bytes`, then
+//! input, that of the plain order (`Token::parse`, then
 //! `Keyring::verify`): the hot path hashes first and parses only what the
 //! digest does not bind, and must not differ from it in any outcome.
 #![no_main]
@@ -158,8 +158,8 @@ fn apply(bytes: &mut Vec<u8>, op: &Op, keys: &[(String, Principal, Option<i64>)]
 
 fn check(bytes: &[u8], now_ms: i64) {
     let f = fixture();
-    let result = f.keyring.authenticate_bytes(bytes, now_ms);
-    let plain = Token::parse_bytes(bytes)
+    let result = f.keyring.authenticate(bytes, now_ms);
+    let plain = Token::parse(bytes)
         .map_err(AuthError::from)
         .and_then(|token| f.keyring.verify(&token, now_ms));
     assert_eq!(
@@ -170,7 +170,7 @@ fn check(bytes: &[u8], now_ms: i64) {
         assert_eq!(f.keyring.authenticate(text, now_ms), result);
         let via_can = f
             .keyring
-            .can(text, Resource::Devboxes, Access::Read, now_ms);
+            .authorize(text, Resource::Devboxes, Access::Read, now_ms);
         match &result {
             Ok(p) if p.can(Resource::Devboxes, Access::Read) => assert_eq!(via_can, Ok(*p)),
             _ => assert!(via_can.is_err()),

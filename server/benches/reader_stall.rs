@@ -47,7 +47,7 @@ impl Cache for Single {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .authenticate_bytes(token, now_ms)
+            .authenticate(token, now_ms)
     }
     fn revoke(&self, seq: u64, id: KeyId) {
         let _ = self

@@ -3,7 +3,7 @@
 //! own writes.
 //!
 //! The hot path picks a shard by the token's id bytes, takes its read lock
-//! and calls the library's constant-time [`Keyring::authenticate_bytes`]
+//! and calls the library's constant-time [`Keyring::authenticate`]
 //! (which parses only when the digest does not match): an unknown id costs
 //! what a wrong secret costs, and no request ever reaches the database.
 //!
@@ -85,7 +85,7 @@ impl KeyCache {
         // hold one fails in the keyring like any malformed token.
         let head = token.get(ID_AT..).unwrap_or_default();
         match self.shards.get(shard_of_head(head)) {
-            Some(shard) => Self::read(shard).authenticate_bytes(token, now_ms),
+            Some(shard) => Self::read(shard).authenticate(token, now_ms),
             // Unreachable (the shard index is masked); fail closed.
             None => Err(AuthError::InvalidCredentials),
         }

@@ -783,20 +783,18 @@ impl RouteTable {
     /// assert_eq!(m.decision().to_string(), "objects:read");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// Method and target are text or bytes (header values).
     #[inline]
-    pub fn lookup(&self, method: &str, path: &str) -> Result<RouteMatch<'_>, PathError> {
-        self.lookup_bytes(method.as_bytes(), path.as_bytes())
+    pub fn lookup(
+        &self,
+        method: impl AsRef<[u8]>,
+        target: impl AsRef<[u8]>,
+    ) -> Result<RouteMatch<'_>, PathError> {
+        self.lookup_bytes(method.as_ref(), target.as_ref())
     }
 
-    /// [`RouteTable::lookup`] for a method and target in bytes, such as
-    /// header values.
-    ///
-    /// ```
-    /// # let table: keygate::RouteTable = "GET /v1/objects/** objects:read".parse()?;
-    /// assert!(table.lookup_bytes(b"GET", b"/v1/objects/%FF").is_err());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn lookup_bytes(&self, method: &[u8], target: &[u8]) -> Result<RouteMatch<'_>, PathError> {
+    fn lookup_bytes(&self, method: &[u8], target: &[u8]) -> Result<RouteMatch<'_>, PathError> {
         let named = Method::of_request(method);
         if named.is_none() {
             // The seven named methods are tokens; only others need the check.

@@ -1128,7 +1128,7 @@ mod tests {
         let mut req =
             MintRequest::restricted(Some("k"), "objects:read".parse().unwrap(), None, at).unwrap();
         if let Some(c) = creator {
-            req = req.created_by(&keygate::testing::principal_of(&c));
+            req = req.created_by(&keygate::testing::principal_of(c));
         }
         keygate::mint(&pepper(), &req, &mut keygate::os_entropy(), at)
             .into_parts()

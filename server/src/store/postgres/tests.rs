@@ -24,7 +24,7 @@ fn standard(name: &str) -> KeyRecord {
 fn child(name: &str, creator: &KeyRecord) -> KeyRecord {
     let request = MintRequest::restricted(Some(name), "objects:read".parse().unwrap(), None, 2_000)
         .unwrap()
-        .created_by(&keygate::testing::principal_of(&creator));
+        .created_by(&keygate::testing::principal_of(creator));
     keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 2_000)
         .into_parts()
         .0
