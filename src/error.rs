@@ -48,14 +48,14 @@ pub enum Error {
     /// See [`RouteParseError`](crate::RouteParseError).
     #[error(transparent)]
     RouteParse(#[from] crate::route::RouteParseError),
-    /// See [`RouteError`](crate::RouteError) (a refused path converts too).
+    /// See [`Rejection`](crate::Rejection) (a refused path converts too).
     #[error(transparent)]
-    Route(#[from] crate::route::RouteError),
+    Rejection(#[from] crate::route::Rejection),
 }
 
 impl From<crate::route::PathError> for Error {
     fn from(e: crate::route::PathError) -> Error {
-        Error::Route(e.into())
+        Error::Rejection(e.into())
     }
 }
 
@@ -77,7 +77,7 @@ impl Error {
             Error::Keyring(e) => e.http_status(),
             Error::Roll(e) => e.http_status(),
             Error::RouteParse(e) => e.http_status(),
-            Error::Route(e) => e.http_status(),
+            Error::Rejection(e) => e.http_status(),
         }
     }
 }

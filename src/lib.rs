@@ -72,7 +72,7 @@ pub use mint::{
     MAX_NAME_LEN,
 };
 pub use roll::{roll, RollError, RolledKey};
-pub use route::{Decision, PathError, RouteError, RouteParseError, RouteTable};
+pub use route::{Decision, PathError, Rejection, RouteParseError, RouteTable};
 pub use scope::{Access, Resource, ScopeParseError, Scopes, ScopesIter};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};

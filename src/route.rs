@@ -9,7 +9,7 @@
 //!
 //! * [`RouteTable`]: the text format, the parser and the matcher.
 //! * [`CanonicalPath`]: the path-safety rules, one set for every caller.
-//! * [`RouteError`], [`PathError`], [`RouteParseError`]: each knows its status.
+//! * [`Rejection`], [`PathError`], [`RouteParseError`]: each knows its status.
 //!
 //! ```
 //! use keygate::{Keyring, MintRequest, Pepper, RouteTable};
@@ -94,19 +94,20 @@ impl<A: Authenticate + ?Sized> Authenticate for &A {
     }
 }
 
-/// Why [`RouteTable::authorize_request`] refused a request: 400, 401 or 403.
+/// Why a request was refused, by [`RouteTable::authorize_request`] or by
+/// the tower layer: 400, 401 or 403. The one rejection type of keygate.
 ///
 /// ```
-/// use keygate::{AuthError, PathError, RouteError};
-/// assert_eq!(RouteError::from(PathError::NotAbsolute).http_status(), 400);
-/// assert_eq!(RouteError::MissingCredential.http_status(), 401);
-/// assert_eq!(RouteError::Denied { line: 3 }.http_status(), 403);
-/// assert_eq!(RouteError::Denied { line: 3 }.to_string(), "the route table denies this request (line 3)");
-/// assert_eq!(RouteError::from(AuthError::InvalidCredentials).http_status(), 401);
+/// use keygate::{AuthError, PathError, Rejection};
+/// assert_eq!(Rejection::from(PathError::NotAbsolute).http_status(), 400);
+/// assert_eq!(Rejection::MissingCredential.http_status(), 401);
+/// assert_eq!(Rejection::Denied { line: 3 }.http_status(), 403);
+/// assert_eq!(Rejection::Denied { line: 3 }.to_string(), "the route table denies this request (line 3)");
+/// assert_eq!(Rejection::from(AuthError::InvalidCredentials).http_status(), 401);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
-pub enum RouteError {
+pub enum Rejection {
     /// The method or path was refused before matching (400).
     #[error(transparent)]
     Path(#[from] PathError),
@@ -122,24 +123,41 @@ pub enum RouteError {
     /// The route needs a key and none was presented (401).
     #[error("missing `Authorization: Bearer` credential")]
     MissingCredential,
+    /// An `Authorization` header that is not one `Bearer <token>` (401).
+    #[error("the `Authorization` header is not a bearer credential")]
+    NotBearer,
     /// The key was refused (401) or lacks the route's scope (403).
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
 
-impl RouteError {
+impl Rejection {
     /// 400 for a refused path, 401 for a missing or refused key, 403 for a
     /// denied route or a key without the scope.
     ///
     /// ```
-    /// assert_eq!(keygate::RouteError::Unmatched.http_status(), 403);
+    /// assert_eq!(keygate::Rejection::Unmatched.http_status(), 403);
     /// ```
     pub const fn http_status(&self) -> u16 {
         match self {
-            RouteError::Path(e) => e.http_status(),
-            RouteError::Denied { .. } | RouteError::Unmatched => 403,
-            RouteError::MissingCredential => 401,
-            RouteError::Auth(e) => e.http_status(),
+            Rejection::Path(e) => e.http_status(),
+            Rejection::Denied { .. } | Rejection::Unmatched => 403,
+            Rejection::MissingCredential | Rejection::NotBearer => 401,
+            Rejection::Auth(e) => e.http_status(),
+        }
+    }
+
+    /// The key id the rejection names, if any (an expired key, or one that
+    /// lacks the scope). Public information, safe to log.
+    ///
+    /// ```
+    /// assert!(keygate::Rejection::NotBearer.key_id().is_none());
+    /// ```
+    pub fn key_id(&self) -> Option<crate::token::KeyId> {
+        match self {
+            Rejection::Auth(AuthError::Expired { id, .. })
+            | Rejection::Auth(AuthError::InsufficientScope { id, .. }) => Some(*id),
+            _ => None,
         }
     }
 }
@@ -193,9 +211,9 @@ impl RouteTable {
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let table: keygate::RouteTable = "GET /v1/objects/** objects:read".parse()?;
     /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/objects", 0).unwrap_err();
-    /// assert_eq!(err, keygate::RouteError::MissingCredential);
+    /// assert_eq!(err, keygate::Rejection::MissingCredential);
     /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/other", 0).unwrap_err();
-    /// assert_eq!(err, keygate::RouteError::Unmatched);
+    /// assert_eq!(err, keygate::Rejection::Unmatched);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn authorize_request<A: Authenticate + ?Sized>(
@@ -205,7 +223,7 @@ impl RouteTable {
         method: &[u8],
         target: &[u8],
         now_ms: i64,
-    ) -> Result<Authorized<'_>, RouteError> {
+    ) -> Result<Authorized<'_>, Rejection> {
         let route = self.lookup(method, target)?;
         let (resource, access) = match route.decision() {
             Decision::Public => {
@@ -216,13 +234,13 @@ impl RouteTable {
             }
             Decision::Deny => {
                 return Err(match route.line() {
-                    Some(line) => RouteError::Denied { line },
-                    None => RouteError::Unmatched,
+                    Some(line) => Rejection::Denied { line },
+                    None => Rejection::Unmatched,
                 })
             }
             Decision::Scope(resource, access) => (resource, access),
         };
-        let principal = auth.authenticate(token.ok_or(RouteError::MissingCredential)?, now_ms)?;
+        let principal = auth.authenticate(token.ok_or(Rejection::MissingCredential)?, now_ms)?;
         principal.require(resource, access)?;
         Ok(Authorized {
             principal: Some(principal),
@@ -284,7 +302,7 @@ mod tests {
         let e = run(Some(&reader), "POST", "/v1/devboxes/x").unwrap_err();
         assert!(matches!(
             e,
-            RouteError::Auth(AuthError::InsufficientScope { .. })
+            Rejection::Auth(AuthError::InsufficientScope { .. })
         ));
         assert_eq!(e.http_status(), 403);
         assert_eq!(run(None, "GET", "/healthz"), Ok(None));
@@ -292,20 +310,20 @@ mod tests {
         // Deny and no match: 403 even for a standard key, and without one.
         assert_eq!(
             run(Some(&standard), "GET", "/internal/x"),
-            Err(RouteError::Denied { line: 4 })
+            Err(Rejection::Denied { line: 4 })
         );
         assert_eq!(
             run(None, "GET", "/internal/x"),
-            Err(RouteError::Denied { line: 4 })
+            Err(Rejection::Denied { line: 4 })
         );
         assert_eq!(
             run(Some(&standard), "GET", "/v2"),
-            Err(RouteError::Unmatched)
+            Err(Rejection::Unmatched)
         );
         // 401s.
         assert_eq!(
             run(None, "GET", "/v1/devboxes"),
-            Err(RouteError::MissingCredential)
+            Err(Rejection::MissingCredential)
         );
         assert_eq!(
             run(Some("ak_garbage"), "GET", "/v1/devboxes").map_err(|e| e.http_status()),

@@ -13,8 +13,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use keygate::tower::{problem, Authenticate, Rejection, RequireScope};
+use keygate::tower::{problem, Authenticate, Require};
 use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
+use keygate::Rejection;
 use keygate::{
     Access, AuthError, Change, KeyRecord, MintPolicy, MintRequest, Principal, Resource,
     ValidationError,
@@ -133,7 +134,7 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
         )
         .route("/v1/keys/{id}/roll", post(lifecycle::roll))
         .route("/v1/events", get(lifecycle::events))
-        .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
+        .route_layer(Require::scope(shared, Resource::Account, Access::Write));
     let body_routes = Router::new()
         .merge(account_routes)
         // Holding the token is the proof: no Authorization header. Nobody is

@@ -1,5 +1,5 @@
 //! The README's "someone else's axum gateway" example, served for real:
-//! `keygate::tower::RequireScope` on an axum route.
+//! `keygate::tower::Require` on an axum route.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, RwLock};
 
 use axum::{routing::post, Extension, Router};
-use keygate::tower::RequireScope;
+use keygate::tower::Require;
 use keygate::{Access, Keyring, MintRequest, Pepper, Principal, Resource, Scopes};
 
 // --- as in the README ---
@@ -23,11 +23,7 @@ async fn create_devbox(Extension(key): Extension<Principal>) -> String {
 fn app(keyring: Arc<RwLock<Keyring>>) -> Router {
     Router::new()
         .route("/devboxes", post(create_devbox))
-        .route_layer(RequireScope::new(
-            keyring,
-            Resource::Devboxes,
-            Access::Write,
-        ))
+        .route_layer(Require::scope(keyring, Resource::Devboxes, Access::Write))
 }
 // ---
 
