@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScopeParseError {
-    /// A resource name that is not one of the nine.
-    #[error("unknown resource `{0}` in scope list")]
+    /// A resource name that is not one of the nine; the message lists them.
+    #[error("unknown resource `{0}` in scope list; the resources are {names}", names = ResourceNames)]
     UnknownResource(String),
     /// An access level other than `none`, `read` or `write`.
     #[error("unknown access level `{0}` in scope list")]
@@ -36,6 +36,21 @@ pub enum ScopeParseError {
     /// The same resource listed twice.
     #[error("resource `{0}` appears twice in scope list")]
     DuplicateResource(Resource),
+}
+
+/// The valid resource names, comma-separated, for an error message.
+struct ResourceNames;
+
+impl core::fmt::Display for ResourceNames {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, r) in Resource::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(r.as_str())?;
+        }
+        Ok(())
+    }
 }
 
 impl ScopeParseError {
@@ -534,7 +549,9 @@ impl Scopes {
     /// ```
     /// use keygate::{Scopes, ScopeParseError};
     /// assert_eq!(Scopes::parse("account:write")?.to_string(), "account:write");
-    /// assert!(matches!(Scopes::parse("devbox:write"), Err(ScopeParseError::UnknownResource(_))));
+    /// let err = Scopes::parse("devbox:write").unwrap_err();
+    /// assert!(matches!(err, ScopeParseError::UnknownResource(_)));
+    /// assert!(err.to_string().starts_with("unknown resource `devbox` in scope list; the resources are devboxes, "));
     /// # Ok::<(), ScopeParseError>(())
     /// ```
     pub fn parse(text: &str) -> Result<Scopes, ScopeParseError> {
