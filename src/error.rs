@@ -87,6 +87,7 @@ mod tests {
     use super::*;
     use crate::scope::{Access, Resource};
     use crate::token::KeyId;
+    use crate::UnixMillis;
 
     #[test]
     fn messages_are_lowercase() {
@@ -198,7 +199,7 @@ mod tests {
             ValidationError::ExpiryNegative(-1),
             ValidationError::ExpiryNotInFuture {
                 expires_at_ms: 1,
-                now_ms: 2,
+                now: UnixMillis::from_millis(2),
             },
         ];
         for e in other_errors {

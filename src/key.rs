@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::scope::Scopes;
 use crate::secret::SecretHash;
+use crate::time::UnixMillis;
 use crate::token::{KeyId, KeyKind};
 
 /// A record whose fields break a rule of [`KeyRecord`](crate::KeyRecord),
@@ -53,8 +54,8 @@ impl RecordError {
 /// use rand_core::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
 /// let pepper = keygate::Pepper::generate(&mut rng);
-/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, 0)?;
-/// let record = keygate::mint(&pepper, &request, &mut rng, 0).into_parts().0;
+/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+/// let record = keygate::mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts().0;
 /// let json = serde_json::to_string(&record)?;
 /// assert!(json.contains("\"scopes\":\"objects:read\""));
 /// let back: keygate::KeyRecord = serde_json::from_str(&json)?;
@@ -304,16 +305,16 @@ impl KeyRecord {
         self.creator_id
     }
 
-    /// A key is valid while `now_ms < expires_at_ms`; a null expiry never expires.
+    /// A key is valid while `now < expires_at_ms`; a null expiry never expires.
     ///
     /// ```
     /// # let record = keygate::testing::example_record();
-    /// assert!(!record.is_expired_at(1_999));
-    /// assert!(record.is_expired_at(2_000));
+    /// assert!(!record.is_expired_at(keygate::UnixMillis::from_millis(1_999)));
+    /// assert!(record.is_expired_at(keygate::UnixMillis::from_millis(2_000)));
     /// ```
     #[inline]
-    pub fn is_expired_at(&self, now_ms: i64) -> bool {
-        matches!(self.expires_at_ms, Some(expiry) if now_ms >= expiry)
+    pub fn is_expired_at(&self, now: UnixMillis) -> bool {
+        matches!(self.expires_at_ms, Some(expiry) if now.as_millis() >= expiry)
     }
 }
 
@@ -353,7 +354,7 @@ mod tests {
             None,
         );
         assert_eq!(std.scopes(), Scopes::all());
-        assert!(!std.is_expired_at(i64::MAX));
+        assert!(!std.is_expired_at(UnixMillis::from_millis(i64::MAX)));
     }
 
     #[test]
@@ -397,8 +398,8 @@ mod tests {
     #[test]
     fn expiry_edges() {
         let r = example_record();
-        assert!(!r.is_expired_at(i64::MIN));
-        assert!(r.is_expired_at(i64::MAX));
+        assert!(!r.is_expired_at(UnixMillis::from_millis(i64::MIN)));
+        assert!(r.is_expired_at(UnixMillis::from_millis(i64::MAX)));
     }
 
     #[test]
@@ -436,7 +437,7 @@ mod tests {
         assert!(!p.can(Resource::Agents, Access::Write));
         assert!(p.require(Resource::Agents, Access::Read).is_ok());
         assert!(p.require(Resource::Account, Access::Read).is_err());
-        assert!(!record.is_expired_at(8_999));
-        assert!(record.is_expired_at(9_000));
+        assert!(!record.is_expired_at(UnixMillis::from_millis(8_999)));
+        assert!(record.is_expired_at(UnixMillis::from_millis(9_000)));
     }
 }

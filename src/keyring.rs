@@ -8,6 +8,7 @@ use crate::feed::{Applied, Change, ChangeOp};
 use crate::key::KeyRecord;
 use crate::scope::{Access, Resource, Scopes};
 use crate::secret::{Message, Pepper, SecretHash};
+use crate::time::UnixMillis;
 use crate::token::{self, KeyId, KeyKind, Token, TokenError, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
 
 use index::{DigestIndex, Slot, MAX_KEYS, MAX_PREALLOCATED_KEYS};
@@ -39,7 +40,7 @@ impl Principal {
     /// ensure it).
     /// The principal `record` would authenticate as, expired or not: for
     /// code that has verified the token itself (or fixtures).
-    #[inline]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn of_record(record: &KeyRecord) -> Principal {
         Principal::new(
             record.id(),
@@ -276,13 +277,13 @@ impl KeyringError {
 ///
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(42);
 /// let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-/// let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, 0)?;
-/// let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+/// let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+/// let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 /// keyring.insert(record)?;
 ///
-/// let principal = keyring.authenticate(token.expose_secret(), 10)?;
+/// let principal = keyring.authenticate(token.expose_secret(), keygate::UnixMillis::from_millis(10))?;
 /// assert!(principal.can(Resource::Devboxes, Access::Read));
-/// assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Write, 10).is_err());
+/// assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Write, keygate::UnixMillis::from_millis(10)).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -616,7 +617,7 @@ impl Keyring {
         self.last_seq
     }
 
-    /// Drops the records that have expired by `now_ms` (they could never
+    /// Drops the records that have expired by `now` (they could never
     /// authenticate again; a store keeps them for its audit) and returns how
     /// many. Call it now and then, with the time of the call.
     ///
@@ -631,17 +632,17 @@ impl Keyring {
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// keyring.insert(keygate::testing::example_record())?; // expires at 2 000 ms
-    /// assert_eq!(keyring.evict_expired(1_999), 0);
-    /// assert_eq!(keyring.evict_expired(2_000), 1);
+    /// assert_eq!(keyring.evict_expired(keygate::UnixMillis::from_millis(1_999)), 0);
+    /// assert_eq!(keyring.evict_expired(keygate::UnixMillis::from_millis(2_000)), 1);
     /// assert!(keyring.is_empty());
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
-    pub fn evict_expired(&mut self, now_ms: i64) -> usize {
+    pub fn evict_expired(&mut self, now: UnixMillis) -> usize {
         let index = &mut self.index;
         let evicted = &mut self.evicted;
         let before = self.keys.len();
         self.keys.retain(|id, entry| {
-            let keep = !entry.record.is_expired_at(now_ms);
+            let keep = !entry.record.is_expired_at(now);
             if !keep {
                 index.remove(id);
                 if entry.seq > 0 {
@@ -704,7 +705,7 @@ impl Keyring {
         self.keys.values().map(|entry| &entry.record)
     }
 
-    /// Parses `token` and verifies it at `now_ms` (Unix milliseconds): the
+    /// Parses `token` and verifies it at `now` (Unix milliseconds): the
     /// same verdict and errors as [`Token::parse`] then [`Keyring::verify`].
     /// It hashes first and checks the parts the digest does not bind
     /// (prefix, separator, checksum); the full parse runs only when the
@@ -713,7 +714,7 @@ impl Keyring {
     ///
     /// ```
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let err = keyring.authenticate("ak_bogus", 0).unwrap_err();
+    /// let err = keyring.authenticate("ak_bogus", keygate::UnixMillis::from_millis(0)).unwrap_err();
     /// assert_eq!(err.http_status(), 401);
     /// ```
     /// `token` is text or bytes (a header value): `&str`, `String`, `&[u8]`.
@@ -721,13 +722,13 @@ impl Keyring {
     pub fn authenticate(
         &self,
         token: impl AsRef<[u8]>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Principal, AuthError> {
-        self.authenticate_bytes(token.as_ref(), now_ms)
+        self.authenticate_bytes(token.as_ref(), now)
     }
 
     #[inline]
-    fn authenticate_bytes(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+    fn authenticate_bytes(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
         let text: &[u8; TOKEN_LEN] = token
             .try_into()
             .map_err(|_| TokenError::Length { len: token.len() })?;
@@ -747,7 +748,7 @@ impl Keyring {
         let id = token::key_id_of_text(text);
         let kind = KeyKind::of_tag(text.first().copied().unwrap_or(0));
         match self.matching_slot(DigestIndex::key(&id), kind, &digest) {
-            Some(slot) if framed => Keyring::principal(&slot, id, now_ms),
+            Some(slot) if framed => Keyring::principal(&slot, id, now),
             _ => {
                 Token::parse(text)?;
                 Err(AuthError::InvalidCredentials)
@@ -762,7 +763,7 @@ impl Keyring {
         self.index.home(DigestIndex::key(a)) == self.index.home(DigestIndex::key(b))
     }
 
-    /// Verifies a parsed token at `now_ms`.
+    /// Verifies a parsed token at `now`.
     ///
     /// The digest is computed and compared (in constant time) whether or not
     /// the id is known; an unknown id, a wrong secret and a relabelled kind
@@ -773,11 +774,11 @@ impl Keyring {
     /// # let text = keygate::testing::example_token();
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let token = keygate::Token::parse(&text)?;
-    /// assert_eq!(keyring.verify(&token, 0), Err(keygate::AuthError::InvalidCredentials));
+    /// assert_eq!(keyring.verify(&token, keygate::UnixMillis::from_millis(0)), Err(keygate::AuthError::InvalidCredentials));
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
-    pub fn verify(&self, token: &Token<'_>, now_ms: i64) -> Result<Principal, AuthError> {
-        self.verify_digest(token, &self.pepper.digest(token), now_ms)
+    pub fn verify(&self, token: &Token<'_>, now: UnixMillis) -> Result<Principal, AuthError> {
+        self.verify_digest(token, &self.pepper.digest(token), now)
     }
 
     /// [`Keyring::verify`] with the token's digest already computed.
@@ -786,11 +787,11 @@ impl Keyring {
         &self,
         token: &Token<'_>,
         digest: &SecretHash,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Principal, AuthError> {
         let id = token.key_id();
         match self.matching_slot(DigestIndex::key(&id), token.kind(), digest) {
-            Some(slot) => Keyring::principal(&slot, id, now_ms),
+            Some(slot) => Keyring::principal(&slot, id, now),
             None => Err(AuthError::InvalidCredentials),
         }
     }
@@ -823,12 +824,12 @@ impl Keyring {
     }
 
     /// The principal of a verified key `id` whose slot is `slot`, at
-    /// `now_ms`. Expiry is checked after the secret, so
+    /// `now`. Expiry is checked after the secret, so
     /// [`AuthError::Expired`] tells nothing to a guesser.
     #[inline(always)]
-    fn principal(slot: &Slot, id: KeyId, now_ms: i64) -> Result<Principal, AuthError> {
+    fn principal(slot: &Slot, id: KeyId, now: UnixMillis) -> Result<Principal, AuthError> {
         match slot.expires_at_ms() {
-            Some(expires_at_ms) if now_ms >= expires_at_ms => {
+            Some(expires_at_ms) if now.as_millis() >= expires_at_ms => {
                 Err(AuthError::Expired { id, expires_at_ms })
             }
             expires_at_ms => Ok(Principal::new(
@@ -840,14 +841,14 @@ impl Keyring {
         }
     }
 
-    /// One call for a gateway: authenticate `token` at `now_ms`, then require
+    /// One call for a gateway: authenticate `token` at `now`, then require
     /// `access` on `resource`. Returns the principal when both hold; a 401
     /// or 403 [`AuthError`] otherwise.
     ///
     /// ```
     /// use keygate::{Access, Resource};
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let err = keyring.authorize("ak_x", Resource::Objects, Access::Read, 0).unwrap_err();
+    /// let err = keyring.authorize("ak_x", Resource::Objects, Access::Read, keygate::UnixMillis::from_millis(0)).unwrap_err();
     /// assert_eq!(err.http_status(), 401);
     /// ```
     #[inline]
@@ -856,9 +857,9 @@ impl Keyring {
         token: impl AsRef<[u8]>,
         resource: Resource,
         access: Access,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Principal, AuthError> {
-        let principal = self.authenticate(token, now_ms)?;
+        let principal = self.authenticate(token, now)?;
         principal.require(resource, access)?;
         Ok(principal)
     }
@@ -909,10 +910,18 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         let request = match scopes {
-            Some(s) => MintRequest::restricted(None, s, expires, 0).unwrap(),
-            None => MintRequest::standard(None, expires, 0).unwrap(),
+            Some(s) => {
+                MintRequest::restricted(None, s, expires, UnixMillis::from_millis(0)).unwrap()
+            }
+            None => MintRequest::standard(None, expires, UnixMillis::from_millis(0)).unwrap(),
         };
-        let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+        let (record, token) = mint(
+            keyring.pepper(),
+            &request,
+            &mut rng,
+            UnixMillis::from_millis(0),
+        )
+        .into_parts();
         keyring.insert(record).unwrap();
         (keyring, String::from(token.expose_secret()))
     }
@@ -933,7 +942,9 @@ mod tests {
             keyring.apply(Change::upsert(1, record.clone())).unwrap(),
             Applied::Unchanged
         );
-        assert!(keyring.authenticate(&token, 5).is_err());
+        assert!(keyring
+            .authenticate(&token, UnixMillis::from_millis(5))
+            .is_err());
         // A later change still applies.
         assert_eq!(
             keyring.apply(Change::upsert(3, record)).unwrap(),
@@ -968,9 +979,15 @@ mod tests {
     fn the_index_stays_at_most_half_full() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let request = MintRequest::standard(None, None, 0).unwrap();
+        let request = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         for n in 1..=100 {
-            let (record, _) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+            let (record, _) = mint(
+                keyring.pepper(),
+                &request,
+                &mut rng,
+                UnixMillis::from_millis(0),
+            )
+            .into_parts();
             keyring.insert(record).unwrap();
             assert_eq!(keyring.index.len, n);
             assert!(
@@ -986,7 +1003,9 @@ mod tests {
         let (keyring, token) = setup(None, None);
         for r in Resource::ALL {
             for a in Access::ALL {
-                assert!(keyring.authorize(&token, r, a, 5).is_ok());
+                assert!(keyring
+                    .authorize(&token, r, a, UnixMillis::from_millis(5))
+                    .is_ok());
             }
         }
     }
@@ -1000,7 +1019,7 @@ mod tests {
             Token::parse(&token).unwrap().secret(),
         );
         assert_eq!(
-            keyring.authenticate(relabelled.expose_secret(), 1),
+            keyring.authenticate(relabelled.expose_secret(), UnixMillis::from_millis(1)),
             Err(AuthError::InvalidCredentials)
         );
     }
@@ -1008,16 +1027,22 @@ mod tests {
     #[test]
     fn expiry_is_exclusive() {
         let (keyring, token) = setup(None, Some(100));
-        assert!(keyring.authenticate(&token, 99).is_ok());
+        assert!(keyring
+            .authenticate(&token, UnixMillis::from_millis(99))
+            .is_ok());
         assert!(matches!(
-            keyring.authenticate(&token, 100),
+            keyring.authenticate(&token, UnixMillis::from_millis(100)),
             Err(AuthError::Expired {
                 expires_at_ms: 100,
                 ..
             })
         ));
-        assert!(keyring.authenticate(&token, i64::MAX).is_err());
-        assert!(keyring.authenticate(&token, i64::MIN).is_ok());
+        assert!(keyring
+            .authenticate(&token, UnixMillis::from_millis(i64::MAX))
+            .is_err());
+        assert!(keyring
+            .authenticate(&token, UnixMillis::from_millis(i64::MIN))
+            .is_ok());
     }
 
     #[test]
@@ -1026,7 +1051,7 @@ mod tests {
         let id = Token::parse(&token).unwrap().key_id();
         keyring.revoke(&id);
         assert_eq!(
-            keyring.authenticate(&token, 1),
+            keyring.authenticate(&token, UnixMillis::from_millis(1)),
             Err(AuthError::InvalidCredentials)
         );
     }
@@ -1036,9 +1061,9 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         let pepper = Pepper::generate(&mut rng);
         let mut keyring = Keyring::new(pepper.clone());
-        let req = MintRequest::standard(None, None, 0).unwrap();
-        let (a, token_a) = mint(&pepper, &req, &mut rng, 0).into_parts();
-        let (b, _token_b) = mint(&pepper, &req, &mut rng, 0).into_parts();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
+        let (a, token_a) = mint(&pepper, &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
+        let (b, _token_b) = mint(&pepper, &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
         // Record b now carries a's digest: a's secret under b's id must fail.
         let forged = KeyRecord::new(
             b.id(),
@@ -1054,7 +1079,7 @@ mod tests {
         let parsed = token_a.parse().unwrap();
         let moved = crate::token::SecretToken::assemble(parsed.kind(), &b.id(), parsed.secret());
         assert_eq!(
-            keyring.authenticate(moved.expose_secret(), 1),
+            keyring.authenticate(moved.expose_secret(), UnixMillis::from_millis(1)),
             Err(AuthError::InvalidCredentials)
         );
     }
@@ -1081,14 +1106,16 @@ mod tests {
                 );
                 keyring.insert(forged).unwrap();
                 assert_eq!(
-                    keyring.authenticate(&token, 1),
+                    keyring.authenticate(&token, UnixMillis::from_millis(1)),
                     Err(AuthError::InvalidCredentials),
                     "byte {byte} bit {bit}"
                 );
             }
         }
         keyring.insert(record).unwrap();
-        assert!(keyring.authenticate(&token, 1).is_ok());
+        assert!(keyring
+            .authenticate(&token, UnixMillis::from_millis(1))
+            .is_ok());
     }
 
     #[test]
@@ -1096,17 +1123,20 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
         // Capacity 0: the index starts at its minimum and grows many times.
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let req = MintRequest::standard(None, None, 0).unwrap();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..3_000 {
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             keyring.insert(record).unwrap();
             tokens.push(token);
         }
         assert_eq!(keyring.index.len, 3_000);
         assert!(keyring.index.slots.len() >= 6_000);
         for t in &tokens {
-            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+            assert!(keyring
+                .authenticate(t.expose_secret(), UnixMillis::from_millis(1))
+                .is_ok());
         }
         for t in tokens.iter().step_by(2) {
             let id = t.parse().unwrap().key_id();
@@ -1115,7 +1145,7 @@ mod tests {
         }
         assert_eq!(keyring.index.len, 1_500);
         for (i, t) in tokens.iter().enumerate() {
-            let result = keyring.authenticate(t.expose_secret(), 1);
+            let result = keyring.authenticate(t.expose_secret(), UnixMillis::from_millis(1));
             assert_eq!(result.is_ok(), i % 2 == 1, "token {i}");
         }
         // Replacing a record replaces its digest: the old token stops working.
@@ -1134,7 +1164,7 @@ mod tests {
         keyring.insert(replacement).unwrap();
         assert_eq!(keyring.index.len, 1_500);
         assert_eq!(
-            keyring.authenticate(tokens[1].expose_secret(), 1),
+            keyring.authenticate(tokens[1].expose_secret(), UnixMillis::from_millis(1)),
             Err(AuthError::InvalidCredentials)
         );
         // The lookup selects the stored slot, or the decoy with mask 0 and
@@ -1168,7 +1198,9 @@ mod tests {
         assert_eq!(slot.expires_at_ms(), Some(77));
         assert_eq!(slot.scopes(), keyring.get(&id).unwrap().scopes());
         assert_eq!(
-            keyring.authenticate(&token, 1).unwrap(),
+            keyring
+                .authenticate(&token, UnixMillis::from_millis(1))
+                .unwrap(),
             Principal::of_record(keyring.get(&id).unwrap())
         );
         // A negative expiry survives the masking (sign bits included).
@@ -1186,11 +1218,11 @@ mod tests {
         let mut keyring = keyring.clone();
         keyring.insert(negative).unwrap();
         assert!(matches!(
-            keyring.authenticate(&token, -6),
+            keyring.authenticate(&token, UnixMillis::from_millis(-6)),
             Ok(p) if p.scopes() == record.scopes()
         ));
         assert_eq!(
-            keyring.authenticate(&token, -5),
+            keyring.authenticate(&token, UnixMillis::from_millis(-5)),
             Err(AuthError::Expired {
                 id,
                 expires_at_ms: -5
@@ -1282,15 +1314,18 @@ mod tests {
         // Random ids still go in. With enough of them, the index may grow
         // past 2^12 slots, where the crafted ids no longer share a home, and
         // takes the ninth too.
-        let req = MintRequest::standard(None, None, 0).unwrap();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..600 {
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             keyring.insert(record).unwrap();
             tokens.push(token);
         }
         for t in &tokens {
-            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+            assert!(keyring
+                .authenticate(t.expose_secret(), UnixMillis::from_millis(1))
+                .is_ok());
         }
         assert_eq!(keyring.index.size(), 2048);
         assert_eq!(keyring.insert(record_with_id(ninth, 8)).unwrap(), None);
@@ -1382,14 +1417,16 @@ mod tests {
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         assert_eq!(keyring.index.max_keys, Keyring::MAX_KEYS);
         keyring.index.max_keys = 50;
-        let req = MintRequest::standard(None, None, 0).unwrap();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         let mut records = alloc::vec::Vec::new();
         for _ in 0..50 {
-            let (record, _) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, _) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             records.push(record);
         }
         keyring.try_extend(records.iter().cloned()).unwrap();
-        let (extra, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+        let (extra, token) =
+            mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
         let err = keyring.insert(extra.clone()).unwrap_err();
         assert_eq!(err, KeyringError::Full { max: 50 });
         assert_eq!(err.http_status(), 503);
@@ -1399,7 +1436,7 @@ mod tests {
         );
         assert_eq!(keyring.len(), 50);
         assert_eq!(
-            keyring.authenticate(token.expose_secret(), 1),
+            keyring.authenticate(token.expose_secret(), UnixMillis::from_millis(1)),
             Err(AuthError::InvalidCredentials)
         );
         assert_eq!(keyring.try_extend([extra.clone()]), Err(err));
@@ -1408,7 +1445,9 @@ mod tests {
         // After a revocation there is room again.
         keyring.revoke(&records[0].id());
         assert!(keyring.insert(extra).unwrap().is_none());
-        assert!(keyring.authenticate(token.expose_secret(), 1).is_ok());
+        assert!(keyring
+            .authenticate(token.expose_secret(), UnixMillis::from_millis(1))
+            .is_ok());
     }
 
     #[test]
@@ -1416,9 +1455,13 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         keyring.index.max_keys = 2;
-        let req = MintRequest::standard(None, None, 0).unwrap();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         let records: alloc::vec::Vec<_> = (0..3)
-            .map(|_| mint(keyring.pepper(), &req, &mut rng, 0).into_parts().0)
+            .map(|_| {
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0))
+                    .into_parts()
+                    .0
+            })
             .collect();
         assert_eq!(
             keyring.try_extend(records.clone()),

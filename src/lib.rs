@@ -2,7 +2,7 @@
 //!
 //! keygate parses `ak_`/`rk_` tokens, verifies their blake3-peppered secrets
 //! in constant time and answers `can(key, resource, access)` on the request
-//! hot path. It does no I/O: the caller passes the time (`now_ms`, Unix
+//! hot path. It does no I/O: the caller passes the time (`now`, Unix
 //! milliseconds) and the entropy (any [`rand_core::CryptoRng`]).
 //!
 //! * [`Scopes`], [`Resource`], [`Access`]: the scope model (a bitset).
@@ -23,10 +23,10 @@
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // or keygate::os_entropy()
 //! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-//! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, 0)?;
-//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+//! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 //! keyring.insert(record)?;
-//! assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Read, 1).is_ok());
+//! assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Read, keygate::UnixMillis::from_millis(1)).is_ok());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -42,8 +42,6 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-#[cfg(feature = "std")]
-mod clock;
 mod error;
 mod feed;
 mod key;
@@ -56,13 +54,12 @@ mod scope;
 mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod time;
 mod token;
 #[cfg(feature = "tower")]
 pub mod tower;
 pub mod wire;
 
-#[cfg(feature = "std")]
-pub use clock::system_now_ms;
 pub use error::Error;
 pub use feed::{Applied, Change, ChangeOp};
 pub use key::{KeyRecord, KeyRecordParts, RecordError};
@@ -79,6 +76,7 @@ pub use secret::{os_entropy, OsEntropy};
 pub use secret::{
     Pepper, SecretHash, FINGERPRINT_CONTEXT, INDEX_SEED_CONTEXT, PEPPER_CONTEXT, PEPPER_LEN,
 };
+pub use time::UnixMillis;
 pub use token::{
     redact_tokens, KeyId, KeyKind, SecretToken, Token, TokenError, CHECKSUM_LEN, KEY_ID_LEN,
     PREFIX_LEN, SECRET_LEN, TOKEN_LEN, TOKEN_REGEX,

@@ -9,13 +9,14 @@ use crate::key::KeyRecord;
 use crate::keyring::Principal;
 use crate::scope::{Access, Resource, Scopes};
 use crate::secret::Pepper;
+use crate::time::UnixMillis;
 use crate::token::{fill_base62, KeyId, KeyKind, SecretToken, SECRET_LEN};
 
 /// A create request that breaks one of the spec's rules (always 400).
 ///
 /// ```
 /// use keygate::wire::RestrictedKeyCreateParameters;
-/// let err = RestrictedKeyCreateParameters::default().validate(0).unwrap_err();
+/// let err = RestrictedKeyCreateParameters::default().validate(keygate::UnixMillis::from_millis(0)).unwrap_err();
 /// assert_eq!(err.to_string(), "invalid scopes: the `scopes` field is required");
 /// assert_eq!(err.http_status(), 400);
 /// ```
@@ -61,12 +62,12 @@ pub enum ValidationError {
     #[error("`expires_at_ms` is negative: `{0}`")]
     ExpiryNegative(i64),
     /// An `expires_at_ms` that is not after now.
-    #[error("`expires_at_ms` `{expires_at_ms}` is not after now ({now_ms})")]
+    #[error("`expires_at_ms` `{expires_at_ms}` is not after now ({now})")]
     ExpiryNotInFuture {
         /// The expiry asked for.
         expires_at_ms: i64,
         /// The time of the request.
-        now_ms: i64,
+        now: UnixMillis,
     },
 }
 
@@ -153,9 +154,9 @@ pub const DEFAULT_KEY_NAME: &str = "unnamed";
 ///
 /// ```
 /// use keygate::MintRequest;
-/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(5_000), 1_000)?;
+/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(5_000), keygate::UnixMillis::from_millis(1_000))?;
 /// assert_eq!(req.name(), "ci");
-/// assert!(MintRequest::standard(None, Some(500), 1_000).is_err()); // expiry in the past
+/// assert!(MintRequest::standard(None, Some(500), keygate::UnixMillis::from_millis(1_000)).is_err()); // expiry in the past
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +175,7 @@ impl MintRequest {
     /// for the name and expiry rules.
     ///
     /// ```
-    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.name(), keygate::DEFAULT_KEY_NAME);
     /// assert_eq!(req.scopes(), keygate::Scopes::all());
     /// # Ok::<(), keygate::ValidationError>(())
@@ -182,13 +183,13 @@ impl MintRequest {
     pub fn standard(
         name: Option<&str>,
         expires_at_ms: Option<i64>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<MintRequest, ValidationError> {
         Ok(MintRequest {
             kind: KeyKind::Standard,
             name: validate_name(name)?,
             scopes: Scopes::all(),
-            expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+            expires_at_ms: validate_expiry(expires_at_ms, now)?,
             creator_id: None,
         })
     }
@@ -199,21 +200,21 @@ impl MintRequest {
     /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character
     ///   (Unicode `Cc`, or a bidirectional formatting character such as
     ///   U+202E, which could make a name display as another).
-    /// * `expires_at_ms`, when given, is not negative and is after `now_ms`.
+    /// * `expires_at_ms`, when given, is not negative and is after `now`.
     ///
     /// ```
     /// use keygate::{MintRequest, Scopes, ValidationError};
     /// assert_eq!(
-    ///     MintRequest::restricted(None, Scopes::empty(), None, 0),
+    ///     MintRequest::restricted(None, Scopes::empty(), None, keygate::UnixMillis::from_millis(0)),
     ///     Err(ValidationError::NoAccessGranted)
     /// );
-    /// assert!(MintRequest::restricted(Some("a\nb"), Scopes::all(), None, 0).is_err());
+    /// assert!(MintRequest::restricted(Some("a\nb"), Scopes::all(), None, keygate::UnixMillis::from_millis(0)).is_err());
     /// ```
     pub fn restricted(
         name: Option<&str>,
         scopes: Scopes,
         expires_at_ms: Option<i64>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<MintRequest, ValidationError> {
         let name = validate_name(name)?;
         if scopes.is_empty() {
@@ -223,7 +224,7 @@ impl MintRequest {
             kind: KeyKind::Restricted,
             name,
             scopes,
-            expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+            expires_at_ms: validate_expiry(expires_at_ms, now)?,
             creator_id: None,
         })
     }
@@ -231,7 +232,7 @@ impl MintRequest {
     /// Standard or restricted.
     ///
     /// ```
-    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.kind(), keygate::KeyKind::Standard);
     /// # Ok::<(), keygate::ValidationError>(())
     /// ```
@@ -242,7 +243,7 @@ impl MintRequest {
     /// The key's name.
     ///
     /// ```
-    /// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
+    /// let req = keygate::MintRequest::standard(Some("ops"), None, keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.name(), "ops");
     /// # Ok::<(), keygate::ValidationError>(())
     /// ```
@@ -253,7 +254,7 @@ impl MintRequest {
     /// The scopes the key will hold ([`Scopes::all`] for a standard key).
     ///
     /// ```
-    /// let req = keygate::MintRequest::restricted(None, "agents:read".parse()?, None, 0)?;
+    /// let req = keygate::MintRequest::restricted(None, "agents:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.scopes().to_string(), "agents:read");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -264,7 +265,7 @@ impl MintRequest {
     /// The expiry in Unix milliseconds, if any.
     ///
     /// ```
-    /// let req = keygate::MintRequest::standard(None, Some(10), 0)?;
+    /// let req = keygate::MintRequest::standard(None, Some(10), keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.expires_at_ms(), Some(10));
     /// # Ok::<(), keygate::ValidationError>(())
     /// ```
@@ -278,7 +279,7 @@ impl MintRequest {
     ///
     /// ```
     /// # let caller = keygate::testing::principal_of(&keygate::testing::example_record());
-    /// let req = keygate::MintRequest::standard(None, None, 0)?.created_by(&caller);
+    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?.created_by(&caller);
     /// assert_eq!(req.creator_id(), Some(caller.id()));
     /// # Ok::<(), keygate::ValidationError>(())
     /// ```
@@ -291,7 +292,7 @@ impl MintRequest {
     /// The key that asks for this one, if the request says.
     ///
     /// ```
-    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.creator_id(), None);
     /// # Ok::<(), keygate::ValidationError>(())
     /// ```
@@ -346,13 +347,13 @@ fn is_bidi_control(c: char) -> bool {
 
 fn validate_expiry(
     expires_at_ms: Option<i64>,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<Option<i64>, ValidationError> {
     match expires_at_ms {
         Some(e) if e < 0 => Err(ValidationError::ExpiryNegative(e)),
-        Some(e) if e <= now_ms => Err(ValidationError::ExpiryNotInFuture {
+        Some(e) if e <= now.as_millis() => Err(ValidationError::ExpiryNotInFuture {
             expires_at_ms: e,
-            now_ms,
+            now,
         }),
         other => Ok(other),
     }
@@ -363,7 +364,7 @@ fn validate_expiry(
 /// ```
 /// use keygate::{MintPolicy, MintRequest};
 /// # let caller = keygate::testing::principal_of(&keygate::testing::example_record()); // devboxes:write,objects:read
-/// let req = MintRequest::restricted(None, "objects:read".parse()?, None, 0)?;
+/// let req = MintRequest::restricted(None, "objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
 /// // The caller lacks account:write, so neither policy lets it mint.
 /// assert!(MintPolicy::Spec.authorize(&caller, &req).is_err());
 /// assert!(MintPolicy::Attenuating.authorize(&caller, &req).is_err());
@@ -394,10 +395,10 @@ impl MintPolicy {
     /// # use rand_core::SeedableRng;
     /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     /// # let pepper = keygate::Pepper::generate(&mut rng);
-    /// let admin = MintRequest::restricted(None, "account:write,objects:read".parse()?, None, 0)?;
-    /// let caller = keygate::testing::principal_of(keygate::mint(&pepper, &admin, &mut rng, 0).record());
+    /// let admin = MintRequest::restricted(None, "account:write,objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+    /// let caller = keygate::testing::principal_of(keygate::mint(&pepper, &admin, &mut rng, keygate::UnixMillis::from_millis(0)).record());
     ///
-    /// let standard = MintRequest::standard(None, None, 0)?;
+    /// let standard = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
     /// assert!(MintPolicy::Spec.authorize(&caller, &standard).is_ok());
     /// assert_eq!(
     ///     MintPolicy::Attenuating.authorize(&caller, &standard),
@@ -445,8 +446,8 @@ impl MintPolicy {
 /// # use rand_core::SeedableRng;
 /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
 /// # let pepper = keygate::Pepper::generate(&mut rng);
-/// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
-/// let minted = keygate::mint(&pepper, &req, &mut rng, 0);
+/// let req = keygate::MintRequest::standard(Some("ops"), None, keygate::UnixMillis::from_millis(0))?;
+/// let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(0));
 /// assert_eq!(minted.record().name(), "ops");
 /// let json = serde_json::to_value(keygate::wire::CreatedKeyView::from(minted))?;
 /// assert!(json["key_secret"].as_str().unwrap().starts_with("ak_"));
@@ -492,7 +493,7 @@ impl MintedKey {
     }
 }
 
-/// Mints a key for `request` at `now_ms`, with entropy from `rng`.
+/// Mints a key for `request` at `now`, with entropy from `rng`.
 ///
 /// It does not check who asks: call [`MintPolicy::authorize`] first. Store
 /// the record durably before you show the token.
@@ -501,8 +502,8 @@ impl MintedKey {
 /// use rand_core::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
 /// let pepper = keygate::Pepper::generate(&mut rng);
-/// let req = keygate::MintRequest::restricted(None, "devboxes:write".parse()?, None, 0)?;
-/// let minted = keygate::mint(&pepper, &req, &mut rng, 1_700_000_000_000);
+/// let req = keygate::MintRequest::restricted(None, "devboxes:write".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+/// let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(1_700_000_000_000));
 /// assert_eq!(minted.record().created_at_ms(), 1_700_000_000_000);
 /// assert!(minted.token().expose_secret().starts_with("rk_"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -511,7 +512,7 @@ pub fn mint<R: CryptoRng + ?Sized>(
     pepper: &Pepper,
     request: &MintRequest,
     rng: &mut R,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> MintedKey {
     let id = KeyId::generate(rng);
     let mut secret = [0u8; SECRET_LEN];
@@ -526,7 +527,7 @@ pub fn mint<R: CryptoRng + ?Sized>(
         digest,
         request.scopes,
         request.expires_at_ms,
-        now_ms,
+        now.as_millis(),
         request.creator_id,
     );
     MintedKey { record, token }
@@ -560,7 +561,7 @@ pub fn example_minted() -> MintedKey {
         expires_at_ms: None,
         creator_id: None,
     };
-    mint(&pepper, &request, &mut Counter(1), 0)
+    mint(&pepper, &request, &mut Counter(1), UnixMillis::EPOCH)
 }
 
 #[cfg(test)]
@@ -611,22 +612,25 @@ mod tests {
 
     #[test]
     fn expiry_rules() {
-        assert_eq!(validate_expiry(None, 5), Ok(None));
-        assert_eq!(validate_expiry(Some(6), 5), Ok(Some(6)));
-        assert!(validate_expiry(Some(5), 5).is_err());
+        assert_eq!(validate_expiry(None, UnixMillis::from_millis(5)), Ok(None));
         assert_eq!(
-            validate_expiry(Some(-1), -10),
+            validate_expiry(Some(6), UnixMillis::from_millis(5)),
+            Ok(Some(6))
+        );
+        assert!(validate_expiry(Some(5), UnixMillis::from_millis(5)).is_err());
+        assert_eq!(
+            validate_expiry(Some(-1), UnixMillis::from_millis(-10)),
             Err(ValidationError::ExpiryNegative(-1))
         );
         assert_eq!(
-            validate_expiry(Some(i64::MIN), 0),
+            validate_expiry(Some(i64::MIN), UnixMillis::from_millis(0)),
             Err(ValidationError::ExpiryNegative(i64::MIN))
         );
         assert_eq!(
-            validate_expiry(Some(i64::MAX), i64::MAX - 1),
+            validate_expiry(Some(i64::MAX), UnixMillis::from_millis(i64::MAX - 1)),
             Ok(Some(i64::MAX))
         );
-        assert!(validate_expiry(Some(i64::MAX), i64::MAX).is_err());
+        assert!(validate_expiry(Some(i64::MAX), UnixMillis::from_millis(i64::MAX)).is_err());
     }
 
     #[test]
@@ -634,12 +638,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
         let pepper = Pepper::generate(&mut rng);
         let caller = |s: &str, rng: &mut rand_chacha::ChaCha20Rng| {
-            let req = MintRequest::restricted(None, s.parse().unwrap(), None, 0).unwrap();
-            Principal::of_record(mint(&pepper, &req, rng, 0).record())
+            let req =
+                MintRequest::restricted(None, s.parse().unwrap(), None, UnixMillis::from_millis(0))
+                    .unwrap();
+            Principal::of_record(mint(&pepper, &req, rng, UnixMillis::from_millis(0)).record())
         };
         let account_read = caller("account:read,devboxes:write", &mut rng);
         let account_write = caller("account:write", &mut rng);
-        let standard = MintRequest::standard(None, None, 0).unwrap();
+        let standard = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         assert_eq!(
             MintPolicy::Spec.authorize(&account_read, &standard),
             Err(MintError::MissingAccountWrite)
@@ -648,13 +654,20 @@ mod tests {
             MintPolicy::Spec.authorize(&account_write, &standard),
             Ok(())
         );
-        let wide = MintRequest::restricted(None, Scopes::all(), None, 0).unwrap();
+        let wide =
+            MintRequest::restricted(None, Scopes::all(), None, UnixMillis::from_millis(0)).unwrap();
         assert_eq!(MintPolicy::Spec.authorize(&account_write, &wide), Ok(()));
         assert_eq!(
             MintPolicy::Attenuating.authorize(&account_write, &wide),
             Err(MintError::ScopesExceedCaller)
         );
-        let narrow = MintRequest::restricted(None, account_write.scopes(), None, 0).unwrap();
+        let narrow = MintRequest::restricted(
+            None,
+            account_write.scopes(),
+            None,
+            UnixMillis::from_millis(0),
+        )
+        .unwrap();
         assert_eq!(
             MintPolicy::Attenuating.authorize(&account_write, &narrow),
             Ok(())
@@ -665,15 +678,18 @@ mod tests {
     fn minted_keys_are_distinct_and_verify() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let req = MintRequest::standard(None, None, 0).unwrap();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..100 {
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             assert!(keyring.insert(record).unwrap().is_none());
             tokens.push(token);
         }
         for t in &tokens {
-            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+            assert!(keyring
+                .authenticate(t.expose_secret(), UnixMillis::from_millis(1))
+                .is_ok());
         }
     }
 
@@ -696,9 +712,10 @@ mod tests {
     fn request_reads_back_and_names_its_creator() {
         let caller = Principal::of_record(&crate::key::example_record());
         let scopes = Scopes::grant(crate::Resource::Agents, crate::Access::Read);
-        let req = MintRequest::restricted(Some("bot"), scopes, Some(50), 10)
-            .unwrap()
-            .created_by(&caller);
+        let req =
+            MintRequest::restricted(Some("bot"), scopes, Some(50), UnixMillis::from_millis(10))
+                .unwrap()
+                .created_by(&caller);
         assert_eq!(req.kind(), KeyKind::Restricted);
         assert_eq!(req.name(), "bot");
         assert_eq!(req.scopes(), scopes);
@@ -706,7 +723,7 @@ mod tests {
         assert_eq!(req.creator_id(), Some(caller.id()));
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
         let pepper = crate::Pepper::generate(&mut rng);
-        let minted = mint(&pepper, &req, &mut rng, 10);
+        let minted = mint(&pepper, &req, &mut rng, UnixMillis::from_millis(10));
         assert_eq!(minted.record().creator_id(), Some(caller.id()));
         assert_eq!(minted.record().name(), "bot");
         assert_eq!(minted.record().created_at_ms(), 10);
@@ -715,20 +732,20 @@ mod tests {
     #[test]
     fn expiry_zero_is_not_negative() {
         assert_eq!(
-            MintRequest::standard(None, Some(0), 0).err(),
+            MintRequest::standard(None, Some(0), UnixMillis::from_millis(0)).err(),
             Some(ValidationError::ExpiryNotInFuture {
                 expires_at_ms: 0,
-                now_ms: 0
+                now: UnixMillis::from_millis(0)
             })
         );
         assert_eq!(
-            MintRequest::standard(None, Some(0), -5)
+            MintRequest::standard(None, Some(0), UnixMillis::from_millis(-5))
                 .unwrap()
                 .expires_at_ms(),
             Some(0)
         );
         assert_eq!(
-            MintRequest::standard(None, Some(-1), -5).err(),
+            MintRequest::standard(None, Some(-1), UnixMillis::from_millis(-5)).err(),
             Some(ValidationError::ExpiryNegative(-1))
         );
     }
@@ -738,7 +755,10 @@ mod tests {
         let parent = crate::key::example_record(); // expires at 2 000
         let caller = Principal::of_record(&parent);
         let scopes = Scopes::grant(crate::Resource::Devboxes, crate::Access::Read);
-        let child = |expires: i64| MintRequest::restricted(None, scopes, Some(expires), 0).unwrap();
+        let child = |expires: i64| {
+            MintRequest::restricted(None, scopes, Some(expires), UnixMillis::from_millis(0))
+                .unwrap()
+        };
         let caller = crate::keyring::Principal::new(
             caller.id(),
             caller.kind(),

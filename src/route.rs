@@ -17,19 +17,19 @@
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
 //! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-//! let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, 0)?;
-//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+//! let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 //! keyring.insert(record)?;
 //! let token = Some(token.expose_secret().as_bytes());
 //!
 //! let table: RouteTable = "GET /v1/devboxes/** devboxes:read\nPOST /v1/devboxes/** devboxes:write\nGET /healthz public".parse()?;
-//! let ok = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/dbx_1", 10)?;
+//! let ok = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/dbx_1", keygate::UnixMillis::from_millis(10))?;
 //! assert!(ok.principal().is_some());
-//! let err = table.authorize_request(&keyring, token, b"POST", b"/v1/devboxes/dbx_1/execute", 10).unwrap_err();
+//! let err = table.authorize_request(&keyring, token, b"POST", b"/v1/devboxes/dbx_1/execute", keygate::UnixMillis::from_millis(10)).unwrap_err();
 //! assert_eq!(err.http_status(), 403);
-//! let err = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/%2e%2e/x", 10).unwrap_err();
+//! let err = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/%2e%2e/x", keygate::UnixMillis::from_millis(10)).unwrap_err();
 //! assert_eq!(err.http_status(), 400);
-//! assert!(table.authorize_request(&keyring, None, b"GET", b"/healthz", 10)?.principal().is_none());
+//! assert!(table.authorize_request(&keyring, None, b"GET", b"/healthz", keygate::UnixMillis::from_millis(10))?.principal().is_none());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -45,6 +45,7 @@ pub use table::{
 use thiserror::Error;
 
 use crate::keyring::{AuthError, Keyring, Principal};
+use crate::time::UnixMillis;
 
 /// A source of keys that checks a presented token at a given time: a
 /// [`Keyring`], a reference, an `Arc` or (with `std`) an `RwLock` of one, or
@@ -53,17 +54,17 @@ use crate::keyring::{AuthError, Keyring, Principal};
 /// ```
 /// use keygate::route::Authenticate;
 /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-/// assert!(Authenticate::authenticate(&keyring, b"ak_x", 0).is_err());
+/// assert!(Authenticate::authenticate(&keyring, b"ak_x", keygate::UnixMillis::from_millis(0)).is_err());
 /// ```
 pub trait Authenticate {
-    /// Verifies `token` (the raw bearer token) at `now_ms`, Unix milliseconds.
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError>;
+    /// Verifies `token` (the raw bearer token) at `now`, Unix milliseconds.
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError>;
 }
 
 impl Authenticate for Keyring {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        Keyring::authenticate(self, token, now_ms)
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
+        Keyring::authenticate(self, token, now)
     }
 }
 
@@ -72,25 +73,25 @@ impl<A: Authenticate + ?Sized> Authenticate for std::sync::RwLock<A> {
     /// Takes the read lock (a poisoned lock still reads: the keyring has
     /// no invariant a panicking writer could break halfway).
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
         self.read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authenticate(token, now_ms)
+            .authenticate(token, now)
     }
 }
 
 #[cfg(target_has_atomic = "ptr")]
 impl<A: Authenticate + ?Sized> Authenticate for alloc::sync::Arc<A> {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now)
     }
 }
 
 impl<A: Authenticate + ?Sized> Authenticate for &A {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now)
     }
 }
 
@@ -175,7 +176,7 @@ impl<'t> Authorized<'t> {
     /// ```
     /// # let table: keygate::RouteTable = "GET /healthz public".parse()?;
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", 0)?;
+    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(ok.principal(), None);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -188,7 +189,7 @@ impl<'t> Authorized<'t> {
     /// ```
     /// # let table: keygate::RouteTable = "GET /healthz public".parse()?;
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", 0)?;
+    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(ok.route().line(), Some(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -200,7 +201,7 @@ impl<'t> Authorized<'t> {
 impl RouteTable {
     /// One call for a gateway: canonicalize `target` and decide the route,
     /// then, unless it is `public`, authenticate `token` against `auth` at
-    /// `now_ms` and require the route's scope. Allocates nothing.
+    /// `now` and require the route's scope. Allocates nothing.
     ///
     /// The order fixes the status: a refused path is 400 whatever the token;
     /// a `deny` or unmatched route is 403 even for a standard key (and with
@@ -210,9 +211,9 @@ impl RouteTable {
     /// ```
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let table: keygate::RouteTable = "GET /v1/objects/** objects:read".parse()?;
-    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/objects", 0).unwrap_err();
+    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/objects", keygate::UnixMillis::from_millis(0)).unwrap_err();
     /// assert_eq!(err, keygate::Rejection::MissingCredential);
-    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/other", 0).unwrap_err();
+    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/other", keygate::UnixMillis::from_millis(0)).unwrap_err();
     /// assert_eq!(err, keygate::Rejection::Unmatched);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -222,7 +223,7 @@ impl RouteTable {
         token: Option<&[u8]>,
         method: &[u8],
         target: &[u8],
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Authorized<'_>, Rejection> {
         let route = self.lookup(method, target)?;
         let (resource, access) = match route.decision() {
@@ -240,7 +241,7 @@ impl RouteTable {
             }
             Decision::Scope(resource, access) => (resource, access),
         };
-        let principal = auth.authenticate(token.ok_or(Rejection::MissingCredential)?, now_ms)?;
+        let principal = auth.authenticate(token.ok_or(Rejection::MissingCredential)?, now)?;
         principal.require(resource, access)?;
         Ok(Authorized {
             principal: Some(principal),
@@ -263,17 +264,18 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         let mut add = |req: MintRequest| {
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             // `let _`: compiles whether `insert` returns an `Option` or a `Result`.
             keyring.insert(record).unwrap();
             String::from(token.expose_secret())
         };
-        let standard = add(MintRequest::standard(None, None, 0).unwrap());
+        let standard = add(MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap());
         let reader = add(MintRequest::restricted(
             None,
             Scopes::grant(Resource::Devboxes, Access::Read),
             None,
-            0,
+            UnixMillis::from_millis(0),
         )
         .unwrap());
         let table: RouteTable = "GET /v1/devboxes/** devboxes:read\n\
@@ -289,7 +291,7 @@ mod tests {
                     token.map(str::as_bytes),
                     m.as_bytes(),
                     p.as_bytes(),
-                    5,
+                    UnixMillis::from_millis(5),
                 )
                 .map(|a| a.principal().map(|p| p.id()))
         };

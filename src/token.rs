@@ -441,8 +441,8 @@ impl<'de> Deserialize<'de> for KeyId {
 /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
 /// # use rand_core::SeedableRng;
 /// # let pepper = keygate::Pepper::generate(&mut rng);
-/// # let req = keygate::MintRequest::standard(None, None, 0)?;
-/// # let minted = keygate::mint(&pepper, &req, &mut rng, 0);
+/// # let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
+/// # let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(0));
 /// # let text = minted.token().expose_secret();
 /// let token = Token::parse(text)?;
 /// assert_eq!(token.kind(), KeyKind::Standard);

@@ -20,7 +20,7 @@
 //! [`Keyring`](crate::Keyring), an `RwLock<Keyring>`, an `Arc` of either, or
 //! your own type (keygate's server implements it to fall back to its
 //! database). The time comes from a clock function,
-//! [`system_now_ms`](crate::system_now_ms) unless you pass another.
+//! [`system_now_ms`](UnixMillis::now) unless you pass another.
 //!
 //! ```
 //! use std::sync::{Arc, RwLock};
@@ -47,6 +47,7 @@ use pin_project_lite::pin_project;
 use crate::keyring::Principal;
 use crate::route::{Decision, Rejection, RouteTable};
 use crate::scope::{Access, Resource};
+use crate::time::UnixMillis;
 
 pub use crate::route::Authenticate;
 
@@ -191,21 +192,21 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Rejection> {
     rest.get(start..).ok_or(Rejection::NotBearer)
 }
 
-/// Authenticates the bearer token of `headers` at `now_ms`.
+/// Authenticates the bearer token of `headers` at `now`.
 ///
 /// ```
 /// use keygate::{tower::authenticate_headers, Rejection};
 /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
 /// let headers = http::HeaderMap::new();
-/// assert_eq!(authenticate_headers(&keyring, &headers, 0), Err(Rejection::MissingCredential));
+/// assert_eq!(authenticate_headers(&keyring, &headers, keygate::UnixMillis::from_millis(0)), Err(Rejection::MissingCredential));
 /// ```
 #[inline]
 pub fn authenticate_headers<A: Authenticate + ?Sized>(
     auth: &A,
     headers: &HeaderMap,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<Principal, Rejection> {
-    Ok(auth.authenticate(bearer_token(headers)?, now_ms)?)
+    Ok(auth.authenticate(bearer_token(headers)?, now)?)
 }
 
 /// What [`Require`] asks of each request: the [`Decision`] for it and, unless
@@ -222,23 +223,23 @@ pub fn authenticate_headers<A: Authenticate + ?Sized>(
 /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
 /// let headers = http::HeaderMap::new();
 /// let fixed = Decision::Scope(Resource::Agents, Access::Read);
-/// let err = fixed.check(&keyring, b"GET", b"/x", &headers, 0).unwrap_err();
+/// let err = fixed.check(&keyring, b"GET", b"/x", &headers, keygate::UnixMillis::from_millis(0)).unwrap_err();
 /// assert_eq!(err, Rejection::MissingCredential);
 /// let table: RouteTable = "GET /healthz public".parse()?;
-/// let (principal, decision) = table.check(&keyring, b"GET", b"/healthz", &headers, 0)?;
+/// let (principal, decision) = table.check(&keyring, b"GET", b"/healthz", &headers, keygate::UnixMillis::from_millis(0))?;
 /// assert_eq!((principal, decision), (None, Decision::Public));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait Policy {
     /// Decides the request `method` `target` (path and query, as sent) with
-    /// `headers`, checking keys against `auth` at `now_ms`.
+    /// `headers`, checking keys against `auth` at `now`.
     fn check<A: Authenticate + ?Sized>(
         &self,
         auth: &A,
         method: &[u8],
         target: &[u8],
         headers: &HeaderMap,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(Option<Principal>, Decision), Rejection>;
 }
 
@@ -251,13 +252,13 @@ impl Policy for Decision {
         _method: &[u8],
         _target: &[u8],
         headers: &HeaderMap,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(Option<Principal>, Decision), Rejection> {
         match *self {
             Decision::Public => Ok((None, *self)),
             Decision::Deny => Err(Rejection::Unmatched),
             Decision::Scope(resource, access) => {
-                let principal = authenticate_headers(auth, headers, now_ms)?;
+                let principal = authenticate_headers(auth, headers, now)?;
                 principal.require(resource, access)?;
                 Ok((Some(principal), *self))
             }
@@ -274,10 +275,10 @@ impl Policy for RouteTable {
         method: &[u8],
         target: &[u8],
         headers: &HeaderMap,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(Option<Principal>, Decision), Rejection> {
         let token = bearer_token(headers);
-        match self.authorize_request(auth, token.ok(), method, target, now_ms) {
+        match self.authorize_request(auth, token.ok(), method, target, now) {
             Ok(ok) => Ok((ok.principal(), ok.route().decision())),
             // A header that is there but not a bearer credential says so.
             Err(Rejection::MissingCredential) => {
@@ -296,9 +297,9 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
         method: &[u8],
         target: &[u8],
         headers: &HeaderMap,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(Option<Principal>, Decision), Rejection> {
-        (**self).check(auth, method, target, headers, now_ms)
+        (**self).check(auth, method, target, headers, now)
     }
 }
 
@@ -314,14 +315,14 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 /// use keygate::tower::Require;
 /// use keygate::{Access, Decision, Keyring, Pepper, Resource};
 /// let keyring = std::sync::Arc::new(Keyring::new(Pepper::from_bytes(&[1u8; 32])));
-/// let layer = Require::scope(keyring, Resource::Objects, Access::Read).with_clock(|| 0);
+/// let layer = Require::scope(keyring, Resource::Objects, Access::Read).with_clock(|| keygate::UnixMillis::from_millis(0));
 /// assert_eq!(*layer.policy(), Decision::Scope(Resource::Objects, Access::Read));
 /// ```
 #[derive(Clone, Debug)]
 pub struct Require<A, P> {
     auth: A,
     policy: P,
-    clock: fn() -> i64,
+    clock: fn() -> UnixMillis,
 }
 
 impl<A> Require<A, Decision> {
@@ -337,12 +338,12 @@ impl<A, P> Require<A, P> {
         Require {
             auth,
             policy,
-            clock: crate::system_now_ms,
+            clock: UnixMillis::now,
         }
     }
 
-    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
-    pub fn with_clock(mut self, clock: fn() -> i64) -> Require<A, P> {
+    /// Replaces the clock ([`system_now_ms`](UnixMillis::now) by default), e.g. for tests.
+    pub fn with_clock(mut self, clock: fn() -> UnixMillis) -> Require<A, P> {
         self.clock = clock;
         self
     }
@@ -535,10 +536,13 @@ mod tests {
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         let mut make = |scopes: Option<Scopes>, expires: Option<i64>| {
             let req = match scopes {
-                Some(s) => MintRequest::restricted(None, s, expires, 0).unwrap(),
-                None => MintRequest::standard(None, expires, 0).unwrap(),
+                Some(s) => {
+                    MintRequest::restricted(None, s, expires, UnixMillis::from_millis(0)).unwrap()
+                }
+                None => MintRequest::standard(None, expires, UnixMillis::from_millis(0)).unwrap(),
             };
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             keyring.insert(record).unwrap();
             String::from(token.expose_secret())
         };
@@ -567,7 +571,8 @@ mod tests {
     #[test]
     fn layer_statuses() {
         let (keyring, standard, reader, expired) = setup();
-        let layer = Require::scope(keyring, Resource::Devboxes, Access::Write).with_clock(|| 100);
+        let layer = Require::scope(keyring, Resource::Devboxes, Access::Write)
+            .with_clock(|| UnixMillis::from_millis(100));
         let ok = call(&layer, Some(&format!("Bearer {standard}")));
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.body().len(), 16);
@@ -619,7 +624,7 @@ mod tests {
         headers.append(AUTHORIZATION, v.clone());
         headers.append(AUTHORIZATION, v);
         assert_eq!(
-            authenticate_headers(&keyring, &headers, 0),
+            authenticate_headers(&keyring, &headers, UnixMillis::from_millis(0)),
             Err(Rejection::NotBearer)
         );
     }
@@ -632,14 +637,20 @@ mod tests {
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {expired}")).unwrap(),
         );
-        let e = authenticate_headers(&keyring, &headers, 60).unwrap_err();
+        let e = authenticate_headers(&keyring, &headers, UnixMillis::from_millis(60)).unwrap_err();
         assert_eq!(e.key_id().unwrap().as_str(), &expired[3..19]);
         headers.insert(
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {reader}")).unwrap(),
         );
         let e = Decision::Scope(Resource::Account, Access::Read)
-            .check(&keyring, b"GET", b"/", &headers, 60)
+            .check(
+                &keyring,
+                b"GET",
+                b"/",
+                &headers,
+                UnixMillis::from_millis(60),
+            )
             .unwrap_err();
         assert_eq!(e.http_status(), 403);
         assert_eq!(e.key_id().unwrap().as_str(), &reader[3..19]);
@@ -651,13 +662,14 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        let now = crate::system_now_ms();
+        let now = UnixMillis::now();
         let after = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
+        let before = UnixMillis::from_millis(before);
         assert!(
-            before <= now && now <= after,
+            before <= now && now <= UnixMillis::from_millis(after),
             "{before} <= {now} <= {after}"
         );
     }
@@ -666,9 +678,9 @@ mod tests {
     fn default_clock_refuses_a_key_that_expired_a_millisecond_ago() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let now = crate::system_now_ms();
+        let now = UnixMillis::now().as_millis();
         let mut make = |expires: i64| {
-            let minted_at = now - 60_000;
+            let minted_at = UnixMillis::from_millis(now - 60_000);
             let req = MintRequest::standard(None, Some(expires), minted_at).unwrap();
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, minted_at).into_parts();
             keyring.insert(record).unwrap();
@@ -762,7 +774,7 @@ mod tests {
             HeaderValue::from_str(&format!("Bearer {standard}")).unwrap(),
         );
         let by_ref: &RwLock<Keyring> = &keyring;
-        let p = authenticate_headers(&by_ref, &headers, 0).unwrap();
+        let p = authenticate_headers(&by_ref, &headers, UnixMillis::from_millis(0)).unwrap();
         assert_eq!(p.id().as_str(), &standard[3..19]);
     }
 
@@ -793,7 +805,8 @@ mod tests {
                                  *    /internal/**     deny"
             .parse()
             .unwrap();
-        let layer = Require::new(keyring, Arc::new(table)).with_clock(|| 100);
+        let layer =
+            Require::new(keyring, Arc::new(table)).with_clock(|| UnixMillis::from_millis(100));
         let bearer = |t: &str| format!("Bearer {t}");
 
         // Allowed: the principal reaches the inner service and the response.

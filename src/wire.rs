@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::mint::{MintRequest, MintedKey, ValidationError};
 use crate::scope::Scopes;
+use crate::time::UnixMillis;
 use crate::token::{KeyKind, SecretToken};
 
 /// The spec's `ApiResourceType`: the same type as [`Resource`](crate::Resource).
@@ -87,32 +88,32 @@ object_serde!(
     RestrictedKeyCreatedView
 );
 
-/// A create-request body: validation at `now_ms` turns it into a
+/// A create-request body: validation at `now` turns it into a
 /// [`MintRequest`]. It lets a server handle both create endpoints with one
 /// generic handler.
 ///
 /// ```
 /// use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
 /// fn kind_of<P: CreateParameters>(params: &P) -> Option<keygate::KeyKind> {
-///     params.validate(0).ok().map(|request| request.kind())
+///     params.validate(keygate::UnixMillis::from_millis(0)).ok().map(|request| request.kind())
 /// }
 /// assert_eq!(kind_of(&ApiKeyCreateParameters::default()), Some(keygate::KeyKind::Standard));
 /// assert_eq!(kind_of(&RestrictedKeyCreateParameters::default()), None); // no scopes
 /// ```
 pub trait CreateParameters {
-    /// Checks the request's rules at `now_ms`.
-    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError>;
+    /// Checks the request's rules at `now`.
+    fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError>;
 }
 
 impl CreateParameters for ApiKeyCreateParameters {
-    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
-        ApiKeyCreateParameters::validate(self, now_ms)
+    fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
+        ApiKeyCreateParameters::validate(self, now)
     }
 }
 
 impl CreateParameters for RestrictedKeyCreateParameters {
-    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
-        RestrictedKeyCreateParameters::validate(self, now_ms)
+    fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
+        RestrictedKeyCreateParameters::validate(self, now)
     }
 }
 
@@ -121,7 +122,7 @@ impl CreateParameters for RestrictedKeyCreateParameters {
 /// ```
 /// use keygate::wire::ApiKeyCreateParameters;
 /// let params: ApiKeyCreateParameters = serde_json::from_str(r#"{"name":"ops","expires_at_ms":null}"#)?;
-/// let request = params.validate(1_000)?;
+/// let request = params.validate(keygate::UnixMillis::from_millis(1_000))?;
 /// assert_eq!(request.name(), "ops");
 /// assert!(serde_json::from_str::<ApiKeyCreateParameters>(r#"{"nam":"x"}"#).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -142,15 +143,15 @@ pub struct ApiKeyCreateParameters {
 }
 
 impl ApiKeyCreateParameters {
-    /// Checks the name and expiry rules at `now_ms`.
+    /// Checks the name and expiry rules at `now`.
     ///
     /// ```
     /// use keygate::wire::ApiKeyCreateParameters;
     /// let p = ApiKeyCreateParameters { name: None, expires_at_ms: Some(-1) };
-    /// assert_eq!(p.validate(0).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
+    /// assert_eq!(p.validate(keygate::UnixMillis::from_millis(0)).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
     /// ```
-    pub fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
-        MintRequest::standard(self.name.as_deref(), self.expires_at_ms, now_ms)
+    pub fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
+        MintRequest::standard(self.name.as_deref(), self.expires_at_ms, now)
     }
 }
 
@@ -165,7 +166,7 @@ impl ApiKeyCreateParameters {
 ///         {"resource_type": "RESOURCE_TYPE_OBJECTS", "access_level": "ACCESS_LEVEL_NONE"}
 ///     ]
 /// }"#)?;
-/// let request = params.validate(0)?;
+/// let request = params.validate(keygate::UnixMillis::from_millis(0))?;
 /// assert_eq!(request.scopes().to_string(), "devboxes:write");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -192,7 +193,7 @@ pub struct RestrictedKeyCreateParameters {
 }
 
 impl RestrictedKeyCreateParameters {
-    /// Checks every rule at `now_ms`: invalid scopes (absent, an entry that
+    /// Checks every rule at `now`: invalid scopes (absent, an entry that
     /// lacks a field, a resource twice, nothing granted), then the name, then
     /// the expiry.
     ///
@@ -201,9 +202,9 @@ impl RestrictedKeyCreateParameters {
     /// use keygate::{Access, Resource, ValidationError};
     /// let entry = ScopeEntryView::new(Resource::Agents, Access::Read);
     /// let p = RestrictedKeyCreateParameters { scopes: Some(vec![entry, entry]), ..Default::default() };
-    /// assert_eq!(p.validate(0), Err(ValidationError::DuplicateResource(Resource::Agents)));
+    /// assert_eq!(p.validate(keygate::UnixMillis::from_millis(0)), Err(ValidationError::DuplicateResource(Resource::Agents)));
     /// ```
-    pub fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
+    pub fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
         let entries = self
             .scopes
             .as_deref()
@@ -233,7 +234,7 @@ impl RestrictedKeyCreateParameters {
         if scopes.is_empty() {
             return Err(ValidationError::NoAccessGranted);
         }
-        MintRequest::restricted(self.name.as_deref(), scopes, self.expires_at_ms, now_ms)
+        MintRequest::restricted(self.name.as_deref(), scopes, self.expires_at_ms, now)
     }
 }
 
@@ -434,7 +435,7 @@ mod tests {
     fn restricted(json: &str) -> Result<MintRequest, String> {
         let p: RestrictedKeyCreateParameters =
             serde_json::from_str(json).map_err(|e| alloc::format!("json: {e}"))?;
-        p.validate(1_000)
+        p.validate(UnixMillis::from_millis(1_000))
             .map_err(|e| alloc::string::ToString::to_string(&e))
     }
 
@@ -553,16 +554,16 @@ mod tests {
         let rng = &mut <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
         let pepper = crate::Pepper::generate(rng);
         for request in [
-            MintRequest::standard(Some("s"), None, 0).unwrap(),
+            MintRequest::standard(Some("s"), None, UnixMillis::from_millis(0)).unwrap(),
             MintRequest::restricted(
                 Some("r"),
                 crate::Scopes::grant(Resource::Agents, Access::Read),
                 None,
-                0,
+                UnixMillis::from_millis(0),
             )
             .unwrap(),
         ] {
-            let minted = crate::mint(&pepper, &request, rng, 0);
+            let minted = crate::mint(&pepper, &request, rng, UnixMillis::from_millis(0));
             let id = minted.record().id();
             let token = alloc::string::String::from(minted.token().expose_secret());
             let view = CreatedKeyView::from(minted);

@@ -103,7 +103,8 @@ impl Authenticate for AppState {
     /// The library's constant-time path, and nothing else: no store lookup,
     /// no branch on whether the id is known. A success notes the key's use.
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+    fn authenticate(&self, token: &[u8], now: keygate::UnixMillis) -> Result<Principal, AuthError> {
+        let now_ms = now.as_millis();
         let principal = self.cache.authenticate(token, now_ms)?;
         self.usage.touch(principal.id(), now_ms);
         Ok(principal)
@@ -112,8 +113,8 @@ impl Authenticate for AppState {
 
 impl Authenticate for Shared {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.0.authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: keygate::UnixMillis) -> Result<Principal, AuthError> {
+        self.0.authenticate(token, now)
     }
 }
 
@@ -345,7 +346,7 @@ async fn create<P: CreateParameters + DeserializeOwned + Default>(
         Err((status, detail)) => return problem(status, &detail),
     };
     let now_ms = system_now_ms();
-    match params.validate(now_ms) {
+    match params.validate(keygate::UnixMillis::from_millis(now_ms)) {
         Ok(request) => match check_name(request.name()) {
             Ok(()) => mint_and_store(state, caller, request, now_ms).await,
             Err(detail) => bad_request(&detail),
@@ -423,7 +424,7 @@ async fn mint_and_store(
         &state.cache.pepper(),
         &request,
         &mut keygate::os_entropy(),
-        now_ms,
+        keygate::UnixMillis::from_millis(now_ms),
     );
     let record: KeyRecord = minted.record().clone();
     match state.store.create(&record, Some(caller.id()), now_ms).await {
@@ -549,11 +550,14 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request) -> Resp
     if let Some(response) = crate::routes::forward_auth(&*state, &request) {
         return response;
     }
-    let principal =
-        match keygate::tower::authenticate_headers(&*state, request.headers(), system_now_ms()) {
-            Ok(p) => p,
-            Err(rejection) => return rejection.to_response(),
-        };
+    let principal = match keygate::tower::authenticate_headers(
+        &*state,
+        request.headers(),
+        keygate::UnixMillis::from_millis(system_now_ms()),
+    ) {
+        Ok(p) => p,
+        Err(rejection) => return rejection.to_response(),
+    };
     let (resource, access) = match parse_authorize_query(request.uri().query()) {
         Ok(q) => q,
         Err(detail) => {

@@ -90,15 +90,29 @@ pub async fn mint(
 ) -> Result<(), String> {
     let now_ms = system_now_ms();
     let request = if scopes.is_empty() {
-        MintRequest::standard(name, expires_at_ms, now_ms)
+        MintRequest::standard(
+            name,
+            expires_at_ms,
+            keygate::UnixMillis::from_millis(now_ms),
+        )
     } else {
         let scopes: Scopes = scopes.join(",").parse().map_err(|e| format!("{e}"))?;
-        MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
+        MintRequest::restricted(
+            name,
+            scopes,
+            expires_at_ms,
+            keygate::UnixMillis::from_millis(now_ms),
+        )
     }
     .map_err(|e| e.to_string())?;
     crate::app::check_name(request.name())?;
     let (store, pepper) = open_store(args).await?;
-    let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
+    let minted = keygate::mint(
+        &pepper,
+        &request,
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(now_ms),
+    );
     store
         .create(minted.record(), None, now_ms)
         .await
@@ -277,9 +291,9 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
     let rolled = keygate::roll(
         &pepper,
         &key.record,
-        overlap_ms,
+        core::time::Duration::from_millis(overlap_ms),
         &mut keygate::os_entropy(),
-        now_ms,
+        keygate::UnixMillis::from_millis(now_ms),
     )
     .map_err(|e| e.to_string())?;
     let (new_key, old) = rolled.into_parts();

@@ -373,9 +373,9 @@ pub async fn roll(
     let rolled = match keygate::roll(
         &pepper,
         &key.record,
-        params.overlap_ms,
+        core::time::Duration::from_millis(params.overlap_ms),
         &mut keygate::os_entropy(),
-        now,
+        keygate::UnixMillis::from_millis(now),
     ) {
         Ok(rolled) => rolled,
         Err(e @ RollError::Expired { .. }) => {

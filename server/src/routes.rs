@@ -25,10 +25,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Router};
 use keygate::route::MatchedBy;
-use keygate::system_now_ms;
 use keygate::tower::{bearer_token, problem, Authenticate};
 use keygate::Rejection;
 use keygate::RouteTable;
+use keygate::UnixMillis;
 
 /// The loaded table and the trusted header family, in the request
 /// extensions of every route.
@@ -281,7 +281,7 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
         ));
     };
     let token = bearer_token(headers);
-    let decided = match table.authorize_request(auth, token.ok(), method, uri, system_now_ms()) {
+    let decided = match table.authorize_request(auth, token.ok(), method, uri, UnixMillis::now()) {
         Ok(ok) => Ok((ok.principal(), ok.route())),
         // A header that is there but not a bearer credential says so.
         Err(Rejection::MissingCredential) => {

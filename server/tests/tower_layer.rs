@@ -33,11 +33,19 @@ fn require_scope_guards_an_axum_route() {
     let keyring = Arc::new(RwLock::new(Keyring::new(Pepper::generate(&mut rng))));
     let mut mint = |scopes: Option<Scopes>| {
         let request = match scopes {
-            Some(s) => MintRequest::restricted(None, s, None, 0).unwrap(),
-            None => MintRequest::standard(None, None, 0).unwrap(),
+            Some(s) => {
+                MintRequest::restricted(None, s, None, keygate::UnixMillis::from_millis(0)).unwrap()
+            }
+            None => MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap(),
         };
         let mut ring = keyring.write().unwrap();
-        let (record, token) = keygate::mint(ring.pepper(), &request, &mut rng, 0).into_parts();
+        let (record, token) = keygate::mint(
+            ring.pepper(),
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         ring.insert(record).unwrap();
         token.expose_secret().to_owned()
     };
