@@ -11,8 +11,8 @@ use crate::secret::{Message, Pepper, SecretHash};
 use crate::time::UnixMillis;
 use crate::token::{self, KeyId, KeyKind, Token, TokenError, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
 
+use index::IdHasher;
 use index::{DigestIndex, Slot, MAX_KEYS, MAX_PREALLOCATED_KEYS};
-pub use index::{IdHash, IdHasher};
 
 /// A verified key: who is calling and what it may do.
 ///
@@ -901,6 +901,32 @@ const fn zero_mask(diff: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every single-bit change of the hashed value changes `IdHasher`'s hash:
+    /// for a key id (one `u128` write) and for a longer byte string (several
+    /// writes, chained through the state).
+    #[test]
+    fn id_hasher_sees_every_bit() {
+        use core::hash::BuildHasher;
+        let hasher = IdHasher::default();
+        let base: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        let mut seen = std::collections::HashSet::new();
+        assert!(seen.insert(hasher.hash_one(base)));
+        for bit in 0..128 {
+            assert!(
+                seen.insert(hasher.hash_one(base ^ (1u128 << bit))),
+                "bit {bit}"
+            );
+        }
+        let bytes = [0x5au8; 40];
+        let mut seen = std::collections::HashSet::new();
+        assert!(seen.insert(hasher.hash_one(bytes)));
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(seen.insert(hasher.hash_one(flipped)), "bit {bit}");
+        }
+    }
     use crate::mint::{mint, MintRequest};
     use crate::scope::Scopes;
     use alloc::string::String;

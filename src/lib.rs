@@ -63,7 +63,7 @@ pub mod wire;
 pub use error::Error;
 pub use feed::{Applied, Change, ChangeOp};
 pub use key::{KeyRecord, KeyRecordParts, RecordError};
-pub use keyring::{AuthError, IdHash, IdHasher, Keyring, KeyringError, Principal};
+pub use keyring::{AuthError, Keyring, KeyringError, Principal};
 pub use mint::{
     mint, MintError, MintPolicy, MintRequest, MintedKey, ValidationError, DEFAULT_KEY_NAME,
     MAX_NAME_LEN,
@@ -73,9 +73,7 @@ pub use route::{Decision, PathError, Rejection, RouteParseError, RouteTable};
 pub use scope::{Access, Resource, ScopeParseError, Scopes, ScopesIter};
 #[cfg(feature = "std")]
 pub use secret::{os_entropy, OsEntropy};
-pub use secret::{
-    Pepper, SecretHash, FINGERPRINT_CONTEXT, INDEX_SEED_CONTEXT, PEPPER_CONTEXT, PEPPER_LEN,
-};
+pub use secret::{Pepper, SecretHash, FINGERPRINT_CONTEXT, PEPPER_CONTEXT, PEPPER_LEN};
 pub use time::UnixMillis;
 pub use token::{
     redact_tokens, KeyId, KeyKind, SecretToken, Token, TokenError, CHECKSUM_LEN, KEY_ID_LEN,

@@ -30,9 +30,8 @@ pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
 pub const FINGERPRINT_CONTEXT: &str = "keygate 2026-11-29 v1 pepper fingerprint";
 
 /// The blake3 `derive_key` context that turns the pepper's hashing key into
-/// the seeds of a [`Keyring`](crate::Keyring)'s id hash (see
-/// [`IdHasher`](crate::keyring::IdHasher)).
-pub const INDEX_SEED_CONTEXT: &str = "keygate 2026-11-29 v1 keyring id-hash seeds";
+/// the seeds of a [`Keyring`](crate::Keyring)'s id hash.
+pub(crate) const INDEX_SEED_CONTEXT: &str = "keygate 2026-11-29 v1 keyring id-hash seeds";
 
 /// Length of a pepper, in bytes.
 pub const PEPPER_LEN: usize = 32;

@@ -19,15 +19,9 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::mint::{MintRequest, MintedKey, ValidationError};
-use crate::scope::Scopes;
+use crate::scope::{Access, Resource, Scopes};
 use crate::time::UnixMillis;
 use crate::token::{KeyKind, SecretToken};
-
-/// The spec's `ApiResourceType`: the same type as [`Resource`](crate::Resource).
-pub use crate::scope::Resource as ApiResourceType;
-
-/// The spec's `ApiAccessLevel`: the same type as [`Access`](crate::Access).
-pub use crate::scope::Access as ApiAccessLevel;
 
 /// Deserializes a present, non-null value into `Some`.
 fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -87,35 +81,6 @@ object_serde!(
     ApiKeyCreatedView,
     RestrictedKeyCreatedView
 );
-
-/// A create-request body: validation at `now` turns it into a
-/// [`MintRequest`]. It lets a server handle both create endpoints with one
-/// generic handler.
-///
-/// ```
-/// use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
-/// fn kind_of<P: CreateParameters>(params: &P) -> Option<keygate::KeyKind> {
-///     params.validate(keygate::UnixMillis::from_millis(0)).ok().map(|request| request.kind())
-/// }
-/// assert_eq!(kind_of(&ApiKeyCreateParameters::default()), Some(keygate::KeyKind::Standard));
-/// assert_eq!(kind_of(&RestrictedKeyCreateParameters::default()), None); // no scopes
-/// ```
-pub trait CreateParameters {
-    /// Checks the request's rules at `now`.
-    fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError>;
-}
-
-impl CreateParameters for ApiKeyCreateParameters {
-    fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
-        ApiKeyCreateParameters::validate(self, now)
-    }
-}
-
-impl CreateParameters for RestrictedKeyCreateParameters {
-    fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
-        RestrictedKeyCreateParameters::validate(self, now)
-    }
-}
 
 /// Body of `POST /v1/apikeys` (`ApiKeyCreateParameters`).
 ///
@@ -257,14 +222,14 @@ pub struct ScopeEntryView {
         deserialize_with = "non_null",
         skip_serializing_if = "Option::is_none"
     )]
-    pub resource_type: Option<ApiResourceType>,
+    pub resource_type: Option<Resource>,
     /// The access level on it.
     #[serde(
         default,
         deserialize_with = "non_null",
         skip_serializing_if = "Option::is_none"
     )]
-    pub access_level: Option<ApiAccessLevel>,
+    pub access_level: Option<Access>,
 }
 
 impl ScopeEntryView {
@@ -274,7 +239,7 @@ impl ScopeEntryView {
     /// let e = keygate::wire::ScopeEntryView::new(keygate::Resource::Account, keygate::Access::Write);
     /// assert_eq!(e.access_level, Some(keygate::Access::Write));
     /// ```
-    pub const fn new(resource: ApiResourceType, access: ApiAccessLevel) -> ScopeEntryView {
+    pub const fn new(resource: Resource, access: Access) -> ScopeEntryView {
         ScopeEntryView {
             resource_type: Some(resource),
             access_level: Some(access),

@@ -12,9 +12,7 @@
 mod common;
 use common::with_checksum;
 
-use keygate::wire::{
-    ApiKeyCreateParameters, CreateParameters, CreatedKeyView, RestrictedKeyCreateParameters,
-};
+use keygate::wire::{ApiKeyCreateParameters, CreatedKeyView, RestrictedKeyCreateParameters};
 use keygate::{
     mint, Access, AuthError, Error, KeyKind, Keyring, MintError, MintPolicy, MintRequest, Pepper,
     Resource, Scopes, Token, TokenError,
@@ -22,6 +20,23 @@ use keygate::{
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::de::DeserializeOwned;
+
+/// The two create bodies, for one generic handler (as the server does).
+trait CreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, keygate::ValidationError>;
+}
+
+impl CreateParameters for ApiKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, keygate::ValidationError> {
+        ApiKeyCreateParameters::validate(self, now)
+    }
+}
+
+impl CreateParameters for RestrictedKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, keygate::ValidationError> {
+        RestrictedKeyCreateParameters::validate(self, now)
+    }
+}
 
 const NOW: i64 = 1_764_000_000_000;
 
@@ -67,7 +82,7 @@ impl Gateway {
     /// What the server's generic create handler does: authenticate, parse
     /// the body with the library's wire types (an empty body is the default
     /// parameters; a body that does not deserialize is a 400 of its own),
-    /// validate through [`CreateParameters`], authorize, mint, insert.
+    /// validate through `CreateParameters`, authorize, mint, insert.
     fn create<P: CreateParameters + DeserializeOwned + Default>(
         &mut self,
         bearer: &str,

@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use keygate::tower::{problem, Authenticate, Require};
-use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
+use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters};
 use keygate::Rejection;
 use keygate::{
     Access, AuthError, Change, KeyRecord, MintPolicy, MintRequest, Principal, Resource,
@@ -332,6 +332,24 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(
 
 fn validation_error(e: &ValidationError) -> Response {
     bad_request(&e.to_string())
+}
+
+/// The two create bodies, for one generic handler: each validates into a
+/// [`MintRequest`] (the library's inherent `validate`).
+trait CreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, ValidationError>;
+}
+
+impl CreateParameters for ApiKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, ValidationError> {
+        ApiKeyCreateParameters::validate(self, now)
+    }
+}
+
+impl CreateParameters for RestrictedKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, ValidationError> {
+        RestrictedKeyCreateParameters::validate(self, now)
+    }
 }
 
 /// `POST /v1/apikeys` and `POST /v1/restricted_keys`: the caller is already
