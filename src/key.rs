@@ -318,27 +318,12 @@ impl KeyRecord {
     }
 }
 
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_record() -> KeyRecord {
-    use crate::scope::{Access, Resource};
-    KeyRecord::new(
-        crate::token::EXAMPLE_KEY_ID,
-        KeyKind::Restricted,
-        "example".into(),
-        SecretHash::from_bytes([0; 32]),
-        Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read),
-        Some(2_000),
-        1_000,
-        None,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keyring::Principal;
     use crate::scope::{Access, Resource};
+    use crate::testing::example_record;
 
     #[test]
     fn standard_record_holds_all_scopes() {

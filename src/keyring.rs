@@ -758,7 +758,7 @@ impl Keyring {
 
     /// Whether `a` and `b` have the same index window (for
     /// [`crate::testing::unknown_id_sharing_window`]).
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn shares_window(&self, a: &KeyId, b: &KeyId) -> bool {
         self.index.home(DigestIndex::key(a)) == self.index.home(DigestIndex::key(b))
     }
@@ -1510,7 +1510,7 @@ mod tests {
         let b = Pepper::from_bytes(&[2; 32]).index_seeds();
         assert_ne!(a, b);
         assert_eq!(a, Pepper::from_bytes(&[1; 32]).index_seeds());
-        let id = DigestIndex::key(&crate::token::EXAMPLE_KEY_ID);
+        let id = DigestIndex::key(&crate::testing::EXAMPLE_KEY_ID);
         let homes = |seeds: [u64; 4]| {
             let [_, _, lo, hi] = seeds;
             let index = DigestIndex::with_capacity(1 << 20, IdHasher::with_seeds([lo, hi]));

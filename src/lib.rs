@@ -52,7 +52,7 @@ mod roll;
 pub mod route;
 mod scope;
 mod secret;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod time;
 mod token;

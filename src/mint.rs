@@ -161,11 +161,11 @@ pub const DEFAULT_KEY_NAME: &str = "unnamed";
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MintRequest {
-    kind: KeyKind,
-    name: String,
-    scopes: Scopes,
-    expires_at_ms: Option<i64>,
-    creator_id: Option<KeyId>,
+    pub(crate) kind: KeyKind,
+    pub(crate) name: String,
+    pub(crate) scopes: Scopes,
+    pub(crate) expires_at_ms: Option<i64>,
+    pub(crate) creator_id: Option<KeyId>,
 }
 
 impl MintRequest {
@@ -533,37 +533,6 @@ pub fn mint<R: CryptoRng + ?Sized>(
     MintedKey { record, token }
 }
 
-/// A restricted key minted from fixed entropy, for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_minted() -> MintedKey {
-    struct Counter(u8);
-    impl rand_core::RngCore for Counter {
-        fn next_u32(&mut self) -> u32 {
-            rand_core::impls::next_u32_via_fill(self)
-        }
-        fn next_u64(&mut self) -> u64 {
-            rand_core::impls::next_u64_via_fill(self)
-        }
-        fn fill_bytes(&mut self, dst: &mut [u8]) {
-            for b in dst {
-                self.0 = self.0.wrapping_mul(31).wrapping_add(7);
-                *b = self.0;
-            }
-        }
-    }
-    impl CryptoRng for Counter {}
-    let pepper = Pepper::from_bytes(&[0u8; 32]);
-    let request = MintRequest {
-        kind: KeyKind::Restricted,
-        name: String::from("example"),
-        scopes: Scopes::grant(Resource::Devboxes, Access::Write),
-        expires_at_ms: None,
-        creator_id: None,
-    };
-    mint(&pepper, &request, &mut Counter(1), UnixMillis::EPOCH)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,7 +679,7 @@ mod tests {
 
     #[test]
     fn request_reads_back_and_names_its_creator() {
-        let caller = Principal::of_record(&crate::key::example_record());
+        let caller = Principal::of_record(&crate::testing::example_record());
         let scopes = Scopes::grant(crate::Resource::Agents, crate::Access::Read);
         let req =
             MintRequest::restricted(Some("bot"), scopes, Some(50), UnixMillis::from_millis(10))
@@ -752,7 +721,7 @@ mod tests {
 
     #[test]
     fn attenuated_child_may_expire_with_its_parent_but_not_after() {
-        let parent = crate::key::example_record(); // expires at 2 000
+        let parent = crate::testing::example_record(); // expires at 2 000
         let caller = Principal::of_record(&parent);
         let scopes = Scopes::grant(crate::Resource::Devboxes, crate::Access::Read);
         let child = |expires: i64| {

@@ -148,7 +148,7 @@ pub fn roll<R: CryptoRng + ?Sized>(
 mod tests {
     use super::*;
 
-    use crate::key::example_record;
+    use crate::testing::example_record;
     use rand_core::SeedableRng;
 
     #[test]

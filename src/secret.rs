@@ -347,7 +347,8 @@ pub fn os_entropy() -> OsEntropy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{example_token, SecretToken};
+    use crate::testing::example_token;
+    use crate::token::SecretToken;
 
     #[test]
     fn digest_binds_kind_and_id() {

@@ -799,27 +799,20 @@ pub fn redact_tokens(text: &str) -> alloc::borrow::Cow<'_, str> {
 }
 
 /// The key id of the keyring's decoy digest (see `Keyring::verify`): a
-/// constant of its own, not [`EXAMPLE_KEY_ID`].
-pub(crate) const DECOY_KEY_ID: KeyId = KeyId(*b"0keygateDecoy000");
+/// constant of its own, not the example id of `keygate::testing`.
+pub(crate) const DECOY_KEY_ID: KeyId = KeyId::from_static(b"0keygateDecoy000");
 
-/// The key id of [`example_token`], for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub const EXAMPLE_KEY_ID: KeyId = KeyId(*b"4GZ6bQvR9cXw2LmT");
-
-/// A valid restricted token, made from fixed bytes, for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_token() -> alloc::string::String {
-    let secret = [b'x'; SECRET_LEN];
-    SecretToken::assemble(KeyKind::Restricted, &EXAMPLE_KEY_ID, &secret)
-        .expose_secret()
-        .into()
+impl KeyId {
+    /// A fixed id, for constants (the decoy, the fixtures); not checked.
+    pub(crate) const fn from_static(bytes: &[u8; KEY_ID_LEN]) -> KeyId {
+        KeyId(*bytes)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{example_token, EXAMPLE_KEY_ID};
 
     #[test]
     fn quote_cuts_long_input() {

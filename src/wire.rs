@@ -504,7 +504,7 @@ mod tests {
 
     #[test]
     fn views_have_exactly_the_spec_fields() {
-        let minted = crate::mint::example_minted();
+        let minted = crate::testing::example_minted();
         let v = serde_json::to_value(CreatedKeyView::from(minted)).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
