@@ -356,7 +356,7 @@ impl Keyring {
     /// ```
     ///
     /// The id hash of the map and of the digest index is seeded from the
-    /// pepper (see [`IdHasher`]), so ids chosen without the pepper cannot
+    /// pepper, so ids chosen without the pepper cannot
     /// crowd one slot window.
     pub fn with_capacity(pepper: Pepper, capacity: usize) -> Keyring {
         let capacity = capacity.min(MAX_PREALLOCATED_KEYS);

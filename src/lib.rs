@@ -1,40 +1,52 @@
 //! Sans-IO API-key authorization for the Runloop API Keys model.
 //!
 //! keygate parses `ak_`/`rk_` tokens, verifies their blake3-peppered secrets
-//! in constant time and answers `can(key, resource, access)` on the request
-//! hot path. It does no I/O: the caller passes the time (`now`, Unix
-//! milliseconds) and the entropy (any [`rand_core::CryptoRng`]).
+//! in constant time and answers "may this key do that?" on the request hot
+//! path. It does no I/O: the caller passes the time (a [`UnixMillis`]) and
+//! the entropy (any [`rand_core::CryptoRng`]).
 //!
-//! * [`Scopes`], [`Resource`], [`Access`]: the scope model (a bitset).
-//! * [`Token`], [`KeyId`], [`KeyKind`]: the token format.
-//! * [`Pepper`], [`SecretHash`], [`SecretToken`]: secrets and their digests.
-//! * [`KeyRecord`], [`Principal`], [`Keyring`]: storage and the hot path.
-//! * [`MintRequest`], [`MintPolicy`], [`mint()`]: making keys.
-//! * [`roll()`], [`Change`], [`lineage`]: the key lifecycle: rotation with
-//!   an overlap, a change feed that keeps keyrings in step with a store,
-//!   and who minted whom.
-//! * [`RouteTable`], [`Decision`]: method and path to a scope ([`route`]).
-//! * [`wire`]: the spec's JSON types.
-//! * [`Error`] and friends: each knows its HTTP status.
+//! # The public API
+//!
+//! | Concern | Items |
+//! |---|---|
+//! | scopes | [`Scopes`], [`Resource`], [`Access`], [`ScopeParseError`] |
+//! | tokens | [`Token::parse`], [`KeyId`], [`KeyKind`], [`SecretToken`], [`TokenError`], [`redact_tokens`], the `*_LEN` constants, [`TOKEN_REGEX`] |
+//! | secrets | [`Pepper`], [`SecretHash`], [`os_entropy`] (`std`), [`PEPPER_CONTEXT`], [`FINGERPRINT_CONTEXT`] |
+//! | time | [`UnixMillis`] (instants), [`core::time::Duration`] (overlaps) |
+//! | records | [`KeyRecord`], [`KeyRecordParts`], [`RecordError`] |
+//! | the hot path | [`Keyring::authenticate`], [`Keyring::authorize`], [`Principal`] (with [`Principal::can`]), [`AuthError`], [`KeyringError`] |
+//! | making keys | [`mint()`], [`MintRequest`], [`MintPolicy`], [`MintedKey`], [`MintError`], [`ValidationError`] |
+//! | lifecycle | [`roll()`], [`RolledKey`], [`RollError`], [`Change`] and [`Keyring::apply`], [`lineage`] |
+//! | routes | [`RouteTable`] ([`RouteTable::lookup`], [`RouteTable::authorize_request`]), [`Decision`], [`Rejection`], [`route`] |
+//! | HTTP | `tower::Require` (one layer, a fixed scope or a route table; feature `tower`) |
+//! | JSON | [`wire`]: the spec's request and view types, `CreatedKeyView::from(minted)` |
+//! | errors | [`Error`]: any of the above; each error knows its HTTP status |
+//! | fixtures | `testing` (feature `testing`): example records, tokens and principals |
+//!
+//! `public-api.txt` at the repository root lists every item
+//! (`scripts/public-api.sh`).
 //!
 //! ```
-//! use keygate::{Access, Keyring, MintRequest, Pepper, Resource};
+//! use keygate::{Access, Keyring, MintRequest, Pepper, Resource, UnixMillis};
 //! use rand_core::SeedableRng;
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // or keygate::os_entropy()
 //! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-//! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, keygate::UnixMillis::from_millis(0))?;
-//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
+//! let now = UnixMillis::from_millis(1_700_000_000_000); // or UnixMillis::now()
+//! let request = MintRequest::restricted(Some("ci"), "devboxes:write".parse()?, None, now)?;
+//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, now).into_parts();
 //! keyring.insert(record)?;
-//! assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Read, keygate::UnixMillis::from_millis(1)).is_ok());
+//! assert!(keyring.authorize(token.expose_secret(), Resource::Devboxes, Access::Read, now).is_ok());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Features
-//! * `std` (default): [`os_entropy`], and runtime CPU detection in crc32fast
-//!   and blake3. Without it the crate is `no_std` with `alloc`.
-//! * `tower`: a tower layer that enforces `can(resource, access)` on a
-//!   route, with 401/403 problem+json answers (implies `std`).
+//! * `std` (default): [`os_entropy`], [`UnixMillis::now`], and runtime CPU
+//!   detection in crc32fast and blake3. Without it the crate is `no_std`
+//!   with `alloc`.
+//! * `tower`: the tower layer `tower::Require`, with 400/401/403
+//!   problem+json answers (implies `std`).
+//! * `testing`: the fixtures of `keygate::testing`.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 

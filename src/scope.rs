@@ -733,7 +733,11 @@ mod tests {
     #[test]
     fn parse_errors_name_the_input() {
         let e = Scopes::parse("devboxes:write,gadgets:read").unwrap_err();
-        assert_eq!(e.to_string(), "unknown resource `gadgets` in scope list");
+        assert_eq!(
+            e.to_string(),
+            "unknown resource `gadgets` in scope list; the resources are devboxes, blueprints, \
+             snapshots, benchmarks, scenarios, repo_connections, agents, objects, account"
+        );
         let e = Scopes::parse("devboxes:admin").unwrap_err();
         assert_eq!(e.to_string(), "unknown access level `admin` in scope list");
         let e = Scopes::parse("devboxes").unwrap_err();
