@@ -485,19 +485,10 @@ struct Literal {
     child: u32,
 }
 
-impl Literal {
-    /// The sort order: key, then bytes.
-    fn order(&self, key: u64, text: &[u8]) -> core::cmp::Ordering {
-        self.key
-            .cmp(&key)
-            .then_with(|| self.text.as_ref().cmp(text))
-    }
-}
-
 /// A trie node: the patterns that share a prefix of segments.
 #[derive(Clone, Debug, Default)]
 struct Node {
-    /// Literal children, sorted by [`Literal::order`].
+    /// Literal children, in insertion order (few per node: lookup scans them).
     literals: Vec<Literal>,
     /// The `{name}`/`*` child.
     param: Option<u32>,
@@ -674,31 +665,26 @@ impl RouteTable {
                 },
                 PatternSegment::Literal(text) => {
                     let bytes = text.as_bytes();
-                    let found = self.nodes.get(node).map(|n| {
+                    let key = literal_key(bytes);
+                    let found = self.nodes.get(node).and_then(|n| {
                         n.literals
-                            .binary_search_by(|lit| lit.order(literal_key(bytes), bytes))
+                            .iter()
+                            .find(|lit| lit.key == key && *lit.text == *bytes)
+                            .map(|lit| lit.child)
                     });
                     match found {
-                        Some(Ok(i)) => self
-                            .nodes
-                            .get(node)
-                            .and_then(|n| n.literals.get(i))
-                            .map_or(0, |l| l.child),
-                        Some(Err(i)) => {
+                        Some(child) => child,
+                        None => {
                             let child = self.new_node();
                             if let Some(n) = self.nodes.get_mut(node) {
-                                n.literals.insert(
-                                    i,
-                                    Literal {
-                                        key: literal_key(bytes),
-                                        text: bytes.into(),
-                                        child,
-                                    },
-                                );
+                                n.literals.push(Literal {
+                                    key,
+                                    text: bytes.into(),
+                                    child,
+                                });
                             }
                             child
                         }
-                        None => 0,
                     }
                 }
             };
