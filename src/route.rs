@@ -33,14 +33,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod explain;
 mod path;
-mod table;
+mod syntax;
+mod trie;
 
+pub use explain::{Candidate, Explanation};
 pub use path::{CanonicalPath, PathError, Segment, Segments};
-pub use table::{
-    Candidate, Decision, Explanation, MatchedBy, Method, RouteMatch, RouteParseError,
-    RouteParseErrorKind, RouteTable, Rule, MAX_PATTERN_SEGMENTS,
+pub use syntax::{
+    Decision, Method, RouteParseError, RouteParseErrorKind, Rule, MAX_PATTERN_SEGMENTS,
 };
+pub use trie::{MatchedBy, RouteMatch, RouteTable};
 
 use thiserror::Error;
 
