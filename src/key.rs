@@ -225,82 +225,42 @@ impl KeyRecord {
     }
 
     /// The public key id.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.id().as_str().len(), 16);
-    /// ```
     pub fn id(&self) -> KeyId {
         self.id
     }
 
     /// Standard or restricted.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.kind(), keygate::KeyKind::Restricted);
-    /// ```
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// The key's name.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.name(), "example");
-    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The stored digest of the secret.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// let _digest: keygate::SecretHash = record.secret_hash();
-    /// ```
     pub fn secret_hash(&self) -> SecretHash {
         self.secret_hash
     }
 
     /// The granted scopes; [`Scopes::all`] for a standard key.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.scopes().to_string(), "devboxes:write,objects:read");
-    /// ```
     pub fn scopes(&self) -> Scopes {
         self.scopes
     }
 
     /// The expiry in Unix milliseconds; `None` never expires.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.expires_at_ms(), Some(2_000));
-    /// ```
     pub fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
     }
 
     /// When the key was minted, in Unix milliseconds.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.created_at_ms(), 1_000);
-    /// ```
     pub fn created_at_ms(&self) -> i64 {
         self.created_at_ms
     }
 
     /// The key that minted this one, or `None` for a key made outside the
     /// API (the server's bootstrap key, `keygate mint`).
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.creator_id(), None);
-    /// ```
     pub fn creator_id(&self) -> Option<KeyId> {
         self.creator_id
     }

@@ -66,33 +66,18 @@ impl Principal {
     }
 
     /// The key id.
-    ///
-    /// ```
-    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
-    /// assert_eq!(p.id().as_str().len(), 16);
-    /// ```
     #[inline]
     pub fn id(&self) -> KeyId {
         self.id
     }
 
     /// Standard or restricted.
-    ///
-    /// ```
-    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
-    /// assert_eq!(p.kind(), keygate::KeyKind::Restricted);
-    /// ```
     #[inline]
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// What the key may do; [`Scopes::all`] for a standard key.
-    ///
-    /// ```
-    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
-    /// assert!(!p.scopes().is_empty());
-    /// ```
     #[inline]
     pub fn scopes(&self) -> Scopes {
         self.scopes
@@ -101,11 +86,6 @@ impl Principal {
     /// The key's expiry in Unix milliseconds; `None` never expires. The
     /// attenuating [`MintPolicy`](crate::MintPolicy) caps a child's expiry
     /// at it.
-    ///
-    /// ```
-    /// # let p = keygate::testing::principal_of(&keygate::testing::example_record());
-    /// assert_eq!(p.expires_at_ms(), Some(2_000));
-    /// ```
     #[inline]
     pub fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
@@ -204,7 +184,7 @@ impl AuthError {
 }
 
 /// A record a [`Keyring`](crate::Keyring) will not take. When it is
-/// returned, nothing has changed: the keyring still holds every key it held.
+/// returned, the keyring still holds every key it held, and not this one.
 ///
 /// ```
 /// # let record = keygate::testing::example_record();
@@ -360,9 +340,8 @@ impl Keyring {
     /// crowd one slot window.
     pub fn with_capacity(pepper: Pepper, capacity: usize) -> Keyring {
         let capacity = capacity.min(MAX_PREALLOCATED_KEYS);
-        // The decoy is a digest no token can match: its secret is 43 zero
-        // bytes, which are not base62. Its id is a constant of its own, not
-        // the documentation's example id.
+        // Compared when the id is unknown, so both cases do the same work; never
+        // accepted, as the lookup's `found` mask is then 0.
         let decoy = pepper.digest_parts(KeyKind::Standard, &DECOY_KEY_ID, &[0u8; SECRET_LEN]);
         // The map and the index hash ids with seeds of their own, so that
         // the map's iteration order (by its hash) is not the index's order:
@@ -384,11 +363,6 @@ impl Keyring {
     }
 
     /// The pepper, to [`mint`](fn@crate::mint) keys this keyring accepts.
-    ///
-    /// ```
-    /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let _pepper: &keygate::Pepper = keyring.pepper();
-    /// ```
     pub fn pepper(&self) -> &Pepper {
         &self.pepper
     }
@@ -608,11 +582,6 @@ impl Keyring {
     /// from it. One that also applies its own writes as it makes them (so a
     /// new key works at once) should keep its own read cursor, since its own
     /// write may carry a higher number than a change it has yet to read.
-    ///
-    /// ```
-    /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert_eq!(keyring.last_seq(), 0);
-    /// ```
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -678,19 +647,11 @@ impl Keyring {
     }
 
     /// The number of keys.
-    ///
-    /// ```
-    /// assert_eq!(keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32])).len(), 0);
-    /// ```
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// Whether the keyring has no keys.
-    ///
-    /// ```
-    /// assert!(keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32])).is_empty());
-    /// ```
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -732,15 +693,9 @@ impl Keyring {
         let text: &[u8; TOKEN_LEN] = token
             .try_into()
             .map_err(|_| TokenError::Length { len: token.len() })?;
-        // The hot path parses only what the digest does not bind. The
-        // message is built first; the framing check (prefix, separator,
-        // checksum) runs while its stores retire, so blake3 reads it back
-        // without a store-forwarding stall; then the hash. A matched digest
-        // proves the tag, id and secret are the minted ones (base62), so the
-        // framing check and the digest give the parse's verdict without its
-        // alphabet scans. Every other text takes the full parse, for its
-        // exact error: a known id with a wrong secret and an unknown id take
-        // the same path (compare, fail, parse).
+        // A matched digest proves tag, id and secret, so only the framing is
+        // checked; any other text takes the full parse for its exact error
+        // (order and why: BENCHMARKS.md, "Why the hot path looks as it does").
         let message = Message::of_text(text);
         let framed = token::framing_is_valid(text);
         let digest = self.pepper.digest_message(&message);
@@ -812,8 +767,7 @@ impl Keyring {
             .fold(0u64, |diff, (computed, stored)| diff | (computed ^ stored));
         let diff = core::hint::black_box(diff);
         let equal = zero_mask(diff);
-        // One mask and one branch, on the outcome alone: not on `found`
-        // first (LLVM may split a branch on `a && b`, or even on `a & b`).
+        // One branch, on the combined mask only (see BENCHMARKS.md, "Why the hot path").
         let accepted = core::hint::black_box(found & equal);
         // The digest binds the kind, so a relabelled token fails the compare;
         // the kind test only restates it.

@@ -230,45 +230,21 @@ impl MintRequest {
     }
 
     /// Standard or restricted.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
-    /// assert_eq!(req.kind(), keygate::KeyKind::Standard);
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// The key's name.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(Some("ops"), None, keygate::UnixMillis::from_millis(0))?;
-    /// assert_eq!(req.name(), "ops");
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The scopes the key will hold ([`Scopes::all`] for a standard key).
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::restricted(None, "agents:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
-    /// assert_eq!(req.scopes().to_string(), "agents:read");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn scopes(&self) -> Scopes {
         self.scopes
     }
 
     /// The expiry in Unix milliseconds, if any.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(None, Some(10), keygate::UnixMillis::from_millis(0))?;
-    /// assert_eq!(req.expires_at_ms(), Some(10));
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
     }
@@ -290,12 +266,6 @@ impl MintRequest {
     }
 
     /// The key that asks for this one, if the request says.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
-    /// assert_eq!(req.creator_id(), None);
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn creator_id(&self) -> Option<KeyId> {
         self.creator_id
     }
@@ -461,22 +431,11 @@ pub struct MintedKey {
 
 impl MintedKey {
     /// The record to store; it holds the digest, not the secret.
-    ///
-    /// ```
-    /// # let minted = keygate::testing::example_minted();
-    /// assert_eq!(minted.record().id(), minted.token().parse()?.key_id());
-    /// # Ok::<(), keygate::TokenError>(())
-    /// ```
     pub fn record(&self) -> &KeyRecord {
         &self.record
     }
 
     /// The token, to hand to the key's owner once.
-    ///
-    /// ```
-    /// # let minted = keygate::testing::example_minted();
-    /// assert_eq!(minted.token().expose_secret().len(), 69);
-    /// ```
     pub fn token(&self) -> &SecretToken {
         &self.token
     }

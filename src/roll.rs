@@ -57,25 +57,11 @@ pub struct RolledKey {
 
 impl RolledKey {
     /// The new key: record and token.
-    ///
-    /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
-    /// # let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(0), &mut keygate::os_entropy(), keygate::UnixMillis::from_millis(1_000))?;
-    /// assert_ne!(rolled.new_key().record().id(), record.id());
-    /// # Ok::<(), keygate::RollError>(())
-    /// ```
     pub fn new_key(&self) -> &MintedKey {
         &self.new_key
     }
 
     /// The old key's record, with its new expiry.
-    ///
-    /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
-    /// # let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(0), &mut keygate::os_entropy(), keygate::UnixMillis::from_millis(1_000))?;
-    /// assert_eq!(rolled.old().expires_at_ms(), Some(1_000)); // overlap 0: ends now
-    /// # Ok::<(), keygate::RollError>(())
-    /// ```
     pub fn old(&self) -> &KeyRecord {
         &self.old
     }

@@ -197,11 +197,8 @@ impl Message {
     /// `Keyring::authenticate`).
     #[inline(always)]
     pub(crate) fn of_text(text: &[u8; TOKEN_LEN]) -> Message {
-        // Four 16-byte moves straight from the text (the last two overlap on
-        // bytes that agree), rather than a 16- and a 43-byte copy, which LLVM
-        // routes through a stack temporary that it writes and then reads
-        // across two stores: a store-forwarding stall worth about a sixth of
-        // the whole verification (measured with perf on the hot path).
+        // Four overlapping 16-byte moves, not two copies (why: BENCHMARKS.md,
+        // "Why the hot path looks as it does").
         const SECRET_AT: usize = PREFIX_LEN + KEY_ID_LEN + 1;
         let mut message = [0u8; MESSAGE_LEN];
         if let Some(t) = message.first_mut() {
@@ -271,11 +268,6 @@ impl SecretHash {
     ///
     /// Comparing these with `==` is not constant-time; compare `SecretHash`
     /// values instead.
-    ///
-    /// ```
-    /// let h = keygate::SecretHash::from_bytes([0u8; 32]);
-    /// assert_eq!(h.as_bytes(), &[0u8; 32]);
-    /// ```
     pub fn as_bytes(&self) -> &[u8; 32] {
         self.0.as_bytes()
     }

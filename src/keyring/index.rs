@@ -365,7 +365,9 @@ impl DigestIndex {
         }
     }
 
-    /// Adds or replaces `record`'s slot. On an error nothing has changed.
+    /// Adds or replaces `record`'s slot. On an error the index still holds
+    /// every key it held (slots may have moved within their windows), and not
+    /// `record`.
     pub(crate) fn insert(&mut self, record: &KeyRecord) -> Result<(), KeyringError> {
         let new = Slot::of(record);
         // A replacement reuses the id's slot: it always fits.
