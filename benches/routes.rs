@@ -1,7 +1,7 @@
 //! Criterion benches of route policy (issue 9): `RouteTable::lookup` on the
 //! Runloop table (hits, a miss, an encoded path, a refused path) in the same
 //! group as `Scopes::can`, and `RouteTable::authorize_request` against
-//! `Keyring::can` (authenticate + can) for the same request.
+//! `Keyring::authorize` (authenticate + can) for the same request.
 //!
 //! Run: `cargo bench -p keygate --bench routes -- --warm-up-time 1
 //! --measurement-time 3`, then `python3 benches/medians.py` for the medians.

@@ -20,7 +20,7 @@
 //! [`Keyring`](crate::Keyring), an `RwLock<Keyring>`, an `Arc` of either, or
 //! your own type (keygate's server implements it to fall back to its
 //! database). The time comes from a clock function,
-//! [`system_now_ms`](UnixMillis::now) unless you pass another.
+//! [`UnixMillis::now`] unless you pass another.
 //!
 //! ```
 //! use std::sync::{Arc, RwLock};
@@ -342,7 +342,7 @@ impl<A, P> Require<A, P> {
         }
     }
 
-    /// Replaces the clock ([`system_now_ms`](UnixMillis::now) by default), e.g. for tests.
+    /// Replaces the clock ([`UnixMillis::now`] by default), e.g. for tests.
     pub fn with_clock(mut self, clock: fn() -> UnixMillis) -> Require<A, P> {
         self.clock = clock;
         self
