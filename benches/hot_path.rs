@@ -47,12 +47,18 @@ impl Fixture {
             Some("bench"),
             "devboxes:write,objects:read".parse().unwrap(),
             None,
-            0,
+            keygate::UnixMillis::from_millis(0),
         )
         .unwrap();
         let mut tokens = String::with_capacity(n * TOKEN_LEN);
         for _ in 0..n {
-            let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+            let (record, token) = mint(
+                keyring.pepper(),
+                &request,
+                &mut rng,
+                keygate::UnixMillis::from_millis(0),
+            )
+            .into_parts();
             assert!(
                 keyring.insert(record).unwrap().is_none(),
                 "duplicate key id"
@@ -116,8 +122,20 @@ fn failures() -> &'static Failures {
         for record in ten_k.keyring.records() {
             expiring.insert(record.clone()).unwrap();
         }
-        let request = MintRequest::restricted(None, Scopes::all(), Some(NOW_MS), 0).unwrap();
-        let (record, expired) = mint(expiring.pepper(), &request, &mut rng, 0).into_parts();
+        let request = MintRequest::restricted(
+            None,
+            Scopes::all(),
+            Some(NOW_MS),
+            keygate::UnixMillis::from_millis(0),
+        )
+        .unwrap();
+        let (record, expired) = mint(
+            expiring.pepper(),
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         expiring.insert(record).unwrap();
         let expired = expired.expose_secret().to_owned();
         for (keyring, token, expect) in [
@@ -125,7 +143,9 @@ fn failures() -> &'static Failures {
             (&ten_k.keyring, &wrong_secret, "invalid"),
             (&expiring, &expired, "expired"),
         ] {
-            let err = keyring.authenticate(token, NOW_MS).unwrap_err();
+            let err = keyring
+                .authenticate(token, keygate::UnixMillis::from_millis(NOW_MS))
+                .unwrap_err();
             assert!(
                 format!("{err:?}").to_lowercase().contains(expect),
                 "{err:?}"
@@ -157,7 +177,7 @@ fn with_checksum(body: &[u8]) -> String {
 /// The request hot path: authenticate, then one mask test.
 #[inline(always)]
 fn authenticate_can(keyring: &Keyring, token: &str) -> bool {
-    match keyring.authenticate(token, NOW_MS) {
+    match keyring.authenticate(token, keygate::UnixMillis::from_millis(NOW_MS)) {
         Ok(principal) => principal.can(Resource::Devboxes, Access::Write),
         Err(_) => false,
     }
@@ -181,7 +201,10 @@ fn bench_can(c: &mut Criterion) {
     });
     let principal = ten_thousand()
         .keyring
-        .authenticate(ten_thousand().token(0), NOW_MS)
+        .authenticate(
+            ten_thousand().token(0),
+            keygate::UnixMillis::from_millis(NOW_MS),
+        )
         .unwrap();
     group.bench_function("principal", |b| {
         b.iter(|| black_box(principal).can(black_box(Resource::Devboxes), black_box(Access::Read)))
@@ -369,7 +392,11 @@ fn count_instructions(ops: &str) {
     message[17..].copy_from_slice(&token.as_bytes()[20..63]);
     let key = [9u8; 32];
     let stored = blake3::keyed_hash(&key, &message);
-    let scopes = ten_k.keyring.authenticate(token, NOW_MS).unwrap().scopes();
+    let scopes = ten_k
+        .keyring
+        .authenticate(token, keygate::UnixMillis::from_millis(NOW_MS))
+        .unwrap()
+        .scopes();
     let f = failures();
     for op in ops.split(',') {
         match op {
@@ -436,7 +463,7 @@ fn min_times() {
         for _ in 0..BATCH {
             black_box(
                 black_box(&one.keyring)
-                    .verify(black_box(&parsed), NOW_MS)
+                    .verify(black_box(&parsed), keygate::UnixMillis::from_millis(NOW_MS))
                     .is_ok(),
             );
         }

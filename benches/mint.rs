@@ -38,16 +38,24 @@ const RESTRICTED_JSON: &str = r#"{
 fn bench_mint(c: &mut Criterion) {
     let mut group = c.benchmark_group("mint");
     let pepper = Pepper::from_bytes(&[7u8; 32]);
-    let standard = MintRequest::standard(Some("ops"), None, NOW_MS).unwrap();
+    let standard =
+        MintRequest::standard(Some("ops"), None, keygate::UnixMillis::from_millis(NOW_MS)).unwrap();
     let restricted = RestrictedKeyCreateParameters::validate(
         &serde_json::from_str(RESTRICTED_JSON).unwrap(),
-        NOW_MS,
+        keygate::UnixMillis::from_millis(NOW_MS),
     )
     .unwrap();
     for (name, request) in [("standard", &standard), ("restricted", &restricted)] {
         group.bench_function(name, |b| {
             let mut rng = ChaCha20Rng::seed_from_u64(3);
-            b.iter(|| mint(black_box(&pepper), black_box(request), &mut rng, NOW_MS))
+            b.iter(|| {
+                mint(
+                    black_box(&pepper),
+                    black_box(request),
+                    &mut rng,
+                    keygate::UnixMillis::from_millis(NOW_MS),
+                )
+            })
         });
     }
     group.finish();
@@ -59,12 +67,12 @@ fn bench_validate(c: &mut Criterion) {
         b.iter(|| {
             serde_json::from_str::<RestrictedKeyCreateParameters>(black_box(RESTRICTED_JSON))
                 .unwrap()
-                .validate(NOW_MS)
+                .validate(keygate::UnixMillis::from_millis(NOW_MS))
         })
     });
     let params: RestrictedKeyCreateParameters = serde_json::from_str(RESTRICTED_JSON).unwrap();
     group.bench_function("restricted_validate_only", |b| {
-        b.iter(|| black_box(&params).validate(NOW_MS))
+        b.iter(|| black_box(&params).validate(keygate::UnixMillis::from_millis(NOW_MS)))
     });
     group.finish();
 }

@@ -1,7 +1,7 @@
 //! Criterion benches of route policy (issue 9): `RouteTable::lookup` on the
 //! Runloop table (hits, a miss, an encoded path, a refused path) in the same
 //! group as `Scopes::can`, and `RouteTable::authorize_request` against
-//! `Keyring::can` (authenticate + can) for the same request.
+//! `Keyring::authorize` (authenticate + can) for the same request.
 //!
 //! Run: `cargo bench -p keygate --bench routes -- --warm-up-time 1
 //! --measurement-time 3`, then `python3 benches/medians.py` for the medians.
@@ -83,12 +83,18 @@ fn authorize(c: &mut Criterion) {
         None,
         "devboxes:write,objects:read".parse().unwrap(),
         None,
-        0,
+        keygate::UnixMillis::from_millis(0),
     )
     .unwrap();
     let mut token = String::new();
     for i in 0..10_000 {
-        let (record, t) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+        let (record, t) = mint(
+            keyring.pepper(),
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         keyring.insert(record).unwrap();
         if i == 5_000 {
             token = t.expose_secret().to_owned();
@@ -96,7 +102,12 @@ fn authorize(c: &mut Criterion) {
     }
     let (method, path) = ("POST", "/v1/devboxes/dbx_123/execute");
     assert!(keyring
-        .can(&token, Resource::Devboxes, Access::Write, NOW_MS)
+        .authorize(
+            &token,
+            Resource::Devboxes,
+            Access::Write,
+            keygate::UnixMillis::from_millis(NOW_MS)
+        )
         .is_ok());
     assert!(table
         .authorize_request(
@@ -104,7 +115,7 @@ fn authorize(c: &mut Criterion) {
             Some(token.as_bytes()),
             method.as_bytes(),
             path.as_bytes(),
-            NOW_MS
+            keygate::UnixMillis::from_millis(NOW_MS)
         )
         .unwrap()
         .principal()
@@ -114,11 +125,11 @@ fn authorize(c: &mut Criterion) {
     group.bench_function("authenticate_can", |b| {
         b.iter(|| {
             keyring
-                .can(
+                .authorize(
                     black_box(&token),
                     black_box(Resource::Devboxes),
                     black_box(Access::Write),
-                    NOW_MS,
+                    keygate::UnixMillis::from_millis(NOW_MS),
                 )
                 .is_ok()
         })
@@ -131,7 +142,7 @@ fn authorize(c: &mut Criterion) {
                     Some(black_box(token.as_bytes())),
                     black_box(method.as_bytes()),
                     black_box(path.as_bytes()),
-                    NOW_MS,
+                    keygate::UnixMillis::from_millis(NOW_MS),
                 )
                 .is_ok()
         })

@@ -7,7 +7,8 @@ Each file is one module: `DIR/lib.rs` or `DIR/main.rs` is the crate root,
 `a/mod.rs` and `a.rs` are module `a`, `a/b.rs` is `a::b`. Every
 `crate::x::y::...` path in a file (in `use` items and in expressions) is
 an edge to the longest module prefix that names a file. Comments, string
-literals and visibilities (`pub(crate)`) are skipped. Exits 1 and prints each circle found, else
+literals, visibilities (`pub(crate)`) and test code (`#[cfg(test)]`
+items, `tests.rs` and `*_tests.rs` files) are skipped. Exits 1 and prints each circle found, else
 prints the module count and exits 0. Standard library only.
 """
 
@@ -104,18 +105,51 @@ def leading(member):
     return [p for p in re.split(r"\s*::\s*", member) if p and p not in ("self", "*")]
 
 
+def without_test_code(text):
+    """`text` (already stripped) less every `#[cfg(test)]` item: unit tests
+    may import anything, and are not part of the module graph."""
+    out, i = [], 0
+    while True:
+        k = text.find("#[cfg(test)]", i)
+        if k < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:k])
+        j = k + len("#[cfg(test)]")
+        depth = 0
+        while j < len(text):
+            c = text[j]
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    j += 1
+                    break
+            elif c == ";" and depth == 0:
+                j += 1
+                break
+            j += 1
+        i = j
+
+
+def is_test_file(name):
+    """Files that only hold unit tests (`tests.rs`, `*_tests.rs`)."""
+    return name == "tests.rs" or name.endswith("_tests.rs")
+
+
 def graph(root):
     modules = {}
     for base, dirs, files in os.walk(root):
         dirs.sort()
         for f in sorted(files):
-            if f.endswith(".rs"):
+            if f.endswith(".rs") and not is_test_file(f):
                 path = os.path.join(base, f)
                 modules[module_of(root, path)] = path
     edges = {m: set() for m in modules}
     for mod, path in modules.items():
         with open(path, encoding="utf-8") as fh:
-            text = strip(fh.read())
+            text = without_test_code(strip(fh.read()))
         for parts in paths_in(text):
             target = ()
             for k in range(len(parts), 0, -1):

@@ -62,7 +62,7 @@ done
 if [ "$daily" = 1 ]; then
     # One module a day, in a fixed order, so a week covers the library.
     modules=(src/scope.rs src/token.rs src/error.rs src/wire.rs src/mint.rs src/key.rs
-        src/secret.rs src/keyring src/feed.rs src/roll.rs src/lineage.rs src/tower.rs)
+        src/secret.rs src/keyring src/feed.rs src/roll.rs src/lineage.rs src/tower.rs src/time.rs)
     [ -d src/route ] && modules+=(src/route)
     day=$((10#$(date -u +%j)))
     files=("${modules[$((day % ${#modules[@]}))]}")

@@ -1,13 +1,46 @@
-//! Stored key records and verified principals.
+//! Stored key records and the errors of a bad one.
 
 use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AuthError, RecordError};
-use crate::scope::{Access, Resource, Scopes};
+use crate::scope::Scopes;
 use crate::secret::SecretHash;
+use crate::time::UnixMillis;
 use crate::token::{KeyId, KeyKind};
+
+/// A record whose fields break a rule of [`KeyRecord`](crate::KeyRecord),
+/// as read from a store (a corrupt row, or one edited by hand).
+///
+/// ```
+/// use keygate::RecordError;
+/// # let id = keygate::testing::example_record().id();
+/// let err = RecordError::StandardWithoutAllScopes { id };
+/// assert_eq!(err.http_status(), 500);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A standard record must hold every scope.
+    #[error("record `{id}` is a standard key but does not hold every scope")]
+    StandardWithoutAllScopes {
+        /// The record's id.
+        id: KeyId,
+    },
+    /// A key cannot mint itself.
+    #[error("record `{id}` names itself as its creator")]
+    OwnCreator {
+        /// The record's id.
+        id: KeyId,
+    },
+}
+
+impl RecordError {
+    /// 500: a bad record comes from the store, not from the request.
+    pub const fn http_status(&self) -> u16 {
+        500
+    }
+}
 
 /// What a store keeps for a key: everything but the secret.
 ///
@@ -21,8 +54,8 @@ use crate::token::{KeyId, KeyKind};
 /// use rand_core::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
 /// let pepper = keygate::Pepper::generate(&mut rng);
-/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, 0)?;
-/// let record = keygate::mint(&pepper, &request, &mut rng, 0).into_parts().0;
+/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+/// let record = keygate::mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts().0;
 /// let json = serde_json::to_string(&record)?;
 /// assert!(json.contains("\"scopes\":\"objects:read\""));
 /// let back: keygate::KeyRecord = serde_json::from_str(&json)?;
@@ -192,249 +225,64 @@ impl KeyRecord {
     }
 
     /// The public key id.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.id().as_str().len(), 16);
-    /// ```
     pub fn id(&self) -> KeyId {
         self.id
     }
 
     /// Standard or restricted.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.kind(), keygate::KeyKind::Restricted);
-    /// ```
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// The key's name.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.name(), "example");
-    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The stored digest of the secret.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// let _digest: keygate::SecretHash = record.secret_hash();
-    /// ```
     pub fn secret_hash(&self) -> SecretHash {
         self.secret_hash
     }
 
     /// The granted scopes; [`Scopes::all`] for a standard key.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.scopes().to_string(), "devboxes:write,objects:read");
-    /// ```
     pub fn scopes(&self) -> Scopes {
         self.scopes
     }
 
     /// The expiry in Unix milliseconds; `None` never expires.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.expires_at_ms(), Some(2_000));
-    /// ```
     pub fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
     }
 
     /// When the key was minted, in Unix milliseconds.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.created_at_ms(), 1_000);
-    /// ```
     pub fn created_at_ms(&self) -> i64 {
         self.created_at_ms
     }
 
     /// The key that minted this one, or `None` for a key made outside the
     /// API (the server's bootstrap key, `keygate mint`).
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.creator_id(), None);
-    /// ```
     pub fn creator_id(&self) -> Option<KeyId> {
         self.creator_id
     }
 
-    /// A key is valid while `now_ms < expires_at_ms`; a null expiry never expires.
+    /// A key is valid while `now < expires_at_ms`; a null expiry never expires.
     ///
     /// ```
     /// # let record = keygate::testing::example_record();
-    /// assert!(!record.is_expired_at(1_999));
-    /// assert!(record.is_expired_at(2_000));
+    /// assert!(!record.is_expired_at(keygate::UnixMillis::from_millis(1_999)));
+    /// assert!(record.is_expired_at(keygate::UnixMillis::from_millis(2_000)));
     /// ```
     #[inline]
-    pub fn is_expired_at(&self, now_ms: i64) -> bool {
-        matches!(self.expires_at_ms, Some(expiry) if now_ms >= expiry)
+    pub fn is_expired_at(&self, now: UnixMillis) -> bool {
+        matches!(self.expires_at_ms, Some(expiry) if now.as_millis() >= expiry)
     }
-
-    /// The principal this record stands for.
-    ///
-    /// ```
-    /// # let record = keygate::testing::example_record();
-    /// assert_eq!(record.principal().id(), record.id());
-    /// ```
-    #[inline]
-    pub fn principal(&self) -> Principal {
-        Principal::new(self.id, self.kind, self.scopes, self.expires_at_ms)
-    }
-}
-
-/// A verified key: who is calling and what it may do.
-///
-/// Only [`Keyring::verify`](crate::Keyring::verify) and
-/// [`KeyRecord::principal`] make one. It is `Copy` and holds no secret.
-///
-/// ```
-/// use keygate::{Access, Resource};
-/// # let principal = keygate::testing::example_record().principal();
-/// assert!(principal.can(Resource::Devboxes, Access::Write));
-/// assert!(!principal.can(Resource::Objects, Access::Write));
-/// assert!(principal.require(Resource::Objects, Access::Write).is_err());
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Principal {
-    id: KeyId,
-    kind: KeyKind,
-    scopes: Scopes,
-    expires_at_ms: Option<i64>,
-}
-
-impl Principal {
-    /// A principal for a verified key; `scopes` must be [`Scopes::all`] for a
-    /// standard key (the keyring's slots are built from records, which
-    /// ensure it).
-    #[inline]
-    pub(crate) fn new(
-        id: KeyId,
-        kind: KeyKind,
-        scopes: Scopes,
-        expires_at_ms: Option<i64>,
-    ) -> Principal {
-        Principal {
-            id,
-            kind,
-            scopes,
-            expires_at_ms,
-        }
-    }
-
-    /// The key id.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert_eq!(p.id().as_str().len(), 16);
-    /// ```
-    #[inline]
-    pub fn id(&self) -> KeyId {
-        self.id
-    }
-
-    /// Standard or restricted.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert_eq!(p.kind(), keygate::KeyKind::Restricted);
-    /// ```
-    #[inline]
-    pub fn kind(&self) -> KeyKind {
-        self.kind
-    }
-
-    /// What the key may do; [`Scopes::all`] for a standard key.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert!(!p.scopes().is_empty());
-    /// ```
-    #[inline]
-    pub fn scopes(&self) -> Scopes {
-        self.scopes
-    }
-
-    /// The key's expiry in Unix milliseconds; `None` never expires. The
-    /// attenuating [`MintPolicy`](crate::MintPolicy) caps a child's expiry
-    /// at it.
-    ///
-    /// ```
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert_eq!(p.expires_at_ms(), Some(2_000));
-    /// ```
-    #[inline]
-    pub fn expires_at_ms(&self) -> Option<i64> {
-        self.expires_at_ms
-    }
-
-    /// Whether the key may act on `resource` at `access`: one mask test.
-    ///
-    /// ```
-    /// use keygate::{Access, Resource};
-    /// # let p = keygate::testing::example_record().principal();
-    /// assert!(p.can(Resource::Objects, Access::Read));
-    /// ```
-    #[inline(always)]
-    pub fn can(&self, resource: Resource, access: Access) -> bool {
-        self.scopes.can(resource, access)
-    }
-
-    /// Like [`Principal::can`], as a `Result` whose error is a 403.
-    ///
-    /// ```
-    /// use keygate::{Access, Resource};
-    /// # let p = keygate::testing::example_record().principal();
-    /// let err = p.require(Resource::Account, Access::Write).unwrap_err();
-    /// assert_eq!(err.http_status(), 403);
-    /// ```
-    #[inline]
-    pub fn require(&self, resource: Resource, access: Access) -> Result<(), AuthError> {
-        if self.can(resource, access) {
-            Ok(())
-        } else {
-            Err(AuthError::InsufficientScope {
-                id: self.id,
-                resource,
-                access,
-            })
-        }
-    }
-}
-
-/// A restricted record (`devboxes:write,objects:read`, created at 1 000 ms,
-/// expiring at 2 000 ms), for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_record() -> KeyRecord {
-    KeyRecord::new(
-        crate::token::EXAMPLE_KEY_ID,
-        KeyKind::Restricted,
-        "example".into(),
-        SecretHash::from_bytes([0; 32]),
-        Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read),
-        Some(2_000),
-        1_000,
-        None,
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope::{Access, Resource};
+    use crate::testing::example_record;
 
     #[test]
     fn standard_record_holds_all_scopes() {
@@ -450,7 +298,7 @@ mod tests {
             None,
         );
         assert_eq!(std.scopes(), Scopes::all());
-        assert!(!std.is_expired_at(i64::MAX));
+        assert!(!std.is_expired_at(UnixMillis::from_millis(i64::MAX)));
     }
 
     #[test]
@@ -494,8 +342,8 @@ mod tests {
     #[test]
     fn expiry_edges() {
         let r = example_record();
-        assert!(!r.is_expired_at(i64::MIN));
-        assert!(r.is_expired_at(i64::MAX));
+        assert!(!r.is_expired_at(UnixMillis::from_millis(i64::MIN)));
+        assert!(r.is_expired_at(UnixMillis::from_millis(i64::MAX)));
     }
 
     #[test]
@@ -524,16 +372,7 @@ mod tests {
         assert_eq!(record.expires_at_ms(), Some(9_000));
         assert_eq!(record.created_at_ms(), 4_000);
         assert_eq!(record.creator_id(), Some(creator));
-        let p = record.principal();
-        assert_eq!(p.id(), r.id());
-        assert_eq!(p.kind(), KeyKind::Restricted);
-        assert_eq!(p.scopes(), record.scopes());
-        assert_eq!(p.expires_at_ms(), Some(9_000));
-        assert!(p.can(Resource::Agents, Access::Read));
-        assert!(!p.can(Resource::Agents, Access::Write));
-        assert!(p.require(Resource::Agents, Access::Read).is_ok());
-        assert!(p.require(Resource::Account, Access::Read).is_err());
-        assert!(!record.is_expired_at(8_999));
-        assert!(record.is_expired_at(9_000));
+        assert!(!record.is_expired_at(UnixMillis::from_millis(8_999)));
+        assert!(record.is_expired_at(UnixMillis::from_millis(9_000)));
     }
 }

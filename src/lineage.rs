@@ -226,22 +226,10 @@ fn closure(start: KeyId, links: &BTreeMap<KeyId, Vec<KeyId>>) -> Vec<KeyId> {
     out
 }
 
-/// Four fixed ids, for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_ids() -> [KeyId; 4] {
-    [
-        "aaaaaaaaaaaaaaaa",
-        "bbbbbbbbbbbbbbbb",
-        "cccccccccccccccc",
-        "dddddddddddddddd",
-    ]
-    .map(|text| KeyId::parse(text).unwrap_or(crate::token::EXAMPLE_KEY_ID))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::example_ids;
 
     #[test]
     fn cycles_terminate() {
@@ -363,7 +351,7 @@ mod tests {
         use crate::key::{KeyRecord, KeyRecordParts};
         let [a, b, c, _] = example_ids();
         let record = |id: KeyId, creator: Option<KeyId>| {
-            let r = crate::key::example_record();
+            let r = crate::testing::example_record();
             KeyRecord::from_parts(KeyRecordParts {
                 id,
                 kind: r.kind(),

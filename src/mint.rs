@@ -5,12 +5,142 @@ use alloc::string::String;
 
 use rand_core::CryptoRng;
 
-use crate::error::{MintError, ValidationError};
-use crate::key::{KeyRecord, Principal};
+use crate::key::KeyRecord;
+use crate::keyring::Principal;
 use crate::scope::{Access, Resource, Scopes};
-use crate::secret::{Pepper, SecretToken};
-use crate::token::{fill_base62, KeyId, KeyKind, SECRET_LEN};
-use crate::wire::{ApiKeyCreatedView, CreatedKeyView, RestrictedKeyCreatedView};
+use crate::secret::Pepper;
+use crate::time::UnixMillis;
+use crate::token::{fill_base62, KeyId, KeyKind, SecretToken, SECRET_LEN};
+
+/// A create request that breaks one of the spec's rules (always 400).
+///
+/// ```
+/// use keygate::wire::RestrictedKeyCreateParameters;
+/// let err = RestrictedKeyCreateParameters::default().validate(keygate::UnixMillis::from_millis(0)).unwrap_err();
+/// assert_eq!(err.to_string(), "invalid scopes: the `scopes` field is required");
+/// assert_eq!(err.http_status(), 400);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// A restricted-key request without a `scopes` field.
+    #[error("invalid scopes: the `scopes` field is required")]
+    ScopesMissing,
+    /// A scope entry without `resource_type` or `access_level`.
+    #[error("invalid scopes: entry {index} lacks `{field}`")]
+    ScopeEntryIncomplete {
+        /// Zero-based position of the entry.
+        index: usize,
+        /// The missing field's name.
+        field: &'static str,
+    },
+    /// The same resource in two entries.
+    #[error("invalid scopes: `{}` appears more than once", .0.api_name())]
+    DuplicateResource(Resource),
+    /// Scopes that are empty or all `ACCESS_LEVEL_NONE`.
+    #[error("invalid scopes: the scopes grant no access")]
+    NoAccessGranted,
+    /// A name longer than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes.
+    #[error("name is {len} bytes long, the limit is {max}")]
+    NameTooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A name with a control character (Unicode `Cc`) or a bidirectional
+    /// formatting character (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F,
+    /// U+061C).
+    #[error("name `{name}` has a control character at byte {position}")]
+    NameControlCharacter {
+        /// The name, with control characters escaped and cut to 64 characters.
+        name: String,
+        /// Byte offset of the first control character.
+        position: usize,
+    },
+    /// A negative `expires_at_ms`.
+    #[error("`expires_at_ms` is negative: `{0}`")]
+    ExpiryNegative(i64),
+    /// An `expires_at_ms` that is not after now.
+    #[error("`expires_at_ms` `{expires_at_ms}` is not after now ({now})")]
+    ExpiryNotInFuture {
+        /// The expiry asked for.
+        expires_at_ms: i64,
+        /// The time of the request.
+        now: UnixMillis,
+    },
+}
+
+impl ValidationError {
+    /// Always 400.
+    ///
+    /// ```
+    /// assert_eq!(keygate::ValidationError::NoAccessGranted.http_status(), 400);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        400
+    }
+
+    /// Whether the spec calls this "invalid scopes".
+    ///
+    /// ```
+    /// assert!(keygate::ValidationError::ScopesMissing.is_invalid_scopes());
+    /// assert!(!keygate::ValidationError::ExpiryNegative(-1).is_invalid_scopes());
+    /// ```
+    pub const fn is_invalid_scopes(&self) -> bool {
+        matches!(
+            self,
+            ValidationError::ScopesMissing
+                | ValidationError::ScopeEntryIncomplete { .. }
+                | ValidationError::DuplicateResource(_)
+                | ValidationError::NoAccessGranted
+        )
+    }
+}
+
+/// A caller that may not mint the requested key (403).
+///
+/// ```
+/// assert_eq!(keygate::MintError::MissingAccountWrite.http_status(), 403);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The caller is a restricted key without `RESOURCE_TYPE_ACCOUNT` write.
+    #[error("minting keys needs a standard key or `account:write` scope")]
+    MissingAccountWrite,
+    /// Attenuating policy: a restricted caller asked for a standard key.
+    #[error("a restricted key may not mint a standard key under the attenuating policy")]
+    StandardFromRestricted,
+    /// Attenuating policy: the requested scopes exceed the caller's.
+    #[error("requested scopes exceed the caller's under the attenuating policy")]
+    ScopesExceedCaller,
+    /// The caller expires, so its children must too.
+    #[error("a key that expires at {parent_expires_at_ms} ms may only mint keys with an `expires_at_ms` under the attenuating policy")]
+    ChildMustExpire {
+        /// The caller's expiry, in Unix milliseconds.
+        parent_expires_at_ms: i64,
+    },
+    /// The child would outlive the caller.
+    #[error("`expires_at_ms` `{expires_at_ms}` is later than the caller's own expiry ({parent_expires_at_ms}) under the attenuating policy")]
+    ChildOutlivesParent {
+        /// The expiry asked for.
+        expires_at_ms: i64,
+        /// The caller's expiry, in Unix milliseconds.
+        parent_expires_at_ms: i64,
+    },
+}
+
+impl MintError {
+    /// Always 403.
+    ///
+    /// ```
+    /// assert_eq!(keygate::MintError::ScopesExceedCaller.http_status(), 403);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        403
+    }
+}
 
 /// The longest key name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -24,18 +154,18 @@ pub const DEFAULT_KEY_NAME: &str = "unnamed";
 ///
 /// ```
 /// use keygate::MintRequest;
-/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(5_000), 1_000)?;
+/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(5_000), keygate::UnixMillis::from_millis(1_000))?;
 /// assert_eq!(req.name(), "ci");
-/// assert!(MintRequest::standard(None, Some(500), 1_000).is_err()); // expiry in the past
+/// assert!(MintRequest::standard(None, Some(500), keygate::UnixMillis::from_millis(1_000)).is_err()); // expiry in the past
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MintRequest {
-    kind: KeyKind,
-    name: String,
-    scopes: Scopes,
-    expires_at_ms: Option<i64>,
-    creator_id: Option<KeyId>,
+    pub(crate) kind: KeyKind,
+    pub(crate) name: String,
+    pub(crate) scopes: Scopes,
+    pub(crate) expires_at_ms: Option<i64>,
+    pub(crate) creator_id: Option<KeyId>,
 }
 
 impl MintRequest {
@@ -45,7 +175,7 @@ impl MintRequest {
     /// for the name and expiry rules.
     ///
     /// ```
-    /// let req = keygate::MintRequest::standard(None, None, 0)?;
+    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
     /// assert_eq!(req.name(), keygate::DEFAULT_KEY_NAME);
     /// assert_eq!(req.scopes(), keygate::Scopes::all());
     /// # Ok::<(), keygate::ValidationError>(())
@@ -53,13 +183,13 @@ impl MintRequest {
     pub fn standard(
         name: Option<&str>,
         expires_at_ms: Option<i64>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<MintRequest, ValidationError> {
         Ok(MintRequest {
             kind: KeyKind::Standard,
             name: validate_name(name)?,
             scopes: Scopes::all(),
-            expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+            expires_at_ms: validate_expiry(expires_at_ms, now)?,
             creator_id: None,
         })
     }
@@ -70,21 +200,21 @@ impl MintRequest {
     /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character
     ///   (Unicode `Cc`, or a bidirectional formatting character such as
     ///   U+202E, which could make a name display as another).
-    /// * `expires_at_ms`, when given, is not negative and is after `now_ms`.
+    /// * `expires_at_ms`, when given, is not negative and is after `now`.
     ///
     /// ```
     /// use keygate::{MintRequest, Scopes, ValidationError};
     /// assert_eq!(
-    ///     MintRequest::restricted(None, Scopes::empty(), None, 0),
+    ///     MintRequest::restricted(None, Scopes::empty(), None, keygate::UnixMillis::from_millis(0)),
     ///     Err(ValidationError::NoAccessGranted)
     /// );
-    /// assert!(MintRequest::restricted(Some("a\nb"), Scopes::all(), None, 0).is_err());
+    /// assert!(MintRequest::restricted(Some("a\nb"), Scopes::all(), None, keygate::UnixMillis::from_millis(0)).is_err());
     /// ```
     pub fn restricted(
         name: Option<&str>,
         scopes: Scopes,
         expires_at_ms: Option<i64>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<MintRequest, ValidationError> {
         let name = validate_name(name)?;
         if scopes.is_empty() {
@@ -94,51 +224,27 @@ impl MintRequest {
             kind: KeyKind::Restricted,
             name,
             scopes,
-            expires_at_ms: validate_expiry(expires_at_ms, now_ms)?,
+            expires_at_ms: validate_expiry(expires_at_ms, now)?,
             creator_id: None,
         })
     }
 
     /// Standard or restricted.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(None, None, 0)?;
-    /// assert_eq!(req.kind(), keygate::KeyKind::Standard);
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// The key's name.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
-    /// assert_eq!(req.name(), "ops");
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The scopes the key will hold ([`Scopes::all`] for a standard key).
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::restricted(None, "agents:read".parse()?, None, 0)?;
-    /// assert_eq!(req.scopes().to_string(), "agents:read");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn scopes(&self) -> Scopes {
         self.scopes
     }
 
     /// The expiry in Unix milliseconds, if any.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(None, Some(10), 0)?;
-    /// assert_eq!(req.expires_at_ms(), Some(10));
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
     }
@@ -148,8 +254,8 @@ impl MintRequest {
     /// can answer who minted what and revoke a key's descendants.
     ///
     /// ```
-    /// # let caller = keygate::testing::example_record().principal();
-    /// let req = keygate::MintRequest::standard(None, None, 0)?.created_by(&caller);
+    /// # let caller = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?.created_by(&caller);
     /// assert_eq!(req.creator_id(), Some(caller.id()));
     /// # Ok::<(), keygate::ValidationError>(())
     /// ```
@@ -160,12 +266,6 @@ impl MintRequest {
     }
 
     /// The key that asks for this one, if the request says.
-    ///
-    /// ```
-    /// let req = keygate::MintRequest::standard(None, None, 0)?;
-    /// assert_eq!(req.creator_id(), None);
-    /// # Ok::<(), keygate::ValidationError>(())
-    /// ```
     pub fn creator_id(&self) -> Option<KeyId> {
         self.creator_id
     }
@@ -199,7 +299,7 @@ fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
     {
         let escaped: String = name.chars().flat_map(char::escape_default).collect();
         return Err(ValidationError::NameControlCharacter {
-            name: crate::error::quote(&escaped),
+            name: crate::token::quote(&escaped),
             position,
         });
     }
@@ -217,13 +317,13 @@ fn is_bidi_control(c: char) -> bool {
 
 fn validate_expiry(
     expires_at_ms: Option<i64>,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<Option<i64>, ValidationError> {
     match expires_at_ms {
         Some(e) if e < 0 => Err(ValidationError::ExpiryNegative(e)),
-        Some(e) if e <= now_ms => Err(ValidationError::ExpiryNotInFuture {
+        Some(e) if e <= now.as_millis() => Err(ValidationError::ExpiryNotInFuture {
             expires_at_ms: e,
-            now_ms,
+            now,
         }),
         other => Ok(other),
     }
@@ -233,8 +333,8 @@ fn validate_expiry(
 ///
 /// ```
 /// use keygate::{MintPolicy, MintRequest};
-/// # let caller = keygate::testing::example_record().principal(); // devboxes:write,objects:read
-/// let req = MintRequest::restricted(None, "objects:read".parse()?, None, 0)?;
+/// # let caller = keygate::testing::principal_of(&keygate::testing::example_record()); // devboxes:write,objects:read
+/// let req = MintRequest::restricted(None, "objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
 /// // The caller lacks account:write, so neither policy lets it mint.
 /// assert!(MintPolicy::Spec.authorize(&caller, &req).is_err());
 /// assert!(MintPolicy::Attenuating.authorize(&caller, &req).is_err());
@@ -265,10 +365,10 @@ impl MintPolicy {
     /// # use rand_core::SeedableRng;
     /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     /// # let pepper = keygate::Pepper::generate(&mut rng);
-    /// let admin = MintRequest::restricted(None, "account:write,objects:read".parse()?, None, 0)?;
-    /// let caller = keygate::mint(&pepper, &admin, &mut rng, 0).record().principal();
+    /// let admin = MintRequest::restricted(None, "account:write,objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+    /// let caller = keygate::testing::principal_of(keygate::mint(&pepper, &admin, &mut rng, keygate::UnixMillis::from_millis(0)).record());
     ///
-    /// let standard = MintRequest::standard(None, None, 0)?;
+    /// let standard = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
     /// assert!(MintPolicy::Spec.authorize(&caller, &standard).is_ok());
     /// assert_eq!(
     ///     MintPolicy::Attenuating.authorize(&caller, &standard),
@@ -320,10 +420,11 @@ impl MintPolicy {
     /// # use rand_core::SeedableRng;
     /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
     /// # let pepper = keygate::Pepper::generate(&mut rng);
-    /// let forever = MintRequest::standard(Some("service"), None, 0)?;
-    /// let service = keygate::mint(&pepper, &forever, &mut rng, 0).into_parts().0;
-    /// let brief = MintRequest::standard(Some("temp"), Some(60_000), 0)?;
-    /// let temp = keygate::mint(&pepper, &brief, &mut rng, 0).record().principal();
+    /// let t0 = keygate::UnixMillis::EPOCH;
+    /// let forever = MintRequest::standard(Some("service"), None, t0)?;
+    /// let service = keygate::mint(&pepper, &forever, &mut rng, t0).into_parts().0;
+    /// let brief = MintRequest::standard(Some("temp"), Some(60_000), t0)?;
+    /// let temp = keygate::testing::principal_of(keygate::mint(&pepper, &brief, &mut rng, t0).record());
     ///
     /// assert!(MintPolicy::Spec.authorize_roll(&temp, &service).is_ok());
     /// assert!(matches!(
@@ -343,10 +444,10 @@ impl MintPolicy {
 /// # use rand_core::SeedableRng;
 /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
 /// # let pepper = keygate::Pepper::generate(&mut rng);
-/// let req = keygate::MintRequest::standard(Some("ops"), None, 0)?;
-/// let minted = keygate::mint(&pepper, &req, &mut rng, 0);
+/// let req = keygate::MintRequest::standard(Some("ops"), None, keygate::UnixMillis::from_millis(0))?;
+/// let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(0));
 /// assert_eq!(minted.record().name(), "ops");
-/// let json = serde_json::to_value(minted.into_view())?;
+/// let json = serde_json::to_value(keygate::wire::CreatedKeyView::from(minted))?;
 /// assert!(json["key_secret"].as_str().unwrap().starts_with("ak_"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -358,22 +459,11 @@ pub struct MintedKey {
 
 impl MintedKey {
     /// The record to store; it holds the digest, not the secret.
-    ///
-    /// ```
-    /// # let minted = keygate::testing::example_minted();
-    /// assert_eq!(minted.record().id(), minted.token().parse()?.key_id());
-    /// # Ok::<(), keygate::TokenError>(())
-    /// ```
     pub fn record(&self) -> &KeyRecord {
         &self.record
     }
 
     /// The token, to hand to the key's owner once.
-    ///
-    /// ```
-    /// # let minted = keygate::testing::example_minted();
-    /// assert_eq!(minted.token().expose_secret().len(), 69);
-    /// ```
     pub fn token(&self) -> &SecretToken {
         &self.token
     }
@@ -388,36 +478,9 @@ impl MintedKey {
     pub fn into_parts(self) -> (KeyRecord, SecretToken) {
         (self.record, self.token)
     }
-
-    /// The spec's created view: [`ApiKeyCreatedView`] for a standard key,
-    /// [`RestrictedKeyCreatedView`] for a restricted one. It carries the
-    /// secret; the record stays with the caller's store.
-    ///
-    /// ```
-    /// # let minted = keygate::testing::example_minted();
-    /// assert!(matches!(minted.into_view(), keygate::wire::CreatedKeyView::Restricted(_)));
-    /// ```
-    pub fn into_view(self) -> CreatedKeyView {
-        let record = &self.record;
-        match record.kind() {
-            KeyKind::Standard => CreatedKeyView::Standard(ApiKeyCreatedView {
-                id: String::from(record.id().as_str()),
-                name: String::from(record.name()),
-                key_secret: self.token,
-                expires_at_ms: record.expires_at_ms(),
-            }),
-            KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
-                id: String::from(record.id().as_str()),
-                name: String::from(record.name()),
-                key_secret: self.token,
-                scopes: crate::wire::scope_entries(record.scopes()),
-                expires_at_ms: record.expires_at_ms(),
-            }),
-        }
-    }
 }
 
-/// Mints a key for `request` at `now_ms`, with entropy from `rng`.
+/// Mints a key for `request` at `now`, with entropy from `rng`.
 ///
 /// It does not check who asks: call [`MintPolicy::authorize`] first. Store
 /// the record durably before you show the token.
@@ -426,8 +489,8 @@ impl MintedKey {
 /// use rand_core::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
 /// let pepper = keygate::Pepper::generate(&mut rng);
-/// let req = keygate::MintRequest::restricted(None, "devboxes:write".parse()?, None, 0)?;
-/// let minted = keygate::mint(&pepper, &req, &mut rng, 1_700_000_000_000);
+/// let req = keygate::MintRequest::restricted(None, "devboxes:write".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+/// let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(1_700_000_000_000));
 /// assert_eq!(minted.record().created_at_ms(), 1_700_000_000_000);
 /// assert!(minted.token().expose_secret().starts_with("rk_"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -436,7 +499,7 @@ pub fn mint<R: CryptoRng + ?Sized>(
     pepper: &Pepper,
     request: &MintRequest,
     rng: &mut R,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> MintedKey {
     let id = KeyId::generate(rng);
     let mut secret = [0u8; SECRET_LEN];
@@ -451,41 +514,10 @@ pub fn mint<R: CryptoRng + ?Sized>(
         digest,
         request.scopes,
         request.expires_at_ms,
-        now_ms,
+        now.as_millis(),
         request.creator_id,
     );
     MintedKey { record, token }
-}
-
-/// A restricted key minted from fixed entropy, for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_minted() -> MintedKey {
-    struct Counter(u8);
-    impl rand_core::RngCore for Counter {
-        fn next_u32(&mut self) -> u32 {
-            rand_core::impls::next_u32_via_fill(self)
-        }
-        fn next_u64(&mut self) -> u64 {
-            rand_core::impls::next_u64_via_fill(self)
-        }
-        fn fill_bytes(&mut self, dst: &mut [u8]) {
-            for b in dst {
-                self.0 = self.0.wrapping_mul(31).wrapping_add(7);
-                *b = self.0;
-            }
-        }
-    }
-    impl CryptoRng for Counter {}
-    let pepper = Pepper::from_bytes(&[0u8; 32]);
-    let request = MintRequest {
-        kind: KeyKind::Restricted,
-        name: String::from("example"),
-        scopes: Scopes::grant(Resource::Devboxes, Access::Write),
-        expires_at_ms: None,
-        creator_id: None,
-    };
-    mint(&pepper, &request, &mut Counter(1), 0)
 }
 
 #[cfg(test)]
@@ -536,22 +568,25 @@ mod tests {
 
     #[test]
     fn expiry_rules() {
-        assert_eq!(validate_expiry(None, 5), Ok(None));
-        assert_eq!(validate_expiry(Some(6), 5), Ok(Some(6)));
-        assert!(validate_expiry(Some(5), 5).is_err());
+        assert_eq!(validate_expiry(None, UnixMillis::from_millis(5)), Ok(None));
         assert_eq!(
-            validate_expiry(Some(-1), -10),
+            validate_expiry(Some(6), UnixMillis::from_millis(5)),
+            Ok(Some(6))
+        );
+        assert!(validate_expiry(Some(5), UnixMillis::from_millis(5)).is_err());
+        assert_eq!(
+            validate_expiry(Some(-1), UnixMillis::from_millis(-10)),
             Err(ValidationError::ExpiryNegative(-1))
         );
         assert_eq!(
-            validate_expiry(Some(i64::MIN), 0),
+            validate_expiry(Some(i64::MIN), UnixMillis::from_millis(0)),
             Err(ValidationError::ExpiryNegative(i64::MIN))
         );
         assert_eq!(
-            validate_expiry(Some(i64::MAX), i64::MAX - 1),
+            validate_expiry(Some(i64::MAX), UnixMillis::from_millis(i64::MAX - 1)),
             Ok(Some(i64::MAX))
         );
-        assert!(validate_expiry(Some(i64::MAX), i64::MAX).is_err());
+        assert!(validate_expiry(Some(i64::MAX), UnixMillis::from_millis(i64::MAX)).is_err());
     }
 
     #[test]
@@ -559,12 +594,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
         let pepper = Pepper::generate(&mut rng);
         let caller = |s: &str, rng: &mut rand_chacha::ChaCha20Rng| {
-            let req = MintRequest::restricted(None, s.parse().unwrap(), None, 0).unwrap();
-            mint(&pepper, &req, rng, 0).record().principal()
+            let req =
+                MintRequest::restricted(None, s.parse().unwrap(), None, UnixMillis::from_millis(0))
+                    .unwrap();
+            Principal::of_record(mint(&pepper, &req, rng, UnixMillis::from_millis(0)).record())
         };
         let account_read = caller("account:read,devboxes:write", &mut rng);
         let account_write = caller("account:write", &mut rng);
-        let standard = MintRequest::standard(None, None, 0).unwrap();
+        let standard = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         assert_eq!(
             MintPolicy::Spec.authorize(&account_read, &standard),
             Err(MintError::MissingAccountWrite)
@@ -573,13 +610,20 @@ mod tests {
             MintPolicy::Spec.authorize(&account_write, &standard),
             Ok(())
         );
-        let wide = MintRequest::restricted(None, Scopes::all(), None, 0).unwrap();
+        let wide =
+            MintRequest::restricted(None, Scopes::all(), None, UnixMillis::from_millis(0)).unwrap();
         assert_eq!(MintPolicy::Spec.authorize(&account_write, &wide), Ok(()));
         assert_eq!(
             MintPolicy::Attenuating.authorize(&account_write, &wide),
             Err(MintError::ScopesExceedCaller)
         );
-        let narrow = MintRequest::restricted(None, account_write.scopes(), None, 0).unwrap();
+        let narrow = MintRequest::restricted(
+            None,
+            account_write.scopes(),
+            None,
+            UnixMillis::from_millis(0),
+        )
+        .unwrap();
         assert_eq!(
             MintPolicy::Attenuating.authorize(&account_write, &narrow),
             Ok(())
@@ -590,15 +634,18 @@ mod tests {
     fn minted_keys_are_distinct_and_verify() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let req = MintRequest::standard(None, None, 0).unwrap();
+        let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
         let mut tokens = alloc::vec::Vec::new();
         for _ in 0..100 {
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             assert!(keyring.insert(record).unwrap().is_none());
             tokens.push(token);
         }
         for t in &tokens {
-            assert!(keyring.authenticate(t.expose_secret(), 1).is_ok());
+            assert!(keyring
+                .authenticate(t.expose_secret(), UnixMillis::from_millis(1))
+                .is_ok());
         }
     }
 
@@ -619,11 +666,12 @@ mod tests {
 
     #[test]
     fn request_reads_back_and_names_its_creator() {
-        let caller = crate::key::example_record().principal();
+        let caller = Principal::of_record(&crate::testing::example_record());
         let scopes = Scopes::grant(crate::Resource::Agents, crate::Access::Read);
-        let req = MintRequest::restricted(Some("bot"), scopes, Some(50), 10)
-            .unwrap()
-            .created_by(&caller);
+        let req =
+            MintRequest::restricted(Some("bot"), scopes, Some(50), UnixMillis::from_millis(10))
+                .unwrap()
+                .created_by(&caller);
         assert_eq!(req.kind(), KeyKind::Restricted);
         assert_eq!(req.name(), "bot");
         assert_eq!(req.scopes(), scopes);
@@ -631,7 +679,7 @@ mod tests {
         assert_eq!(req.creator_id(), Some(caller.id()));
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
         let pepper = crate::Pepper::generate(&mut rng);
-        let minted = mint(&pepper, &req, &mut rng, 10);
+        let minted = mint(&pepper, &req, &mut rng, UnixMillis::from_millis(10));
         assert_eq!(minted.record().creator_id(), Some(caller.id()));
         assert_eq!(minted.record().name(), "bot");
         assert_eq!(minted.record().created_at_ms(), 10);
@@ -640,31 +688,34 @@ mod tests {
     #[test]
     fn expiry_zero_is_not_negative() {
         assert_eq!(
-            MintRequest::standard(None, Some(0), 0).err(),
+            MintRequest::standard(None, Some(0), UnixMillis::from_millis(0)).err(),
             Some(ValidationError::ExpiryNotInFuture {
                 expires_at_ms: 0,
-                now_ms: 0
+                now: UnixMillis::from_millis(0)
             })
         );
         assert_eq!(
-            MintRequest::standard(None, Some(0), -5)
+            MintRequest::standard(None, Some(0), UnixMillis::from_millis(-5))
                 .unwrap()
                 .expires_at_ms(),
             Some(0)
         );
         assert_eq!(
-            MintRequest::standard(None, Some(-1), -5).err(),
+            MintRequest::standard(None, Some(-1), UnixMillis::from_millis(-5)).err(),
             Some(ValidationError::ExpiryNegative(-1))
         );
     }
 
     #[test]
     fn attenuated_child_may_expire_with_its_parent_but_not_after() {
-        let parent = crate::key::example_record(); // expires at 2 000
-        let caller = parent.principal();
+        let parent = crate::testing::example_record(); // expires at 2 000
+        let caller = Principal::of_record(&parent);
         let scopes = Scopes::grant(crate::Resource::Devboxes, crate::Access::Read);
-        let child = |expires: i64| MintRequest::restricted(None, scopes, Some(expires), 0).unwrap();
-        let caller = crate::key::Principal::new(
+        let child = |expires: i64| {
+            MintRequest::restricted(None, scopes, Some(expires), UnixMillis::from_millis(0))
+                .unwrap()
+        };
+        let caller = crate::keyring::Principal::new(
             caller.id(),
             caller.kind(),
             caller.scopes() | Scopes::grant(crate::Resource::Account, crate::Access::Write),

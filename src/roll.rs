@@ -1,12 +1,42 @@
 //! Rolling a key: a new secret under a new id, with an overlap in which the
 //! old key still works, and never a longer life.
 
+use core::time::Duration;
+
 use rand_core::CryptoRng;
 
-use crate::error::RollError;
 use crate::key::KeyRecord;
 use crate::mint::{mint, MintRequest, MintedKey};
 use crate::secret::Pepper;
+use crate::time::UnixMillis;
+use crate::token::KeyId;
+
+/// A key that cannot be rolled.
+///
+/// ```
+/// # let id = keygate::testing::example_record().id();
+/// let err = keygate::RollError::Expired { id, expires_at_ms: 5 };
+/// assert_eq!(err.http_status(), 409);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollError {
+    /// The key has already expired.
+    #[error("key `{id}` expired at {expires_at_ms} ms; a roll never extends a key's life")]
+    Expired {
+        /// The key's id.
+        id: KeyId,
+        /// When it expired, in Unix milliseconds.
+        expires_at_ms: i64,
+    },
+}
+
+impl RollError {
+    /// 409: the key's state, not the request, is in the way.
+    pub const fn http_status(&self) -> u16 {
+        409
+    }
+}
 
 /// The outcome of [`roll()`]: the new key, and the old record with its
 /// shortened expiry. Store both in one transaction, then show the new token.
@@ -14,7 +44,7 @@ use crate::secret::Pepper;
 /// ```
 /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
 /// # let mut rng = keygate::os_entropy();
-/// let rolled = keygate::roll(&pepper, &record, 100, &mut rng, 1_500)?;
+/// let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(100), &mut rng, keygate::UnixMillis::from_millis(1_500))?;
 /// assert_eq!(rolled.old().expires_at_ms(), Some(1_600));
 /// assert_eq!(rolled.new_key().record().expires_at_ms(), record.expires_at_ms());
 /// # Ok::<(), keygate::RollError>(())
@@ -27,25 +57,11 @@ pub struct RolledKey {
 
 impl RolledKey {
     /// The new key: record and token.
-    ///
-    /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
-    /// # let rolled = keygate::roll(&pepper, &record, 0, &mut keygate::os_entropy(), 1_000)?;
-    /// assert_ne!(rolled.new_key().record().id(), record.id());
-    /// # Ok::<(), keygate::RollError>(())
-    /// ```
     pub fn new_key(&self) -> &MintedKey {
         &self.new_key
     }
 
     /// The old key's record, with its new expiry.
-    ///
-    /// ```
-    /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
-    /// # let rolled = keygate::roll(&pepper, &record, 0, &mut keygate::os_entropy(), 1_000)?;
-    /// assert_eq!(rolled.old().expires_at_ms(), Some(1_000)); // overlap 0: ends now
-    /// # Ok::<(), keygate::RollError>(())
-    /// ```
     pub fn old(&self) -> &KeyRecord {
         &self.old
     }
@@ -54,7 +70,7 @@ impl RolledKey {
     ///
     /// ```
     /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
-    /// # let rolled = keygate::roll(&pepper, &record, 0, &mut keygate::os_entropy(), 1_000)?;
+    /// # let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(0), &mut keygate::os_entropy(), keygate::UnixMillis::from_millis(1_000))?;
     /// let (new_key, old) = rolled.into_parts();
     /// assert_eq!(new_key.record().scopes(), old.scopes());
     /// # Ok::<(), keygate::RollError>(())
@@ -64,12 +80,12 @@ impl RolledKey {
     }
 }
 
-/// Rolls `record` at `now_ms`: mints a new key with a new id and secret
+/// Rolls `record` at `now`: mints a new key with a new id and secret
 /// that keeps the kind, name, scopes, creator and expiry, and ends the old
-/// key after `overlap_ms`.
+/// key after `overlap`.
 ///
 /// **A roll never extends a life.** The new key expires when the old one
-/// did; the old one's expiry becomes `min(old expiry, now_ms + overlap_ms)`.
+/// did; the old one's expiry becomes `min(old expiry, now + overlap)`.
 /// An overlap of 0 ends the old key at once. A key that has already expired
 /// cannot be rolled ([`RollError::Expired`]).
 ///
@@ -77,10 +93,10 @@ impl RolledKey {
 /// use rand_core::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
 /// let pepper = keygate::Pepper::generate(&mut rng);
-/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, 0)?;
-/// let (record, _old_token) = keygate::mint(&pepper, &request, &mut rng, 0).into_parts();
+/// let request = keygate::MintRequest::restricted(Some("ci"), "objects:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+/// let (record, _old_token) = keygate::mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 ///
-/// let rolled = keygate::roll(&pepper, &record, 60_000, &mut rng, 10_000)?;
+/// let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(60_000), &mut rng, keygate::UnixMillis::from_millis(10_000))?;
 /// assert_eq!(rolled.old().expires_at_ms(), Some(70_000));
 /// let new = rolled.new_key().record();
 /// assert_eq!((new.name(), new.scopes(), new.expires_at_ms()), ("ci", record.scopes(), None));
@@ -89,25 +105,25 @@ impl RolledKey {
 pub fn roll<R: CryptoRng + ?Sized>(
     pepper: &Pepper,
     record: &KeyRecord,
-    overlap_ms: u64,
+    overlap: Duration,
     rng: &mut R,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<RolledKey, RollError> {
     if let Some(expires_at_ms) = record.expires_at_ms() {
-        if now_ms >= expires_at_ms {
+        if now.as_millis() >= expires_at_ms {
             return Err(RollError::Expired {
                 id: record.id(),
                 expires_at_ms,
             });
         }
     }
-    let overlap_end = now_ms.saturating_add(i64::try_from(overlap_ms).unwrap_or(i64::MAX));
+    let overlap_end = now.saturating_add(overlap).as_millis();
     let old_expiry = match record.expires_at_ms() {
         Some(expiry) => expiry.min(overlap_end),
         None => overlap_end,
     };
     let request = MintRequest::like(record);
-    let new_key = mint(pepper, &request, rng, now_ms);
+    let new_key = mint(pepper, &request, rng, now);
     Ok(RolledKey {
         new_key,
         old: record.clone().with_expiry(Some(old_expiry)),
@@ -117,7 +133,8 @@ pub fn roll<R: CryptoRng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::example_record;
+
+    use crate::testing::example_record;
     use rand_core::SeedableRng;
 
     #[test]
@@ -125,7 +142,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         let pepper = Pepper::from_bytes(&[4; 32]);
         let record = example_record(); // expires at 2 000
-        let rolled = roll(&pepper, &record, 5_000, &mut rng, 1_000).unwrap();
+        let rolled = roll(
+            &pepper,
+            &record,
+            core::time::Duration::from_millis(5_000),
+            &mut rng,
+            UnixMillis::from_millis(1_000),
+        )
+        .unwrap();
         assert_eq!(rolled.old().expires_at_ms(), Some(2_000));
         let new = rolled.new_key().record();
         assert_eq!(new.expires_at_ms(), Some(2_000));
@@ -148,11 +172,25 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
         let pepper = Pepper::from_bytes(&[4; 32]);
         let record = example_record();
-        let rolled = roll(&pepper, &record, 0, &mut rng, 1_999).unwrap();
+        let rolled = roll(
+            &pepper,
+            &record,
+            core::time::Duration::from_millis(0),
+            &mut rng,
+            UnixMillis::from_millis(1_999),
+        )
+        .unwrap();
         assert_eq!(rolled.old().expires_at_ms(), Some(1_999));
-        assert!(rolled.old().is_expired_at(1_999));
+        assert!(rolled.old().is_expired_at(UnixMillis::from_millis(1_999)));
         assert_eq!(
-            roll(&pepper, &record, 0, &mut rng, 2_000).unwrap_err(),
+            roll(
+                &pepper,
+                &record,
+                core::time::Duration::from_millis(0),
+                &mut rng,
+                UnixMillis::from_millis(2_000)
+            )
+            .unwrap_err(),
             RollError::Expired {
                 id: record.id(),
                 expires_at_ms: 2_000
@@ -160,7 +198,14 @@ mod tests {
         );
         // A huge overlap saturates instead of wrapping.
         let forever = record.with_expiry(None);
-        let rolled = roll(&pepper, &forever, u64::MAX, &mut rng, 5).unwrap();
+        let rolled = roll(
+            &pepper,
+            &forever,
+            core::time::Duration::from_millis(u64::MAX),
+            &mut rng,
+            UnixMillis::from_millis(5),
+        )
+        .unwrap();
         assert_eq!(rolled.old().expires_at_ms(), Some(i64::MAX));
         assert_eq!(rolled.new_key().record().expires_at_ms(), None);
     }
@@ -169,22 +214,34 @@ mod tests {
     fn the_new_token_verifies_and_the_old_one_ends() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
         let pepper = Pepper::generate(&mut rng);
-        let req = MintRequest::standard(Some("svc"), None, 0).unwrap();
-        let (record, old_token) = mint(&pepper, &req, &mut rng, 0).into_parts();
+        let req = MintRequest::standard(Some("svc"), None, UnixMillis::from_millis(0)).unwrap();
+        let (record, old_token) =
+            mint(&pepper, &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
         let mut keyring = crate::Keyring::new(pepper.clone());
         keyring.insert(record.clone()).unwrap();
-        let (new_key, old) = roll(&pepper, &record, 100, &mut rng, 50)
-            .unwrap()
-            .into_parts();
+        let (new_key, old) = roll(
+            &pepper,
+            &record,
+            core::time::Duration::from_millis(100),
+            &mut rng,
+            UnixMillis::from_millis(50),
+        )
+        .unwrap()
+        .into_parts();
         let (new_record, new_token) = new_key.into_parts();
         keyring.insert(old).unwrap();
         keyring.insert(new_record).unwrap();
-        assert!(keyring.authenticate(old_token.expose_secret(), 149).is_ok());
         assert!(keyring
-            .authenticate(old_token.expose_secret(), 150)
+            .authenticate(old_token.expose_secret(), UnixMillis::from_millis(149))
+            .is_ok());
+        assert!(keyring
+            .authenticate(old_token.expose_secret(), UnixMillis::from_millis(150))
             .is_err());
         assert!(keyring
-            .authenticate(new_token.expose_secret(), 1_000_000)
+            .authenticate(
+                new_token.expose_secret(),
+                UnixMillis::from_millis(1_000_000)
+            )
             .is_ok());
         assert!(new_token.expose_secret().starts_with("ak_"));
     }

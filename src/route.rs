@@ -9,7 +9,7 @@
 //!
 //! * [`RouteTable`]: the text format, the parser and the matcher.
 //! * [`CanonicalPath`]: the path-safety rules, one set for every caller.
-//! * [`RouteError`], [`PathError`], [`RouteParseError`]: each knows its status.
+//! * [`Rejection`], [`PathError`], [`RouteParseError`]: each knows its status.
 //!
 //! ```
 //! use keygate::{Keyring, MintRequest, Pepper, RouteTable};
@@ -17,36 +17,38 @@
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
 //! let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-//! let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, 0)?;
-//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+//! let request = MintRequest::restricted(None, "devboxes:read".parse()?, None, keygate::UnixMillis::from_millis(0))?;
+//! let (record, token) = keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 //! keyring.insert(record)?;
 //! let token = Some(token.expose_secret().as_bytes());
 //!
 //! let table: RouteTable = "GET /v1/devboxes/** devboxes:read\nPOST /v1/devboxes/** devboxes:write\nGET /healthz public".parse()?;
-//! let ok = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/dbx_1", 10)?;
+//! let ok = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/dbx_1", keygate::UnixMillis::from_millis(10))?;
 //! assert!(ok.principal().is_some());
-//! let err = table.authorize_request(&keyring, token, b"POST", b"/v1/devboxes/dbx_1/execute", 10).unwrap_err();
+//! let err = table.authorize_request(&keyring, token, b"POST", b"/v1/devboxes/dbx_1/execute", keygate::UnixMillis::from_millis(10)).unwrap_err();
 //! assert_eq!(err.http_status(), 403);
-//! let err = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/%2e%2e/x", 10).unwrap_err();
+//! let err = table.authorize_request(&keyring, token, b"GET", b"/v1/devboxes/%2e%2e/x", keygate::UnixMillis::from_millis(10)).unwrap_err();
 //! assert_eq!(err.http_status(), 400);
-//! assert!(table.authorize_request(&keyring, None, b"GET", b"/healthz", 10)?.principal().is_none());
+//! assert!(table.authorize_request(&keyring, None, b"GET", b"/healthz", keygate::UnixMillis::from_millis(10))?.principal().is_none());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod explain;
 mod path;
-mod table;
+mod syntax;
+mod trie;
 
+pub use explain::{Candidate, Explanation};
 pub use path::{CanonicalPath, PathError, Segment, Segments};
-pub use table::{
-    Candidate, Decision, Explanation, MatchedBy, Method, RouteMatch, RouteParseError,
-    RouteParseErrorKind, RouteTable, Rule, MAX_PATTERN_SEGMENTS,
+pub use syntax::{
+    Decision, Method, RouteParseError, RouteParseErrorKind, Rule, MAX_PATTERN_SEGMENTS,
 };
+pub use trie::{MatchedBy, RouteMatch, RouteTable};
 
 use thiserror::Error;
 
-use crate::error::AuthError;
-use crate::key::Principal;
-use crate::keyring::Keyring;
+use crate::keyring::{AuthError, Keyring, Principal};
+use crate::time::UnixMillis;
 
 /// A source of keys that checks a presented token at a given time: a
 /// [`Keyring`], a reference, an `Arc` or (with `std`) an `RwLock` of one, or
@@ -55,17 +57,17 @@ use crate::keyring::Keyring;
 /// ```
 /// use keygate::route::Authenticate;
 /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-/// assert!(Authenticate::authenticate(&keyring, b"ak_x", 0).is_err());
+/// assert!(Authenticate::authenticate(&keyring, b"ak_x", keygate::UnixMillis::from_millis(0)).is_err());
 /// ```
 pub trait Authenticate {
-    /// Verifies `token` (the raw bearer token) at `now_ms`, Unix milliseconds.
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError>;
+    /// Verifies `token` (the raw bearer token) at `now`, Unix milliseconds.
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError>;
 }
 
 impl Authenticate for Keyring {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.authenticate_bytes(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
+        Keyring::authenticate(self, token, now)
     }
 }
 
@@ -74,41 +76,42 @@ impl<A: Authenticate + ?Sized> Authenticate for std::sync::RwLock<A> {
     /// Takes the read lock (a poisoned lock still reads: the keyring has
     /// no invariant a panicking writer could break halfway).
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
         self.read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authenticate(token, now_ms)
+            .authenticate(token, now)
     }
 }
 
 #[cfg(target_has_atomic = "ptr")]
 impl<A: Authenticate + ?Sized> Authenticate for alloc::sync::Arc<A> {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now)
     }
 }
 
 impl<A: Authenticate + ?Sized> Authenticate for &A {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        (**self).authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: UnixMillis) -> Result<Principal, AuthError> {
+        (**self).authenticate(token, now)
     }
 }
 
-/// Why [`RouteTable::authorize_request`] refused a request: 400, 401 or 403.
+/// Why a request was refused, by [`RouteTable::authorize_request`] or by
+/// the tower layer: 400, 401 or 403. The one rejection type of keygate.
 ///
 /// ```
-/// use keygate::{AuthError, PathError, RouteError};
-/// assert_eq!(RouteError::from(PathError::NotAbsolute).http_status(), 400);
-/// assert_eq!(RouteError::MissingCredential.http_status(), 401);
-/// assert_eq!(RouteError::Denied { line: 3 }.http_status(), 403);
-/// assert_eq!(RouteError::Denied { line: 3 }.to_string(), "the route table denies this request (line 3)");
-/// assert_eq!(RouteError::from(AuthError::InvalidCredentials).http_status(), 401);
+/// use keygate::{AuthError, PathError, Rejection};
+/// assert_eq!(Rejection::from(PathError::NotAbsolute).http_status(), 400);
+/// assert_eq!(Rejection::MissingCredential.http_status(), 401);
+/// assert_eq!(Rejection::Denied { line: 3 }.http_status(), 403);
+/// assert_eq!(Rejection::Denied { line: 3 }.to_string(), "the route table denies this request (line 3)");
+/// assert_eq!(Rejection::from(AuthError::InvalidCredentials).http_status(), 401);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
-pub enum RouteError {
+pub enum Rejection {
     /// The method or path was refused before matching (400).
     #[error(transparent)]
     Path(#[from] PathError),
@@ -124,24 +127,41 @@ pub enum RouteError {
     /// The route needs a key and none was presented (401).
     #[error("missing `Authorization: Bearer` credential")]
     MissingCredential,
+    /// An `Authorization` header that is not one `Bearer <token>` (401).
+    #[error("the `Authorization` header is not a bearer credential")]
+    NotBearer,
     /// The key was refused (401) or lacks the route's scope (403).
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
 
-impl RouteError {
+impl Rejection {
     /// 400 for a refused path, 401 for a missing or refused key, 403 for a
     /// denied route or a key without the scope.
     ///
     /// ```
-    /// assert_eq!(keygate::RouteError::Unmatched.http_status(), 403);
+    /// assert_eq!(keygate::Rejection::Unmatched.http_status(), 403);
     /// ```
     pub const fn http_status(&self) -> u16 {
         match self {
-            RouteError::Path(e) => e.http_status(),
-            RouteError::Denied { .. } | RouteError::Unmatched => 403,
-            RouteError::MissingCredential => 401,
-            RouteError::Auth(e) => e.http_status(),
+            Rejection::Path(e) => e.http_status(),
+            Rejection::Denied { .. } | Rejection::Unmatched => 403,
+            Rejection::MissingCredential | Rejection::NotBearer => 401,
+            Rejection::Auth(e) => e.http_status(),
+        }
+    }
+
+    /// The key id the rejection names, if any (an expired key, or one that
+    /// lacks the scope). Public information, safe to log.
+    ///
+    /// ```
+    /// assert!(keygate::Rejection::NotBearer.key_id().is_none());
+    /// ```
+    pub fn key_id(&self) -> Option<crate::token::KeyId> {
+        match self {
+            Rejection::Auth(AuthError::Expired { id, .. })
+            | Rejection::Auth(AuthError::InsufficientScope { id, .. }) => Some(*id),
+            _ => None,
         }
     }
 }
@@ -155,27 +175,11 @@ pub struct Authorized<'t> {
 
 impl<'t> Authorized<'t> {
     /// The verified key; `None` on a `public` route.
-    ///
-    /// ```
-    /// # let table: keygate::RouteTable = "GET /healthz public".parse()?;
-    /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", 0)?;
-    /// assert_eq!(ok.principal(), None);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn principal(&self) -> Option<Principal> {
         self.principal
     }
 
     /// The route decision and the rule that made it.
-    ///
-    /// ```
-    /// # let table: keygate::RouteTable = "GET /healthz public".parse()?;
-    /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// let ok = table.authorize_request(&keyring, None, b"GET", b"/healthz", 0)?;
-    /// assert_eq!(ok.route().line(), Some(1));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn route(&self) -> RouteMatch<'t> {
         self.route
     }
@@ -184,7 +188,7 @@ impl<'t> Authorized<'t> {
 impl RouteTable {
     /// One call for a gateway: canonicalize `target` and decide the route,
     /// then, unless it is `public`, authenticate `token` against `auth` at
-    /// `now_ms` and require the route's scope. Allocates nothing.
+    /// `now` and require the route's scope. Allocates nothing.
     ///
     /// The order fixes the status: a refused path is 400 whatever the token;
     /// a `deny` or unmatched route is 403 even for a standard key (and with
@@ -194,10 +198,10 @@ impl RouteTable {
     /// ```
     /// # let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// let table: keygate::RouteTable = "GET /v1/objects/** objects:read".parse()?;
-    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/objects", 0).unwrap_err();
-    /// assert_eq!(err, keygate::RouteError::MissingCredential);
-    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/other", 0).unwrap_err();
-    /// assert_eq!(err, keygate::RouteError::Unmatched);
+    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/objects", keygate::UnixMillis::from_millis(0)).unwrap_err();
+    /// assert_eq!(err, keygate::Rejection::MissingCredential);
+    /// let err = table.authorize_request(&keyring, None, b"GET", b"/v1/other", keygate::UnixMillis::from_millis(0)).unwrap_err();
+    /// assert_eq!(err, keygate::Rejection::Unmatched);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn authorize_request<A: Authenticate + ?Sized>(
@@ -206,9 +210,9 @@ impl RouteTable {
         token: Option<&[u8]>,
         method: &[u8],
         target: &[u8],
-        now_ms: i64,
-    ) -> Result<Authorized<'_>, RouteError> {
-        let route = self.lookup_bytes(method, target)?;
+        now: UnixMillis,
+    ) -> Result<Authorized<'_>, Rejection> {
+        let route = self.lookup(method, target)?;
         let (resource, access) = match route.decision() {
             Decision::Public => {
                 return Ok(Authorized {
@@ -218,13 +222,13 @@ impl RouteTable {
             }
             Decision::Deny => {
                 return Err(match route.line() {
-                    Some(line) => RouteError::Denied { line },
-                    None => RouteError::Unmatched,
+                    Some(line) => Rejection::Denied { line },
+                    None => Rejection::Unmatched,
                 })
             }
             Decision::Scope(resource, access) => (resource, access),
         };
-        let principal = auth.authenticate(token.ok_or(RouteError::MissingCredential)?, now_ms)?;
+        let principal = auth.authenticate(token.ok_or(Rejection::MissingCredential)?, now)?;
         principal.require(resource, access)?;
         Ok(Authorized {
             principal: Some(principal),
@@ -247,17 +251,17 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         let mut add = |req: MintRequest| {
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
-            // `let _`: compiles whether `insert` returns an `Option` or a `Result`.
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             keyring.insert(record).unwrap();
             String::from(token.expose_secret())
         };
-        let standard = add(MintRequest::standard(None, None, 0).unwrap());
+        let standard = add(MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap());
         let reader = add(MintRequest::restricted(
             None,
             Scopes::grant(Resource::Devboxes, Access::Read),
             None,
-            0,
+            UnixMillis::from_millis(0),
         )
         .unwrap());
         let table: RouteTable = "GET /v1/devboxes/** devboxes:read\n\
@@ -273,7 +277,7 @@ mod tests {
                     token.map(str::as_bytes),
                     m.as_bytes(),
                     p.as_bytes(),
-                    5,
+                    UnixMillis::from_millis(5),
                 )
                 .map(|a| a.principal().map(|p| p.id()))
         };
@@ -286,7 +290,7 @@ mod tests {
         let e = run(Some(&reader), "POST", "/v1/devboxes/x").unwrap_err();
         assert!(matches!(
             e,
-            RouteError::Auth(AuthError::InsufficientScope { .. })
+            Rejection::Auth(AuthError::InsufficientScope { .. })
         ));
         assert_eq!(e.http_status(), 403);
         assert_eq!(run(None, "GET", "/healthz"), Ok(None));
@@ -294,20 +298,20 @@ mod tests {
         // Deny and no match: 403 even for a standard key, and without one.
         assert_eq!(
             run(Some(&standard), "GET", "/internal/x"),
-            Err(RouteError::Denied { line: 4 })
+            Err(Rejection::Denied { line: 4 })
         );
         assert_eq!(
             run(None, "GET", "/internal/x"),
-            Err(RouteError::Denied { line: 4 })
+            Err(Rejection::Denied { line: 4 })
         );
         assert_eq!(
             run(Some(&standard), "GET", "/v2"),
-            Err(RouteError::Unmatched)
+            Err(Rejection::Unmatched)
         );
         // 401s.
         assert_eq!(
             run(None, "GET", "/v1/devboxes"),
-            Err(RouteError::MissingCredential)
+            Err(Rejection::MissingCredential)
         );
         assert_eq!(
             run(Some("ak_garbage"), "GET", "/v1/devboxes").map_err(|e| e.http_status()),

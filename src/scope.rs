@@ -9,10 +9,61 @@
 use core::fmt;
 use core::str::FromStr;
 
+use alloc::string::String;
 use bitflags::bitflags;
+
 use serde::{Deserialize, Serialize};
 
-use crate::error::ScopeParseError;
+/// An invalid scope list in the text form (`devboxes:write,objects:read`).
+///
+/// ```
+/// let err = "devboxes:root".parse::<keygate::Scopes>().unwrap_err();
+/// assert_eq!(err.to_string(), "unknown access level `root` in scope list");
+/// assert_eq!(err.http_status(), 400);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScopeParseError {
+    /// A resource name that is not one of the nine; the message lists them.
+    #[error("unknown resource `{0}` in scope list; the resources are {names}", names = ResourceNames)]
+    UnknownResource(String),
+    /// An access level other than `none`, `read` or `write`.
+    #[error("unknown access level `{0}` in scope list")]
+    UnknownAccess(String),
+    /// An item without the `:` between resource and access level.
+    #[error("scope `{0}` lacks `:access`; write it as `resource:access`")]
+    MissingAccess(String),
+    /// The same resource listed twice.
+    #[error("resource `{0}` appears twice in scope list")]
+    DuplicateResource(Resource),
+}
+
+/// The valid resource names, comma-separated, for an error message.
+struct ResourceNames;
+
+impl core::fmt::Display for ResourceNames {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, r) in Resource::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(r.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl ScopeParseError {
+    /// Always 400: the input is invalid.
+    ///
+    /// ```
+    /// # let err = "x:read".parse::<keygate::Scopes>().unwrap_err();
+    /// assert_eq!(err.http_status(), 400);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        400
+    }
+}
 
 /// A resource type that a restricted key can be scoped to.
 ///
@@ -142,7 +193,7 @@ impl FromStr for Resource {
         Resource::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| ScopeParseError::UnknownResource(crate::error::quote(s)))
+            .ok_or_else(|| ScopeParseError::UnknownResource(crate::token::quote(s)))
     }
 }
 
@@ -233,7 +284,7 @@ impl FromStr for Access {
         Access::ALL
             .into_iter()
             .find(|a| a.as_str() == s)
-            .ok_or_else(|| ScopeParseError::UnknownAccess(crate::error::quote(s)))
+            .ok_or_else(|| ScopeParseError::UnknownAccess(crate::token::quote(s)))
     }
 }
 
@@ -498,7 +549,9 @@ impl Scopes {
     /// ```
     /// use keygate::{Scopes, ScopeParseError};
     /// assert_eq!(Scopes::parse("account:write")?.to_string(), "account:write");
-    /// assert!(matches!(Scopes::parse("devbox:write"), Err(ScopeParseError::UnknownResource(_))));
+    /// let err = Scopes::parse("devbox:write").unwrap_err();
+    /// assert!(matches!(err, ScopeParseError::UnknownResource(_)));
+    /// assert!(err.to_string().starts_with("unknown resource `devbox` in scope list; the resources are devboxes, "));
     /// # Ok::<(), ScopeParseError>(())
     /// ```
     pub fn parse(text: &str) -> Result<Scopes, ScopeParseError> {
@@ -511,7 +564,7 @@ impl Scopes {
             let item = item.trim_matches(' ');
             let (resource, access) = item
                 .split_once(':')
-                .ok_or_else(|| ScopeParseError::MissingAccess(crate::error::quote(item)))?;
+                .ok_or_else(|| ScopeParseError::MissingAccess(crate::token::quote(item)))?;
             let resource: Resource = resource.parse()?;
             let access: Access = access.parse()?;
             let bit = 1u16 << resource as u16;
@@ -680,7 +733,11 @@ mod tests {
     #[test]
     fn parse_errors_name_the_input() {
         let e = Scopes::parse("devboxes:write,gadgets:read").unwrap_err();
-        assert_eq!(e.to_string(), "unknown resource `gadgets` in scope list");
+        assert_eq!(
+            e.to_string(),
+            "unknown resource `gadgets` in scope list; the resources are devboxes, blueprints, \
+             snapshots, benchmarks, scenarios, repo_connections, agents, objects, account"
+        );
         let e = Scopes::parse("devboxes:admin").unwrap_err();
         assert_eq!(e.to_string(), "unknown access level `admin` in scope list");
         let e = Scopes::parse("devboxes").unwrap_err();

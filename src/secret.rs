@@ -21,9 +21,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::token::{
-    KeyId, KeyKind, Token, CHECKSUM_LEN, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN, TOKEN_LEN,
-};
+use crate::token::{KeyId, KeyKind, Token, KEY_ID_LEN, PREFIX_LEN, SECRET_LEN, TOKEN_LEN};
 
 /// The blake3 `derive_key` context that turns a pepper into the hashing key.
 pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
@@ -32,9 +30,8 @@ pub const PEPPER_CONTEXT: &str = "keygate 2026-11-26 v1 api-key secret digest";
 pub const FINGERPRINT_CONTEXT: &str = "keygate 2026-11-29 v1 pepper fingerprint";
 
 /// The blake3 `derive_key` context that turns the pepper's hashing key into
-/// the seeds of a [`Keyring`](crate::Keyring)'s id hash (see
-/// [`IdHasher`](crate::keyring::IdHasher)).
-pub const INDEX_SEED_CONTEXT: &str = "keygate 2026-11-29 v1 keyring id-hash seeds";
+/// the seeds of a [`Keyring`](crate::Keyring)'s id hash.
+pub(crate) const INDEX_SEED_CONTEXT: &str = "keygate 2026-11-29 v1 keyring id-hash seeds";
 
 /// Length of a pepper, in bytes.
 pub const PEPPER_LEN: usize = 32;
@@ -197,14 +194,11 @@ impl Message {
     /// prefix's first byte (`a` or `r`, as [`KeyKind`]'s tag), the id bytes
     /// 3 to 19, the secret bytes 20 to 63. Meaningful only once the text
     /// parses; it lets the hash start before the parse (see
-    /// `Keyring::authenticate_bytes`).
+    /// `Keyring::authenticate`).
     #[inline(always)]
     pub(crate) fn of_text(text: &[u8; TOKEN_LEN]) -> Message {
-        // Four 16-byte moves straight from the text (the last two overlap on
-        // bytes that agree), rather than a 16- and a 43-byte copy, which LLVM
-        // routes through a stack temporary that it writes and then reads
-        // across two stores: a store-forwarding stall worth about a sixth of
-        // the whole verification (measured with perf on the hot path).
+        // Four overlapping 16-byte moves, not two copies (why: BENCHMARKS.md,
+        // "Why the hot path looks as it does").
         const SECRET_AT: usize = PREFIX_LEN + KEY_ID_LEN + 1;
         let mut message = [0u8; MESSAGE_LEN];
         if let Some(t) = message.first_mut() {
@@ -274,11 +268,6 @@ impl SecretHash {
     ///
     /// Comparing these with `==` is not constant-time; compare `SecretHash`
     /// values instead.
-    ///
-    /// ```
-    /// let h = keygate::SecretHash::from_bytes([0u8; 32]);
-    /// assert_eq!(h.as_bytes(), &[0u8; 32]);
-    /// ```
     pub fn as_bytes(&self) -> &[u8; 32] {
         self.0.as_bytes()
     }
@@ -325,92 +314,6 @@ impl<'de> Deserialize<'de> for SecretHash {
     }
 }
 
-/// An owned token text, such as a freshly minted key's `key_secret`.
-///
-/// `Debug` and `Display` are redacted, the text is zeroized on drop, and the
-/// type does not implement `Serialize`: reading it takes an explicit
-/// [`SecretToken::expose_secret`]. It does implement `Deserialize`, for
-/// clients that read a created view. It has no `PartialEq`, so nobody compares
-/// secrets with a short-circuiting `==`: verify tokens with a
-/// [`Keyring`](crate::Keyring), which compares digests in constant time.
-///
-/// ```
-/// # let text = keygate::testing::example_token();
-/// let token = keygate::SecretToken::new(text.clone());
-/// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
-/// assert_eq!(token.expose_secret(), text);
-/// ```
-#[derive(Clone, Zeroize, ZeroizeOnDrop, Deserialize)]
-#[serde(transparent)]
-pub struct SecretToken(alloc::string::String);
-
-impl SecretToken {
-    /// Wraps token text.
-    ///
-    /// ```
-    /// let t = keygate::SecretToken::new("rk_...".into());
-    /// # let _ = t;
-    /// ```
-    pub fn new(text: alloc::string::String) -> SecretToken {
-        SecretToken(text)
-    }
-
-    /// The token text. Don't log it.
-    ///
-    /// ```
-    /// let t = keygate::SecretToken::new("rk_x".into());
-    /// assert_eq!(t.expose_secret(), "rk_x");
-    /// ```
-    pub fn expose_secret(&self) -> &str {
-        &self.0
-    }
-
-    /// Parses the text as a [`Token`].
-    ///
-    /// ```
-    /// # let text = keygate::testing::example_token();
-    /// let t = keygate::SecretToken::new(text);
-    /// assert_eq!(t.parse()?.kind(), keygate::KeyKind::Restricted);
-    /// # Ok::<(), keygate::TokenError>(())
-    /// ```
-    pub fn parse(&self) -> Result<Token<'_>, crate::TokenError> {
-        Token::parse(&self.0)
-    }
-
-    /// Lays out a token from its parts and appends the checksum.
-    pub(crate) fn assemble(kind: KeyKind, id: &KeyId, secret: &[u8; SECRET_LEN]) -> SecretToken {
-        let mut buf = [0u8; TOKEN_LEN];
-        let (body, checksum) = buf.split_at_mut(TOKEN_LEN - CHECKSUM_LEN);
-        let (prefix, rest) = body.split_at_mut(3);
-        prefix.copy_from_slice(kind.prefix().as_bytes());
-        let (id_part, rest) = rest.split_at_mut(KEY_ID_LEN);
-        id_part.copy_from_slice(id.as_bytes());
-        let (sep, secret_part) = rest.split_at_mut(1);
-        sep.copy_from_slice(b"_");
-        secret_part.copy_from_slice(secret);
-        if let Ok(checksum) = <&mut [u8; CHECKSUM_LEN]>::try_from(checksum) {
-            crate::token::write_checksum(body, checksum);
-        }
-        let mut text = alloc::string::String::with_capacity(TOKEN_LEN);
-        // Every byte written above is ASCII.
-        text.extend(buf.iter().map(|&b| char::from(b)));
-        buf.zeroize();
-        SecretToken(text)
-    }
-}
-
-impl fmt::Debug for SecretToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretToken(<redacted>)")
-    }
-}
-
-impl fmt::Display for SecretToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// OS entropy: the operating system's CSPRNG, for [`mint`](fn@crate::mint) and
 /// [`Pepper::generate`]. Requires the `std` feature.
 ///
@@ -436,7 +339,8 @@ pub fn os_entropy() -> OsEntropy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::example_token;
+    use crate::testing::example_token;
+    use crate::token::SecretToken;
 
     #[test]
     fn digest_binds_kind_and_id() {

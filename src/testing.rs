@@ -8,13 +8,17 @@
 
 use rand_core::CryptoRng;
 
-use crate::keyring::Keyring;
+use crate::keyring::{Keyring, Principal};
 use crate::token::KeyId;
 
-pub use crate::key::example_record;
-pub use crate::lineage::example_ids;
-pub use crate::mint::example_minted;
-pub use crate::token::{example_token, EXAMPLE_KEY_ID};
+use alloc::string::String;
+
+use crate::key::KeyRecord;
+use crate::mint::{mint, MintRequest, MintedKey};
+use crate::scope::{Access, Resource, Scopes};
+use crate::secret::{Pepper, SecretHash};
+use crate::time::UnixMillis;
+use crate::token::{KeyKind, SecretToken, SECRET_LEN};
 
 /// A key id that `keyring` does not hold, whose index window is `known`'s:
 /// for timing tests (dudect) that compare a known id and an unknown one on
@@ -29,8 +33,8 @@ pub use crate::token::{example_token, EXAMPLE_KEY_ID};
 /// use rand_core::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
 /// let mut keyring = Keyring::new(Pepper::from_bytes(&[7u8; 32]));
-/// let request = MintRequest::standard(None, None, 0)?;
-/// let (record, _token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+/// let request = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
+/// let (record, _token) = mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 /// let known = record.id();
 /// keyring.insert(record)?;
 /// let twin = keygate::testing::unknown_id_sharing_window(&keyring, &known, &mut rng);
@@ -48,4 +52,82 @@ pub fn unknown_id_sharing_window<R: CryptoRng + ?Sized>(
             return id;
         }
     }
+}
+
+/// The [`Principal`] `record` would authenticate as, without a token and
+/// whether or not it has expired: for tests that need a caller. Production
+/// code gets a principal only from [`Keyring::authenticate`].
+///
+/// ```
+/// let record = keygate::testing::example_record();
+/// assert_eq!(keygate::testing::principal_of(&record).id(), record.id());
+/// ```
+pub fn principal_of(record: &KeyRecord) -> Principal {
+    Principal::of_record(record)
+}
+
+/// The key id of [`example_token`], for documentation examples.
+pub const EXAMPLE_KEY_ID: KeyId = KeyId::from_static(b"4GZ6bQvR9cXw2LmT");
+
+/// A valid restricted token, made from fixed bytes, for documentation examples.
+pub fn example_token() -> String {
+    let secret = [b'x'; SECRET_LEN];
+    SecretToken::assemble(KeyKind::Restricted, &EXAMPLE_KEY_ID, &secret)
+        .expose_secret()
+        .into()
+}
+
+/// A restricted record (`devboxes:write,objects:read`, created at 1 000,
+/// expires at 2 000), for documentation examples.
+pub fn example_record() -> KeyRecord {
+    KeyRecord::new(
+        EXAMPLE_KEY_ID,
+        KeyKind::Restricted,
+        "example".into(),
+        SecretHash::from_bytes([0; 32]),
+        Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read),
+        Some(2_000),
+        1_000,
+        None,
+    )
+}
+
+/// Four fixed ids, for documentation examples.
+pub fn example_ids() -> [KeyId; 4] {
+    [
+        "aaaaaaaaaaaaaaaa",
+        "bbbbbbbbbbbbbbbb",
+        "cccccccccccccccc",
+        "dddddddddddddddd",
+    ]
+    .map(|text| KeyId::parse(text).unwrap_or(EXAMPLE_KEY_ID))
+}
+
+/// A restricted key minted from fixed entropy, for documentation examples.
+pub fn example_minted() -> MintedKey {
+    struct Counter(u8);
+    impl rand_core::RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            rand_core::impls::next_u32_via_fill(self)
+        }
+        fn next_u64(&mut self) -> u64 {
+            rand_core::impls::next_u64_via_fill(self)
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            for b in dst {
+                self.0 = self.0.wrapping_mul(31).wrapping_add(7);
+                *b = self.0;
+            }
+        }
+    }
+    impl CryptoRng for Counter {}
+    let pepper = Pepper::from_bytes(&[0u8; 32]);
+    let request = MintRequest {
+        kind: KeyKind::Restricted,
+        name: String::from("example"),
+        scopes: Scopes::grant(Resource::Devboxes, Access::Write),
+        expires_at_ms: None,
+        creator_id: None,
+    };
+    mint(&pepper, &request, &mut Counter(1), UnixMillis::EPOCH)
 }

@@ -25,9 +25,81 @@ use core::fmt;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::TokenError;
-use crate::secret::SecretToken;
+use alloc::string::String;
+
+/// The longest user input an error message quotes, in characters.
+const QUOTE_MAX: usize = 64;
+
+/// Copies user input for an error message: first redacted
+/// ([`redact_tokens`](crate::redact_tokens): no token secret, whole or in
+/// part, survives), then cut at [`QUOTE_MAX`] characters. Redacting first
+/// means a cut cannot leave secret characters that the redaction, seeing
+/// only a fragment, would have missed.
+pub(crate) fn quote(input: &str) -> String {
+    let input = crate::token::redact_tokens(input);
+    let input: &str = &input;
+    match input.char_indices().nth(QUOTE_MAX) {
+        Some((end, _)) => {
+            let mut s = String::from(input.get(..end).unwrap_or_default());
+            s.push('…');
+            s
+        }
+        None => String::from(input),
+    }
+}
+
+/// A token that is not a well-formed keygate token. Parsing alone finds
+/// these, before any store lookup. No variant carries token bytes.
+///
+/// ```
+/// let err = keygate::Token::parse("ak_123").unwrap_err();
+/// assert_eq!(err.to_string(), "token is 6 bytes long, expected 69");
+/// assert_eq!(err.http_status(), 401);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token does not have the fixed length.
+    #[error("token is {len} bytes long, expected {TOKEN_LEN}")]
+    Length {
+        /// The length that was presented.
+        len: usize,
+    },
+    /// The token starts with neither `ak_` nor `rk_`.
+    #[error("token does not start with `ak_` or `rk_`")]
+    Prefix,
+    /// The `_` between key id and secret is missing.
+    #[error("token lacks the `_` after its 16-character key id")]
+    Separator,
+    /// A byte outside `[A-Za-z0-9]` where the format wants one.
+    #[error("token has a byte outside [A-Za-z0-9] at position {position}")]
+    Character {
+        /// Zero-based offset of the first bad byte.
+        position: usize,
+    },
+    /// The CRC32 does not match: a typo, or not a keygate token.
+    #[error("token checksum does not match")]
+    Checksum,
+    /// A key id that is not 16 characters long.
+    #[error("key id is {len} bytes long, expected 16")]
+    KeyIdLength {
+        /// The length that was presented.
+        len: usize,
+    },
+}
+
+impl TokenError {
+    /// Always 401: a malformed credential.
+    ///
+    /// ```
+    /// assert_eq!(keygate::TokenError::Checksum.http_status(), 401);
+    /// ```
+    pub const fn http_status(&self) -> u16 {
+        401
+    }
+}
 
 /// Length of a version-1 token, in bytes.
 pub const TOKEN_LEN: usize = 69;
@@ -52,6 +124,87 @@ const CHECKED_LEN: usize = TOKEN_LEN - CHECKSUM_LEN;
 const _: () = assert!(PREFIX_LEN + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN == TOKEN_LEN);
 const _: () = assert!(62u64.pow(CHECKSUM_LEN as u32) > u32::MAX as u64);
 const _: () = assert!(SECRET_LEN as u64 * 5_954_196_310 > 256 * 1_000_000_000);
+
+/// An owned token text, such as a freshly minted key's `key_secret`.
+///
+/// `Debug` and `Display` are redacted, the text is zeroized on drop, and the
+/// type does not implement `Serialize`: reading it takes an explicit
+/// [`SecretToken::expose_secret`]. It does implement `Deserialize`, for
+/// clients that read a created view. It has no `PartialEq`, so nobody compares
+/// secrets with a short-circuiting `==`: verify tokens with a
+/// [`Keyring`](crate::Keyring), which compares digests in constant time.
+///
+/// ```
+/// # let text = keygate::testing::example_token();
+/// let token = keygate::SecretToken::new(text.clone());
+/// assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
+/// assert_eq!(token.expose_secret(), text);
+/// ```
+#[derive(Clone, Zeroize, ZeroizeOnDrop, Deserialize)]
+#[serde(transparent)]
+pub struct SecretToken(String);
+
+impl SecretToken {
+    /// Wraps token text.
+    ///
+    /// ```
+    /// let t = keygate::SecretToken::new("rk_...".into());
+    /// # let _ = t;
+    /// ```
+    pub fn new(text: String) -> SecretToken {
+        SecretToken(text)
+    }
+
+    /// The token text. Don't log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the text as a [`Token`].
+    ///
+    /// ```
+    /// # let text = keygate::testing::example_token();
+    /// let t = keygate::SecretToken::new(text);
+    /// assert_eq!(t.parse()?.kind(), keygate::KeyKind::Restricted);
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    pub fn parse(&self) -> Result<Token<'_>, TokenError> {
+        Token::parse(&self.0)
+    }
+
+    /// Lays out a token from its parts and appends the checksum.
+    pub(crate) fn assemble(kind: KeyKind, id: &KeyId, secret: &[u8; SECRET_LEN]) -> SecretToken {
+        let mut buf = [0u8; TOKEN_LEN];
+        let (body, checksum) = buf.split_at_mut(TOKEN_LEN - CHECKSUM_LEN);
+        let (prefix, rest) = body.split_at_mut(3);
+        prefix.copy_from_slice(kind.prefix().as_bytes());
+        let (id_part, rest) = rest.split_at_mut(KEY_ID_LEN);
+        id_part.copy_from_slice(id.as_bytes());
+        let (sep, secret_part) = rest.split_at_mut(1);
+        sep.copy_from_slice(b"_");
+        secret_part.copy_from_slice(secret);
+        if let Ok(checksum) = <&mut [u8; CHECKSUM_LEN]>::try_from(checksum) {
+            write_checksum(body, checksum);
+        }
+        let mut text = String::with_capacity(TOKEN_LEN);
+        // Every byte written above is ASCII.
+        text.extend(buf.iter().map(|&b| char::from(b)));
+        buf.zeroize();
+        SecretToken(text)
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// The regular expression that matches a version-1 token, for secret scanners.
 ///
@@ -283,8 +436,8 @@ impl<'de> Deserialize<'de> for KeyId {
 /// # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
 /// # use rand_core::SeedableRng;
 /// # let pepper = keygate::Pepper::generate(&mut rng);
-/// # let req = keygate::MintRequest::standard(None, None, 0)?;
-/// # let minted = keygate::mint(&pepper, &req, &mut rng, 0);
+/// # let req = keygate::MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0))?;
+/// # let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(0));
 /// # let text = minted.token().expose_secret();
 /// let token = Token::parse(text)?;
 /// assert_eq!(token.kind(), KeyKind::Standard);
@@ -300,27 +453,22 @@ pub struct Token<'a> {
 }
 
 impl<'a> Token<'a> {
-    /// Parses a token from text. See [`Token::parse_bytes`].
-    ///
-    /// ```
-    /// assert!(keygate::Token::parse("rk_nope").is_err());
-    /// ```
-    #[inline]
-    pub fn parse(text: &'a str) -> Result<Token<'a>, TokenError> {
-        Token::parse_bytes(text.as_bytes())
-    }
-
-    /// Parses a token from bytes, such as an HTTP header value.
+    /// Parses a token from text or bytes (such as an HTTP header value).
     ///
     /// The checks run in this order: length, prefix, separator, alphabet,
     /// checksum. The first that fails is the error.
     ///
     /// ```
     /// use keygate::{Token, TokenError};
-    /// let bad = [b'x'; 69];
-    /// assert_eq!(Token::parse_bytes(&bad).err(), Some(TokenError::Prefix));
+    /// assert!(Token::parse("rk_nope").is_err());
+    /// assert_eq!(Token::parse(&[b'x'; 69]).err(), Some(TokenError::Prefix));
     /// ```
-    pub fn parse_bytes(bytes: &'a [u8]) -> Result<Token<'a>, TokenError> {
+    #[inline]
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(text: &'a T) -> Result<Token<'a>, TokenError> {
+        Token::parse_bytes(text.as_ref())
+    }
+
+    fn parse_bytes(bytes: &'a [u8]) -> Result<Token<'a>, TokenError> {
         let all: &[u8; TOKEN_LEN] = bytes
             .try_into()
             .map_err(|_| TokenError::Length { len: bytes.len() })?;
@@ -346,8 +494,7 @@ impl<'a> Token<'a> {
             .first_chunk::<{ SECRET_LEN + CHECKSUM_LEN }>()
             .ok_or(TokenError::Separator)?;
 
-        // Alphabet: two fixed-length, branch-free scans (the id, then the
-        // secret and checksum), which LLVM turns into a few SIMD compares.
+        // Alphabet: two fixed-length, branch-free scans (they vectorize).
         if !(all_base62(id) & all_base62(tail)) {
             return Err(TokenError::Character {
                 position: first_bad_position(all),
@@ -371,25 +518,12 @@ impl<'a> Token<'a> {
     }
 
     /// The kind named by the prefix.
-    ///
-    /// ```
-    /// # let t = keygate::testing::example_token();
-    /// assert_eq!(keygate::Token::parse(&t)?.kind(), keygate::KeyKind::Restricted);
-    /// # Ok::<(), keygate::TokenError>(())
-    /// ```
     #[inline]
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// The public key id, for a store lookup.
-    ///
-    /// ```
-    /// # let t = keygate::testing::example_token();
-    /// let id = keygate::Token::parse(&t)?.key_id();
-    /// assert_eq!(id.as_str(), &t[3..19]);
-    /// # Ok::<(), keygate::TokenError>(())
-    /// ```
     #[inline]
     pub fn key_id(&self) -> KeyId {
         self.id
@@ -437,7 +571,7 @@ impl fmt::Display for Token<'_> {
 /// base62 digits that match the text. Only for a text whose tag, id and
 /// secret a stored digest has just matched: those are then the minted ones
 /// (base62, as a parse requires), so this and the digest together give
-/// [`Token::parse_bytes`]'s verdict without its alphabet scans. Any other
+/// [`Token::parse`]'s verdict without its alphabet scans. Any other
 /// text goes through the parse, for the exact error.
 #[inline(always)]
 pub(crate) fn framing_is_valid(text: &[u8; TOKEN_LEN]) -> bool {
@@ -646,27 +780,47 @@ pub fn redact_tokens(text: &str) -> alloc::borrow::Cow<'_, str> {
 }
 
 /// The key id of the keyring's decoy digest (see `Keyring::verify`): a
-/// constant of its own, not [`EXAMPLE_KEY_ID`].
-pub(crate) const DECOY_KEY_ID: KeyId = KeyId(*b"0keygateDecoy000");
+/// constant of its own, not the example id of `keygate::testing`.
+pub(crate) const DECOY_KEY_ID: KeyId = KeyId::from_static(b"0keygateDecoy000");
 
-/// The key id of [`example_token`], for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub const EXAMPLE_KEY_ID: KeyId = KeyId(*b"4GZ6bQvR9cXw2LmT");
-
-/// A valid restricted token, made from fixed bytes, for documentation examples.
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub fn example_token() -> alloc::string::String {
-    let secret = [b'x'; SECRET_LEN];
-    SecretToken::assemble(KeyKind::Restricted, &EXAMPLE_KEY_ID, &secret)
-        .expose_secret()
-        .into()
+impl KeyId {
+    /// A fixed id, for constants (the decoy, the fixtures); not checked.
+    pub(crate) const fn from_static(bytes: &[u8; KEY_ID_LEN]) -> KeyId {
+        KeyId(*bytes)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{example_token, EXAMPLE_KEY_ID};
+
+    #[test]
+    fn quote_cuts_long_input() {
+        let long = "x-".repeat(250);
+        let q = quote(&long);
+        assert_eq!(q.chars().count(), QUOTE_MAX + 1);
+        assert!(q.ends_with('…'));
+        assert_eq!(quote("short"), "short");
+        let multibyte = "é".repeat(100);
+        assert_eq!(quote(&multibyte).chars().count(), QUOTE_MAX + 1);
+    }
+
+    #[test]
+    fn quote_redacts_before_it_cuts() {
+        let token = example_token();
+        let secret = &token[20..63];
+        // The token starts 40 characters in, so a cut at 64 would keep 5
+        // secret characters, which alone are no bare secret.
+        let input = alloc::format!("{}{token}", "-".repeat(40));
+        let q = quote(&input);
+        assert_eq!(q, alloc::format!("{}rk_4GZ6bQvR9cXw2LmT_…", "-".repeat(40)));
+        assert!(!q.contains(&secret[..5]));
+        // A bare secret cut in half by the limit.
+        let input = alloc::format!("{}{secret}", "-".repeat(50));
+        assert_eq!(quote(&input), alloc::format!("{}…", "-".repeat(50)));
+    }
+
     use alloc::string::String;
     use alloc::vec::Vec;
 
@@ -777,10 +931,7 @@ mod tests {
                 if i == 0 && replacement == b'a' {
                     continue;
                 }
-                assert!(
-                    Token::parse_bytes(&bytes).is_err(),
-                    "pos {i} -> {replacement}"
-                );
+                assert!(Token::parse(&bytes).is_err(), "pos {i} -> {replacement}");
             }
         }
     }
@@ -790,34 +941,34 @@ mod tests {
         let text = sample();
         let b = text.as_bytes();
         assert_eq!(
-            Token::parse_bytes(&b[..68]).err(),
+            Token::parse(&b[..68]).err(),
             Some(TokenError::Length { len: 68 })
         );
         let mut long = b.to_vec();
         long.push(b'a');
         assert_eq!(
-            Token::parse_bytes(&long).err(),
+            Token::parse(&long).err(),
             Some(TokenError::Length { len: 70 })
         );
         let mut x = b.to_vec();
         x[0] = b'g';
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Prefix));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Prefix));
         let mut x = b.to_vec();
         x[19] = b'a';
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Separator));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Separator));
         let mut x = b.to_vec();
         x[30] = b'-';
         assert_eq!(
-            Token::parse_bytes(&x).err(),
+            Token::parse(&x).err(),
             Some(TokenError::Character { position: 30 })
         );
         let mut x = b.to_vec();
         x[30] = if x[30] == b'y' { b'z' } else { b'y' };
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Checksum));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Checksum));
         // A checksum that overflows u32 is a checksum error, not a panic.
         let mut x = b.to_vec();
         x[63..].copy_from_slice(b"zzzzzz");
-        assert_eq!(Token::parse_bytes(&x).err(), Some(TokenError::Checksum));
+        assert_eq!(Token::parse(&x).err(), Some(TokenError::Checksum));
     }
 
     #[test]
@@ -856,7 +1007,7 @@ mod tests {
                 let mut bytes: Vec<u8> = text.clone().into_bytes();
                 bytes[position] = bad;
                 assert_eq!(
-                    Token::parse_bytes(&bytes).err(),
+                    Token::parse(&bytes).err(),
                     Some(TokenError::Character { position }),
                     "byte {bad} at {position}"
                 );

@@ -1,48 +1,55 @@
-//! HTTP glue (feature `tower`): read a bearer token, authenticate it, require
-//! a scope, and answer refusals as RFC 9457 problem details with RFC 6750
-//! `WWW-Authenticate` headers.
+//! HTTP glue (feature `tower`): one tower layer, [`Require`], generic over a
+//! [`Policy`] that decides each request, with refusals answered as RFC 9457
+//! problem details and RFC 6750 `WWW-Authenticate` headers.
 //!
-//! [`RequireScope`] is a [`tower_layer::Layer`] that enforces
-//! `can(resource, access)` on every request of the service it wraps, so it
-//! works with axum, hyper, tonic or any other tower stack:
+//! The policy is a fixed [`Decision`] (every request needs one scope) or a
+//! [`RouteTable`] (the scope comes from the method and path), as tower-http's
+//! `ValidateRequest` is generic over its validator:
 //!
 //! * no, or a non-bearer, `Authorization` header, or a malformed, unknown,
 //!   wrong or expired token: **401** with
 //!   `WWW-Authenticate: Bearer error="invalid_token"`;
-//! * a valid key without the scope: **403** with
-//!   `WWW-Authenticate: Bearer error="insufficient_scope"`;
-//! * otherwise the request reaches the inner service with the verified
-//!   [`Principal`] in its extensions (and in the response's, for logging).
+//! * a valid key without the scope, or a `deny`/unmatched route: **403**
+//!   (`error="insufficient_scope"` for a key without the scope);
+//! * a path refused as unsafe: **400** (`error="invalid_request"`);
+//! * otherwise the request reaches the inner service with the [`Decision`]
+//!   and the verified [`Principal`] (none on a `public` route) in its
+//!   extensions, and the principal in the response's, for logging.
 //!
 //! The keys come from anything that implements [`Authenticate`]: a
 //! [`Keyring`](crate::Keyring), an `RwLock<Keyring>`, an `Arc` of either, or
 //! your own type (keygate's server implements it to fall back to its
-//! database). The time
-//! comes from a clock function, [`system_now_ms`](crate::system_now_ms) unless you pass another.
+//! database). The time comes from a clock function,
+//! [`UnixMillis::now`] unless you pass another.
 //!
 //! ```
 //! use std::sync::{Arc, RwLock};
-//! use keygate::tower::RequireScope;
-//! use keygate::{Access, Keyring, Pepper, Resource};
+//! use keygate::tower::Require;
+//! use keygate::{Access, Keyring, Pepper, Resource, RouteTable};
 //!
 //! let keyring = Arc::new(RwLock::new(Keyring::new(Pepper::from_bytes(&[7u8; 32]))));
-//! let layer = RequireScope::new(keyring, Resource::Devboxes, Access::Write);
+//! let layer = Require::scope(Arc::clone(&keyring), Resource::Devboxes, Access::Write);
 //! // axum: Router::new().route("/devboxes", post(handler)).layer(layer)
+//! let table: RouteTable = "GET /v1/devboxes/** devboxes:read".parse()?;
+//! let layer = Require::new(keyring, Arc::new(table));
+//! // axum: Router::new().nest("/v1", api).layer(layer)
 //! # let _ = layer;
+//! # Ok::<(), keygate::RouteParseError>(())
 //! ```
 
 use std::string::String;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
-use crate::error::AuthError;
-use crate::key::Principal;
-use crate::route::{Decision, RouteError, RouteMatch, RouteTable};
+use crate::keyring::Principal;
+use crate::route::{Decision, Rejection, RouteTable};
 use crate::scope::{Access, Resource};
+use crate::time::UnixMillis;
+
+pub use crate::route::Authenticate;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -57,77 +64,12 @@ pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = "Bearer error=\"insufficient_scop
 /// section 3.1).
 pub const INVALID_REQUEST_CHALLENGE: &str = "Bearer error=\"invalid_request\"";
 
-/// Why a request was refused: a 400, 401 or 403.
-///
-/// ```
-/// use keygate::tower::Rejection;
-/// assert_eq!(Rejection::Missing.http_status(), 401);
-/// assert_eq!(Rejection::Missing.to_string(), "missing `Authorization: Bearer` credential");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Rejection {
-    /// No `Authorization` header.
-    #[error("missing `Authorization: Bearer` credential")]
-    Missing,
-    /// An `Authorization` header that is not one `Bearer <token>`.
-    #[error("the `Authorization` header is not a bearer credential")]
-    NotBearer,
-    /// The token was refused, or lacks the scope; see [`AuthError`].
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// A route table refused the request: a path refused as unsafe (400),
-    /// or a `deny` or unmatched route (403). See [`RequireRoute`].
-    #[error(transparent)]
-    Route(RouteError),
-}
-
-impl From<RouteError> for Rejection {
-    /// Keeps a key's refusal an [`Rejection::Auth`], and a missing key a
-    /// [`Rejection::Missing`], whichever path found them.
-    fn from(e: RouteError) -> Rejection {
-        match e {
-            RouteError::Auth(a) => Rejection::Auth(a),
-            RouteError::MissingCredential => Rejection::Missing,
-            other => Rejection::Route(other),
-        }
-    }
-}
-
 impl Rejection {
-    /// 403 for [`AuthError::InsufficientScope`], 401 otherwise.
-    ///
-    /// ```
-    /// use keygate::{tower::Rejection, AuthError};
-    /// assert_eq!(Rejection::from(AuthError::InvalidCredentials).http_status(), 401);
-    /// ```
-    pub const fn http_status(&self) -> u16 {
-        match self {
-            Rejection::Auth(e) => e.http_status(),
-            Rejection::Route(e) => e.http_status(),
-            _ => 401,
-        }
-    }
-
-    /// The key id the rejection names, if any (an expired key, or one that
-    /// lacks the scope). Public information, safe to log.
-    ///
-    /// ```
-    /// assert!(keygate::tower::Rejection::NotBearer.key_id().is_none());
-    /// ```
-    pub fn key_id(&self) -> Option<crate::KeyId> {
-        match self {
-            Rejection::Auth(AuthError::Expired { id, .. })
-            | Rejection::Auth(AuthError::InsufficientScope { id, .. }) => Some(*id),
-            _ => None,
-        }
-    }
-
     /// The RFC 6750 challenge for the `WWW-Authenticate` header.
     ///
     /// ```
-    /// use keygate::tower::{Rejection, INVALID_TOKEN_CHALLENGE};
-    /// assert_eq!(Rejection::Missing.challenge(), INVALID_TOKEN_CHALLENGE);
+    /// use keygate::{tower::INVALID_TOKEN_CHALLENGE, Rejection};
+    /// assert_eq!(Rejection::MissingCredential.challenge(), INVALID_TOKEN_CHALLENGE);
     /// ```
     pub const fn challenge(&self) -> &'static str {
         match self.http_status() {
@@ -137,12 +79,12 @@ impl Rejection {
         }
     }
 
-    /// The 401 or 403 response: problem+json body, `WWW-Authenticate`
+    /// The 400, 401 or 403 response: problem+json body, `WWW-Authenticate`
     /// header, and the rejection itself in the response extensions.
     ///
     /// ```
-    /// use keygate::tower::Rejection;
-    /// let response: http::Response<String> = Rejection::Missing.to_response();
+    /// use keygate::Rejection;
+    /// let response: http::Response<String> = Rejection::MissingCredential.to_response();
     /// assert_eq!(response.status(), 401);
     /// assert_eq!(response.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
     /// ```
@@ -219,9 +161,9 @@ fn problem_with<B: From<String>>(
 /// case-insensitive; spaces before the token are skipped. Nothing is copied.
 ///
 /// ```
-/// use keygate::tower::{bearer_token, Rejection};
+/// use keygate::{tower::bearer_token, Rejection};
 /// let mut headers = http::HeaderMap::new();
-/// assert_eq!(bearer_token(&headers), Err(Rejection::Missing));
+/// assert_eq!(bearer_token(&headers), Err(Rejection::MissingCredential));
 /// headers.insert("authorization", "bEaReR abc".parse()?);
 /// assert_eq!(bearer_token(&headers), Ok(&b"abc"[..]));
 /// headers.insert("authorization", "Basic abc".parse()?);
@@ -230,7 +172,7 @@ fn problem_with<B: From<String>>(
 /// ```
 pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Rejection> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = values.next().ok_or(Rejection::Missing)?;
+    let value = values.next().ok_or(Rejection::MissingCredential)?;
     if values.next().is_some() {
         return Err(Rejection::NotBearer);
     }
@@ -250,275 +192,191 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Rejection> {
     rest.get(start..).ok_or(Rejection::NotBearer)
 }
 
-pub use crate::route::Authenticate;
-
-/// Authenticates the bearer token of `headers` at `now_ms`.
+/// Authenticates the bearer token of `headers` at `now`.
 ///
 /// ```
-/// use keygate::tower::{authenticate_headers, Rejection};
+/// use keygate::{tower::authenticate_headers, Rejection};
 /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
 /// let headers = http::HeaderMap::new();
-/// assert_eq!(authenticate_headers(&keyring, &headers, 0), Err(Rejection::Missing));
+/// assert_eq!(authenticate_headers(&keyring, &headers, keygate::UnixMillis::from_millis(0)), Err(Rejection::MissingCredential));
 /// ```
 #[inline]
 pub fn authenticate_headers<A: Authenticate + ?Sized>(
     auth: &A,
     headers: &HeaderMap,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<Principal, Rejection> {
-    Ok(auth.authenticate(bearer_token(headers)?, now_ms)?)
+    Ok(auth.authenticate(bearer_token(headers)?, now)?)
 }
 
-/// Authenticates the bearer token of `headers` at `now_ms`, then requires
-/// `access` on `resource`: what [`RequireScope`] does to each request.
+/// What [`Require`] asks of each request: the [`Decision`] for it and, unless
+/// it is public, the principal the bearer token of `headers` authenticates
+/// as, checked against the decision's scope.
+///
+/// keygate implements it for a fixed [`Decision`] (every request needs the
+/// same scope) and for a [`RouteTable`] (the scope comes from the method and
+/// path, as [`RouteTable::authorize_request`] decides).
 ///
 /// ```
-/// use keygate::tower::{authorize_headers, Rejection};
-/// use keygate::{Access, Resource};
+/// use keygate::tower::Policy;
+/// use keygate::{Access, Decision, Rejection, Resource, RouteTable};
 /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-/// let mut headers = http::HeaderMap::new();
-/// headers.insert("authorization", "Bearer ak_nope".parse()?);
-/// let err = authorize_headers(&keyring, &headers, Resource::Agents, Access::Read, 0).unwrap_err();
-/// assert_eq!(err.http_status(), 401);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[inline]
-pub fn authorize_headers<A: Authenticate + ?Sized>(
-    auth: &A,
-    headers: &HeaderMap,
-    resource: Resource,
-    access: Access,
-    now_ms: i64,
-) -> Result<Principal, Rejection> {
-    let principal = authenticate_headers(auth, headers, now_ms)?;
-    principal.require(resource, access)?;
-    Ok(principal)
-}
-
-/// Decides a request by a route table: look the method and target (path
-/// and query, as sent) up in `table`; a `public` route needs no key, a
-/// `deny` or unmatched one is 403, and a scope is required of the bearer
-/// token of `headers` as [`authorize_headers`] does. Returns the principal
-/// (`None` on a public route) and the matched route: what [`RequireRoute`]
-/// does to each request, and what keygate's forward-auth endpoint does with
-/// the original method and URI a gateway sends.
-///
-/// ```
-/// use keygate::tower::{authorize_route, Rejection};
-/// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-/// let table: keygate::RouteTable = "GET /healthz public\nGET /v1/objects/** objects:read".parse()?;
 /// let headers = http::HeaderMap::new();
-/// let (principal, route) = authorize_route(&keyring, &table, b"GET", b"/healthz", &headers, 0)?;
-/// assert!(principal.is_none());
-/// assert_eq!(route.decision(), keygate::Decision::Public);
-/// let err = authorize_route(&keyring, &table, b"GET", b"/v1/objects", &headers, 0).unwrap_err();
-/// assert_eq!(err, Rejection::Missing);
-/// let err = authorize_route(&keyring, &table, b"GET", b"/v1/objects/..%2Fx", &headers, 0).unwrap_err();
-/// assert_eq!(err.http_status(), 400);
+/// let fixed = Decision::Scope(Resource::Agents, Access::Read);
+/// let err = fixed.check(&keyring, b"GET", b"/x", &headers, keygate::UnixMillis::from_millis(0)).unwrap_err();
+/// assert_eq!(err, Rejection::MissingCredential);
+/// let table: RouteTable = "GET /healthz public".parse()?;
+/// let (principal, decision) = table.check(&keyring, b"GET", b"/healthz", &headers, keygate::UnixMillis::from_millis(0))?;
+/// assert_eq!((principal, decision), (None, Decision::Public));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn authorize_route<'t, A: Authenticate + ?Sized>(
-    auth: &A,
-    table: &'t RouteTable,
-    method: &[u8],
-    target: &[u8],
-    headers: &HeaderMap,
-    now_ms: i64,
-) -> Result<(Option<Principal>, RouteMatch<'t>), Rejection> {
-    let route = table
-        .lookup_bytes(method, target)
-        .map_err(|e| Rejection::Route(e.into()))?;
-    match route.decision() {
-        Decision::Public => Ok((None, route)),
-        Decision::Deny => Err(Rejection::Route(match route.line() {
-            Some(line) => RouteError::Denied { line },
-            None => RouteError::Unmatched,
-        })),
-        Decision::Scope(resource, access) => {
-            let principal = authorize_headers(auth, headers, resource, access, now_ms)?;
-            Ok((Some(principal), route))
-        }
-    }
+pub trait Policy {
+    /// Decides the request `method` `target` (path and query, as sent) with
+    /// `headers`, checking keys against `auth` at `now`.
+    fn check<A: Authenticate + ?Sized>(
+        &self,
+        auth: &A,
+        method: &[u8],
+        target: &[u8],
+        headers: &HeaderMap,
+        now: UnixMillis,
+    ) -> Result<(Option<Principal>, Decision), Rejection>;
 }
 
-/// A tower layer that lets a request through only if its bearer token may
-/// act on `resource` at `access`. See the [module docs](self).
-///
-/// ```
-/// use keygate::tower::RequireScope;
-/// use keygate::{Access, Keyring, Pepper, Resource};
-/// let keyring = std::sync::Arc::new(Keyring::new(Pepper::from_bytes(&[1u8; 32])));
-/// let layer = RequireScope::new(keyring, Resource::Objects, Access::Read).with_clock(|| 0);
-/// assert_eq!(layer.resource(), Resource::Objects);
-/// ```
-#[derive(Clone, Debug)]
-pub struct RequireScope<A> {
-    auth: A,
-    resource: Resource,
-    access: Access,
-    clock: fn() -> i64,
-}
-
-impl<A> RequireScope<A> {
-    /// Requires `access` on `resource`, checking tokens against `auth`.
-    pub fn new(auth: A, resource: Resource, access: Access) -> RequireScope<A> {
-        RequireScope {
-            auth,
-            resource,
-            access,
-            clock: crate::system_now_ms,
-        }
-    }
-
-    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
-    pub fn with_clock(mut self, clock: fn() -> i64) -> RequireScope<A> {
-        self.clock = clock;
-        self
-    }
-
-    /// The resource the layer guards.
-    pub fn resource(&self) -> Resource {
-        self.resource
-    }
-
-    /// The access level the layer requires.
-    pub fn access(&self) -> Access {
-        self.access
-    }
-}
-
-impl<S, A: Clone> tower_layer::Layer<S> for RequireScope<A> {
-    type Service = RequireScopeService<S, A>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireScopeService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service [`RequireScope`] makes.
-#[derive(Clone, Debug)]
-pub struct RequireScopeService<S, A> {
-    inner: S,
-    layer: RequireScope<A>,
-}
-
-impl<S, A, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for RequireScopeService<S, A>
-where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    A: Authenticate,
-    ResBody: From<String>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let layer = &self.layer;
-        match authorize_headers(
-            &layer.auth,
-            request.headers(),
-            layer.resource,
-            layer.access,
-            (layer.clock)(),
-        ) {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
-                ResponseFuture {
-                    state: State::Inner {
-                        future: self.inner.call(request),
-                        principal: Some(principal),
-                    },
-                }
+impl Policy for Decision {
+    /// The same decision for every request; the method and path are not read.
+    #[inline]
+    fn check<A: Authenticate + ?Sized>(
+        &self,
+        auth: &A,
+        _method: &[u8],
+        _target: &[u8],
+        headers: &HeaderMap,
+        now: UnixMillis,
+    ) -> Result<(Option<Principal>, Decision), Rejection> {
+        match *self {
+            Decision::Public => Ok((None, *self)),
+            Decision::Deny => Err(Rejection::Unmatched),
+            Decision::Scope(resource, access) => {
+                let principal = authenticate_headers(auth, headers, now)?;
+                principal.require(resource, access)?;
+                Ok((Some(principal), *self))
             }
-            Err(rejection) => ResponseFuture {
-                state: State::Rejected {
-                    response: Some(rejection.to_response()),
-                },
-            },
         }
     }
 }
 
-/// A tower layer that decides each request by a [`RouteTable`]: the scope
-/// comes from the request's method and path, not from the layer. `public`
-/// routes pass without a key (and without a [`Principal`] in the request's
-/// extensions); `deny` and unmatched routes answer 403; a path refused as
-/// unsafe answers 400; otherwise as [`RequireScope`]. The matched
-/// [`Decision`] is put in the request's extensions.
+impl Policy for RouteTable {
+    /// [`RouteTable::authorize_request`] with the bearer token of `headers`.
+    #[inline]
+    fn check<A: Authenticate + ?Sized>(
+        &self,
+        auth: &A,
+        method: &[u8],
+        target: &[u8],
+        headers: &HeaderMap,
+        now: UnixMillis,
+    ) -> Result<(Option<Principal>, Decision), Rejection> {
+        let token = bearer_token(headers);
+        match self.authorize_request(auth, token.ok(), method, target, now) {
+            Ok(ok) => Ok((ok.principal(), ok.route().decision())),
+            // A header that is there but not a bearer credential says so.
+            Err(Rejection::MissingCredential) => {
+                Err(token.err().unwrap_or(Rejection::MissingCredential))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
+    #[inline]
+    fn check<A: Authenticate + ?Sized>(
+        &self,
+        auth: &A,
+        method: &[u8],
+        target: &[u8],
+        headers: &HeaderMap,
+        now: UnixMillis,
+    ) -> Result<(Option<Principal>, Decision), Rejection> {
+        (**self).check(auth, method, target, headers, now)
+    }
+}
+
+/// A tower layer that lets a request through only if its [`Policy`] says so:
+/// a fixed scope ([`Require::scope`]) or a [`RouteTable`]
+/// ([`Require::new`] with an `Arc<RouteTable>`). See the [module docs](self).
 ///
-/// It matches `request.uri().path()` as it reaches the layer: put it where
-/// the full path is seen (in axum, outside any `Router::nest`, which strips
-/// the prefix before inner layers run).
+/// A route table matches `request.uri().path()` as it reaches the layer: put
+/// it where the full path is seen (in axum, outside any `Router::nest`, which
+/// strips the prefix before inner layers run).
 ///
 /// ```
-/// use std::sync::Arc;
-/// use keygate::tower::RequireRoute;
-/// use keygate::{Keyring, Pepper, RouteTable};
-/// let keyring = Arc::new(Keyring::new(Pepper::from_bytes(&[1u8; 32])));
-/// let table: RouteTable = "GET /v1/devboxes/** devboxes:read\nPOST /v1/devboxes/** devboxes:write".parse()?;
-/// let layer = RequireRoute::new(keyring, Arc::new(table)).with_clock(|| 0);
-/// assert_eq!(layer.table().len(), 2);
-/// // axum: Router::new().nest("/v1", api).layer(layer)
-/// # Ok::<(), keygate::RouteParseError>(())
+/// use keygate::tower::Require;
+/// use keygate::{Access, Decision, Keyring, Pepper, Resource};
+/// let keyring = std::sync::Arc::new(Keyring::new(Pepper::from_bytes(&[1u8; 32])));
+/// let layer = Require::scope(keyring, Resource::Objects, Access::Read).with_clock(|| keygate::UnixMillis::from_millis(0));
+/// assert_eq!(*layer.policy(), Decision::Scope(Resource::Objects, Access::Read));
 /// ```
 #[derive(Clone, Debug)]
-pub struct RequireRoute<A> {
+pub struct Require<A, P> {
     auth: A,
-    table: Arc<RouteTable>,
-    clock: fn() -> i64,
+    policy: P,
+    clock: fn() -> UnixMillis,
 }
 
-impl<A> RequireRoute<A> {
-    /// Decides requests by `table`, checking tokens against `auth`.
-    pub fn new(auth: A, table: Arc<RouteTable>) -> RequireRoute<A> {
-        RequireRoute {
+impl<A> Require<A, Decision> {
+    /// Requires `access` on `resource` of every request.
+    pub fn scope(auth: A, resource: Resource, access: Access) -> Require<A, Decision> {
+        Require::new(auth, Decision::Scope(resource, access))
+    }
+}
+
+impl<A, P> Require<A, P> {
+    /// Decides requests by `policy`, checking tokens against `auth`.
+    pub fn new(auth: A, policy: P) -> Require<A, P> {
+        Require {
             auth,
-            table,
-            clock: crate::system_now_ms,
+            policy,
+            clock: UnixMillis::now,
         }
     }
 
-    /// Replaces the clock ([`system_now_ms`](crate::system_now_ms) by default), e.g. for tests.
-    pub fn with_clock(mut self, clock: fn() -> i64) -> RequireRoute<A> {
+    /// Replaces the clock ([`UnixMillis::now`] by default), e.g. for tests.
+    pub fn with_clock(mut self, clock: fn() -> UnixMillis) -> Require<A, P> {
         self.clock = clock;
         self
     }
 
-    /// The route table.
-    pub fn table(&self) -> &RouteTable {
-        &self.table
+    /// The policy.
+    pub fn policy(&self) -> &P {
+        &self.policy
     }
 }
 
-impl<S, A: Clone> tower_layer::Layer<S> for RequireRoute<A> {
-    type Service = RequireRouteService<S, A>;
+impl<S, A: Clone, P: Clone> tower_layer::Layer<S> for Require<A, P> {
+    type Service = RequireService<S, A, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequireRouteService {
+        RequireService {
             inner,
             layer: self.clone(),
         }
     }
 }
 
-/// The service [`RequireRoute`] makes.
+/// The service [`Require`] makes.
 #[derive(Clone, Debug)]
-pub struct RequireRouteService<S, A> {
+pub struct RequireService<S, A, P> {
     inner: S,
-    layer: RequireRoute<A>,
+    layer: Require<A, P>,
 }
 
-impl<S, A, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for RequireRouteService<S, A>
+impl<S, A, P, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for RequireService<S, A, P>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
     A: Authenticate,
+    P: Policy,
     ResBody: From<String>,
 {
     type Response = Response<ResBody>;
@@ -531,16 +389,14 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        // The path as sent (still percent-encoded); the table canonicalizes it.
-        let decided = authorize_route(
+        // The path as sent (still percent-encoded); a route table canonicalizes it.
+        let decided = layer.policy.check(
             &layer.auth,
-            &layer.table,
             request.method().as_str().as_bytes(),
             request.uri().path().as_bytes(),
             request.headers(),
             (layer.clock)(),
-        )
-        .map(|(principal, route)| (principal, route.decision()));
+        );
         match decided {
             Ok((principal, decision)) => {
                 request.extensions_mut().insert(decision);
@@ -564,7 +420,7 @@ where
 }
 
 pin_project! {
-    /// The future of [`RequireScopeService`] and [`RequireRouteService`].
+    /// The future of [`RequireService`].
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -612,6 +468,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::AuthError;
     use crate::keyring::Keyring;
     use crate::mint::{mint, MintRequest};
     use crate::scope::Scopes;
@@ -679,10 +536,13 @@ mod tests {
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         let mut make = |scopes: Option<Scopes>, expires: Option<i64>| {
             let req = match scopes {
-                Some(s) => MintRequest::restricted(None, s, expires, 0).unwrap(),
-                None => MintRequest::standard(None, expires, 0).unwrap(),
+                Some(s) => {
+                    MintRequest::restricted(None, s, expires, UnixMillis::from_millis(0)).unwrap()
+                }
+                None => MintRequest::standard(None, expires, UnixMillis::from_millis(0)).unwrap(),
             };
-            let (record, token) = mint(keyring.pepper(), &req, &mut rng, 0).into_parts();
+            let (record, token) =
+                mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
             keyring.insert(record).unwrap();
             String::from(token.expose_secret())
         };
@@ -692,7 +552,10 @@ mod tests {
         (Arc::new(RwLock::new(keyring)), standard, reader, expired)
     }
 
-    fn call(layer: &RequireScope<Arc<RwLock<Keyring>>>, auth: Option<&str>) -> Response<String> {
+    fn call(
+        layer: &Require<Arc<RwLock<Keyring>>, Decision>,
+        auth: Option<&str>,
+    ) -> Response<String> {
         let mut svc = layer.layer(Echo);
         let mut req = Request::new(());
         if let Some(a) = auth {
@@ -708,8 +571,8 @@ mod tests {
     #[test]
     fn layer_statuses() {
         let (keyring, standard, reader, expired) = setup();
-        let layer =
-            RequireScope::new(keyring, Resource::Devboxes, Access::Write).with_clock(|| 100);
+        let layer = Require::scope(keyring, Resource::Devboxes, Access::Write)
+            .with_clock(|| UnixMillis::from_millis(100));
         let ok = call(&layer, Some(&format!("Bearer {standard}")));
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.body().len(), 16);
@@ -761,7 +624,7 @@ mod tests {
         headers.append(AUTHORIZATION, v.clone());
         headers.append(AUTHORIZATION, v);
         assert_eq!(
-            authenticate_headers(&keyring, &headers, 0),
+            authenticate_headers(&keyring, &headers, UnixMillis::from_millis(0)),
             Err(Rejection::NotBearer)
         );
     }
@@ -774,14 +637,21 @@ mod tests {
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {expired}")).unwrap(),
         );
-        let e = authenticate_headers(&keyring, &headers, 60).unwrap_err();
+        let e = authenticate_headers(&keyring, &headers, UnixMillis::from_millis(60)).unwrap_err();
         assert_eq!(e.key_id().unwrap().as_str(), &expired[3..19]);
         headers.insert(
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {reader}")).unwrap(),
         );
-        let e =
-            authorize_headers(&keyring, &headers, Resource::Account, Access::Read, 60).unwrap_err();
+        let e = Decision::Scope(Resource::Account, Access::Read)
+            .check(
+                &keyring,
+                b"GET",
+                b"/",
+                &headers,
+                UnixMillis::from_millis(60),
+            )
+            .unwrap_err();
         assert_eq!(e.http_status(), 403);
         assert_eq!(e.key_id().unwrap().as_str(), &reader[3..19]);
     }
@@ -792,13 +662,14 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        let now = crate::system_now_ms();
+        let now = UnixMillis::now();
         let after = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
+        let before = UnixMillis::from_millis(before);
         assert!(
-            before <= now && now <= after,
+            before <= now && now <= UnixMillis::from_millis(after),
             "{before} <= {now} <= {after}"
         );
     }
@@ -807,9 +678,9 @@ mod tests {
     fn default_clock_refuses_a_key_that_expired_a_millisecond_ago() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-        let now = crate::system_now_ms();
+        let now = UnixMillis::now().as_millis();
         let mut make = |expires: i64| {
-            let minted_at = now - 60_000;
+            let minted_at = UnixMillis::from_millis(now - 60_000);
             let req = MintRequest::standard(None, Some(expires), minted_at).unwrap();
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, minted_at).into_parts();
             keyring.insert(record).unwrap();
@@ -818,7 +689,7 @@ mod tests {
         let just_expired = make(now - 1);
         let live = make(now + 600_000);
         // No `with_clock`: the layer reads the system clock.
-        let layer = RequireScope::new(
+        let layer = Require::scope(
             Arc::new(RwLock::new(keyring)),
             Resource::Devboxes,
             Access::Read,
@@ -833,12 +704,16 @@ mod tests {
     #[test]
     fn layer_reports_what_it_guards() {
         let (keyring, _, _, _) = setup();
-        let layer = RequireScope::new(keyring, Resource::Agents, Access::Write);
-        assert_eq!(layer.resource(), Resource::Agents);
-        assert_eq!(layer.access(), Access::Write);
-        let layer = RequireScope::new(layer.auth, Resource::Objects, Access::Read);
-        assert_eq!(layer.resource(), Resource::Objects);
-        assert_eq!(layer.access(), Access::Read);
+        let layer = Require::scope(keyring, Resource::Agents, Access::Write);
+        assert_eq!(
+            *layer.policy(),
+            Decision::Scope(Resource::Agents, Access::Write)
+        );
+        let layer = Require::scope(layer.auth, Resource::Objects, Access::Read);
+        assert_eq!(
+            *layer.policy(),
+            Decision::Scope(Resource::Objects, Access::Read)
+        );
     }
 
     /// A service that is never ready, or fails readiness.
@@ -863,7 +738,7 @@ mod tests {
     #[test]
     fn readiness_is_the_inner_services() {
         let (keyring, _, _, _) = setup();
-        let layer = RequireScope::new(keyring, Resource::Agents, Access::Write);
+        let layer = Require::scope(keyring, Resource::Agents, Access::Write);
         let mut cx = Context::from_waker(core::task::Waker::noop());
         let mut pending = layer.layer(Busy(false));
         assert!(pending.poll_ready(&mut cx).is_pending());
@@ -876,7 +751,7 @@ mod tests {
     #[test]
     fn a_rejection_polled_again_is_a_500() {
         let (keyring, _, _, _) = setup();
-        let layer = RequireScope::new(keyring, Resource::Agents, Access::Write);
+        let layer = Require::scope(keyring, Resource::Agents, Access::Write);
         let mut svc = layer.layer(Echo);
         let mut future = core::pin::pin!(svc.call(Request::new(())));
         let mut cx = Context::from_waker(core::task::Waker::noop());
@@ -899,12 +774,12 @@ mod tests {
             HeaderValue::from_str(&format!("Bearer {standard}")).unwrap(),
         );
         let by_ref: &RwLock<Keyring> = &keyring;
-        let p = authenticate_headers(&by_ref, &headers, 0).unwrap();
+        let p = authenticate_headers(&by_ref, &headers, UnixMillis::from_millis(0)).unwrap();
         assert_eq!(p.id().as_str(), &standard[3..19]);
     }
 
     fn call_route(
-        layer: &RequireRoute<Arc<RwLock<Keyring>>>,
+        layer: &Require<Arc<RwLock<Keyring>>, Arc<RouteTable>>,
         method: &str,
         uri: &str,
         auth: Option<&str>,
@@ -930,7 +805,8 @@ mod tests {
                                  *    /internal/**     deny"
             .parse()
             .unwrap();
-        let layer = RequireRoute::new(keyring, Arc::new(table)).with_clock(|| 100);
+        let layer =
+            Require::new(keyring, Arc::new(table)).with_clock(|| UnixMillis::from_millis(100));
         let bearer = |t: &str| format!("Bearer {t}");
 
         // Allowed: the principal reaches the inner service and the response.
@@ -965,7 +841,7 @@ mod tests {
             assert!(!r.body().contains(&standard[20..]));
             assert!(matches!(
                 r.extensions().get::<Rejection>(),
-                Some(Rejection::Route(_))
+                Some(Rejection::Denied { .. } | Rejection::Unmatched)
             ));
         }
         // 401: missing, not bearer, expired.

@@ -18,16 +18,10 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::ValidationError;
-use crate::mint::MintRequest;
-use crate::scope::Scopes;
-use crate::secret::SecretToken;
-
-/// The spec's `ApiResourceType`: the same type as [`Resource`](crate::Resource).
-pub use crate::scope::Resource as ApiResourceType;
-
-/// The spec's `ApiAccessLevel`: the same type as [`Access`](crate::Access).
-pub use crate::scope::Access as ApiAccessLevel;
+use crate::mint::{MintRequest, MintedKey, ValidationError};
+use crate::scope::{Access, Resource, Scopes};
+use crate::time::UnixMillis;
+use crate::token::{KeyKind, SecretToken};
 
 /// Deserializes a present, non-null value into `Some`.
 fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -88,41 +82,12 @@ object_serde!(
     RestrictedKeyCreatedView
 );
 
-/// A create-request body: validation at `now_ms` turns it into a
-/// [`MintRequest`]. It lets a server handle both create endpoints with one
-/// generic handler.
-///
-/// ```
-/// use keygate::wire::{ApiKeyCreateParameters, CreateParameters, RestrictedKeyCreateParameters};
-/// fn kind_of<P: CreateParameters>(params: &P) -> Option<keygate::KeyKind> {
-///     params.validate(0).ok().map(|request| request.kind())
-/// }
-/// assert_eq!(kind_of(&ApiKeyCreateParameters::default()), Some(keygate::KeyKind::Standard));
-/// assert_eq!(kind_of(&RestrictedKeyCreateParameters::default()), None); // no scopes
-/// ```
-pub trait CreateParameters {
-    /// Checks the request's rules at `now_ms`.
-    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError>;
-}
-
-impl CreateParameters for ApiKeyCreateParameters {
-    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
-        ApiKeyCreateParameters::validate(self, now_ms)
-    }
-}
-
-impl CreateParameters for RestrictedKeyCreateParameters {
-    fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
-        RestrictedKeyCreateParameters::validate(self, now_ms)
-    }
-}
-
 /// Body of `POST /v1/apikeys` (`ApiKeyCreateParameters`).
 ///
 /// ```
 /// use keygate::wire::ApiKeyCreateParameters;
 /// let params: ApiKeyCreateParameters = serde_json::from_str(r#"{"name":"ops","expires_at_ms":null}"#)?;
-/// let request = params.validate(1_000)?;
+/// let request = params.validate(keygate::UnixMillis::from_millis(1_000))?;
 /// assert_eq!(request.name(), "ops");
 /// assert!(serde_json::from_str::<ApiKeyCreateParameters>(r#"{"nam":"x"}"#).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -143,15 +108,15 @@ pub struct ApiKeyCreateParameters {
 }
 
 impl ApiKeyCreateParameters {
-    /// Checks the name and expiry rules at `now_ms`.
+    /// Checks the name and expiry rules at `now`.
     ///
     /// ```
     /// use keygate::wire::ApiKeyCreateParameters;
     /// let p = ApiKeyCreateParameters { name: None, expires_at_ms: Some(-1) };
-    /// assert_eq!(p.validate(0).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
+    /// assert_eq!(p.validate(keygate::UnixMillis::from_millis(0)).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
     /// ```
-    pub fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
-        MintRequest::standard(self.name.as_deref(), self.expires_at_ms, now_ms)
+    pub fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
+        MintRequest::standard(self.name.as_deref(), self.expires_at_ms, now)
     }
 }
 
@@ -166,7 +131,7 @@ impl ApiKeyCreateParameters {
 ///         {"resource_type": "RESOURCE_TYPE_OBJECTS", "access_level": "ACCESS_LEVEL_NONE"}
 ///     ]
 /// }"#)?;
-/// let request = params.validate(0)?;
+/// let request = params.validate(keygate::UnixMillis::from_millis(0))?;
 /// assert_eq!(request.scopes().to_string(), "devboxes:write");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -193,7 +158,7 @@ pub struct RestrictedKeyCreateParameters {
 }
 
 impl RestrictedKeyCreateParameters {
-    /// Checks every rule at `now_ms`: invalid scopes (absent, an entry that
+    /// Checks every rule at `now`: invalid scopes (absent, an entry that
     /// lacks a field, a resource twice, nothing granted), then the name, then
     /// the expiry.
     ///
@@ -202,9 +167,9 @@ impl RestrictedKeyCreateParameters {
     /// use keygate::{Access, Resource, ValidationError};
     /// let entry = ScopeEntryView::new(Resource::Agents, Access::Read);
     /// let p = RestrictedKeyCreateParameters { scopes: Some(vec![entry, entry]), ..Default::default() };
-    /// assert_eq!(p.validate(0), Err(ValidationError::DuplicateResource(Resource::Agents)));
+    /// assert_eq!(p.validate(keygate::UnixMillis::from_millis(0)), Err(ValidationError::DuplicateResource(Resource::Agents)));
     /// ```
-    pub fn validate(&self, now_ms: i64) -> Result<MintRequest, ValidationError> {
+    pub fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
         let entries = self
             .scopes
             .as_deref()
@@ -234,7 +199,7 @@ impl RestrictedKeyCreateParameters {
         if scopes.is_empty() {
             return Err(ValidationError::NoAccessGranted);
         }
-        MintRequest::restricted(self.name.as_deref(), scopes, self.expires_at_ms, now_ms)
+        MintRequest::restricted(self.name.as_deref(), scopes, self.expires_at_ms, now)
     }
 }
 
@@ -257,14 +222,14 @@ pub struct ScopeEntryView {
         deserialize_with = "non_null",
         skip_serializing_if = "Option::is_none"
     )]
-    pub resource_type: Option<ApiResourceType>,
+    pub resource_type: Option<Resource>,
     /// The access level on it.
     #[serde(
         default,
         deserialize_with = "non_null",
         skip_serializing_if = "Option::is_none"
     )]
-    pub access_level: Option<ApiAccessLevel>,
+    pub access_level: Option<Access>,
 }
 
 impl ScopeEntryView {
@@ -274,7 +239,7 @@ impl ScopeEntryView {
     /// let e = keygate::wire::ScopeEntryView::new(keygate::Resource::Account, keygate::Access::Write);
     /// assert_eq!(e.access_level, Some(keygate::Access::Write));
     /// ```
-    pub const fn new(resource: ApiResourceType, access: ApiAccessLevel) -> ScopeEntryView {
+    pub const fn new(resource: Resource, access: Access) -> ScopeEntryView {
         ScopeEntryView {
             resource_type: Some(resource),
             access_level: Some(access),
@@ -331,7 +296,7 @@ pub struct ApiKeyCreatedView {
 ///
 /// ```
 /// # let minted = keygate::testing::example_minted();
-/// let keygate::wire::CreatedKeyView::Restricted(view) = minted.into_view() else { unreachable!() };
+/// let keygate::wire::CreatedKeyView::Restricted(view) = keygate::wire::CreatedKeyView::from(minted) else { unreachable!() };
 /// let json = serde_json::to_value(&view)?;
 /// assert_eq!(json["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
 /// # Ok::<(), serde_json::Error>(())
@@ -356,7 +321,7 @@ pub struct RestrictedKeyCreatedView {
 ///
 /// ```
 /// # let minted = keygate::testing::example_minted();
-/// let view = minted.into_view();
+/// let view = keygate::wire::CreatedKeyView::from(minted);
 /// assert_eq!(view.id().len(), 16);
 /// ```
 #[derive(Clone, Debug, Serialize)]
@@ -374,7 +339,7 @@ impl CreatedKeyView {
     /// ```
     /// # let minted = keygate::testing::example_minted();
     /// # let id = minted.record().id();
-    /// assert_eq!(minted.into_view().id(), id.as_str());
+    /// assert_eq!(keygate::wire::CreatedKeyView::from(minted).id(), id.as_str());
     /// ```
     pub fn id(&self) -> &str {
         match self {
@@ -387,12 +352,42 @@ impl CreatedKeyView {
     ///
     /// ```
     /// # let minted = keygate::testing::example_minted();
-    /// assert!(minted.into_view().key_secret().expose_secret().starts_with("rk_"));
+    /// assert!(keygate::wire::CreatedKeyView::from(minted).key_secret().expose_secret().starts_with("rk_"));
     /// ```
     pub fn key_secret(&self) -> &SecretToken {
         match self {
             CreatedKeyView::Standard(v) => &v.key_secret,
             CreatedKeyView::Restricted(v) => &v.key_secret,
+        }
+    }
+}
+
+/// The spec's created view of a freshly minted key: [`ApiKeyCreatedView`]
+/// for a standard key, [`RestrictedKeyCreatedView`] for a restricted one. It
+/// carries the secret; the record stays with the caller's store.
+///
+/// ```
+/// # let minted = keygate::testing::example_minted();
+/// let view = keygate::wire::CreatedKeyView::from(minted);
+/// assert!(matches!(view, keygate::wire::CreatedKeyView::Restricted(_)));
+/// ```
+impl From<MintedKey> for CreatedKeyView {
+    fn from(minted: MintedKey) -> CreatedKeyView {
+        let (record, token) = minted.into_parts();
+        match record.kind() {
+            KeyKind::Standard => CreatedKeyView::Standard(ApiKeyCreatedView {
+                id: String::from(record.id().as_str()),
+                name: String::from(record.name()),
+                key_secret: token,
+                expires_at_ms: record.expires_at_ms(),
+            }),
+            KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
+                id: String::from(record.id().as_str()),
+                name: String::from(record.name()),
+                key_secret: token,
+                scopes: scope_entries(record.scopes()),
+                expires_at_ms: record.expires_at_ms(),
+            }),
         }
     }
 }
@@ -405,7 +400,7 @@ mod tests {
     fn restricted(json: &str) -> Result<MintRequest, String> {
         let p: RestrictedKeyCreateParameters =
             serde_json::from_str(json).map_err(|e| alloc::format!("json: {e}"))?;
-        p.validate(1_000)
+        p.validate(UnixMillis::from_millis(1_000))
             .map_err(|e| alloc::string::ToString::to_string(&e))
     }
 
@@ -509,8 +504,8 @@ mod tests {
 
     #[test]
     fn views_have_exactly_the_spec_fields() {
-        let minted = crate::mint::example_minted();
-        let v = serde_json::to_value(minted.into_view()).unwrap();
+        let minted = crate::testing::example_minted();
+        let v = serde_json::to_value(CreatedKeyView::from(minted)).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
         assert_eq!(
@@ -524,19 +519,19 @@ mod tests {
         let rng = &mut <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3);
         let pepper = crate::Pepper::generate(rng);
         for request in [
-            MintRequest::standard(Some("s"), None, 0).unwrap(),
+            MintRequest::standard(Some("s"), None, UnixMillis::from_millis(0)).unwrap(),
             MintRequest::restricted(
                 Some("r"),
                 crate::Scopes::grant(Resource::Agents, Access::Read),
                 None,
-                0,
+                UnixMillis::from_millis(0),
             )
             .unwrap(),
         ] {
-            let minted = crate::mint(&pepper, &request, rng, 0);
+            let minted = crate::mint(&pepper, &request, rng, UnixMillis::from_millis(0));
             let id = minted.record().id();
             let token = alloc::string::String::from(minted.token().expose_secret());
-            let view = minted.into_view();
+            let view = CreatedKeyView::from(minted);
             assert_eq!(view.id(), id.as_str());
             assert_eq!(view.key_secret().expose_secret(), token);
         }

@@ -12,9 +12,7 @@
 mod common;
 use common::with_checksum;
 
-use keygate::wire::{
-    ApiKeyCreateParameters, CreateParameters, CreatedKeyView, RestrictedKeyCreateParameters,
-};
+use keygate::wire::{ApiKeyCreateParameters, CreatedKeyView, RestrictedKeyCreateParameters};
 use keygate::{
     mint, Access, AuthError, Error, KeyKind, Keyring, MintError, MintPolicy, MintRequest, Pepper,
     Resource, Scopes, Token, TokenError,
@@ -22,6 +20,23 @@ use keygate::{
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::de::DeserializeOwned;
+
+/// The two create bodies, for one generic handler (as the server does).
+trait CreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, keygate::ValidationError>;
+}
+
+impl CreateParameters for ApiKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, keygate::ValidationError> {
+        ApiKeyCreateParameters::validate(self, now)
+    }
+}
+
+impl CreateParameters for RestrictedKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, keygate::ValidationError> {
+        RestrictedKeyCreateParameters::validate(self, now)
+    }
+}
 
 const NOW: i64 = 1_764_000_000_000;
 
@@ -42,8 +57,19 @@ impl Gateway {
     }
 
     fn bootstrap(&mut self) -> String {
-        let req = MintRequest::standard(Some("bootstrap"), None, NOW).unwrap();
-        let (record, token) = mint(self.keyring.pepper(), &req, &mut self.rng, NOW).into_parts();
+        let req = MintRequest::standard(
+            Some("bootstrap"),
+            None,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .unwrap();
+        let (record, token) = mint(
+            self.keyring.pepper(),
+            &req,
+            &mut self.rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .into_parts();
         self.keyring.insert(record).unwrap();
         token.expose_secret().to_owned()
     }
@@ -56,13 +82,16 @@ impl Gateway {
     /// What the server's generic create handler does: authenticate, parse
     /// the body with the library's wire types (an empty body is the default
     /// parameters; a body that does not deserialize is a 400 of its own),
-    /// validate through [`CreateParameters`], authorize, mint, insert.
+    /// validate through `CreateParameters`, authorize, mint, insert.
     fn create<P: CreateParameters + DeserializeOwned + Default>(
         &mut self,
         bearer: &str,
         body: &str,
     ) -> (u16, serde_json::Value) {
-        let caller = match self.keyring.authenticate(bearer, NOW) {
+        let caller = match self
+            .keyring
+            .authenticate(bearer, keygate::UnixMillis::from_millis(NOW))
+        {
             Ok(caller) => caller,
             Err(e) => return failure(&e.into()),
         };
@@ -78,11 +107,16 @@ impl Gateway {
             }
         };
         let result = (|| -> Result<CreatedKeyView, Error> {
-            let request = params.validate(NOW)?;
+            let request = params.validate(keygate::UnixMillis::from_millis(NOW))?;
             self.policy.authorize(&caller, &request)?;
-            let minted = mint(self.keyring.pepper(), &request, &mut self.rng, NOW);
+            let minted = mint(
+                self.keyring.pepper(),
+                &request,
+                &mut self.rng,
+                keygate::UnixMillis::from_millis(NOW),
+            );
             self.keyring.insert(minted.record().clone())?;
-            Ok(minted.into_view())
+            Ok(keygate::wire::CreatedKeyView::from(minted))
         })();
         match result {
             Ok(view) => (200, serde_json::to_value(view).unwrap()),
@@ -121,7 +155,11 @@ fn standard_key_mints_restricted_key_that_is_enforced() {
     assert_eq!(body["scopes"][0]["access_level"], "ACCESS_LEVEL_WRITE");
     assert!(body["expires_at_ms"].is_null());
 
-    let ok = |r, a| gw.keyring.can(&token, r, a, NOW).is_ok();
+    let ok = |r, a| {
+        gw.keyring
+            .authorize(&token, r, a, keygate::UnixMillis::from_millis(NOW))
+            .is_ok()
+    };
     assert!(ok(Resource::Devboxes, Access::Write));
     assert!(ok(Resource::Devboxes, Access::Read));
     assert!(ok(Resource::Objects, Access::Read));
@@ -129,7 +167,12 @@ fn standard_key_mints_restricted_key_that_is_enforced() {
     assert!(!ok(Resource::Account, Access::Read));
     let err = gw
         .keyring
-        .can(&token, Resource::Account, Access::Write, NOW)
+        .authorize(
+            &token,
+            Resource::Account,
+            Access::Write,
+            keygate::UnixMillis::from_millis(NOW),
+        )
         .unwrap_err();
     assert_eq!(err.http_status(), 403);
     assert!(matches!(err, AuthError::InsufficientScope { .. }));
@@ -156,8 +199,12 @@ fn spec_policy_allows_escalation_and_attenuation_closes_it() {
         assert_eq!(status, wide_status, "{policy:?}");
         let (status, _) = gw.create_restricted(&admin, &scope_body("agents:read"));
         assert_eq!(status, 200, "{policy:?}");
-        let caller = gw.keyring.authenticate(&admin, NOW).unwrap();
-        let standard = MintRequest::standard(None, None, NOW).unwrap();
+        let caller = gw
+            .keyring
+            .authenticate(&admin, keygate::UnixMillis::from_millis(NOW))
+            .unwrap();
+        let standard =
+            MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap();
         let expected = match policy {
             MintPolicy::Spec => Ok(()),
             _ => Err(MintError::StandardFromRestricted),
@@ -235,13 +282,16 @@ fn credentials_failures_are_401_and_alike() {
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let stranger = mint(
         &Pepper::generate(&mut rng),
-        &MintRequest::standard(None, None, NOW).unwrap(),
+        &MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap(),
         &mut rng,
-        NOW,
+        keygate::UnixMillis::from_millis(NOW),
     );
     let stranger = stranger.token().expose_secret().to_owned();
     assert!(Token::parse(&stranger).is_ok());
-    let unknown = gw.keyring.authenticate(&stranger, NOW).unwrap_err();
+    let unknown = gw
+        .keyring
+        .authenticate(&stranger, keygate::UnixMillis::from_millis(NOW))
+        .unwrap_err();
     assert_eq!(unknown, AuthError::InvalidCredentials);
 
     // The root key's id with a wrong secret (one character changed, the
@@ -252,10 +302,16 @@ fn credentials_failures_are_401_and_alike() {
     let parsed = Token::parse(&wrong).unwrap();
     assert_eq!(parsed.key_id(), Token::parse(&root).unwrap().key_id());
     assert_eq!(parsed.kind(), KeyKind::Standard);
-    let wrong_secret = gw.keyring.authenticate(&wrong, NOW).unwrap_err();
+    let wrong_secret = gw
+        .keyring
+        .authenticate(&wrong, keygate::UnixMillis::from_millis(NOW))
+        .unwrap_err();
     assert_eq!(wrong_secret, AuthError::InvalidCredentials);
 
-    let malformed = gw.keyring.authenticate("ak_not_a_token", NOW).unwrap_err();
+    let malformed = gw
+        .keyring
+        .authenticate("ak_not_a_token", keygate::UnixMillis::from_millis(NOW))
+        .unwrap_err();
     assert_eq!(
         malformed,
         AuthError::Malformed(TokenError::Length { len: 14 })
@@ -285,14 +341,26 @@ fn expiry_takes_effect() {
         None,
         "objects:read".parse().unwrap(),
         Some(NOW + 1_000),
-        NOW,
+        keygate::UnixMillis::from_millis(NOW),
     )
     .unwrap();
-    let (record, token) = mint(gw.keyring.pepper(), &req, &mut gw.rng, NOW).into_parts();
+    let (record, token) = mint(
+        gw.keyring.pepper(),
+        &req,
+        &mut gw.rng,
+        keygate::UnixMillis::from_millis(NOW),
+    )
+    .into_parts();
     gw.keyring.insert(record).unwrap();
     let token = token.expose_secret();
-    assert!(gw.keyring.authenticate(token, NOW + 999).is_ok());
-    let err = gw.keyring.authenticate(token, NOW + 1_000).unwrap_err();
+    assert!(gw
+        .keyring
+        .authenticate(token, keygate::UnixMillis::from_millis(NOW + 999))
+        .is_ok());
+    let err = gw
+        .keyring
+        .authenticate(token, keygate::UnixMillis::from_millis(NOW + 1_000))
+        .unwrap_err();
     assert!(
         matches!(err, AuthError::Expired { expires_at_ms, .. } if expires_at_ms == NOW + 1_000)
     );
@@ -304,10 +372,14 @@ fn revoke_stops_a_key() {
     let mut gw = Gateway::new(MintPolicy::Spec);
     let root = gw.bootstrap();
     let id = Token::parse(&root).unwrap().key_id();
-    assert!(gw.keyring.authenticate(&root, NOW).is_ok());
+    assert!(gw
+        .keyring
+        .authenticate(&root, keygate::UnixMillis::from_millis(NOW))
+        .is_ok());
     assert!(gw.keyring.revoke(&id).is_some());
     assert_eq!(
-        gw.keyring.authenticate(&root, NOW),
+        gw.keyring
+            .authenticate(&root, keygate::UnixMillis::from_millis(NOW)),
         Err(AuthError::InvalidCredentials)
     );
 }
@@ -315,8 +387,14 @@ fn revoke_stops_a_key() {
 #[test]
 fn secrets_never_show_in_debug_or_errors() {
     let mut gw = Gateway::new(MintPolicy::Spec);
-    let req = MintRequest::standard(Some("x"), None, NOW).unwrap();
-    let minted = mint(gw.keyring.pepper(), &req, &mut gw.rng, NOW);
+    let req =
+        MintRequest::standard(Some("x"), None, keygate::UnixMillis::from_millis(NOW)).unwrap();
+    let minted = mint(
+        gw.keyring.pepper(),
+        &req,
+        &mut gw.rng,
+        keygate::UnixMillis::from_millis(NOW),
+    );
     let secret = minted.token().expose_secret().to_owned();
     let secret_part = &secret[20..63];
     let shown = [
@@ -332,7 +410,7 @@ fn secrets_never_show_in_debug_or_errors() {
     for s in shown {
         assert!(!s.contains(secret_part), "{s}");
     }
-    let view = minted.into_view();
+    let view = keygate::wire::CreatedKeyView::from(minted);
     assert!(!format!("{view:?}").contains(secret_part));
     assert!(serde_json::to_string(&view).unwrap().contains(&secret));
 }
@@ -343,13 +421,24 @@ fn documented_regex_finds_minted_tokens_in_text() {
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let pepper = Pepper::generate(&mut rng);
     for request in [
-        MintRequest::standard(None, None, NOW).unwrap(),
-        MintRequest::restricted(None, Scopes::all(), None, NOW).unwrap(),
+        MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap(),
+        MintRequest::restricted(
+            None,
+            Scopes::all(),
+            None,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .unwrap(),
     ] {
-        let token = mint(&pepper, &request, &mut rng, NOW)
-            .token()
-            .expose_secret()
-            .to_owned();
+        let token = mint(
+            &pepper,
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .token()
+        .expose_secret()
+        .to_owned();
         let text = format!("export KEY=\"{token}\"\nurl=https://x/?k={token}&y=1");
         let found: Vec<&str> = re.find_iter(&text).map(|m| m.as_str()).collect();
         assert_eq!(found, [token.as_str(), token.as_str()]);

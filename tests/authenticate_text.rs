@@ -1,7 +1,7 @@
 //! `Keyring::authenticate` checks a token text in its own order (hash
 //! first, then only what the digest does not bind, the full parse only when
 //! the digest does not match). Its verdict must be, for every text, exactly
-//! that of the plain order: `Token::parse_bytes`, then `Keyring::verify`.
+//! that of the plain order: `Token::parse`, then `Keyring::verify`.
 //! Public API only.
 
 // Test code: a panic is a failed test (clippy.toml allows these only inside #[test] fns).
@@ -28,25 +28,31 @@ fn keyring() -> (Keyring, Vec<String>) {
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let requests = [
-        MintRequest::standard(Some("s"), None, NOW).unwrap(),
+        MintRequest::standard(Some("s"), None, keygate::UnixMillis::from_millis(NOW)).unwrap(),
         MintRequest::restricted(
             Some("r"),
             Scopes::grant(Resource::Objects, Access::Write),
             None,
-            NOW,
+            keygate::UnixMillis::from_millis(NOW),
         )
         .unwrap(),
         MintRequest::restricted(
             Some("e"),
             Scopes::grant(Resource::Devboxes, Access::Read),
             Some(NOW + 1),
-            NOW,
+            keygate::UnixMillis::from_millis(NOW),
         )
         .unwrap(),
     ];
     let mut tokens = Vec::new();
     for request in &requests {
-        let (record, token) = mint(keyring.pepper(), request, &mut rng, NOW).into_parts();
+        let (record, token) = mint(
+            keyring.pepper(),
+            request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .into_parts();
         keyring.insert(record).unwrap();
         tokens.push(token.expose_secret().to_owned());
     }
@@ -55,8 +61,8 @@ fn keyring() -> (Keyring, Vec<String>) {
 
 /// The plain order's verdict.
 fn reference(keyring: &Keyring, text: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-    let token = Token::parse_bytes(text)?;
-    keyring.verify(&token, now_ms)
+    let token = Token::parse(text)?;
+    keyring.verify(&token, keygate::UnixMillis::from_millis(now_ms))
 }
 
 /// The text with its six checksum digits recomputed, so that it parses
@@ -78,7 +84,7 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
         for token in &tokens {
             let text = token.as_bytes();
             assert_eq!(
-                keyring.authenticate_bytes(text, now_ms),
+                keyring.authenticate(text, keygate::UnixMillis::from_millis(now_ms)),
                 reference(&keyring, text, now_ms)
             );
             for at in 0..text.len() {
@@ -90,7 +96,7 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
                     changed[at] = byte;
                     let expected = reference(&keyring, &changed, now_ms);
                     assert_eq!(
-                        keyring.authenticate_bytes(&changed, now_ms),
+                        keyring.authenticate(&changed, keygate::UnixMillis::from_millis(now_ms)),
                         expected,
                         "byte {at} set to {byte}"
                     );
@@ -99,7 +105,7 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
                     let rechecked = with_checksum(changed);
                     let expected_rechecked = reference(&keyring, &rechecked, now_ms);
                     assert_eq!(
-                        keyring.authenticate_bytes(&rechecked, now_ms),
+                        keyring.authenticate(&rechecked, keygate::UnixMillis::from_millis(now_ms)),
                         expected_rechecked,
                         "byte {at} set to {byte}, checksum recomputed"
                     );
@@ -147,19 +153,21 @@ fn every_single_byte_change_gets_the_plain_orders_verdict() {
 fn the_valid_tokens_authenticate_and_their_kinds_relabelled_do_not() {
     let (keyring, tokens) = keyring();
     for token in &tokens[..2] {
-        let principal = keyring.authenticate(token, NOW).unwrap();
+        let principal = keyring
+            .authenticate(token, keygate::UnixMillis::from_millis(NOW))
+            .unwrap();
         assert_eq!(principal.id(), Token::parse(token).unwrap().key_id());
         let mut relabelled = token.as_bytes().to_vec();
         relabelled[0] = if relabelled[0] == b'a' { b'r' } else { b'a' };
         let relabelled = with_checksum(relabelled);
-        assert!(Token::parse_bytes(&relabelled).is_ok());
+        assert!(Token::parse(&relabelled).is_ok());
         assert_eq!(
-            keyring.authenticate_bytes(&relabelled, NOW),
+            keyring.authenticate(&relabelled, keygate::UnixMillis::from_millis(NOW)),
             Err(AuthError::InvalidCredentials)
         );
     }
     assert!(matches!(
-        keyring.authenticate(&tokens[2], NOW + 1),
+        keyring.authenticate(&tokens[2], keygate::UnixMillis::from_millis(NOW + 1)),
         Err(AuthError::Expired { .. })
     ));
     // A valid token's checksum digit changed: malformed, not a credential
@@ -167,7 +175,7 @@ fn the_valid_tokens_authenticate_and_their_kinds_relabelled_do_not() {
     let mut text = tokens[0].as_bytes().to_vec();
     text[68] = if text[68] == b'0' { b'1' } else { b'0' };
     assert_eq!(
-        keyring.authenticate_bytes(&text, NOW),
+        keyring.authenticate(&text, keygate::UnixMillis::from_millis(NOW)),
         Err(AuthError::Malformed(TokenError::Checksum))
     );
 }
@@ -178,8 +186,15 @@ fn token_with_a_seven_in_its_checksum() -> (Keyring, String, usize) {
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     for _ in 0..10_000 {
-        let request = MintRequest::standard(None, None, NOW).unwrap();
-        let (record, token) = mint(keyring.pepper(), &request, &mut rng, NOW).into_parts();
+        let request =
+            MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap();
+        let (record, token) = mint(
+            keyring.pepper(),
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .into_parts();
         let text = token.expose_secret().as_bytes();
         let value = |b: u8| BASE62.iter().position(|&c| c == b).unwrap();
         if let Some(at) = (64..69).find(|&at| text[at] == b'7' && value(text[at - 1]) >= 4) {
@@ -202,5 +217,8 @@ fn checksum_digits_outside_the_alphabet_are_refused_even_when_their_value_matche
     text[at - 1] = BASE62[before - 4];
     let expected = Err(AuthError::Malformed(TokenError::Character { position: at }));
     assert_eq!(reference(&keyring, &text, NOW), expected);
-    assert_eq!(keyring.authenticate_bytes(&text, NOW), expected);
+    assert_eq!(
+        keyring.authenticate(&text, keygate::UnixMillis::from_millis(NOW)),
+        expected
+    );
 }

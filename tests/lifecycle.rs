@@ -29,10 +29,21 @@ fn records(n: usize, seed: u64) -> Vec<KeyRecord> {
     (0..n)
         .map(|i| {
             let expiry = (i % 3 == 0).then_some(1_000 + i as i64);
-            let request =
-                MintRequest::restricted(Some("k"), "objects:read".parse().unwrap(), expiry, 0)
-                    .unwrap();
-            mint(&pepper, &request, &mut rng, 0).into_parts().0
+            let request = MintRequest::restricted(
+                Some("k"),
+                "objects:read".parse().unwrap(),
+                expiry,
+                keygate::UnixMillis::from_millis(0),
+            )
+            .unwrap();
+            mint(
+                &pepper,
+                &request,
+                &mut rng,
+                keygate::UnixMillis::from_millis(0),
+            )
+            .into_parts()
+            .0
         })
         .collect()
 }
@@ -52,10 +63,16 @@ fn log(ops: &[(usize, bool)], keys: &[KeyRecord]) -> Vec<Change> {
             } else {
                 // A later version of the same key: roll's old record has a
                 // new expiry; here a shorter one per step stands for it.
-                let version = roll(&pepper, base, 10_000 - seq, &mut rng, -1)
-                    .unwrap()
-                    .into_parts()
-                    .1;
+                let version = roll(
+                    &pepper,
+                    base,
+                    core::time::Duration::from_millis(10_000 - seq),
+                    &mut rng,
+                    keygate::UnixMillis::from_millis(-1),
+                )
+                .unwrap()
+                .into_parts()
+                .1;
                 Change::upsert(seq, version)
             }
         })
@@ -135,17 +152,17 @@ proptest! {
     ) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::from_bytes(&PEPPER);
-        let request = MintRequest::standard(None, None, 0).unwrap();
-        let minted = mint(&pepper, &request, &mut rng, -5_000).into_parts().0;
+        let request = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap();
+        let minted = mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(-5_000)).into_parts().0;
         // Give it the generated expiry through the store's path.
         let record = KeyRecord::from_parts(keygate::KeyRecordParts {
             expires_at_ms: expiry,
             ..parts(&minted)
         }).unwrap();
-        match roll(&pepper, &record, overlap, &mut rng, now) {
-            Err(_) => prop_assert!(record.is_expired_at(now)),
+        match roll(&pepper, &record, core::time::Duration::from_millis(overlap), &mut rng, keygate::UnixMillis::from_millis(now)) {
+            Err(_) => prop_assert!(record.is_expired_at(keygate::UnixMillis::from_millis(now))),
             Ok(rolled) => {
-                prop_assert!(!record.is_expired_at(now));
+                prop_assert!(!record.is_expired_at(keygate::UnixMillis::from_millis(now)));
                 let (new_key, old) = rolled.into_parts();
                 let old_end = old.expires_at_ms().unwrap();
                 prop_assert!(old_end <= record.expires_at_ms().unwrap_or(i64::MAX));
@@ -153,7 +170,7 @@ proptest! {
                 prop_assert!(old_end >= now);
                 prop_assert_eq!(new_key.record().expires_at_ms(), record.expires_at_ms());
                 if overlap == 0 {
-                    prop_assert!(old.is_expired_at(now));
+                    prop_assert!(old.is_expired_at(keygate::UnixMillis::from_millis(now)));
                 }
             }
         }
@@ -170,12 +187,12 @@ proptest! {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::from_bytes(&PEPPER);
         let parent_request = if standard_parent {
-            MintRequest::standard(None, parent_expiry, 0).unwrap()
+            MintRequest::standard(None, parent_expiry, keygate::UnixMillis::from_millis(0)).unwrap()
         } else {
-            MintRequest::restricted(None, Scopes::all(), parent_expiry, 0).unwrap()
+            MintRequest::restricted(None, Scopes::all(), parent_expiry, keygate::UnixMillis::from_millis(0)).unwrap()
         };
-        let parent = mint(&pepper, &parent_request, &mut rng, 0).record().principal();
-        let child = MintRequest::restricted(None, "objects:read".parse().unwrap(), child_expiry, 0)
+        let parent = keygate::testing::principal_of(mint(&pepper, &parent_request, &mut rng, keygate::UnixMillis::from_millis(0)).record());
+        let child = MintRequest::restricted(None, "objects:read".parse().unwrap(), child_expiry, keygate::UnixMillis::from_millis(0))
             .unwrap()
             .created_by(&parent);
         let verdict = MintPolicy::Attenuating.authorize(&parent, &child);
@@ -190,7 +207,7 @@ proptest! {
         }
         // The spec's own policy has no such rule.
         prop_assert_eq!(MintPolicy::Spec.authorize(&parent, &child), Ok(()));
-        let minted = mint(&pepper, &child, &mut rng, 0);
+        let minted = mint(&pepper, &child, &mut rng, keygate::UnixMillis::from_millis(0));
         prop_assert_eq!(minted.record().creator_id(), Some(parent.id()));
     }
 
@@ -278,8 +295,14 @@ fn eviction_drops_exactly_the_expired_and_keeps_them_revocable() {
             .apply(Change::upsert(i as u64 + 1, r.clone()))
             .unwrap();
     }
-    assert_eq!(keyring.evict_expired(999), 0);
-    assert_eq!(keyring.evict_expired(1_003), 2);
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(999)),
+        0
+    );
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(1_003)),
+        2
+    );
     assert_eq!(keyring.len(), 7);
     assert!(keyring.get(&keys[0].id()).is_none());
     assert!(keyring.get(&keys[3].id()).is_none());
@@ -291,7 +314,10 @@ fn eviction_drops_exactly_the_expired_and_keeps_them_revocable() {
         Applied::Changed
     );
     assert!(keyring.is_revoked(&keys[0].id()));
-    assert_eq!(keyring.evict_expired(i64::MAX), 1);
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(i64::MAX)),
+        1
+    );
 }
 
 #[test]
@@ -382,7 +408,7 @@ proptest! {
         let changes = log(&ops, &keys);
         let last_eviction = evictions.iter().map(|e| e.1).max().unwrap();
         let mut in_order = apply_all(changes.clone());
-        in_order.evict_expired(last_eviction);
+        in_order.evict_expired(keygate::UnixMillis::from_millis(last_eviction));
 
         let scrambled = scramble(&changes, &dupes, shuffle_seed);
         let mut at: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
@@ -392,14 +418,14 @@ proptest! {
         let mut evicting = Keyring::new(Pepper::from_bytes(&PEPPER));
         for (i, change) in scrambled.into_iter().enumerate() {
             for now in at.get(&i).into_iter().flatten() {
-                evicting.evict_expired(*now);
+                evicting.evict_expired(keygate::UnixMillis::from_millis(*now));
             }
             evicting.apply(change).unwrap();
         }
         for now in at.get(&(changes.len() + dupes.len())).into_iter().flatten() {
-            evicting.evict_expired(*now);
+            evicting.evict_expired(keygate::UnixMillis::from_millis(*now));
         }
-        evicting.evict_expired(last_eviction);
+        evicting.evict_expired(keygate::UnixMillis::from_millis(last_eviction));
         assert_same_keys(&in_order, &evicting, &ids);
         prop_assert_eq!(in_order.last_seq(), evicting.last_seq());
     }
@@ -420,7 +446,7 @@ proptest! {
         let changes = store_log(&ops, &keys);
         let mut leader = apply_all(changes.clone());
         if let Some(now) = evict_at {
-            leader.evict_expired(now);
+            leader.evict_expired(keygate::UnixMillis::from_millis(now));
         }
         let horizon = horizon.index(leader.last_seq() as usize + 1) as u64;
         let mut compacted = leader.clone();
@@ -457,8 +483,15 @@ fn assert_same_keys_but_forgotten_tombstones(leader: &Keyring, compacted: &Keyri
 /// A key and its token, minted from `seed` with no expiry.
 fn key_with_token(seed: u64) -> (KeyRecord, String) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let request = MintRequest::standard(Some("a"), None, 0).unwrap();
-    let (record, token) = mint(&Pepper::from_bytes(&PEPPER), &request, &mut rng, 0).into_parts();
+    let request =
+        MintRequest::standard(Some("a"), None, keygate::UnixMillis::from_millis(0)).unwrap();
+    let (record, token) = mint(
+        &Pepper::from_bytes(&PEPPER),
+        &request,
+        &mut rng,
+        keygate::UnixMillis::from_millis(0),
+    )
+    .into_parts();
     (record, token.expose_secret().to_owned())
 }
 
@@ -467,7 +500,15 @@ fn an_evicted_key_stays_dead_for_older_changes() {
     let (a, token) = key_with_token(21);
     let pepper = Pepper::from_bytes(&PEPPER);
     let mut rng = ChaCha20Rng::seed_from_u64(22);
-    let (new_key, a_rolled) = roll(&pepper, &a, 100, &mut rng, 0).unwrap().into_parts();
+    let (new_key, a_rolled) = roll(
+        &pepper,
+        &a,
+        core::time::Duration::from_millis(100),
+        &mut rng,
+        keygate::UnixMillis::from_millis(0),
+    )
+    .unwrap()
+    .into_parts();
     assert_eq!(a_rolled.expires_at_ms(), Some(100));
     let mut keyring = Keyring::new(pepper);
     assert_eq!(
@@ -481,7 +522,10 @@ fn an_evicted_key_stays_dead_for_older_changes() {
     keyring
         .apply(Change::upsert(3, new_key.record().clone()))
         .unwrap();
-    assert_eq!(keyring.evict_expired(1_000), 1);
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(1_000)),
+        1
+    );
     assert_eq!(keyring.tombstones(), 1);
     // The replay of A's record from before the roll changes nothing.
     assert_eq!(
@@ -493,7 +537,7 @@ fn an_evicted_key_stays_dead_for_older_changes() {
         Applied::Unchanged
     );
     assert_eq!(
-        keyring.authenticate(&token, 10_000),
+        keyring.authenticate(&token, keygate::UnixMillis::from_millis(10_000)),
         Err(keygate::AuthError::InvalidCredentials)
     );
     assert!(keyring.get(&a.id()).is_none());
@@ -502,12 +546,14 @@ fn an_evicted_key_stays_dead_for_older_changes() {
         keyring.apply(Change::upsert(4, a.clone())).unwrap(),
         Applied::Changed
     );
-    assert!(keyring.authenticate(&token, 10_000).is_ok());
+    assert!(keyring
+        .authenticate(&token, keygate::UnixMillis::from_millis(10_000))
+        .is_ok());
     assert_eq!(keyring.tombstones(), 0);
     // Two keyrings that differ only in a mark are not equal.
     let mut marked = apply_all([Change::upsert(1, a_with_expiry(&a, 5))]);
     let unmarked = marked.clone();
-    marked.evict_expired(5);
+    marked.evict_expired(keygate::UnixMillis::from_millis(5));
     let mut plain = unmarked.clone();
     plain.apply(Change::revoke(1, a.id())).unwrap();
     plain.compact(1);
@@ -537,8 +583,11 @@ fn compact_drops_exactly_the_tombstones_and_marks_at_or_below_the_horizon() {
     }
     keyring.apply(Change::revoke(7, keys[1].id())).unwrap();
     keyring.apply(Change::revoke(9, keys[2].id())).unwrap();
-    assert_eq!(keyring.evict_expired(2_000), 2); // marks at 1 and 4
-                                                 // Revoking an evicted id turns its mark into a tombstone.
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(2_000)),
+        2
+    ); // marks at 1 and 4
+       // Revoking an evicted id turns its mark into a tombstone.
     keyring.apply(Change::revoke(11, keys[3].id())).unwrap();
     // A revocation without a feed carries the last sequence number, 11.
     keyring.revoke(&keys[4].id());
@@ -583,7 +632,7 @@ fn a_compacted_revocation_is_not_undone_by_the_store_s_later_changes() {
         Applied::Changed
     );
     assert_eq!(
-        keyring.authenticate(&token, 10),
+        keyring.authenticate(&token, keygate::UnixMillis::from_millis(10)),
         Err(keygate::AuthError::InvalidCredentials)
     );
     assert!(keyring.is_revoked(&a.id()));

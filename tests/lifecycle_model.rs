@@ -191,13 +191,18 @@ impl World {
         // Two roots: a standard key and an admin restricted key, both
         // expiring (so expiry attenuation has something to do) or not.
         let expiry = (rng.next_u32() % 2 == 0).then_some(30_000);
-        let root = MintRequest::standard(Some("root"), expiry, world.now).unwrap();
+        let root = MintRequest::standard(
+            Some("root"),
+            expiry,
+            keygate::UnixMillis::from_millis(world.now),
+        )
+        .unwrap();
         world.store_mint(root, false);
         let admin = MintRequest::restricted(
             Some("admin"),
             "account:write,objects:write,devboxes:read".parse().unwrap(),
             None,
-            world.now,
+            keygate::UnixMillis::from_millis(world.now),
         )
         .unwrap();
         world.store_mint(admin, false);
@@ -219,7 +224,12 @@ impl World {
     }
 
     fn store_mint(&mut self, request: MintRequest, attenuated: bool) -> KeyId {
-        let minted = mint(&self.pepper, &request, &mut self.rng, self.now);
+        let minted = mint(
+            &self.pepper,
+            &request,
+            &mut self.rng,
+            keygate::UnixMillis::from_millis(self.now),
+        );
         let (record, token) = minted.into_parts();
         let id = record.id();
         self.model.insert(
@@ -252,7 +262,10 @@ impl World {
     /// The leader's principal for `id`'s token, if it authenticates.
     fn caller(&self, id: &KeyId) -> Option<Principal> {
         self.leader
-            .authenticate(&self.model[id].token, self.now)
+            .authenticate(
+                &self.model[id].token,
+                keygate::UnixMillis::from_millis(self.now),
+            )
             .ok()
     }
 
@@ -352,9 +365,14 @@ impl World {
         let span = horizon.saturating_sub(self.now).min(100_000);
         let expiry = expiry.map(|f| self.now + 1 + (span as f64 * f) as i64);
         let request = if *standard {
-            MintRequest::standard(None, expiry, self.now)
+            MintRequest::standard(None, expiry, keygate::UnixMillis::from_millis(self.now))
         } else {
-            MintRequest::restricted(None, scopes, expiry, self.now)
+            MintRequest::restricted(
+                None,
+                scopes,
+                expiry,
+                keygate::UnixMillis::from_millis(self.now),
+            )
         };
         let Ok(request) = request else {
             return;
@@ -378,9 +396,15 @@ impl World {
             return;
         }
         let record = self.records[&old].clone();
-        let (new_key, old_record) = roll(&self.pepper, &record, overlap, &mut self.rng, self.now)
-            .unwrap()
-            .into_parts();
+        let (new_key, old_record) = roll(
+            &self.pepper,
+            &record,
+            core::time::Duration::from_millis(overlap),
+            &mut self.rng,
+            keygate::UnixMillis::from_millis(self.now),
+        )
+        .unwrap()
+        .into_parts();
         let (new_record, token) = new_key.into_parts();
         let new = new_record.id();
         let parent = self.model[&old].clone();
@@ -471,11 +495,13 @@ impl World {
         let evict_at = evict_at.map_or(0, |at| at.index(batch.len() + 1));
         for (i, change) in batch.into_iter().enumerate() {
             if i == evict_at {
-                self.follower.evict_expired(self.now);
+                self.follower
+                    .evict_expired(keygate::UnixMillis::from_millis(self.now));
             }
             self.follower.apply(change).unwrap();
         }
-        self.follower.evict_expired(self.now);
+        self.follower
+            .evict_expired(keygate::UnixMillis::from_millis(self.now));
         self.cursor = self.log.len();
     }
 
@@ -531,8 +557,10 @@ impl World {
                 }
             }
             Op::Evict => {
-                self.leader.evict_expired(self.now);
-                self.follower.evict_expired(self.now);
+                self.leader
+                    .evict_expired(keygate::UnixMillis::from_millis(self.now));
+                self.follower
+                    .evict_expired(keygate::UnixMillis::from_millis(self.now));
             }
             Op::Clock { ms } => self.now += ms,
             Op::Compact => self.compact(),
@@ -551,7 +579,11 @@ impl World {
     fn authenticating(&self, keyring: &Keyring) -> BTreeSet<KeyId> {
         self.model
             .iter()
-            .filter(|(_, k)| keyring.authenticate(&k.token, self.now).is_ok())
+            .filter(|(_, k)| {
+                keyring
+                    .authenticate(&k.token, keygate::UnixMillis::from_millis(self.now))
+                    .is_ok()
+            })
             .map(|(id, _)| *id)
             .collect()
     }
@@ -560,7 +592,10 @@ impl World {
         let caught_up = self.cursor == self.log.len();
         for (id, k) in &self.model {
             let live = self.model_live(id);
-            let leader = self.leader.authenticate(&k.token, self.now).ok();
+            let leader = self
+                .leader
+                .authenticate(&k.token, keygate::UnixMillis::from_millis(self.now))
+                .ok();
             // (1) dead keys stay dead; live keys work, with their grant.
             match &leader {
                 Some(p) => {
@@ -575,7 +610,10 @@ impl World {
                 }
                 None => assert!(!live, "step {step}: live key {id} refused by the leader"),
             }
-            let follower = self.follower.authenticate(&k.token, self.now).ok();
+            let follower = self
+                .follower
+                .authenticate(&k.token, keygate::UnixMillis::from_millis(self.now))
+                .ok();
             if caught_up {
                 assert!(
                     live || follower.is_none(),

@@ -48,7 +48,13 @@ fn non_empty_scopes() -> impl Strategy<Value = Scopes> {
 fn keyring_with(seed: u64, request: &MintRequest) -> (Keyring, String) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-    let (record, token) = mint(keyring.pepper(), request, &mut rng, 0).into_parts();
+    let (record, token) = mint(
+        keyring.pepper(),
+        request,
+        &mut rng,
+        keygate::UnixMillis::from_millis(0),
+    )
+    .into_parts();
     keyring.insert(record).unwrap();
     (keyring, token.expose_secret().to_owned())
 }
@@ -149,8 +155,8 @@ proptest! {
     fn record_serde_round_trips(seed in any::<u64>(), s in non_empty_scopes(), expires in proptest::option::of(1i64..)) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::generate(&mut rng);
-        let request = MintRequest::restricted(Some("k"), s, expires, 0).unwrap();
-        let minted = mint(&pepper, &request, &mut rng, 0);
+        let request = MintRequest::restricted(Some("k"), s, expires, keygate::UnixMillis::from_millis(0)).unwrap();
+        let minted = mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0));
         let json = serde_json::to_string(minted.record()).unwrap();
         prop_assert!(!json.contains(&minted.token().expose_secret()[20..63]));
         prop_assert_eq!(&serde_json::from_str::<KeyRecord>(&json).unwrap(), minted.record());
@@ -159,11 +165,11 @@ proptest! {
     #[test]
     fn mint_then_authenticate(seed in any::<u64>(), s in proptest::option::of(non_empty_scopes())) {
         let request = match s {
-            Some(s) => MintRequest::restricted(None, s, None, 0).unwrap(),
-            None => MintRequest::standard(None, None, 0).unwrap(),
+            Some(s) => MintRequest::restricted(None, s, None, keygate::UnixMillis::from_millis(0)).unwrap(),
+            None => MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap(),
         };
         let (keyring, token) = keyring_with(seed, &request);
-        let principal = keyring.authenticate(&token, 1).unwrap();
+        let principal = keyring.authenticate(&token, keygate::UnixMillis::from_millis(1)).unwrap();
         prop_assert_eq!(principal.scopes(), request.scopes());
         prop_assert_eq!(principal.kind(), request.kind());
         let id = principal.id();
@@ -176,36 +182,36 @@ proptest! {
         position in 0usize..69,
         replacement in proptest::sample::select(TOKEN_CHARS),
     ) {
-        let request = MintRequest::restricted(None, Scopes::all(), None, 0).unwrap();
+        let request = MintRequest::restricted(None, Scopes::all(), None, keygate::UnixMillis::from_millis(0)).unwrap();
         let (keyring, token) = keyring_with(seed, &request);
         let mut bytes = token.clone().into_bytes();
         prop_assume!(bytes[position] != replacement);
         bytes[position] = replacement;
-        prop_assert!(keyring.authenticate_bytes(&bytes, 1).is_err());
+        prop_assert!(keyring.authenticate(&bytes, keygate::UnixMillis::from_millis(1)).is_err());
     }
 
     #[test]
     fn truncated_or_extended_token_fails(seed in any::<u64>(), cut in 0usize..69, extra in "[a-zA-Z0-9_]{1,8}") {
-        let request = MintRequest::standard(None, None, 0).unwrap();
+        let request = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap();
         let (keyring, token) = keyring_with(seed, &request);
-        prop_assert!(keyring.authenticate(&token[..cut], 1).is_err());
+        prop_assert!(keyring.authenticate(&token[..cut], keygate::UnixMillis::from_millis(1)).is_err());
         let extended = format!("{token}{extra}");
-        prop_assert!(keyring.authenticate(&extended, 1).is_err());
+        prop_assert!(keyring.authenticate(&extended, keygate::UnixMillis::from_millis(1)).is_err());
     }
 
     #[test]
     fn relabelled_prefix_fails(seed in any::<u64>(), s in non_empty_scopes(), standard in any::<bool>()) {
         let request = if standard {
-            MintRequest::standard(None, None, 0).unwrap()
+            MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap()
         } else {
-            MintRequest::restricted(None, s, None, 0).unwrap()
+            MintRequest::restricted(None, s, None, keygate::UnixMillis::from_millis(0)).unwrap()
         };
         let (keyring, token) = keyring_with(seed, &request);
         let other = if standard { "rk_" } else { "ak_" };
         // Relabel, then re-seal the checksum so only the hash binding can catch it.
         let relabelled = with_checksum(&format!("{other}{}", &token[3..63]));
         prop_assert!(keygate::Token::parse(&relabelled).is_ok());
-        prop_assert_eq!(keyring.authenticate(&relabelled, 1), Err(AuthError::InvalidCredentials));
+        prop_assert_eq!(keyring.authenticate(&relabelled, keygate::UnixMillis::from_millis(1)), Err(AuthError::InvalidCredentials));
     }
 
     #[test]
@@ -217,19 +223,19 @@ proptest! {
     ) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::generate(&mut rng);
-        let caller_req = MintRequest::restricted(None, caller_scopes, None, 0).unwrap();
-        let caller = mint(&pepper, &caller_req, &mut rng, 0).record().principal();
+        let caller_req = MintRequest::restricted(None, caller_scopes, None, keygate::UnixMillis::from_millis(0)).unwrap();
+        let caller = keygate::testing::principal_of(mint(&pepper, &caller_req, &mut rng, keygate::UnixMillis::from_millis(0)).record());
         let request = if want_standard {
-            MintRequest::standard(None, None, 0).unwrap()
+            MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap()
         } else {
-            MintRequest::restricted(None, wanted, None, 0).unwrap()
+            MintRequest::restricted(None, wanted, None, keygate::UnixMillis::from_millis(0)).unwrap()
         };
         match MintPolicy::Attenuating.authorize(&caller, &request) {
             Ok(()) => {
                 prop_assert_eq!(request.kind(), KeyKind::Restricted);
                 prop_assert!(request.scopes().is_subset(&caller.scopes()));
                 prop_assert!(caller.can(Resource::Account, Access::Write));
-                let minted = mint(&pepper, &request, &mut rng, 0);
+                let minted = mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0));
                 prop_assert!(minted.record().scopes().is_subset(&caller.scopes()));
             }
             Err(e) => {
@@ -246,7 +252,7 @@ proptest! {
 
 #[test]
 fn checksum_helper_matches_minted_checksums() {
-    let request = MintRequest::standard(None, None, 0).unwrap();
+    let request = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap();
     let (_, token) = keyring_with(1, &request);
     assert_eq!(with_checksum(&token[..63]), token);
 }

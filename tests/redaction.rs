@@ -18,11 +18,22 @@ fn real_token(seed: u64) -> String {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let pepper = Pepper::generate(&mut rng);
     let request = if seed % 2 == 0 {
-        MintRequest::standard(None, None, 0).unwrap()
+        MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap()
     } else {
-        MintRequest::restricted(None, "objects:read".parse().unwrap(), None, 0).unwrap()
+        MintRequest::restricted(
+            None,
+            "objects:read".parse().unwrap(),
+            None,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .unwrap()
     };
-    let minted = mint(&pepper, &request, &mut rng, 0);
+    let minted = mint(
+        &pepper,
+        &request,
+        &mut rng,
+        keygate::UnixMillis::from_millis(0),
+    );
     minted.token().expose_secret().to_owned()
 }
 
@@ -100,7 +111,7 @@ fn messages(text: &str) -> Vec<(&'static str, String)> {
     let name = format!("{text}\n");
     push(
         "MintRequest name",
-        MintRequest::standard(Some(&name), None, 0)
+        MintRequest::standard(Some(&name), None, keygate::UnixMillis::from_millis(0))
             .map(drop)
             .map_err(|e| e.to_string()),
     );
@@ -138,7 +149,7 @@ proptest! {
         }
         let e = KeyId::parse(&corrupted).unwrap_err();
         assert_no_secret("KeyId::parse", &e.to_string(), secret);
-        let auth = keygate::Keyring::new(Pepper::from_bytes(&[1; 32])).authenticate(&corrupted, 0);
+        let auth = keygate::Keyring::new(Pepper::from_bytes(&[1; 32])).authenticate(&corrupted, keygate::UnixMillis::from_millis(0));
         assert_no_secret("Keyring::authenticate", &auth.unwrap_err().to_string(), secret);
     }
 

@@ -59,13 +59,18 @@ fn secret_alphabet_is_uniform() {
     const ALPHABET: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let pepper = Pepper::from_bytes(&[9u8; PEPPER_LEN]);
     let mut rng = ChaCha20Rng::seed_from_u64(0x5EED);
-    let request = MintRequest::standard(None, None, NOW).unwrap();
+    let request = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap();
     let mut counts = [0u64; 62];
     // 4000 tokens: 4000 * (16 + 43) = 236 000 random characters, about 3800
     // per character. A rejection bound of `<= 248` instead of `< 248` makes
     // `0` about 25 % more likely, which adds about 230 to the statistic.
     for _ in 0..4000 {
-        let minted = mint(&pepper, &request, &mut rng, NOW);
+        let minted = mint(
+            &pepper,
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        );
         let text = minted.token().expose_secret();
         let random = text[3..19].bytes().chain(text[20..63].bytes());
         for b in random {
@@ -89,8 +94,16 @@ fn keyring_with(n: usize) -> (Keyring, Vec<KeyId>) {
     let mut ids = Vec::new();
     for i in 0..n {
         let scopes = Scopes::grant(Resource::ALL[i % 9], keygate::Access::Read);
-        let req = MintRequest::restricted(None, scopes, None, NOW).unwrap();
-        let (record, _token) = mint(keyring.pepper(), &req, &mut rng, NOW).into_parts();
+        let req =
+            MintRequest::restricted(None, scopes, None, keygate::UnixMillis::from_millis(NOW))
+                .unwrap();
+        let (record, _token) = mint(
+            keyring.pepper(),
+            &req,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .into_parts();
         ids.push(record.id());
         keyring.insert(record).unwrap();
     }
@@ -134,10 +147,16 @@ fn keyring_tracks_revocations_sequence_and_expiry() {
     let pepper_bytes = Pepper::generate_bytes(&mut rng);
     let mut keyring = Keyring::new(Pepper::from_bytes(&pepper_bytes));
     let mut mint_one = |expires: Option<i64>| {
-        let req = MintRequest::standard(None, expires, NOW).unwrap();
-        mint(&Pepper::from_bytes(&pepper_bytes), &req, &mut rng, NOW)
-            .into_parts()
-            .0
+        let req =
+            MintRequest::standard(None, expires, keygate::UnixMillis::from_millis(NOW)).unwrap();
+        mint(
+            &Pepper::from_bytes(&pepper_bytes),
+            &req,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .into_parts()
+        .0
     };
     let short = mint_one(Some(NOW + 10));
     let long = mint_one(Some(NOW + 1_000));
@@ -168,12 +187,24 @@ fn keyring_tracks_revocations_sequence_and_expiry() {
     );
     assert_ne!(copy, keyring);
 
-    assert_eq!(keyring.evict_expired(NOW + 9), 0);
-    assert_eq!(keyring.evict_expired(NOW + 10), 1);
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(NOW + 9)),
+        0
+    );
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(NOW + 10)),
+        1
+    );
     assert!(!keyring.contains(&short.id()));
     assert!(keyring.contains(&long.id()));
-    assert_eq!(keyring.evict_expired(NOW + 10), 0);
-    assert_eq!(keyring.evict_expired(NOW + 5_000), 1);
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(NOW + 10)),
+        0
+    );
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(NOW + 5_000)),
+        1
+    );
     assert!(keyring.is_empty());
 }
 
@@ -184,8 +215,15 @@ fn evicting_expired_keys_leaves_the_others_authenticating() {
     let pepper_bytes = Pepper::generate_bytes(&mut rng);
     let mut keyring = Keyring::new(Pepper::from_bytes(&pepper_bytes));
     let mut mint_one = |expires: Option<i64>| {
-        let req = MintRequest::standard(None, expires, NOW).unwrap();
-        mint(&Pepper::from_bytes(&pepper_bytes), &req, &mut rng, NOW).into_parts()
+        let req =
+            MintRequest::standard(None, expires, keygate::UnixMillis::from_millis(NOW)).unwrap();
+        mint(
+            &Pepper::from_bytes(&pepper_bytes),
+            &req,
+            &mut rng,
+            keygate::UnixMillis::from_millis(NOW),
+        )
+        .into_parts()
     };
     let (short, short_token) = mint_one(Some(NOW + 10));
     let (long, long_token) = mint_one(Some(NOW + 1_000));
@@ -193,18 +231,30 @@ fn evicting_expired_keys_leaves_the_others_authenticating() {
     keyring.insert(long.clone()).unwrap();
     // Before eviction an expired key is known, and says so.
     assert!(matches!(
-        keyring.authenticate(short_token.expose_secret(), NOW + 20),
+        keyring.authenticate(
+            short_token.expose_secret(),
+            keygate::UnixMillis::from_millis(NOW + 20)
+        ),
         Err(AuthError::Expired { .. })
     ));
-    assert_eq!(keyring.evict_expired(NOW + 20), 1);
+    assert_eq!(
+        keyring.evict_expired(keygate::UnixMillis::from_millis(NOW + 20)),
+        1
+    );
     // After it, the key is gone from the lookup too: unknown, not expired.
     assert_eq!(
-        keyring.authenticate(short_token.expose_secret(), NOW + 20),
+        keyring.authenticate(
+            short_token.expose_secret(),
+            keygate::UnixMillis::from_millis(NOW + 20)
+        ),
         Err(AuthError::InvalidCredentials)
     );
     // And the key that stays still authenticates.
     let principal = keyring
-        .authenticate(long_token.expose_secret(), NOW + 20)
+        .authenticate(
+            long_token.expose_secret(),
+            keygate::UnixMillis::from_millis(NOW + 20),
+        )
         .unwrap();
     assert_eq!(principal.id(), long.id());
     assert!(principal.can(Resource::Account, keygate::Access::Write));
@@ -216,10 +266,24 @@ fn keyrings_differing_in_one_part_are_unequal() {
     let mut rng = ChaCha20Rng::seed_from_u64(80);
     let pepper_bytes = Pepper::generate_bytes(&mut rng);
     let ring = || Keyring::new(Pepper::from_bytes(&pepper_bytes));
-    let req = MintRequest::standard(None, None, NOW).unwrap();
+    let req = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap();
     let pepper = Pepper::from_bytes(&pepper_bytes);
-    let r1 = mint(&pepper, &req, &mut rng, NOW).into_parts().0;
-    let r2 = mint(&pepper, &req, &mut rng, NOW).into_parts().0;
+    let r1 = mint(
+        &pepper,
+        &req,
+        &mut rng,
+        keygate::UnixMillis::from_millis(NOW),
+    )
+    .into_parts()
+    .0;
+    let r2 = mint(
+        &pepper,
+        &req,
+        &mut rng,
+        keygate::UnixMillis::from_millis(NOW),
+    )
+    .into_parts()
+    .0;
     let with = |changes: &[Change]| {
         let mut k = ring();
         for c in changes {
@@ -249,53 +313,27 @@ fn keyrings_differing_in_one_part_are_unequal() {
 
 #[test]
 fn debug_texts_name_the_type_and_hide_the_secret() {
-    use core::hash::BuildHasher;
-    use keygate::{IdHasher, SecretHash};
+    use keygate::SecretHash;
     let hash = SecretHash::from_bytes([0xab; 32]);
     assert_eq!(format!("{hash:?}"), "SecretHash(abababab…)");
     let mut rng = ChaCha20Rng::seed_from_u64(81);
     let pepper = Pepper::generate(&mut rng);
-    let req = MintRequest::standard(None, None, NOW).unwrap();
-    let (_, token) = mint(&pepper, &req, &mut rng, NOW).into_parts();
+    let req = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap();
+    let (_, token) = mint(
+        &pepper,
+        &req,
+        &mut rng,
+        keygate::UnixMillis::from_millis(NOW),
+    )
+    .into_parts();
     assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
     assert_eq!(format!("{token}"), "<redacted>");
-    assert_eq!(
-        format!("{:?}", IdHasher::default().build_hasher()),
-        "IdHash(<seeded>)"
-    );
     // A digest that is not a JSON string says what it expected.
     let err = serde_json::from_str::<SecretHash>("7").unwrap_err();
     assert_eq!(
         err.to_string(),
         "invalid type: integer `7`, expected 64 hex characters at line 1 column 1"
     );
-}
-
-/// Every single-bit change of the hashed value changes `IdHasher`'s hash:
-/// for a key id (one `u128` write) and for a longer byte string (several
-/// writes, chained through the state).
-#[test]
-fn id_hasher_sees_every_bit() {
-    use core::hash::BuildHasher;
-    use keygate::IdHasher;
-    let hasher = IdHasher::default();
-    let base: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
-    let mut seen = HashSet::new();
-    assert!(seen.insert(hasher.hash_one(base)));
-    for bit in 0..128 {
-        assert!(
-            seen.insert(hasher.hash_one(base ^ (1u128 << bit))),
-            "bit {bit}"
-        );
-    }
-    let bytes = [0x5au8; 40];
-    let mut seen = HashSet::new();
-    assert!(seen.insert(hasher.hash_one(bytes)));
-    for bit in 0..bytes.len() * 8 {
-        let mut flipped = bytes;
-        flipped[bit / 8] ^= 1 << (bit % 8);
-        assert!(seen.insert(hasher.hash_one(flipped)), "bit {bit}");
-    }
 }
 
 /// A stored digest that differs from the presented one in any way is
@@ -307,8 +345,14 @@ fn a_digest_differing_in_words_that_cancel_is_refused() {
     use keygate::{AuthError, KeyRecord, KeyRecordParts, SecretHash};
     let mut rng = ChaCha20Rng::seed_from_u64(82);
     let pepper = Pepper::generate(&mut rng);
-    let req = MintRequest::standard(None, None, NOW).unwrap();
-    let (record, token) = mint(&pepper, &req, &mut rng, NOW).into_parts();
+    let req = MintRequest::standard(None, None, keygate::UnixMillis::from_millis(NOW)).unwrap();
+    let (record, token) = mint(
+        &pepper,
+        &req,
+        &mut rng,
+        keygate::UnixMillis::from_millis(NOW),
+    )
+    .into_parts();
     let stored = *record.secret_hash().as_bytes();
     for (a, b) in [(0, 1), (0, 3), (2, 3)] {
         let mut forged = stored;
@@ -331,7 +375,7 @@ fn a_digest_differing_in_words_that_cancel_is_refused() {
             .insert(KeyRecord::from_parts(parts).unwrap())
             .unwrap();
         assert_eq!(
-            keyring.authenticate(token.expose_secret(), NOW),
+            keyring.authenticate(token.expose_secret(), keygate::UnixMillis::from_millis(NOW)),
             Err(AuthError::InvalidCredentials),
             "words {a} and {b}"
         );
@@ -339,5 +383,7 @@ fn a_digest_differing_in_words_that_cancel_is_refused() {
     // The untouched digest is accepted (the test's own control).
     let mut keyring = Keyring::new(pepper.clone());
     keyring.insert(record).unwrap();
-    assert!(keyring.authenticate(token.expose_secret(), NOW).is_ok());
+    assert!(keyring
+        .authenticate(token.expose_secret(), keygate::UnixMillis::from_millis(NOW))
+        .is_ok());
 }

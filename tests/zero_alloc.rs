@@ -38,23 +38,47 @@ fn setup() -> Setup {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let mut add = |request: MintRequest, keyring: &mut Keyring| {
-        let (record, token) = mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+        let (record, token) = mint(
+            keyring.pepper(),
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         keyring.insert(record).unwrap();
         token.expose_secret().to_owned()
     };
-    let standard = add(MintRequest::standard(None, None, 0).unwrap(), &mut keyring);
+    let standard = add(
+        MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap(),
+        &mut keyring,
+    );
     let scopes: Scopes = "devboxes:write,objects:read".parse().unwrap();
     let restricted = add(
-        MintRequest::restricted(Some("ci"), scopes, None, 0).unwrap(),
+        MintRequest::restricted(
+            Some("ci"),
+            scopes,
+            None,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .unwrap(),
         &mut keyring,
     );
     let expired = add(
-        MintRequest::restricted(None, scopes, Some(NOW_MS), 0).unwrap(),
+        MintRequest::restricted(
+            None,
+            scopes,
+            Some(NOW_MS),
+            keygate::UnixMillis::from_millis(0),
+        )
+        .unwrap(),
         &mut keyring,
     );
     // Many more keys, so lookups probe a real table.
     for _ in 0..1_000 {
-        add(MintRequest::standard(None, None, 0).unwrap(), &mut keyring);
+        add(
+            MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap(),
+            &mut keyring,
+        );
     }
 
     let mut other = rand_chacha::ChaCha20Rng::seed_from_u64(4);
@@ -84,17 +108,33 @@ fn hot_path(keyring: &Keyring, token: &str) -> AllocationInfo {
         for _ in 0..100 {
             let token = black_box(token);
             if let Ok(parsed) = Token::parse(token) {
-                let _ = black_box(keyring.verify(black_box(&parsed), NOW_MS));
+                let _ = black_box(
+                    keyring.verify(black_box(&parsed), keygate::UnixMillis::from_millis(NOW_MS)),
+                );
             }
-            let _ = black_box(Token::parse_bytes(token.as_bytes()));
-            if let Ok(principal) = black_box(keyring.authenticate(token, NOW_MS)) {
+            let _ = black_box(Token::parse(token.as_bytes()));
+            if let Ok(principal) =
+                black_box(keyring.authenticate(token, keygate::UnixMillis::from_millis(NOW_MS)))
+            {
                 black_box(principal.can(Resource::Devboxes, Access::Write));
                 black_box(principal.can(Resource::Account, Access::Write));
                 let _ = black_box(principal.require(Resource::Account, Access::Write));
             }
-            let _ = black_box(keyring.authenticate_bytes(token.as_bytes(), NOW_MS));
-            let _ = black_box(keyring.can(token, Resource::Objects, Access::Read, NOW_MS));
-            let _ = black_box(keyring.can(token, Resource::Account, Access::Write, NOW_MS));
+            let _ = black_box(
+                keyring.authenticate(token.as_bytes(), keygate::UnixMillis::from_millis(NOW_MS)),
+            );
+            let _ = black_box(keyring.authorize(
+                token,
+                Resource::Objects,
+                Access::Read,
+                keygate::UnixMillis::from_millis(NOW_MS),
+            ));
+            let _ = black_box(keyring.authorize(
+                token,
+                Resource::Account,
+                Access::Write,
+                keygate::UnixMillis::from_millis(NOW_MS),
+            ));
         }
     })
 }
@@ -119,7 +159,7 @@ fn the_counter_counts() {
         // The error's message is formatted into a String: one allocation.
         black_box(
             s.keyring
-                .authenticate(&s.wrong_secret, NOW_MS)
+                .authenticate(&s.wrong_secret, keygate::UnixMillis::from_millis(NOW_MS))
                 .unwrap_err()
                 .to_string(),
         );
@@ -132,14 +172,23 @@ fn success_paths_allocate_nothing() {
     let s = setup();
     let k = &s.keyring;
     assert_eq!(
-        k.authenticate(&s.standard, NOW_MS).unwrap().kind(),
+        k.authenticate(&s.standard, keygate::UnixMillis::from_millis(NOW_MS))
+            .unwrap()
+            .kind(),
         KeyKind::Standard
     );
-    let restricted = k.authenticate(&s.restricted, NOW_MS).unwrap();
+    let restricted = k
+        .authenticate(&s.restricted, keygate::UnixMillis::from_millis(NOW_MS))
+        .unwrap();
     assert!(restricted.can(Resource::Devboxes, Access::Write));
     // Insufficient scope (a 403) is on this path too.
     assert!(matches!(
-        k.can(&s.restricted, Resource::Account, Access::Write, NOW_MS),
+        k.authorize(
+            &s.restricted,
+            Resource::Account,
+            Access::Write,
+            keygate::UnixMillis::from_millis(NOW_MS)
+        ),
         Err(AuthError::InsufficientScope { .. })
     ));
     assert_zero("standard", hot_path(k, &s.standard));
@@ -156,14 +205,14 @@ fn failure_paths_allocate_nothing() {
         ("relabelled kind", &s.relabelled),
     ] {
         assert_eq!(
-            k.authenticate(token, NOW_MS),
+            k.authenticate(token, keygate::UnixMillis::from_millis(NOW_MS)),
             Err(AuthError::InvalidCredentials),
             "{name}"
         );
         assert_zero(name, hot_path(k, token));
     }
     assert!(matches!(
-        k.authenticate(&s.expired, NOW_MS),
+        k.authenticate(&s.expired, keygate::UnixMillis::from_millis(NOW_MS)),
         Err(AuthError::Expired { .. })
     ));
     assert_zero("expired", hot_path(k, &s.expired));
@@ -190,7 +239,7 @@ fn malformed_tokens_allocate_nothing() {
         (&bad_checksum, TokenError::Checksum),
     ];
     for (bytes, expected) in cases {
-        assert_eq!(Token::parse_bytes(bytes).err(), Some(expected));
+        assert_eq!(Token::parse(bytes).err(), Some(expected));
         let text = std::str::from_utf8(bytes).unwrap();
         assert_zero(&format!("{expected:?}"), hot_path(&s.keyring, text));
     }

@@ -33,7 +33,7 @@
 //!   unknown_id_sharing_window`): ids of no key whose index window is a
 //!   known key's, so both classes read the same memory.
 //! * `c_authenticate_unknown_id`: the same through
-//!   `Keyring::authenticate_bytes` on the unparsed text, the server's call.
+//!   `Keyring::authenticate` on the unparsed text, the server's call.
 //! * `w_null_random_windows`: a null (A/A) control, both classes unknown
 //!   ids drawn at random (two disjoint sets, each id in its own window).
 //! * `x_null_one_pool`: a null (A/A) control, both classes drawing from one
@@ -88,13 +88,13 @@ fn fixture() -> &'static Fixture {
             Some("ct"),
             "devboxes:write,objects:read".parse().unwrap(),
             None,
-            0,
+            keygate::UnixMillis::from_millis(0),
         )
         .unwrap();
         let mut tokens = Vec::with_capacity(keys());
         for _ in 0..keys() {
             let (record, token) =
-                keygate::mint(keyring.pepper(), &request, &mut rng, 0).into_parts();
+                keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
             keyring.insert(record).unwrap();
             tokens.push(token.expose_secret().to_owned());
         }
@@ -184,7 +184,7 @@ fn pools(
     right: impl FnMut(&mut ChaCha20Rng) -> [u8; 69],
 ) -> (Vec<Token<'static>>, Vec<Token<'static>>) {
     let (left, right) = texts(rng, left, right);
-    let parse = |t: &&'static [u8; 69]| Token::parse_bytes(&t[..]).expect("well-formed token");
+    let parse = |t: &&'static [u8; 69]| Token::parse(&t[..]).expect("well-formed token");
     (
         left.iter().map(parse).collect(),
         right.iter().map(parse).collect(),
@@ -271,9 +271,9 @@ fn a_shared_prefix(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     assert!(left
         .iter()
         .chain(&right)
-        .all(|t| f.keyring.verify(t, NOW_MS).is_err()));
+        .all(|t| f.keyring.verify(t, keygate::UnixMillis::from_millis(NOW_MS)).is_err()));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.verify(&t, NOW_MS)
+        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -293,10 +293,10 @@ fn case_b_inputs(rng: &mut ChaCha20Rng) -> (Vec<WithStored>, Vec<WithStored>) {
     let right: Vec<WithStored> = right.iter().map(stored).collect();
     assert!(left
         .iter()
-        .all(|(t, _)| f.keyring.verify(t, NOW_MS).is_ok()));
+        .all(|(t, _)| f.keyring.verify(t, keygate::UnixMillis::from_millis(NOW_MS)).is_ok()));
     assert!(right
         .iter()
-        .all(|(t, _)| f.keyring.verify(t, NOW_MS).is_err()));
+        .all(|(t, _)| f.keyring.verify(t, keygate::UnixMillis::from_millis(NOW_MS)).is_err()));
     (left, right)
 }
 
@@ -318,7 +318,7 @@ fn b_verify(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let mut rng = seeded(bench_rng);
     let (left, right) = case_b_inputs(&mut rng);
     measure(runner, &mut rng, &left, &right, |(t, _)| {
-        f.keyring.verify(&t, NOW_MS)
+        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -358,7 +358,7 @@ fn c_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     assert!(left.iter().all(|t| !f.keyring.contains(&t.key_id())));
     assert!(right.iter().all(|t| f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.verify(&t, NOW_MS)
+        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -383,7 +383,7 @@ fn known_of<'a>(
     }
 }
 
-/// (c) through `Keyring::authenticate_bytes`, the server's call: the token
+/// (c) through `Keyring::authenticate`, the server's call: the token
 /// text, unparsed, of an unknown id against a known id with a wrong secret
 /// (twins, as in `c_unknown_id`).
 fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
@@ -392,10 +392,10 @@ fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let twins = twins(&mut rng, 1);
     let (left, right) = texts(&mut rng, twin_of(&twins, 0), known_of(&twins));
     assert!(left.iter().chain(&right).all(|t| {
-        f.keyring.authenticate_bytes(&t[..], NOW_MS) == Err(keygate::AuthError::InvalidCredentials)
+        f.keyring.authenticate(&t[..], keygate::UnixMillis::from_millis(NOW_MS)) == Err(keygate::AuthError::InvalidCredentials)
     }));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.authenticate_bytes(&t[..], NOW_MS)
+        f.keyring.authenticate(&t[..], keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -412,7 +412,7 @@ fn measure_unknown(
         .iter()
         .chain(&right)
         .all(|t| !f.keyring.contains(&t.key_id())));
-    measure(runner, rng, &left, &right, |t| f.keyring.verify(&t, NOW_MS));
+    measure(runner, rng, &left, &right, |t| f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS)));
 }
 
 /// Null control (A/A): case (c)'s operation and input recipe with both
@@ -458,7 +458,7 @@ fn x_null_one_pool(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let pool: Vec<Token<'static>> = left.into_iter().chain(right).collect();
     assert!(pool.iter().all(|t| !f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &pool, &pool, |t| {
-        f.keyring.verify(&t, NOW_MS)
+        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 

@@ -117,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let input = Input { target };
     let table = table();
-    let result = table.lookup_bytes(method, input.target);
+    let result = table.lookup(method, input.target);
     let Ok(m) = result else {
         assert_eq!(result.map(|_| ()).unwrap_err().http_status(), 400);
         return;

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fn check(bytes: &[u8]) {
-    let parsed = Token::parse_bytes(bytes);
+    let parsed = Token::parse(bytes);
     assert_eq!(
         parsed.is_ok(),
         common::reference_accepts(bytes),

@@ -47,7 +47,7 @@ impl Cache for Single {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .authenticate_bytes(token, now_ms)
+            .authenticate(token, keygate::UnixMillis::from_millis(now_ms))
     }
     fn revoke(&self, seq: u64, id: KeyId) {
         let _ = self
@@ -60,7 +60,7 @@ impl Cache for Single {
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .evict_expired(now_ms)
+            .evict_expired(keygate::UnixMillis::from_millis(now_ms))
     }
 }
 
@@ -191,12 +191,19 @@ fn main() {
     let rounds = env("ROUNDS", 3);
     let pepper = Pepper::from_bytes(&[5u8; 32]);
     let t = Instant::now();
-    let request = MintRequest::standard(Some("k"), None, 0).unwrap();
+    let request =
+        MintRequest::standard(Some("k"), None, keygate::UnixMillis::from_millis(0)).unwrap();
     let mut records = Vec::with_capacity(keys);
     let mut tokens = Vec::new();
     let mut rng = keygate::os_entropy();
     for i in 0..keys {
-        let (record, token) = keygate::mint(&pepper, &request, &mut rng, 0).into_parts();
+        let (record, token) = keygate::mint(
+            &pepper,
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         if i % 256 == 0 {
             tokens.push(token.expose_secret().to_owned());
         }

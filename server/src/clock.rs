@@ -3,5 +3,5 @@
 /// Unix milliseconds now.
 #[inline]
 pub fn now_ms() -> i64 {
-    keygate::system_now_ms()
+    keygate::UnixMillis::now().as_millis()
 }

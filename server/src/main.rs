@@ -294,13 +294,17 @@ fn serve(
 /// [`BOOTSTRAP_WAIT`] for the key) and carry on.
 async fn bootstrap(store: &dyn Store, cache: &KeyCache, args: &StoreArgs) -> Result<(), String> {
     let now_ms = clock::now_ms();
-    let request =
-        MintRequest::standard(Some("bootstrap"), None, now_ms).map_err(|e| e.to_string())?;
+    let request = MintRequest::standard(
+        Some("bootstrap"),
+        None,
+        keygate::UnixMillis::from_millis(now_ms),
+    )
+    .map_err(|e| e.to_string())?;
     let (record, token) = keygate::mint(
         &cache.pepper(),
         &request,
         &mut keygate::os_entropy(),
-        now_ms,
+        keygate::UnixMillis::from_millis(now_ms),
     )
     .into_parts();
     let base = store::postgres::bootstrap_base(&args.db, args.pepper_file.as_deref());

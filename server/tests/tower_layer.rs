@@ -1,5 +1,5 @@
 //! The README's "someone else's axum gateway" example, served for real:
-//! `keygate::tower::RequireScope` on an axum route.
+//! `keygate::tower::Require` on an axum route.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, RwLock};
 
 use axum::{routing::post, Extension, Router};
-use keygate::tower::RequireScope;
+use keygate::tower::Require;
 use keygate::{Access, Keyring, MintRequest, Pepper, Principal, Resource, Scopes};
 
 // --- as in the README ---
@@ -23,11 +23,7 @@ async fn create_devbox(Extension(key): Extension<Principal>) -> String {
 fn app(keyring: Arc<RwLock<Keyring>>) -> Router {
     Router::new()
         .route("/devboxes", post(create_devbox))
-        .route_layer(RequireScope::new(
-            keyring,
-            Resource::Devboxes,
-            Access::Write,
-        ))
+        .route_layer(Require::scope(keyring, Resource::Devboxes, Access::Write))
 }
 // ---
 
@@ -37,11 +33,19 @@ fn require_scope_guards_an_axum_route() {
     let keyring = Arc::new(RwLock::new(Keyring::new(Pepper::generate(&mut rng))));
     let mut mint = |scopes: Option<Scopes>| {
         let request = match scopes {
-            Some(s) => MintRequest::restricted(None, s, None, 0).unwrap(),
-            None => MintRequest::standard(None, None, 0).unwrap(),
+            Some(s) => {
+                MintRequest::restricted(None, s, None, keygate::UnixMillis::from_millis(0)).unwrap()
+            }
+            None => MintRequest::standard(None, None, keygate::UnixMillis::from_millis(0)).unwrap(),
         };
         let mut ring = keyring.write().unwrap();
-        let (record, token) = keygate::mint(ring.pepper(), &request, &mut rng, 0).into_parts();
+        let (record, token) = keygate::mint(
+            ring.pepper(),
+            &request,
+            &mut rng,
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         ring.insert(record).unwrap();
         token.expose_secret().to_owned()
     };

@@ -3,7 +3,7 @@
 
 use core::hash::BuildHasher;
 
-use crate::error::KeyringError;
+use super::KeyringError;
 use crate::key::KeyRecord;
 use crate::scope::Scopes;
 use crate::secret::SecretHash;
@@ -24,15 +24,8 @@ use crate::token::{KeyId, KeyKind};
 /// error, never drop a key or grow without bound.
 ///
 /// `IdHasher::default()` uses fixed seeds. `Debug` hides the seeds.
-///
-/// ```
-/// use core::hash::BuildHasher;
-/// let hasher = keygate::IdHasher::default();
-/// assert_eq!(hasher.hash_one(7u128), hasher.hash_one(7u128));
-/// assert_eq!(format!("{hasher:?}"), "IdHasher(<seeded>)");
-/// ```
 #[derive(Clone, Copy)]
-pub struct IdHasher {
+pub(crate) struct IdHasher {
     seeds: [u64; 2],
 }
 
@@ -69,7 +62,7 @@ impl BuildHasher for IdHasher {
 /// The [`Hasher`](core::hash::Hasher) that [`IdHasher`] builds. A key id
 /// hashes as one `u128` write.
 #[derive(Clone, Copy)]
-pub struct IdHash {
+pub(crate) struct IdHash {
     seeds: [u64; 2],
     state: u64,
 }
@@ -372,7 +365,9 @@ impl DigestIndex {
         }
     }
 
-    /// Adds or replaces `record`'s slot. On an error nothing has changed.
+    /// Adds or replaces `record`'s slot. On an error the index still holds
+    /// every key it held (slots may have moved within their windows), and not
+    /// `record`.
     pub(crate) fn insert(&mut self, record: &KeyRecord) -> Result<(), KeyringError> {
         let new = Slot::of(record);
         // A replacement reuses the id's slot: it always fits.

@@ -171,20 +171,34 @@ pub async fn mint(
     let now_ms = system_now_ms();
     let expires_at_ms = expiry.at_ms(now_ms)?;
     let request = if scopes.is_empty() {
-        MintRequest::standard(name, expires_at_ms, now_ms)
+        MintRequest::standard(
+            name,
+            expires_at_ms,
+            keygate::UnixMillis::from_millis(now_ms),
+        )
     } else {
         let scopes: Scopes = scopes.join(",").parse().map_err(|e| format!("{e}"))?;
-        MintRequest::restricted(name, scopes, expires_at_ms, now_ms)
+        MintRequest::restricted(
+            name,
+            scopes,
+            expires_at_ms,
+            keygate::UnixMillis::from_millis(now_ms),
+        )
     }
     .map_err(|e| e.to_string())?;
     crate::http::create::check_name(request.name())?;
     let (store, pepper) = open_store(args).await?;
-    let minted = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now_ms);
+    let minted = keygate::mint(
+        &pepper,
+        &request,
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(now_ms),
+    );
     store
         .create(minted.record(), None, now_ms)
         .await
         .map_err(store_err)?;
-    print_json(&minted.into_view())
+    print_json(&keygate::wire::CreatedKeyView::from(minted))
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
@@ -391,9 +405,9 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
     let rolled = keygate::roll(
         &pepper,
         &key.record,
-        overlap_ms,
+        core::time::Duration::from_millis(overlap_ms),
         &mut keygate::os_entropy(),
-        now_ms,
+        keygate::UnixMillis::from_millis(now_ms),
     )
     .map_err(|e| e.to_string())?;
     let (new_key, old) = rolled.into_parts();
@@ -404,7 +418,7 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
             StoreError::NotFound => not_found(),
             other => other.to_string(),
         })?;
-    print_json(&new_key.into_view())?;
+    print_json(&keygate::wire::CreatedKeyView::from(new_key))?;
     match old.expires_at_ms() {
         Some(ms) => eprintln!(
             "old key {id} now expires at {} (expires_at_ms {ms})",

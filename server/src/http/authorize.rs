@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use keygate::tower::Rejection;
+use keygate::Rejection;
 use keygate::{Access, Resource};
 
 use crate::clock::now_ms as system_now_ms;
@@ -114,11 +114,14 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
     if let Some(response) = crate::http::forward::forward_auth(&*state, &request) {
         return response;
     }
-    let principal =
-        match keygate::tower::authenticate_headers(&*state, request.headers(), system_now_ms()) {
-            Ok(p) => p,
-            Err(rejection) => return rejection.to_response(),
-        };
+    let principal = match keygate::tower::authenticate_headers(
+        &*state,
+        request.headers(),
+        keygate::UnixMillis::from_millis(system_now_ms()),
+    ) {
+        Ok(p) => p,
+        Err(rejection) => return rejection.to_response(),
+    };
     let (resource, access) = match parse_authorize_query(request.uri().query()) {
         Ok(q) => q,
         Err(detail) => {

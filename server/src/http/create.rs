@@ -9,7 +9,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use keygate::tower::problem;
-use keygate::wire::CreateParameters;
 use keygate::{Change, KeyRecord, MintRequest, Principal, ValidationError};
 use serde::de::DeserializeOwned;
 
@@ -20,6 +19,25 @@ use crate::http::state::AppState;
 
 fn validation_error(e: &ValidationError) -> Response {
     bad_request(&e.to_string())
+}
+
+/// The two create bodies, for one generic handler: each validates into a
+/// [`MintRequest`] (the library's inherent `validate`).
+pub(crate) trait CreateParameters {
+    /// The request the body asks for, validated at `now`.
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, ValidationError>;
+}
+
+impl CreateParameters for keygate::wire::ApiKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, ValidationError> {
+        keygate::wire::ApiKeyCreateParameters::validate(self, now)
+    }
+}
+
+impl CreateParameters for keygate::wire::RestrictedKeyCreateParameters {
+    fn validate(&self, now: keygate::UnixMillis) -> Result<MintRequest, ValidationError> {
+        keygate::wire::RestrictedKeyCreateParameters::validate(self, now)
+    }
 }
 
 /// `POST /v1/apikeys` and `POST /v1/restricted_keys`: the caller is already
@@ -34,7 +52,7 @@ pub(crate) async fn create<P: CreateParameters + DeserializeOwned + Default>(
         Err((status, detail)) => return problem(status, &detail),
     };
     let now_ms = system_now_ms();
-    match params.validate(now_ms) {
+    match params.validate(keygate::UnixMillis::from_millis(now_ms)) {
         Ok(request) => match check_name(request.name()) {
             Ok(()) => mint_and_store(state, caller, request, now_ms).await,
             Err(detail) => bad_request(&detail),
@@ -82,7 +100,7 @@ async fn mint_and_store(
         &state.cache().pepper(),
         &request,
         &mut keygate::os_entropy(),
-        now_ms,
+        keygate::UnixMillis::from_millis(now_ms),
     );
     let record: KeyRecord = minted.record().clone();
     match state
@@ -95,7 +113,7 @@ async fn mint_and_store(
         }
         Err(e) => return store_error(&e, "cannot store the key"),
     }
-    match serde_json::to_vec(&minted.into_view()) {
+    match serde_json::to_vec(&keygate::wire::CreatedKeyView::from(minted)) {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);
             // The log names the caller; the new key's id is in the body.

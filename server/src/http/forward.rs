@@ -24,9 +24,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Router};
 use keygate::route::MatchedBy;
-use keygate::system_now_ms;
-use keygate::tower::{authorize_route, problem, Authenticate};
+use keygate::tower::{bearer_token, problem, Authenticate};
+use keygate::Rejection;
 use keygate::RouteTable;
+use keygate::UnixMillis;
 
 /// The loaded table and the trusted header family, in the request
 /// extensions of every route.
@@ -223,7 +224,15 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
              or ask with `?resource_type=&access_level=`",
         ));
     };
-    let decided = authorize_route(auth, table, method, uri, headers, system_now_ms());
+    let token = bearer_token(headers);
+    let decided = match table.authorize_request(auth, token.ok(), method, uri, UnixMillis::now()) {
+        Ok(ok) => Ok((ok.principal(), ok.route())),
+        // A header that is there but not a bearer credential says so.
+        Err(Rejection::MissingCredential) => {
+            Err(token.err().unwrap_or(Rejection::MissingCredential))
+        }
+        Err(e) => Err(e),
+    };
     Some(match decided {
         Err(rejection) => {
             tracing::debug!(

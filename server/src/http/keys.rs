@@ -308,9 +308,9 @@ pub async fn roll(
     let rolled = match keygate::roll(
         &pepper,
         &key.record,
-        params.overlap_ms,
+        core::time::Duration::from_millis(params.overlap_ms),
         &mut keygate::os_entropy(),
-        now,
+        keygate::UnixMillis::from_millis(now),
     ) {
         Ok(rolled) => rolled,
         Err(e @ RollError::Expired { .. }) => {
@@ -333,7 +333,11 @@ pub async fn roll(
         }
         Err(e) => return with_caller(store_error(&e, "cannot roll the key"), caller),
     }
-    ok_json(StatusCode::OK, &new_key.into_view(), caller)
+    ok_json(
+        StatusCode::OK,
+        &keygate::wire::CreatedKeyView::from(new_key),
+        caller,
+    )
 }
 
 /// `POST /v1/keys/revoke` with `{"token": "..."}`: self-revocation, in the
@@ -421,7 +425,7 @@ mod tests {
 
     #[test]
     fn restricted_callers_are_scoped_only_under_attenuation() {
-        let restricted = keygate::testing::example_record().principal();
+        let restricted = keygate::testing::principal_of(&keygate::testing::example_record());
         assert_eq!(scope_of(MintPolicy::Spec, &restricted), Scope::All);
         assert_eq!(
             scope_of(MintPolicy::Attenuating, &restricted),

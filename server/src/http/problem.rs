@@ -4,7 +4,8 @@
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use keygate::tower::{problem, Rejection};
+use keygate::tower::problem;
+use keygate::Rejection;
 use keygate::{AuthError, Principal};
 use serde::Serialize;
 

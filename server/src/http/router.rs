@@ -12,8 +12,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use keygate::tower::{problem, Rejection, RequireScope};
+use keygate::tower::{problem, Require};
 use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters};
+use keygate::Rejection;
 use keygate::{Access, Principal, Resource};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::RequestBodyDeadlineLayer;
@@ -42,7 +43,7 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{id}", get(keys::get_key))
         .route("/v1/events", get(events::events))
-        .route_layer(RequireScope::new(
+        .route_layer(Require::scope(
             shared.clone(),
             Resource::Account,
             Access::Read,
@@ -55,7 +56,7 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
         )
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/keys/{id}/roll", post(keys::roll))
-        .route_layer(RequireScope::new(shared, Resource::Account, Access::Write));
+        .route_layer(Require::scope(shared, Resource::Account, Access::Write));
     let body_routes = Router::new()
         .merge(account_routes)
         // Holding the token is the proof: no Authorization header. Nobody is

@@ -54,14 +54,14 @@ impl AppState {
 
 impl Authenticate for AppState {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.keys.authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: keygate::UnixMillis) -> Result<Principal, AuthError> {
+        self.keys.authenticate(token, now)
     }
 }
 
 impl Authenticate for Shared {
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
-        self.0.authenticate(token, now_ms)
+    fn authenticate(&self, token: &[u8], now: keygate::UnixMillis) -> Result<Principal, AuthError> {
+        self.0.authenticate(token, now)
     }
 }

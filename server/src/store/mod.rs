@@ -336,12 +336,12 @@ mod tests {
     use keygate::{MintRequest, Pepper};
 
     fn expiring(at: Option<i64>) -> KeyRecord {
-        let request = MintRequest::standard(None, at, 0).unwrap();
+        let request = MintRequest::standard(None, at, keygate::UnixMillis::from_millis(0)).unwrap();
         keygate::mint(
             &Pepper::from_bytes(&[5u8; 32]),
             &request,
             &mut keygate::os_entropy(),
-            0,
+            keygate::UnixMillis::from_millis(0),
         )
         .into_parts()
         .0

@@ -275,15 +275,20 @@ async fn step(
                 }
             }
             let request = if *standard {
-                MintRequest::standard(Some("m"), expires, now)
+                MintRequest::standard(Some("m"), expires, keygate::UnixMillis::from_millis(now))
             } else {
-                MintRequest::restricted(Some("m"), scopes, expires, now)
+                MintRequest::restricted(
+                    Some("m"),
+                    scopes,
+                    expires,
+                    keygate::UnixMillis::from_millis(now),
+                )
             };
             let Ok(mut request) = request else {
                 return Ok(());
             };
             if let Some(b) = by {
-                let caller = model.keys[b].record.principal();
+                let caller = keygate::testing::principal_of(&model.keys[b].record);
                 if MintPolicy::Attenuating
                     .authorize(&caller, &request)
                     .is_err()
@@ -292,7 +297,13 @@ async fn step(
                 }
                 request = request.created_by(&caller);
             }
-            let (record, token) = keygate::mint(&pepper(), &request, rng, now).into_parts();
+            let (record, token) = keygate::mint(
+                &pepper(),
+                &request,
+                rng,
+                keygate::UnixMillis::from_millis(now),
+            )
+            .into_parts();
             let want = match by {
                 Some(b) if !model.live(b) => Err(StoreError::CallerRevoked),
                 Some(b) if model.keys[b].rolled_into.is_some() => {
@@ -333,9 +344,9 @@ async fn step(
             let rolled = keygate::roll(
                 &pepper(),
                 &model.keys[t].record,
-                u64::from(*overlap),
+                core::time::Duration::from_millis(u64::from(*overlap)),
                 rng,
-                now,
+                keygate::UnixMillis::from_millis(now),
             )
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let (new_key, old) = rolled.into_parts();
@@ -464,7 +475,7 @@ async fn invariants(
             .apply(change)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
-    follower.evict_expired(now);
+    follower.evict_expired(keygate::UnixMillis::from_millis(now));
     // The whole log, shuffled, each change twice.
     let mut shuffled: Vec<Change> = log.iter().chain(log.iter()).cloned().collect();
     let mut state = rng_seed | 1;
@@ -498,7 +509,7 @@ async fn invariants(
             ("replayed", &replayed),
             ("restarted", &restarted),
         ] {
-            let got = keyring.authenticate(&key.token, now);
+            let got = keyring.authenticate(&key.token, keygate::UnixMillis::from_millis(now));
             prop_assert_eq!(
                 got.is_ok(),
                 live,

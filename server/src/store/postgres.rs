@@ -325,7 +325,7 @@ impl PgStore {
                  VALUES ($1, $2, $3)",
                 &[
                     &version,
-                    &keygate::system_now_ms(),
+                    &keygate::UnixMillis::now().as_millis(),
                     &format!(
                         "keygate {} pid {}",
                         env!("CARGO_PKG_VERSION"),

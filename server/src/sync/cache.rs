@@ -3,7 +3,7 @@
 //! own writes.
 //!
 //! The hot path picks a shard by the token's id bytes, takes its read lock
-//! and calls the library's constant-time [`Keyring::authenticate_bytes`]
+//! and calls the library's constant-time [`Keyring::authenticate`]
 //! (which parses only when the digest does not match): an unknown id costs
 //! what a wrong secret costs, and no request ever reaches the database.
 //!
@@ -85,7 +85,9 @@ impl KeyCache {
         // hold one fails in the keyring like any malformed token.
         let head = token.get(ID_AT..).unwrap_or_default();
         match self.shards.get(shard_of_head(head)) {
-            Some(shard) => Self::read(shard).authenticate_bytes(token, now_ms),
+            Some(shard) => {
+                Self::read(shard).authenticate(token, keygate::UnixMillis::from_millis(now_ms))
+            }
             // Unreachable (the shard index is masked); fail closed.
             None => Err(AuthError::InvalidCredentials),
         }
@@ -120,7 +122,7 @@ impl KeyCache {
     pub fn evict_expired(&self, now_ms: i64) -> usize {
         self.shards
             .iter()
-            .map(|shard| Self::write(shard).evict_expired(now_ms))
+            .map(|shard| Self::write(shard).evict_expired(keygate::UnixMillis::from_millis(now_ms)))
             .sum()
     }
 
@@ -163,9 +165,15 @@ mod tests {
     use keygate::MintRequest;
 
     fn minted(pepper: &Pepper, expires: Option<i64>) -> (keygate::KeyRecord, String) {
-        let request = MintRequest::standard(None, expires, 0).unwrap();
-        let (record, token) =
-            keygate::mint(pepper, &request, &mut keygate::os_entropy(), 0).into_parts();
+        let request =
+            MintRequest::standard(None, expires, keygate::UnixMillis::from_millis(0)).unwrap();
+        let (record, token) = keygate::mint(
+            pepper,
+            &request,
+            &mut keygate::os_entropy(),
+            keygate::UnixMillis::from_millis(0),
+        )
+        .into_parts();
         (record, token.expose_secret().to_owned())
     }
 

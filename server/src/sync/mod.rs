@@ -62,7 +62,8 @@ impl Authenticate for Keys {
     /// The library's constant-time path, and nothing else: no store lookup,
     /// no branch on whether the id is known. A success notes the key's use.
     #[inline]
-    fn authenticate(&self, token: &[u8], now_ms: i64) -> Result<Principal, AuthError> {
+    fn authenticate(&self, token: &[u8], now: keygate::UnixMillis) -> Result<Principal, AuthError> {
+        let now_ms = now.as_millis();
         let principal = self.cache.authenticate(token, now_ms)?;
         self.usage.touch(principal.id(), now_ms);
         Ok(principal)

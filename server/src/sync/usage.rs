@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
-use keygate::{IdHasher, KeyId};
+use keygate::KeyId;
 
 /// Last-use times not yet written, and the ones written.
 #[derive(Default)]
@@ -14,7 +14,7 @@ pub struct Usage {
     /// Hashed with the keyring's one-multiply id hash, not SipHash: only
     /// keys that authenticated get here, and their ids come from a CSPRNG,
     /// so no client can choose colliding ones.
-    seen: DashMap<KeyId, Entry, IdHasher>,
+    seen: DashMap<KeyId, Entry>,
 }
 
 struct Entry {

@@ -14,20 +14,36 @@ fn pepper() -> Pepper {
 }
 
 fn standard(name: &str) -> KeyRecord {
-    let request = MintRequest::standard(Some(name), None, 1_000).unwrap();
-    keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 1_000)
-        .into_parts()
-        .0
+    let request =
+        MintRequest::standard(Some(name), None, keygate::UnixMillis::from_millis(1_000)).unwrap();
+    keygate::mint(
+        &pepper(),
+        &request,
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(1_000),
+    )
+    .into_parts()
+    .0
 }
 
 /// A restricted key minted by `creator`.
 fn child(name: &str, creator: &KeyRecord) -> KeyRecord {
-    let request = MintRequest::restricted(Some(name), "objects:read".parse().unwrap(), None, 2_000)
-        .unwrap()
-        .created_by(&creator.principal());
-    keygate::mint(&pepper(), &request, &mut keygate::os_entropy(), 2_000)
-        .into_parts()
-        .0
+    let request = MintRequest::restricted(
+        Some(name),
+        "objects:read".parse().unwrap(),
+        None,
+        keygate::UnixMillis::from_millis(2_000),
+    )
+    .unwrap()
+    .created_by(&keygate::testing::principal_of(creator));
+    keygate::mint(
+        &pepper(),
+        &request,
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(2_000),
+    )
+    .into_parts()
+    .0
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -112,8 +128,14 @@ fn lifecycle_round_trip() {
         assert_eq!(got.last_used_at_ms, Some(500));
 
         // Roll: the old key's expiry shortened, a new key, two events.
-        let rolled =
-            keygate::roll(&pepper(), &other, 1_000, &mut keygate::os_entropy(), 5_000).unwrap();
+        let rolled = keygate::roll(
+            &pepper(),
+            &other,
+            core::time::Duration::from_millis(1_000),
+            &mut keygate::os_entropy(),
+            keygate::UnixMillis::from_millis(5_000),
+        )
+        .unwrap();
         let (new, old) = rolled.into_parts();
         let new = new.into_parts().0;
         let (created, rolled_seq) = store
@@ -124,7 +146,14 @@ fn lifecycle_round_trip() {
         let got = store.get(other.id(), Scope::All).await.unwrap().unwrap();
         assert_eq!(got.record.expires_at_ms(), Some(6_000));
         // Out of scope, or unknown: not found.
-        let again = keygate::roll(&pepper(), &other, 0, &mut keygate::os_entropy(), 5_000).unwrap();
+        let again = keygate::roll(
+            &pepper(),
+            &other,
+            core::time::Duration::from_millis(0),
+            &mut keygate::os_entropy(),
+            keygate::UnixMillis::from_millis(5_000),
+        )
+        .unwrap();
         let (n2, o2) = again.into_parts();
         assert_eq!(
             store
@@ -669,7 +698,14 @@ fn sqlite_and_postgres_answer_alike() {
     let c = child("c", &b);
     let other = standard("other");
     let spare = standard("spare");
-    let rolled = keygate::roll(&pepper(), &other, 500, &mut keygate::os_entropy(), 5_000).unwrap();
+    let rolled = keygate::roll(
+        &pepper(),
+        &other,
+        core::time::Duration::from_millis(500),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(5_000),
+    )
+    .unwrap();
     let (new, old) = rolled.into_parts();
     let rolled = (new.into_parts().0, old);
     let keys = [root, a, b, c, other, spare];

@@ -19,14 +19,24 @@ fn new_store() -> (tempfile::TempDir, SqliteStore) {
 
 /// A restricted key (objects:read) minted at `at` by `creator`.
 fn record(creator: Option<&KeyRecord>, at: i64) -> KeyRecord {
-    let mut req =
-        MintRequest::restricted(Some("k"), "objects:read".parse().unwrap(), None, at).unwrap();
+    let mut req = MintRequest::restricted(
+        Some("k"),
+        "objects:read".parse().unwrap(),
+        None,
+        keygate::UnixMillis::from_millis(at),
+    )
+    .unwrap();
     if let Some(c) = creator {
-        req = req.created_by(&c.principal());
+        req = req.created_by(&keygate::testing::principal_of(c));
     }
-    keygate::mint(&pepper(), &req, &mut keygate::os_entropy(), at)
-        .into_parts()
-        .0
+    keygate::mint(
+        &pepper(),
+        &req,
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(at),
+    )
+    .into_parts()
+    .0
 }
 
 fn raw(store: &SqliteStore) -> std::sync::MutexGuard<'_, Connection> {
@@ -56,10 +66,16 @@ async fn create_get_count_reopen() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.count().await.unwrap(), 0);
     store.ping().await.unwrap();
-    let std_req = MintRequest::standard(Some("s"), Some(9_000), 5).unwrap();
-    let a = keygate::mint(&pepper(), &std_req, &mut keygate::os_entropy(), 5)
-        .into_parts()
-        .0;
+    let std_req =
+        MintRequest::standard(Some("s"), Some(9_000), keygate::UnixMillis::from_millis(5)).unwrap();
+    let a = keygate::mint(
+        &pepper(),
+        &std_req,
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(5),
+    )
+    .into_parts()
+    .0;
     let b = record(Some(&a), 6);
     assert_eq!(store.create(&a, None, 5).await.unwrap(), 1);
     assert_eq!(store.create(&b, Some(a.id()), 6).await.unwrap(), 2);
@@ -246,7 +262,14 @@ async fn descendant_scoping() {
         store.revoke(d.id(), of_b, false, Some(b.id()), 9).await,
         Err(StoreError::NotFound)
     );
-    let rolled = keygate::roll(&pepper(), &d, 0, &mut keygate::os_entropy(), 9).unwrap();
+    let rolled = keygate::roll(
+        &pepper(),
+        &d,
+        std::time::Duration::from_millis(0),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(9),
+    )
+    .unwrap();
     assert_eq!(
         store
             .roll(rolled.old(), rolled.new_key().record(), of_b, None, 9)
@@ -326,7 +349,14 @@ async fn cascade_revokes_exactly_the_live_descendants() {
 async fn roll_writes_both_keys_and_two_events() {
     let (_dir, store) = new_store();
     let [a, b, ..] = family(&store).await;
-    let rolled = keygate::roll(&pepper(), &b, 1_000, &mut keygate::os_entropy(), 50).unwrap();
+    let rolled = keygate::roll(
+        &pepper(),
+        &b,
+        std::time::Duration::from_millis(1_000),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(50),
+    )
+    .unwrap();
     let (new_key, old) = rolled.into_parts();
     let new = new_key.record().clone();
     let seqs = store
@@ -375,7 +405,14 @@ async fn roll_writes_both_keys_and_two_events() {
     assert_eq!(changes, vec![Change::upsert(7, old.clone())]);
     // A second roll computed from the stale (longer-lived) record is
     // refused: it would lengthen the key's life again.
-    let stale = keygate::roll(&pepper(), &b, 5_000, &mut keygate::os_entropy(), 60).unwrap();
+    let stale = keygate::roll(
+        &pepper(),
+        &b,
+        std::time::Duration::from_millis(5_000),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(60),
+    )
+    .unwrap();
     assert!(matches!(
         store
             .roll(stale.old(), stale.new_key().record(), Scope::All, None, 60)
@@ -391,7 +428,14 @@ async fn roll_writes_both_keys_and_two_events() {
         .revoke(b.id(), Scope::All, false, None, 70)
         .await
         .unwrap();
-    let again = keygate::roll(&pepper(), &old, 0, &mut keygate::os_entropy(), 80).unwrap();
+    let again = keygate::roll(
+        &pepper(),
+        &old,
+        std::time::Duration::from_millis(0),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(80),
+    )
+    .unwrap();
     assert_eq!(
         store
             .roll(again.old(), again.new_key().record(), Scope::All, None, 80)
@@ -568,9 +612,15 @@ async fn a_roll_passes_the_old_keys_children_to_the_new_key() {
     let (_dir, store) = new_store();
     // a minted b and d; b minted c.
     let [a, b, c, d, _e] = family(&store).await;
-    let (new_a, old_a) = keygate::roll(&pepper(), &a, 100, &mut keygate::os_entropy(), 10)
-        .unwrap()
-        .into_parts();
+    let (new_a, old_a) = keygate::roll(
+        &pepper(),
+        &a,
+        std::time::Duration::from_millis(100),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(10),
+    )
+    .unwrap()
+    .into_parts();
     store
         .roll(&old_a, new_a.record(), Scope::All, None, 10)
         .await
@@ -605,9 +655,15 @@ async fn a_roll_passes_the_old_keys_children_to_the_new_key() {
         store.create(&record(Some(&a), 11), Some(a.id()), 11).await,
         Err(StoreError::Conflict(m)) if m.contains("was rolled")
     ));
-    let (again, old_again) = keygate::roll(&pepper(), &old_a, 5, &mut keygate::os_entropy(), 11)
-        .unwrap()
-        .into_parts();
+    let (again, old_again) = keygate::roll(
+        &pepper(),
+        &old_a,
+        std::time::Duration::from_millis(5),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(11),
+    )
+    .unwrap()
+    .into_parts();
     assert!(matches!(
         store
             .roll(&old_again, again.record(), Scope::All, None, 11)
@@ -655,9 +711,15 @@ async fn writes_by_a_revoked_or_expired_caller_are_refused() {
         store.create(&record(Some(&b), 11), Some(b.id()), 11).await,
         Err(StoreError::CallerRevoked)
     );
-    let (n, o) = keygate::roll(&pepper(), &c, 5, &mut keygate::os_entropy(), 11)
-        .unwrap()
-        .into_parts();
+    let (n, o) = keygate::roll(
+        &pepper(),
+        &c,
+        std::time::Duration::from_millis(5),
+        &mut keygate::os_entropy(),
+        keygate::UnixMillis::from_millis(11),
+    )
+    .unwrap()
+    .into_parts();
     assert_eq!(
         store
             .roll(&o, n.record(), Scope::All, Some(b.id()), 11)
@@ -679,12 +741,22 @@ async fn writes_by_a_revoked_or_expired_caller_are_refused() {
         Err(StoreError::CallerRevoked)
     );
     let mortal = {
-        let req = MintRequest::restricted(Some("m"), "objects:read".parse().unwrap(), Some(20), 12)
-            .unwrap()
-            .created_by(&a.principal());
-        keygate::mint(&pepper(), &req, &mut keygate::os_entropy(), 12)
-            .into_parts()
-            .0
+        let req = MintRequest::restricted(
+            Some("m"),
+            "objects:read".parse().unwrap(),
+            Some(20),
+            keygate::UnixMillis::from_millis(12),
+        )
+        .unwrap()
+        .created_by(&keygate::testing::principal_of(&a));
+        keygate::mint(
+            &pepper(),
+            &req,
+            &mut keygate::os_entropy(),
+            keygate::UnixMillis::from_millis(12),
+        )
+        .into_parts()
+        .0
     };
     store.create(&mortal, Some(a.id()), 12).await.unwrap();
     assert_eq!(
@@ -880,10 +952,15 @@ async fn migrates_the_0_1_0_fixture_in_place() {
         let id = KeyId::parse(v["id"].as_str().unwrap()).unwrap();
         let record = before.iter().find(|r| r.id() == id).unwrap();
         assert_eq!(record.expires_at_ms(), v["expires_at_ms"].as_i64());
-        let result = keyring.authenticate(token, now);
+        let result = keyring.authenticate(token, keygate::UnixMillis::from_millis(now));
         if v["name"] == "gone" {
             assert!(result.is_err(), "the expired key must stay expired");
-            assert!(keyring.authenticate(token, record.created_at_ms()).is_ok());
+            assert!(keyring
+                .authenticate(
+                    token,
+                    keygate::UnixMillis::from_millis(record.created_at_ms())
+                )
+                .is_ok());
         } else {
             let p = result.unwrap();
             assert_eq!(p.id(), id);

@@ -1,0 +1,105 @@
+//! Time as a type: [`UnixMillis`], an instant in Unix milliseconds, next to
+//! [`core::time::Duration`] for overlaps and periods. keygate never reads a
+//! clock in its core: the caller passes `now`.
+
+use core::fmt;
+use core::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// An instant: milliseconds since the Unix epoch (negative before it), as
+/// rustls-pki-types' `UnixTime` is seconds. The wire format (JSON `*_ms`
+/// fields) and the stores keep the integer; this type keeps `now`,
+/// `expires_at` and an overlap from being swapped by mistake.
+///
+/// ```
+/// use core::time::Duration;
+/// use keygate::UnixMillis;
+/// let t = UnixMillis::from_millis(1_000);
+/// assert_eq!(t.saturating_add(Duration::from_secs(2)).as_millis(), 3_000);
+/// assert!(t < UnixMillis::from_millis(1_001));
+/// assert_eq!(t.to_string(), "1000");
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct UnixMillis(i64);
+
+impl UnixMillis {
+    /// The Unix epoch.
+    pub const EPOCH: UnixMillis = UnixMillis(0);
+
+    /// The instant `ms` milliseconds after the epoch.
+    #[inline]
+    pub const fn from_millis(ms: i64) -> UnixMillis {
+        UnixMillis(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    ///
+    /// ```
+    /// assert_eq!(keygate::UnixMillis::from_millis(-5).as_millis(), -5);
+    /// ```
+    #[inline]
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// `self + duration`, or `None` past `i64::MAX` milliseconds.
+    ///
+    /// ```
+    /// use keygate::UnixMillis;
+    /// let t = UnixMillis::from_millis(i64::MAX - 1);
+    /// assert_eq!(t.checked_add(core::time::Duration::from_millis(2)), None);
+    /// ```
+    #[inline]
+    pub fn checked_add(self, duration: Duration) -> Option<UnixMillis> {
+        let ms = i64::try_from(duration.as_millis()).ok()?;
+        self.0.checked_add(ms).map(UnixMillis)
+    }
+
+    /// `self + duration`, stopping at the largest instant.
+    ///
+    /// ```
+    /// use keygate::UnixMillis;
+    /// let far = UnixMillis::from_millis(i64::MAX).saturating_add(core::time::Duration::MAX);
+    /// assert_eq!(far.as_millis(), i64::MAX);
+    /// ```
+    #[inline]
+    pub fn saturating_add(self, duration: Duration) -> UnixMillis {
+        self.checked_add(duration).unwrap_or(UnixMillis(i64::MAX))
+    }
+
+    /// The system clock (the epoch before 1970). Requires `std`.
+    ///
+    /// ```
+    /// assert!(keygate::UnixMillis::now().as_millis() > 1_700_000_000_000);
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn now() -> UnixMillis {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            // Seconds and millis apart: no 128-bit division on the hot path.
+            Ok(d) => UnixMillis(
+                i64::try_from(d.as_secs())
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000)
+                    .saturating_add(i64::from(d.subsec_millis())),
+            ),
+            Err(_) => UnixMillis::EPOCH,
+        }
+    }
+}
+
+impl fmt::Display for UnixMillis {
+    /// The milliseconds, as the wire writes them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<UnixMillis> for i64 {
+    fn from(t: UnixMillis) -> i64 {
+        t.0
+    }
+}
