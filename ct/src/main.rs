@@ -93,8 +93,13 @@ fn fixture() -> &'static Fixture {
         .unwrap();
         let mut tokens = Vec::with_capacity(keys());
         for _ in 0..keys() {
-            let (record, token) =
-                keygate::mint(keyring.pepper(), &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
+            let (record, token) = keygate::mint(
+                keyring.pepper(),
+                &request,
+                &mut rng,
+                keygate::UnixMillis::from_millis(0),
+            )
+            .into_parts();
             keyring.insert(record).unwrap();
             tokens.push(token.expose_secret().to_owned());
         }
@@ -268,12 +273,13 @@ fn a_shared_prefix(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
         token_text(KeyKind::Restricted, id_of(text), &secret)
     };
     let (left, right) = pools(&mut rng, near_miss, random_secret_known_id);
-    assert!(left
-        .iter()
-        .chain(&right)
-        .all(|t| f.keyring.verify(t, keygate::UnixMillis::from_millis(NOW_MS)).is_err()));
+    assert!(left.iter().chain(&right).all(|t| f
+        .keyring
+        .verify(t, keygate::UnixMillis::from_millis(NOW_MS))
+        .is_err()));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
+        f.keyring
+            .verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -291,12 +297,14 @@ fn case_b_inputs(rng: &mut ChaCha20Rng) -> (Vec<WithStored>, Vec<WithStored>) {
     let stored = |t: &Token<'static>| (*t, f.keyring.get(&t.key_id()).unwrap().secret_hash());
     let left: Vec<WithStored> = left.iter().map(stored).collect();
     let right: Vec<WithStored> = right.iter().map(stored).collect();
-    assert!(left
-        .iter()
-        .all(|(t, _)| f.keyring.verify(t, keygate::UnixMillis::from_millis(NOW_MS)).is_ok()));
-    assert!(right
-        .iter()
-        .all(|(t, _)| f.keyring.verify(t, keygate::UnixMillis::from_millis(NOW_MS)).is_err()));
+    assert!(left.iter().all(|(t, _)| f
+        .keyring
+        .verify(t, keygate::UnixMillis::from_millis(NOW_MS))
+        .is_ok()));
+    assert!(right.iter().all(|(t, _)| f
+        .keyring
+        .verify(t, keygate::UnixMillis::from_millis(NOW_MS))
+        .is_err()));
     (left, right)
 }
 
@@ -318,7 +326,8 @@ fn b_verify(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let mut rng = seeded(bench_rng);
     let (left, right) = case_b_inputs(&mut rng);
     measure(runner, &mut rng, &left, &right, |(t, _)| {
-        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
+        f.keyring
+            .verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -358,7 +367,8 @@ fn c_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     assert!(left.iter().all(|t| !f.keyring.contains(&t.key_id())));
     assert!(right.iter().all(|t| f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
+        f.keyring
+            .verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -392,10 +402,13 @@ fn c_authenticate_unknown_id(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let twins = twins(&mut rng, 1);
     let (left, right) = texts(&mut rng, twin_of(&twins, 0), known_of(&twins));
     assert!(left.iter().chain(&right).all(|t| {
-        f.keyring.authenticate(&t[..], keygate::UnixMillis::from_millis(NOW_MS)) == Err(keygate::AuthError::InvalidCredentials)
+        f.keyring
+            .authenticate(&t[..], keygate::UnixMillis::from_millis(NOW_MS))
+            == Err(keygate::AuthError::InvalidCredentials)
     }));
     measure(runner, &mut rng, &left, &right, |t| {
-        f.keyring.authenticate(&t[..], keygate::UnixMillis::from_millis(NOW_MS))
+        f.keyring
+            .authenticate(&t[..], keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 
@@ -412,7 +425,10 @@ fn measure_unknown(
         .iter()
         .chain(&right)
         .all(|t| !f.keyring.contains(&t.key_id())));
-    measure(runner, rng, &left, &right, |t| f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS)));
+    measure(runner, rng, &left, &right, |t| {
+        f.keyring
+            .verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
+    });
 }
 
 /// Null control (A/A): case (c)'s operation and input recipe with both
@@ -458,7 +474,8 @@ fn x_null_one_pool(runner: &mut CtRunner, bench_rng: &mut BenchRng) {
     let pool: Vec<Token<'static>> = left.into_iter().chain(right).collect();
     assert!(pool.iter().all(|t| !f.keyring.contains(&t.key_id())));
     measure(runner, &mut rng, &pool, &pool, |t| {
-        f.keyring.verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
+        f.keyring
+            .verify(&t, keygate::UnixMillis::from_millis(NOW_MS))
     });
 }
 

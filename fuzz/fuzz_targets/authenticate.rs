@@ -35,7 +35,12 @@ fn fixture() -> &'static Fixture {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0x6b65_7967);
         let mut keyring = Keyring::new(keygate::Pepper::generate(&mut rng));
         let requests = [
-            MintRequest::standard(Some("admin"), None, keygate::UnixMillis::from_millis(CREATED_MS)).unwrap(),
+            MintRequest::standard(
+                Some("admin"),
+                None,
+                keygate::UnixMillis::from_millis(CREATED_MS),
+            )
+            .unwrap(),
             MintRequest::restricted(
                 Some("ci"),
                 "devboxes:write,objects:read".parse().unwrap(),
@@ -43,9 +48,19 @@ fn fixture() -> &'static Fixture {
                 keygate::UnixMillis::from_millis(CREATED_MS),
             )
             .unwrap(),
-            MintRequest::restricted(None, "account:write".parse().unwrap(), None, keygate::UnixMillis::from_millis(CREATED_MS))
-                .unwrap(),
-            MintRequest::standard(Some("short-lived"), Some(EXPIRES_MS), keygate::UnixMillis::from_millis(CREATED_MS)).unwrap(),
+            MintRequest::restricted(
+                None,
+                "account:write".parse().unwrap(),
+                None,
+                keygate::UnixMillis::from_millis(CREATED_MS),
+            )
+            .unwrap(),
+            MintRequest::standard(
+                Some("short-lived"),
+                Some(EXPIRES_MS),
+                keygate::UnixMillis::from_millis(CREATED_MS),
+            )
+            .unwrap(),
             MintRequest::restricted(
                 Some("expiring"),
                 "agents:read".parse().unwrap(),
@@ -56,8 +71,13 @@ fn fixture() -> &'static Fixture {
         ];
         let mut keys = Vec::new();
         for request in &requests {
-            let (record, token) =
-                keygate::mint(keyring.pepper(), request, &mut rng, keygate::UnixMillis::from_millis(CREATED_MS)).into_parts();
+            let (record, token) = keygate::mint(
+                keyring.pepper(),
+                request,
+                &mut rng,
+                keygate::UnixMillis::from_millis(CREATED_MS),
+            )
+            .into_parts();
             keys.push((
                 token.expose_secret().to_owned(),
                 keygate::testing::principal_of(&record),
@@ -158,19 +178,31 @@ fn apply(bytes: &mut Vec<u8>, op: &Op, keys: &[(String, Principal, Option<i64>)]
 
 fn check(bytes: &[u8], now_ms: i64) {
     let f = fixture();
-    let result = f.keyring.authenticate(bytes, keygate::UnixMillis::from_millis(now_ms));
+    let result = f
+        .keyring
+        .authenticate(bytes, keygate::UnixMillis::from_millis(now_ms));
     let plain = Token::parse(bytes)
         .map_err(AuthError::from)
-        .and_then(|token| f.keyring.verify(&token, keygate::UnixMillis::from_millis(now_ms)));
+        .and_then(|token| {
+            f.keyring
+                .verify(&token, keygate::UnixMillis::from_millis(now_ms))
+        });
     assert_eq!(
         result, plain,
         "hot path and plain order disagree on {bytes:?}"
     );
     if let Ok(text) = std::str::from_utf8(bytes) {
-        assert_eq!(f.keyring.authenticate(text, keygate::UnixMillis::from_millis(now_ms)), result);
-        let via_can = f
-            .keyring
-            .authorize(text, Resource::Devboxes, Access::Read, keygate::UnixMillis::from_millis(now_ms));
+        assert_eq!(
+            f.keyring
+                .authenticate(text, keygate::UnixMillis::from_millis(now_ms)),
+            result
+        );
+        let via_can = f.keyring.authorize(
+            text,
+            Resource::Devboxes,
+            Access::Read,
+            keygate::UnixMillis::from_millis(now_ms),
+        );
         match &result {
             Ok(p) if p.can(Resource::Devboxes, Access::Read) => assert_eq!(via_can, Ok(*p)),
             _ => assert!(via_can.is_err()),

@@ -33,10 +33,19 @@ fn check_common(req: &MintRequest, name: Option<&str>, expires_at_ms: Option<i64
     // An accepted request mints a key that authenticates at `now_ms`.
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
     let mut keyring = Keyring::new(Pepper::from_bytes(&[7u8; 32]));
-    let (record, token) = keygate::mint(keyring.pepper(), req, &mut rng, keygate::UnixMillis::from_millis(now_ms)).into_parts();
+    let (record, token) = keygate::mint(
+        keyring.pepper(),
+        req,
+        &mut rng,
+        keygate::UnixMillis::from_millis(now_ms),
+    )
+    .into_parts();
     keyring.insert(record).unwrap();
     let principal = keyring
-        .authenticate(token.expose_secret(), keygate::UnixMillis::from_millis(now_ms))
+        .authenticate(
+            token.expose_secret(),
+            keygate::UnixMillis::from_millis(now_ms),
+        )
         .expect("a fresh key authenticates at its creation time");
     assert_eq!(principal.kind(), req.kind());
     assert_eq!(principal.scopes(), req.scopes());
