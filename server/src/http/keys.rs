@@ -184,6 +184,20 @@ pub async fn list(
     }
 }
 
+/// The id a route names and the scope the caller may act in, once the id
+/// parses (400) and the store has checked the caller ([`refuse_caller`]).
+async fn target(
+    state: &AppState,
+    caller: &Principal,
+    id: &str,
+) -> Result<(KeyId, Scope), Response> {
+    let id = parse_id(id, "id").map_err(|detail| with_caller(bad_request(&detail), *caller))?;
+    match refuse_caller(state, caller).await {
+        Some(refused) => Err(refused),
+        None => Ok((id, scope_of(state.policy(), caller))),
+    }
+}
+
 /// `GET /v1/keys/{id}`: 404 for an unknown or revoked id, or one outside
 /// the caller's scope (as `DELETE` and the list treat them; a revoked key's
 /// history stays in `GET /v1/events`).
@@ -192,14 +206,10 @@ pub async fn get_key(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match parse_id(&id, "id") {
-        Ok(id) => id,
-        Err(detail) => return with_caller(bad_request(&detail), caller),
+    let (id, scope) = match target(&state, &caller, &id).await {
+        Ok(target) => target,
+        Err(refused) => return refused,
     };
-    if let Some(refused) = refuse_caller(&state, &caller).await {
-        return refused;
-    }
-    let scope = scope_of(state.policy(), &caller);
     match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => {
             let view = KeyView::of(&key, state.usage().last_used(&id));
@@ -238,14 +248,10 @@ pub async fn revoke(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match parse_id(&id, "id") {
-        Ok(id) => id,
-        Err(detail) => return with_caller(bad_request(&detail), caller),
+    let (id, scope) = match target(&state, &caller, &id).await {
+        Ok(target) => target,
+        Err(refused) => return refused,
     };
-    if let Some(refused) = refuse_caller(&state, &caller).await {
-        return refused;
-    }
-    let scope = scope_of(state.policy(), &caller);
     match revoke_now(&state, id, scope, caller.id()).await {
         Ok(()) => {
             let mut response = Response::new(axum::body::Body::empty());
