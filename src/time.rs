@@ -55,8 +55,11 @@ impl UnixMillis {
     /// ```
     #[inline]
     pub fn checked_add(self, duration: Duration) -> Option<UnixMillis> {
-        let ms = i64::try_from(duration.as_millis()).ok()?;
-        self.0.checked_add(ms).map(UnixMillis)
+        // In 128 bits: a duration past `i64::MAX` ms can still land in range
+        // from a negative instant.
+        let ms = i128::try_from(duration.as_millis()).ok()?;
+        let sum = i128::from(self.0).checked_add(ms)?;
+        i64::try_from(sum).ok().map(UnixMillis)
     }
 
     /// `self + duration`, stopping at the largest instant.
@@ -101,5 +104,39 @@ impl fmt::Display for UnixMillis {
 impl From<UnixMillis> for i64 {
     fn from(t: UnixMillis) -> i64 {
         t.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addition_is_exact_in_range_and_saturates_past_it() {
+        let past_i64 = Duration::from_millis(u64::MAX);
+        // From a negative instant, a duration past i64::MAX ms can land in
+        // range: exact, not saturated.
+        let t = UnixMillis::from_millis(i64::MIN);
+        assert_eq!(
+            t.checked_add(past_i64),
+            Some(UnixMillis::from_millis(i64::MAX))
+        );
+        assert_eq!(UnixMillis::from_millis(-1).checked_add(past_i64), None);
+        assert_eq!(
+            UnixMillis::from_millis(-1).saturating_add(past_i64),
+            UnixMillis::from_millis(i64::MAX)
+        );
+        assert_eq!(
+            UnixMillis::from_millis(5).checked_add(Duration::from_millis(7)),
+            Some(UnixMillis::from_millis(12))
+        );
+        assert_eq!(
+            UnixMillis::from_millis(i64::MAX).checked_add(Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(
+            UnixMillis::from_millis(i64::MAX).saturating_add(Duration::MAX),
+            UnixMillis::from_millis(i64::MAX)
+        );
     }
 }

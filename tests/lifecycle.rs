@@ -166,7 +166,9 @@ proptest! {
                 let (new_key, old) = rolled.into_parts();
                 let old_end = old.expires_at_ms().unwrap();
                 prop_assert!(old_end <= record.expires_at_ms().unwrap_or(i64::MAX));
-                prop_assert!(old_end <= now.saturating_add(i64::try_from(overlap).unwrap_or(i64::MAX)));
+                // now + overlap, exactly, capped at the largest instant.
+                let bound = (i128::from(now) + i128::from(overlap)).min(i128::from(i64::MAX));
+                prop_assert!(i128::from(old_end) <= bound);
                 prop_assert!(old_end >= now);
                 prop_assert_eq!(new_key.record().expires_at_ms(), record.expires_at_ms());
                 if overlap == 0 {
