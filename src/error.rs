@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::key::RecordError;
 use crate::keyring::{AuthError, KeyringError};
+use crate::limit::{LimitError, Refusal};
 use crate::mint::{MintError, ValidationError};
 use crate::roll::RollError;
 use crate::scope::ScopeParseError;
@@ -51,6 +52,12 @@ pub enum Error {
     /// See [`Rejection`](crate::Rejection) (a refused path converts too).
     #[error(transparent)]
     Rejection(#[from] crate::route::Rejection),
+    /// A bad rate limit or credit configuration.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// A request the rate limit or the credits refused.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl From<crate::route::PathError> for Error {
@@ -60,7 +67,7 @@ impl From<crate::route::PathError> for Error {
 }
 
 impl Error {
-    /// The HTTP status that answers this error: 400, 401, 403, 409, 500 or 503.
+    /// The HTTP status that answers this error: 400, 401, 403, 409, 429, 500 or 503.
     ///
     /// ```
     /// let err: keygate::Error = keygate::ValidationError::NoAccessGranted.into();
@@ -78,6 +85,8 @@ impl Error {
             Error::Roll(e) => e.http_status(),
             Error::RouteParse(e) => e.http_status(),
             Error::Rejection(e) => e.http_status(),
+            Error::Limit(e) => e.http_status(),
+            Error::Refused(e) => e.http_status(),
         }
     }
 }

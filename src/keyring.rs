@@ -11,7 +11,7 @@ use crate::secret::{Message, Pepper, SecretHash};
 use crate::time::UnixMillis;
 use crate::token::{self, KeyId, KeyKind, Token, TokenError, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
 
-use index::IdHasher;
+pub(crate) use index::IdHasher;
 use index::{DigestIndex, Slot, MAX_KEYS, MAX_PREALLOCATED_KEYS};
 
 /// A verified key: who is calling and what it may do.

@@ -16,6 +16,7 @@
 //! | records | [`KeyRecord`], [`KeyRecordParts`], [`RecordError`] |
 //! | the hot path | [`Keyring::authenticate`], [`Keyring::authorize`], [`Principal`] (with [`Principal::can`]), [`AuthError`], [`KeyringError`] |
 //! | making keys | [`mint()`], [`MintRequest`], [`MintPolicy`], [`MintedKey`], [`MintError`], [`ValidationError`] |
+//! | limits | [`Limiter`] ([`Limiter::check`] → [`Verdict`], [`Refusal`]), [`KeyLimits`], [`RateLimit`], [`Credits`], [`Refill`], [`LimitError`]; the states [`RateState`], [`CreditCell`], [`CreditBalance`] |
 //! | lifecycle | [`roll()`], [`RolledKey`], [`RollError`], [`Change`] and [`Keyring::apply`], [`lineage`] |
 //! | routes | [`RouteTable`] ([`RouteTable::lookup`], [`RouteTable::authorize_request`]), [`Decision`], [`Rejection`], [`route`] |
 //! | HTTP | `tower::Require` (one layer, a fixed scope or a route table; feature `tower`) |
@@ -58,6 +59,7 @@ mod error;
 mod feed;
 mod key;
 mod keyring;
+mod limit;
 pub mod lineage;
 mod mint;
 mod roll;
@@ -76,6 +78,11 @@ pub use error::Error;
 pub use feed::{Applied, Change, ChangeOp};
 pub use key::{KeyRecord, KeyRecordParts, RecordError};
 pub use keyring::{AuthError, Keyring, KeyringError, Principal};
+pub use limit::{
+    CreditBalance, CreditCell, CreditDecision, Credits, KeyLimits, LimitError, Limiter,
+    RateDecision, RateLimit, RateState, Refill, Refusal, Verdict, MAX_CREDITS, MAX_RATE_LIMIT,
+    MAX_RATE_PERIOD, MIN_REFILL_INTERVAL,
+};
 pub use mint::{
     mint, MintError, MintPolicy, MintRequest, MintedKey, ValidationError, DEFAULT_KEY_NAME,
     MAX_NAME_LEN,

@@ -266,3 +266,46 @@ fn redact_tokens_allocates_nothing_on_clean_text() {
     });
     assert_eq!(info.count_total, 1);
 }
+
+#[test]
+fn limit_checks_allocate_nothing() {
+    use keygate::{Credits, KeyLimits, Limiter, RateLimit, Refill};
+    use std::time::Duration;
+    let s = setup();
+    let principal = s
+        .keyring
+        .authenticate(&s.restricted, keygate::UnixMillis::from_millis(NOW_MS))
+        .unwrap();
+    let mut limiter = Limiter::new();
+    limiter.configure(
+        principal.id(),
+        keygate::UnixMillis::EPOCH,
+        KeyLimits {
+            rate: Some(RateLimit::new(10, Duration::from_secs(1)).unwrap()),
+            credits: Some(
+                Credits::new(5, Some(Refill::new(5, Duration::from_secs(1)).unwrap())).unwrap(),
+            ),
+        },
+    );
+    let unlimited = s
+        .keyring
+        .authenticate(&s.standard, keygate::UnixMillis::from_millis(NOW_MS))
+        .unwrap();
+    let mut refused = 0;
+    let info = measure(|| {
+        for i in 0..100 {
+            // Allowed, then rate limited, then refilled seconds later.
+            let now = keygate::UnixMillis::from_millis(NOW_MS + (i / 20) * 1_000);
+            let v = black_box(limiter.check(&principal.id(), now, black_box(1)));
+            refused += usize::from(v.result().is_err());
+            black_box(
+                v.rate()
+                    .map(|r| (r.remaining(), r.reset_after(), r.retry_after())),
+            );
+            black_box(limiter.check(&unlimited.id(), now, 1));
+        }
+    });
+    assert_zero("limiter", info);
+    // Each second: 5 credits pass, then 15 refusals.
+    assert_eq!(refused, 75);
+}

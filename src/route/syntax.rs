@@ -283,6 +283,12 @@ pub enum RouteParseErrorKind {
         /// The line of the first.
         other_line: u32,
     },
+    /// A `cost=` field that is not a whole number in `0..=4294967295`, or
+    /// a cost on a `public` or `deny` rule, which spends nothing.
+    #[error(
+        "`{0}`: a rule's cost is `cost=N` with N from 0 to 4294967295, on a `resource:access` rule"
+    )]
+    Cost(String),
 }
 
 /// One segment of a pattern.
@@ -311,6 +317,7 @@ pub struct Rule {
     pub(super) method: Method,
     pub(super) pattern: Box<str>,
     pub(super) decision: Decision,
+    pub(super) cost: u32,
     pub(super) segments: Box<[PatternSegment]>,
 }
 
@@ -334,11 +341,27 @@ impl Rule {
     pub fn decision(&self) -> Decision {
         self.decision
     }
+
+    /// What a request on it costs against the key's rate limit and credits:
+    /// its `cost=N` field, 1 without one.
+    ///
+    /// ```
+    /// let table: keygate::RouteTable = "POST /v1/devboxes/** devboxes:write cost=5".parse()?;
+    /// assert_eq!(table.rules().next().map(|r| r.cost()), Some(5));
+    /// # Ok::<(), keygate::RouteParseError>(())
+    /// ```
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
 }
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.method, self.pattern, self.decision)
+        write!(f, "{} {} {}", self.method, self.pattern, self.decision)?;
+        if self.cost != 1 {
+            write!(f, " cost={}", self.cost)?;
+        }
+        Ok(())
     }
 }
 
@@ -401,6 +424,7 @@ impl RouteTable {
         let (at2, decision) = fields
             .next()
             .ok_or_else(|| err(end, RouteParseErrorKind::Missing("a decision")))?;
+        let cost = fields.next();
         if let Some((at, extra)) = fields.next() {
             return Err(err(at, RouteParseErrorKind::Extra(quote(extra))));
         }
@@ -414,11 +438,31 @@ impl RouteTable {
             )
         })?;
         let decision: Decision = decision.parse().map_err(|k| err(at2, k))?;
+        let cost = match cost {
+            None => 1,
+            Some((at, text)) => {
+                let n = text.strip_prefix("cost=").and_then(|n| {
+                    // Digits only: `u32::from_str` would take a `+`.
+                    n.bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| n.parse::<u32>().ok())?
+                });
+                match n {
+                    Some(n) if matches!(decision, Decision::Scope(..)) => n,
+                    Some(_) => return Err(err(at, RouteParseErrorKind::Cost(quote(text)))),
+                    None if text.starts_with("cost=") => {
+                        return Err(err(at, RouteParseErrorKind::Cost(quote(text))))
+                    }
+                    None => return Err(err(at, RouteParseErrorKind::Extra(quote(text)))),
+                }
+            }
+        };
         let rule = Rule {
             line: line_no,
             method,
             pattern: pattern.into(),
             decision,
+            cost,
             segments: segments.into_boxed_slice(),
         };
         self.insert(rule).map_err(|other_line| {

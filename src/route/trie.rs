@@ -42,6 +42,22 @@ impl<'t> RouteMatch<'t> {
         self.decision
     }
 
+    /// What the request costs against the key's limits: the rule's
+    /// `cost=N`, or 1 (for the `default` line too).
+    ///
+    /// ```
+    /// let table: keygate::RouteTable = "POST /v1/devboxes devboxes:write cost=5\ndefault objects:read".parse()?;
+    /// assert_eq!(table.lookup("POST", "/v1/devboxes")?.cost(), 5);
+    /// assert_eq!(table.lookup("GET", "/v1/other")?.cost(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cost(&self) -> u32 {
+        match self.by {
+            MatchedBy::Rule(r) => r.cost,
+            _ => 1,
+        }
+    }
+
     /// The rule, the `default` line, or nothing.
     pub fn matched_by(&self) -> MatchedBy<'t> {
         self.by
@@ -581,5 +597,54 @@ GET       /healthz                            public
         let t = table("* /a deny\nGET /a public");
         let e = t.explain("GET", "/a").unwrap();
         assert!(e.candidates()[1].why.contains("method"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::RouteTable;
+    use crate::route::RouteParseErrorKind;
+    use alloc::string::{String, ToString};
+    use alloc::vec::Vec;
+
+    #[test]
+    fn a_rule_may_end_in_a_cost() {
+        let t: RouteTable = "POST /v1/devboxes/** devboxes:write cost=5\n\
+                             GET /v1/devboxes/** devboxes:read cost=0\n\
+                             GET /v1/objects objects:read"
+            .parse()
+            .unwrap();
+        assert_eq!(t.lookup("POST", "/v1/devboxes/x").unwrap().cost(), 5);
+        assert_eq!(t.lookup("GET", "/v1/devboxes/x").unwrap().cost(), 0);
+        assert_eq!(t.lookup("GET", "/v1/objects").unwrap().cost(), 1);
+        assert_eq!(t.lookup("GET", "/nothing").unwrap().cost(), 1);
+        let text: Vec<String> = t.rules().map(|r| r.to_string()).collect();
+        assert!(text.contains(&"POST /v1/devboxes/** devboxes:write cost=5".into()));
+        assert!(text.contains(&"GET /v1/objects objects:read".into()));
+    }
+
+    #[test]
+    fn bad_costs_are_named() {
+        for (line, kind) in [
+            ("GET /a objects:read cost=", "cost"),
+            ("GET /a objects:read cost=-1", "cost"),
+            ("GET /a objects:read cost=+1", "cost"),
+            ("GET /a objects:read cost=4294967296", "cost"),
+            ("GET /a public cost=2", "cost"),
+            ("GET /a deny cost=0", "cost"),
+            ("GET /a objects:read price=2", "extra"),
+            ("GET /a objects:read cost=2 x", "extra"),
+        ] {
+            let err = line.parse::<RouteTable>().unwrap_err();
+            let got = match err.kind() {
+                RouteParseErrorKind::Cost(_) => "cost",
+                RouteParseErrorKind::Extra(_) => "extra",
+                other => panic!("{line}: {other:?}"),
+            };
+            assert_eq!(got, kind, "{line}");
+        }
+        assert!("GET /a objects:read cost=4294967295"
+            .parse::<RouteTable>()
+            .is_ok());
     }
 }

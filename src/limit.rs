@@ -1,0 +1,123 @@
+//! Per-key rate limits and usage credits, decided on the hot path.
+//!
+//! A key may carry a [`RateLimit`] (GCRA: `limit` per `period`, a burst of
+//! `limit`) and [`Credits`] (a balance that requests spend, with an optional
+//! [`Refill`]). Their state lives in a [`Limiter`] beside the
+//! [`Keyring`](crate::Keyring), so the keyring stays shared and read-only:
+//! a check takes `&Limiter`, allocates nothing, and is one atomic
+//! compare-and-swap per limit.
+//!
+//! The order of checks is the caller's: authenticate (401), then scope
+//! (403), then [`Limiter::check`]: the rate limit, then the credits (both 429).
+//! A request refused by the rate limit spends no credits.
+//!
+//! ```
+//! use core::time::Duration;
+//! use keygate::{Credits, KeyId, KeyLimits, Limiter, RateLimit, Refusal, UnixMillis};
+//!
+//! let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+//! let created = UnixMillis::from_millis(1_700_000_000_000);
+//! let mut limiter = Limiter::new();
+//! limiter.configure(id, created, KeyLimits {
+//!     rate: Some(RateLimit::new(100, Duration::from_secs(1))?),
+//!     credits: Some(Credits::new(2, None)?),
+//! });
+//! let now = created;
+//! assert!(limiter.check(&id, now, 1).result().is_ok());
+//! assert!(limiter.check(&id, now, 1).result().is_ok());
+//! let third = limiter.check(&id, now, 1);
+//! assert!(matches!(third.result(), Err(Refusal::CreditsExhausted { retry_after: None })));
+//! assert_eq!(third.credits().map(|c| c.remaining()), Some(0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod credits;
+mod limiter;
+mod rate;
+
+use core::time::Duration;
+
+pub use credits::{
+    CreditBalance, CreditCell, CreditDecision, Credits, Refill, MAX_CREDITS, MIN_REFILL_INTERVAL,
+};
+pub use limiter::{KeyLimits, Limiter, Verdict};
+pub use rate::{RateDecision, RateLimit, RateState, MAX_RATE_LIMIT, MAX_RATE_PERIOD};
+
+/// A rate limit or credit configuration that breaks a rule (HTTP 400). The
+/// message names the field, as the HTTP API spells it.
+///
+/// ```
+/// let err = keygate::RateLimit::new(0, core::time::Duration::from_secs(1)).unwrap_err();
+/// assert_eq!(err.to_string(), "rate_limit.limit must be 1 to 1000000, not `0`");
+/// assert_eq!(err.http_status(), 400);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// `limit` is 0 or above [`MAX_RATE_LIMIT`].
+    #[error("rate_limit.limit must be 1 to {MAX_RATE_LIMIT}, not `{0}`")]
+    RateLimit(u64),
+    /// `period` is not a whole number of milliseconds in 1 ms..=31 days.
+    #[error("rate_limit.period_ms must be 1 to 2678400000 (31 days), not `{}`", ms(.0))]
+    RatePeriod(Duration),
+    /// The balance is above [`MAX_CREDITS`].
+    #[error("credits.remaining must be 0 to {MAX_CREDITS}, not `{0}`")]
+    Remaining(u64),
+    /// The refill amount is above [`MAX_CREDITS`].
+    #[error("credits.refill.amount must be 0 to {MAX_CREDITS}, not `{0}`")]
+    RefillAmount(u64),
+    /// The refill interval is shorter than a second, or not whole milliseconds.
+    #[error("credits.refill.interval_ms must be at least 1000, not `{}`", ms(.0))]
+    RefillInterval(Duration),
+}
+
+fn ms(d: &Duration) -> u128 {
+    d.as_millis()
+}
+
+impl LimitError {
+    /// 400: the request is malformed.
+    pub const fn http_status(&self) -> u16 {
+        400
+    }
+}
+
+/// Why [`Limiter::check`] refused a request (HTTP 429).
+///
+/// ```
+/// let refusal = keygate::Refusal::RateLimited { retry_after: None };
+/// assert_eq!(refusal.http_status(), 429);
+/// assert_eq!(refusal.to_string(), "rate limit exceeded");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Too many requests in the key's period.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// When the same request would pass; `None` if its cost exceeds the limit.
+        retry_after: Option<Duration>,
+    },
+    /// The key's credits do not cover the request.
+    #[error("credits exhausted")]
+    CreditsExhausted {
+        /// The time to the next refill that covers the cost; `None` without one.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Refusal {
+    /// 429: too many requests.
+    pub const fn http_status(&self) -> u16 {
+        429
+    }
+
+    /// When a retry can pass, if ever.
+    pub const fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Refusal::RateLimited { retry_after } | Refusal::CreditsExhausted { retry_after } => {
+                *retry_after
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The rate limit and the credits against reference models, over random
+//! sequences of requests, and under threads.
+//!
+//! The rate-limit model is the continuous-state leaky bucket over exact
+//! rationals (the other of GCRA's two textbook forms): a bucket of capacity
+//! `period` drains one millisecond per millisecond and each request of cost
+//! `c` pours `c * period / limit` into it, unless that would overflow.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use keygate::{
+    CreditBalance, CreditCell, Credits, KeyId, KeyLimits, Limiter, RateLimit, RateState, Refill,
+    Refusal, UnixMillis,
+};
+use proptest::prelude::*;
+
+/// The leaky bucket, in exact rationals over the denominator `limit`: its
+/// level (`level / limit` ms of queued work) and when it was last filled.
+struct Bucket {
+    limit: i128,
+    period: i128,
+    level: i128,
+    last: i128,
+}
+
+struct Answer {
+    allowed: bool,
+    remaining: i128,
+    retry_after_ms: Option<i128>,
+}
+
+impl Bucket {
+    fn new(limit: u32, period_ms: u32) -> Bucket {
+        Bucket {
+            limit: limit.into(),
+            period: period_ms.into(),
+            level: 0,
+            last: 0,
+        }
+    }
+
+    /// Requests of cost 1 that fit above `level`: (capacity − level) / (period / limit).
+    fn free(&self, level: i128) -> i128 {
+        (self.period * self.limit - level).div_euclid(self.period)
+    }
+
+    fn request(&mut self, now: i128, cost: u32) -> Answer {
+        // Drain (now − last) ms, never below empty.
+        let drained = (self.level - (now - self.last) * self.limit).max(0);
+        let after = drained + i128::from(cost.max(1)) * self.period;
+        let cap = self.period * self.limit;
+        if after > cap {
+            let retry = (i128::from(cost) <= self.limit)
+                .then(|| (after - cap + self.limit - 1).div_euclid(self.limit));
+            return Answer {
+                allowed: false,
+                remaining: self.free(drained),
+                retry_after_ms: retry,
+            };
+        }
+        if cost == 0 {
+            return Answer {
+                allowed: true,
+                remaining: self.free(drained),
+                retry_after_ms: None,
+            };
+        }
+        self.level = after;
+        self.last = now;
+        Answer {
+            allowed: true,
+            remaining: self.free(after),
+            retry_after_ms: None,
+        }
+    }
+}
+
+fn arb_rate() -> impl Strategy<Value = (u32, u32)> {
+    (
+        prop_oneof![1u32..=10, 1u32..=1_000, Just(1_000_000)],
+        prop_oneof![1u32..=50, 1u32..=5_000, Just(2_678_400_000)],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every decision (allowed, remaining, retry-after) equals the model's.
+    #[test]
+    fn gcra_equals_the_leaky_bucket(
+        (limit, period_ms) in arb_rate(),
+        start in 0i64..4_000_000_000_000,
+        steps in prop::collection::vec((0i64..2_000, 0u32..4), 1..200),
+    ) {
+        let rate = RateLimit::new(limit, Duration::from_millis(period_ms.into())).unwrap();
+        let state = RateState::new();
+        let mut model = Bucket::new(limit, period_ms);
+        model.last = start.into();
+        let mut now = start;
+        for (gap, cost) in steps {
+            now += gap;
+            let d = state.check(&rate, UnixMillis::from_millis(now), cost);
+            let m = model.request(now.into(), cost);
+            prop_assert_eq!(d.allowed(), m.allowed, "at {} cost {}", now, cost);
+            prop_assert_eq!(i128::from(d.remaining()), m.remaining);
+            prop_assert_eq!(
+                d.retry_after().map(|r| r.as_millis() as i128),
+                m.retry_after_ms
+            );
+        }
+    }
+
+    /// Over any window of one period, no more than `limit` cost is allowed
+    /// beyond what drained (burst `limit`, then `limit` per period).
+    #[test]
+    fn never_more_than_burst_plus_rate(
+        limit in 1u32..50,
+        period_ms in 1u32..2_000,
+        gaps in prop::collection::vec(0i64..100, 1..400),
+    ) {
+        let rate = RateLimit::new(limit, Duration::from_millis(period_ms.into())).unwrap();
+        let state = RateState::new();
+        let mut now = 1_000_000i64;
+        let start = now;
+        let mut allowed = 0u64;
+        for gap in gaps {
+            now += gap;
+            if state.check(&rate, UnixMillis::from_millis(now), 1).allowed() {
+                allowed += 1;
+            }
+        }
+        // Continuous bound: burst + elapsed * limit / period.
+        let bound = u64::from(limit) + ((now - start) as u64 * u64::from(limit)) / u64::from(period_ms);
+        prop_assert!(allowed <= bound, "{} > {}", allowed, bound);
+    }
+
+    /// Credits: a refused request spends nothing; the sum allowed in each
+    /// refill period never exceeds its grant; the balance is the model's.
+    #[test]
+    fn credits_follow_the_model(
+        initial in 0u64..50,
+        refill in prop::option::of((0u64..50, 1_000u64..10_000)),
+        created in 0i64..1_000_000,
+        steps in prop::collection::vec((0i64..3_000, 0u64..6, prop::option::of(-20i64..20)), 1..150),
+    ) {
+        let refill = refill.map(|(a, ms)| Refill::new(a, Duration::from_millis(ms)).unwrap());
+        let created_at = UnixMillis::from_millis(created);
+        let cell = CreditCell::new(CreditBalance::new(initial));
+        // The model: (period, remaining), refilled by direct division.
+        let mut period: i64 = 0;
+        let mut remaining: i64 = initial as i64;
+        let mut now = created;
+        for (gap, cost, add) in steps {
+            now += gap;
+            if let Some(r) = refill {
+                let p = (now - created) / r.interval_ms() as i64;
+                if p > period {
+                    period = p;
+                    remaining = r.amount() as i64;
+                }
+            }
+            let at = UnixMillis::from_millis(now);
+            if let Some(delta) = add {
+                let got = cell.add(delta, refill.as_ref(), created_at, at);
+                remaining = (remaining + delta).max(0);
+                prop_assert_eq!(got as i64, remaining);
+                continue;
+            }
+            let d = cell.spend(refill.as_ref(), created_at, at, cost);
+            let ok = remaining >= cost.max(1) as i64;
+            prop_assert_eq!(d.allowed(), ok);
+            if ok {
+                remaining -= cost as i64;
+            }
+            prop_assert_eq!(d.remaining() as i64, remaining);
+            if !ok {
+                let expect = refill.filter(|r| r.amount() >= cost.max(1)).map(|r| {
+                    let next = created + (period + 1) * r.interval_ms() as i64;
+                    Duration::from_millis((next - now) as u64)
+                });
+                prop_assert_eq!(d.retry_after(), expect);
+            }
+        }
+    }
+
+    /// The limiter: the rate limit first; a rate-limited request spends no
+    /// credits; the credits' total never exceeds the grant.
+    #[test]
+    fn limiter_order_of_checks(
+        limit in 1u32..5,
+        credits in 0u64..10,
+        costs in prop::collection::vec((0u32..3, 0i64..300), 1..100),
+    ) {
+        let id = KeyId::parse("0000000000000001").unwrap();
+        let mut limiter = Limiter::new();
+        let rate = RateLimit::new(limit, Duration::from_millis(1_000)).unwrap();
+        limiter.configure(id, UnixMillis::EPOCH, KeyLimits {
+            rate: Some(rate),
+            credits: Some(Credits::new(credits, None).unwrap()),
+        });
+        let shadow = RateState::new();
+        let mut spent = 0u64;
+        let mut now = 0i64;
+        for (cost, gap) in costs {
+            now += gap;
+            let at = UnixMillis::from_millis(now);
+            let before = limiter.credits(&id, at).unwrap().remaining;
+            let rate_ok = shadow.check(&rate, at, cost).allowed();
+            let v = limiter.check(&id, at, cost);
+            let after = limiter.credits(&id, at).unwrap().remaining;
+            match v.result() {
+                Ok(()) => {
+                    prop_assert!(rate_ok);
+                    prop_assert_eq!(before - after, u64::from(cost));
+                    spent += u64::from(cost);
+                }
+                Err(Refusal::RateLimited { .. }) => {
+                    prop_assert!(!rate_ok);
+                    prop_assert_eq!(before, after);
+                }
+                Err(Refusal::CreditsExhausted { .. }) => {
+                    prop_assert!(rate_ok);
+                    prop_assert_eq!(before, after);
+                    prop_assert!(before < u64::from(cost.max(1)));
+                }
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+        prop_assert!(spent <= credits);
+    }
+}
+
+/// Threads racing on one key: exactly `limit` pass at one instant, and
+/// exactly the balance is spent.
+#[test]
+fn exact_under_threads() {
+    let rate = RateLimit::new(1_000, Duration::from_secs(3_600)).unwrap();
+    let state = RateState::new();
+    let cell = CreditCell::new(CreditBalance::new(777));
+    let now = UnixMillis::from_millis(1_700_000_000_000);
+    let (passed, spent) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut passed = 0u32;
+                    let mut spent = 0u32;
+                    for _ in 0..500 {
+                        passed += u32::from(state.check(&rate, now, 1).allowed());
+                        spent += u32::from(cell.spend(None, UnixMillis::EPOCH, now, 1).allowed());
+                    }
+                    (passed, spent)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    assert_eq!(passed, 1_000);
+    assert_eq!(spent, 777);
+    assert_eq!(cell.load().remaining, 0);
+}
