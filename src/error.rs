@@ -97,7 +97,7 @@ mod tests {
             &ValidationError::ScopesMissing,
             &MintError::MissingAccountWrite,
             &ScopeParseError::UnknownResource("x".into()),
-            &ValidationError::ExpiryNegative(-5),
+            &ValidationError::ExpiryNegative(UnixMillis::from_millis(-5)),
         ];
         for e in errors {
             let s = alloc::string::ToString::to_string(e);
@@ -123,7 +123,7 @@ mod tests {
             (
                 AuthError::Expired {
                     id,
-                    expires_at_ms: 1,
+                    expires_at: UnixMillis::from_millis(1),
                 }
                 .into(),
                 401,
@@ -144,7 +144,7 @@ mod tests {
             (
                 RollError::Expired {
                     id,
-                    expires_at_ms: 5,
+                    expires_at: UnixMillis::from_millis(5),
                 }
                 .into(),
                 409,
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(
             RollError::Expired {
                 id,
-                expires_at_ms: 0
+                expires_at: UnixMillis::EPOCH
             }
             .http_status(),
             409
@@ -196,9 +196,9 @@ mod tests {
                 name: "a".into(),
                 position: 1,
             },
-            ValidationError::ExpiryNegative(-1),
+            ValidationError::ExpiryNegative(UnixMillis::from_millis(-1)),
             ValidationError::ExpiryNotInFuture {
-                expires_at_ms: 1,
+                expires_at: UnixMillis::from_millis(1),
                 now: UnixMillis::from_millis(2),
             },
         ];
