@@ -125,7 +125,7 @@ fn failures() -> &'static Failures {
         let request = MintRequest::restricted(
             None,
             Scopes::all(),
-            Some(NOW_MS),
+            Some(keygate::UnixMillis::from_millis(NOW_MS)),
             keygate::UnixMillis::from_millis(0),
         )
         .unwrap();

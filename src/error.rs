@@ -106,7 +106,7 @@ mod tests {
             &ValidationError::ScopesMissing,
             &MintError::MissingAccountWrite,
             &ScopeParseError::UnknownResource("x".into()),
-            &ValidationError::ExpiryNegative(-5),
+            &ValidationError::ExpiryNegative(UnixMillis::from_millis(-5)),
         ];
         for e in errors {
             let s = alloc::string::ToString::to_string(e);
@@ -132,7 +132,7 @@ mod tests {
             (
                 AuthError::Expired {
                     id,
-                    expires_at_ms: 1,
+                    expires_at: UnixMillis::from_millis(1),
                 }
                 .into(),
                 401,
@@ -153,7 +153,7 @@ mod tests {
             (
                 RollError::Expired {
                     id,
-                    expires_at_ms: 5,
+                    expires_at: UnixMillis::from_millis(5),
                 }
                 .into(),
                 409,
@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(
             RollError::Expired {
                 id,
-                expires_at_ms: 0
+                expires_at: UnixMillis::EPOCH
             }
             .http_status(),
             409
@@ -205,9 +205,9 @@ mod tests {
                 name: "a".into(),
                 position: 1,
             },
-            ValidationError::ExpiryNegative(-1),
+            ValidationError::ExpiryNegative(UnixMillis::from_millis(-1)),
             ValidationError::ExpiryNotInFuture {
-                expires_at_ms: 1,
+                expires_at: UnixMillis::from_millis(1),
                 now: UnixMillis::from_millis(2),
             },
         ];

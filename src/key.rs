@@ -70,8 +70,10 @@ pub struct KeyRecord {
     name: String,
     secret_hash: SecretHash,
     scopes: Scopes,
-    expires_at_ms: Option<i64>,
-    created_at_ms: i64,
+    #[serde(rename = "expires_at_ms")]
+    expires_at: Option<UnixMillis>,
+    #[serde(rename = "created_at_ms")]
+    created_at: UnixMillis,
     creator_id: Option<KeyId>,
 }
 
@@ -86,8 +88,8 @@ pub struct KeyRecord {
 ///     name: record.name().into(),
 ///     secret_hash: record.secret_hash(),
 ///     scopes: record.scopes(),
-///     expires_at_ms: record.expires_at_ms(),
-///     created_at_ms: record.created_at_ms(),
+///     expires_at: record.expires_at(),
+///     created_at: record.created_at(),
 ///     creator_id: record.creator_id(),
 /// };
 /// assert_eq!(keygate::KeyRecord::from_parts(parts)?, record);
@@ -105,10 +107,10 @@ pub struct KeyRecordParts {
     pub secret_hash: SecretHash,
     /// The granted scopes; must be [`Scopes::all`] for a standard key.
     pub scopes: Scopes,
-    /// The expiry in Unix milliseconds; `None` never expires.
-    pub expires_at_ms: Option<i64>,
-    /// When the key was minted, in Unix milliseconds.
-    pub created_at_ms: i64,
+    /// The expiry; `None` never expires.
+    pub expires_at: Option<UnixMillis>,
+    /// When the key was minted.
+    pub created_at: UnixMillis,
     /// The key that minted this one; `None` for keys made outside the API
     /// (a bootstrap or CLI key).
     pub creator_id: Option<KeyId>,
@@ -123,8 +125,8 @@ struct RecordFields {
     name: String,
     secret_hash: SecretHash,
     scopes: Scopes,
-    expires_at_ms: Option<i64>,
-    created_at_ms: i64,
+    expires_at_ms: Option<UnixMillis>,
+    created_at_ms: UnixMillis,
     #[serde(default)]
     creator_id: Option<KeyId>,
 }
@@ -138,8 +140,8 @@ impl TryFrom<RecordFields> for KeyRecord {
             name: f.name,
             secret_hash: f.secret_hash,
             scopes: f.scopes,
-            expires_at_ms: f.expires_at_ms,
-            created_at_ms: f.created_at_ms,
+            expires_at: f.expires_at_ms,
+            created_at: f.created_at_ms,
             creator_id: f.creator_id,
         })
     }
@@ -161,8 +163,8 @@ impl KeyRecord {
     ///     name: "x".into(),
     ///     secret_hash: record.secret_hash(),
     ///     scopes: "objects:read".parse()?,
-    ///     expires_at_ms: None,
-    ///     created_at_ms: 0,
+    ///     expires_at: None,
+    ///     created_at: keygate::UnixMillis::EPOCH,
     ///     creator_id: None,
     /// };
     /// assert!(keygate::KeyRecord::from_parts(parts.clone()).is_err());
@@ -183,8 +185,8 @@ impl KeyRecord {
             name: parts.name,
             secret_hash: parts.secret_hash,
             scopes: parts.scopes,
-            expires_at_ms: parts.expires_at_ms,
-            created_at_ms: parts.created_at_ms,
+            expires_at: parts.expires_at,
+            created_at: parts.created_at,
             creator_id: parts.creator_id,
         })
     }
@@ -198,8 +200,8 @@ impl KeyRecord {
         name: String,
         secret_hash: SecretHash,
         scopes: Scopes,
-        expires_at_ms: Option<i64>,
-        created_at_ms: i64,
+        expires_at: Option<UnixMillis>,
+        created_at: UnixMillis,
         creator_id: Option<KeyId>,
     ) -> KeyRecord {
         let scopes = match kind {
@@ -212,15 +214,15 @@ impl KeyRecord {
             name,
             secret_hash,
             scopes,
-            expires_at_ms,
-            created_at_ms,
+            expires_at,
+            created_at,
             creator_id,
         }
     }
 
     /// The same record with another expiry (a roll shortens the old key's).
-    pub(crate) fn with_expiry(mut self, expires_at_ms: Option<i64>) -> KeyRecord {
-        self.expires_at_ms = expires_at_ms;
+    pub(crate) fn with_expiry(mut self, expires_at: Option<UnixMillis>) -> KeyRecord {
+        self.expires_at = expires_at;
         self
     }
 
@@ -249,14 +251,26 @@ impl KeyRecord {
         self.scopes
     }
 
-    /// The expiry in Unix milliseconds; `None` never expires.
-    pub fn expires_at_ms(&self) -> Option<i64> {
-        self.expires_at_ms
+    /// The expiry; `None` never expires. Stores and the wire keep it as
+    /// `expires_at_ms`, its [`UnixMillis::as_millis`].
+    ///
+    /// ```
+    /// # let record = keygate::testing::example_record();
+    /// assert_eq!(record.expires_at(), Some(keygate::UnixMillis::from_millis(2_000)));
+    /// ```
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        self.expires_at
     }
 
-    /// When the key was minted, in Unix milliseconds.
-    pub fn created_at_ms(&self) -> i64 {
-        self.created_at_ms
+    /// When the key was minted. Stores and the wire keep it as
+    /// `created_at_ms`, its [`UnixMillis::as_millis`].
+    ///
+    /// ```
+    /// # let record = keygate::testing::example_record();
+    /// assert_eq!(record.created_at().as_millis(), 1_000);
+    /// ```
+    pub fn created_at(&self) -> UnixMillis {
+        self.created_at
     }
 
     /// The key that minted this one, or `None` for a key made outside the
@@ -265,7 +279,7 @@ impl KeyRecord {
         self.creator_id
     }
 
-    /// A key is valid while `now < expires_at_ms`; a null expiry never expires.
+    /// A key is valid while `now < expires_at`; a null expiry never expires.
     ///
     /// ```
     /// # let record = keygate::testing::example_record();
@@ -274,7 +288,7 @@ impl KeyRecord {
     /// ```
     #[inline]
     pub fn is_expired_at(&self, now: UnixMillis) -> bool {
-        matches!(self.expires_at_ms, Some(expiry) if now.as_millis() >= expiry)
+        matches!(self.expires_at, Some(expiry) if now >= expiry)
     }
 }
 
@@ -294,7 +308,7 @@ mod tests {
             r.secret_hash,
             Scopes::empty(),
             None,
-            0,
+            UnixMillis::EPOCH,
             None,
         );
         assert_eq!(std.scopes(), Scopes::all());
@@ -329,8 +343,8 @@ mod tests {
             name: r.name().into(),
             secret_hash: r.secret_hash(),
             scopes: r.scopes(),
-            expires_at_ms: None,
-            created_at_ms: 0,
+            expires_at: None,
+            created_at: UnixMillis::EPOCH,
             creator_id: Some(r.id()),
         };
         assert_eq!(
@@ -356,8 +370,8 @@ mod tests {
             name: "ci deploy".into(),
             secret_hash: SecretHash::from_bytes([7; 32]),
             scopes: Scopes::grant(Resource::Agents, Access::Read),
-            expires_at_ms: Some(9_000),
-            created_at_ms: 4_000,
+            expires_at: Some(UnixMillis::from_millis(9_000)),
+            created_at: UnixMillis::from_millis(4_000),
             creator_id: Some(creator),
         };
         let record = KeyRecord::from_parts(parts).unwrap();
@@ -369,8 +383,8 @@ mod tests {
             record.scopes(),
             Scopes::grant(Resource::Agents, Access::Read)
         );
-        assert_eq!(record.expires_at_ms(), Some(9_000));
-        assert_eq!(record.created_at_ms(), 4_000);
+        assert_eq!(record.expires_at(), Some(UnixMillis::from_millis(9_000)));
+        assert_eq!(record.created_at(), UnixMillis::from_millis(4_000));
         assert_eq!(record.creator_id(), Some(creator));
         assert!(!record.is_expired_at(UnixMillis::from_millis(8_999)));
         assert!(record.is_expired_at(UnixMillis::from_millis(9_000)));

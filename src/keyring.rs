@@ -31,7 +31,7 @@ pub struct Principal {
     id: KeyId,
     kind: KeyKind,
     scopes: Scopes,
-    expires_at_ms: Option<i64>,
+    expires_at: Option<UnixMillis>,
 }
 
 impl Principal {
@@ -46,7 +46,7 @@ impl Principal {
             record.id(),
             record.kind(),
             record.scopes(),
-            record.expires_at_ms(),
+            record.expires_at(),
         )
     }
 
@@ -55,13 +55,13 @@ impl Principal {
         id: KeyId,
         kind: KeyKind,
         scopes: Scopes,
-        expires_at_ms: Option<i64>,
+        expires_at: Option<UnixMillis>,
     ) -> Principal {
         Principal {
             id,
             kind,
             scopes,
-            expires_at_ms,
+            expires_at,
         }
     }
 
@@ -83,12 +83,16 @@ impl Principal {
         self.scopes
     }
 
-    /// The key's expiry in Unix milliseconds; `None` never expires. The
-    /// attenuating [`MintPolicy`](crate::MintPolicy) caps a child's expiry
-    /// at it.
+    /// The key's expiry; `None` never expires. The attenuating
+    /// [`MintPolicy`](crate::MintPolicy) caps a child's expiry at it.
+    ///
+    /// ```
+    /// # let principal = keygate::testing::principal_of(&keygate::testing::example_record());
+    /// assert_eq!(principal.expires_at(), Some(keygate::UnixMillis::from_millis(2_000)));
+    /// ```
     #[inline]
-    pub fn expires_at_ms(&self) -> Option<i64> {
-        self.expires_at_ms
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        self.expires_at
     }
 
     /// Whether the key may act on `resource` at `access`: one mask test.
@@ -145,12 +149,12 @@ pub enum AuthError {
     #[error("unknown key or wrong secret")]
     InvalidCredentials,
     /// The key was valid, but its expiry has passed.
-    #[error("key `{id}` expired at {expires_at_ms} ms")]
+    #[error("key `{id}` expired at {expires_at} ms")]
     Expired {
         /// The key's id.
         id: KeyId,
-        /// When it expired, in Unix milliseconds.
-        expires_at_ms: i64,
+        /// When it expired.
+        expires_at: UnixMillis,
     },
     /// The key is valid but its scopes do not allow the action.
     #[error("key `{id}` lacks {resource}:{access} access")]
@@ -782,16 +786,9 @@ impl Keyring {
     /// [`AuthError::Expired`] tells nothing to a guesser.
     #[inline(always)]
     fn principal(slot: &Slot, id: KeyId, now: UnixMillis) -> Result<Principal, AuthError> {
-        match slot.expires_at_ms() {
-            Some(expires_at_ms) if now.as_millis() >= expires_at_ms => {
-                Err(AuthError::Expired { id, expires_at_ms })
-            }
-            expires_at_ms => Ok(Principal::new(
-                id,
-                slot.kind(),
-                slot.scopes(),
-                expires_at_ms,
-            )),
+        match slot.expires_at() {
+            Some(expires_at) if now >= expires_at => Err(AuthError::Expired { id, expires_at }),
+            expires_at => Ok(Principal::new(id, slot.kind(), slot.scopes(), expires_at)),
         }
     }
 

@@ -358,8 +358,8 @@ mod tests {
                 name: r.name().into(),
                 secret_hash: r.secret_hash(),
                 scopes: r.scopes(),
-                expires_at_ms: None,
-                created_at_ms: 0,
+                expires_at: None,
+                created_at: crate::UnixMillis::EPOCH,
                 creator_id: creator,
             })
             .unwrap()

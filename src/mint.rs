@@ -58,14 +58,14 @@ pub enum ValidationError {
         /// Byte offset of the first control character.
         position: usize,
     },
-    /// A negative `expires_at_ms`.
+    /// An expiry before the Unix epoch (a negative `expires_at_ms`).
     #[error("`expires_at_ms` is negative: `{0}`")]
-    ExpiryNegative(i64),
-    /// An `expires_at_ms` that is not after now.
-    #[error("`expires_at_ms` `{expires_at_ms}` is not after now ({now})")]
+    ExpiryNegative(UnixMillis),
+    /// An expiry that is not after now.
+    #[error("`expires_at_ms` `{expires_at}` is not after now ({now})")]
     ExpiryNotInFuture {
         /// The expiry asked for.
-        expires_at_ms: i64,
+        expires_at: UnixMillis,
         /// The time of the request.
         now: UnixMillis,
     },
@@ -85,7 +85,8 @@ impl ValidationError {
     ///
     /// ```
     /// assert!(keygate::ValidationError::ScopesMissing.is_invalid_scopes());
-    /// assert!(!keygate::ValidationError::ExpiryNegative(-1).is_invalid_scopes());
+    /// let negative = keygate::ValidationError::ExpiryNegative(keygate::UnixMillis::from_millis(-1));
+    /// assert!(!negative.is_invalid_scopes());
     /// ```
     pub const fn is_invalid_scopes(&self) -> bool {
         matches!(
@@ -116,18 +117,18 @@ pub enum MintError {
     #[error("requested scopes exceed the caller's under the attenuating policy")]
     ScopesExceedCaller,
     /// The caller expires, so its children must too.
-    #[error("a key that expires at {parent_expires_at_ms} ms may only mint keys with an `expires_at_ms` under the attenuating policy")]
+    #[error("a key that expires at {parent_expires_at} ms may only mint keys with an `expires_at_ms` under the attenuating policy")]
     ChildMustExpire {
-        /// The caller's expiry, in Unix milliseconds.
-        parent_expires_at_ms: i64,
+        /// The caller's expiry.
+        parent_expires_at: UnixMillis,
     },
     /// The child would outlive the caller.
-    #[error("`expires_at_ms` `{expires_at_ms}` is later than the caller's own expiry ({parent_expires_at_ms}) under the attenuating policy")]
+    #[error("`expires_at_ms` `{expires_at}` is later than the caller's own expiry ({parent_expires_at}) under the attenuating policy")]
     ChildOutlivesParent {
         /// The expiry asked for.
-        expires_at_ms: i64,
-        /// The caller's expiry, in Unix milliseconds.
-        parent_expires_at_ms: i64,
+        expires_at: UnixMillis,
+        /// The caller's expiry.
+        parent_expires_at: UnixMillis,
     },
 }
 
@@ -153,10 +154,11 @@ pub const DEFAULT_KEY_NAME: &str = "unnamed";
 /// every value obeys the spec's rules.
 ///
 /// ```
-/// use keygate::MintRequest;
-/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(5_000), keygate::UnixMillis::from_millis(1_000))?;
+/// use keygate::{MintRequest, UnixMillis};
+/// let now = UnixMillis::from_millis(1_000);
+/// let req = MintRequest::restricted(Some("ci"), "objects:read".parse()?, Some(UnixMillis::from_millis(5_000)), now)?;
 /// assert_eq!(req.name(), "ci");
-/// assert!(MintRequest::standard(None, Some(500), keygate::UnixMillis::from_millis(1_000)).is_err()); // expiry in the past
+/// assert!(MintRequest::standard(None, Some(UnixMillis::from_millis(500)), now).is_err()); // expiry in the past
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +166,7 @@ pub struct MintRequest {
     pub(crate) kind: KeyKind,
     pub(crate) name: String,
     pub(crate) scopes: Scopes,
-    pub(crate) expires_at_ms: Option<i64>,
+    pub(crate) expires_at: Option<UnixMillis>,
     pub(crate) creator_id: Option<KeyId>,
 }
 
@@ -182,14 +184,14 @@ impl MintRequest {
     /// ```
     pub fn standard(
         name: Option<&str>,
-        expires_at_ms: Option<i64>,
+        expires_at: Option<UnixMillis>,
         now: UnixMillis,
     ) -> Result<MintRequest, ValidationError> {
         Ok(MintRequest {
             kind: KeyKind::Standard,
             name: validate_name(name)?,
             scopes: Scopes::all(),
-            expires_at_ms: validate_expiry(expires_at_ms, now)?,
+            expires_at: validate_expiry(expires_at, now)?,
             creator_id: None,
         })
     }
@@ -200,7 +202,8 @@ impl MintRequest {
     /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character
     ///   (Unicode `Cc`, or a bidirectional formatting character such as
     ///   U+202E, which could make a name display as another).
-    /// * `expires_at_ms`, when given, is not negative and is after `now`.
+    /// * `expires_at`, when given, is not before the Unix epoch and is after
+    ///   `now`.
     ///
     /// ```
     /// use keygate::{MintRequest, Scopes, ValidationError};
@@ -213,7 +216,7 @@ impl MintRequest {
     pub fn restricted(
         name: Option<&str>,
         scopes: Scopes,
-        expires_at_ms: Option<i64>,
+        expires_at: Option<UnixMillis>,
         now: UnixMillis,
     ) -> Result<MintRequest, ValidationError> {
         let name = validate_name(name)?;
@@ -224,7 +227,7 @@ impl MintRequest {
             kind: KeyKind::Restricted,
             name,
             scopes,
-            expires_at_ms: validate_expiry(expires_at_ms, now)?,
+            expires_at: validate_expiry(expires_at, now)?,
             creator_id: None,
         })
     }
@@ -244,9 +247,17 @@ impl MintRequest {
         self.scopes
     }
 
-    /// The expiry in Unix milliseconds, if any.
-    pub fn expires_at_ms(&self) -> Option<i64> {
-        self.expires_at_ms
+    /// The expiry, if any.
+    ///
+    /// ```
+    /// use keygate::{MintRequest, UnixMillis};
+    /// let expiry = Some(UnixMillis::from_millis(60_000));
+    /// let req = MintRequest::standard(None, expiry, UnixMillis::EPOCH)?;
+    /// assert_eq!(req.expires_at(), expiry);
+    /// # Ok::<(), keygate::ValidationError>(())
+    /// ```
+    pub fn expires_at(&self) -> Option<UnixMillis> {
+        self.expires_at
     }
 
     /// The same request, made by `creator`: the minted record names it as
@@ -279,7 +290,7 @@ impl MintRequest {
             kind: record.kind(),
             name: String::from(record.name()),
             scopes: record.scopes(),
-            expires_at_ms: record.expires_at_ms(),
+            expires_at: record.expires_at(),
             creator_id: record.creator_id(),
         }
     }
@@ -316,15 +327,12 @@ fn is_bidi_control(c: char) -> bool {
 }
 
 fn validate_expiry(
-    expires_at_ms: Option<i64>,
+    expires_at: Option<UnixMillis>,
     now: UnixMillis,
-) -> Result<Option<i64>, ValidationError> {
-    match expires_at_ms {
-        Some(e) if e < 0 => Err(ValidationError::ExpiryNegative(e)),
-        Some(e) if e <= now.as_millis() => Err(ValidationError::ExpiryNotInFuture {
-            expires_at_ms: e,
-            now,
-        }),
+) -> Result<Option<UnixMillis>, ValidationError> {
+    match expires_at {
+        Some(e) if e < UnixMillis::EPOCH => Err(ValidationError::ExpiryNegative(e)),
+        Some(e) if e <= now => Err(ValidationError::ExpiryNotInFuture { expires_at: e, now }),
         other => Ok(other),
     }
 }
@@ -392,17 +400,15 @@ impl MintPolicy {
                 KeyKind::Restricted => {}
             }
         }
-        match (caller.expires_at_ms(), request.expires_at_ms) {
+        match (caller.expires_at(), request.expires_at) {
             (None, _) => Ok(()),
-            (Some(parent_expires_at_ms), None) => Err(MintError::ChildMustExpire {
-                parent_expires_at_ms,
-            }),
-            (Some(parent_expires_at_ms), Some(expires_at_ms))
-                if expires_at_ms > parent_expires_at_ms =>
-            {
+            (Some(parent_expires_at), None) => {
+                Err(MintError::ChildMustExpire { parent_expires_at })
+            }
+            (Some(parent_expires_at), Some(expires_at)) if expires_at > parent_expires_at => {
                 Err(MintError::ChildOutlivesParent {
-                    expires_at_ms,
-                    parent_expires_at_ms,
+                    expires_at,
+                    parent_expires_at,
                 })
             }
             (Some(_), Some(_)) => Ok(()),
@@ -423,7 +429,7 @@ impl MintPolicy {
     /// let t0 = keygate::UnixMillis::EPOCH;
     /// let forever = MintRequest::standard(Some("service"), None, t0)?;
     /// let service = keygate::mint(&pepper, &forever, &mut rng, t0).into_parts().0;
-    /// let brief = MintRequest::standard(Some("temp"), Some(60_000), t0)?;
+    /// let brief = MintRequest::standard(Some("temp"), Some(keygate::UnixMillis::from_millis(60_000)), t0)?;
     /// let temp = keygate::testing::principal_of(keygate::mint(&pepper, &brief, &mut rng, t0).record());
     ///
     /// assert!(MintPolicy::Spec.authorize_roll(&temp, &service).is_ok());
@@ -491,7 +497,7 @@ impl MintedKey {
 /// let pepper = keygate::Pepper::generate(&mut rng);
 /// let req = keygate::MintRequest::restricted(None, "devboxes:write".parse()?, None, keygate::UnixMillis::from_millis(0))?;
 /// let minted = keygate::mint(&pepper, &req, &mut rng, keygate::UnixMillis::from_millis(1_700_000_000_000));
-/// assert_eq!(minted.record().created_at_ms(), 1_700_000_000_000);
+/// assert_eq!(minted.record().created_at().as_millis(), 1_700_000_000_000);
 /// assert!(minted.token().expose_secret().starts_with("rk_"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -513,8 +519,8 @@ pub fn mint<R: CryptoRng + ?Sized>(
         request.name.clone(),
         digest,
         request.scopes,
-        request.expires_at_ms,
-        now.as_millis(),
+        request.expires_at,
+        now,
         request.creator_id,
     );
     MintedKey { record, token }
@@ -568,25 +574,23 @@ mod tests {
 
     #[test]
     fn expiry_rules() {
-        assert_eq!(validate_expiry(None, UnixMillis::from_millis(5)), Ok(None));
+        let at = UnixMillis::from_millis;
+        assert_eq!(validate_expiry(None, at(5)), Ok(None));
+        assert_eq!(validate_expiry(Some(at(6)), at(5)), Ok(Some(at(6))));
+        assert!(validate_expiry(Some(at(5)), at(5)).is_err());
         assert_eq!(
-            validate_expiry(Some(6), UnixMillis::from_millis(5)),
-            Ok(Some(6))
-        );
-        assert!(validate_expiry(Some(5), UnixMillis::from_millis(5)).is_err());
-        assert_eq!(
-            validate_expiry(Some(-1), UnixMillis::from_millis(-10)),
-            Err(ValidationError::ExpiryNegative(-1))
+            validate_expiry(Some(at(-1)), at(-10)),
+            Err(ValidationError::ExpiryNegative(at(-1)))
         );
         assert_eq!(
-            validate_expiry(Some(i64::MIN), UnixMillis::from_millis(0)),
-            Err(ValidationError::ExpiryNegative(i64::MIN))
+            validate_expiry(Some(at(i64::MIN)), at(0)),
+            Err(ValidationError::ExpiryNegative(at(i64::MIN)))
         );
         assert_eq!(
-            validate_expiry(Some(i64::MAX), UnixMillis::from_millis(i64::MAX - 1)),
-            Ok(Some(i64::MAX))
+            validate_expiry(Some(at(i64::MAX)), at(i64::MAX - 1)),
+            Ok(Some(at(i64::MAX)))
         );
-        assert!(validate_expiry(Some(i64::MAX), UnixMillis::from_millis(i64::MAX)).is_err());
+        assert!(validate_expiry(Some(at(i64::MAX)), at(i64::MAX)).is_err());
     }
 
     #[test]
@@ -668,41 +672,46 @@ mod tests {
     fn request_reads_back_and_names_its_creator() {
         let caller = Principal::of_record(&crate::testing::example_record());
         let scopes = Scopes::grant(crate::Resource::Agents, crate::Access::Read);
-        let req =
-            MintRequest::restricted(Some("bot"), scopes, Some(50), UnixMillis::from_millis(10))
-                .unwrap()
-                .created_by(&caller);
+        let req = MintRequest::restricted(
+            Some("bot"),
+            scopes,
+            Some(UnixMillis::from_millis(50)),
+            UnixMillis::from_millis(10),
+        )
+        .unwrap()
+        .created_by(&caller);
         assert_eq!(req.kind(), KeyKind::Restricted);
         assert_eq!(req.name(), "bot");
         assert_eq!(req.scopes(), scopes);
-        assert_eq!(req.expires_at_ms(), Some(50));
+        assert_eq!(req.expires_at(), Some(UnixMillis::from_millis(50)));
         assert_eq!(req.creator_id(), Some(caller.id()));
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
         let pepper = crate::Pepper::generate(&mut rng);
         let minted = mint(&pepper, &req, &mut rng, UnixMillis::from_millis(10));
         assert_eq!(minted.record().creator_id(), Some(caller.id()));
         assert_eq!(minted.record().name(), "bot");
-        assert_eq!(minted.record().created_at_ms(), 10);
+        assert_eq!(minted.record().created_at(), UnixMillis::from_millis(10));
     }
 
     #[test]
     fn expiry_zero_is_not_negative() {
+        let at = UnixMillis::from_millis;
         assert_eq!(
-            MintRequest::standard(None, Some(0), UnixMillis::from_millis(0)).err(),
+            MintRequest::standard(None, Some(at(0)), at(0)).err(),
             Some(ValidationError::ExpiryNotInFuture {
-                expires_at_ms: 0,
-                now: UnixMillis::from_millis(0)
+                expires_at: at(0),
+                now: at(0)
             })
         );
         assert_eq!(
-            MintRequest::standard(None, Some(0), UnixMillis::from_millis(-5))
+            MintRequest::standard(None, Some(at(0)), at(-5))
                 .unwrap()
-                .expires_at_ms(),
-            Some(0)
+                .expires_at(),
+            Some(at(0))
         );
         assert_eq!(
-            MintRequest::standard(None, Some(-1), UnixMillis::from_millis(-5)).err(),
-            Some(ValidationError::ExpiryNegative(-1))
+            MintRequest::standard(None, Some(at(-1)), at(-5)).err(),
+            Some(ValidationError::ExpiryNegative(at(-1)))
         );
     }
 
@@ -712,14 +721,14 @@ mod tests {
         let caller = Principal::of_record(&parent);
         let scopes = Scopes::grant(crate::Resource::Devboxes, crate::Access::Read);
         let child = |expires: i64| {
-            MintRequest::restricted(None, scopes, Some(expires), UnixMillis::from_millis(0))
-                .unwrap()
+            let expires = Some(UnixMillis::from_millis(expires));
+            MintRequest::restricted(None, scopes, expires, UnixMillis::EPOCH).unwrap()
         };
         let caller = crate::keyring::Principal::new(
             caller.id(),
             caller.kind(),
             caller.scopes() | Scopes::grant(crate::Resource::Account, crate::Access::Write),
-            caller.expires_at_ms(),
+            caller.expires_at(),
         );
         let policy = MintPolicy::Attenuating;
         assert_eq!(policy.authorize(&caller, &child(1_999)), Ok(()));
@@ -727,8 +736,8 @@ mod tests {
         assert_eq!(
             policy.authorize(&caller, &child(2_001)),
             Err(MintError::ChildOutlivesParent {
-                expires_at_ms: 2_001,
-                parent_expires_at_ms: 2_000
+                expires_at: UnixMillis::from_millis(2_001),
+                parent_expires_at: UnixMillis::from_millis(2_000)
             })
         );
     }

@@ -15,19 +15,19 @@ use crate::token::KeyId;
 ///
 /// ```
 /// # let id = keygate::testing::example_record().id();
-/// let err = keygate::RollError::Expired { id, expires_at_ms: 5 };
+/// let err = keygate::RollError::Expired { id, expires_at: keygate::UnixMillis::from_millis(5) };
 /// assert_eq!(err.http_status(), 409);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RollError {
     /// The key has already expired.
-    #[error("key `{id}` expired at {expires_at_ms} ms; a roll never extends a key's life")]
+    #[error("key `{id}` expired at {expires_at} ms; a roll never extends a key's life")]
     Expired {
         /// The key's id.
         id: KeyId,
-        /// When it expired, in Unix milliseconds.
-        expires_at_ms: i64,
+        /// When it expired.
+        expires_at: UnixMillis,
     },
 }
 
@@ -45,8 +45,8 @@ impl RollError {
 /// # let (pepper, record) = (keygate::Pepper::from_bytes(&[0u8; 32]), keygate::testing::example_record());
 /// # let mut rng = keygate::os_entropy();
 /// let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(100), &mut rng, keygate::UnixMillis::from_millis(1_500))?;
-/// assert_eq!(rolled.old().expires_at_ms(), Some(1_600));
-/// assert_eq!(rolled.new_key().record().expires_at_ms(), record.expires_at_ms());
+/// assert_eq!(rolled.old().expires_at(), Some(keygate::UnixMillis::from_millis(1_600)));
+/// assert_eq!(rolled.new_key().record().expires_at(), record.expires_at());
 /// # Ok::<(), keygate::RollError>(())
 /// ```
 #[derive(Debug)]
@@ -97,9 +97,9 @@ impl RolledKey {
 /// let (record, _old_token) = keygate::mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0)).into_parts();
 ///
 /// let rolled = keygate::roll(&pepper, &record, core::time::Duration::from_millis(60_000), &mut rng, keygate::UnixMillis::from_millis(10_000))?;
-/// assert_eq!(rolled.old().expires_at_ms(), Some(70_000));
+/// assert_eq!(rolled.old().expires_at(), Some(keygate::UnixMillis::from_millis(70_000)));
 /// let new = rolled.new_key().record();
-/// assert_eq!((new.name(), new.scopes(), new.expires_at_ms()), ("ci", record.scopes(), None));
+/// assert_eq!((new.name(), new.scopes(), new.expires_at()), ("ci", record.scopes(), None));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn roll<R: CryptoRng + ?Sized>(
@@ -109,16 +109,16 @@ pub fn roll<R: CryptoRng + ?Sized>(
     rng: &mut R,
     now: UnixMillis,
 ) -> Result<RolledKey, RollError> {
-    if let Some(expires_at_ms) = record.expires_at_ms() {
-        if now.as_millis() >= expires_at_ms {
+    if let Some(expires_at) = record.expires_at() {
+        if now >= expires_at {
             return Err(RollError::Expired {
                 id: record.id(),
-                expires_at_ms,
+                expires_at,
             });
         }
     }
-    let overlap_end = now.saturating_add(overlap).as_millis();
-    let old_expiry = match record.expires_at_ms() {
+    let overlap_end = now.saturating_add(overlap);
+    let old_expiry = match record.expires_at() {
         Some(expiry) => expiry.min(overlap_end),
         None => overlap_end,
     };
@@ -150,19 +150,22 @@ mod tests {
             UnixMillis::from_millis(1_000),
         )
         .unwrap();
-        assert_eq!(rolled.old().expires_at_ms(), Some(2_000));
+        assert_eq!(
+            rolled.old().expires_at(),
+            Some(UnixMillis::from_millis(2_000))
+        );
         let new = rolled.new_key().record();
-        assert_eq!(new.expires_at_ms(), Some(2_000));
+        assert_eq!(new.expires_at(), Some(UnixMillis::from_millis(2_000)));
         assert_eq!(new.kind(), record.kind());
         assert_eq!(new.name(), record.name());
         assert_eq!(new.scopes(), record.scopes());
         assert_eq!(new.creator_id(), record.creator_id());
-        assert_eq!(new.created_at_ms(), 1_000);
+        assert_eq!(new.created_at(), UnixMillis::from_millis(1_000));
         assert_ne!(new.id(), record.id());
         assert_ne!(new.secret_hash(), record.secret_hash());
         // Everything else about the old record is unchanged.
         assert_eq!(
-            rolled.old().clone().with_expiry(record.expires_at_ms()),
+            rolled.old().clone().with_expiry(record.expires_at()),
             record
         );
     }
@@ -180,7 +183,10 @@ mod tests {
             UnixMillis::from_millis(1_999),
         )
         .unwrap();
-        assert_eq!(rolled.old().expires_at_ms(), Some(1_999));
+        assert_eq!(
+            rolled.old().expires_at(),
+            Some(UnixMillis::from_millis(1_999))
+        );
         assert!(rolled.old().is_expired_at(UnixMillis::from_millis(1_999)));
         assert_eq!(
             roll(
@@ -193,7 +199,7 @@ mod tests {
             .unwrap_err(),
             RollError::Expired {
                 id: record.id(),
-                expires_at_ms: 2_000
+                expires_at: UnixMillis::from_millis(2_000)
             }
         );
         // A huge overlap saturates instead of wrapping.
@@ -206,8 +212,11 @@ mod tests {
             UnixMillis::from_millis(5),
         )
         .unwrap();
-        assert_eq!(rolled.old().expires_at_ms(), Some(i64::MAX));
-        assert_eq!(rolled.new_key().record().expires_at_ms(), None);
+        assert_eq!(
+            rolled.old().expires_at(),
+            Some(UnixMillis::from_millis(i64::MAX))
+        );
+        assert_eq!(rolled.new_key().record().expires_at(), None);
     }
 
     #[test]

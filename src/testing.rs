@@ -86,8 +86,8 @@ pub fn example_record() -> KeyRecord {
         "example".into(),
         SecretHash::from_bytes([0; 32]),
         Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read),
-        Some(2_000),
-        1_000,
+        Some(UnixMillis::from_millis(2_000)),
+        UnixMillis::from_millis(1_000),
         None,
     )
 }
@@ -126,7 +126,7 @@ pub fn example_minted() -> MintedKey {
         kind: KeyKind::Restricted,
         name: String::from("example"),
         scopes: Scopes::grant(Resource::Devboxes, Access::Write),
-        expires_at_ms: None,
+        expires_at: None,
         creator_id: None,
     };
     mint(&pepper, &request, &mut Counter(1), UnixMillis::EPOCH)

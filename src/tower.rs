@@ -535,6 +535,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
         let mut keyring = Keyring::new(Pepper::generate(&mut rng));
         let mut make = |scopes: Option<Scopes>, expires: Option<i64>| {
+            let expires = expires.map(UnixMillis::from_millis);
             let req = match scopes {
                 Some(s) => {
                     MintRequest::restricted(None, s, expires, UnixMillis::from_millis(0)).unwrap()
@@ -681,7 +682,8 @@ mod tests {
         let now = UnixMillis::now().as_millis();
         let mut make = |expires: i64| {
             let minted_at = UnixMillis::from_millis(now - 60_000);
-            let req = MintRequest::standard(None, Some(expires), minted_at).unwrap();
+            let expires = Some(UnixMillis::from_millis(expires));
+            let req = MintRequest::standard(None, expires, minted_at).unwrap();
             let (record, token) = mint(keyring.pepper(), &req, &mut rng, minted_at).into_parts();
             keyring.insert(record).unwrap();
             String::from(token.expose_secret())

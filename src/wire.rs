@@ -116,7 +116,8 @@ impl ApiKeyCreateParameters {
     /// assert_eq!(p.validate(keygate::UnixMillis::from_millis(0)).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
     /// ```
     pub fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
-        MintRequest::standard(self.name.as_deref(), self.expires_at_ms, now)
+        let expires_at = self.expires_at_ms.map(UnixMillis::from_millis);
+        MintRequest::standard(self.name.as_deref(), expires_at, now)
     }
 }
 
@@ -199,7 +200,8 @@ impl RestrictedKeyCreateParameters {
         if scopes.is_empty() {
             return Err(ValidationError::NoAccessGranted);
         }
-        MintRequest::restricted(self.name.as_deref(), scopes, self.expires_at_ms, now)
+        let expires_at = self.expires_at_ms.map(UnixMillis::from_millis);
+        MintRequest::restricted(self.name.as_deref(), scopes, expires_at, now)
     }
 }
 
@@ -379,14 +381,14 @@ impl From<MintedKey> for CreatedKeyView {
                 id: String::from(record.id().as_str()),
                 name: String::from(record.name()),
                 key_secret: token,
-                expires_at_ms: record.expires_at_ms(),
+                expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
             }),
             KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
                 id: String::from(record.id().as_str()),
                 name: String::from(record.name()),
                 key_secret: token,
                 scopes: scope_entries(record.scopes()),
-                expires_at_ms: record.expires_at_ms(),
+                expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
             }),
         }
     }
@@ -488,7 +490,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.name(), "ci");
-        assert_eq!(r.expires_at_ms(), Some(2000));
+        assert_eq!(r.expires_at(), Some(UnixMillis::from_millis(2000)));
         assert_eq!(
             r.scopes(),
             Scopes::grant(Resource::Devboxes, Access::Write).with(Resource::Objects, Access::Read)

@@ -340,7 +340,7 @@ fn expiry_takes_effect() {
     let req = MintRequest::restricted(
         None,
         "objects:read".parse().unwrap(),
-        Some(NOW + 1_000),
+        Some(keygate::UnixMillis::from_millis(NOW + 1_000)),
         keygate::UnixMillis::from_millis(NOW),
     )
     .unwrap();
@@ -362,7 +362,7 @@ fn expiry_takes_effect() {
         .authenticate(token, keygate::UnixMillis::from_millis(NOW + 1_000))
         .unwrap_err();
     assert!(
-        matches!(err, AuthError::Expired { expires_at_ms, .. } if expires_at_ms == NOW + 1_000)
+        matches!(err, AuthError::Expired { expires_at, .. } if expires_at.as_millis() == NOW + 1_000)
     );
     assert_eq!(err.http_status(), 401);
 }

@@ -39,7 +39,7 @@ fn keyring() -> (Keyring, Vec<String>) {
         MintRequest::restricted(
             Some("e"),
             Scopes::grant(Resource::Devboxes, Access::Read),
-            Some(NOW + 1),
+            Some(keygate::UnixMillis::from_millis(NOW + 1)),
             keygate::UnixMillis::from_millis(NOW),
         )
         .unwrap(),

@@ -16,7 +16,7 @@ use common::with_checksum;
 use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters, ScopeEntryView};
 use keygate::{
     Access, AuthError, KeyId, KeyKind, Keyring, MintRequest, Pepper, Resource, ScopeParseError,
-    Scopes, Token, TokenError, ValidationError, MAX_NAME_LEN,
+    Scopes, Token, TokenError, UnixMillis, ValidationError, MAX_NAME_LEN,
 };
 use rand_core::SeedableRng;
 
@@ -35,7 +35,7 @@ fn keyring_with(request: &MintRequest, created_ms: i64) -> (Keyring, String) {
         keygate::UnixMillis::from_millis(created_ms),
     )
     .into_parts();
-    assert_eq!(record.created_at_ms(), created_ms);
+    assert_eq!(record.created_at().as_millis(), created_ms);
     keyring.insert(record).unwrap();
     (keyring, token.expose_secret().to_owned())
 }
@@ -44,9 +44,9 @@ fn keyring_with(request: &MintRequest, created_ms: i64) -> (Keyring, String) {
 
 #[test]
 fn expiry_at_i64_max() {
-    let request =
-        MintRequest::standard(None, Some(i64::MAX), keygate::UnixMillis::from_millis(0)).unwrap();
-    assert_eq!(request.expires_at_ms(), Some(i64::MAX));
+    let end = UnixMillis::from_millis(i64::MAX);
+    let request = MintRequest::standard(None, Some(end), UnixMillis::EPOCH).unwrap();
+    assert_eq!(request.expires_at(), Some(end));
     let (keyring, token) = keyring_with(&request, 0);
     assert!(keyring
         .authenticate(&token, keygate::UnixMillis::from_millis(i64::MIN))
@@ -57,34 +57,22 @@ fn expiry_at_i64_max() {
     // Valid while now < expiry: at i64::MAX itself it has expired.
     assert!(matches!(
         keyring.authenticate(&token, keygate::UnixMillis::from_millis(i64::MAX)),
-        Err(AuthError::Expired {
-            expires_at_ms: i64::MAX,
-            ..
-        })
+        Err(AuthError::Expired { expires_at, .. }) if expires_at == end
     ));
     // Accepted one millisecond before the end of time, not at it.
-    assert!(MintRequest::standard(
-        None,
-        Some(i64::MAX),
-        keygate::UnixMillis::from_millis(i64::MAX - 1)
-    )
-    .is_ok());
+    assert!(MintRequest::standard(None, Some(end), UnixMillis::from_millis(i64::MAX - 1)).is_ok());
     assert_eq!(
-        MintRequest::standard(
-            None,
-            Some(i64::MAX),
-            keygate::UnixMillis::from_millis(i64::MAX)
-        ),
+        MintRequest::standard(None, Some(end), end),
         Err(ValidationError::ExpiryNotInFuture {
-            expires_at_ms: i64::MAX,
-            now: keygate::UnixMillis::from_millis(i64::MAX)
+            expires_at: end,
+            now: end
         })
     );
 }
 
 #[test]
 fn negative_expiries_are_rejected_whatever_now_is() {
-    for expiry in [i64::MIN, i64::MIN + 1, -1] {
+    for expiry in [i64::MIN, i64::MIN + 1, -1].map(UnixMillis::from_millis) {
         for now in [i64::MIN, -2, 0, i64::MAX] {
             assert_eq!(
                 MintRequest::standard(None, Some(expiry), keygate::UnixMillis::from_millis(now)),
@@ -102,30 +90,31 @@ fn negative_expiries_are_rejected_whatever_now_is() {
             );
         }
     }
-    let msg = ValidationError::ExpiryNegative(i64::MIN).to_string();
+    let msg = ValidationError::ExpiryNegative(UnixMillis::from_millis(i64::MIN)).to_string();
     assert_eq!(msg, "`expires_at_ms` is negative: `-9223372036854775808`");
 }
 
 #[test]
 fn expiry_zero_needs_a_negative_now() {
+    let epoch = UnixMillis::EPOCH;
     assert_eq!(
-        MintRequest::standard(None, Some(0), keygate::UnixMillis::from_millis(0)),
+        MintRequest::standard(None, Some(epoch), epoch),
         Err(ValidationError::ExpiryNotInFuture {
-            expires_at_ms: 0,
-            now: keygate::UnixMillis::from_millis(0)
+            expires_at: epoch,
+            now: epoch
         })
     );
     assert_eq!(
-        MintRequest::standard(None, Some(0), keygate::UnixMillis::from_millis(-1))
+        MintRequest::standard(None, Some(epoch), UnixMillis::from_millis(-1))
             .unwrap()
-            .expires_at_ms(),
-        Some(0)
+            .expires_at(),
+        Some(epoch)
     );
     assert_eq!(
-        MintRequest::standard(None, Some(0), keygate::UnixMillis::from_millis(i64::MIN))
+        MintRequest::standard(None, Some(epoch), UnixMillis::from_millis(i64::MIN))
             .unwrap()
-            .expires_at_ms(),
-        Some(0)
+            .expires_at(),
+        Some(epoch)
     );
 }
 
@@ -149,7 +138,7 @@ fn now_at_the_extremes() {
     let request = MintRequest::restricted(
         None,
         Scopes::all(),
-        Some(0),
+        Some(UnixMillis::EPOCH),
         keygate::UnixMillis::from_millis(i64::MIN),
     )
     .unwrap();
@@ -169,8 +158,8 @@ fn wire_expiry_edges() {
     assert_eq!(
         max.validate(keygate::UnixMillis::from_millis(0))
             .unwrap()
-            .expires_at_ms(),
-        Some(i64::MAX)
+            .expires_at(),
+        Some(UnixMillis::from_millis(i64::MAX))
     );
     assert!(max
         .validate(keygate::UnixMillis::from_millis(i64::MAX))
@@ -178,7 +167,9 @@ fn wire_expiry_edges() {
     let min = parse(r#"{"expires_at_ms":-9223372036854775808}"#).unwrap();
     assert_eq!(
         min.validate(keygate::UnixMillis::from_millis(i64::MIN)),
-        Err(ValidationError::ExpiryNegative(i64::MIN))
+        Err(ValidationError::ExpiryNegative(UnixMillis::from_millis(
+            i64::MIN
+        )))
     );
     // Out of range, fractional or exponent forms are JSON errors, not wraps.
     for bad in [

@@ -28,7 +28,7 @@ fn records(n: usize, seed: u64) -> Vec<KeyRecord> {
     let pepper = Pepper::from_bytes(&PEPPER);
     (0..n)
         .map(|i| {
-            let expiry = (i % 3 == 0).then_some(1_000 + i as i64);
+            let expiry = (i % 3 == 0).then_some(keygate::UnixMillis::from_millis(1_000 + i as i64));
             let request = MintRequest::restricted(
                 Some("k"),
                 "objects:read".parse().unwrap(),
@@ -156,7 +156,7 @@ proptest! {
         let minted = mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(-5_000)).into_parts().0;
         // Give it the generated expiry through the store's path.
         let record = KeyRecord::from_parts(keygate::KeyRecordParts {
-            expires_at_ms: expiry,
+            expires_at: expiry.map(keygate::UnixMillis::from_millis),
             ..parts(&minted)
         }).unwrap();
         match roll(&pepper, &record, core::time::Duration::from_millis(overlap), &mut rng, keygate::UnixMillis::from_millis(now)) {
@@ -164,13 +164,13 @@ proptest! {
             Ok(rolled) => {
                 prop_assert!(!record.is_expired_at(keygate::UnixMillis::from_millis(now)));
                 let (new_key, old) = rolled.into_parts();
-                let old_end = old.expires_at_ms().unwrap();
-                prop_assert!(old_end <= record.expires_at_ms().unwrap_or(i64::MAX));
+                let old_end = old.expires_at().unwrap().as_millis();
+                prop_assert!(old_end <= record.expires_at().map_or(i64::MAX, keygate::UnixMillis::as_millis));
                 // now + overlap, exactly, capped at the largest instant.
                 let bound = (i128::from(now) + i128::from(overlap)).min(i128::from(i64::MAX));
                 prop_assert!(i128::from(old_end) <= bound);
                 prop_assert!(old_end >= now);
-                prop_assert_eq!(new_key.record().expires_at_ms(), record.expires_at_ms());
+                prop_assert_eq!(new_key.record().expires_at(), record.expires_at());
                 if overlap == 0 {
                     prop_assert!(old.is_expired_at(keygate::UnixMillis::from_millis(now)));
                 }
@@ -188,6 +188,8 @@ proptest! {
     ) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::from_bytes(&PEPPER);
+        let parent_expiry = parent_expiry.map(keygate::UnixMillis::from_millis);
+        let child_expiry = child_expiry.map(keygate::UnixMillis::from_millis);
         let parent_request = if standard_parent {
             MintRequest::standard(None, parent_expiry, keygate::UnixMillis::from_millis(0)).unwrap()
         } else {
@@ -200,10 +202,10 @@ proptest! {
         let verdict = MintPolicy::Attenuating.authorize(&parent, &child);
         match (parent_expiry, child_expiry) {
             (None, _) => prop_assert_eq!(verdict, Ok(())),
-            (Some(p), None) => prop_assert_eq!(verdict, Err(MintError::ChildMustExpire { parent_expires_at_ms: p })),
+            (Some(p), None) => prop_assert_eq!(verdict, Err(MintError::ChildMustExpire { parent_expires_at: p })),
             (Some(p), Some(c)) if c > p => prop_assert_eq!(
                 verdict,
-                Err(MintError::ChildOutlivesParent { expires_at_ms: c, parent_expires_at_ms: p })
+                Err(MintError::ChildOutlivesParent { expires_at: c, parent_expires_at: p })
             ),
             (Some(_), Some(_)) => prop_assert_eq!(verdict, Ok(())),
         }
@@ -282,8 +284,8 @@ fn parts(record: &KeyRecord) -> keygate::KeyRecordParts {
         name: record.name().to_owned(),
         secret_hash: record.secret_hash(),
         scopes: record.scopes(),
-        expires_at_ms: record.expires_at_ms(),
-        created_at_ms: record.created_at_ms(),
+        expires_at: record.expires_at(),
+        created_at: record.created_at(),
         creator_id: record.creator_id(),
     }
 }
@@ -511,7 +513,10 @@ fn an_evicted_key_stays_dead_for_older_changes() {
     )
     .unwrap()
     .into_parts();
-    assert_eq!(a_rolled.expires_at_ms(), Some(100));
+    assert_eq!(
+        a_rolled.expires_at(),
+        Some(keygate::UnixMillis::from_millis(100))
+    );
     let mut keyring = Keyring::new(pepper);
     assert_eq!(
         keyring.apply(Change::upsert(1, a.clone())).unwrap(),
@@ -568,7 +573,7 @@ fn an_evicted_key_stays_dead_for_older_changes() {
 
 fn a_with_expiry(record: &KeyRecord, expiry: i64) -> KeyRecord {
     KeyRecord::from_parts(keygate::KeyRecordParts {
-        expires_at_ms: Some(expiry),
+        expires_at: Some(keygate::UnixMillis::from_millis(expiry)),
         ..parts(record)
     })
     .unwrap()

@@ -190,7 +190,7 @@ impl World {
         };
         // Two roots: a standard key and an admin restricted key, both
         // expiring (so expiry attenuation has something to do) or not.
-        let expiry = (rng.next_u32() % 2 == 0).then_some(30_000);
+        let expiry = (rng.next_u32() % 2 == 0).then_some(keygate::UnixMillis::from_millis(30_000));
         let root = MintRequest::standard(
             Some("root"),
             expiry,
@@ -239,7 +239,7 @@ impl World {
                 kind: record.kind(),
                 parent: record.creator_id(),
                 scopes: record.scopes(),
-                expiry: record.expires_at_ms(),
+                expiry: record.expires_at().map(keygate::UnixMillis::as_millis),
                 revoked: false,
                 rolled_into: None,
                 attenuated,
@@ -361,9 +361,12 @@ impl World {
         if *narrow {
             scopes = scopes.intersection(caller.scopes());
         }
-        let horizon = caller.expires_at_ms().unwrap_or(self.now + 20_000);
+        let horizon = caller
+            .expires_at()
+            .map_or(self.now + 20_000, keygate::UnixMillis::as_millis);
         let span = horizon.saturating_sub(self.now).min(100_000);
-        let expiry = expiry.map(|f| self.now + 1 + (span as f64 * f) as i64);
+        let expiry = expiry
+            .map(|f| keygate::UnixMillis::from_millis(self.now + 1 + (span as f64 * f) as i64));
         let request = if *standard {
             MintRequest::standard(None, expiry, keygate::UnixMillis::from_millis(self.now))
         } else {
@@ -417,7 +420,7 @@ impl World {
             },
         );
         let old_model = self.model.get_mut(&old).unwrap();
-        old_model.expiry = old_record.expires_at_ms();
+        old_model.expiry = old_record.expires_at().map(keygate::UnixMillis::as_millis);
         old_model.rolled_into = Some(new);
         self.order.push(new);
         self.rolls.push((old, new));
@@ -604,7 +607,11 @@ impl World {
                         "step {step}: dead key {id} authenticates on the leader ({k:?})"
                     );
                     assert_eq!(
-                        (p.scopes(), p.kind(), p.expires_at_ms()),
+                        (
+                            p.scopes(),
+                            p.kind(),
+                            p.expires_at().map(keygate::UnixMillis::as_millis)
+                        ),
                         (k.scopes, k.kind, k.expiry)
                     );
                 }

@@ -155,6 +155,7 @@ proptest! {
     fn record_serde_round_trips(seed in any::<u64>(), s in non_empty_scopes(), expires in proptest::option::of(1i64..)) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let pepper = Pepper::generate(&mut rng);
+        let expires = expires.map(keygate::UnixMillis::from_millis);
         let request = MintRequest::restricted(Some("k"), s, expires, keygate::UnixMillis::from_millis(0)).unwrap();
         let minted = mint(&pepper, &request, &mut rng, keygate::UnixMillis::from_millis(0));
         let json = serde_json::to_string(minted.record()).unwrap();

@@ -147,6 +147,7 @@ fn keyring_tracks_revocations_sequence_and_expiry() {
     let pepper_bytes = Pepper::generate_bytes(&mut rng);
     let mut keyring = Keyring::new(Pepper::from_bytes(&pepper_bytes));
     let mut mint_one = |expires: Option<i64>| {
+        let expires = expires.map(keygate::UnixMillis::from_millis);
         let req =
             MintRequest::standard(None, expires, keygate::UnixMillis::from_millis(NOW)).unwrap();
         mint(
@@ -215,6 +216,7 @@ fn evicting_expired_keys_leaves_the_others_authenticating() {
     let pepper_bytes = Pepper::generate_bytes(&mut rng);
     let mut keyring = Keyring::new(Pepper::from_bytes(&pepper_bytes));
     let mut mint_one = |expires: Option<i64>| {
+        let expires = expires.map(keygate::UnixMillis::from_millis);
         let req =
             MintRequest::standard(None, expires, keygate::UnixMillis::from_millis(NOW)).unwrap();
         mint(
@@ -366,8 +368,8 @@ fn a_digest_differing_in_words_that_cancel_is_refused() {
             name: record.name().to_owned(),
             secret_hash: SecretHash::from_bytes(forged),
             scopes: record.scopes(),
-            expires_at_ms: record.expires_at_ms(),
-            created_at_ms: record.created_at_ms(),
+            expires_at: record.expires_at(),
+            created_at: record.created_at(),
             creator_id: record.creator_id(),
         };
         let mut keyring = Keyring::new(pepper.clone());

@@ -67,7 +67,7 @@ fn setup() -> Setup {
         MintRequest::restricted(
             None,
             scopes,
-            Some(NOW_MS),
+            Some(keygate::UnixMillis::from_millis(NOW_MS)),
             keygate::UnixMillis::from_millis(0),
         )
         .unwrap(),

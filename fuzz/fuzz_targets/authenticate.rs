@@ -26,7 +26,7 @@ const EXPIRES_MS: i64 = 2_000;
 struct Fixture {
     keyring: Keyring,
     /// Minted token texts and the principal and expiry each must yield.
-    keys: Vec<(String, Principal, Option<i64>)>,
+    keys: Vec<(String, Principal, Option<keygate::UnixMillis>)>,
 }
 
 fn fixture() -> &'static Fixture {
@@ -57,14 +57,14 @@ fn fixture() -> &'static Fixture {
             .unwrap(),
             MintRequest::standard(
                 Some("short-lived"),
-                Some(EXPIRES_MS),
+                Some(keygate::UnixMillis::from_millis(EXPIRES_MS)),
                 keygate::UnixMillis::from_millis(CREATED_MS),
             )
             .unwrap(),
             MintRequest::restricted(
                 Some("expiring"),
                 "agents:read".parse().unwrap(),
-                Some(EXPIRES_MS),
+                Some(keygate::UnixMillis::from_millis(EXPIRES_MS)),
                 keygate::UnixMillis::from_millis(CREATED_MS),
             )
             .unwrap(),
@@ -81,7 +81,7 @@ fn fixture() -> &'static Fixture {
             keys.push((
                 token.expose_secret().to_owned(),
                 keygate::testing::principal_of(&record),
-                record.expires_at_ms(),
+                record.expires_at(),
             ));
             assert!(keyring.insert(record).unwrap().is_none());
         }
@@ -129,7 +129,7 @@ enum Input {
     Mutate { key: u8, ops: Vec<Op>, now_ms: i64 },
 }
 
-fn apply(bytes: &mut Vec<u8>, op: &Op, keys: &[(String, Principal, Option<i64>)]) {
+fn apply(bytes: &mut Vec<u8>, op: &Op, keys: &[(String, Principal, Option<keygate::UnixMillis>)]) {
     let len = bytes.len();
     let at = |i: u8| if len == 0 { 0 } else { usize::from(i) % len };
     match *op {
@@ -210,11 +210,11 @@ fn check(bytes: &[u8], now_ms: i64) {
     }
     match f.keys.iter().find(|(text, _, _)| text.as_bytes() == bytes) {
         Some((_, principal, expiry)) => match expiry {
-            Some(e) if now_ms >= *e => assert_eq!(
+            Some(e) if now_ms >= e.as_millis() => assert_eq!(
                 result,
                 Err(AuthError::Expired {
                     id: principal.id(),
-                    expires_at_ms: *e
+                    expires_at: *e
                 })
             ),
             _ => {

@@ -7,6 +7,7 @@ use super::KeyringError;
 use crate::key::KeyRecord;
 use crate::scope::Scopes;
 use crate::secret::SecretHash;
+use crate::time::UnixMillis;
 use crate::token::{KeyId, KeyKind};
 
 /// The hash of key ids, for the keyring's map and its digest index: one
@@ -171,7 +172,7 @@ impl Slot {
             KeyKind::Standard => 0,
             KeyKind::Restricted => GRANT_RESTRICTED,
         };
-        let expires = if record.expires_at_ms().is_some() {
+        let expires = if record.expires_at().is_some() {
             GRANT_EXPIRES
         } else {
             0
@@ -180,7 +181,7 @@ impl Slot {
             id: DigestIndex::key(&record.id()),
             digest: DigestIndex::words(&record.secret_hash()),
             grant: u64::from(record.scopes().bits()) | kind | expires,
-            expires_at_ms: record.expires_at_ms().unwrap_or(0),
+            expires_at_ms: record.expires_at().map_or(0, UnixMillis::as_millis),
         }
     }
 
@@ -192,8 +193,8 @@ impl Slot {
         }
     }
 
-    pub(crate) fn expires_at_ms(&self) -> Option<i64> {
-        (self.grant & GRANT_EXPIRES != 0).then_some(self.expires_at_ms)
+    pub(crate) fn expires_at(&self) -> Option<UnixMillis> {
+        (self.grant & GRANT_EXPIRES != 0).then_some(UnixMillis::from_millis(self.expires_at_ms))
     }
 
     pub(crate) fn scopes(&self) -> Scopes {

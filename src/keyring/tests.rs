@@ -35,6 +35,7 @@ use rand_core::SeedableRng;
 fn setup(scopes: Option<Scopes>, expires: Option<i64>) -> (Keyring, String) {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
+    let expires = expires.map(UnixMillis::from_millis);
     let request = match scopes {
         Some(s) => MintRequest::restricted(None, s, expires, UnixMillis::from_millis(0)).unwrap(),
         None => MintRequest::standard(None, expires, UnixMillis::from_millis(0)).unwrap(),
@@ -156,10 +157,7 @@ fn expiry_is_exclusive() {
         .is_ok());
     assert!(matches!(
         keyring.authenticate(&token, UnixMillis::from_millis(100)),
-        Err(AuthError::Expired {
-            expires_at_ms: 100,
-            ..
-        })
+        Err(AuthError::Expired { expires_at, .. }) if expires_at == UnixMillis::from_millis(100)
     ));
     assert!(keyring
         .authenticate(&token, UnixMillis::from_millis(i64::MAX))
@@ -196,7 +194,7 @@ fn digest_moved_to_another_record_fails() {
         a.secret_hash(),
         b.scopes(),
         None,
-        0,
+        UnixMillis::EPOCH,
         None,
     );
     keyring.insert(forged).unwrap();
@@ -225,7 +223,7 @@ fn a_digest_that_differs_in_any_bit_fails() {
                 SecretHash::from_bytes(wrong),
                 record.scopes(),
                 None,
-                0,
+                UnixMillis::EPOCH,
                 None,
             );
             keyring.insert(forged).unwrap();
@@ -282,7 +280,7 @@ fn digest_index_follows_inserts_revokes_and_growth() {
         SecretHash::from_bytes([9; 32]),
         old.scopes(),
         None,
-        0,
+        UnixMillis::EPOCH,
         None,
     );
     keyring.insert(replacement).unwrap();
@@ -301,7 +299,7 @@ fn digest_index_follows_inserts_revokes_and_growth() {
     );
     assert_eq!(slot.scopes(), Scopes::all());
     assert_eq!(slot.kind(), KeyKind::Standard);
-    assert_eq!(slot.expires_at_ms(), None);
+    assert_eq!(slot.expires_at(), None);
     let unknown = KeyId::parse("0000000000000000").unwrap();
     let (found, slot) = keyring
         .index
@@ -319,7 +317,7 @@ fn slots_carry_the_grant() {
     assert_eq!(found, u64::MAX);
     assert_eq!(core::mem::size_of::<Slot>(), 64);
     assert_eq!(slot.kind(), KeyKind::Restricted);
-    assert_eq!(slot.expires_at_ms(), Some(77));
+    assert_eq!(slot.expires_at(), Some(UnixMillis::from_millis(77)));
     assert_eq!(slot.scopes(), keyring.get(&id).unwrap().scopes());
     assert_eq!(
         keyring
@@ -335,8 +333,8 @@ fn slots_carry_the_grant() {
         "n".into(),
         record.secret_hash(),
         record.scopes(),
-        Some(-5),
-        0,
+        Some(UnixMillis::from_millis(-5)),
+        UnixMillis::EPOCH,
         None,
     );
     let mut keyring = keyring.clone();
@@ -349,7 +347,7 @@ fn slots_carry_the_grant() {
         keyring.authenticate(&token, UnixMillis::from_millis(-5)),
         Err(AuthError::Expired {
             id,
-            expires_at_ms: -5
+            expires_at: UnixMillis::from_millis(-5)
         })
     );
 }
@@ -363,7 +361,7 @@ fn record_with_id(id: KeyId, n: u8) -> KeyRecord {
         SecretHash::from_bytes([n; 32]),
         Scopes::all(),
         None,
-        0,
+        UnixMillis::EPOCH,
         None,
     )
 }
@@ -674,8 +672,8 @@ fn a_principal_of_a_record_carries_its_grant() {
         name: "ci deploy".into(),
         secret_hash: SecretHash::from_bytes([7; 32]),
         scopes: crate::scope::Scopes::grant(Resource::Agents, Access::Read),
-        expires_at_ms: Some(9_000),
-        created_at_ms: 4_000,
+        expires_at: Some(UnixMillis::from_millis(9_000)),
+        created_at: UnixMillis::from_millis(4_000),
         creator_id: None,
     })
     .unwrap();
@@ -683,7 +681,7 @@ fn a_principal_of_a_record_carries_its_grant() {
     assert_eq!(p.id(), r.id());
     assert_eq!(p.kind(), KeyKind::Restricted);
     assert_eq!(p.scopes(), record.scopes());
-    assert_eq!(p.expires_at_ms(), Some(9_000));
+    assert_eq!(p.expires_at(), Some(UnixMillis::from_millis(9_000)));
     assert!(p.can(Resource::Agents, Access::Read));
     assert!(!p.can(Resource::Agents, Access::Write));
     assert!(p.require(Resource::Agents, Access::Read).is_ok());

@@ -169,19 +169,15 @@ pub async fn mint(
     scopes: &[String],
 ) -> Result<(), String> {
     let now_ms = system_now_ms();
-    let expires_at_ms = expiry.at_ms(now_ms)?;
+    let expires_at = expiry.at_ms(now_ms)?.map(keygate::UnixMillis::from_millis);
     let request = if scopes.is_empty() {
-        MintRequest::standard(
-            name,
-            expires_at_ms,
-            keygate::UnixMillis::from_millis(now_ms),
-        )
+        MintRequest::standard(name, expires_at, keygate::UnixMillis::from_millis(now_ms))
     } else {
         let scopes: Scopes = scopes.join(",").parse().map_err(|e| format!("{e}"))?;
         MintRequest::restricted(
             name,
             scopes,
-            expires_at_ms,
+            expires_at,
             keygate::UnixMillis::from_millis(now_ms),
         )
     }
@@ -269,8 +265,8 @@ fn key_row(k: &StoredKey) -> Vec<String> {
             KeyKind::Restricted if r.scopes().is_empty() => "-".to_owned(),
             KeyKind::Restricted => r.scopes().to_string(),
         },
-        time(r.created_at_ms()),
-        opt_time(r.expires_at_ms(), "never"),
+        time(r.created_at().as_millis()),
+        opt_time(r.expires_at().map(keygate::UnixMillis::as_millis), "never"),
         opt_time(k.last_used_at_ms, "never"),
         r.creator_id()
             .map_or_else(|| "-".to_owned(), |c| c.to_string()),
@@ -305,7 +301,7 @@ pub async fn list(
     }
     if sort == SortBy::Created {
         // A stable sort: keys created in the same millisecond stay by id.
-        keys.sort_by_key(|k| k.record.created_at_ms());
+        keys.sort_by_key(|k| k.record.created_at());
     }
     if json {
         return print_json(
@@ -419,7 +415,7 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
             other => other.to_string(),
         })?;
     print_json(&keygate::wire::CreatedKeyView::from(new_key))?;
-    match old.expires_at_ms() {
+    match old.expires_at().map(keygate::UnixMillis::as_millis) {
         Some(ms) => eprintln!(
             "old key {id} now expires at {} (expires_at_ms {ms})",
             time(ms)

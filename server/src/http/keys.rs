@@ -17,7 +17,7 @@ use axum::response::Response;
 use axum::Extension;
 use keygate::tower::problem;
 use keygate::wire::{scope_entries, ScopeEntryView};
-use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError};
+use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
@@ -62,8 +62,8 @@ impl KeyView {
             name: record.name().to_owned(),
             kind: record.kind().as_str(),
             scopes: scope_entries(record.scopes()),
-            created_at_ms: record.created_at_ms(),
-            expires_at_ms: record.expires_at_ms(),
+            created_at_ms: record.created_at().as_millis(),
+            expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
             last_used_at_ms: key.last_used_at_ms.max(last_used_in_memory),
             creator_id: record.creator_id().map(|id| id.as_str().to_owned()),
         }

@@ -181,7 +181,8 @@ pub fn check_roll_fits(
         (Some(e), Some(s)) => e <= s,
         (None, Some(_)) => false,
     };
-    if never_longer(old.expires_at_ms()) && never_longer(new.expires_at_ms()) {
+    let ms = |r: &KeyRecord| r.expires_at().map(keygate::UnixMillis::as_millis);
+    if never_longer(ms(old)) && never_longer(ms(new)) {
         Ok(())
     } else {
         Err(StoreError::Conflict(format!(
@@ -336,6 +337,7 @@ mod tests {
     use keygate::{MintRequest, Pepper};
 
     fn expiring(at: Option<i64>) -> KeyRecord {
+        let at = at.map(keygate::UnixMillis::from_millis);
         let request = MintRequest::standard(None, at, keygate::UnixMillis::from_millis(0)).unwrap();
         keygate::mint(
             &Pepper::from_bytes(&[5u8; 32]),

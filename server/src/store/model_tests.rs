@@ -107,8 +107,8 @@ impl Model {
     fn expired(&self, i: usize) -> bool {
         self.keys[i]
             .record
-            .expires_at_ms()
-            .is_some_and(|e| self.now >= e)
+            .expires_at()
+            .is_some_and(|e| self.now >= e.as_millis())
     }
 
     fn live(&self, i: usize) -> bool {
@@ -268,12 +268,14 @@ async fn step(
                     if scopes.is_empty() {
                         scopes = caller.scopes();
                     }
-                    expires = match (expires, caller.expires_at_ms()) {
+                    let caller_expiry = caller.expires_at().map(keygate::UnixMillis::as_millis);
+                    expires = match (expires, caller_expiry) {
                         (Some(e), Some(c)) => Some(e.min(c)),
                         (e, c) => e.or(c),
                     };
                 }
             }
+            let expires = expires.map(keygate::UnixMillis::from_millis);
             let request = if *standard {
                 MintRequest::standard(Some("m"), expires, keygate::UnixMillis::from_millis(now))
             } else {
@@ -534,7 +536,7 @@ async fn invariants(
                     i,
                     head
                 );
-                let (c, p) = (key.record.expires_at_ms(), parent.record.expires_at_ms());
+                let (c, p) = (key.record.expires_at(), parent.record.expires_at());
                 prop_assert!(
                     p.is_none() || c.is_some_and(|c| Some(c) <= p),
                     "key {} expires {:?} after its head {:?}",

@@ -78,7 +78,7 @@ use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash};
+use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash, UnixMillis};
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
@@ -562,8 +562,8 @@ async fn insert_key(
             &r.name(),
             &r.secret_hash().as_bytes().as_slice(),
             &i64::from(r.scopes().bits()),
-            &r.created_at_ms(),
-            &r.expires_at_ms(),
+            &r.created_at().as_millis(),
+            &r.expires_at().map(UnixMillis::as_millis),
             &r.creator_id().as_ref().map(KeyId::as_str),
         ],
     )
@@ -923,7 +923,8 @@ impl Store for PgStore {
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
                 .await?;
-            tx.execute(&shorten, &[&old.id().as_str(), &old.expires_at_ms()])
+            let expires_at_ms = old.expires_at().map(UnixMillis::as_millis);
+            tx.execute(&shorten, &[&old.id().as_str(), &expires_at_ms])
                 .await?;
             insert_key(tx, new).await?;
             let link = tx
@@ -1335,8 +1336,11 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
         name: row.try_get(offset + 2).map_err(db_error)?,
         secret_hash: SecretHash::from_bytes(hash),
         scopes,
-        created_at_ms: row.try_get(offset + 5).map_err(db_error)?,
-        expires_at_ms: row.try_get(offset + 6).map_err(db_error)?,
+        created_at: UnixMillis::from_millis(row.try_get(offset + 5).map_err(db_error)?),
+        expires_at: row
+            .try_get::<_, Option<i64>>(offset + 6)
+            .map_err(db_error)?
+            .map(UnixMillis::from_millis),
         creator_id,
     })
     .map_err(|e| corrupt(id_text, &e.to_string()))?;

@@ -165,6 +165,7 @@ mod tests {
     use keygate::MintRequest;
 
     fn minted(pepper: &Pepper, expires: Option<i64>) -> (keygate::KeyRecord, String) {
+        let expires = expires.map(keygate::UnixMillis::from_millis);
         let request =
             MintRequest::standard(None, expires, keygate::UnixMillis::from_millis(0)).unwrap();
         let (record, token) = keygate::mint(

@@ -144,7 +144,10 @@ fn lifecycle_round_trip() {
             .unwrap();
         assert_eq!((created, rolled_seq), (5, 6));
         let got = store.get(other.id(), Scope::All).await.unwrap().unwrap();
-        assert_eq!(got.record.expires_at_ms(), Some(6_000));
+        assert_eq!(
+            got.record.expires_at(),
+            Some(keygate::UnixMillis::from_millis(6_000))
+        );
         // Out of scope, or unknown: not found.
         let again = keygate::roll(
             &pepper(),
@@ -214,7 +217,7 @@ fn lifecycle_round_trip() {
         let changes = store.changes_since(0, 100).await.unwrap();
         assert_eq!(changes.len(), 8);
         assert!(matches!(&changes[1].op, ChangeOp::Revoke(id) if *id == a.id()));
-        assert!(matches!(&changes[5].op, ChangeOp::Upsert(r) if r.expires_at_ms() == Some(6_000)));
+        assert!(matches!(&changes[5].op, ChangeOp::Upsert(r) if r.expires_at() == Some(keygate::UnixMillis::from_millis(6_000))));
         assert_eq!(store.changes_since(6, 1).await.unwrap().len(), 1);
 
         // A keyring fed the log equals one built from the snapshot.

@@ -1,7 +1,7 @@
 //! The queries: reads and writes of keys and the change log, each on a
 //! connection the caller holds.
 
-use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash};
+use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash, UnixMillis};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKey};
@@ -76,8 +76,8 @@ pub(super) fn insert_key(conn: &Connection, record: &KeyRecord) -> Result<(), St
             record.name(),
             &record.secret_hash().as_bytes()[..],
             i64::from(record.scopes().bits()),
-            record.created_at_ms(),
-            record.expires_at_ms(),
+            record.created_at().as_millis(),
+            record.expires_at().map(UnixMillis::as_millis),
             record.creator_id().as_ref().map(KeyId::as_str),
         ],
     )
@@ -150,8 +150,8 @@ pub(super) fn read_key(
             name,
             secret_hash: SecretHash::from_bytes(hash),
             scopes,
-            expires_at_ms,
-            created_at_ms,
+            expires_at: expires_at_ms.map(UnixMillis::from_millis),
+            created_at: UnixMillis::from_millis(created_at_ms),
             creator_id,
         })
         .map_err(|e| e.to_string())?;
@@ -366,10 +366,17 @@ pub(super) fn roll_tx(
         check_live(&tx, old.id(), at_ms)?;
     }
     check_not_rolled(&tx, old.id())?;
-    super::super::check_roll_fits(old, new, current.record.expires_at_ms())?;
+    super::super::check_roll_fits(
+        old,
+        new,
+        current.record.expires_at().map(UnixMillis::as_millis),
+    )?;
     tx.execute(
         "UPDATE keys SET expires_at_ms = ?2 WHERE id = ?1",
-        params![old.id().as_str(), old.expires_at_ms()],
+        params![
+            old.id().as_str(),
+            old.expires_at().map(UnixMillis::as_millis)
+        ],
     )
     .map_err(sql)?;
     insert_key(&tx, new)?;

@@ -218,14 +218,13 @@ pub(super) fn migrate_v1(tx: &rusqlite::Transaction<'_>, path: &str) -> Result<(
             records.push(record);
         }
     }
-    records.sort_by(|a, b| {
-        (a.created_at_ms(), a.id().as_str()).cmp(&(b.created_at_ms(), b.id().as_str()))
-    });
+    records
+        .sort_by(|a, b| (a.created_at(), a.id().as_str()).cmp(&(b.created_at(), b.id().as_str())));
     for record in &records {
         insert_key(tx, record)?;
         append(
             tx,
-            record.created_at_ms(),
+            record.created_at().as_millis(),
             Action::Created,
             record.id(),
             None,

@@ -66,8 +66,12 @@ async fn create_get_count_reopen() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.count().await.unwrap(), 0);
     store.ping().await.unwrap();
-    let std_req =
-        MintRequest::standard(Some("s"), Some(9_000), keygate::UnixMillis::from_millis(5)).unwrap();
+    let std_req = MintRequest::standard(
+        Some("s"),
+        Some(keygate::UnixMillis::from_millis(9_000)),
+        keygate::UnixMillis::from_millis(5),
+    )
+    .unwrap();
     let a = keygate::mint(
         &pepper(),
         &std_req,
@@ -216,7 +220,10 @@ async fn family(store: &SqliteStore) -> [KeyRecord; 5] {
         (&d, Some(a.id())),
         (&e, None),
     ] {
-        store.create(r, actor, r.created_at_ms()).await.unwrap();
+        store
+            .create(r, actor, r.created_at().as_millis())
+            .await
+            .unwrap();
     }
     [a, b, c, d, e]
 }
@@ -365,7 +372,10 @@ async fn roll_writes_both_keys_and_two_events() {
         .unwrap();
     assert_eq!(seqs, (6, 7));
     let stored_old = store.get(b.id(), Scope::All).await.unwrap().unwrap();
-    assert_eq!(stored_old.record.expires_at_ms(), Some(1_050));
+    assert_eq!(
+        stored_old.record.expires_at(),
+        Some(keygate::UnixMillis::from_millis(1_050))
+    );
     assert_eq!(stored_old.record, old);
     assert_eq!(
         store
@@ -744,7 +754,7 @@ async fn writes_by_a_revoked_or_expired_caller_are_refused() {
         let req = MintRequest::restricted(
             Some("m"),
             "objects:read".parse().unwrap(),
-            Some(20),
+            Some(keygate::UnixMillis::from_millis(20)),
             keygate::UnixMillis::from_millis(12),
         )
         .unwrap()
@@ -795,7 +805,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
                     r.name(),
                     &r.secret_hash().as_bytes()[..],
                     i64::from(r.scopes().bits()),
-                    r.created_at_ms()
+                    r.created_at().as_millis()
                 ],
             )
             .unwrap();
@@ -911,7 +921,7 @@ async fn migrates_the_0_1_0_fixture_in_place() {
     let (events, more) = store.events(0, 100, Scope::All).await.unwrap();
     assert!(!more);
     let mut by_creation = before.clone();
-    by_creation.sort_by_key(|r| r.created_at_ms());
+    by_creation.sort_by_key(|r| r.created_at());
     assert_eq!(
         events
             .iter()
@@ -925,7 +935,7 @@ async fn migrates_the_0_1_0_fixture_in_place() {
                 Action::Created,
                 r.id(),
                 None,
-                r.created_at_ms()
+                r.created_at().as_millis()
             ))
             .collect::<Vec<_>>()
     );
@@ -951,16 +961,14 @@ async fn migrates_the_0_1_0_fixture_in_place() {
         let token = v["key_secret"].as_str().unwrap();
         let id = KeyId::parse(v["id"].as_str().unwrap()).unwrap();
         let record = before.iter().find(|r| r.id() == id).unwrap();
-        assert_eq!(record.expires_at_ms(), v["expires_at_ms"].as_i64());
+        assert_eq!(
+            record.expires_at().map(keygate::UnixMillis::as_millis),
+            v["expires_at_ms"].as_i64()
+        );
         let result = keyring.authenticate(token, keygate::UnixMillis::from_millis(now));
         if v["name"] == "gone" {
             assert!(result.is_err(), "the expired key must stay expired");
-            assert!(keyring
-                .authenticate(
-                    token,
-                    keygate::UnixMillis::from_millis(record.created_at_ms())
-                )
-                .is_ok());
+            assert!(keyring.authenticate(token, record.created_at()).is_ok());
         } else {
             let p = result.unwrap();
             assert_eq!(p.id(), id);
