@@ -63,7 +63,7 @@ ADMIN=$(keygate_mint "$BIN" --name sdk-admin)
 # Restricted, without ACCOUNT write: minting with it must be a typed 403.
 RESTRICTED=$(keygate_mint "$BIN" --name sdk-no-account --scope devboxes:write --scope objects:read)
 # Per-connection debug lines name each connection's protocol.
-export KEYGATE_LOG=info,keygate::listen=debug
+export KEYGATE_LOG=info,keygate::http::listen=debug
 keygate_serve 10 "$BIN"
 export KEYGATE_URL="http://$ADDR" KEYGATE_ADMIN_KEY="$ADMIN" KEYGATE_RESTRICTED_KEY="$RESTRICTED"
 

@@ -25,6 +25,7 @@
 //! ```
 
 use crate::key::KeyRecord;
+use crate::limit::Limiter;
 use crate::token::KeyId;
 
 /// One entry of a change log: what happened to a key, and when in the log.
@@ -122,4 +123,33 @@ pub enum Applied {
     /// The change was a duplicate, older than what the keyring holds for its
     /// key, or an upsert of a revoked key: nothing changed.
     Unchanged,
+}
+
+impl Limiter {
+    /// Takes a change's limits: an upsert charges the key to its record's
+    /// meter with its record's limits, a revocation forgets it. Feed it the
+    /// changes that [`Keyring::apply`](crate::Keyring::apply) applied
+    /// ([`Applied::Changed`]), so that a stale change never comes back here.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{Change, KeyLimits, Limiter, RateLimit};
+    /// # let record = keygate::testing::example_record();
+    /// let rate = RateLimit::new(5, Duration::from_secs(1))?;
+    /// let limited = record.with_limits(KeyLimits { rate: Some(rate), credits: None });
+    /// let mut limiter = Limiter::new();
+    /// limiter.apply(&Change::upsert(1, limited.clone()));
+    /// assert!(limiter.is_limited(&limited.id()));
+    /// limiter.apply(&Change::revoke(2, limited.id()));
+    /// assert!(limiter.is_empty());
+    /// # Ok::<(), keygate::LimitError>(())
+    /// ```
+    pub fn apply(&mut self, change: &Change) {
+        match &change.op {
+            ChangeOp::Upsert(record) => self.charge(record.id(), record.meter(), record.limits()),
+            ChangeOp::Revoke(id) => {
+                self.forget(id);
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limit::{Credits, KeyLimits, Meter, RateLimit};
 use crate::scope::Scopes;
 use crate::secret::SecretHash;
 use crate::time::UnixMillis;
@@ -75,6 +76,12 @@ pub struct KeyRecord {
     #[serde(rename = "created_at_ms")]
     created_at: UnixMillis,
     creator_id: Option<KeyId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits: Option<Credits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meter: Option<Meter>,
 }
 
 /// A [`KeyRecord`] as separate fields, for a store that keeps records in
@@ -91,6 +98,8 @@ pub struct KeyRecord {
 ///     expires_at: record.expires_at(),
 ///     created_at: record.created_at(),
 ///     creator_id: record.creator_id(),
+///     limits: record.limits(),
+///     meter: Some(record.meter()),
 /// };
 /// assert_eq!(keygate::KeyRecord::from_parts(parts)?, record);
 /// # Ok::<(), keygate::RecordError>(())
@@ -114,6 +123,10 @@ pub struct KeyRecordParts {
     /// The key that minted this one; `None` for keys made outside the API
     /// (a bootstrap or CLI key).
     pub creator_id: Option<KeyId>,
+    /// The rate limit and credits (of the key's meter).
+    pub limits: KeyLimits,
+    /// The meter the key is charged to; `None` for its own.
+    pub meter: Option<Meter>,
 }
 
 /// The serialized fields, checked before they become a [`KeyRecord`].
@@ -129,6 +142,12 @@ struct RecordFields {
     created_at_ms: UnixMillis,
     #[serde(default)]
     creator_id: Option<KeyId>,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    credits: Option<Credits>,
+    #[serde(default)]
+    meter: Option<Meter>,
 }
 
 impl TryFrom<RecordFields> for KeyRecord {
@@ -143,6 +162,11 @@ impl TryFrom<RecordFields> for KeyRecord {
             expires_at: f.expires_at_ms,
             created_at: f.created_at_ms,
             creator_id: f.creator_id,
+            limits: KeyLimits {
+                rate: f.rate_limit,
+                credits: f.credits,
+            },
+            meter: f.meter,
         })
     }
 }
@@ -166,6 +190,8 @@ impl KeyRecord {
     ///     expires_at: None,
     ///     created_at: keygate::UnixMillis::EPOCH,
     ///     creator_id: None,
+    ///     limits: Default::default(),
+    ///     meter: None,
     /// };
     /// assert!(keygate::KeyRecord::from_parts(parts.clone()).is_err());
     /// parts.scopes = keygate::Scopes::all();
@@ -179,6 +205,8 @@ impl KeyRecord {
         if parts.creator_id == Some(parts.id) {
             return Err(RecordError::OwnCreator { id: parts.id });
         }
+        // A key's own meter is stored as none: one form per meaning.
+        let meter = parts.meter.filter(|m| m.id != parts.id);
         Ok(KeyRecord {
             id: parts.id,
             kind: parts.kind,
@@ -188,6 +216,9 @@ impl KeyRecord {
             expires_at: parts.expires_at,
             created_at: parts.created_at,
             creator_id: parts.creator_id,
+            rate_limit: parts.limits.rate,
+            credits: parts.limits.credits,
+            meter,
         })
     }
 
@@ -217,7 +248,33 @@ impl KeyRecord {
             expires_at,
             created_at,
             creator_id,
+            rate_limit: None,
+            credits: None,
+            meter: None,
         }
+    }
+
+    /// The same record with other limits (for all keys of its meter: a store
+    /// updates them together).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// # let record = keygate::testing::example_record();
+    /// let rate = keygate::RateLimit::new(10, Duration::from_secs(1))?;
+    /// let limited = record.with_limits(keygate::KeyLimits { rate: Some(rate), credits: None });
+    /// assert_eq!(limited.limits().rate, Some(rate));
+    /// # Ok::<(), keygate::LimitError>(())
+    /// ```
+    pub fn with_limits(mut self, limits: KeyLimits) -> KeyRecord {
+        self.rate_limit = limits.rate;
+        self.credits = limits.credits;
+        self
+    }
+
+    /// The same record charged to `meter` (its own when `meter.id` is its id).
+    pub(crate) fn with_meter(mut self, meter: Meter) -> KeyRecord {
+        self.meter = Some(meter).filter(|m| m.id != self.id);
+        self
     }
 
     /// The same record with another expiry (a roll shortens the old key's).
@@ -277,6 +334,24 @@ impl KeyRecord {
     /// API (the server's bootstrap key, `keygate mint`).
     pub fn creator_id(&self) -> Option<KeyId> {
         self.creator_id
+    }
+
+    /// The rate limit and credits the key is charged against (its meter's).
+    pub fn limits(&self) -> KeyLimits {
+        KeyLimits {
+            rate: self.rate_limit,
+            credits: self.credits,
+        }
+    }
+
+    /// The meter the key is charged to: its own (its id and creation), or
+    /// the one it shares with the key it was rolled from or the limited key
+    /// that minted it.
+    pub fn meter(&self) -> Meter {
+        self.meter.unwrap_or(Meter {
+            id: self.id,
+            since: self.created_at,
+        })
     }
 
     /// A key is valid while `now < expires_at`; a null expiry never expires.
@@ -346,6 +421,8 @@ mod tests {
             expires_at: None,
             created_at: UnixMillis::EPOCH,
             creator_id: Some(r.id()),
+            limits: Default::default(),
+            meter: None,
         };
         assert_eq!(
             KeyRecord::from_parts(parts),
@@ -373,6 +450,8 @@ mod tests {
             expires_at: Some(UnixMillis::from_millis(9_000)),
             created_at: UnixMillis::from_millis(4_000),
             creator_id: Some(creator),
+            limits: Default::default(),
+            meter: None,
         };
         let record = KeyRecord::from_parts(parts).unwrap();
         assert_eq!(record.id(), r.id());

@@ -79,7 +79,7 @@ pub use feed::{Applied, Change, ChangeOp};
 pub use key::{KeyRecord, KeyRecordParts, RecordError};
 pub use keyring::{AuthError, Keyring, KeyringError, Principal};
 pub use limit::{
-    CreditBalance, CreditCell, CreditDecision, Credits, KeyLimits, LimitError, Limiter,
+    CreditBalance, CreditCell, CreditDecision, Credits, KeyLimits, LimitError, Limiter, Meter,
     RateDecision, RateLimit, RateState, Refill, Refusal, Verdict, MAX_CREDITS, MAX_RATE_LIMIT,
     MAX_RATE_PERIOD, MIN_REFILL_INTERVAL,
 };

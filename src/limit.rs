@@ -43,6 +43,26 @@ pub use credits::{
 pub use limiter::{KeyLimits, Limiter, Verdict};
 pub use rate::{RateDecision, RateLimit, RateState, MAX_RATE_LIMIT, MAX_RATE_PERIOD};
 
+/// The limit state a key is charged to: its own (`id` is the key's, `since`
+/// its creation) or, for a rolled key or a key minted by a limited key, its
+/// predecessor's or minter's. Credits refill at each interval counted from
+/// `since`. Keys that share a meter share one rate limit and one balance.
+///
+/// ```
+/// # let record = keygate::testing::example_record();
+/// let meter = record.meter();
+/// assert_eq!((meter.id, meter.since), (record.id(), record.created_at()));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meter {
+    /// The key whose limits these are: the first of its family.
+    pub id: crate::token::KeyId,
+    /// That key's creation: refills are counted from it.
+    #[serde(rename = "since_ms")]
+    pub since: crate::time::UnixMillis,
+}
+
 /// A rate limit or credit configuration that breaks a rule (HTTP 400). The
 /// message names the field, as the HTTP API spells it.
 ///
@@ -56,23 +76,19 @@ pub use rate::{RateDecision, RateLimit, RateState, MAX_RATE_LIMIT, MAX_RATE_PERI
 pub enum LimitError {
     /// `limit` is 0 or above [`MAX_RATE_LIMIT`].
     #[error("rate_limit.limit must be 1 to {MAX_RATE_LIMIT}, not `{0}`")]
-    RateLimit(u64),
-    /// `period` is not a whole number of milliseconds in 1 ms..=31 days.
-    #[error("rate_limit.period_ms must be 1 to 2678400000 (31 days), not `{}`", ms(.0))]
-    RatePeriod(Duration),
-    /// The balance is above [`MAX_CREDITS`].
+    RateLimit(i128),
+    /// `period_ms` is not 1 ms to 31 days (or not whole milliseconds).
+    #[error("rate_limit.period_ms must be 1 to 2678400000 (31 days), not `{0}`")]
+    RatePeriod(i128),
+    /// The balance is negative or above [`MAX_CREDITS`].
     #[error("credits.remaining must be 0 to {MAX_CREDITS}, not `{0}`")]
-    Remaining(u64),
-    /// The refill amount is above [`MAX_CREDITS`].
+    Remaining(i128),
+    /// The refill amount is negative or above [`MAX_CREDITS`].
     #[error("credits.refill.amount must be 0 to {MAX_CREDITS}, not `{0}`")]
-    RefillAmount(u64),
-    /// The refill interval is shorter than a second, or not whole milliseconds.
-    #[error("credits.refill.interval_ms must be at least 1000, not `{}`", ms(.0))]
-    RefillInterval(Duration),
-}
-
-fn ms(d: &Duration) -> u128 {
-    d.as_millis()
+    RefillAmount(i128),
+    /// The refill interval is shorter than a second (or not whole milliseconds).
+    #[error("credits.refill.interval_ms must be 1000 or more, not `{0}`")]
+    RefillInterval(i128),
 }
 
 impl LimitError {

@@ -361,6 +361,8 @@ mod tests {
                 expires_at: None,
                 created_at: crate::UnixMillis::EPOCH,
                 creator_id: creator,
+                limits: Default::default(),
+                meter: None,
             })
             .unwrap()
         };

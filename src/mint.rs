@@ -7,6 +7,7 @@ use rand_core::CryptoRng;
 
 use crate::key::KeyRecord;
 use crate::keyring::Principal;
+use crate::limit::{KeyLimits, Meter};
 use crate::scope::{Access, Resource, Scopes};
 use crate::secret::Pepper;
 use crate::time::UnixMillis;
@@ -130,6 +131,13 @@ pub enum MintError {
         /// The caller's expiry.
         parent_expires_at: UnixMillis,
     },
+    /// A caller with a rate limit or credits asked for other limits: the
+    /// keys it mints share its own.
+    #[error(
+        "a key with a rate limit or credits mints keys that share them; \
+         omit `rate_limit` and `credits`, or repeat the caller's own"
+    )]
+    LimitsOfCaller,
 }
 
 impl MintError {
@@ -168,6 +176,8 @@ pub struct MintRequest {
     pub(crate) scopes: Scopes,
     pub(crate) expires_at: Option<UnixMillis>,
     pub(crate) creator_id: Option<KeyId>,
+    pub(crate) limits: KeyLimits,
+    pub(crate) meter: Option<Meter>,
 }
 
 impl MintRequest {
@@ -193,6 +203,8 @@ impl MintRequest {
             scopes: Scopes::all(),
             expires_at: validate_expiry(expires_at, now)?,
             creator_id: None,
+            limits: KeyLimits::default(),
+            meter: None,
         })
     }
 
@@ -229,6 +241,8 @@ impl MintRequest {
             scopes,
             expires_at: validate_expiry(expires_at, now)?,
             creator_id: None,
+            limits: KeyLimits::default(),
+            meter: None,
         })
     }
 
@@ -292,7 +306,63 @@ impl MintRequest {
             scopes: record.scopes(),
             expires_at: record.expires_at(),
             creator_id: record.creator_id(),
+            limits: record.limits(),
+            // A successor shares its predecessor's meter: a roll is no
+            // fresh rate limit or balance.
+            meter: Some(record.meter()),
         }
+    }
+
+    /// The same request with a rate limit and credits.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{Credits, KeyLimits, MintRequest, UnixMillis};
+    /// let limits = KeyLimits { rate: None, credits: Some(Credits::new(100, None)?) };
+    /// let req = MintRequest::standard(None, None, UnixMillis::EPOCH)?.with_limits(limits);
+    /// assert_eq!(req.limits(), limits);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_limits(mut self, limits: KeyLimits) -> MintRequest {
+        self.limits = limits;
+        self
+    }
+
+    /// The rate limit and credits the key will have.
+    pub fn limits(&self) -> KeyLimits {
+        self.limits
+    }
+
+    /// The request as `caller` may make it: a key with limits mints only
+    /// keys charged to its own meter, with its limits, so that minting can
+    /// never multiply a rate limit or a balance. Such a caller may leave the
+    /// limits out (they are filled in) or repeat its own; anything else is
+    /// [`MintError::LimitsOfCaller`]. A caller without limits changes nothing.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyLimits, MintRequest, RateLimit, UnixMillis};
+    /// # let caller = keygate::testing::example_record();
+    /// let rate = RateLimit::new(10, Duration::from_secs(1))?;
+    /// let caller = caller.with_limits(KeyLimits { rate: Some(rate), credits: None });
+    /// let req = MintRequest::restricted(None, "objects:read".parse()?, None, UnixMillis::EPOCH)?;
+    /// assert_eq!(req.clone().charged_to(&caller)?.limits(), caller.limits());
+    /// let looser = RateLimit::new(1_000, Duration::from_secs(1))?;
+    /// let asked = req.with_limits(KeyLimits { rate: Some(looser), credits: None });
+    /// assert_eq!(asked.charged_to(&caller), Err(keygate::MintError::LimitsOfCaller));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn charged_to(mut self, caller: &KeyRecord) -> Result<MintRequest, MintError> {
+        let theirs = caller.limits();
+        if theirs.is_unlimited() {
+            return Ok(self);
+        }
+        if !self.limits.is_unlimited() && self.limits != theirs {
+            return Err(MintError::LimitsOfCaller);
+        }
+        self.limits = theirs;
+        self.meter = Some(caller.meter());
+        Ok(self)
     }
 }
 
@@ -522,7 +592,12 @@ pub fn mint<R: CryptoRng + ?Sized>(
         request.expires_at,
         now,
         request.creator_id,
-    );
+    )
+    .with_limits(request.limits);
+    let record = match request.meter {
+        Some(meter) => record.with_meter(meter),
+        None => record,
+    };
     MintedKey { record, token }
 }
 

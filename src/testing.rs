@@ -128,6 +128,8 @@ pub fn example_minted() -> MintedKey {
         scopes: Scopes::grant(Resource::Devboxes, Access::Write),
         expires_at: None,
         creator_id: None,
+        limits: crate::limit::KeyLimits::default(),
+        meter: None,
     };
     mint(&pepper, &request, &mut Counter(1), UnixMillis::EPOCH)
 }

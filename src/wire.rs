@@ -18,6 +18,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::limit::{Credits, KeyLimits, RateLimit};
 use crate::mint::{MintRequest, MintedKey, ValidationError};
 use crate::scope::{Access, Resource, Scopes};
 use crate::time::UnixMillis;
@@ -105,6 +106,12 @@ pub struct ApiKeyCreateParameters {
     /// Expiry in Unix milliseconds; absent or `null` never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+    /// keygate's extension: a rate limit, `{"limit": 100, "period_ms": 1000}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// keygate's extension: credits, `{"remaining": 5000, "refill": {"amount": 5000, "interval_ms": 2592000000}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<Credits>,
 }
 
 impl ApiKeyCreateParameters {
@@ -112,12 +119,23 @@ impl ApiKeyCreateParameters {
     ///
     /// ```
     /// use keygate::wire::ApiKeyCreateParameters;
-    /// let p = ApiKeyCreateParameters { name: None, expires_at_ms: Some(-1) };
+    /// let p = ApiKeyCreateParameters { expires_at_ms: Some(-1), ..Default::default() };
     /// assert_eq!(p.validate(keygate::UnixMillis::from_millis(0)).unwrap_err().to_string(), "`expires_at_ms` is negative: `-1`");
     /// ```
     pub fn validate(&self, now: UnixMillis) -> Result<MintRequest, ValidationError> {
         let expires_at = self.expires_at_ms.map(UnixMillis::from_millis);
-        MintRequest::standard(self.name.as_deref(), expires_at, now)
+        Ok(
+            MintRequest::standard(self.name.as_deref(), expires_at, now)?
+                .with_limits(self.limits()),
+        )
+    }
+
+    /// The extension fields `rate_limit` and `credits`, together.
+    pub fn limits(&self) -> KeyLimits {
+        KeyLimits {
+            rate: self.rate_limit,
+            credits: self.credits,
+        }
     }
 }
 
@@ -156,6 +174,12 @@ pub struct RestrictedKeyCreateParameters {
     /// Expiry in Unix milliseconds; absent or `null` never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+    /// keygate's extension: a rate limit, `{"limit": 100, "period_ms": 1000}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// keygate's extension: credits, `{"remaining": 5000, "refill": {"amount": 5000, "interval_ms": 2592000000}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<Credits>,
 }
 
 impl RestrictedKeyCreateParameters {
@@ -201,7 +225,18 @@ impl RestrictedKeyCreateParameters {
             return Err(ValidationError::NoAccessGranted);
         }
         let expires_at = self.expires_at_ms.map(UnixMillis::from_millis);
-        MintRequest::restricted(self.name.as_deref(), scopes, expires_at, now)
+        Ok(
+            MintRequest::restricted(self.name.as_deref(), scopes, expires_at, now)?
+                .with_limits(self.limits()),
+        )
+    }
+
+    /// The extension fields `rate_limit` and `credits`, together.
+    pub fn limits(&self) -> KeyLimits {
+        KeyLimits {
+            rate: self.rate_limit,
+            credits: self.credits,
+        }
     }
 }
 
@@ -272,7 +307,7 @@ pub fn scope_entries(scopes: Scopes) -> Vec<ScopeEntryView> {
 /// ```
 /// # let minted = keygate::testing::example_minted();
 /// # let view = keygate::wire::ApiKeyCreatedView { id: "x".into(), name: "n".into(),
-/// #     key_secret: minted.token().clone(), expires_at_ms: None };
+/// #     key_secret: minted.token().clone(), expires_at_ms: None, rate_limit: None, credits: None };
 /// assert!(!format!("{view:?}").contains(view.key_secret.expose_secret()));
 /// let json = serde_json::to_value(&view)?;
 /// assert_eq!(json["key_secret"], view.key_secret.expose_secret());
@@ -291,6 +326,12 @@ pub struct ApiKeyCreatedView {
     pub key_secret: SecretToken,
     /// Expiry in Unix milliseconds, or `null`.
     pub expires_at_ms: Option<i64>,
+    /// keygate's extension: the rate limit, or `null`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// keygate's extension: the credits, or `null`.
+    #[serde(default)]
+    pub credits: Option<Credits>,
 }
 
 /// The 200 response of `POST /v1/restricted_keys` (`RestrictedKeyCreatedView`).
@@ -317,6 +358,12 @@ pub struct RestrictedKeyCreatedView {
     pub scopes: Vec<ScopeEntryView>,
     /// Expiry in Unix milliseconds, or `null`.
     pub expires_at_ms: Option<i64>,
+    /// keygate's extension: the rate limit, or `null`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// keygate's extension: the credits, or `null`.
+    #[serde(default)]
+    pub credits: Option<Credits>,
 }
 
 /// Either created view; serializes as the inner view.
@@ -382,6 +429,8 @@ impl From<MintedKey> for CreatedKeyView {
                 name: String::from(record.name()),
                 key_secret: token,
                 expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
+                rate_limit: record.limits().rate,
+                credits: record.limits().credits,
             }),
             KeyKind::Restricted => CreatedKeyView::Restricted(RestrictedKeyCreatedView {
                 id: String::from(record.id().as_str()),
@@ -389,6 +438,8 @@ impl From<MintedKey> for CreatedKeyView {
                 key_secret: token,
                 scopes: scope_entries(record.scopes()),
                 expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
+                rate_limit: record.limits().rate,
+                credits: record.limits().credits,
             }),
         }
     }
@@ -505,15 +556,17 @@ mod tests {
     }
 
     #[test]
-    fn views_have_exactly_the_spec_fields() {
+    fn views_have_exactly_the_spec_fields_and_the_two_extensions() {
         let minted = crate::testing::example_minted();
         let v = serde_json::to_value(CreatedKeyView::from(minted)).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
+        // The spec's five, and keygate's `rate_limit` and `credits` (null here).
         assert_eq!(
             keys,
-            ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+            ["credits", "expires_at_ms", "id", "key_secret", "name", "rate_limit", "scopes"]
         );
+        assert!(v["rate_limit"].is_null() && v["credits"].is_null());
     }
 
     #[test]

@@ -287,6 +287,8 @@ fn parts(record: &KeyRecord) -> keygate::KeyRecordParts {
         expires_at: record.expires_at(),
         created_at: record.created_at(),
         creator_id: record.creator_id(),
+        limits: record.limits(),
+        meter: Some(record.meter()),
     }
 }
 

@@ -262,3 +262,174 @@ fn exact_under_threads() {
     assert_eq!(spent, 777);
     assert_eq!(cell.load().remaining, 0);
 }
+
+mod families {
+    use super::*;
+    use keygate::{mint, roll, Change, KeyRecord, MintError, MintRequest, Pepper};
+    use rand_core::SeedableRng;
+
+    fn setup() -> (Pepper, rand_chacha::ChaCha20Rng) {
+        (
+            Pepper::from_bytes(&[3u8; 32]),
+            rand_chacha::ChaCha20Rng::seed_from_u64(19),
+        )
+    }
+
+    fn limits(credits: u64) -> KeyLimits {
+        KeyLimits {
+            rate: Some(RateLimit::new(1_000, Duration::from_secs(1)).unwrap()),
+            credits: Some(Credits::new(credits, None).unwrap()),
+        }
+    }
+
+    fn minted(pepper: &Pepper, rng: &mut rand_chacha::ChaCha20Rng, l: KeyLimits) -> KeyRecord {
+        let req = MintRequest::restricted(
+            None,
+            "account:write".parse().unwrap(),
+            None,
+            UnixMillis::EPOCH,
+        )
+        .unwrap()
+        .with_limits(l);
+        mint(pepper, &req, rng, UnixMillis::EPOCH).into_parts().0
+    }
+
+    /// A roll is no fresh balance: the successor spends the same credits,
+    /// and revoking the old key keeps them.
+    #[test]
+    fn a_rolled_key_shares_its_predecessors_meter() {
+        let (pepper, mut rng) = setup();
+        let old = minted(&pepper, &mut rng, limits(3));
+        let mut limiter = Limiter::new();
+        limiter.apply(&Change::upsert(1, old.clone()));
+        let now = UnixMillis::from_millis(10);
+        assert!(limiter.check(&old.id(), now, 2).result().is_ok());
+        let rolled = roll(&pepper, &old, Duration::from_secs(60), &mut rng, now).unwrap();
+        let (old2, new) = (rolled.old().clone(), rolled.new_key().record().clone());
+        assert_eq!(new.meter(), old.meter());
+        assert_eq!(new.limits(), old.limits());
+        limiter.apply(&Change::upsert(2, old2));
+        limiter.apply(&Change::upsert(3, new.clone()));
+        assert_eq!(limiter.credits(&new.id(), now).unwrap().remaining, 1);
+        limiter.apply(&Change::revoke(4, old.id()));
+        assert!(limiter.check(&new.id(), now, 1).result().is_ok());
+        assert!(matches!(
+            limiter.check(&new.id(), now, 1).result(),
+            Err(Refusal::CreditsExhausted { .. })
+        ));
+        // The meter survives through JSON too (a store's round trip).
+        let json = serde_json::to_string(&new).unwrap();
+        let back: KeyRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.meter(), old.meter());
+        assert_eq!(back.limits(), old.limits());
+    }
+
+    /// A limited key mints only keys charged to its own meter: minting can
+    /// never multiply a balance.
+    #[test]
+    fn a_limited_key_mints_keys_that_spend_its_credits() {
+        let (pepper, mut rng) = setup();
+        let parent = minted(&pepper, &mut rng, limits(5));
+        let req = MintRequest::restricted(
+            None,
+            "objects:read".parse().unwrap(),
+            None,
+            UnixMillis::EPOCH,
+        )
+        .unwrap();
+        let looser = req.clone().with_limits(limits(1_000));
+        assert_eq!(looser.charged_to(&parent), Err(MintError::LimitsOfCaller));
+        let unlimited_standard = MintRequest::standard(None, None, UnixMillis::EPOCH).unwrap();
+        let req = req.charged_to(&parent).unwrap();
+        let child = mint(&pepper, &req, &mut rng, UnixMillis::EPOCH)
+            .into_parts()
+            .0;
+        let std_child = mint(
+            &pepper,
+            &unlimited_standard.charged_to(&parent).unwrap(),
+            &mut rng,
+            UnixMillis::EPOCH,
+        )
+        .into_parts()
+        .0;
+        let mut limiter = Limiter::new();
+        for (seq, r) in [&parent, &child, &std_child].into_iter().enumerate() {
+            limiter.apply(&Change::upsert(seq as u64 + 1, r.clone()));
+        }
+        let now = UnixMillis::from_millis(1);
+        let mut allowed = 0;
+        for _ in 0..10 {
+            for r in [&parent, &child, &std_child] {
+                allowed += u32::from(limiter.check(&r.id(), now, 1).result().is_ok());
+            }
+        }
+        assert_eq!(allowed, 5);
+        // An unlimited caller leaves the request as it was.
+        let free = minted(&pepper, &mut rng, KeyLimits::default());
+        let own = MintRequest::standard(None, None, UnixMillis::EPOCH)
+            .unwrap()
+            .with_limits(limits(9));
+        assert_eq!(own.clone().charged_to(&free).unwrap(), own);
+    }
+
+    #[test]
+    fn create_parameters_carry_limits_and_name_bad_fields() {
+        use keygate::wire::{ApiKeyCreateParameters, RestrictedKeyCreateParameters};
+        let p: ApiKeyCreateParameters = serde_json::from_str(
+            r#"{"rate_limit":{"limit":100,"period_ms":1000},"credits":{"remaining":5000,"refill":{"amount":5000,"interval_ms":2592000000}}}"#,
+        )
+        .unwrap();
+        let req = p.validate(UnixMillis::EPOCH).unwrap();
+        assert_eq!(req.limits().rate.map(|r| r.limit()), Some(100));
+        assert_eq!(
+            req.limits()
+                .credits
+                .and_then(|c| c.refill())
+                .map(|r| r.interval_ms()),
+            Some(2_592_000_000)
+        );
+        let p: RestrictedKeyCreateParameters = serde_json::from_str(
+            r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_OBJECTS","access_level":"ACCESS_LEVEL_READ"}],"credits":{"remaining":1,"refill":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.validate(UnixMillis::EPOCH)
+                .unwrap()
+                .limits()
+                .credits
+                .map(|c| c.remaining()),
+            Some(1)
+        );
+        for (json, field) in [
+            (
+                r#"{"rate_limit":{"limit":0,"period_ms":1000}}"#,
+                "rate_limit.limit",
+            ),
+            (
+                r#"{"rate_limit":{"limit":1,"period_ms":0}}"#,
+                "rate_limit.period_ms",
+            ),
+            (
+                r#"{"rate_limit":{"limit":1,"period_ms":2678400001}}"#,
+                "rate_limit.period_ms",
+            ),
+            (r#"{"credits":{"remaining":-1}}"#, "credits.remaining"),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":1,"interval_ms":999}}}"#,
+                "credits.refill.interval_ms",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":-1,"interval_ms":1000}}}"#,
+                "credits.refill.amount",
+            ),
+        ] {
+            let err = serde_json::from_str::<ApiKeyCreateParameters>(json).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{json}: {err}");
+        }
+        // Unknown fields inside stay errors, as everywhere in the wire types.
+        assert!(serde_json::from_str::<ApiKeyCreateParameters>(
+            r#"{"rate_limit":{"limit":1,"period_ms":1000,"burst":5}}"#
+        )
+        .is_err());
+    }
+}

@@ -141,12 +141,12 @@ proptest! {
         expires in proptest::option::of(any::<i64>()),
         s in scopes(),
     ) {
-        let api = ApiKeyCreateParameters { name: name.clone(), expires_at_ms: expires };
+        let api = ApiKeyCreateParameters { name: name.clone(), expires_at_ms: expires, rate_limit: None, credits: None, };
         let json = serde_json::to_string(&api).unwrap();
         prop_assert_eq!(serde_json::from_str::<ApiKeyCreateParameters>(&json).unwrap(), api);
         let entries: Vec<ScopeEntryView> =
             s.iter().map(|(r, a)| ScopeEntryView::new(r, a)).collect();
-        let restricted = RestrictedKeyCreateParameters { name, scopes: Some(entries), expires_at_ms: expires };
+        let restricted = RestrictedKeyCreateParameters { name, scopes: Some(entries), expires_at_ms: expires, rate_limit: None, credits: None, };
         let json = serde_json::to_string(&restricted).unwrap();
         prop_assert_eq!(serde_json::from_str::<RestrictedKeyCreateParameters>(&json).unwrap(), restricted);
     }

@@ -371,6 +371,8 @@ fn a_digest_differing_in_words_that_cancel_is_refused() {
             expires_at: record.expires_at(),
             created_at: record.created_at(),
             creator_id: record.creator_id(),
+            limits: Default::default(),
+            meter: None,
         };
         let mut keyring = Keyring::new(pepper.clone());
         keyring

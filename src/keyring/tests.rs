@@ -675,6 +675,8 @@ fn a_principal_of_a_record_carries_its_grant() {
         expires_at: Some(UnixMillis::from_millis(9_000)),
         created_at: UnixMillis::from_millis(4_000),
         creator_id: None,
+        limits: Default::default(),
+        meter: None,
     })
     .unwrap();
     let p = Principal::of_record(&record);

@@ -4,6 +4,7 @@
 use core::time::Duration;
 
 use portable_atomic::{AtomicU128, Ordering};
+use serde::{Deserialize, Serialize};
 
 use crate::limit::LimitError;
 use crate::time::UnixMillis;
@@ -25,10 +26,29 @@ pub const MIN_REFILL_INTERVAL: Duration = Duration::from_secs(1);
 /// assert!(keygate::Refill::new(5_000, Duration::from_millis(999)).is_err());
 /// # Ok::<(), keygate::LimitError>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RefillFields")]
 pub struct Refill {
     amount: u64,
     interval_ms: u64,
+}
+
+/// `{"amount": 5000, "interval_ms": 2592000000}`, checked by [`Refill::new`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefillFields {
+    amount: i128,
+    interval_ms: i128,
+}
+
+impl TryFrom<RefillFields> for Refill {
+    type Error = LimitError;
+    fn try_from(f: RefillFields) -> Result<Refill, LimitError> {
+        let amount = u64::try_from(f.amount).map_err(|_| LimitError::RefillAmount(f.amount))?;
+        let interval_ms =
+            u64::try_from(f.interval_ms).map_err(|_| LimitError::RefillInterval(f.interval_ms))?;
+        Refill::new(amount, Duration::from_millis(interval_ms))
+    }
 }
 
 impl Refill {
@@ -36,15 +56,15 @@ impl Refill {
     /// milliseconds, at least [`MIN_REFILL_INTERVAL`]).
     pub fn new(amount: u64, interval: Duration) -> Result<Refill, LimitError> {
         if amount > MAX_CREDITS {
-            return Err(LimitError::RefillAmount(amount));
+            return Err(LimitError::RefillAmount(i128::from(amount)));
         }
         let whole_ms = interval.subsec_nanos() % 1_000_000 == 0;
         let interval_ms = u64::try_from(interval.as_millis())
             .ok()
             .filter(|ms| whole_ms && *ms < i64::MAX as u64)
-            .ok_or(LimitError::RefillInterval(interval))?;
+            .ok_or(LimitError::RefillInterval(ms_of(interval)))?;
         if interval < MIN_REFILL_INTERVAL {
-            return Err(LimitError::RefillInterval(interval));
+            return Err(LimitError::RefillInterval(ms_of(interval)));
         }
         Ok(Refill {
             amount,
@@ -81,6 +101,11 @@ impl Refill {
     }
 }
 
+/// A duration's whole milliseconds, for an error message.
+fn ms_of(d: Duration) -> i128 {
+    i128::try_from(d.as_millis()).unwrap_or(i128::MAX)
+}
+
 /// A key's credit configuration: the initial balance and the refill.
 ///
 /// ```
@@ -89,17 +114,37 @@ impl Refill {
 /// assert!(keygate::Credits::new(keygate::MAX_CREDITS + 1, None).is_err());
 /// # Ok::<(), keygate::LimitError>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "CreditsFields")]
 pub struct Credits {
     remaining: u64,
     refill: Option<Refill>,
+}
+
+/// `{"remaining": 5000, "refill": {…} | null}` (`refill` may be omitted),
+/// checked by [`Credits::new`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditsFields {
+    remaining: i128,
+    #[serde(default)]
+    refill: Option<Refill>,
+}
+
+impl TryFrom<CreditsFields> for Credits {
+    type Error = LimitError;
+    fn try_from(f: CreditsFields) -> Result<Credits, LimitError> {
+        let remaining =
+            u64::try_from(f.remaining).map_err(|_| LimitError::Remaining(f.remaining))?;
+        Credits::new(remaining, f.refill)
+    }
 }
 
 impl Credits {
     /// A balance of `remaining` (at most [`MAX_CREDITS`]), with an optional refill.
     pub fn new(remaining: u64, refill: Option<Refill>) -> Result<Credits, LimitError> {
         if remaining > MAX_CREDITS {
-            return Err(LimitError::Remaining(remaining));
+            return Err(LimitError::Remaining(i128::from(remaining)));
         }
         Ok(Credits { remaining, refill })
     }
@@ -385,15 +430,15 @@ mod tests {
     fn validation_names_the_field() {
         assert_eq!(
             Credits::new(MAX_CREDITS + 1, None),
-            Err(LimitError::Remaining(MAX_CREDITS + 1))
+            Err(LimitError::Remaining(i128::from(MAX_CREDITS) + 1))
         );
         assert_eq!(
             Refill::new(1, Duration::from_millis(999)),
-            Err(LimitError::RefillInterval(Duration::from_millis(999)))
+            Err(LimitError::RefillInterval(999))
         );
         assert_eq!(
             Refill::new(MAX_CREDITS + 1, Duration::from_secs(1)),
-            Err(LimitError::RefillAmount(MAX_CREDITS + 1))
+            Err(LimitError::RefillAmount(i128::from(MAX_CREDITS) + 1))
         );
         assert!(Refill::new(0, Duration::from_secs(1)).is_ok());
         assert!(Refill::new(1, Duration::from_nanos(1_000_000_001)).is_err());

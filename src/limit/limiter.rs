@@ -1,11 +1,14 @@
 //! [`Limiter`]: every limited key's state, beside the keyring.
 
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
 use hashbrown::HashMap;
 
 use crate::keyring::IdHasher;
 use crate::limit::credits::{CreditBalance, CreditCell, CreditDecision, Credits, Refill};
 use crate::limit::rate::{RateDecision, RateLimit, RateState};
-use crate::limit::Refusal;
+use crate::limit::{Meter, Refusal};
 use crate::time::UnixMillis;
 use crate::token::KeyId;
 
@@ -30,19 +33,58 @@ impl KeyLimits {
     }
 }
 
+/// One meter's configuration and state, shared by its keys.
 #[derive(Debug)]
 struct Entry {
-    created_at: UnixMillis,
+    since: UnixMillis,
     rate: Option<(RateLimit, RateState)>,
+    config: Option<Credits>,
     refill: Option<Refill>,
     credits: Option<CreditCell>,
 }
 
+impl Entry {
+    /// A new entry for `limits`, carrying over `old`'s state for what did
+    /// not change: the same rate limit keeps its state, the same credits
+    /// keep their balance (a repeated configuration is no fresh grant).
+    fn new(since: UnixMillis, limits: KeyLimits, old: Option<&Entry>) -> Entry {
+        let rate = limits
+            .rate
+            .map(|r| match old.and_then(|o| o.rate.as_ref()) {
+                Some((same, state)) if *same == r => (r, RateState::from_tat(state.tat())),
+                _ => (r, RateState::new()),
+            });
+        let refill = limits.credits.and_then(|c| c.refill());
+        let credits = limits.credits.map(|c| match old {
+            Some(o) if o.config == Some(c) => {
+                CreditCell::new(o.credits.as_ref().map(CreditCell::load).unwrap_or_default())
+            }
+            _ => CreditCell::new(CreditBalance::new(c.remaining())),
+        });
+        Entry {
+            since,
+            rate,
+            config: limits.credits,
+            refill,
+            credits,
+        }
+    }
+}
+
+/// A meter: its entry and the keys charged to it.
+#[derive(Debug)]
+struct MeterSlot {
+    entry: Arc<Entry>,
+    keys: Vec<KeyId>,
+}
+
 /// The rate-limit and credit state of every limited key.
 ///
-/// Checks take `&self` and allocate nothing; [`Limiter::configure`] and
-/// [`Limiter::remove`] take `&mut self`, as [`Keyring::apply`](crate::Keyring::apply)
-/// does. A key with no entry is unlimited.
+/// Checks take `&self` and allocate nothing; [`Limiter::apply`],
+/// [`Limiter::configure`] and [`Limiter::forget`] take `&mut self`, as
+/// [`Keyring::apply`](crate::Keyring::apply) does. Keys that share a
+/// [`Meter`] (a rolled key and its successor; the keys a limited key
+/// minted) share one state. A key with no entry is unlimited.
 ///
 /// ```
 /// use core::time::Duration;
@@ -59,7 +101,12 @@ struct Entry {
 /// ```
 #[derive(Debug, Default)]
 pub struct Limiter {
-    entries: HashMap<KeyId, Entry, IdHasher>,
+    /// Every limited key to its meter's entry: the hot path's one lookup.
+    keys: HashMap<KeyId, Arc<Entry>, IdHasher>,
+    /// Every meter to its entry and keys.
+    meters: HashMap<KeyId, MeterSlot, IdHasher>,
+    /// Every limited key to its meter.
+    meter_of: HashMap<KeyId, KeyId, IdHasher>,
 }
 
 impl Limiter {
@@ -68,59 +115,73 @@ impl Limiter {
         Limiter::default()
     }
 
-    /// Sets `id`'s limits. A rate limit that is unchanged keeps its state;
-    /// credits that are unchanged keep their balance. New credits start at
-    /// their `remaining`. Unlimited removes the entry.
+    /// Limits `id` as its own meter, created at `created_at`: what
+    /// [`Limiter::apply`] does for a key that was neither rolled nor minted
+    /// by a limited key.
     pub fn configure(&mut self, id: KeyId, created_at: UnixMillis, limits: KeyLimits) {
-        if limits.is_unlimited() {
-            self.entries.remove(&id);
-            return;
-        }
-        let old = self.entries.remove(&id);
-        let (old_rate, old_credits) = match old {
-            Some(e) => (e.rate, e.credits.map(|c| (e.refill, c))),
-            None => (None, None),
-        };
-        let rate = limits.rate.map(|r| match old_rate {
-            Some((old, state)) if old == r => (r, state),
-            _ => (r, RateState::new()),
-        });
-        let refill = limits.credits.and_then(|c| c.refill());
-        let credits = limits.credits.map(|c| match old_credits {
-            // Same refill: the balance carries over (a PATCH of the same
-            // credits must not hand out a fresh grant).
-            Some((old_refill, cell)) if old_refill == refill => cell,
-            _ => CreditCell::new(CreditBalance::new(c.remaining())),
-        });
-        self.entries.insert(
+        self.charge(
             id,
-            Entry {
-                created_at,
-                rate,
-                refill,
-                credits,
+            Meter {
+                id,
+                since: created_at,
             },
+            limits,
         );
     }
 
-    /// Forgets `id` (revoked, evicted or unlimited). Returns whether it was limited.
-    pub fn remove(&mut self, id: &KeyId) -> bool {
-        self.entries.remove(id).is_some()
+    /// Charges `id` to `meter`, whose limits (for all its keys) become `limits`.
+    pub fn charge(&mut self, id: KeyId, meter: Meter, limits: KeyLimits) {
+        if self.meter_of.get(&id).is_some_and(|m| *m != meter.id) {
+            self.forget(&id);
+        }
+        if limits.is_unlimited() {
+            self.forget(&id);
+            return;
+        }
+        let slot = self.meters.entry(meter.id).or_insert_with(|| MeterSlot {
+            entry: Arc::new(Entry::new(meter.since, limits, None)),
+            keys: Vec::new(),
+        });
+        let entry = Entry::new(meter.since, limits, Some(&slot.entry));
+        slot.entry = Arc::new(entry);
+        if !slot.keys.contains(&id) {
+            slot.keys.push(id);
+        }
+        for key in &slot.keys {
+            self.keys.insert(*key, Arc::clone(&slot.entry));
+        }
+        self.meter_of.insert(id, meter.id);
+    }
+
+    /// Forgets `id` (revoked, evicted or unlimited); its meter's state stays
+    /// while another key is charged to it. Returns whether it was limited.
+    pub fn forget(&mut self, id: &KeyId) -> bool {
+        let Some(meter) = self.meter_of.remove(id) else {
+            return false;
+        };
+        self.keys.remove(id);
+        if let Some(slot) = self.meters.get_mut(&meter) {
+            slot.keys.retain(|k| k != id);
+            if slot.keys.is_empty() {
+                self.meters.remove(&meter);
+            }
+        }
+        true
     }
 
     /// Whether `id` has a rate limit or credits here.
     pub fn is_limited(&self, id: &KeyId) -> bool {
-        self.entries.contains_key(id)
+        self.keys.contains_key(id)
     }
 
     /// The number of limited keys.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.keys.len()
     }
 
     /// Whether no key is limited.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.keys.is_empty()
     }
 
     /// Decides a request of `cost` by `id` at `now`: the rate limit first,
@@ -129,51 +190,47 @@ impl Limiter {
     /// `cost` of 0 asks whether a request of 1 would pass and spends nothing.
     #[inline]
     pub fn check(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
-        let Some(entry) = self.entries.get(id) else {
+        let Some(entry) = self.keys.get(id) else {
             return Verdict::UNLIMITED;
         };
         let rate = entry
             .rate
             .as_ref()
             .map(|(limit, state)| state.check(limit, now, cost));
-        if rate.is_some_and(|r| !r.allowed()) {
-            let credits = entry
-                .credits
-                .as_ref()
-                .map(|c| c.spend(entry.refill.as_ref(), entry.created_at, now, 0));
-            return Verdict { rate, credits };
-        }
-        let credits = entry.credits.as_ref().map(|c| {
-            c.spend(
-                entry.refill.as_ref(),
-                entry.created_at,
-                now,
-                u64::from(cost),
-            )
-        });
+        let spend = if rate.is_some_and(|r| !r.allowed()) {
+            0
+        } else {
+            u64::from(cost)
+        };
+        let credits = entry
+            .credits
+            .as_ref()
+            .map(|c| c.spend(entry.refill.as_ref(), entry.since, now, spend));
         Verdict { rate, credits }
     }
 
-    /// Adds `delta` to `id`'s credits as of `now` (clamped at 0); `None` if
-    /// the key has no credits here.
+    /// Adds `delta` to the credits `id` is charged to, as of `now` (clamped
+    /// at 0); `None` if it has no credits here.
     pub fn add_credits(&self, id: &KeyId, delta: i64, now: UnixMillis) -> Option<u64> {
-        let e = self.entries.get(id)?;
+        let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.add(delta, e.refill.as_ref(), e.created_at, now))
+        Some(cell.add(delta, e.refill.as_ref(), e.since, now))
     }
 
-    /// Sets `id`'s credits as of `now`; `None` if the key has no credits here.
+    /// Sets the credits `id` is charged to, as of `now`; `None` if it has
+    /// no credits here.
     pub fn set_credits(&self, id: &KeyId, remaining: u64, now: UnixMillis) -> Option<u64> {
-        let e = self.entries.get(id)?;
+        let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.set(remaining, e.refill.as_ref(), e.created_at, now))
+        Some(cell.set(remaining, e.refill.as_ref(), e.since, now))
     }
 
-    /// `id`'s balance as of `now`, refilled; `None` if it has no credits here.
+    /// The balance `id` is charged to, as of `now`, refilled; `None` if it
+    /// has no credits here.
     pub fn credits(&self, id: &KeyId, now: UnixMillis) -> Option<CreditBalance> {
-        let e = self.entries.get(id)?;
+        let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.load().at(e.refill.as_ref(), e.created_at, now))
+        Some(cell.load().at(e.refill.as_ref(), e.since, now))
     }
 }
 

@@ -8,6 +8,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::limit::LimitError;
 use crate::time::UnixMillis;
 
@@ -27,10 +29,30 @@ pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(31 * 24 * 60 * 60);
 /// assert!(keygate::RateLimit::new(0, Duration::from_secs(1)).is_err());
 /// # Ok::<(), keygate::LimitError>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RateLimitFields")]
 pub struct RateLimit {
     limit: u32,
     period_ms: u32,
+}
+
+/// The JSON form, `{"limit": 100, "period_ms": 1000}`, checked by
+/// [`RateLimit::new`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFields {
+    limit: i128,
+    period_ms: i128,
+}
+
+impl TryFrom<RateLimitFields> for RateLimit {
+    type Error = LimitError;
+    fn try_from(f: RateLimitFields) -> Result<RateLimit, LimitError> {
+        let limit = u32::try_from(f.limit).map_err(|_| LimitError::RateLimit(f.limit))?;
+        let period_ms =
+            u64::try_from(f.period_ms).map_err(|_| LimitError::RatePeriod(f.period_ms))?;
+        RateLimit::new(limit, Duration::from_millis(period_ms))
+    }
 }
 
 impl RateLimit {
@@ -38,13 +60,13 @@ impl RateLimit {
     /// (1 ms to [`MAX_RATE_PERIOD`], in whole milliseconds).
     pub fn new(limit: u32, period: Duration) -> Result<RateLimit, LimitError> {
         if limit == 0 || limit > MAX_RATE_LIMIT {
-            return Err(LimitError::RateLimit(u64::from(limit)));
+            return Err(LimitError::RateLimit(i128::from(limit)));
         }
         let ms = period.as_millis();
         if period.subsec_nanos() % 1_000_000 != 0 || ms == 0 || period > MAX_RATE_PERIOD {
-            return Err(LimitError::RatePeriod(period));
+            return Err(LimitError::RatePeriod(ms_of(period)));
         }
-        let period_ms = u32::try_from(ms).map_err(|_| LimitError::RatePeriod(period))?;
+        let period_ms = u32::try_from(ms).map_err(|_| LimitError::RatePeriod(ms_of(period)))?;
         Ok(RateLimit { limit, period_ms })
     }
 
@@ -99,6 +121,11 @@ impl RateLimit {
     fn window(&self) -> u64 {
         u64::from(self.period_ms) * u64::from(self.limit)
     }
+}
+
+/// A duration's milliseconds for an error message (sub-millisecond parts show as a fraction's floor).
+fn ms_of(d: Duration) -> i128 {
+    i128::try_from(d.as_millis()).unwrap_or(i128::MAX)
 }
 
 /// One key's rate-limit state: the theoretical arrival time, in ticks.
@@ -265,7 +292,7 @@ mod tests {
         assert!(RateLimit::new(MAX_RATE_LIMIT, MAX_RATE_PERIOD).is_ok());
         assert_eq!(
             RateLimit::new(MAX_RATE_LIMIT + 1, Duration::from_secs(1)),
-            Err(LimitError::RateLimit(u64::from(MAX_RATE_LIMIT) + 1))
+            Err(LimitError::RateLimit(i128::from(MAX_RATE_LIMIT) + 1))
         );
         assert!(RateLimit::new(1, Duration::ZERO).is_err());
         assert!(RateLimit::new(1, Duration::from_micros(1_500)).is_err());

@@ -1342,6 +1342,8 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
             .map_err(db_error)?
             .map(UnixMillis::from_millis),
         creator_id,
+        limits: Default::default(),
+        meter: None,
     })
     .map_err(|e| corrupt(id_text, &e.to_string()))?;
     Ok(StoredKey {

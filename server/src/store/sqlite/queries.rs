@@ -153,6 +153,8 @@ pub(super) fn read_key(
             expires_at: expires_at_ms.map(UnixMillis::from_millis),
             created_at: UnixMillis::from_millis(created_at_ms),
             creator_id,
+            limits: Default::default(),
+            meter: None,
         })
         .map_err(|e| e.to_string())?;
         Ok(StoredKey {
