@@ -108,11 +108,13 @@ fn mint_list_roll_revoke_events_round_trip() {
         [
             "created_at_ms",
             "creator_id",
+            "credits",
             "expires_at_ms",
             "id",
             "kind",
             "last_used_at_ms",
             "name",
+            "rate_limit",
             "scopes"
         ]
     );

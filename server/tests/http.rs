@@ -50,12 +50,23 @@ fn create_endpoints_follow_the_spec() {
     let server = Server::start(&dir.db(), &[]);
     let admin = server.token().to_owned();
 
-    // Body optional; response has exactly the spec's fields.
+    // Body optional; response has exactly the spec's fields, and keygate's
+    // `rate_limit` and `credits` (extensions, null here).
     let r = server.authed("POST", "/v1/apikeys", &admin, None);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
-    assert_eq!(fields(&v), ["expires_at_ms", "id", "key_secret", "name"]);
+    assert_eq!(
+        fields(&v),
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit"
+        ]
+    );
     assert_eq!(v["name"], "unnamed");
     assert!(v["expires_at_ms"].is_null());
     let standard = v["key_secret"].as_str().unwrap().to_owned();
@@ -87,7 +98,15 @@ fn create_endpoints_follow_the_spec() {
     let v = r.json();
     assert_eq!(
         fields(&v),
-        ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit",
+            "scopes"
+        ]
     );
     assert_eq!(
         v["scopes"],
@@ -520,7 +539,15 @@ fn cli_mint_is_seen_by_a_running_server() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         fields(&v),
-        ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit",
+            "scopes"
+        ]
     );
     assert_eq!(v["name"], "deploy");
     assert_eq!(
@@ -541,7 +568,17 @@ fn cli_mint_is_seen_by_a_running_server() {
     let (ok, out, _) = cli_mint(&dir.db(), &[]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(fields(&v), ["expires_at_ms", "id", "key_secret", "name"]);
+    assert_eq!(
+        fields(&v),
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit"
+        ]
+    );
     let standard = v["key_secret"].as_str().unwrap().to_owned();
     server.wait_accepted(&standard);
     assert_eq!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use keygate::tower::problem;
@@ -14,8 +14,11 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::now_ms as system_now_ms;
 use crate::http::extract::parse_body;
-use crate::http::problem::{bad_request, internal_error, json_response, quote, store_error};
+use crate::http::problem::{
+    bad_request, forbidden, internal_error, json_response, quote, store_error,
+};
 use crate::http::state::AppState;
+use crate::store::{Scope, StoreError};
 
 fn validation_error(e: &ValidationError) -> Response {
     bad_request(&e.to_string())
@@ -88,14 +91,19 @@ async fn mint_and_store(
         return refused;
     }
     if let Err(e) = state.policy().authorize(&caller, &request) {
-        let mut response = problem(StatusCode::FORBIDDEN, &e.to_string());
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(keygate::tower::INSUFFICIENT_SCOPE_CHALLENGE),
-        );
-        return response;
+        return forbidden(&e.to_string());
     }
-    let request = request.created_by(&caller);
+    // A caller with limits mints only keys on its own meter, with its own
+    // limits (the store checks it again, in the create's transaction).
+    let own = match state.store().get(caller.id(), Scope::All).await {
+        Ok(Some(own)) if own.revoked_at_ms.is_none() => own.record,
+        Ok(_) => return store_error(&StoreError::CallerRevoked, "cannot read the calling key"),
+        Err(e) => return store_error(&e, "cannot read the calling key"),
+    };
+    let request = match request.charged_to(&own) {
+        Ok(request) => request.created_by(&caller),
+        Err(e) => return forbidden(&e.to_string()),
+    };
     let minted = keygate::mint(
         &state.cache().pepper(),
         &request,

@@ -1,5 +1,5 @@
 //! The key lifecycle over HTTP (keygate extensions beyond the spec): list,
-//! read, revoke, roll and self-revocation.
+//! read, revoke, roll and self-revocation (a key's limits: `limits`).
 //!
 //! The reads (`GET /v1/keys`, `GET /v1/keys/{id}`) need `account:read`, the
 //! writes `account:write` (a standard key has both; the tower layer checks);
@@ -17,7 +17,10 @@ use axum::response::Response;
 use axum::Extension;
 use keygate::tower::problem;
 use keygate::wire::{scope_entries, ScopeEntryView};
-use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError, UnixMillis};
+use keygate::{
+    AuthError, Change, KeyId, KeyKind, KeyRecord, MintPolicy, Principal, RateLimit, Refill,
+    RollError, UnixMillis,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
@@ -51,11 +54,39 @@ pub struct KeyView {
     pub last_used_at_ms: Option<i64>,
     /// The key that minted it; null for the CLI and the bootstrap key.
     pub creator_id: Option<String>,
+    /// Its rate limit (its meter's); null for none.
+    pub rate_limit: Option<RateLimit>,
+    /// Its credits (its meter's); null for none.
+    pub credits: Option<CreditsView>,
+}
+
+/// A key's credits in a [`KeyView`]: `{"remaining": N, "refill": {...} | null}`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CreditsView {
+    /// The balance reported (see `AppState::credits_view`).
+    pub remaining: u64,
+    /// The refill, if any.
+    pub refill: Option<Refill>,
+}
+
+impl CreditsView {
+    /// The credits `record` is configured with: its grant and refill.
+    pub fn configured(record: &KeyRecord) -> Option<CreditsView> {
+        record.limits().credits.map(|c| CreditsView {
+            remaining: c.remaining(),
+            refill: c.refill(),
+        })
+    }
 }
 
 impl KeyView {
-    /// The view of a stored key, with a last use noted in memory merged in.
-    pub fn of(key: &StoredKey, last_used_in_memory: Option<i64>) -> KeyView {
+    /// The view of a stored key, with a last use noted in memory merged in
+    /// and the credits to show (`AppState::key_view` picks them).
+    pub fn of(
+        key: &StoredKey,
+        last_used_in_memory: Option<i64>,
+        credits: Option<CreditsView>,
+    ) -> KeyView {
         let record = &key.record;
         KeyView {
             id: record.id().as_str().to_owned(),
@@ -66,6 +97,8 @@ impl KeyView {
             expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
             last_used_at_ms: key.last_used_at_ms.max(last_used_in_memory),
             creator_id: record.creator_id().map(|id| id.as_str().to_owned()),
+            rate_limit: record.limits().rate,
+            credits,
         }
     }
 }
@@ -169,11 +202,7 @@ pub async fn list(
         .await
     {
         Ok(page) => {
-            let keys = page
-                .keys
-                .iter()
-                .map(|key| KeyView::of(key, state.usage().last_used(&key.record.id())))
-                .collect();
+            let keys = page.keys.iter().map(|key| state.key_view(key)).collect();
             let body = KeyListView {
                 keys,
                 has_more: page.has_more,
@@ -186,7 +215,7 @@ pub async fn list(
 
 /// The id a route names and the scope the caller may act in, once the id
 /// parses (400) and the store has checked the caller ([`refuse_caller`]).
-async fn target(
+pub(crate) async fn target(
     state: &AppState,
     caller: &Principal,
     id: &str,
@@ -212,8 +241,7 @@ pub async fn get_key(
     };
     match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => {
-            let view = KeyView::of(&key, state.usage().last_used(&id));
-            ok_json(StatusCode::OK, &view, caller)
+            ok_json(StatusCode::OK, &state.key_view(&key), caller)
         }
         Ok(_) => with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
         Err(e) => with_caller(store_error(&e, "cannot read the key"), caller),

@@ -1,5 +1,5 @@
 //! The HTTP service: the router (`router`), one file per resource
-//! (`create`, `keys`, `events`, `authorize`, with forward-auth in
+//! (`create`, `keys`, `limits`, `events`, `authorize`, with forward-auth in
 //! `forward`), problem responses (`problem`), body and query extraction
 //! (`extract`), and the listener that serves it all (`listen`).
 
@@ -9,6 +9,7 @@ pub mod events;
 pub mod extract;
 pub mod forward;
 pub mod keys;
+pub mod limits;
 pub mod listen;
 pub mod problem;
 pub mod router;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use keygate::tower::Authenticate;
 use keygate::{AuthError, MintPolicy, Principal};
 
-use crate::store::Store;
+use crate::http::keys::{CreditsView, KeyView};
+use crate::store::{Store, StoredKey};
 use crate::sync::cache::KeyCache;
 use crate::sync::usage::Usage;
 use crate::sync::Keys;
@@ -49,6 +50,25 @@ impl AppState {
     /// The minting policy.
     pub fn policy(&self) -> MintPolicy {
         self.policy
+    }
+
+    /// The view of a stored key, as every answer that carries one shows it:
+    /// with the last use noted in memory, and its credits as
+    /// [`AppState::credits_view`] reports them.
+    pub fn key_view(&self, key: &StoredKey) -> KeyView {
+        KeyView::of(
+            key,
+            self.usage().last_used(&key.record.id()),
+            self.credits_view(key),
+        )
+    }
+
+    /// The credits a key view shows: the one place that decides what
+    /// `remaining` reports. For now the configured grant
+    /// ([`CreditsView::configured`]); the live balance (the store's,
+    /// less what is leased out) plugs in here.
+    pub fn credits_view(&self, key: &StoredKey) -> Option<CreditsView> {
+        CreditsView::configured(&key.record)
     }
 }
 

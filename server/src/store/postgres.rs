@@ -17,12 +17,18 @@
 //! The same tables and columns as the SQLite store:
 //!
 //! * `keys(id, kind, name, secret_hash, scopes, created_at_ms,
-//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms, rolled_from)`:
+//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms, rolled_from,
+//!   rate_limit, rate_period_ms, credits_remaining, credits_refill_amount,
+//!   credits_refill_interval_ms, meter_id, meter_since_ms)`:
 //!   one row per key, revoked ones included; `secret_hash` is 32 bytes of
 //!   `BYTEA`, `scopes` the [`Scopes::bits`]; `rolled_from` the key a rolled
-//!   key replaced (version 3), whose children it inherits. Ids compare
-//!   bytewise (`COLLATE "C"`), so `GET /v1/keys` pages in the same order as
-//!   on SQLite.
+//!   key replaced (version 3), whose children it inherits; the limits and
+//!   the meter (version 5), NULL where the key has none (`meter_id` NULL:
+//!   its own), indexed by `COALESCE(meter_id, id)`. Ids compare bytewise
+//!   (`COLLATE "C"`), so `GET /v1/keys` pages in the same order as on
+//!   SQLite.
+//! * `credit_balances(meter_id, remaining, period)`: each meter's balance
+//!   and the refill period it belongs to (version 5).
 //! * `changes(seq, at_ms, action, key_id, actor_id, new_key_id)`: the
 //!   change log, which is also the audit log.
 //! * `meta(schema_version, pepper_fingerprint)`: one row; the fingerprint
@@ -78,13 +84,17 @@ use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash, UnixMillis};
+use keygate::{
+    Change, CreditBalance, Credits, KeyId, KeyKind, KeyRecord, KeyRecordParts, Meter, Scopes,
+    SecretHash, UnixMillis,
+};
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
 use super::{
-    Action, Event, KeyPage, Scope, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
+    balance_at, fresh_balance, no_credits, rolled_target, Action, Event, KeyPage, LimitColumns,
+    LimitsChange, Scope, SetOrAdd, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -110,7 +120,9 @@ const WRITE_ATTEMPTS: u32 = 3;
 
 /// The key columns, in the order [`stored_key`] reads them.
 const KEY_COLUMNS: &str = "id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
-     creator_id, revoked_at_ms, last_used_at_ms";
+     creator_id, revoked_at_ms, last_used_at_ms, rate_limit, rate_period_ms, \
+     credits_remaining, credits_refill_amount, credits_refill_interval_ms, meter_id, \
+     meter_since_ms";
 
 /// The migrations, by the schema version they produce. Version 1 was the
 /// SQLite-only JSON table of 0.1.0, so PostgreSQL starts at 2.
@@ -167,7 +179,34 @@ const MIGRATIONS: &[(i64, &str)] = &[
     FROM changes c WHERE c.action = 'rolled' AND c.new_key_id = k.id;
     "#,
     ),
+    // Version 4 is another branch's. This step stands alone (every part
+    // `IF NOT EXISTS`), so the two may be renumbered when they meet.
+    (5, MIGRATE_V5),
 ];
+
+/// Per-key limits: a key's rate limit, credits (the configured grant and
+/// refill) and the meter it is charged to (NULL for its own), NULL where it
+/// has none; the meter index; each meter's balance and the refill period it
+/// belongs to; the `limits_changed` action.
+const MIGRATE_V5: &str = r#"
+    ALTER TABLE keys
+        ADD COLUMN IF NOT EXISTS rate_limit BIGINT,
+        ADD COLUMN IF NOT EXISTS rate_period_ms BIGINT,
+        ADD COLUMN IF NOT EXISTS credits_remaining BIGINT,
+        ADD COLUMN IF NOT EXISTS credits_refill_amount BIGINT,
+        ADD COLUMN IF NOT EXISTS credits_refill_interval_ms BIGINT,
+        ADD COLUMN IF NOT EXISTS meter_id TEXT COLLATE "C",
+        ADD COLUMN IF NOT EXISTS meter_since_ms BIGINT;
+    CREATE INDEX IF NOT EXISTS keys_meter ON keys ((COALESCE(meter_id, id)));
+    CREATE TABLE IF NOT EXISTS credit_balances (
+        meter_id TEXT COLLATE "C" PRIMARY KEY,
+        remaining BIGINT NOT NULL,
+        period BIGINT NOT NULL
+    );
+    ALTER TABLE changes DROP CONSTRAINT IF EXISTS changes_action_check;
+    ALTER TABLE changes ADD CONSTRAINT changes_action_check
+        CHECK (action IN ('created', 'revoked', 'rolled', 'limits_changed'));
+    "#;
 
 /// Key storage in PostgreSQL, shared by any number of instances. See the
 /// module documentation.
@@ -543,17 +582,21 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Inserts a key row.
+/// Inserts a key row, its limits included; a key with credits on a meter
+/// that has no balance yet (its own, new) starts it at the grant.
 async fn insert_key(
     tx: &deadpool_postgres::Transaction<'_>,
     r: &KeyRecord,
 ) -> Result<(), WriteError> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, creator_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
+             creator_id, rate_limit, rate_period_ms, credits_remaining, credits_refill_amount, \
+             credits_refill_interval_ms, meter_id, meter_since_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .await?;
+    let limits = LimitColumns::of(r);
     tx.execute(
         &stmt,
         &[
@@ -565,10 +608,87 @@ async fn insert_key(
             &r.created_at().as_millis(),
             &r.expires_at().map(UnixMillis::as_millis),
             &r.creator_id().as_ref().map(KeyId::as_str),
+            &limits.rate_limit,
+            &limits.rate_period_ms,
+            &limits.credits_remaining,
+            &limits.credits_refill_amount,
+            &limits.credits_refill_interval_ms,
+            &limits.meter_id,
+            &limits.meter_since_ms,
+        ],
+    )
+    .await?;
+    if let Some(credits) = r.limits().credits {
+        let meter = r.meter();
+        let balance = fresh_balance(&credits, meter.since, r.created_at());
+        write_balance(tx, meter.id, balance, false).await?;
+    }
+    Ok(())
+}
+
+/// Writes a meter's balance: always with `replace`, else only where the
+/// meter has none.
+async fn write_balance(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter: KeyId,
+    balance: CreditBalance,
+    replace: bool,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached(if replace {
+            "INSERT INTO credit_balances (meter_id, remaining, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (meter_id) DO UPDATE SET remaining = excluded.remaining, \
+             period = excluded.period"
+        } else {
+            "INSERT INTO credit_balances (meter_id, remaining, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (meter_id) DO NOTHING"
+        })
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &meter.as_str(),
+            &to_i64(balance.remaining),
+            &to_i64(balance.period),
         ],
     )
     .await?;
     Ok(())
+}
+
+/// The credits configured for `meter` (on its keys, live ones first), if
+/// any; with `lock`, the row read is locked `FOR SHARE`, so a change of the
+/// meter's limits waits for this transaction, or this one for it.
+async fn meter_credits<C: GenericClient>(
+    client: &C,
+    meter: KeyId,
+    lock: bool,
+) -> Result<Option<Credits>, WriteError> {
+    let text = format!(
+        "SELECT credits_remaining, credits_refill_amount, credits_refill_interval_ms FROM keys \
+         WHERE COALESCE(meter_id, id) = $1 AND credits_remaining IS NOT NULL \
+         ORDER BY revoked_at_ms IS NOT NULL, id LIMIT 1{}",
+        if lock { " FOR SHARE" } else { "" }
+    );
+    let stmt = client.prepare_cached(&text).await?;
+    let Some(row) = client.query_opt(&stmt, &[&meter.as_str()]).await? else {
+        return Ok(None);
+    };
+    let columns = LimitColumns {
+        credits_remaining: row.get(0),
+        credits_refill_amount: row.get(1),
+        credits_refill_interval_ms: row.get(2),
+        ..LimitColumns::default()
+    };
+    columns
+        .limits()
+        .map(|(limits, _)| limits.credits)
+        .map_err(|m| {
+            StoreError::Fatal(format!(
+                "corrupt credits of meter `{meter}` in database: {m}"
+            ))
+            .into()
+        })
 }
 
 /// Takes the next sequence numbers for `events`, appends them to the log
@@ -634,6 +754,20 @@ async fn append(
         .await?;
     let seqs: Option<Vec<i64>> = row.get(0);
     Ok(seqs.unwrap_or_default().into_iter().map(to_u64).collect())
+}
+
+/// The key `id`'s row, if there is one.
+async fn read_key<C: GenericClient>(
+    client: &C,
+    id: KeyId,
+) -> Result<Option<StoredKey>, WriteError> {
+    let stmt = client
+        .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
+        .await?;
+    match client.query_opt(&stmt, &[&id.as_str()]).await? {
+        Some(row) => Ok(Some(stored_key(&row)?)),
+        None => Ok(None),
+    }
 }
 
 /// The family of `root`: the key and every key rolled into it, transitively;
@@ -809,6 +943,13 @@ impl Store for PgStore {
             for caller in [actor, record.creator_id()].into_iter().flatten() {
                 lock_acting_caller(tx, caller, at_ms).await?;
             }
+            // The creator's row is locked: its limits cannot change before
+            // this commits.
+            if let Some(creator) = record.creator_id() {
+                if let Some(creator) = read_key(tx, creator).await? {
+                    super::check_charged(record, &creator.record)?;
+                }
+            }
             insert_created(tx, record, actor, at_ms).await
         })
     }
@@ -920,6 +1061,10 @@ impl Store for PgStore {
             }
             check_not_rolled(tx, old.id()).await?;
             super::check_roll_fits(old, new, stored)?;
+            // The row is locked: its limits are the ones the new key keeps.
+            if let Some(current) = read_key(tx, old.id()).await? {
+                super::check_roll_limits(&current.record, new)?;
+            }
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
                 .await?;
@@ -950,6 +1095,169 @@ impl Store for PgStore {
                 _ => Err(StoreError::Fatal("roll appended no events".into()).into()),
             }
         })
+    }
+
+    async fn set_limits(
+        &self,
+        id: KeyId,
+        change: LimitsChange,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyRecord)>, StoreError> {
+        write_tx!(self, tx => {
+            if let Some(actor) = actor {
+                lock_acting_caller(tx, actor, at_ms).await?;
+            }
+            lock_live(tx, id, scope).await?;
+            let successor = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1)")
+                .await?;
+            if tx.query_one(&successor, &[&id.as_str()]).await?.get::<_, bool>(0) {
+                return Err(rolled_target(id).into());
+            }
+            let target = read_key(tx, id).await?.ok_or(StoreError::NotFound)?;
+            let meter = target.record.meter();
+            let old = target.record.limits();
+            let new = change.apply_to(old);
+            let (rate_limit, rate_period_ms) = LimitColumns::rate(new.rate);
+            let (remaining, refill_amount, refill_interval_ms) = LimitColumns::credits(new.credits);
+            let update = tx
+                .prepare_cached(
+                    "UPDATE keys SET rate_limit = $2, rate_period_ms = $3, credits_remaining = $4, \
+                     credits_refill_amount = $5, credits_refill_interval_ms = $6 \
+                     WHERE COALESCE(meter_id, id) = $1",
+                )
+                .await?;
+            tx.execute(
+                &update,
+                &[
+                    &meter.id.as_str(),
+                    &rate_limit,
+                    &rate_period_ms,
+                    &remaining,
+                    &refill_amount,
+                    &refill_interval_ms,
+                ],
+            )
+            .await?;
+            let now = UnixMillis::from_millis(at_ms);
+            match new.credits {
+                None => {
+                    let drop_balance = tx
+                        .prepare_cached("DELETE FROM credit_balances WHERE meter_id = $1")
+                        .await?;
+                    tx.execute(&drop_balance, &[&meter.id.as_str()]).await?;
+                }
+                Some(credits) => {
+                    let balance = fresh_balance(&credits, meter.since, now);
+                    write_balance(tx, meter.id, balance, old.credits != Some(credits)).await?;
+                }
+            }
+            let others = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys \
+                     WHERE COALESCE(meter_id, id) = $1 AND revoked_at_ms IS NULL AND id <> $2 \
+                     ORDER BY id"
+                ))
+                .await?;
+            let rows = tx.query(&others, &[&meter.id.as_str(), &id.as_str()]).await?;
+            let mut keys = vec![(id, read_key(tx, id).await.ok().flatten())];
+            for row in &rows {
+                let text: &str = row.get(0);
+                // A row that cannot be read still gets its event: the feed
+                // fails it closed.
+                match stored_key(row) {
+                    Ok(key) => keys.push((key.record.id(), Some(key))),
+                    Err(e) => {
+                        tracing::error!("limits changed on an unreadable row: {e}");
+                        if let Ok(id) = KeyId::parse(text) {
+                            keys.push((id, None));
+                        }
+                    }
+                }
+            }
+            let events: Vec<NewEvent> = keys
+                .iter()
+                .map(|&(key_id, _)| NewEvent {
+                    action: Action::LimitsChanged,
+                    key_id,
+                    new_key_id: None,
+                })
+                .collect();
+            let seqs = append(tx, &events, actor, at_ms).await?;
+            Ok(seqs
+                .into_iter()
+                .zip(keys)
+                .filter_map(|(seq, (_, key))| key.map(|k| (seq, k.record)))
+                .collect())
+        })
+    }
+
+    async fn set_credits(
+        &self,
+        meter: Meter,
+        op: SetOrAdd,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        write_tx!(self, tx => {
+            let credits = meter_credits(tx, meter.id, true)
+                .await?
+                .ok_or_else(no_credits)?;
+            // A row to lock, where the meter has none yet: the grant in
+            // the first period, as `balance_at` reads a missing one.
+            write_balance(tx, meter.id, CreditBalance::new(credits.remaining()), false).await?;
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT remaining, period FROM credit_balances WHERE meter_id = $1 FOR UPDATE",
+                )
+                .await?;
+            let row = tx.query_one(&stmt, &[&meter.id.as_str()]).await?;
+            let stored = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+            let mut balance = balance_at(Some(stored), &credits, meter.since, now);
+            balance.remaining = op.apply(balance.remaining);
+            write_balance(tx, meter.id, balance, true).await?;
+            Ok(balance.remaining)
+        })
+    }
+
+    async fn credit_balance(
+        &self,
+        meter: Meter,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let credits = match meter_credits(&client, meter.id, false).await {
+            Ok(Some(credits)) => credits,
+            Ok(None) => return Ok(None),
+            Err(WriteError::Db(e)) => return Err(db_error(e)),
+            Err(WriteError::Store(e)) => return Err(e),
+        };
+        let stmt = client
+            .prepare_cached("SELECT remaining, period FROM credit_balances WHERE meter_id = $1")
+            .await
+            .map_err(db_error)?;
+        let stored = client
+            .query_opt(&stmt, &[&meter.id.as_str()])
+            .await
+            .map_err(db_error)?
+            .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)));
+        Ok(Some(
+            balance_at(stored, &credits, meter.since, now).remaining,
+        ))
+    }
+
+    async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1)")
+            .await
+            .map_err(db_error)?;
+        Ok(client
+            .query_one(&stmt, &[&id.as_str()])
+            .await
+            .map_err(db_error)?
+            .get(0))
     }
 
     async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError> {
@@ -1330,6 +1638,17 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
         .map(KeyId::parse)
         .transpose()
         .map_err(|_| corrupt(id_text, "malformed creator id"))?;
+    let (limits, meter) = LimitColumns {
+        rate_limit: row.try_get(offset + 10).map_err(db_error)?,
+        rate_period_ms: row.try_get(offset + 11).map_err(db_error)?,
+        credits_remaining: row.try_get(offset + 12).map_err(db_error)?,
+        credits_refill_amount: row.try_get(offset + 13).map_err(db_error)?,
+        credits_refill_interval_ms: row.try_get(offset + 14).map_err(db_error)?,
+        meter_id: row.try_get(offset + 15).map_err(db_error)?,
+        meter_since_ms: row.try_get(offset + 16).map_err(db_error)?,
+    }
+    .limits()
+    .map_err(|m| corrupt(id_text, &m))?;
     let record = KeyRecord::from_parts(KeyRecordParts {
         id,
         kind,
@@ -1342,8 +1661,8 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
             .map_err(db_error)?
             .map(UnixMillis::from_millis),
         creator_id,
-        limits: Default::default(),
-        meter: None,
+        limits,
+        meter,
     })
     .map_err(|e| corrupt(id_text, &e.to_string()))?;
     Ok(StoredKey {

@@ -806,3 +806,109 @@ fn a_write_still_deadlocked_after_its_retries_is_unavailable() {
         store.create(&standard("k"), None, 1).await.unwrap();
     });
 }
+
+#[test]
+fn limits_live_on_the_meter() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        super::super::limits_tests::limits_live_on_the_meter(&store).await;
+    });
+    pg.psql("CREATE DATABASE roll");
+    let url = pg.url().replace("/keygate", "/roll");
+    runtime().block_on(async {
+        let store = PgStore::connect(&url).await.unwrap();
+        super::super::limits_tests::a_roll_keeps_the_current_limits(&store).await;
+    });
+}
+
+/// A database at version 3 (before per-key limits) gains the columns, the
+/// meter index, `credit_balances` and the new action, keeps its rows, and
+/// runs the step once.
+#[test]
+fn a_version_3_database_gains_the_limit_columns() {
+    let pg = TestPg::start();
+    let a = standard("old");
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 3) {
+            client.batch_execute(sql).await.unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_migrations VALUES ($1, 0, 'test')",
+                    &[version],
+                )
+                .await
+                .unwrap();
+        }
+        client
+            .batch_execute("UPDATE meta SET schema_version = 3")
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &a.id().as_str(),
+                    &a.kind().as_str(),
+                    &a.name(),
+                    &a.secret_hash().as_bytes().as_slice(),
+                    &i64::from(a.scopes().bits()),
+                    &a.created_at().as_millis(),
+                ],
+            )
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO changes VALUES (1, 1, 'created', '{}', NULL, NULL); \
+                 UPDATE change_seq SET seq = 1;",
+                a.id()
+            ))
+            .await
+            .unwrap();
+        drop(client);
+        driver.await.unwrap().unwrap();
+
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        assert_eq!(store.migrate().await.unwrap(), Vec::<i64>::new());
+        assert_eq!(
+            store.get(a.id(), Scope::All).await.unwrap().unwrap().record,
+            a
+        );
+        let five = keygate::RateLimit::new(5, Duration::from_secs(1)).unwrap();
+        let change = LimitsChange {
+            rate: Some(Some(five)),
+            credits: None,
+        };
+        let changed = store
+            .set_limits(a.id(), change, Scope::All, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].0, 2);
+        assert_eq!(changed[0].1.limits().rate, Some(five));
+    });
+    assert_eq!(pg.psql("SELECT schema_version FROM meta"), "5");
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
+        "2,3,5"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'keys_meter'"),
+        "1"
+    );
+    assert_eq!(
+        pg.psql("SELECT to_regclass('credit_balances') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        pg.psql("SELECT action FROM changes ORDER BY seq DESC LIMIT 1"),
+        "limits_changed"
+    );
+    // The step stands alone: run again, it changes nothing.
+    pg.psql(MIGRATE_V5);
+    assert_eq!(pg.psql("SELECT count(*) FROM changes"), "2");
+}

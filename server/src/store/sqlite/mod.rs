@@ -1,4 +1,4 @@
-//! The SQLite store: [`SqliteStore`], schema version 3.
+//! The SQLite store: [`SqliteStore`], schema version 5.
 //!
 //! Tables:
 //!
@@ -6,7 +6,14 @@
 //!   32-byte BLOB, the scopes as [`Scopes::bits`]), revoked rows kept;
 //!   indexed by `creator_id` for the attenuating policy's descendant rules;
 //!   `rolled_from` names the key a rolled key replaced (version 3), so a
-//!   roll's new key inherits the old key's children.
+//!   roll's new key inherits the old key's children. Version 5 adds the
+//!   limit columns (`rate_limit`, `rate_period_ms`, `credits_remaining`,
+//!   `credits_refill_amount`, `credits_refill_interval_ms`: NULL where the
+//!   key has none) and the meter the key is charged to (`meter_id`,
+//!   `meter_since_ms`: NULL for its own), indexed by
+//!   `COALESCE(meter_id, id)`, so the keys of one meter change together.
+//! * `credit_balances(meter_id, remaining, period)`: each meter's balance,
+//!   and the refill period it belongs to (version 5).
 //! * `changes`: the append-only change log, which is also the audit log.
 //!   `seq` is an `AUTOINCREMENT` key assigned inside the write transaction;
 //!   SQLite serializes writers, so sequence numbers grow with commit order
@@ -37,10 +44,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use keygate::{Change, KeyId, KeyRecord};
+use keygate::{Change, KeyId, KeyRecord, Meter, UnixMillis};
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKey};
+use super::{
+    Action, Event, KeyPage, LimitsChange, Scope, SetOrAdd, Snapshot, StoreError, StoredKey,
+};
 
 mod queries;
 mod schema;
@@ -75,8 +84,8 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`: a writer and a
     /// reader connection, both checked for WAL and `synchronous` FULL or
-    /// EXTRA; creates schema version 2, migrates a 0.1.0 database, or
-    /// refuses a newer one.
+    /// EXTRA; creates the schema, migrates a 0.1.0 or older one, or refuses
+    /// a newer one.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         let mut writer = open_connection(path, &shown)?;
@@ -161,6 +170,11 @@ impl super::Store for SqliteStore {
             for caller in [actor, record.creator_id()].into_iter().flatten() {
                 check_caller(&tx, caller, at_ms)?;
             }
+            if let Some(creator) = record.creator_id() {
+                if let Some(creator) = get_key(&tx, creator)? {
+                    super::check_charged(&record, &creator.record)?;
+                }
+            }
             insert_key(&tx, &record)?;
             let seq = append(&tx, at_ms, Action::Created, record.id(), actor, None)?;
             tx.commit().map_err(sql)?;
@@ -217,6 +231,41 @@ impl super::Store for SqliteStore {
     ) -> Result<(u64, u64), StoreError> {
         let (old, new) = (old.clone(), new.clone());
         self.write(move |conn, _| roll_tx(conn, &old, &new, scope, actor, at_ms))
+            .await
+    }
+
+    async fn set_limits(
+        &self,
+        id: KeyId,
+        change: LimitsChange,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyRecord)>, StoreError> {
+        self.write(move |conn, _| set_limits_tx(conn, id, change, scope, actor, at_ms))
+            .await
+    }
+
+    async fn set_credits(
+        &self,
+        meter: Meter,
+        op: SetOrAdd,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn, _| set_credits_tx(conn, meter, op, now))
+            .await
+    }
+
+    async fn credit_balance(
+        &self,
+        meter: Meter,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(move |conn| read_balance(conn, meter, now)).await
+    }
+
+    async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.read(move |conn| successor(conn, id).map(|s| s.is_some()))
             .await
     }
 

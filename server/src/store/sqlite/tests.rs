@@ -103,7 +103,7 @@ async fn create_get_count_reopen() {
     assert_eq!(snap.records.len(), 2);
     assert_eq!(
         meta_get(&raw(&again), "schema_version").unwrap().as_deref(),
-        Some("3")
+        Some("5")
     );
 }
 
@@ -820,7 +820,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
     let conn = raw(&store);
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("3")
+        Some("5")
     );
     let from: Option<String> = conn
         .query_row(
@@ -857,20 +857,20 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).unwrap());
     {
         let conn = Connection::open(&path).unwrap();
-        meta_set(&conn, "schema_version", "4").unwrap();
+        meta_set(&conn, "schema_version", "6").unwrap();
     }
     let e = SqliteStore::open(&path).err().unwrap();
     let m = e.to_string();
     assert!(matches!(e, StoreError::Fatal(_)));
     assert!(
-        m.contains("schema version 4, newer than this keygate knows (3)"),
+        m.contains("schema version 6, newer than this keygate knows (5)"),
         "{m}"
     );
     // Refused without a change.
     let conn = Connection::open(&path).unwrap();
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("4")
+        Some("6")
     );
 }
 
@@ -906,7 +906,7 @@ async fn migrates_the_0_1_0_fixture_in_place() {
         let conn = raw(&store);
         assert_eq!(
             meta_get(&conn, "schema_version").unwrap().as_deref(),
-            Some("3")
+            Some("5")
         );
         assert!(!table_exists(&conn, "keys_v1").unwrap());
         assert!(!column_exists(&conn, "keys", "record").unwrap());
@@ -1016,4 +1016,229 @@ fn a_failed_migration_changes_nothing() {
         .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn limits_live_on_the_meter() {
+    let (_dir, store) = new_store();
+    super::super::limits_tests::limits_live_on_the_meter(&store).await;
+    // Every limit column is read back through the library's constructors.
+    let (_dir, store) = new_store();
+    super::super::limits_tests::a_roll_keeps_the_current_limits(&store).await;
+}
+
+#[tokio::test]
+async fn limits_survive_a_reopen_and_a_corrupt_limit_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let root = record(None, 1);
+    store.create(&root, None, 1).await.unwrap();
+    let a = super::super::limits_tests::child(&root, super::super::limits_tests::limits(), 2);
+    let c = super::super::limits_tests::child(&a, keygate::KeyLimits::default(), 3);
+    store.create(&a, Some(root.id()), 2).await.unwrap();
+    store.create(&c, Some(a.id()), 3).await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    for r in [&a, &c] {
+        assert_eq!(
+            &store.get(r.id(), Scope::All).await.unwrap().unwrap().record,
+            r
+        );
+    }
+    let (meter_id, since): (Option<String>, Option<i64>) = raw(&store)
+        .query_row(
+            "SELECT meter_id, meter_since_ms FROM keys WHERE id = ?1",
+            params![c.id().as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(meter_id.as_deref(), Some(a.id().as_str()));
+    assert_eq!(since, Some(a.created_at().as_millis()));
+    // A's own meter is stored as none.
+    let own: Option<String> = raw(&store)
+        .query_row(
+            "SELECT meter_id FROM keys WHERE id = ?1",
+            params![a.id().as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(own, None);
+    // A limit the library refuses (a rate limit of 0), a half-stored one,
+    // a meter without its start: each a corrupt row.
+    for (breakage, needle) in [
+        ("rate_limit = 0", "rate_limit.limit"),
+        ("rate_period_ms = NULL", "without its period"),
+        ("credits_refill_interval_ms = 10", "interval_ms"),
+        ("credits_remaining = NULL", "a refill without credits"),
+        ("meter_since_ms = NULL", "meter id without its start"),
+        ("meter_id = 'short'", "meter id"),
+    ] {
+        let saved: Vec<(
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        )> = {
+            let conn = raw(&store);
+            let mut stmt = conn
+                .prepare(
+                    "SELECT rate_limit, rate_period_ms, credits_remaining,
+                            credits_refill_interval_ms, meter_id, meter_since_ms
+                     FROM keys WHERE id = ?1",
+                )
+                .unwrap();
+            let rows = stmt
+                .query_map(params![c.id().as_str()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        raw(&store)
+            .execute(
+                &format!("UPDATE keys SET {breakage} WHERE id = ?1"),
+                params![c.id().as_str()],
+            )
+            .unwrap();
+        match store.get(c.id(), Scope::All).await {
+            Err(StoreError::Fatal(m)) => {
+                assert!(
+                    m.contains(c.id().as_str()) && m.contains(needle),
+                    "{breakage}: {m}"
+                )
+            }
+            other => panic!("{breakage}: expected fatal, got {other:?}"),
+        }
+        let feed = store.changes_since(2, 1).await.unwrap();
+        assert_eq!(feed, vec![Change::revoke(3, c.id())], "{breakage}");
+        let (rate, period, remaining, interval, meter, since) = saved[0].clone();
+        raw(&store)
+            .execute(
+                "UPDATE keys SET rate_limit = ?2, rate_period_ms = ?3, credits_remaining = ?4,
+                                 credits_refill_interval_ms = ?5, meter_id = ?6,
+                                 meter_since_ms = ?7 WHERE id = ?1",
+                params![
+                    c.id().as_str(),
+                    rate,
+                    period,
+                    remaining,
+                    interval,
+                    meter,
+                    since
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            store.get(c.id(), Scope::All).await.unwrap().unwrap().record,
+            c
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_version_3_database_gains_the_limit_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    let (a, b) = (record(None, 1), record(None, 2));
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute_batch(MIGRATE_V3).unwrap();
+        meta_set(&conn, "schema_version", "3").unwrap();
+        for r in [&a, &b] {
+            insert_v2_key(&conn, r).unwrap();
+            append(
+                &conn,
+                r.created_at().as_millis(),
+                Action::Created,
+                r.id(),
+                None,
+                None,
+            )
+            .unwrap();
+        }
+        // A revocation, whose seq is the log's last.
+        append(&conn, 3, Action::Revoked, b.id(), None, None).unwrap();
+        assert!(!column_exists(&conn, "keys", "rate_limit").unwrap());
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = raw(&store);
+        assert_eq!(
+            meta_get(&conn, "schema_version").unwrap().as_deref(),
+            Some("5")
+        );
+        for (column, _) in LIMIT_COLUMNS {
+            assert!(column_exists(&conn, "keys", column).unwrap(), "{column}");
+        }
+        assert!(table_exists(&conn, "credit_balances").unwrap());
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for index in [
+            "keys_meter",
+            "changes_key_id",
+            "keys_creator_id",
+            "keys_rolled_from",
+        ] {
+            assert!(indexes.iter().any(|i| i == index), "{index}: {indexes:?}");
+        }
+        // The plan of an update by meter uses the index.
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN UPDATE keys SET rate_limit = 1 WHERE COALESCE(meter_id, id) = 'x'")
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(plan.iter().any(|p| p.contains("keys_meter")), "{plan:?}");
+    }
+    // The old rows read as keys without limits; the log kept its entries and
+    // its counter, and takes the new action.
+    assert_eq!(
+        store.get(a.id(), Scope::All).await.unwrap().unwrap().record,
+        a
+    );
+    let (events, _) = store.events(0, 10, Scope::All).await.unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2].action, Action::Revoked);
+    let five = keygate::RateLimit::new(5, std::time::Duration::from_secs(1)).unwrap();
+    let change = LimitsChange {
+        rate: Some(Some(five)),
+        credits: None,
+    };
+    let changed = store
+        .set_limits(a.id(), change, Scope::All, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].0, 4, "the log's counter survived the rebuild");
+    assert_eq!(changed[0].1.limits().rate, Some(five));
+    let (events, _) = store.events(3, 10, Scope::All).await.unwrap();
+    assert_eq!(events[0].action, Action::LimitsChanged);
+    // The step runs once; opening again changes nothing.
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.events(0, 10, Scope::All).await.unwrap().0.len(), 4);
+    // And it is idempotent: run again on a migrated database, it is a no-op.
+    let conn = raw(&store);
+    migrate_v5(&conn, "again").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 4);
 }
