@@ -377,7 +377,7 @@ fn a_limited_callers_children_inherit(server: &Server, admin: &str) -> Value {
     for looser in [
         r#","rate_limit":{"limit":1000,"period_ms":1000}"#,
         r#","rate_limit":{"limit":100,"period_ms":1000}"#,
-        r#","credits":null,"rate_limit":null"#,
+        r#","credits":{"remaining":1000000}"#,
     ] {
         let r = server.authed(
             "POST",
