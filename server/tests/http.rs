@@ -774,6 +774,33 @@ fn covers(spec: &yaml_rust2::Yaml, ours: &yaml_rust2::Yaml, at: &str, problems: 
     }
 }
 
+/// Whether `ours` is the spec's `schema`, less the properties keygate adds
+/// to it: each must be marked `x-keygate-extension: true` (and be a name
+/// the spec does not use); every field of the spec's, its own properties
+/// included, must be exactly the spec's.
+fn same_schema(schema: &yaml_rust2::Yaml, ours: &yaml_rust2::Yaml) -> bool {
+    use yaml_rust2::Yaml;
+    let (Some(spec_map), Some(our_map)) = (schema.as_hash(), ours.as_hash()) else {
+        return schema == ours;
+    };
+    let properties = Yaml::String("properties".into());
+    let mut ours = our_map.clone();
+    if let (Some(Yaml::Hash(theirs)), Some(Yaml::Hash(mine))) =
+        (spec_map.get(&properties), our_map.get(&properties))
+    {
+        let marked = Yaml::String("x-keygate-extension".into());
+        let mut kept = mine.clone();
+        for (name, property) in mine {
+            let extension = property.as_hash().and_then(|p| p.get(&marked)) == Some(&Yaml::Boolean(true));
+            if !theirs.contains_key(name) && extension {
+                kept.remove(name);
+            }
+        }
+        ours.insert(properties, Yaml::Hash(kept));
+    }
+    *spec_map == ours
+}
+
 /// The repo's served copy (`server/openapi.yaml`) against the shared spec:
 /// every schema identical, and every path and operation of the spec present
 /// with the spec's fields (the copy adds responses, routes and extensions).
@@ -796,12 +823,13 @@ fn served_openapi_copy_matches_the_shared_spec() {
     let spec = &yaml_rust2::YamlLoader::load_from_str(&spec).unwrap()[0];
     let ours = &yaml_rust2::YamlLoader::load_from_str(include_str!("../openapi.yaml")).unwrap()[0];
     let mut problems = Vec::new();
-    // Schemas: identical, not merely covered.
+    // Schemas: identical, not merely covered (but for keygate's marked
+    // extension properties).
     let schemas = spec["components"]["schemas"].as_hash().unwrap();
     assert!(!schemas.is_empty());
     for (name, schema) in schemas {
         let name = name.as_str().unwrap();
-        if ours["components"]["schemas"][name] != *schema {
+        if !same_schema(schema, &ours["components"]["schemas"][name]) {
             problems.push(format!("components/schemas/{name}: differs from the spec"));
         }
     }
@@ -853,4 +881,21 @@ fn the_spec_comparison_catches_a_change() {
     assert!(problems[0].starts_with("/a/description"), "{problems:#?}");
     assert!(problems[1].starts_with("/a/x"), "{problems:#?}");
     assert_eq!(problems[2], "/a/r/200: missing");
+    // Schemas: an added property passes only when marked as keygate's; a
+    // changed or removed spec property never does.
+    let spec = load("type: object\nproperties:\n  id: {type: string}\n");
+    let marked = load(
+        "type: object\nproperties:\n  id: {type: string}\n  x: {x-keygate-extension: true}\n",
+    );
+    assert!(same_schema(&spec, &spec));
+    assert!(same_schema(&spec, &marked));
+    for differs in [
+        "type: object\nproperties:\n  id: {type: string}\n  x: {type: string}\n",
+        "type: object\nproperties:\n  id: {type: integer}\n",
+        "type: object\nproperties:\n  x: {x-keygate-extension: true}\n",
+        "type: object\nproperties:\n  id: {type: string, x-keygate-extension: true}\n",
+        "type: object\nrequired: [id]\nproperties:\n  id: {type: string}\n",
+    ] {
+        assert!(!same_schema(&spec, &load(differs)), "{differs}");
+    }
 }
