@@ -791,7 +791,8 @@ fn same_schema(schema: &yaml_rust2::Yaml, ours: &yaml_rust2::Yaml) -> bool {
         let marked = Yaml::String("x-keygate-extension".into());
         let mut kept = mine.clone();
         for (name, property) in mine {
-            let extension = property.as_hash().and_then(|p| p.get(&marked)) == Some(&Yaml::Boolean(true));
+            let extension =
+                property.as_hash().and_then(|p| p.get(&marked)) == Some(&Yaml::Boolean(true));
             if !theirs.contains_key(name) && extension {
                 kept.remove(name);
             }
@@ -884,9 +885,8 @@ fn the_spec_comparison_catches_a_change() {
     // Schemas: an added property passes only when marked as keygate's; a
     // changed or removed spec property never does.
     let spec = load("type: object\nproperties:\n  id: {type: string}\n");
-    let marked = load(
-        "type: object\nproperties:\n  id: {type: string}\n  x: {x-keygate-extension: true}\n",
-    );
+    let marked =
+        load("type: object\nproperties:\n  id: {type: string}\n  x: {x-keygate-extension: true}\n");
     assert!(same_schema(&spec, &spec));
     assert!(same_schema(&spec, &marked));
     for differs in [
