@@ -17,8 +17,8 @@ use keygate::{Credits, KeyId, KeyKind, MintRequest, Pepper, RateLimit, Refill, S
 use serde::Serialize;
 
 use crate::clock::now_ms as system_now_ms;
-use crate::http::keys::{CreditsView, KeyView};
 use crate::http::problem::quote;
+use crate::http::view::{CreditsView, KeyView};
 use crate::store::pepper;
 use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;

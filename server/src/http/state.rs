@@ -5,7 +5,7 @@ use std::sync::Arc;
 use keygate::tower::Authenticate;
 use keygate::{AuthError, MintPolicy, Principal};
 
-use crate::http::keys::{CreditsView, KeyView};
+use crate::http::view::{CreditsView, KeyView};
 use crate::store::{Store, StoredKey};
 use crate::sync::cache::KeyCache;
 use crate::sync::usage::Usage;

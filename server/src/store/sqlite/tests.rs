@@ -1074,36 +1074,6 @@ async fn limits_survive_a_reopen_and_a_corrupt_limit_fails_closed() {
         ("meter_since_ms = NULL", "meter id without its start"),
         ("meter_id = 'short'", "meter id"),
     ] {
-        let saved: Vec<(
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            Option<i64>,
-        )> = {
-            let conn = raw(&store);
-            let mut stmt = conn
-                .prepare(
-                    "SELECT rate_limit, rate_period_ms, credits_remaining,
-                            credits_refill_interval_ms, meter_id, meter_since_ms
-                     FROM keys WHERE id = ?1",
-                )
-                .unwrap();
-            let rows = stmt
-                .query_map(params![c.id().as_str()], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })
-                .unwrap();
-            rows.map(Result::unwrap).collect()
-        };
         raw(&store)
             .execute(
                 &format!("UPDATE keys SET {breakage} WHERE id = ?1"),
@@ -1121,20 +1091,22 @@ async fn limits_survive_a_reopen_and_a_corrupt_limit_fails_closed() {
         }
         let feed = store.changes_since(2, 1).await.unwrap();
         assert_eq!(feed, vec![Change::revoke(3, c.id())], "{breakage}");
-        let (rate, period, remaining, interval, meter, since) = saved[0].clone();
+        // Back as it was: the record's own columns.
+        let columns = super::super::LimitColumns::of(&c);
         raw(&store)
             .execute(
                 "UPDATE keys SET rate_limit = ?2, rate_period_ms = ?3, credits_remaining = ?4,
-                                 credits_refill_interval_ms = ?5, meter_id = ?6,
-                                 meter_since_ms = ?7 WHERE id = ?1",
+                                 credits_refill_amount = ?5, credits_refill_interval_ms = ?6,
+                                 meter_id = ?7, meter_since_ms = ?8 WHERE id = ?1",
                 params![
                     c.id().as_str(),
-                    rate,
-                    period,
-                    remaining,
-                    interval,
-                    meter,
-                    since
+                    columns.rate_limit,
+                    columns.rate_period_ms,
+                    columns.credits_remaining,
+                    columns.credits_refill_amount,
+                    columns.credits_refill_interval_ms,
+                    columns.meter_id,
+                    columns.meter_since_ms
                 ],
             )
             .unwrap();
