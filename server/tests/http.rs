@@ -729,6 +729,29 @@ fn openapi_document_is_served_and_parses() {
             assert!(!responses[status].is_badvalue(), "{path} {status}");
         }
     }
+    // keygate's limits: two routes and two properties, each marked as an
+    // extension.
+    let yes = yaml_rust2::Yaml::Boolean(true);
+    assert_eq!(
+        doc["paths"]["/v1/keys/{id}"]["patch"]["x-keygate-extension"],
+        yes
+    );
+    assert_eq!(
+        doc["paths"]["/v1/keys/{id}/credits"]["post"]["x-keygate-extension"],
+        yes
+    );
+    for schema in [
+        "ApiKeyCreateParameters",
+        "ApiKeyCreatedView",
+        "RestrictedKeyCreateParameters",
+        "RestrictedKeyCreatedView",
+        "KeyView",
+    ] {
+        for property in ["rate_limit", "credits"] {
+            let p = &doc["components"]["schemas"][schema]["properties"][property];
+            assert_eq!(p["x-keygate-extension"], yes, "{schema}.{property}");
+        }
+    }
     let authorize = &doc["paths"]["/v1/authorize"]["get"]["responses"];
     for status in ["204", "400", "401", "403"] {
         assert!(!authorize[status].is_badvalue(), "authorize {status}");
