@@ -45,6 +45,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use crate::keyring::Principal;
+use crate::limit::{Refusal, Verdict};
 use crate::route::{Decision, Rejection, RouteTable};
 use crate::scope::{Access, Resource};
 use crate::time::UnixMillis;
@@ -124,8 +125,18 @@ fn problem_with<B: From<String>>(
     status: StatusCode,
     detail: &dyn core::fmt::Display,
 ) -> Response<B> {
+    problem_of_type(status, "about:blank", detail)
+}
+
+/// [`problem_with`] with a `type` URI of its own.
+fn problem_of_type<B: From<String>>(
+    status: StatusCode,
+    kind: &'static str,
+    detail: &dyn core::fmt::Display,
+) -> Response<B> {
     /// The document, in RFC 9457's member order.
     struct Problem<'a> {
+        kind: &'static str,
         status: StatusCode,
         detail: &'a dyn core::fmt::Display,
     }
@@ -133,7 +144,7 @@ fn problem_with<B: From<String>>(
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             use serde::ser::SerializeStruct;
             let mut s = serializer.serialize_struct("Problem", 4)?;
-            s.serialize_field("type", "about:blank")?;
+            s.serialize_field("type", self.kind)?;
             s.serialize_field("title", self.status.canonical_reason().unwrap_or("Error"))?;
             s.serialize_field("status", &self.status.as_u16())?;
             s.serialize_field("detail", &Collected(self.detail))?;
@@ -148,13 +159,115 @@ fn problem_with<B: From<String>>(
         }
     }
     // Serializing strings and a number into a `Vec` cannot fail.
-    let body = serde_json::to_string(&Problem { status, detail }).unwrap_or_default();
+    let body = serde_json::to_string(&Problem {
+        kind,
+        status,
+        detail,
+    })
+    .unwrap_or_default();
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
+}
+
+/// The problem `type` of a 429 for a key over its rate limit.
+pub const RATE_LIMITED_TYPE: &str = "urn:keygate:problem:rate-limited";
+
+/// The problem `type` of a 429 for a key whose credits do not cover the request.
+pub const CREDITS_EXHAUSTED_TYPE: &str = "urn:keygate:problem:credits-exhausted";
+
+/// The field that carries a key's credit balance after the request.
+pub const CREDITS_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("keygate-credits-remaining");
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// Adds what a [`Verdict`] reports to an answer about a limited key: for a
+/// rate limit, `RateLimit-Policy: "rate";q=LIMIT;w=SECONDS` and `RateLimit:
+/// "rate";r=REMAINING;t=SECONDS` (draft-ietf-httpapi-ratelimit-headers-09;
+/// a period that is not whole seconds is stated per second, rounded down);
+/// for credits, `Keygate-Credits-Remaining`. An unlimited key gets none.
+///
+/// ```
+/// use core::time::Duration;
+/// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+/// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+/// let mut limiter = Limiter::new();
+/// let rate = RateLimit::new(100, Duration::from_secs(60))?;
+/// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+/// let verdict = limiter.check(&id, UnixMillis::EPOCH, 1);
+/// let mut headers = http::HeaderMap::new();
+/// keygate::tower::insert_limit_headers(&mut headers, &verdict);
+/// assert_eq!(headers["ratelimit-policy"], r#""rate";q=100;w=60"#);
+/// assert_eq!(headers["ratelimit"], r#""rate";r=99;t=1"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn insert_limit_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+    if let Some(rate) = verdict.rate() {
+        let period_ms = rate.period().as_millis();
+        let (quota, window) = if period_ms % 1_000 == 0 {
+            (u128::from(rate.limit()), period_ms / 1_000)
+        } else {
+            (u128::from(rate.limit()) * 1_000 / period_ms.max(1), 1)
+        };
+        let reset = rate.reset_after().as_millis().div_ceil(1_000);
+        if let Ok(v) = HeaderValue::try_from(std::format!("\"rate\";q={quota};w={window}")) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        let remaining = rate.remaining();
+        if let Ok(v) = HeaderValue::try_from(std::format!("\"rate\";r={remaining};t={reset}")) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+    if let Some(credits) = verdict.credits() {
+        headers.insert(CREDITS_REMAINING, HeaderValue::from(credits.remaining()));
+    }
+}
+
+impl Refusal {
+    /// The 429 answer: problem details of type [`RATE_LIMITED_TYPE`] or
+    /// [`CREDITS_EXHAUSTED_TYPE`], `Retry-After` in whole seconds (at least
+    /// 1) when a wait will help, and the [`insert_limit_headers`] fields.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+    /// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let mut limiter = Limiter::new();
+    /// let rate = RateLimit::new(1, Duration::from_millis(1_500))?;
+    /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+    /// limiter.check(&id, UnixMillis::EPOCH, 1);
+    /// let verdict = limiter.check(&id, UnixMillis::EPOCH, 1);
+    /// let response: http::Response<String> = verdict.result().unwrap_err().to_response(&verdict);
+    /// assert_eq!(response.status(), 429);
+    /// assert_eq!(response.headers()["retry-after"], "2");
+    /// assert!(response.body().contains("urn:keygate:problem:rate-limited"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn to_response<B: From<String>>(&self, verdict: &Verdict) -> Response<B> {
+        let kind = match self {
+            Refusal::CreditsExhausted { .. } => CREDITS_EXHAUSTED_TYPE,
+            _ => RATE_LIMITED_TYPE,
+        };
+        let mut response = problem_of_type(StatusCode::TOO_MANY_REQUESTS, kind, self);
+        let headers = response.headers_mut();
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_millis().div_ceil(1_000).max(1);
+            if let Ok(v) = HeaderValue::try_from(std::format!("{secs}")) {
+                headers.insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        insert_limit_headers(headers, verdict);
+        response.extensions_mut().insert(*self);
+        response
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is

@@ -243,7 +243,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    const UNLIMITED: Verdict = Verdict {
+    /// The verdict for a key with no limits: allowed, nothing to report.
+    ///
+    /// ```
+    /// assert!(keygate::Verdict::UNLIMITED.result().is_ok());
+    /// ```
+    pub const UNLIMITED: Verdict = Verdict {
         rate: None,
         credits: None,
     };

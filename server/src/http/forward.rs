@@ -24,10 +24,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Router};
 use keygate::route::MatchedBy;
-use keygate::tower::{bearer_token, problem, Authenticate};
+use keygate::tower::{bearer_token, problem};
 use keygate::Rejection;
 use keygate::RouteTable;
 use keygate::UnixMillis;
+
+use crate::http::state::AppState;
 
 /// The loaded table and the trusted header family, in the request
 /// extensions of every route.
@@ -198,7 +200,8 @@ fn fixed_scope_query(query: Option<&str>) -> bool {
 /// read, so a client cannot send `X-Original-URI` to a location that asks a
 /// fixed scope. Without a table, the fixed-scope query works behind any
 /// gateway.
-pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Option<Response> {
+pub fn forward_auth(state: &AppState, request: &Request) -> Option<Response> {
+    let auth = state;
     let headers = request.headers();
     let routes = request.extensions().get::<Routes>();
     if routes.is_some_and(|r| r.trusted == ForwardedHeaders::XOriginal)
@@ -225,7 +228,8 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
         ));
     };
     let token = bearer_token(headers);
-    let decided = match table.authorize_request(auth, token.ok(), method, uri, UnixMillis::now()) {
+    let now = UnixMillis::now();
+    let decided = match table.authorize_request(auth, token.ok(), method, uri, now) {
         Ok(ok) => Ok((ok.principal(), ok.route())),
         // A header that is there but not a bearer credential says so.
         Err(Rejection::MissingCredential) => {
@@ -243,9 +247,24 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
             rejection.to_response()
         }
         Ok((principal, route)) => {
+            // The key's limits, at the route's cost (a public route spends nothing).
+            let verdict = match &principal {
+                Some(p) => state
+                    .cache()
+                    .check_limits(&p.id(), now.as_millis(), route.cost()),
+                None => keygate::Verdict::UNLIMITED,
+            };
+            if let Err(refusal) = verdict.result() {
+                let mut response: Response = refusal.to_response(&verdict);
+                if let Some(p) = principal {
+                    response.extensions_mut().insert(p);
+                }
+                return Some(response);
+            }
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             let out = response.headers_mut();
+            keygate::tower::insert_limit_headers(out, &verdict);
             match principal {
                 Some(p) => {
                     if let Ok(id) = HeaderValue::from_str(p.id().as_str()) {
