@@ -143,7 +143,7 @@ fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
 /// the 204 carries the key id in a header, where the log reads it.
 pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Forward-auth (method and URI in headers, decided by `--routes`).
-    if let Some(response) = crate::http::forward::forward_auth(&*state, &request) {
+    if let Some(response) = crate::http::forward::forward_auth(&state, &request) {
         return response;
     }
     let now = keygate::UnixMillis::from_millis(system_now_ms());
