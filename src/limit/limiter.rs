@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 use hashbrown::HashMap;
 
 use crate::keyring::IdHasher;
-use crate::limit::credits::{CreditBalance, CreditCell, CreditDecision, Credits, Refill};
+use crate::limit::credits::{
+    add_clamped, CreditBalance, CreditDecision, CreditState, Credits, Refill, MAX_CREDITS,
+};
 use crate::limit::rate::{RateDecision, RateLimit, RateState};
 use crate::limit::{Meter, Refusal};
 use crate::time::UnixMillis;
@@ -40,7 +42,7 @@ struct Entry {
     rate: Option<(RateLimit, RateState)>,
     config: Option<Credits>,
     refill: Option<Refill>,
-    credits: Option<CreditCell>,
+    credits: Option<CreditState>,
 }
 
 impl Entry {
@@ -55,11 +57,16 @@ impl Entry {
                 _ => (r, RateState::new()),
             });
         let refill = limits.credits.and_then(|c| c.refill());
-        let credits = limits.credits.map(|c| match old {
-            Some(o) if o.config == Some(c) => {
-                CreditCell::new(o.credits.as_ref().map(CreditCell::load).unwrap_or_default())
-            }
-            _ => CreditCell::new(CreditBalance::new(c.remaining())),
+        let credits = limits.credits.map(|c| {
+            let balance = match old {
+                Some(o) if o.config == Some(c) => o
+                    .credits
+                    .as_ref()
+                    .map(CreditState::load)
+                    .unwrap_or_default(),
+                _ => CreditBalance::new(c.remaining()),
+            };
+            CreditState::new(balance, refill.as_ref())
         });
         Entry {
             since,
@@ -214,7 +221,7 @@ impl Limiter {
     pub fn add_credits(&self, id: &KeyId, delta: i64, now: UnixMillis) -> Option<u64> {
         let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.add(delta, e.refill.as_ref(), e.since, now))
+        Some(cell.update(e.refill.as_ref(), e.since, now, |r| add_clamped(r, delta)))
     }
 
     /// Sets the credits `id` is charged to, as of `now`; `None` if it has
@@ -222,7 +229,8 @@ impl Limiter {
     pub fn set_credits(&self, id: &KeyId, remaining: u64, now: UnixMillis) -> Option<u64> {
         let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.set(remaining, e.refill.as_ref(), e.since, now))
+        let remaining = remaining.min(MAX_CREDITS);
+        Some(cell.update(e.refill.as_ref(), e.since, now, |_| remaining))
     }
 
     /// The balance `id` is charged to, as of `now`, refilled; `None` if it
