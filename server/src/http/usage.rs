@@ -86,6 +86,13 @@ impl UsageParams {
     /// The range at `now_ms`, with the defaults filled in; an error if it
     /// runs backwards or spans more than [`MAX_BUCKETS`] buckets.
     pub fn resolve(&self, now_ms: i64) -> Result<UsageQuery, String> {
+        for (name, value) in [("from_ms", self.from_ms), ("to_ms", self.to_ms)] {
+            if let Some(v) = value.filter(|v| !(0..=MAX_USAGE_MS).contains(v)) {
+                return Err(format!(
+                    "`{name}` must be Unix milliseconds from 0 to {MAX_USAGE_MS}, not `{v}`"
+                ));
+            }
+        }
         let to_ms = self.to_ms.unwrap_or(now_ms.clamp(0, MAX_USAGE_MS));
         let from_ms = self
             .from_ms
@@ -241,6 +248,14 @@ mod tests {
             let e = UsageParams::parse(Some(bad)).unwrap_err();
             assert!(e.contains(&format!("`{names}`")), "{bad}: {e}");
         }
+        // Values made elsewhere (the CLI) are checked too.
+        let e = UsageParams {
+            to_ms: Some(MAX_USAGE_MS + 1),
+            ..UsageParams::default()
+        }
+        .resolve(now)
+        .unwrap_err();
+        assert!(e.starts_with("`to_ms` must be"), "{e}");
         // A token pasted as a value is quoted redacted.
         let token = format!("ak_{}_{}", "a".repeat(16), "S".repeat(43));
         let e = UsageParams::parse(Some(&format!("bucket={token}"))).unwrap_err();
