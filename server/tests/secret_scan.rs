@@ -119,6 +119,12 @@ const ROUTES: &[Route] = &[
         body: None,
     },
     Route {
+        method: "GET",
+        path: "/v1/keys/{}/usage",
+        query: &[("from_ms", "0"), ("to_ms", "1"), ("bucket", "minute")],
+        body: None,
+    },
+    Route {
         method: "DELETE",
         path: "/v1/keys/{}",
         query: &[],
