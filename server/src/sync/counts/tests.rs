@@ -144,7 +144,7 @@ fn concurrent_counts_sum_exactly() {
             while !done.load(Ordering::Relaxed) {
                 let batch = c.take(3 * MINUTE_MS);
                 round += 1;
-                if round % 3 == 0 {
+                if round.is_multiple_of(3) {
                     c.unflush(&batch);
                 } else {
                     taken.extend(batch);
