@@ -16,6 +16,11 @@
 //! thread that read the clock just before the minute turned) goes to the
 //! spill as well.
 //!
+//! A decision counts with one call: `state.counts().record(key_id, now_ms,
+//! Outcome::Allowed)` (`/v1/authorize` and forward-auth count `Allowed` and
+//! `Forbidden`; a 429 of the rate limits or credits counts `RateLimited` or
+//! `CreditsExhausted` the same way).
+//!
 //! # Flushes and readers
 //!
 //! The follower takes every count ([`Counts::take`]), writes the batch, and

@@ -271,3 +271,56 @@ proptest! {
         }
     }
 }
+
+/// What `record` costs, by hand (debug builds mean nothing here):
+/// `cargo test -p keygate-server --release --bin keygate record_cost -- --ignored --nocapture`.
+/// One thread on one key; two threads on one key (the same counter, the
+/// worst case for its cache line); two threads on 1 000 keys each.
+#[test]
+#[ignore = "a measurement, run by hand in release"]
+fn record_cost() {
+    use std::time::Instant;
+    const N: u64 = 20_000_000;
+    let minute = 29_000_000 * MINUTE_MS;
+    let run = |threads: usize, keys: u16| {
+        let c = Arc::new(Counts::default());
+        let start = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let c = Arc::clone(&c);
+                std::thread::spawn(move || {
+                    let ids: Vec<KeyId> = (0..keys)
+                        .map(|k| KeyId::parse(&format!("{t:0>8}{k:0>8}")).unwrap())
+                        .collect();
+                    for i in 0..N {
+                        let id = ids[(i % u64::from(keys)) as usize];
+                        c.record(std::hint::black_box(id), minute, Outcome::Allowed);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let ns = start.elapsed().as_nanos() as f64 / N as f64;
+        let total: u64 = c.take(minute).iter().map(|r| r.counts.allowed).sum();
+        assert_eq!(total, N * threads as u64);
+        ns
+    };
+    for _ in 0..2 {
+        println!("1 thread, 1 key:         {:.1} ns per record", run(1, 1));
+        println!("1 thread, 200 keys:      {:.1} ns per record", run(1, 200));
+        println!("2 threads, 200 keys each: {:.1} ns per record (per thread)", run(2, 200));
+    }
+    // The first count of each minute: the write-lock path.
+    let c = Counts::default();
+    let start = Instant::now();
+    const MINUTES: i64 = 1_000_000;
+    for m in 0..MINUTES {
+        c.record(id(1), m * MINUTE_MS, Outcome::Allowed);
+    }
+    println!(
+        "a new minute each time:   {:.1} ns per record (spills the slot two minutes back)",
+        start.elapsed().as_nanos() as f64 / MINUTES as f64
+    );
+}
