@@ -230,12 +230,25 @@ impl Hasher for IdHasher {
 
 /// The per-key, per-minute counts not yet written. See the module
 /// documentation.
-#[derive(Default)]
 pub struct Counts {
     keys: DashMap<KeyId, KeyCounts, BuildHasherDefault<IdHasher>>,
     /// Write half: a flush, from its take to the end of its write. Read
     /// half: a reader of the store and memory.
     flushing: tokio::sync::RwLock<()>,
+}
+
+/// How many shards the map has: as many as the keyring (`sync::cache`),
+/// so that threads counting different keys seldom share a shard's lock
+/// (dashmap's default, four per core, is 8 on two cores).
+const SHARDS: usize = 64;
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            keys: DashMap::with_hasher_and_shard_amount(BuildHasherDefault::default(), SHARDS),
+            flushing: tokio::sync::RwLock::new(()),
+        }
+    }
 }
 
 impl Counts {
