@@ -310,7 +310,10 @@ fn record_cost() {
     for _ in 0..2 {
         println!("1 thread, 1 key:         {:.1} ns per record", run(1, 1));
         println!("1 thread, 200 keys:      {:.1} ns per record", run(1, 200));
-        println!("2 threads, 200 keys each: {:.1} ns per record (per thread)", run(2, 200));
+        println!(
+            "2 threads, 200 keys each: {:.1} ns per record (per thread)",
+            run(2, 200)
+        );
     }
     // The first count of each minute: the write-lock path.
     let c = Counts::default();
