@@ -127,6 +127,49 @@ fn credits_are_spent_by_cost_and_refused_whole() {
 }
 
 #[test]
+fn refusals_are_counted_by_kind_in_the_keys_usage() {
+    let dir = TempDir::new("limits-usage");
+    let server = Server::start(&dir.db(), &[]);
+    let (id, token) = create(
+        &server,
+        "OBJECTS",
+        r#","rate_limit":{"limit":2,"period_ms":600000},"credits":{"remaining":1}"#,
+    );
+    assert_eq!(server.authorize(&token, "OBJECTS", "READ").status, 204);
+    too_many(
+        &server.authorize(&token, "OBJECTS", "READ"),
+        "credits-exhausted",
+    );
+    for _ in 0..3 {
+        too_many(&server.authorize(&token, "OBJECTS", "READ"), "rate-limited");
+    }
+    assert_eq!(server.authorize(&token, "AGENTS", "READ").status, 403);
+    let usage = server.authed(
+        "GET",
+        &format!("/v1/keys/{id}/usage?bucket=day"),
+        server.token(),
+        None,
+    );
+    assert_eq!(usage.status, 200, "{}", usage.text());
+    let buckets = usage.json()["buckets"].as_array().unwrap().clone();
+    let sum = |field: &str| {
+        buckets
+            .iter()
+            .map(|b| b[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (
+            sum("allowed"),
+            sum("forbidden"),
+            sum("rate_limited"),
+            sum("credits_exhausted")
+        ),
+        (1, 1, 3, 1)
+    );
+}
+
+#[test]
 fn a_rate_limited_request_spends_no_credits_and_a_refill_says_when() {
     let dir = TempDir::new("limits-both");
     let server = Server::start(&dir.db(), &[]);

@@ -13,6 +13,7 @@ use keygate::{Access, Resource};
 use crate::clock::now_ms as system_now_ms;
 use crate::http::problem::{bad_request, quote};
 use crate::http::state::AppState;
+use crate::sync::counts::Outcome;
 
 /// The header of the 204 of `/v1/authorize` that names the key (a static,
 /// so the hot path does not parse the name again).
@@ -137,7 +138,9 @@ fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
 }
 
 /// `GET /v1/authorize`: 204 with the key's id and kind when the presented
-/// key may act; 401, 400 (bad query) or 403 otherwise, in that order.
+/// key may act; 401, 400 (bad query) or 403 otherwise, in that order. A 204
+/// counts as allowed and a 403 as forbidden in the key's usage
+/// (`crate::sync::counts`); a 401 or 400 counts nothing.
 ///
 /// The hot path: it borrows the request (no header map or URI copy) and
 /// the 204 carries the key id in a header, where the log reads it.
@@ -146,7 +149,8 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
     if let Some(response) = crate::http::forward::forward_auth(&state, &request) {
         return response;
     }
-    let now = keygate::UnixMillis::from_millis(system_now_ms());
+    let now_ms = system_now_ms();
+    let now = keygate::UnixMillis::from_millis(now_ms);
     let principal = match keygate::tower::authenticate_headers(&*state, request.headers(), now) {
         Ok(p) => p,
         Err(rejection) => return rejection.to_response(),
@@ -160,13 +164,17 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         }
     };
     if let Err(e) = principal.require(resource, access) {
+        state
+            .counts()
+            .record(principal.id(), now_ms, Outcome::Forbidden);
         return Rejection::from(e).to_response();
     }
     // Authenticated (401) and in scope (403): now the rate limit, then the
     // credits (429).
-    let verdict = state
-        .cache()
-        .check_limits(&principal.id(), now.as_millis(), cost);
+    let verdict = state.cache().check_limits(&principal.id(), now_ms, cost);
+    state
+        .counts()
+        .record(principal.id(), now_ms, Outcome::of(&verdict));
     if let Err(refusal) = verdict.result() {
         let mut response: Response = refusal.to_response(&verdict);
         response.extensions_mut().insert(principal);

@@ -1,6 +1,7 @@
 //! The SQLite store's tests.
 
 use super::super::Store as _;
+use super::super::SCHEMA_VERSION;
 use super::*;
 use keygate::{ChangeOp, Keyring, MintRequest, Pepper};
 use rusqlite::params;
@@ -103,7 +104,7 @@ async fn create_get_count_reopen() {
     assert_eq!(snap.records.len(), 2);
     assert_eq!(
         meta_get(&raw(&again), "schema_version").unwrap().as_deref(),
-        Some("3")
+        Some(SCHEMA_VERSION.to_string().as_str())
     );
 }
 
@@ -820,7 +821,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
     let conn = raw(&store);
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("3")
+        Some(SCHEMA_VERSION.to_string().as_str())
     );
     let from: Option<String> = conn
         .query_row(
@@ -857,20 +858,23 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).unwrap());
     {
         let conn = Connection::open(&path).unwrap();
-        meta_set(&conn, "schema_version", "4").unwrap();
+        meta_set(&conn, "schema_version", &(SCHEMA_VERSION + 1).to_string()).unwrap();
     }
     let e = SqliteStore::open(&path).err().unwrap();
     let m = e.to_string();
     assert!(matches!(e, StoreError::Fatal(_)));
+    let newer = SCHEMA_VERSION + 1;
     assert!(
-        m.contains("schema version 4, newer than this keygate knows (3)"),
+        m.contains(&format!(
+            "schema version {newer}, newer than this keygate knows ({SCHEMA_VERSION})"
+        )),
         "{m}"
     );
     // Refused without a change.
     let conn = Connection::open(&path).unwrap();
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("4")
+        Some(newer.to_string().as_str())
     );
 }
 
@@ -906,7 +910,7 @@ async fn migrates_the_0_1_0_fixture_in_place() {
         let conn = raw(&store);
         assert_eq!(
             meta_get(&conn, "schema_version").unwrap().as_deref(),
-            Some("3")
+            Some(SCHEMA_VERSION.to_string().as_str())
         );
         assert!(!table_exists(&conn, "keys_v1").unwrap());
         assert!(!column_exists(&conn, "keys", "record").unwrap());
@@ -1016,4 +1020,35 @@ fn a_failed_migration_changes_nothing() {
         .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn usage_counts_add_up_and_retention_folds_them() {
+    let (_dir, store) = new_store();
+    super::super::usage_tests::usage_round_trip(&store).await;
+    let (_dir, store) = new_store();
+    super::super::usage_tests::retention(&store).await;
+}
+
+#[tokio::test]
+async fn a_version_3_database_gains_the_usage_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute_batch(MIGRATE_V3).unwrap();
+        meta_set(&conn, "schema_version", "3").unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = raw(&store);
+        assert_eq!(
+            meta_get(&conn, "schema_version").unwrap().as_deref(),
+            Some("4")
+        );
+        assert!(table_exists(&conn, "usage_minutes").unwrap());
+        assert!(table_exists(&conn, "usage_days").unwrap());
+    }
+    super::super::usage_tests::usage_round_trip(&store).await;
 }
