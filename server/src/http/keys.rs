@@ -143,6 +143,8 @@ pub async fn list(
 
 /// The id a route names and the scope the caller may act in, once the id
 /// parses (400) and the store has checked the caller ([`refuse_caller`]).
+/// What the routes of `/v1/keys/{id}` share (`GET`, `DELETE`, `PATCH`,
+/// its credits and its usage).
 pub(crate) async fn target(
     state: &AppState,
     caller: &Principal,

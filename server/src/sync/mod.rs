@@ -1,8 +1,10 @@
 //! Keeping this instance in step with the store: the in-memory keyring
 //! (`cache`), the follower that applies the change log to it (`follow`),
-//! and the last-use tracker it flushes (`usage`).
+//! and what it flushes: the last-use tracker (`usage`) and the per-key
+//! usage counts (`counts`).
 
 pub mod cache;
+pub mod counts;
 pub mod follow;
 pub mod usage;
 
@@ -14,14 +16,17 @@ use keygate::{AuthError, Principal};
 
 use crate::store::Store;
 use crate::sync::cache::KeyCache;
+use crate::sync::counts::Counts;
 use crate::sync::usage::Usage;
 
 /// The keys this instance serves: the keyring, the store it follows, the
-/// last uses not yet written, and whether the store answered last time.
+/// last uses and usage counts not yet written, and whether the store
+/// answered last time.
 pub struct Keys {
     cache: KeyCache,
     store: Arc<dyn Store>,
     usage: Usage,
+    counts: Counts,
     /// Whether the store answered the follower's last read.
     ready: AtomicBool,
 }
@@ -33,6 +38,7 @@ impl Keys {
             cache,
             store,
             usage: Usage::default(),
+            counts: Counts::default(),
             ready: AtomicBool::new(true),
         }
     }
@@ -50,6 +56,11 @@ impl Keys {
     /// The last-use tracker.
     pub fn usage(&self) -> &Usage {
         &self.usage
+    }
+
+    /// The per-key usage counts.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Whether the store answered last time.

@@ -822,55 +822,169 @@ fn limits_live_on_the_meter() {
     });
 }
 
-/// A database at version 3 (before per-key limits) gains the columns, the
-/// meter index, `credit_balances` and the new action, keeps its rows, and
-/// runs the step once.
 #[test]
-fn a_version_3_database_gains_the_limit_columns() {
+fn usage_counts_add_up_and_retention_folds_them() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        // Retention first: it prunes every key's old rows.
+        super::super::usage_tests::retention(&store).await;
+        super::super::usage_tests::usage_round_trip(&store).await;
+    });
+}
+
+/// Several instances flush the same rows and prune at once: every count is
+/// added once, and no minute is folded twice (or lost).
+#[test]
+fn instances_flushing_and_pruning_at_once_keep_every_count() {
+    use super::super::usage_tests::n;
+    use super::super::{Bucket, UsageQuery, UsageRow, DAY_MS, MINUTE_MS};
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let url = pg.url();
+        let mut stores = Vec::new();
+        for _ in 0..3 {
+            stores.push(Arc::new(PgStore::connect(&url).await.unwrap()));
+        }
+        let keys: Vec<KeyRecord> = (0..4).map(|i| standard(&format!("k{i}"))).collect();
+        for k in &keys {
+            stores[0].create(k, None, 1).await.unwrap();
+        }
+        let now = 500 * DAY_MS;
+        // Each store flushes 40 batches of every key over 120 old minutes
+        // and 5 recent ones, in its own order.
+        let mut flushes = Vec::new();
+        for (s, store) in stores.iter().enumerate() {
+            let (store, keys) = (Arc::clone(store), keys.clone());
+            flushes.push(tokio::spawn(async move {
+                for round in 0..40i64 {
+                    let mut batch = Vec::new();
+                    for (i, k) in keys.iter().enumerate() {
+                        let old = (round * 3 + i as i64 + s as i64) % 120;
+                        batch.push(UsageRow {
+                            key_id: k.id(),
+                            minute_ms: 400 * DAY_MS + old * MINUTE_MS,
+                            counts: n(1, 0, 0, 0),
+                        });
+                        batch.push(UsageRow {
+                            key_id: k.id(),
+                            minute_ms: now - (round % 5) * MINUTE_MS,
+                            counts: n(0, 1, 0, 0),
+                        });
+                    }
+                    if s % 2 == 1 {
+                        batch.reverse();
+                    }
+                    store.record_usage(&batch).await.unwrap();
+                    store.prune_usage(now, 7).await.unwrap();
+                }
+            }));
+        }
+        for f in flushes {
+            f.await.unwrap();
+        }
+        while stores[1].prune_usage(now, 50).await.unwrap().folded > 0 {}
+        assert_eq!(
+            pg.psql("SELECT count(*) FROM usage_minutes WHERE minute_ms < 470::bigint * 86400000"),
+            "0"
+        );
+        for k in &keys {
+            let usage = stores[2]
+                .usage(
+                    k.id(),
+                    Scope::All,
+                    UsageQuery {
+                        bucket: Bucket::Day,
+                        from_ms: 0,
+                        to_ms: now,
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            let mut total = super::super::UsageCounts::default();
+            for b in &usage.buckets {
+                total.add(&b.counts);
+            }
+            assert_eq!(total, n(120, 120, 0, 0), "{}", k.id());
+        }
+    });
+}
+
+#[test]
+fn a_version_3_database_gains_the_usage_tables() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        drop(PgStore::connect(&pg.url()).await.unwrap());
+    });
+    // Back to version 3, as a 0.2 binary left it.
+    pg.psql(
+        "DROP TABLE usage_minutes; DROP TABLE usage_days; \
+         DELETE FROM schema_migrations WHERE version >= 4; UPDATE meta SET schema_version = 3",
+    );
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        super::super::usage_tests::usage_round_trip(&store).await;
+    });
+    assert_eq!(pg.psql("SELECT schema_version FROM meta"), "5");
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
+        "2,3,4,5"
+    );
+}
+
+/// Builds, with the raw migrations, a database at schema `version` (3 or
+/// 4: before per-key limits) holding the key `a` and its `created` event.
+async fn database_at(url: &str, version: i64, a: &KeyRecord) {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
+        client.batch_execute(sql).await.unwrap();
+        client
+            .execute("INSERT INTO schema_migrations VALUES ($1, 0, 'test')", &[v])
+            .await
+            .unwrap();
+    }
+    client
+        .execute("UPDATE meta SET schema_version = $1", &[&version])
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &a.id().as_str(),
+                &a.kind().as_str(),
+                &a.name(),
+                &a.secret_hash().as_bytes().as_slice(),
+                &i64::from(a.scopes().bits()),
+                &a.created_at().as_millis(),
+            ],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO changes VALUES (1, 1, 'created', '{}', NULL, NULL); \
+             UPDATE change_seq SET seq = 1;",
+            a.id()
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
+
+/// A database at `version` (3 or 4) upgrades step by step to 5: the usage
+/// tables (4), then the limit columns, the meter index, `credit_balances`
+/// and the `limits_changed` action (5); it keeps its rows, and each step
+/// runs once.
+fn upgrades_to_version_5_from(version: i64) {
     let pg = TestPg::start();
     let a = standard("old");
     runtime().block_on(async {
-        let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
-        let driver = tokio::spawn(connection);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 3) {
-            client.batch_execute(sql).await.unwrap();
-            client
-                .execute(
-                    "INSERT INTO schema_migrations VALUES ($1, 0, 'test')",
-                    &[version],
-                )
-                .await
-                .unwrap();
-        }
-        client
-            .batch_execute("UPDATE meta SET schema_version = 3")
-            .await
-            .unwrap();
-        client
-            .execute(
-                "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &a.id().as_str(),
-                    &a.kind().as_str(),
-                    &a.name(),
-                    &a.secret_hash().as_bytes().as_slice(),
-                    &i64::from(a.scopes().bits()),
-                    &a.created_at().as_millis(),
-                ],
-            )
-            .await
-            .unwrap();
-        client
-            .batch_execute(&format!(
-                "INSERT INTO changes VALUES (1, 1, 'created', '{}', NULL, NULL); \
-                 UPDATE change_seq SET seq = 1;",
-                a.id()
-            ))
-            .await
-            .unwrap();
-        drop(client);
-        driver.await.unwrap().unwrap();
+        database_at(&pg.url(), version, &a).await;
 
         let store = PgStore::connect(&pg.url()).await.unwrap();
         assert_eq!(store.migrate().await.unwrap(), Vec::<i64>::new());
@@ -890,11 +1004,13 @@ fn a_version_3_database_gains_the_limit_columns() {
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].0, 2);
         assert_eq!(changed[0].1.limits().rate, Some(five));
+        // The usage tables work as well.
+        super::super::usage_tests::usage_round_trip(&store).await;
     });
     assert_eq!(pg.psql("SELECT schema_version FROM meta"), "5");
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
-        "2,3,5"
+        "2,3,4,5"
     );
     assert_eq!(
         pg.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'keys_meter'"),
@@ -905,10 +1021,34 @@ fn a_version_3_database_gains_the_limit_columns() {
         "t"
     );
     assert_eq!(
-        pg.psql("SELECT action FROM changes ORDER BY seq DESC LIMIT 1"),
+        pg.psql(
+            "SELECT to_regclass('usage_minutes') IS NOT NULL AND to_regclass('usage_days') IS NOT NULL"
+        ),
+        "t"
+    );
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT action FROM changes WHERE key_id = '{}' ORDER BY seq DESC LIMIT 1",
+            a.id()
+        )),
         "limits_changed"
     );
+    // The CHECK on the action takes the new one.
+    assert!(pg
+        .psql("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'changes_action_check'")
+        .contains("limits_changed"));
     // The step stands alone: run again, it changes nothing.
+    let before = pg.psql("SELECT count(*) FROM changes");
     pg.psql(MIGRATE_V5);
-    assert_eq!(pg.psql("SELECT count(*) FROM changes"), "2");
+    assert_eq!(pg.psql("SELECT count(*) FROM changes"), before);
+}
+
+#[test]
+fn a_version_3_database_upgrades_through_4_and_5() {
+    upgrades_to_version_5_from(3);
+}
+
+#[test]
+fn a_version_4_database_gains_the_limit_columns() {
+    upgrades_to_version_5_from(4);
 }

@@ -19,6 +19,11 @@
 //!   SQLite serializes writers, so sequence numbers grow with commit order
 //!   and are never reused.
 //! * `meta`: `schema_version` and `pepper_fingerprint` (hex).
+//! * `usage_minutes(key_id, minute_ms, allowed, forbidden, rate_limited,
+//!   credits_exhausted)` and `usage_days(key_id, day_ms, ...)` (version 4):
+//!   request counts per key and minute, added to by the follower's flushes;
+//!   retention folds minutes older than 30 days into days and deletes days
+//!   older than two years (`usage.rs`).
 //!
 //! Durability: every connection must be in WAL mode with `synchronous`
 //! FULL or EXTRA, checked when it opens (it fails to open otherwise), so a
@@ -48,7 +53,8 @@ use keygate::{Change, KeyId, KeyRecord, Meter, UnixMillis};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{
-    Action, Event, KeyPage, LimitsChange, Scope, SetOrAdd, Snapshot, StoreError, StoredKey,
+    Action, Event, KeyPage, KeyUsage, LimitsChange, Pruned, Scope, SetOrAdd, Snapshot, StoreError,
+    StoredKey, UsageQuery, UsageRow,
 };
 
 mod queries;
@@ -61,6 +67,7 @@ mod schema;
     clippy::panic
 )]
 mod tests;
+mod usage;
 
 use queries::*;
 use schema::*;
@@ -323,6 +330,30 @@ impl super::Store for SqliteStore {
         }
         let batch = batch.to_vec();
         self.write(move |conn, _| write_last_used(conn, &batch))
+            .await
+    }
+
+    async fn record_usage(&self, batch: &[UsageRow]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        self.write(move |conn, _| usage::write_usage(conn, &batch))
+            .await
+    }
+
+    async fn usage(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        query: UsageQuery,
+    ) -> Result<Option<KeyUsage>, StoreError> {
+        self.read(move |conn| usage::read_usage(conn, id, scope, query))
+            .await
+    }
+
+    async fn prune_usage(&self, now_ms: i64, limit: usize) -> Result<Pruned, StoreError> {
+        self.write(move |conn, _| usage::prune(conn, now_ms, limit))
             .await
     }
 

@@ -54,6 +54,31 @@ UPDATE keys SET rolled_from = (
 );
 ";
 
+/// Version 3 to 4: per-key usage counts, per minute and (after retention
+/// folds the minutes older than 30 days) per day.
+pub(super) const MIGRATE_V4: &str = "
+CREATE TABLE usage_minutes (
+    key_id            TEXT NOT NULL,
+    minute_ms         INTEGER NOT NULL,
+    allowed           INTEGER NOT NULL DEFAULT 0,
+    forbidden         INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    credits_exhausted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, minute_ms)
+) WITHOUT ROWID;
+CREATE INDEX usage_minutes_minute_ms ON usage_minutes (minute_ms);
+CREATE TABLE usage_days (
+    key_id            TEXT NOT NULL,
+    day_ms            INTEGER NOT NULL,
+    allowed           INTEGER NOT NULL DEFAULT 0,
+    forbidden         INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    credits_exhausted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day_ms)
+) WITHOUT ROWID;
+CREATE INDEX usage_days_day_ms ON usage_days (day_ms);
+";
+
 /// Version 5's columns of `keys`: a key's rate limit, its credits (the
 /// configured grant and refill) and the meter it is charged to (NULL for its
 /// own), each NULL where the key has none.
@@ -249,7 +274,7 @@ pub(super) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), 
 
 /// Brings the database to [`SCHEMA_VERSION`], in one immediate
 /// transaction: creates a new one, migrates a 0.1.0 or an older one step by
-/// step, refuses a newer one.
+/// step (2 to 3, 3 to 4, 4 to 5), refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -277,12 +302,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
             )));
         }
         if version < SCHEMA_VERSION {
-            if version < 3 {
-                tx.execute_batch(MIGRATE_V3).map_err(sql)?;
-            }
-            if version < 5 {
-                migrate_v5(&tx, path)?;
-            }
+            upgrade(&tx, version, path)?;
             meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
             tx.commit().map_err(sql)?;
         }
@@ -298,10 +318,24 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
     } else {
         tx.execute_batch(SCHEMA_V2).map_err(sql)?;
     }
-    tx.execute_batch(MIGRATE_V3).map_err(sql)?;
-    migrate_v5(&tx, path)?;
+    upgrade(&tx, 2, path)?;
     meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
     tx.commit().map_err(sql)
+}
+
+/// The migration steps from schema `version` (at least 2) to
+/// [`SCHEMA_VERSION`], each in turn, inside the caller's transaction.
+fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64, path: &str) -> Result<(), StoreError> {
+    if version < 3 {
+        tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+    }
+    if version < 4 {
+        tx.execute_batch(MIGRATE_V4).map_err(sql)?;
+    }
+    if version < 5 {
+        migrate_v5(tx, path)?;
+    }
+    Ok(())
 }
 
 /// Moves the 0.1.0 JSON records into the version-2 tables; each gets a

@@ -1,6 +1,7 @@
 //! The SQLite store's tests.
 
 use super::super::Store as _;
+use super::super::SCHEMA_VERSION;
 use super::*;
 use keygate::{ChangeOp, Keyring, MintRequest, Pepper};
 use rusqlite::params;
@@ -103,7 +104,7 @@ async fn create_get_count_reopen() {
     assert_eq!(snap.records.len(), 2);
     assert_eq!(
         meta_get(&raw(&again), "schema_version").unwrap().as_deref(),
-        Some("5")
+        Some(SCHEMA_VERSION.to_string().as_str())
     );
 }
 
@@ -820,7 +821,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
     let conn = raw(&store);
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("5")
+        Some(SCHEMA_VERSION.to_string().as_str())
     );
     let from: Option<String> = conn
         .query_row(
@@ -857,20 +858,23 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).unwrap());
     {
         let conn = Connection::open(&path).unwrap();
-        meta_set(&conn, "schema_version", "6").unwrap();
+        meta_set(&conn, "schema_version", &(SCHEMA_VERSION + 1).to_string()).unwrap();
     }
     let e = SqliteStore::open(&path).err().unwrap();
     let m = e.to_string();
     assert!(matches!(e, StoreError::Fatal(_)));
+    let newer = SCHEMA_VERSION + 1;
     assert!(
-        m.contains("schema version 6, newer than this keygate knows (5)"),
+        m.contains(&format!(
+            "schema version {newer}, newer than this keygate knows ({SCHEMA_VERSION})"
+        )),
         "{m}"
     );
     // Refused without a change.
     let conn = Connection::open(&path).unwrap();
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("6")
+        Some(newer.to_string().as_str())
     );
 }
 
@@ -906,7 +910,7 @@ async fn migrates_the_0_1_0_fixture_in_place() {
         let conn = raw(&store);
         assert_eq!(
             meta_get(&conn, "schema_version").unwrap().as_deref(),
-            Some("5")
+            Some(SCHEMA_VERSION.to_string().as_str())
         );
         assert!(!table_exists(&conn, "keys_v1").unwrap());
         assert!(!column_exists(&conn, "keys", "record").unwrap());
@@ -1118,15 +1122,39 @@ async fn limits_survive_a_reopen_and_a_corrupt_limit_fails_closed() {
 }
 
 #[tokio::test]
-async fn a_version_3_database_gains_the_limit_columns() {
+async fn usage_counts_add_up_and_retention_folds_them() {
+    let (_dir, store) = new_store();
+    super::super::usage_tests::usage_round_trip(&store).await;
+    let (_dir, store) = new_store();
+    super::super::usage_tests::retention(&store).await;
+}
+
+#[tokio::test]
+async fn a_version_3_database_upgrades_through_4_and_5() {
+    upgrades_to_version_5_from(3).await;
+}
+
+#[tokio::test]
+async fn a_version_4_database_gains_the_limit_columns() {
+    upgrades_to_version_5_from(4).await;
+}
+
+/// A database at `version` (3, or 4: main's usage counts) upgrades step by
+/// step to 5: the usage tables (4), then the limit columns, the meter
+/// index, `credit_balances` and the `limits_changed` action (5). It keeps
+/// its rows and the log's counter, and each step runs once.
+async fn upgrades_to_version_5_from(version: i64) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v3.db");
+    let path = dir.path().join(format!("v{version}.db"));
     let (a, b) = (record(None, 1), record(None, 2));
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(SCHEMA_V2).unwrap();
         conn.execute_batch(MIGRATE_V3).unwrap();
-        meta_set(&conn, "schema_version", "3").unwrap();
+        if version >= 4 {
+            conn.execute_batch(MIGRATE_V4).unwrap();
+        }
+        meta_set(&conn, "schema_version", &version.to_string()).unwrap();
         for r in [&a, &b] {
             insert_v2_key(&conn, r).unwrap();
             append(
@@ -1154,6 +1182,20 @@ async fn a_version_3_database_gains_the_limit_columns() {
             assert!(column_exists(&conn, "keys", column).unwrap(), "{column}");
         }
         assert!(table_exists(&conn, "credit_balances").unwrap());
+        assert!(table_exists(&conn, "usage_minutes").unwrap());
+        assert!(table_exists(&conn, "usage_days").unwrap());
+        // The log's CHECK takes the new action (and still the old ones).
+        let changes: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'changes'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            changes.contains("'created', 'revoked', 'rolled', 'limits_changed')"),
+            "{changes}"
+        );
         let indexes: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
             .unwrap()
@@ -1166,6 +1208,8 @@ async fn a_version_3_database_gains_the_limit_columns() {
             "changes_key_id",
             "keys_creator_id",
             "keys_rolled_from",
+            "usage_minutes_minute_ms",
+            "usage_days_day_ms",
         ] {
             assert!(indexes.iter().any(|i| i == index), "{index}: {indexes:?}");
         }
@@ -1207,10 +1251,14 @@ async fn a_version_3_database_gains_the_limit_columns() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.events(0, 10, Scope::All).await.unwrap().0.len(), 4);
     // And it is idempotent: run again on a migrated database, it is a no-op.
-    let conn = raw(&store);
-    migrate_v5(&conn, "again").unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 4);
+    {
+        let conn = raw(&store);
+        migrate_v5(&conn, "again").unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+    // The usage tables work as well.
+    super::super::usage_tests::usage_round_trip(&store).await;
 }
