@@ -139,6 +139,64 @@ fn nginx_auth_request_end_to_end() {
     // Client-sent forward-auth headers change no decision.
     check_forged_forwarded_headers(addr, &keygate, &dir.db());
 
+    // A key's limits: nginx passes only 2xx, 401 and 403 on from
+    // auth_request, so keygate answers its 429 as a 403 that names it, and
+    // the shipped config answers the client's 429 from its fields, without
+    // asking again (which would spend again).
+    let body = r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_DEVBOXES","access_level":"ACCESS_LEVEL_READ"}],"credits":{"remaining":1},"rate_limit":{"limit":100,"period_ms":60000}}"#;
+    let created = keygate.authed("POST", "/v1/restricted_keys", keygate.token(), Some(body));
+    assert_eq!(created.status, 200, "{}", created.text());
+    let limited = format!("Bearer {}", created.json()["key_secret"].as_str().unwrap());
+    let r = request(
+        addr,
+        "GET",
+        "/v1/devboxes/dbx_42",
+        &[("Authorization", &limited)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..2 {
+        let r = request(
+            addr,
+            "GET",
+            "/v1/devboxes/dbx_42",
+            &[("Authorization", &limited)],
+            None,
+        );
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let v = r.json();
+        assert_eq!(v["type"], "urn:keygate:problem:credits-exhausted");
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["detail"], "credits exhausted");
+        assert_eq!(r.header("retry-after"), None);
+        assert_eq!(r.header("keygate-credits-remaining"), Some("0"));
+        assert!(r.header("ratelimit").unwrap().starts_with(r#""rate";r="#));
+    }
+    // A client cannot ask for anything but a refusal's status: the header
+    // on a direct request only turns a 429 into a 403.
+    let direct = keygate.req(
+        "GET",
+        "/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
+        &[
+            ("Authorization", &limited),
+            ("X-Keygate-Refusal-Status", "200"),
+        ],
+        None,
+    );
+    assert_eq!(direct.status, 429);
+    let direct = keygate.req(
+        "GET",
+        "/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
+        &[
+            ("Authorization", &limited),
+            ("X-Keygate-Refusal-Status", "403"),
+        ],
+        None,
+    );
+    assert_eq!(direct.status, 403);
+    assert_eq!(direct.header("x-keygate-status"), Some("429"));
+
     // The fixed-scope form still works next to the table.
     let r = keygate.authorize(keygate.token(), "DEVBOXES", "WRITE");
     assert_eq!(r.status, 204, "{}", r.text());
@@ -205,4 +263,18 @@ fn nginx_fixed_scope_config() {
         let detail = assert_keygate_refusal(&r, 401, r#"Bearer error="invalid_token""#);
         assert!(detail.contains("Authorization"), "{extra:?}: {detail}");
     }
+    // A limit refusal reaches the client as a 429 (not nginx's 500).
+    let body = r#"{"scopes":[{"resource_type":"RESOURCE_TYPE_DEVBOXES","access_level":"ACCESS_LEVEL_WRITE"}],"credits":{"remaining":0}}"#;
+    let created = keygate.authed("POST", "/v1/restricted_keys", keygate.token(), Some(body));
+    assert_eq!(created.status, 200, "{}", created.text());
+    let spent = format!("Bearer {}", created.json()["key_secret"].as_str().unwrap());
+    let r = request(
+        addr,
+        "GET",
+        "/devboxes/x",
+        &[("Authorization", &spent)],
+        None,
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["type"], "urn:keygate:problem:credits-exhausted");
 }

@@ -11,7 +11,7 @@ use keygate::Rejection;
 use keygate::{Access, Resource};
 
 use crate::clock::now_ms as system_now_ms;
-use crate::http::problem::{bad_request, quote};
+use crate::http::problem::{bad_request, limit_refusal, quote};
 use crate::http::state::AppState;
 use crate::sync::counts::Outcome;
 
@@ -176,9 +176,7 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         .counts()
         .record(principal.id(), now_ms, Outcome::of(&verdict));
     if let Err(refusal) = verdict.result() {
-        let mut response: Response = refusal.to_response(&verdict);
-        response.extensions_mut().insert(principal);
-        return response;
+        return limit_refusal(refusal, &verdict, request.headers(), principal);
     }
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;

@@ -265,11 +265,11 @@ pub fn forward_auth(state: &AppState, request: &Request) -> Option<Response> {
                 counts.record(p.id(), now_ms, Outcome::of(&verdict));
             }
             if let Err(refusal) = verdict.result() {
-                let mut response: Response = refusal.to_response(&verdict);
                 if let Some(p) = principal {
-                    response.extensions_mut().insert(p);
+                    return Some(crate::http::problem::limit_refusal(
+                        refusal, &verdict, headers, p,
+                    ));
                 }
-                return Some(response);
             }
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;

@@ -96,3 +96,52 @@ pub(crate) fn with_caller(mut response: Response, caller: Principal) -> Response
     response.extensions_mut().insert(caller);
     response
 }
+
+/// The request header by which a gateway that can only pass 2xx, 401 and
+/// 403 on from a subrequest (nginx's `auth_request`) asks for limit
+/// refusals as 403: `X-Keygate-Refusal-Status: 403`.
+pub(crate) static REFUSAL_STATUS: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-keygate-refusal-status");
+
+/// On such a 403, the status the client should get (`429`).
+static KEYGATE_STATUS: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-keygate-status");
+
+/// On such a 403, the problem type, and the detail, for the gateway to
+/// build the client's 429 from.
+static KEYGATE_PROBLEM: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-keygate-problem");
+static KEYGATE_DETAIL: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-keygate-detail");
+
+/// The answer to a request the key's limits refused: 429, or (when the
+/// gateway asked with [`REFUSAL_STATUS`]) the same document and fields as a
+/// 403 that names the 429 in `X-Keygate-Status`, its type in
+/// `X-Keygate-Problem` and its detail in `X-Keygate-Detail`. Asking for 403
+/// only changes the status of a refusal: it can never let a request through.
+pub(crate) fn limit_refusal(
+    refusal: keygate::Refusal,
+    verdict: &keygate::Verdict,
+    request: &axum::http::HeaderMap,
+    caller: Principal,
+) -> Response {
+    let mut response: Response = refusal.to_response(verdict);
+    if request
+        .get(&REFUSAL_STATUS)
+        .is_some_and(|v| v.as_bytes() == b"403")
+    {
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        let kind = match refusal {
+            keygate::Refusal::CreditsExhausted { .. } => keygate::tower::CREDITS_EXHAUSTED_TYPE,
+            _ => keygate::tower::RATE_LIMITED_TYPE,
+        };
+        let headers = response.headers_mut();
+        headers.insert(&KEYGATE_STATUS, HeaderValue::from_static("429"));
+        headers.insert(&KEYGATE_PROBLEM, HeaderValue::from_static(kind));
+        if let Ok(detail) = HeaderValue::try_from(refusal.to_string()) {
+            headers.insert(&KEYGATE_DETAIL, detail);
+        }
+    }
+    response.extensions_mut().insert(caller);
+    response
+}
