@@ -253,3 +253,83 @@ fn forward_auth_spends_the_routes_cost() {
     // A public route is no key's request: it spends nothing.
     assert_eq!(forward("GET", "/healthz").status, 204);
 }
+
+/// Review findings: a roll, a restart, and the follower racing the create
+/// handler must never hand a key a fresh balance or drop its limits.
+mod review {
+    use super::*;
+
+    #[test]
+    fn a_roll_keeps_the_meter_for_both_keys() {
+        let dir = TempDir::new("limits-roll");
+        let server = Server::start(&dir.db(), &[]);
+        let (id, token) = create(
+            &server,
+            "OBJECTS",
+            r#","rate_limit":{"limit":2,"period_ms":60000},"credits":{"remaining":3}"#,
+        );
+        assert_eq!(server.authorize(&token, "OBJECTS", "READ").status, 204);
+        assert_eq!(server.authorize(&token, "OBJECTS", "READ").status, 204);
+        too_many(&server.authorize(&token, "OBJECTS", "READ"), "rate-limited");
+        let rolled = server.authed(
+            "POST",
+            &format!("/v1/keys/{id}/roll"),
+            server.token(),
+            Some(r#"{"overlap_ms":600000}"#),
+        );
+        assert_eq!(rolled.status, 200, "{}", rolled.text());
+        let v = rolled.json();
+        assert_eq!(v["rate_limit"]["limit"], 2, "{v}");
+        let successor = v["key_secret"].as_str().unwrap().to_owned();
+        // Both keys are still over the shared rate limit.
+        for t in [&token, &successor] {
+            too_many(&server.authorize(t, "OBJECTS", "READ"), "rate-limited");
+        }
+    }
+
+    #[test]
+    fn a_key_made_spent_is_refused_from_its_first_request() {
+        let dir = TempDir::new("limits-race");
+        let server = Server::start(&dir.db(), &["--poll-ms", "10"]);
+        for _ in 0..100 {
+            let (_, token) = create(&server, "OBJECTS", r#","credits":{"remaining":0}"#);
+            too_many(
+                &server.authorize(&token, "OBJECTS", "READ"),
+                "credits-exhausted",
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_grants_no_fresh_credits() {
+        let dir = TempDir::new("limits-restart");
+        let mut server = Server::start(&dir.db(), &[]);
+        let (_, token) = create(&server, "OBJECTS", r#","credits":{"remaining":2}"#);
+        assert_eq!(server.authorize(&token, "OBJECTS", "READ").status, 204);
+        assert_eq!(server.authorize(&token, "OBJECTS", "READ").status, 204);
+        too_many(
+            &server.authorize(&token, "OBJECTS", "READ"),
+            "credits-exhausted",
+        );
+        server.sigterm();
+        server.wait_exit(std::time::Duration::from_secs(10));
+        let server = Server::start(&dir.db(), &[]);
+        // Known again (not 401) once the snapshot is in; never allowed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let r = server.authorize(&token, "OBJECTS", "READ");
+            if r.status != 401 {
+                too_many(&r, "credits-exhausted");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for _ in 0..3 {
+            too_many(
+                &server.authorize(&token, "OBJECTS", "READ"),
+                "credits-exhausted",
+            );
+        }
+    }
+}
