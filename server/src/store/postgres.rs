@@ -30,6 +30,18 @@
 //! * `change_seq(seq)`: one row, the last sequence number handed out (see
 //!   below), and `schema_migrations(version, applied_at_ms, applied_by)`: one
 //!   row per migration this database has run.
+//! * `rate_instances(instance_id, updated_at_ms)` and
+//!   `rate_demand(meter_id, instance_id, demand, updated_at_ms)`: each
+//!   running instance's heartbeat and its demand per rate-limited meter
+//!   ([`Store::exchange_demand`]), by which instances split each key's rate
+//!   limit. Soft state, seconds old: `UNLOGGED` (no WAL, emptied by a crash
+//!   of PostgreSQL, not on standbys), outside the numbered migrations
+//!   (created where missing at every start, under the migration lock).
+//!
+//! Until the per-key limits have their numbered migration, the rate-limit
+//! columns of `keys` (`rate_limit`, `rate_period_ms`, `meter_id`,
+//! `meter_since_ms`, as that migration names them) are added the same way,
+//! where missing ([`ENSURE_RATE_COLUMNS`]).
 //!
 //! Migrations run in [`PgStore::connect`], in one transaction that first
 //! takes a transaction-level advisory lock: instances that start together
@@ -84,7 +96,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
 use super::{
-    Action, Event, KeyPage, Scope, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
+    Action, DemandReport, Event, KeyPage, PeerDemand, Scope, Snapshot, Store, StoreError,
+    StoredKey, SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -110,7 +123,37 @@ const WRITE_ATTEMPTS: u32 = 3;
 
 /// The key columns, in the order [`stored_key`] reads them.
 const KEY_COLUMNS: &str = "id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
-     creator_id, revoked_at_ms, last_used_at_ms";
+     creator_id, revoked_at_ms, last_used_at_ms, rate_limit, rate_period_ms, meter_id, \
+     meter_since_ms";
+
+/// The tables of [`Store::exchange_demand`]: soft state, outside the
+/// numbered migrations, created where missing at every start.
+const ENSURE_DEMAND: &str = r#"
+    CREATE UNLOGGED TABLE IF NOT EXISTS rate_instances (
+        instance_id TEXT COLLATE "C" PRIMARY KEY,
+        updated_at_ms BIGINT NOT NULL
+    );
+    CREATE UNLOGGED TABLE IF NOT EXISTS rate_demand (
+        meter_id TEXT COLLATE "C" NOT NULL,
+        instance_id TEXT COLLATE "C" NOT NULL,
+        demand DOUBLE PRECISION NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (meter_id, instance_id)
+    );
+    "#;
+
+/// A key's rate limit and meter (`meter_id` NULL: its own), NULL where it
+/// has none: a stopgap until the per-key limits have their numbered
+/// migration, which adds these columns (and the credits') under the same
+/// names, `IF NOT EXISTS`. Run only where one is missing: `ALTER TABLE`
+/// locks `keys` even when it has nothing to do.
+const ENSURE_RATE_COLUMNS: &str = r#"
+    ALTER TABLE keys
+        ADD COLUMN IF NOT EXISTS rate_limit BIGINT,
+        ADD COLUMN IF NOT EXISTS rate_period_ms BIGINT,
+        ADD COLUMN IF NOT EXISTS meter_id TEXT COLLATE "C",
+        ADD COLUMN IF NOT EXISTS meter_since_ms BIGINT;
+    "#;
 
 /// The migrations, by the schema version they produce. Version 1 was the
 /// SQLite-only JSON table of 0.1.0, so PostgreSQL starts at 2.
@@ -176,6 +219,8 @@ pub struct PgStore {
     /// The follower's own connection (the change log), so a flood of
     /// requests on `pool` does not delay revocations.
     follower: Pool,
+    /// The demand exchange's own connection ([`Store::exchange_demand`]).
+    shares: Pool,
     /// Key rows and log entries the feed could not read (each failed closed).
     corrupt: std::sync::atomic::AtomicU64,
     config: tokio_postgres::Config,
@@ -262,6 +307,7 @@ impl PgStore {
         let store = PgStore {
             pool: pool_of(POOL_SIZE)?,
             follower: pool_of(1)?,
+            shares: pool_of(1)?,
             corrupt: std::sync::atomic::AtomicU64::new(0),
             config,
             listener: OnceLock::new(),
@@ -339,6 +385,22 @@ impl PgStore {
                 .await
                 .map_err(db_error)?;
             applied.push(version);
+        }
+        tx.batch_execute(ENSURE_DEMAND).await.map_err(db_error)?;
+        let rate_columns: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'keys' \
+                 AND column_name IN ('rate_limit', 'rate_period_ms', 'meter_id', 'meter_since_ms')",
+                &[],
+            )
+            .await
+            .map_err(db_error)?
+            .get(0);
+        if rate_columns < 4 {
+            tx.batch_execute(ENSURE_RATE_COLUMNS)
+                .await
+                .map_err(db_error)?;
         }
         tx.commit().await.map_err(db_error)?;
         if !applied.is_empty() {
@@ -550,10 +612,13 @@ async fn insert_key(
 ) -> Result<(), WriteError> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, creator_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
+             creator_id, rate_limit, rate_period_ms, meter_id, meter_since_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .await?;
+    let rate = r.limits().rate;
+    let meter = Some(r.meter()).filter(|m| m.id != r.id());
     tx.execute(
         &stmt,
         &[
@@ -565,6 +630,10 @@ async fn insert_key(
             &r.created_at().as_millis(),
             &r.expires_at().map(UnixMillis::as_millis),
             &r.creator_id().as_ref().map(KeyId::as_str),
+            &rate.map(|l| i64::from(l.limit())),
+            &rate.map(|l| i64::from(l.period_ms())),
+            &meter.as_ref().map(|m| m.id.as_str()),
+            &meter.map(|m| m.since.as_millis()),
         ],
     )
     .await?;
@@ -1295,6 +1364,91 @@ impl Store for PgStore {
         self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    async fn exchange_demand(&self, report: &DemandReport) -> Result<PeerDemand, StoreError> {
+        let client = self.shares.get().await.map_err(pool_error)?;
+        // Every part in one statement: the heartbeat, the demand (in meter
+        // order), the purge of stale reports (rows another purge holds are
+        // skipped, never waited for), and the read of the other instances'
+        // fresh reports, which sees the tables as they were before it.
+        let stmt = client
+            .prepare_cached(
+                "WITH beat AS ( \
+                     INSERT INTO rate_instances (instance_id, updated_at_ms) VALUES ($1, $2) \
+                     ON CONFLICT (instance_id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms \
+                 ), mine AS ( \
+                     INSERT INTO rate_demand (meter_id, instance_id, demand, updated_at_ms) \
+                     SELECT u.m, $1, u.d, $2 FROM unnest($3::text[], $4::float8[]) AS u(m, d) \
+                     ON CONFLICT (meter_id, instance_id) DO UPDATE \
+                     SET demand = excluded.demand, updated_at_ms = excluded.updated_at_ms \
+                 ), stale_demand AS ( \
+                     DELETE FROM rate_demand WHERE (meter_id, instance_id) IN ( \
+                         SELECT meter_id, instance_id FROM rate_demand \
+                         WHERE $6::bigint IS NOT NULL AND updated_at_ms < $6 \
+                         FOR UPDATE SKIP LOCKED) \
+                 ), stale_instances AS ( \
+                     DELETE FROM rate_instances WHERE instance_id IN ( \
+                         SELECT instance_id FROM rate_instances \
+                         WHERE $6::bigint IS NOT NULL AND updated_at_ms < $6 \
+                         FOR UPDATE SKIP LOCKED) \
+                 ) \
+                 SELECT NULL::text, count(*)::float8 FROM rate_instances \
+                 WHERE instance_id <> $1 AND updated_at_ms >= $5 \
+                 UNION ALL \
+                 SELECT meter_id, sum(demand) FROM rate_demand \
+                 WHERE instance_id <> $1 AND updated_at_ms >= $5 GROUP BY meter_id \
+                 ORDER BY 1 NULLS FIRST",
+            )
+            .await
+            .map_err(db_error)?;
+        let mut mine: Vec<&(KeyId, f64)> = report.demand.iter().collect();
+        mine.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let meters: Vec<&str> = mine.iter().map(|(m, _)| m.as_str()).collect();
+        let demand: Vec<f64> = mine.iter().map(|(_, d)| *d).collect();
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &report.instance,
+                    &report.at_ms,
+                    &meters,
+                    &demand,
+                    &report.fresh_since_ms,
+                    &report.purge_before_ms,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let mut peers = PeerDemand::default();
+        for row in &rows {
+            let value: f64 = row.get(1);
+            match row.get::<_, Option<&str>>(0) {
+                // A count of rows: a small whole number.
+                None => peers.instances = value as u32,
+                Some(text) => match KeyId::parse(text) {
+                    Ok(meter) => peers.demand.push((meter, value)),
+                    Err(_) => tracing::warn!(
+                        meter = %super::redacted(text),
+                        "a demand report names no valid meter; ignored"
+                    ),
+                },
+            }
+        }
+        Ok(peers)
+    }
+
+    async fn withdraw_demand(&self, instance: &str) -> Result<(), StoreError> {
+        let client = self.shares.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "WITH d AS (DELETE FROM rate_demand WHERE instance_id = $1) \
+                 DELETE FROM rate_instances WHERE instance_id = $1",
+                &[&instance],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     fn change_signal(&self) -> Option<Arc<Notify>> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let listener = self.listener.get_or_init(|| {
@@ -1342,8 +1496,11 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
             .map_err(db_error)?
             .map(UnixMillis::from_millis),
         creator_id,
-        limits: Default::default(),
-        meter: None,
+        limits: keygate::KeyLimits {
+            rate: rate_limit(row, offset + 10).map_err(|m| corrupt(id_text, &m))?,
+            credits: None,
+        },
+        meter: meter(row, offset + 12).map_err(|m| corrupt(id_text, &m))?,
     })
     .map_err(|e| corrupt(id_text, &e.to_string()))?;
     Ok(StoredKey {
@@ -1351,6 +1508,42 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
         revoked_at_ms: row.try_get(offset + 8).map_err(db_error)?,
         last_used_at_ms: row.try_get(offset + 9).map_err(db_error)?,
     })
+}
+
+/// The rate limit in the columns at `at` (`rate_limit`, `rate_period_ms`).
+fn rate_limit(row: &Row, at: usize) -> Result<Option<keygate::RateLimit>, String> {
+    let limit: Option<i64> = row.try_get(at).map_err(|e| e.to_string())?;
+    let period: Option<i64> = row.try_get(at + 1).map_err(|e| e.to_string())?;
+    match (limit, period) {
+        (None, None) => Ok(None),
+        (Some(limit), Some(period)) => {
+            let limit = u32::try_from(limit).map_err(|_| format!("rate limit {limit}"))?;
+            let period = u64::try_from(period).map_err(|_| format!("rate period {period}"))?;
+            keygate::RateLimit::new(limit, Duration::from_millis(period))
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        _ => Err(String::from(
+            "a rate limit without its period, or a period without its limit",
+        )),
+    }
+}
+
+/// The meter in the columns at `at` (`meter_id`, `meter_since_ms`); `None`:
+/// the key's own.
+fn meter(row: &Row, at: usize) -> Result<Option<keygate::Meter>, String> {
+    let id: Option<&str> = row.try_get(at).map_err(|e| e.to_string())?;
+    let since: Option<i64> = row.try_get(at + 1).map_err(|e| e.to_string())?;
+    match (id, since) {
+        (None, None) => Ok(None),
+        (Some(id), Some(since)) => Ok(Some(keygate::Meter {
+            id: KeyId::parse(id).map_err(|_| String::from("malformed meter id"))?,
+            since: UnixMillis::from_millis(since),
+        })),
+        _ => Err(String::from(
+            "a meter without its start, or a start without its meter",
+        )),
+    }
 }
 
 /// The listener task: `LISTEN` on a dedicated connection, forever,

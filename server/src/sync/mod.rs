@@ -1,9 +1,11 @@
 //! Keeping this instance in step with the store: the in-memory keyring
 //! (`cache`), the follower that applies the change log to it (`follow`),
-//! and the last-use tracker it flushes (`usage`).
+//! the last-use tracker it flushes (`usage`), and this instance's shares
+//! of the rate limits it enforces with others (`shares`).
 
 pub mod cache;
 pub mod follow;
+pub mod shares;
 pub mod usage;
 
 use std::sync::atomic::AtomicBool;

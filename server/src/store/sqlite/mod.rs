@@ -13,6 +13,10 @@
 //!   and are never reused.
 //! * `meta`: `schema_version` and `pepper_fingerprint` (hex).
 //!
+//! The demand reports by which instances split rate limits
+//! ([`Store::exchange_demand`](super::Store::exchange_demand)) are kept in
+//! memory, not in the file: one process serves it (`demand`).
+//!
 //! Durability: every connection must be in WAL mode with `synchronous`
 //! FULL or EXTRA, checked when it opens (it fails to open otherwise), so a
 //! write has been fsynced to the WAL before the method returns.
@@ -40,8 +44,11 @@ use async_trait::async_trait;
 use keygate::{Change, KeyId, KeyRecord};
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKey};
+use super::{
+    Action, DemandReport, Event, KeyPage, PeerDemand, Scope, Snapshot, StoreError, StoredKey,
+};
 
+mod demand;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -70,6 +77,8 @@ struct Inner {
     corrupt: std::sync::atomic::AtomicU64,
     /// The database path, for messages.
     path: String,
+    /// The demand reports (in memory: see `demand`).
+    demand: Mutex<demand::DemandTable>,
 }
 
 impl SqliteStore {
@@ -90,6 +99,7 @@ impl SqliteStore {
                 follower: Mutex::new(follower),
                 corrupt: std::sync::atomic::AtomicU64::new(0),
                 path: shown,
+                demand: Mutex::new(demand::DemandTable::default()),
             }),
         })
     }
@@ -298,5 +308,24 @@ impl super::Store for SqliteStore {
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
         self.write(move |conn, path| pepper_tx(conn, &fingerprint, path))
             .await
+    }
+
+    async fn exchange_demand(&self, report: &DemandReport) -> Result<PeerDemand, StoreError> {
+        let mut table = self
+            .inner
+            .demand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(table.exchange(report))
+    }
+
+    async fn withdraw_demand(&self, instance: &str) -> Result<(), StoreError> {
+        let mut table = self
+            .inner
+            .demand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        table.withdraw(instance);
+        Ok(())
     }
 }

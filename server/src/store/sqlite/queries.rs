@@ -9,7 +9,8 @@ use super::super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKe
 /// The columns of `keys`, in the order [`read_key`] reads them.
 pub(super) const KEY_COLUMNS: &str =
     "k.id, k.kind, k.name, k.secret_hash, k.scopes, k.created_at_ms, \
-                           k.expires_at_ms, k.creator_id, k.revoked_at_ms, k.last_used_at_ms";
+                           k.expires_at_ms, k.creator_id, k.revoked_at_ms, k.last_used_at_ms, \
+                           k.rate_limit, k.rate_period_ms, k.meter_id, k.meter_since_ms";
 
 /// The family of the key bound to `?{n}`: the key and every key rolled into
 /// it, transitively (a common table expression named `fam`); empty if the
@@ -66,10 +67,13 @@ pub(super) fn limit_sql(limit: usize) -> i64 {
 }
 
 pub(super) fn insert_key(conn: &Connection, record: &KeyRecord) -> Result<(), StoreError> {
+    let rate = record.limits().rate;
+    let meter = Some(record.meter()).filter(|m| m.id != record.id());
     conn.execute(
         "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms,
-                           creator_id, revoked_at_ms, last_used_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)",
+                           creator_id, revoked_at_ms, last_used_at_ms, rate_limit,
+                           rate_period_ms, meter_id, meter_since_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, ?10, ?11, ?12)",
         params![
             record.id().as_str(),
             record.kind().as_str(),
@@ -79,6 +83,10 @@ pub(super) fn insert_key(conn: &Connection, record: &KeyRecord) -> Result<(), St
             record.created_at().as_millis(),
             record.expires_at().map(UnixMillis::as_millis),
             record.creator_id().as_ref().map(KeyId::as_str),
+            rate.map(|l| l.limit()),
+            rate.map(|l| l.period_ms()),
+            meter.as_ref().map(|m| m.id.as_str()),
+            meter.map(|m| m.since.as_millis()),
         ],
     )
     .map_err(sql)?;
@@ -144,6 +152,33 @@ pub(super) fn read_key(
             .transpose()?;
         let revoked_at_ms: Option<i64> = row.get(col(8)).map_err(err)?;
         let last_used_at_ms: Option<i64> = row.get(col(9)).map_err(err)?;
+        let rate = match (
+            row.get::<_, Option<i64>>(col(10)).map_err(err)?,
+            row.get::<_, Option<i64>>(col(11)).map_err(err)?,
+        ) {
+            (None, None) => None,
+            (Some(limit), Some(period)) => Some(
+                keygate::RateLimit::new(
+                    u32::try_from(limit).map_err(|_| format!("rate limit {limit}"))?,
+                    std::time::Duration::from_millis(
+                        u64::try_from(period).map_err(|_| format!("rate period {period}"))?,
+                    ),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("a rate limit without its period, or the reverse".into()),
+        };
+        let meter = match (
+            row.get::<_, Option<String>>(col(12)).map_err(err)?,
+            row.get::<_, Option<i64>>(col(13)).map_err(err)?,
+        ) {
+            (None, None) => None,
+            (Some(meter), Some(since)) => Some(keygate::Meter {
+                id: KeyId::parse(&meter).map_err(|e| format!("meter id: {e}"))?,
+                since: UnixMillis::from_millis(since),
+            }),
+            _ => return Err("a meter without its start, or the reverse".into()),
+        };
         let record = KeyRecord::from_parts(KeyRecordParts {
             id: key_id,
             kind,
@@ -153,8 +188,11 @@ pub(super) fn read_key(
             expires_at: expires_at_ms.map(UnixMillis::from_millis),
             created_at: UnixMillis::from_millis(created_at_ms),
             creator_id,
-            limits: Default::default(),
-            meter: None,
+            limits: keygate::KeyLimits {
+                rate,
+                credits: None,
+            },
+            meter,
         })
         .map_err(|e| e.to_string())?;
         Ok(StoredKey {

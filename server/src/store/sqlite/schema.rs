@@ -54,6 +54,28 @@ UPDATE keys SET rolled_from = (
 );
 ";
 
+/// A key's rate limit and meter (`meter_id` NULL: its own), NULL where it
+/// has none: a stopgap until the per-key limits have their numbered
+/// migration, which adds these columns (and the credits') under the same
+/// names where missing. Added where missing at every open, like it.
+pub(super) const RATE_COLUMNS: [(&str, &str); 4] = [
+    ("rate_limit", "INTEGER"),
+    ("rate_period_ms", "INTEGER"),
+    ("meter_id", "TEXT"),
+    ("meter_since_ms", "INTEGER"),
+];
+
+/// Adds the [`RATE_COLUMNS`] that `keys` lacks.
+pub(super) fn ensure_rate_columns(tx: &Connection) -> Result<(), StoreError> {
+    for (column, kind) in RATE_COLUMNS {
+        if !column_exists(tx, "keys", column)? {
+            tx.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {column} {kind}"))
+                .map_err(sql)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
@@ -171,9 +193,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
         if version == 2 {
             tx.execute_batch(MIGRATE_V3).map_err(sql)?;
             meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
-            tx.commit().map_err(sql)?;
         }
-        return Ok(());
+        ensure_rate_columns(&tx)?;
+        return tx.commit().map_err(sql);
     }
     if table_exists(&tx, "keys")? {
         if !column_exists(&tx, "keys", "record")? {
@@ -186,6 +208,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
         tx.execute_batch(SCHEMA_V2).map_err(sql)?;
     }
     tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+    ensure_rate_columns(&tx)?;
     meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
     tx.commit().map_err(sql)
 }
@@ -196,6 +219,7 @@ pub(super) fn migrate_v1(tx: &rusqlite::Transaction<'_>, path: &str) -> Result<(
     tx.execute_batch("ALTER TABLE keys RENAME TO keys_v1")
         .map_err(sql)?;
     tx.execute_batch(SCHEMA_V2).map_err(sql)?;
+    ensure_rate_columns(tx)?;
     let mut records = Vec::new();
     {
         let mut stmt = tx.prepare("SELECT id, record FROM keys_v1").map_err(sql)?;
