@@ -116,8 +116,9 @@ pub struct Shares {
     demand: HashMap<KeyId, f64>,
     /// The instances that reported last time, this one included.
     instances: u32,
-    /// The meters whose share was set by demand at the last tick.
-    driven: HashSet<KeyId>,
+    /// The share computed by demand at the last tick, for each meter someone
+    /// asked of.
+    computed: HashMap<KeyId, Share>,
     last_take: Instant,
     ticks: u64,
     /// Whether the last exchange failed (to log a failure once).
@@ -132,7 +133,7 @@ impl Shares {
             tick,
             demand: HashMap::new(),
             instances: 1,
-            driven: HashSet::new(),
+            computed: HashMap::new(),
             last_take: Instant::now(),
             ticks: 0,
             failing: false,
@@ -169,21 +170,37 @@ impl Shares {
     /// someone asks of, by demand; the meters that were and no longer are,
     /// evenly. Also returns the even share when the number of instances
     /// changed (then every other meter here must take it too).
+    ///
+    /// A share computed by demand is applied only as far as the one
+    /// computed at the tick before allows (the lower of the two): this
+    /// instance's demand is fresh, the others' up to a tick old, so when
+    /// demand appears at several instances at once each sees itself alone
+    /// for a tick. A transient overestimate does not pass the filter; a
+    /// real shift toward this instance lags one more tick.
     fn targets(&mut self, peers: &PeerDemand) -> (Vec<(KeyId, Share)>, Option<Share>) {
         let n = peers.instances.saturating_add(1);
         let others: HashMap<KeyId, f64> = peers.demand.iter().copied().collect();
         let active: HashSet<KeyId> = self.demand.keys().chain(others.keys()).copied().collect();
         let even = share(0.0, 0.0, n);
-        let mut out: Vec<(KeyId, Share)> = active
-            .iter()
-            .map(|m| {
-                let own = self.demand.get(m).copied().unwrap_or(0.0);
-                let rest = others.get(m).copied().unwrap_or(0.0);
-                (*m, share(own, rest, n))
-            })
-            .collect();
-        out.extend(self.driven.difference(&active).map(|m| (*m, even)));
-        self.driven = active;
+        // What a meter no one asked of had: the even share, before or now.
+        let was_even = share(0.0, 0.0, n.max(self.instances));
+        let mut computed = HashMap::with_capacity(active.len());
+        let mut out: Vec<(KeyId, Share)> = Vec::with_capacity(active.len());
+        for m in &active {
+            let own = self.demand.get(m).copied().unwrap_or(0.0);
+            let rest = others.get(m).copied().unwrap_or(0.0);
+            let now = share(own, rest, n);
+            let before = self.computed.get(m).copied().unwrap_or(was_even);
+            out.push((*m, (now.0.min(before.0), SCALE)));
+            computed.insert(*m, now);
+        }
+        out.extend(
+            self.computed
+                .keys()
+                .filter(|m| !active.contains(*m))
+                .map(|m| (*m, even)),
+        );
+        self.computed = computed;
         let changed = (n != self.instances).then_some(even);
         self.instances = n;
         (out, changed)
@@ -234,12 +251,12 @@ impl Shares {
                 was = before,
                 "rate-limit shares: the number of instances changed"
             );
-            let driven = &self.driven;
+            let computed = &self.computed;
             shares.extend(
                 keys.cache()
                     .shares()
                     .into_iter()
-                    .filter(|(m, s)| !driven.contains(m) && *s != even)
+                    .filter(|(m, s)| !computed.contains_key(m) && *s != even)
                     .map(|(m, _)| (m, even)),
             );
         }
@@ -342,6 +359,40 @@ mod tests {
         assert!(s.demand.is_empty());
     }
 
+    /// Demand appears at three instances at once: each sees only its own
+    /// at first, and would take nearly all; it keeps the even third until
+    /// the others' reports show (a tick later), then takes its part.
+    #[test]
+    fn a_share_rises_only_when_two_ticks_agree() {
+        let mut s = Shares::new(TICK);
+        let (_, even) = s.targets(&PeerDemand {
+            instances: 2,
+            demand: vec![],
+        });
+        assert_eq!(even, Some(share(0.0, 0.0, 3)));
+        s.measure(&[(id(1), 56)].into(), 0.2);
+        let alone = PeerDemand {
+            instances: 2,
+            demand: vec![],
+        };
+        let (out, _) = s.targets(&alone);
+        assert_eq!(out, [(id(1), share(0.0, 0.0, 3))]);
+        s.measure(&[(id(1), 56)].into(), 0.2);
+        let all = PeerDemand {
+            instances: 2,
+            demand: vec![(id(1), 120.0)],
+        };
+        let (out, _) = s.targets(&all);
+        assert_eq!(out, [(id(1), share(280.0, 120.0, 3))]);
+        assert!(fraction(out[0].1) > 0.6);
+        // A fall applies at once.
+        let (out, _) = s.targets(&PeerDemand {
+            instances: 2,
+            demand: vec![(id(1), 1_000.0)],
+        });
+        assert_eq!(out, [(id(1), share(280.0, 1_000.0, 3))]);
+    }
+
     #[test]
     fn targets_cover_active_meters_then_return_idle_ones_to_even() {
         let mut s = Shares::new(TICK);
@@ -363,9 +414,13 @@ mod tests {
         let (out, even) = s.targets(&peers);
         assert_eq!(even, None);
         assert!(out.contains(&(id(2), (SCALE / 2, SCALE))), "{out:?}");
-        // Alone again: the whole limit.
+        // Alone again: the whole limit (after a tick: the tick before
+        // computed a half).
         let (out, even) = s.targets(&PeerDemand::default());
         assert_eq!(even, Some((SCALE, SCALE)));
+        assert_eq!(out, [(id(1), share(200.0, 200.0, 2))]);
+        let (out, even) = s.targets(&PeerDemand::default());
+        assert_eq!(even, None);
         assert_eq!(out, [(id(1), (SCALE, SCALE))]);
         assert_eq!(s.instance().len(), 16);
         assert_ne!(Shares::new(TICK).instance(), s.instance());
