@@ -109,11 +109,17 @@ struct Tally {
     refused: AtomicU64,
 }
 
-/// Sends `rate` requests per second to `addr` for `run`, from `workers`
-/// connections, each on its own schedule (open loop: a late request goes
-/// at once, a schedule more than 100 ms behind skips ahead). Counts 204s
-/// and 429s; anything else fails the test.
-fn load(addr: SocketAddr, token: &str, rate: f64, workers: u32, run: Duration) -> Arc<Tally> {
+/// Sends `rate(elapsed)` requests per second to `addr` for `run`, from
+/// `workers` connections, each on its own schedule (open loop: a late
+/// request goes at once, a schedule more than 100 ms behind skips ahead).
+/// Counts 204s and 429s; anything else fails the test.
+fn load(
+    addr: SocketAddr,
+    token: &str,
+    rate: impl Fn(Duration) -> f64 + Copy + Send + 'static,
+    workers: u32,
+    run: Duration,
+) -> Arc<Tally> {
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let handles: Vec<_> = (0..workers)
@@ -122,8 +128,10 @@ fn load(addr: SocketAddr, token: &str, rate: f64, workers: u32, run: Duration) -
             let token = token.to_owned();
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr, &token);
-                let every = Duration::from_secs_f64(f64::from(workers) / rate);
-                let mut next = start + every.mul_f64(f64::from(w) / f64::from(workers));
+                let every = |at: Instant| {
+                    Duration::from_secs_f64(f64::from(workers) / rate(at - start).max(0.1))
+                };
+                let mut next = start + every(start).mul_f64(f64::from(w) / f64::from(workers));
                 while next < start + run {
                     let now = Instant::now();
                     if next > now {
@@ -137,7 +145,7 @@ fn load(addr: SocketAddr, token: &str, rate: f64, workers: u32, run: Duration) -
                         429 => tally.refused.fetch_add(1, Ordering::Relaxed),
                         other => panic!("{addr} answered {other}"),
                     };
-                    next += every;
+                    next += every(next);
                 }
             })
         })
@@ -162,19 +170,32 @@ fn writes(pg: &TestPg) -> (u64, u64) {
     (beats.parse().unwrap(), rows.parse().unwrap())
 }
 
+/// The parts of the load of the issue: 70/20/10.
+const PARTS: [f64; 3] = [0.7, 0.2, 0.1];
+
 /// The load of the issue: 280, 80 and 40 requests per second (70/20/10,
-/// twice the limit in all) on three instances; returns each instance's
-/// tally and the seconds the run took.
-fn split_load(servers: [&Server; 3], token: &str, run: Duration) -> (Vec<Arc<Tally>>, f64) {
-    let rates = [(0.7, 4), (0.2, 2), (0.1, 1)];
+/// twice the limit in all) on three instances; with `rotate`, the parts
+/// move one instance on every `rotate` (A's 70 % to B, and so on). Returns
+/// each instance's tally and the seconds the run took.
+fn split_load(
+    servers: [&Server; 3],
+    token: &str,
+    run: Duration,
+    rotate: Option<Duration>,
+) -> (Vec<Arc<Tally>>, f64) {
     let started = Instant::now();
     let tallies: Vec<Arc<Tally>> = std::thread::scope(|s| {
         let runs: Vec<_> = servers
             .iter()
-            .zip(rates)
-            .map(|(server, (part, workers))| {
+            .enumerate()
+            .map(|(i, server)| {
                 let addr = server.addr;
-                s.spawn(move || load(addr, token, 2.0 * LIMIT as f64 * part, workers, run))
+                let rate = move |at: Duration| {
+                    let step = rotate.map_or(0, |r| (at.as_millis() / r.as_millis()) as usize);
+                    2.0 * LIMIT as f64 * PARTS[(i + 3 - step % 3) % 3]
+                };
+                let workers = if rotate.is_some() { 4 } else { [4, 2, 1][i] };
+                s.spawn(move || load(addr, token, rate, workers, run))
             })
             .collect();
         runs.into_iter().map(|r| r.join().unwrap()).collect()
@@ -182,9 +203,36 @@ fn split_load(servers: [&Server; 3], token: &str, run: Duration) -> (Vec<Arc<Tal
     (tallies, started.elapsed().as_secs_f64())
 }
 
+/// A cluster of three instances on one new PostgreSQL, and a key limited
+/// to [`LIMIT`] that each of them limits, split evenly while no one asks.
+fn three_instances(pg: &TestPg, dir: &TempDir) -> ([Server; 3], String) {
+    let pepper = dir.0.join("pepper");
+    let serve = || {
+        let mut server = Server::start(
+            Path::new(&pg.url()),
+            &["--pepper-file", pepper.to_str().unwrap()],
+        );
+        server.bootstrap = take_bootstrap_file(&pepper);
+        server
+    };
+    let servers = [serve(), serve(), serve()];
+    let token = limited_key(&servers[0]);
+    // Every instance limits the key (from the change feed, with the limit
+    // the store keeps), and with three of them, splits it evenly until
+    // someone asks.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for s in &servers {
+        while quota(s, &token) != Some(LIMIT / 3) {
+            assert!(Instant::now() < deadline, "{} never took its share", s.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    (servers, token)
+}
+
 fn print_run(what: &str, tallies: &[Arc<Tally>], secs: f64) -> u64 {
     let mut total = 0;
-    for (name, t) in ["A (70%)", "B (20%)", "C (10%)"].iter().zip(tallies) {
+    for (name, t) in ["A", "B", "C"].iter().zip(tallies) {
         let (sent, allowed, refused) = (
             t.sent.load(Ordering::Relaxed),
             t.allowed.load(Ordering::Relaxed),
@@ -204,34 +252,13 @@ fn print_run(what: &str, tallies: &[Arc<Tally>], secs: f64) -> u64 {
 fn three_instances_allow_one_rate_limit_between_them() {
     let pg = TestPg::start();
     let dir = TempDir::new("rate-shares");
-    let pepper = dir.0.join("pepper");
-    let serve = || {
-        let mut server = Server::start(
-            Path::new(&pg.url()),
-            &["--pepper-file", pepper.to_str().unwrap()],
-        );
-        server.bootstrap = take_bootstrap_file(&pepper);
-        server
-    };
-    let a = serve();
-    let b = serve();
-    let c = serve();
-    let servers = [&a, &b, &c];
-    let token = limited_key(&a);
-    // Every instance limits the key (from the change feed, with the limit
-    // the store keeps), and with three of them, splits it evenly until
-    // someone asks.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for s in servers {
-        while quota(s, &token) != Some(LIMIT / 3) {
-            assert!(Instant::now() < deadline, "{} never took its share", s.addr);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let (instances, token) = three_instances(&pg, &dir);
+    let [a, b, c] = &instances;
+    let servers = [a, b, c];
 
     const RUN: Duration = Duration::from_secs(20);
     let before = writes(&pg);
-    let (tallies, secs) = split_load(servers, &token, RUN);
+    let (tallies, secs) = split_load(servers, &token, RUN, None);
     let steady: Vec<u64> = servers.iter().map(|s| quota(s, &token).unwrap()).collect();
     // Statistics reach the views within a second.
     std::thread::sleep(Duration::from_millis(1_500));
@@ -264,7 +291,7 @@ fn three_instances_allow_one_rate_limit_between_them() {
     );
     assert!(total as f64 >= 0.90 * one, "allowed {total} < 90% of {one}");
     // Each instance got about its part of the demand.
-    for (t, part) in tallies.iter().zip([0.7, 0.2, 0.1]) {
+    for (t, part) in tallies.iter().zip(PARTS) {
         let got = t.allowed.load(Ordering::Relaxed) as f64 / total as f64;
         assert!((got - part).abs() < 0.05, "{got} for {part}");
     }
@@ -281,7 +308,7 @@ fn three_instances_allow_one_rate_limit_between_them() {
     assert!(last.iter().sum::<u64>() <= LIMIT, "{last:?}");
     pg.stop_immediate();
     const CUT: Duration = Duration::from_secs(5);
-    let (tallies, secs) = split_load(servers, &token, CUT);
+    let (tallies, secs) = split_load(servers, &token, CUT, None);
     let total = print_run("PostgreSQL down", &tallies, secs);
     let quotas: Vec<u64> = servers.iter().map(|s| quota(s, &token).unwrap()).collect();
     eprintln!(
@@ -300,6 +327,27 @@ fn three_instances_allow_one_rate_limit_between_them() {
             .log_text()
             .contains("rate-limit shares: cannot exchange demand"));
     }
+}
+
+/// The same load, its parts moving one instance on every 4 s: what the
+/// shares' lag costs. By hand (`--ignored --nocapture`), for the figures of
+/// docs/operations.md.
+#[test]
+#[ignore = "a measurement, by hand"]
+fn moving_load() {
+    let pg = TestPg::start();
+    let dir = TempDir::new("rate-shares-moving");
+    let (instances, token) = three_instances(&pg, &dir);
+    let [a, b, c] = &instances;
+    const RUN: Duration = Duration::from_secs(20);
+    let (tallies, secs) = split_load([a, b, c], &token, RUN, Some(Duration::from_secs(4)));
+    let total = print_run("moving", &tallies, secs);
+    let one = LIMIT as f64 * RUN.as_secs_f64();
+    eprintln!(
+        "moving: allowed {total} in {secs:.1} s: {:.1}% of {one:.0}",
+        total as f64 / one * 100.0
+    );
+    assert!(total as f64 <= 1.05 * (one + LIMIT as f64), "{total}");
 }
 
 /// One instance on SQLite: the exchange finds no other, the key keeps its
