@@ -76,6 +76,10 @@ const PURGE_AFTER: Duration = Duration::from_secs(60);
 /// An instance purges stale reports every this many ticks (10 s).
 const PURGE_EVERY: u64 = 50;
 
+/// Every this many ticks (10 s) an instance sets every share it computed,
+/// changed or not.
+const RESET_EVERY: u64 = 50;
+
 /// How long one exchange may take before the tick gives up on it (its
 /// answer would be stale).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -119,6 +123,10 @@ pub struct Shares {
     /// The share computed by demand at the last tick, for each meter someone
     /// asked of.
     computed: HashMap<KeyId, Share>,
+    /// The shares this exchange set and that should still hold, so an
+    /// unchanged one costs no write lock (all are set again every
+    /// [`RESET_EVERY`] ticks, should a meter have been made anew meanwhile).
+    applied: HashMap<KeyId, Share>,
     last_take: Instant,
     ticks: u64,
     /// Whether the last exchange failed (to log a failure once).
@@ -134,6 +142,7 @@ impl Shares {
             demand: HashMap::new(),
             instances: 1,
             computed: HashMap::new(),
+            applied: HashMap::new(),
             last_take: Instant::now(),
             ticks: 0,
             failing: false,
@@ -260,7 +269,16 @@ impl Shares {
                     .map(|(m, _)| (m, even)),
             );
         }
-        keys.cache().set_shares(&shares, even, at_ms);
+        if even.is_some() || self.ticks.is_multiple_of(RESET_EVERY) {
+            self.applied.clear();
+        }
+        let applied = &mut self.applied;
+        shares.retain(|(m, s)| applied.insert(*m, *s) != Some(*s));
+        let computed = &self.computed;
+        applied.retain(|m, _| computed.contains_key(m));
+        if !shares.is_empty() || even.is_some() {
+            keys.cache().set_shares(&shares, even, at_ms);
+        }
     }
 
     fn failed(&mut self, why: &str) {
