@@ -56,10 +56,23 @@ impl Entry {
     /// hands out no fresh burst; the same credits keep their balance (a
     /// repeated configuration is no fresh grant).
     fn new(since: UnixMillis, limits: KeyLimits, old: Option<&Entry>) -> Entry {
+        Entry::carried(since, limits, old, None)
+    }
+
+    /// [`Entry::new`]; with `now`, a rate limit also keeps no more tokens
+    /// than it had at `now` (see [`carry`]).
+    fn carried(
+        since: UnixMillis,
+        limits: KeyLimits,
+        old: Option<&Entry>,
+        now: Option<UnixMillis>,
+    ) -> Entry {
         let rate = limits
             .rate
             .map(|r| match old.and_then(|o| o.rate.as_ref()) {
-                Some((before, state)) => (r, RateState::from_tat(rescale(state.tat(), before, &r))),
+                Some((before, state)) => {
+                    (r, RateState::from_tat(carry(state.tat(), before, &r, now)))
+                }
                 None => (r, RateState::new()),
             });
         let refill = limits.credits.and_then(|c| c.refill());
@@ -90,6 +103,30 @@ impl Entry {
 fn rescale(tat: u64, from: &RateLimit, to: &RateLimit) -> u64 {
     let scaled = (u128::from(tat) * u128::from(to.limit())).div_ceil(u128::from(from.limit()));
     u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+/// A theoretical arrival time carried from `from` to `to`: the same instant
+/// ([`rescale`]); with `now`, also no earlier than keeps the tokens left at
+/// `now` (the requests that would pass at once) from growing. Kept in time
+/// alone, a higher limit over an idle state would hand out its whole new
+/// burst at once; kept in tokens alone, a lower one would keep a burst its
+/// window no longer holds. The later of the two keeps neither.
+fn carry(tat: u64, from: &RateLimit, to: &RateLimit, now: Option<UnixMillis>) -> u64 {
+    let in_time = rescale(tat, from, to);
+    let Some(now) = now else {
+        return in_time;
+    };
+    let ms = u128::try_from(now.as_millis()).unwrap_or(0);
+    let period = u128::from(from.period_ms());
+    // Ticks ahead of `now` in `from`'s ticks; the tokens left are
+    // `(window - ahead) / period`, and `to` keeps as many when it is ahead by
+    // `ahead + period * (to.limit - from.limit)` of its own ticks.
+    let ahead = u128::from(tat).saturating_sub(ms * u128::from(from.limit()));
+    let more = period * u128::from(to.limit());
+    let less = period * u128::from(from.limit());
+    let kept = (ahead + more).saturating_sub(less);
+    let in_tokens = ms * u128::from(to.limit()) + kept;
+    in_time.max(u64::try_from(in_tokens).unwrap_or(u64::MAX))
 }
 
 /// A meter: its entry and the keys charged to it.
@@ -147,6 +184,18 @@ pub struct Limiter {
     meters: HashMap<KeyId, MeterSlot, IdHasher>,
     /// Every limited key to its meter.
     meter_of: HashMap<KeyId, KeyId, IdHasher>,
+    /// The share a meter new here starts with ([`Limiter::set_default_share`];
+    /// `(0, 0)` is the whole limit).
+    default_share: (u32, u32),
+}
+
+/// A share as [`MeterSlot::share`] keeps it: a fraction below 1, or `(1, 1)`.
+fn normal_share(num: u32, den: u32) -> (u32, u32) {
+    if den == 0 || num >= den {
+        (1, 1)
+    } else {
+        (num, den)
+    }
 }
 
 impl Limiter {
@@ -178,11 +227,12 @@ impl Limiter {
             self.forget(&id);
             return;
         }
+        let (num, den) = self.default_share;
         let slot = self.meters.entry(meter.id).or_insert_with(|| MeterSlot {
             entry: Arc::new(Entry::new(meter.since, limits, None)),
             keys: Vec::new(),
             limits,
-            share: (1, 1),
+            share: normal_share(num, den),
         });
         slot.limits = limits;
         let entry = Entry::new(meter.since, slot.effective(), Some(&slot.entry));
@@ -199,8 +249,13 @@ impl Limiter {
     /// Sets this instance's share of `meter`'s rate limit to `num / den`
     /// (at most 1; at least one request per period), when several instances
     /// enforce one limit: each is given a share by its demand
-    /// ([`Limiter::take_demand`]). The state carries over. Returns whether
-    /// the meter is here.
+    /// ([`Limiter::take_demand`]). The state carries over as of `now`: a
+    /// lower share keeps the backlog in time (the requests that would pass
+    /// at once shrink with it), a higher one keeps the requests that would
+    /// pass at once (the rate rises, and the burst refills at it): a share
+    /// never hands out a fresh burst. So when the shares of the instances
+    /// add up to at most 1, so do their bursts. Returns whether the meter is
+    /// here.
     ///
     /// ```
     /// use core::time::Duration;
@@ -209,30 +264,60 @@ impl Limiter {
     /// let mut limiter = Limiter::new();
     /// let rate = RateLimit::new(200, Duration::from_secs(1))?;
     /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
-    /// assert!(limiter.set_share(&id, 7, 10));
+    /// assert!(limiter.set_share(&id, 1, 10, UnixMillis::EPOCH));
+    /// assert!(limiter.set_share(&id, 7, 10, UnixMillis::EPOCH));
     /// let verdict = limiter.check(&id, UnixMillis::EPOCH, 1);
     /// assert_eq!(verdict.rate().map(|r| r.limit()), Some(140));
+    /// // The burst is the 20 of the tenth, not 140.
+    /// assert_eq!(verdict.rate().map(|r| r.remaining()), Some(19));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn set_share(&mut self, meter: &KeyId, num: u32, den: u32) -> bool {
+    pub fn set_share(&mut self, meter: &KeyId, num: u32, den: u32, now: UnixMillis) -> bool {
         let Some(slot) = self.meters.get_mut(meter) else {
             return false;
         };
-        let share = if den == 0 || num >= den {
-            (1, 1)
-        } else {
-            (num, den)
-        };
+        let share = normal_share(num, den);
         if slot.share == share {
             return true;
         }
         slot.share = share;
         let since = slot.entry.since;
-        slot.entry = Arc::new(Entry::new(since, slot.effective(), Some(&slot.entry)));
+        let entry = Entry::carried(since, slot.effective(), Some(&slot.entry), Some(now));
+        slot.entry = Arc::new(entry);
         for key in &slot.keys {
             self.keys.insert(*key, Arc::clone(&slot.entry));
         }
         true
+    }
+
+    /// Sets the share that meters new here start with ([`Limiter::set_share`]
+    /// sets it later): `1 / n` when `n` instances split every limit, so that
+    /// a key none of them has seen used yet has its burst split too. Meters
+    /// already here keep theirs. The default is the whole limit.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+    /// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let mut limiter = Limiter::new();
+    /// limiter.set_default_share(1, 4);
+    /// let rate = RateLimit::new(200, Duration::from_secs(1))?;
+    /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+    /// assert_eq!(limiter.shares().collect::<Vec<_>>(), [(id, (1, 4))]);
+    /// assert_eq!(limiter.check(&id, UnixMillis::EPOCH, 1).rate().map(|r| r.limit()), Some(50));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_default_share(&mut self, num: u32, den: u32) {
+        self.default_share = normal_share(num, den);
+    }
+
+    /// Every meter with a rate limit here, and this instance's share of it
+    /// (`(1, 1)`: the whole limit).
+    pub fn shares(&self) -> impl Iterator<Item = (KeyId, (u32, u32))> + '_ {
+        self.meters
+            .iter()
+            .filter(|(_, slot)| slot.limits.rate.is_some())
+            .map(|(meter, slot)| (*meter, slot.share))
     }
 
     /// Forgets `id` (revoked, evicted or unlimited); its meter's state stays
@@ -543,5 +628,102 @@ mod rescale_tests {
         assert!(l.check(&id, at(5_249), 1).result().is_err());
         assert!(l.check(&id, at(5_250), 1).result().is_ok());
         assert!(l.check(&id, at(5_250), 1).result().is_err());
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+    use core::time::Duration;
+
+    fn at(ms: i64) -> UnixMillis {
+        UnixMillis::from_millis(ms)
+    }
+
+    fn limited(id: KeyId, limit: u32) -> Limiter {
+        let mut l = Limiter::new();
+        l.configure(
+            id,
+            at(0),
+            KeyLimits {
+                rate: Some(RateLimit::new(limit, Duration::from_secs(1)).unwrap()),
+                credits: None,
+            },
+        );
+        l
+    }
+
+    fn passes(l: &Limiter, id: &KeyId, now: i64, tries: u32) -> u32 {
+        (0..tries)
+            .filter(|_| l.check(id, at(now), 1).result().is_ok())
+            .count() as u32
+    }
+
+    /// A higher share over an idle state keeps the tokens it had (no fresh
+    /// burst); a lower one keeps the backlog in time.
+    #[test]
+    fn a_share_never_hands_out_a_fresh_burst() {
+        let id = KeyId::parse("000000000000000s").unwrap();
+        let mut l = limited(id, 100);
+        assert!(l.set_share(&id, 1, 10, at(10_000)));
+        // Idle at a tenth: 10 tokens. Raised to nine tenths: still 10 now,
+        // and the rate is 90/s from here.
+        assert!(l.set_share(&id, 9, 10, at(10_000)));
+        assert_eq!(passes(&l, &id, 10_000, 100), 10);
+        assert_eq!(passes(&l, &id, 10_100, 100), 9);
+        // Saturated, lowered to a half: a full window behind stays a full
+        // window behind; 50/s from here.
+        assert!(l.set_share(&id, 1, 2, at(10_100)));
+        assert_eq!(passes(&l, &id, 10_100, 100), 0);
+        assert_eq!(passes(&l, &id, 10_120, 100), 1);
+        // Unknown meters are not here; the same share changes nothing.
+        assert!(!l.set_share(&KeyId::parse("000000000000000t").unwrap(), 1, 2, at(0)));
+        assert!(l.set_share(&id, 1, 2, at(10_120)));
+        assert_eq!(l.shares().collect::<Vec<_>>(), [(id, (1, 2))]);
+        assert!(l.set_share(&id, 5, 4, at(10_120)));
+        assert_eq!(l.shares().collect::<Vec<_>>(), [(id, (1, 1))]);
+    }
+
+    /// Three instances whose shares of one limit move around every 200 ms
+    /// (adding up to at most 1 at every step) allow together at most the
+    /// limit's rate over the time, plus one burst.
+    #[test]
+    fn moving_shares_that_add_up_to_one_allow_one_limit() {
+        let id = KeyId::parse("000000000000000u").unwrap();
+        const LIMIT: u32 = 200;
+        let mut instances: [Limiter; 3] = core::array::from_fn(|_| limited(id, LIMIT));
+        for l in &mut instances {
+            l.set_share(&id, 1, 3, at(0));
+        }
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut allowed = 0u64;
+        const END_MS: i64 = 20_000;
+        for tick in 0..END_MS / 200 {
+            // New shares: random weights, parts of 65 536 rounded down.
+            let w: [u64; 3] = core::array::from_fn(|_| 1 + next(100));
+            let total: u64 = w.iter().sum();
+            for (l, wi) in instances.iter_mut().zip(w) {
+                let num = u32::try_from(wi * 65_536 / total).unwrap();
+                l.set_share(&id, num, 65_536, at(tick * 200));
+            }
+            // Bursty demand within the tick: each instance, every 10 ms,
+            // asks 0 to 40 requests.
+            for ms in (0..200).step_by(10) {
+                for l in &instances {
+                    let tries = u32::try_from(next(41)).unwrap();
+                    allowed += u64::from(passes(l, &id, tick * 200 + ms, tries));
+                }
+            }
+        }
+        let bound = u64::from(LIMIT) * (END_MS as u64) / 1_000 + u64::from(LIMIT);
+        assert!(allowed <= bound, "{allowed} > {bound}");
+        // And the shares are used: most of the limit passes.
+        assert!(allowed * 10 >= bound * 8, "{allowed} of {bound}");
     }
 }

@@ -158,6 +158,39 @@ pub struct Snapshot {
     pub seq: u64,
 }
 
+/// One instance's demand on the rate limits it enforces, for
+/// [`Store::exchange_demand`]: how instances that share a store split each
+/// key's rate limit (see `crate::sync::shares`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemandReport {
+    /// The instance's id: random, one per process.
+    pub instance: String,
+    /// Now, by the instance's clock (Unix ms): the time the report is
+    /// stamped with.
+    pub at_ms: i64,
+    /// Reports stamped before this are stale: neither the instance nor its
+    /// demand counts.
+    pub fresh_since_ms: i64,
+    /// The demand on each meter here, in cost per second; meters without
+    /// any are left out.
+    pub demand: Vec<(KeyId, f64)>,
+    /// With a time, every report stamped before it (any instance's) is
+    /// deleted too: the reports of instances that stopped without
+    /// withdrawing them ([`Store::withdraw_demand`]).
+    pub purge_before_ms: Option<i64>,
+}
+
+/// What the other instances reported, as [`Store::exchange_demand`] saw it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerDemand {
+    /// How many other instances have a fresh report.
+    pub instances: u32,
+    /// The demand on each meter, summed over the other instances' fresh
+    /// reports (cost per second), in meter id order; meters without any are
+    /// left out.
+    pub demand: Vec<(KeyId, f64)>,
+}
+
 /// The answer to a rolled key that tries to manage keys: it keeps
 /// authorizing requests in its overlap, but manages none. The message names
 /// no successor (a thief holding the old key must not learn the new one).
@@ -835,6 +868,19 @@ pub trait Store: Send + Sync + 'static {
     /// is never in both or neither), and deletes up to `limit` day rows older
     /// than the day window. Safe to run on several instances at once.
     async fn prune_usage(&self, now_ms: i64, limit: usize) -> Result<Pruned, StoreError>;
+
+    /// Writes `report` (the instance's heartbeat and its demand, replacing
+    /// its previous ones) and reads the other instances' fresh reports, as
+    /// they were before this write: one statement, one round trip, on a
+    /// connection of its own (so the exchange neither waits for request
+    /// handlers nor delays the change feed). The reports are soft state: a
+    /// store may lose them (PostgreSQL keeps them in an unlogged table, SQLite
+    /// in memory, as one process serves a SQLite file).
+    async fn exchange_demand(&self, report: &DemandReport) -> Result<PeerDemand, StoreError>;
+
+    /// Deletes the reports of `instance` (at a graceful shutdown): the
+    /// others stop counting it at once, not when its reports go stale.
+    async fn withdraw_demand(&self, instance: &str) -> Result<(), StoreError>;
 
     /// How many keys the store holds, revoked ones included.
     async fn count(&self) -> Result<u64, StoreError>;

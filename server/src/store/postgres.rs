@@ -44,6 +44,14 @@
 //! * `change_seq(seq)`: one row, the last sequence number handed out (see
 //!   below), and `schema_migrations(version, applied_at_ms, applied_by)`: one
 //!   row per migration this database has run.
+//! * `rate_instances(instance_id, updated_at_ms)` and
+//!   `rate_demand(meter_id, instance_id, demand, updated_at_ms)`: each
+//!   running instance's heartbeat and its demand per rate-limited meter
+//!   ([`Store::exchange_demand`]), by which instances split each key's rate
+//!   limit. Soft state, seconds old: `UNLOGGED` (no WAL, emptied by a crash
+//!   of PostgreSQL, not on standbys), outside the numbered migrations
+//!   (created where missing at every start, under the migration lock).
+
 //!
 //! Migrations run in [`PgStore::connect`], in one transaction that first
 //! takes a transaction-level advisory lock: instances that start together
@@ -101,9 +109,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
 use super::{
-    balance_at, fresh_balance, no_credits, rolled_target, usage_cutoffs, Action, Bucket, Event,
-    KeyPage, KeyUsage, LimitColumns, LimitsChange, Pruned, Scope, SetOrAdd, Snapshot, Store,
-    StoreError, StoredKey, UsageBucket, UsageCounts, UsageQuery, UsageRow, DAY_MS, SCHEMA_VERSION,
+    balance_at, fresh_balance, no_credits, rolled_target, usage_cutoffs, Action, Bucket,
+    DemandReport, Event, KeyPage, KeyUsage, LimitColumns, LimitsChange, PeerDemand, Pruned, Scope,
+    SetOrAdd, Snapshot, Store, StoreError, StoredKey, UsageBucket, UsageCounts, UsageQuery,
+    UsageRow, DAY_MS, SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -132,6 +141,22 @@ const KEY_COLUMNS: &str = "id, kind, name, secret_hash, scopes, created_at_ms, e
      creator_id, revoked_at_ms, last_used_at_ms, rate_limit, rate_period_ms, \
      credits_remaining, credits_refill_amount, credits_refill_interval_ms, meter_id, \
      meter_since_ms";
+
+/// The tables of [`Store::exchange_demand`]: soft state, outside the
+/// numbered migrations, created where missing at every start.
+const ENSURE_DEMAND: &str = r#"
+    CREATE UNLOGGED TABLE IF NOT EXISTS rate_instances (
+        instance_id TEXT COLLATE "C" PRIMARY KEY,
+        updated_at_ms BIGINT NOT NULL
+    );
+    CREATE UNLOGGED TABLE IF NOT EXISTS rate_demand (
+        meter_id TEXT COLLATE "C" NOT NULL,
+        instance_id TEXT COLLATE "C" NOT NULL,
+        demand DOUBLE PRECISION NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (meter_id, instance_id)
+    );
+    "#;
 
 /// The migrations, by the schema version they produce. Version 1 was the
 /// SQLite-only JSON table of 0.1.0, so PostgreSQL starts at 2.
@@ -247,6 +272,8 @@ pub struct PgStore {
     /// The follower's own connection (the change log), so a flood of
     /// requests on `pool` does not delay revocations.
     follower: Pool,
+    /// The demand exchange's own connection ([`Store::exchange_demand`]).
+    shares: Pool,
     /// Key rows and log entries the feed could not read (each failed closed).
     corrupt: std::sync::atomic::AtomicU64,
     config: tokio_postgres::Config,
@@ -333,6 +360,7 @@ impl PgStore {
         let store = PgStore {
             pool: pool_of(POOL_SIZE)?,
             follower: pool_of(1)?,
+            shares: pool_of(1)?,
             corrupt: std::sync::atomic::AtomicU64::new(0),
             config,
             listener: OnceLock::new(),
@@ -411,6 +439,7 @@ impl PgStore {
                 .map_err(db_error)?;
             applied.push(version);
         }
+        tx.batch_execute(ENSURE_DEMAND).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         if !applied.is_empty() {
             tracing::info!(?applied, "migrated the database");
@@ -1809,6 +1838,91 @@ impl Store for PgStore {
 
     fn corrupt_rows(&self) -> u64 {
         self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn exchange_demand(&self, report: &DemandReport) -> Result<PeerDemand, StoreError> {
+        let client = self.shares.get().await.map_err(pool_error)?;
+        // Every part in one statement: the heartbeat, the demand (in meter
+        // order), the purge of stale reports (rows another purge holds are
+        // skipped, never waited for), and the read of the other instances'
+        // fresh reports, which sees the tables as they were before it.
+        let stmt = client
+            .prepare_cached(
+                "WITH beat AS ( \
+                     INSERT INTO rate_instances (instance_id, updated_at_ms) VALUES ($1, $2) \
+                     ON CONFLICT (instance_id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms \
+                 ), mine AS ( \
+                     INSERT INTO rate_demand (meter_id, instance_id, demand, updated_at_ms) \
+                     SELECT u.m, $1, u.d, $2 FROM unnest($3::text[], $4::float8[]) AS u(m, d) \
+                     ON CONFLICT (meter_id, instance_id) DO UPDATE \
+                     SET demand = excluded.demand, updated_at_ms = excluded.updated_at_ms \
+                 ), stale_demand AS ( \
+                     DELETE FROM rate_demand WHERE (meter_id, instance_id) IN ( \
+                         SELECT meter_id, instance_id FROM rate_demand \
+                         WHERE $6::bigint IS NOT NULL AND updated_at_ms < $6 \
+                         FOR UPDATE SKIP LOCKED) \
+                 ), stale_instances AS ( \
+                     DELETE FROM rate_instances WHERE instance_id IN ( \
+                         SELECT instance_id FROM rate_instances \
+                         WHERE $6::bigint IS NOT NULL AND updated_at_ms < $6 \
+                         FOR UPDATE SKIP LOCKED) \
+                 ) \
+                 SELECT NULL::text, count(*)::float8 FROM rate_instances \
+                 WHERE instance_id <> $1 AND updated_at_ms >= $5 \
+                 UNION ALL \
+                 SELECT meter_id, sum(demand) FROM rate_demand \
+                 WHERE instance_id <> $1 AND updated_at_ms >= $5 GROUP BY meter_id \
+                 ORDER BY 1 NULLS FIRST",
+            )
+            .await
+            .map_err(db_error)?;
+        let mut mine: Vec<&(KeyId, f64)> = report.demand.iter().collect();
+        mine.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let meters: Vec<&str> = mine.iter().map(|(m, _)| m.as_str()).collect();
+        let demand: Vec<f64> = mine.iter().map(|(_, d)| *d).collect();
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &report.instance,
+                    &report.at_ms,
+                    &meters,
+                    &demand,
+                    &report.fresh_since_ms,
+                    &report.purge_before_ms,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let mut peers = PeerDemand::default();
+        for row in &rows {
+            let value: f64 = row.get(1);
+            match row.get::<_, Option<&str>>(0) {
+                // A count of rows: a small whole number.
+                None => peers.instances = value as u32,
+                Some(text) => match KeyId::parse(text) {
+                    Ok(meter) => peers.demand.push((meter, value)),
+                    Err(_) => tracing::warn!(
+                        meter = %super::redacted(text),
+                        "a demand report names no valid meter; ignored"
+                    ),
+                },
+            }
+        }
+        Ok(peers)
+    }
+
+    async fn withdraw_demand(&self, instance: &str) -> Result<(), StoreError> {
+        let client = self.shares.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "WITH d AS (DELETE FROM rate_demand WHERE instance_id = $1) \
+                 DELETE FROM rate_instances WHERE instance_id = $1",
+                &[&instance],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     fn change_signal(&self) -> Option<Arc<Notify>> {

@@ -28,6 +28,9 @@ use keygate::{AuthError, Change, ChangeOp, KeyId, Keyring, Limiter, Pepper, Prin
 /// How many shards the keys are spread over (a power of two).
 pub const SHARDS: usize = 64;
 
+/// How many meters' shares [`KeyCache::set_shares`] sets per write lock.
+pub const SHARE_BATCH: usize = 256;
+
 /// The keyring, in shards behind locks.
 pub struct KeyCache {
     shards: Vec<RwLock<Keyring>>,
@@ -163,6 +166,49 @@ impl KeyCache {
             }
         }
         self.limited.store(!limiter.is_empty(), Ordering::Release);
+    }
+
+    /// The cost asked of each rate-limited meter since the last call
+    /// ([`Limiter::take_demand`]), under the limiter's read lock.
+    pub fn take_demand(&self, report: impl FnMut(KeyId, u64)) {
+        self.limiter
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_demand(report);
+    }
+
+    /// Every rate-limited meter and this instance's share of it.
+    pub fn shares(&self) -> Vec<(KeyId, (u32, u32))> {
+        self.limiter
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shares()
+            .collect()
+    }
+
+    /// Sets this instance's share of each meter named ([`Limiter::set_share`],
+    /// as of `now_ms`), [`SHARE_BATCH`] meters per write lock, so a check of
+    /// a limited key waits at most for that many; and the share meters new
+    /// here start with, if given. Meters not here are skipped.
+    pub fn set_shares(
+        &self,
+        shares: &[(KeyId, (u32, u32))],
+        default: Option<(u32, u32)>,
+        now_ms: i64,
+    ) {
+        let now = keygate::UnixMillis::from_millis(now_ms);
+        if let Some((num, den)) = default {
+            self.limiter
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_default_share(num, den);
+        }
+        for batch in shares.chunks(SHARE_BATCH) {
+            let mut limiter = self.limiter.write().unwrap_or_else(PoisonError::into_inner);
+            for (meter, (num, den)) in batch {
+                limiter.set_share(meter, *num, *den, now);
+            }
+        }
     }
 
     /// Drops the records expired by `now_ms`, one shard at a time; returns

@@ -16,7 +16,7 @@ use keygate::ChangeOp;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
-use crate::sync::Keys;
+use crate::sync::{shares, Keys};
 
 /// How many changes one read of the log takes at most.
 const BATCH: usize = 1_000;
@@ -36,6 +36,8 @@ pub struct Intervals {
     pub flush: Duration,
     /// Dropping expired keys from memory.
     pub evict: Duration,
+    /// Exchanging demand for the rate-limit shares (`crate::sync::shares`).
+    pub shares: Duration,
 }
 
 impl Default for Intervals {
@@ -44,6 +46,7 @@ impl Default for Intervals {
             poll: Duration::from_millis(100),
             flush: Duration::from_secs(10),
             evict: Duration::from_secs(10),
+            shares: crate::sync::shares::TICK,
         }
     }
 }
@@ -52,7 +55,9 @@ impl Default for Intervals {
 /// follower is never queued behind request handlers on the server's
 /// workers, so a flood of requests delays revocations only by the CPU it
 /// takes, not by a run queue. Its database connection, its `LISTEN`
-/// connection and their I/O live on that runtime too.
+/// connection and their I/O live on that runtime too, and so does the
+/// rate-limit share exchange ([`shares::run`]), whose first tick, like the
+/// first read of the log, comes before the server listens.
 pub fn spawn(
     state: Arc<Keys>,
     cursor: u64,
@@ -74,8 +79,16 @@ pub fn spawn(
                 // The first read of the log before the server says it is
                 // listening: its connection and runtime exist from then on.
                 let cursor = catch_up(&state, cursor).await;
+                // The first share exchange too: the limits loaded are split
+                // with the instances already running before any request.
+                let mut share = shares::Shares::new(intervals.shares);
+                share.tick(&state).await;
                 let _ = started.send(());
+                let exchange =
+                    tokio::spawn(shares::run(Arc::clone(&state), share, shutdown.clone()));
                 run(state, cursor, intervals, shutdown).await;
+                // It withdraws this instance's demand on the way out.
+                let _ = exchange.await;
             });
         })?;
     Ok((thread, first_read))

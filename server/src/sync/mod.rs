@@ -1,11 +1,13 @@
 //! Keeping this instance in step with the store: the in-memory keyring
 //! (`cache`), the follower that applies the change log to it (`follow`),
 //! and what it flushes: the last-use tracker (`usage`) and the per-key
-//! usage counts (`counts`).
+//! usage counts (`counts`); and this instance's shares of the rate limits
+//! it enforces with others (`shares`).
 
 pub mod cache;
 pub mod counts;
 pub mod follow;
+pub mod shares;
 pub mod usage;
 
 use std::sync::atomic::AtomicBool;

@@ -1052,3 +1052,92 @@ fn a_version_3_database_upgrades_through_4_and_5() {
 fn a_version_4_database_gains_the_limit_columns() {
     upgrades_to_version_5_from(4);
 }
+
+/// One script of demand exchanges between instances `a`, `b`, `c` and `d`,
+/// at explicit times; every answer, comparable across stores.
+async fn demand_script(store: &dyn Store) -> Vec<PeerDemand> {
+    let m1 = KeyId::parse("0000000000000001").unwrap();
+    let m2 = KeyId::parse("0000000000000002").unwrap();
+    let report = |instance: &str, at_ms: i64, fresh: i64, demand: Vec<(KeyId, f64)>| DemandReport {
+        instance: instance.to_owned(),
+        at_ms,
+        fresh_since_ms: fresh,
+        demand,
+        purge_before_ms: None,
+    };
+    let mut out = Vec::new();
+    for r in [
+        report("a", 1_000, 400, vec![(m2, 5.0), (m1, 10.0)]),
+        report("b", 1_100, 500, vec![(m1, 30.0)]),
+        report("c", 1_200, 600, vec![]),
+        // a's own reports never count for a.
+        report("a", 1_300, 700, vec![(m1, 20.0)]),
+        // b and c went stale.
+        report("a", 2_000, 1_400, vec![(m1, 20.0)]),
+        // a's report of m2 went stale, the one of m1 did not.
+        report("b", 2_050, 1_450, vec![]),
+    ] {
+        out.push(store.exchange_demand(&r).await.unwrap());
+    }
+    // a leaves: it counts no more at once.
+    store.withdraw_demand("a").await.unwrap();
+    out.push(
+        store
+            .exchange_demand(&report("c", 2_100, 1_500, vec![]))
+            .await
+            .unwrap(),
+    );
+    // c purges everything stamped before 10 s: b's reports go, c's stay.
+    let mut purge = report("c", 70_000, 69_400, vec![(m2, 1.5)]);
+    purge.purge_before_ms = Some(10_000);
+    out.push(store.exchange_demand(&purge).await.unwrap());
+    out.push(
+        store
+            .exchange_demand(&report("d", 70_001, 0, vec![]))
+            .await
+            .unwrap(),
+    );
+    out
+}
+
+/// The demand exchange answers alike on both stores (PostgreSQL's tables,
+/// SQLite's memory), with the expected figures.
+#[test]
+fn demand_reports_are_exchanged_alike_on_both_stores() {
+    let pg = TestPg::start();
+    let dir = std::env::temp_dir().join(format!("keygate-pg-demand-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (on_sqlite, on_pg) = runtime().block_on(async {
+        let sqlite = super::super::sqlite::SqliteStore::open(&dir.join("k.db")).unwrap();
+        let postgres = PgStore::connect(&pg.url()).await.unwrap();
+        (demand_script(&sqlite).await, demand_script(&postgres).await)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(on_sqlite, on_pg);
+    let m1 = KeyId::parse("0000000000000001").unwrap();
+    let m2 = KeyId::parse("0000000000000002").unwrap();
+    let peers = |instances: u32, demand: Vec<(KeyId, f64)>| PeerDemand { instances, demand };
+    assert_eq!(
+        on_pg,
+        [
+            peers(0, vec![]),
+            peers(1, vec![(m1, 10.0), (m2, 5.0)]),
+            peers(2, vec![(m1, 40.0), (m2, 5.0)]),
+            peers(2, vec![(m1, 30.0)]),
+            peers(0, vec![]),
+            peers(1, vec![(m1, 20.0)]),
+            peers(1, vec![]),
+            peers(0, vec![]),
+            peers(1, vec![(m2, 1.5)]),
+        ]
+    );
+    // Soft state: unlogged tables.
+    assert_eq!(
+        pg.psql(
+            "SELECT string_agg(relname || ':' || relpersistence::text, ',' ORDER BY relname) \
+             FROM pg_class WHERE relname IN ('rate_demand', 'rate_instances')"
+        ),
+        "rate_demand:u,rate_instances:u"
+    );
+}

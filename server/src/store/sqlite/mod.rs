@@ -25,6 +25,10 @@
 //!   retention folds minutes older than 30 days into days and deletes days
 //!   older than two years (`usage.rs`).
 //!
+//! The demand reports by which instances split rate limits
+//! ([`Store::exchange_demand`](super::Store::exchange_demand)) are kept in
+//! memory, not in the file: one process serves it (`demand`).
+//!
 //! Durability: every connection must be in WAL mode with `synchronous`
 //! FULL or EXTRA, checked when it opens (it fails to open otherwise), so a
 //! write has been fsynced to the WAL before the method returns.
@@ -53,10 +57,11 @@ use keygate::{Change, KeyId, KeyRecord, Meter, UnixMillis};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{
-    Action, Event, KeyPage, KeyUsage, LimitsChange, Pruned, Scope, SetOrAdd, Snapshot, StoreError,
-    StoredKey, UsageQuery, UsageRow,
+    Action, DemandReport, Event, KeyPage, KeyUsage, LimitsChange, PeerDemand, Pruned, Scope,
+    SetOrAdd, Snapshot, StoreError, StoredKey, UsageQuery, UsageRow,
 };
 
+mod demand;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -86,6 +91,8 @@ struct Inner {
     corrupt: std::sync::atomic::AtomicU64,
     /// The database path, for messages.
     path: String,
+    /// The demand reports (in memory: see `demand`).
+    demand: Mutex<demand::DemandTable>,
 }
 
 impl SqliteStore {
@@ -106,6 +113,7 @@ impl SqliteStore {
                 follower: Mutex::new(follower),
                 corrupt: std::sync::atomic::AtomicU64::new(0),
                 path: shown,
+                demand: Mutex::new(demand::DemandTable::default()),
             }),
         })
     }
@@ -378,5 +386,24 @@ impl super::Store for SqliteStore {
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
         self.write(move |conn, path| pepper_tx(conn, &fingerprint, path))
             .await
+    }
+
+    async fn exchange_demand(&self, report: &DemandReport) -> Result<PeerDemand, StoreError> {
+        let mut table = self
+            .inner
+            .demand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(table.exchange(report))
+    }
+
+    async fn withdraw_demand(&self, instance: &str) -> Result<(), StoreError> {
+        let mut table = self
+            .inner
+            .demand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        table.withdraw(instance);
+        Ok(())
     }
 }

@@ -304,9 +304,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
         if version < SCHEMA_VERSION {
             upgrade(&tx, version, path)?;
             meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
-            tx.commit().map_err(sql)?;
         }
-        return Ok(());
+        return tx.commit().map_err(sql);
     }
     if table_exists(&tx, "keys")? {
         if !column_exists(&tx, "keys", "record")? {
