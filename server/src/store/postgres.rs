@@ -30,6 +30,12 @@
 //! * `change_seq(seq)`: one row, the last sequence number handed out (see
 //!   below), and `schema_migrations(version, applied_at_ms, applied_by)`: one
 //!   row per migration this database has run.
+//! * `credit_balances(meter_id, remaining, period)` and
+//!   `credit_leases(meter_id, instance_id, period, amount, expires_at_ms)`
+//!   (version 4): each meter's pool of unleased credits, and the credits
+//!   each instance holds of it (`store::lease`). A lease write locks the
+//!   pool row `FOR UPDATE`, so concurrent grants from several instances
+//!   never hand out more than the pool holds.
 //!
 //! Migrations run in [`PgStore::connect`], in one transaction that first
 //! takes a transaction-level advisory lock: instances that start together
@@ -83,8 +89,12 @@ use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
+use super::lease::{
+    add, col, credits, grant, period_col, period_now, period_of, refilled, PoolRow,
+};
 use super::{
-    Action, Event, KeyPage, Scope, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
+    Action, CreditMeter, Event, Expired, KeyPage, Lease, LeaseReport, LeaseWriteError, PoolView,
+    Scope, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -165,6 +175,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX changes_key_id ON changes (key_id);
     UPDATE keys k SET rolled_from = c.key_id
     FROM changes c WHERE c.action = 'rolled' AND c.new_key_id = k.id;
+    "#,
+    ),
+    (
+        4,
+        r#"
+    CREATE TABLE IF NOT EXISTS credit_balances (
+        meter_id TEXT COLLATE "C" PRIMARY KEY,
+        remaining BIGINT NOT NULL,
+        period BIGINT NOT NULL
+    );
+    CREATE TABLE credit_leases (
+        meter_id TEXT COLLATE "C" NOT NULL,
+        instance_id TEXT COLLATE "C" NOT NULL,
+        period BIGINT NOT NULL,
+        amount BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (meter_id, instance_id)
+    );
+    CREATE INDEX credit_leases_instance ON credit_leases (instance_id);
+    CREATE INDEX credit_leases_expires ON credit_leases (expires_at_ms);
     "#,
     ),
 ];
@@ -382,6 +412,50 @@ macro_rules! write_tx {
                 }
                 Err(WriteError::Db(e)) => break Err(db_error(e)),
                 Err(WriteError::Store(e)) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// [`write_tx`] for a lease write, whose caller must know whether a failed
+/// write may have committed: an error while committing that PostgreSQL did
+/// not answer (the connection dropped) is `maybe_applied`; every error
+/// before it rolled the transaction back.
+macro_rules! lease_tx {
+    ($store:expr, $tx:ident => $body:block) => {{
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut client = $store.client().await?;
+            let owned = client.transaction().await.map_err(db_error)?;
+            let result: Result<_, WriteError> = async {
+                let $tx = &owned;
+                $body
+            }
+            .await;
+            let value = match result {
+                Ok(value) => value,
+                Err(WriteError::Db(e)) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!("lease write conflict, retrying: {e}");
+                    continue;
+                }
+                Err(WriteError::Db(e)) if is_retryable(&e) => {
+                    break Err(LeaseWriteError::from(StoreError::Unavailable(format!(
+                        "write conflict after {WRITE_ATTEMPTS} attempts: {}",
+                        describe(&e)
+                    ))))
+                }
+                Err(WriteError::Db(e)) => break Err(db_error(e).into()),
+                Err(WriteError::Store(e)) => break Err(e.into()),
+            };
+            match owned.commit().await {
+                Ok(()) => break Ok(value),
+                Err(e) => {
+                    break Err(LeaseWriteError {
+                        maybe_applied: e.as_db_error().is_none(),
+                        error: db_error(e),
+                    })
+                }
             }
         }
     }};
@@ -792,6 +866,80 @@ fn fail_closed(corrupt: &std::sync::atomic::AtomicU64, seq: u64, key_id: &str, w
         key_id = %super::redacted(key_id),
         "unreadable key row in the change log: {what}"
     );
+}
+
+/// The pool row of `meter_id`, locked `FOR UPDATE` until the transaction
+/// ends, if there is one.
+async fn lock_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter_id: KeyId,
+) -> Result<Option<PoolRow>, WriteError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT remaining, period FROM credit_balances WHERE meter_id = $1 FOR UPDATE",
+        )
+        .await?;
+    Ok(tx
+        .query_opt(&stmt, &[&meter_id.as_str()])
+        .await?
+        .map(|r| (credits(r.get(0)), period_of(r.get(1)))))
+}
+
+async fn write_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter_id: KeyId,
+    pool: PoolRow,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO credit_balances (meter_id, remaining, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (meter_id) DO UPDATE \
+             SET remaining = excluded.remaining, period = excluded.period",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&meter_id.as_str(), &col(pool.0), &period_col(pool.1)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the meter's leases of any period but `period`: void.
+async fn void_others(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter_id: KeyId,
+    period: u64,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached("DELETE FROM credit_leases WHERE meter_id = $1 AND period <> $2")
+        .await?;
+    tx.execute(&stmt, &[&meter_id.as_str(), &period_col(period)])
+        .await?;
+    Ok(())
+}
+
+/// What the live leases of `period` hold, as last known, but `except`'s.
+async fn leased<C: GenericClient>(
+    client: &C,
+    meter_id: KeyId,
+    period: u64,
+    except: &str,
+    now_ms: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT COALESCE(SUM(amount), 0)::bigint FROM credit_leases \
+             WHERE meter_id = $1 AND period = $2 AND instance_id <> $3 AND expires_at_ms >= $4",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[&meter_id.as_str(), &period_col(period), &except, &now_ms],
+        )
+        .await?;
+    Ok(credits(row.get(0)))
 }
 
 #[async_trait]
@@ -1293,6 +1441,295 @@ impl Store for PgStore {
 
     fn corrupt_rows(&self) -> u64 {
         self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn lease_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        want: u64,
+        need: u64,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, LeaseWriteError> {
+        let id = meter.meter.id;
+        lease_tx!(self, tx => {
+            let Some(row) = lock_pool(tx, id).await? else {
+                return Ok(Lease {
+                    period: period_now(meter, 0, now_ms),
+                    ..Lease::default()
+                });
+            };
+            let ((remaining, period), refill) = refilled(row, meter, now_ms);
+            if refill {
+                void_others(tx, id, period).await?;
+            }
+            let granted = grant(remaining, want, need);
+            if granted > 0 {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO credit_leases \
+                             (meter_id, instance_id, period, amount, expires_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (meter_id, instance_id) DO UPDATE SET \
+                             amount = CASE WHEN credit_leases.period = excluded.period \
+                                      THEN LEAST(credit_leases.amount + excluded.amount, $6) \
+                                      ELSE excluded.amount END, \
+                             period = excluded.period, \
+                             expires_at_ms = excluded.expires_at_ms",
+                    )
+                    .await?;
+                tx.execute(
+                    &stmt,
+                    &[
+                        &id.as_str(),
+                        &instance,
+                        &period_col(period),
+                        &col(granted),
+                        &now_ms.saturating_add(ttl_ms),
+                        &col(keygate::MAX_CREDITS),
+                    ],
+                )
+                .await?;
+            }
+            let pool = remaining - granted;
+            if refill || granted > 0 {
+                write_pool(tx, id, (pool, period)).await?;
+            }
+            let elsewhere = leased(tx, id, period, instance, now_ms).await?;
+            Ok(Lease {
+                granted,
+                period,
+                pool,
+                elsewhere,
+            })
+        })
+    }
+
+    async fn return_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        amount: u64,
+        of_period: u64,
+        kept: u64,
+        now_ms: i64,
+    ) -> Result<bool, LeaseWriteError> {
+        let id = meter.meter.id;
+        lease_tx!(self, tx => {
+            let mut back = false;
+            if let Some(row) = lock_pool(tx, id).await? {
+                let ((mut remaining, period), refill) = refilled(row, meter, now_ms);
+                if refill {
+                    void_others(tx, id, period).await?;
+                }
+                back = period == of_period;
+                if back {
+                    remaining = add(remaining, amount);
+                }
+                if refill || back {
+                    write_pool(tx, id, (remaining, period)).await?;
+                }
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "WITH gone AS ( \
+                         DELETE FROM credit_leases \
+                         WHERE meter_id = $1 AND instance_id = $2 AND period = $3 \
+                           AND $4::bigint = 0 \
+                     ) \
+                     UPDATE credit_leases SET amount = $4::bigint \
+                     WHERE meter_id = $1 AND instance_id = $2 AND period = $3 \
+                       AND $4::bigint <> 0",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[&id.as_str(), &instance, &period_col(of_period), &col(kept)],
+            )
+            .await?;
+            Ok(back)
+        })
+    }
+
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        reports: &[LeaseReport],
+    ) -> Result<Vec<PoolView>, StoreError> {
+        // In meter order, so two writers lock rows in the same order.
+        let mut sorted = reports.to_vec();
+        sorted.sort_unstable_by(|a, b| a.meter_id.cmp(&b.meter_id));
+        let ids: Vec<&str> = sorted.iter().map(|r| r.meter_id.as_str()).collect();
+        let periods: Vec<i64> = sorted.iter().map(|r| period_col(r.period)).collect();
+        let amounts: Vec<i64> = sorted.iter().map(|r| col(r.unspent)).collect();
+        let (ids, periods, amounts) = (&ids, &periods, &amounts);
+        let until = now_ms.saturating_add(ttl_ms);
+        write_tx!(self, tx => {
+            let extend = tx
+                .prepare_cached(
+                    "UPDATE credit_leases SET expires_at_ms = $2 WHERE instance_id = $1",
+                )
+                .await?;
+            tx.execute(&extend, &[&instance, &until]).await?;
+            let report = tx
+                .prepare_cached(
+                    "WITH r AS ( \
+                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[]) \
+                             AS r(meter_id, period, amount) \
+                     ), gone AS ( \
+                         DELETE FROM credit_leases l USING r \
+                         WHERE r.amount = 0 AND l.meter_id = r.meter_id \
+                           AND l.instance_id = $1 AND l.period <= r.period \
+                     ) \
+                     INSERT INTO credit_leases \
+                         (meter_id, instance_id, period, amount, expires_at_ms) \
+                     SELECT r.meter_id, $1, r.period, r.amount, $5 FROM r \
+                     WHERE r.amount > 0 ORDER BY r.meter_id \
+                     ON CONFLICT (meter_id, instance_id) DO UPDATE SET \
+                         amount = CASE WHEN credit_leases.period <= excluded.period \
+                                  THEN excluded.amount ELSE credit_leases.amount END, \
+                         period = GREATEST(credit_leases.period, excluded.period), \
+                         expires_at_ms = excluded.expires_at_ms",
+                )
+                .await?;
+            tx.execute(&report, &[&instance, ids, periods, amounts, &until])
+                .await?;
+            let pools = tx
+                .prepare_cached(
+                    "SELECT b.meter_id, b.remaining, b.period, \
+                         COALESCE((SELECT SUM(l.amount) FROM credit_leases l \
+                                   WHERE l.meter_id = b.meter_id AND l.period = b.period \
+                                     AND l.instance_id <> $1 AND l.expires_at_ms >= $3), 0)::bigint \
+                     FROM credit_balances b WHERE b.meter_id = ANY($2::text[])",
+                )
+                .await?;
+            let rows = tx.query(&pools, &[&instance, ids, &now_ms]).await?;
+            let mut views = Vec::with_capacity(rows.len());
+            for row in &rows {
+                views.push(PoolView {
+                    meter_id: key_id(row.get(0))?,
+                    remaining: credits(row.get(1)),
+                    period: period_of(row.get(2)),
+                    elsewhere: credits(row.get(3)),
+                });
+            }
+            Ok(views)
+        })
+    }
+
+    async fn expire_leases(&self, now_ms: i64) -> Result<Expired, StoreError> {
+        write_tx!(self, tx => {
+            let expired = tx
+                .prepare_cached(
+                    "WITH gone AS ( \
+                         DELETE FROM credit_leases WHERE expires_at_ms < $1 RETURNING amount \
+                     ) SELECT count(*), COALESCE(SUM(amount), 0)::bigint FROM gone",
+                )
+                .await?;
+            let row = tx.query_one(&expired, &[&now_ms]).await?;
+            let void = tx
+                .prepare_cached(
+                    "DELETE FROM credit_leases l USING credit_balances b \
+                     WHERE b.meter_id = l.meter_id AND b.period <> l.period",
+                )
+                .await?;
+            let void = tx.execute(&void, &[]).await?;
+            Ok(Expired {
+                leases: to_u64(row.get(0)),
+                forfeited: credits(row.get(1)),
+                void,
+            })
+        })
+    }
+
+    async fn credit_total(
+        &self,
+        meter: CreditMeter,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot: the pool and the leases as of the same moment.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let stmt = tx
+            .prepare_cached("SELECT remaining, period FROM credit_balances WHERE meter_id = $1")
+            .await
+            .map_err(db_error)?;
+        let Some(row) = tx
+            .query_opt(&stmt, &[&meter.meter.id.as_str()])
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        let row = (credits(row.get(0)), period_of(row.get(1)));
+        let ((remaining, period), refill) = refilled(row, meter, now_ms);
+        let held = if refill {
+            0
+        } else {
+            leased(&tx, meter.meter.id, period, "", now_ms)
+                .await
+                .map_err(db_error)?
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(add(remaining, held)))
+    }
+
+    async fn set_credits(
+        &self,
+        meter: CreditMeter,
+        remaining: u64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let id = meter.meter.id;
+        write_tx!(self, tx => {
+            let stored = lock_pool(tx, id).await?.map_or(0, |(_, p)| p);
+            // The period of the refill as given, not at least the stored
+            // one: a changed interval numbers its periods anew.
+            let period = meter.refill.map_or(stored, |r| {
+                r.period_at(meter.meter.since, UnixMillis::from_millis(now_ms))
+            });
+            void_others(tx, id, period).await?;
+            let held = leased(tx, id, period, "", now_ms).await?;
+            let pool = remaining.min(keygate::MAX_CREDITS).saturating_sub(held);
+            write_pool(tx, id, (pool, period)).await?;
+            Ok(add(pool, held))
+        })
+    }
+
+    async fn add_credits(
+        &self,
+        meter: CreditMeter,
+        delta: i64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let id = meter.meter.id;
+        write_tx!(self, tx => {
+            let Some(row) = lock_pool(tx, id).await? else {
+                return Ok(None);
+            };
+            let ((remaining, period), refill) = refilled(row, meter, now_ms);
+            if refill {
+                void_others(tx, id, period).await?;
+            }
+            let sum = i128::from(remaining) + i128::from(delta);
+            let pool = u64::try_from(sum.clamp(0, i128::from(keygate::MAX_CREDITS))).unwrap_or(0);
+            write_pool(tx, id, (pool, period)).await?;
+            let held = leased(tx, id, period, "", now_ms).await?;
+            Ok(Some(add(pool, held)))
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn change_signal(&self) -> Option<Arc<Notify>> {

@@ -806,3 +806,73 @@ fn a_write_still_deadlocked_after_its_retries_is_unavailable() {
         store.create(&standard("k"), None, 1).await.unwrap();
     });
 }
+
+#[test]
+fn credit_pools_and_leases() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        crate::store::lease_tests::all(&store).await;
+    });
+}
+
+/// Several instances (each its own connection pool) lease from one pool
+/// at once: the row lock serializes them, so the grants add up to the
+/// pool exactly, never more.
+#[test]
+fn concurrent_leases_never_grant_more_than_the_pool() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let stores: Vec<Arc<PgStore>> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(Arc::new(PgStore::connect(&pg.url()).await.unwrap()));
+            }
+            v
+        };
+        let meter = crate::store::CreditMeter {
+            meter: keygate::Meter {
+                id: KeyId::parse("0000000000000042").unwrap(),
+                since: keygate::UnixMillis::from_millis(0),
+            },
+            refill: None,
+        };
+        stores[0].set_credits(meter, 5_000, 1).await.unwrap();
+        let mut tasks = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            for t in 0..8u64 {
+                let store = Arc::clone(store);
+                let instance = format!("i{i}t{t}");
+                tasks.push(tokio::spawn(async move {
+                    let mut got = 0u64;
+                    let mut want = 1 + t * 7;
+                    loop {
+                        let l = store
+                            .lease_credits(meter, &instance, want, 1, 2, 60_000)
+                            .await
+                            .unwrap();
+                        if l.granted == 0 {
+                            return got;
+                        }
+                        got += l.granted;
+                        want = want % 97 + 1;
+                    }
+                }));
+            }
+        }
+        let mut granted = 0;
+        for t in tasks {
+            granted += t.await.unwrap();
+        }
+        assert_eq!(granted, 5_000);
+        assert_eq!(
+            pg.psql("SELECT remaining FROM credit_balances WHERE meter_id = '0000000000000042'"),
+            "0"
+        );
+        assert_eq!(
+            pg.psql("SELECT sum(amount) FROM credit_leases WHERE meter_id = '0000000000000042'"),
+            "5000"
+        );
+        assert_eq!(stores[1].credit_total(meter, 3).await.unwrap(), Some(5_000));
+    });
+}

@@ -1,4 +1,4 @@
-//! The SQLite store: [`SqliteStore`], schema version 3.
+//! The SQLite store: [`SqliteStore`], schema version 4.
 //!
 //! Tables:
 //!
@@ -12,6 +12,10 @@
 //!   SQLite serializes writers, so sequence numbers grow with commit order
 //!   and are never reused.
 //! * `meta`: `schema_version` and `pepper_fingerprint` (hex).
+//! * `credit_balances` and `credit_leases` (version 4): each meter's pool of
+//!   unleased credits, and the credits each instance holds of it (see
+//!   `store::lease`). On SQLite one instance holds the leases, so the
+//!   credits are exact: the pool plus the one lease is the balance.
 //!
 //! Durability: every connection must be in WAL mode with `synchronous`
 //! FULL or EXTRA, checked when it opens (it fails to open otherwise), so a
@@ -40,8 +44,12 @@ use async_trait::async_trait;
 use keygate::{Change, KeyId, KeyRecord};
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKey};
+use super::{
+    Action, CreditMeter, Event, Expired, KeyPage, Lease, LeaseReport, LeaseWriteError, PoolView,
+    Scope, Snapshot, StoreError, StoredKey,
+};
 
+mod leases;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -297,6 +305,87 @@ impl super::Store for SqliteStore {
 
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
         self.write(move |conn, path| pepper_tx(conn, &fingerprint, path))
+            .await
+    }
+
+    async fn lease_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        want: u64,
+        need: u64,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, LeaseWriteError> {
+        // SQLite's outcome is never in doubt: a failed commit rolled back.
+        let instance = instance.to_owned();
+        self.write(move |conn, _| {
+            leases::lease(conn, meter, &instance, want, need, now_ms, ttl_ms)
+        })
+        .await
+        .map_err(LeaseWriteError::from)
+    }
+
+    async fn return_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        amount: u64,
+        period: u64,
+        kept: u64,
+        now_ms: i64,
+    ) -> Result<bool, LeaseWriteError> {
+        let instance = instance.to_owned();
+        self.write(move |conn, _| {
+            leases::give_back(conn, meter, &instance, amount, period, kept, now_ms)
+        })
+        .await
+        .map_err(LeaseWriteError::from)
+    }
+
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        reports: &[LeaseReport],
+    ) -> Result<Vec<PoolView>, StoreError> {
+        let (instance, reports) = (instance.to_owned(), reports.to_vec());
+        self.write(move |conn, _| leases::renew(conn, &instance, now_ms, ttl_ms, &reports))
+            .await
+    }
+
+    async fn expire_leases(&self, now_ms: i64) -> Result<Expired, StoreError> {
+        self.write(move |conn, _| leases::expire(conn, now_ms))
+            .await
+    }
+
+    async fn credit_total(
+        &self,
+        meter: CreditMeter,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(move |conn| leases::total(conn, meter, now_ms))
+            .await
+    }
+
+    async fn set_credits(
+        &self,
+        meter: CreditMeter,
+        remaining: u64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn, _| leases::set(conn, meter, remaining, now_ms))
+            .await
+    }
+
+    async fn add_credits(
+        &self,
+        meter: CreditMeter,
+        delta: i64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.write(move |conn, _| leases::adjust(conn, meter, delta, now_ms))
             .await
     }
 }

@@ -54,6 +54,26 @@ UPDATE keys SET rolled_from = (
 );
 ";
 
+/// Version 3 to 4: credit pools and leases (`store::lease`). The pool table
+/// may exist already (it is shared with the credit configuration).
+pub(super) const MIGRATE_V4: &str = "
+CREATE TABLE IF NOT EXISTS credit_balances (
+    meter_id  TEXT PRIMARY KEY NOT NULL,
+    remaining BIGINT NOT NULL,
+    period    BIGINT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE credit_leases (
+    meter_id      TEXT NOT NULL,
+    instance_id   TEXT NOT NULL,
+    period        BIGINT NOT NULL,
+    amount        BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (meter_id, instance_id)
+) WITHOUT ROWID;
+CREATE INDEX credit_leases_instance ON credit_leases (instance_id);
+CREATE INDEX credit_leases_expires ON credit_leases (expires_at_ms);
+";
+
 pub(super) fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
@@ -139,9 +159,9 @@ pub(super) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), 
     Ok(())
 }
 
-/// Brings the database to schema version 3, in one immediate transaction:
-/// creates a new one, migrates a 0.1.0 or a version-2 one, refuses a newer
-/// one.
+/// Brings the database to [`SCHEMA_VERSION`], in one immediate
+/// transaction: creates a new one, migrates a 0.1.0 or a version-2 or later
+/// one, refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -168,8 +188,11 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
                 "database `{path}` has schema version {version}, which this keygate cannot migrate"
             )));
         }
-        if version == 2 {
-            tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+        if version < SCHEMA_VERSION {
+            if version < 3 {
+                tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+            }
+            tx.execute_batch(MIGRATE_V4).map_err(sql)?;
             meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
             tx.commit().map_err(sql)?;
         }
@@ -186,6 +209,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
         tx.execute_batch(SCHEMA_V2).map_err(sql)?;
     }
     tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+    tx.execute_batch(MIGRATE_V4).map_err(sql)?;
     meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
     tx.commit().map_err(sql)
 }

@@ -1,6 +1,7 @@
 //! The SQLite store's tests.
 
 use super::super::Store as _;
+use super::super::SCHEMA_VERSION;
 use super::*;
 use keygate::{ChangeOp, Keyring, MintRequest, Pepper};
 use rusqlite::params;
@@ -103,7 +104,7 @@ async fn create_get_count_reopen() {
     assert_eq!(snap.records.len(), 2);
     assert_eq!(
         meta_get(&raw(&again), "schema_version").unwrap().as_deref(),
-        Some("3")
+        Some(SCHEMA_VERSION.to_string().as_str())
     );
 }
 
@@ -820,7 +821,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
     let conn = raw(&store);
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("3")
+        Some(SCHEMA_VERSION.to_string().as_str())
     );
     let from: Option<String> = conn
         .query_row(
@@ -830,6 +831,9 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
         )
         .unwrap();
     assert_eq!(from.as_deref(), Some(a.id().as_str()));
+    // And the credit tables of version 4.
+    assert!(table_exists(&conn, "credit_balances").unwrap());
+    assert!(table_exists(&conn, "credit_leases").unwrap());
 }
 
 #[test]
@@ -857,20 +861,20 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).unwrap());
     {
         let conn = Connection::open(&path).unwrap();
-        meta_set(&conn, "schema_version", "4").unwrap();
+        meta_set(&conn, "schema_version", "5").unwrap();
     }
     let e = SqliteStore::open(&path).err().unwrap();
     let m = e.to_string();
     assert!(matches!(e, StoreError::Fatal(_)));
     assert!(
-        m.contains("schema version 4, newer than this keygate knows (3)"),
+        m.contains("schema version 5, newer than this keygate knows (4)"),
         "{m}"
     );
     // Refused without a change.
     let conn = Connection::open(&path).unwrap();
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("4")
+        Some("5")
     );
 }
 
@@ -906,7 +910,7 @@ async fn migrates_the_0_1_0_fixture_in_place() {
         let conn = raw(&store);
         assert_eq!(
             meta_get(&conn, "schema_version").unwrap().as_deref(),
-            Some("3")
+            Some(SCHEMA_VERSION.to_string().as_str())
         );
         assert!(!table_exists(&conn, "keys_v1").unwrap());
         assert!(!column_exists(&conn, "keys", "record").unwrap());
@@ -1016,4 +1020,10 @@ fn a_failed_migration_changes_nothing() {
         .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn credit_pools_and_leases() {
+    let (_dir, store) = new_store();
+    super::super::lease_tests::all(&store).await;
 }
