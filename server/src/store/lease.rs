@@ -24,7 +24,7 @@
 //! allowed by all instances together never exceed what the pool started the
 //! period with plus what was added in it.
 
-use keygate::{CreditBalance, KeyId, Meter, Refill, MAX_CREDITS, UnixMillis};
+use keygate::{CreditBalance, KeyId, Meter, Refill, UnixMillis, MAX_CREDITS};
 
 use super::StoreError;
 

@@ -20,10 +20,7 @@ fn meter(n: u8, since_ms: i64, refill: Option<Refill>) -> CreditMeter {
 const TTL: i64 = 10_000;
 
 async fn lease(store: &dyn Store, m: CreditMeter, who: &str, want: u64, at: i64) -> Lease {
-    store
-        .lease_credits(m, who, want, 1, at, TTL)
-        .await
-        .unwrap()
+    store.lease_credits(m, who, want, 1, at, TTL).await.unwrap()
 }
 
 async fn total(store: &dyn Store, m: CreditMeter, at: i64) -> Option<u64> {
@@ -137,10 +134,16 @@ pub async fn a_refill_voids_old_leases(store: &dyn Store) {
     let b = lease(store, m, "B", 15, 11_500).await;
     assert_eq!((b.granted, b.period, b.pool, b.elsewhere), (15, 1, 35, 0));
     // A's credits of period 0 lapsed: not back into the pool.
-    assert!(!store.return_credits(m, "A", 10, 0, 0, 12_000).await.unwrap());
+    assert!(!store
+        .return_credits(m, "A", 10, 0, 0, 12_000)
+        .await
+        .unwrap());
     assert_eq!(total(store, m, 12_000).await, Some(50));
     // A return within the period goes back.
-    assert!(store.return_credits(m, "B", 5, 1, 10, 12_500).await.unwrap());
+    assert!(store
+        .return_credits(m, "B", 5, 1, 10, 12_500)
+        .await
+        .unwrap());
     assert_eq!(total(store, m, 12_500).await, Some(50));
     // Two periods later: 50, not 100; B's lease void.
     assert_eq!(total(store, m, 31_000).await, Some(50));
@@ -148,7 +151,10 @@ pub async fn a_refill_voids_old_leases(store: &dyn Store) {
     assert_eq!((a.granted, a.period, a.pool), (25, 3, 25));
     // Adds go into the current period's pool.
     assert_eq!(store.add_credits(m, 7, 31_500).await.unwrap(), Some(57));
-    assert_eq!(store.add_credits(m, -1_000, 31_600).await.unwrap(), Some(25));
+    assert_eq!(
+        store.add_credits(m, -1_000, 31_600).await.unwrap(),
+        Some(25)
+    );
     assert_eq!(
         store.add_credits(m, i64::MAX, 31_700).await.unwrap(),
         Some(MAX_CREDITS)
@@ -188,7 +194,10 @@ pub async fn expiry_forfeits(store: &dyn Store) {
     assert_eq!((views[0].remaining, views[0].elsewhere), (50, 30));
     assert_eq!(total(store, m, 11_003).await, Some(92));
     // B may still hand them back: they were never returned by the expiry.
-    assert!(store.return_credits(m, "B", 12, 0, 0, 11_004).await.unwrap());
+    assert!(store
+        .return_credits(m, "B", 12, 0, 0, 11_004)
+        .await
+        .unwrap());
     assert_eq!(total(store, m, 11_005).await, Some(92));
 }
 

@@ -1561,7 +1561,7 @@ impl Store for PgStore {
     ) -> Result<Vec<PoolView>, StoreError> {
         // In meter order, so two writers lock rows in the same order.
         let mut sorted = reports.to_vec();
-        sorted.sort_unstable_by(|a, b| a.meter_id.cmp(&b.meter_id));
+        sorted.sort_unstable_by_key(|r| r.meter_id);
         let ids: Vec<&str> = sorted.iter().map(|r| r.meter_id.as_str()).collect();
         let periods: Vec<i64> = sorted.iter().map(|r| period_col(r.period)).collect();
         let amounts: Vec<i64> = sorted.iter().map(|r| col(r.unspent)).collect();

@@ -1,8 +1,13 @@
 //! Keeping this instance in step with the store: the in-memory keyring
 //! (`cache`), the follower that applies the change log to it (`follow`),
-//! and the last-use tracker it flushes (`usage`).
+//! the last-use tracker it flushes (`usage`), and the credit leases spent
+//! in memory and kept topped up beside it (`credits`).
 
 pub mod cache;
+// The hot path (`/v1/authorize`) and the credit routes call the spending
+// side; until they are wired in, only the tests do.
+#[cfg_attr(not(test), allow(dead_code))]
+pub mod credits;
 pub mod follow;
 pub mod usage;
 
@@ -14,27 +19,43 @@ use keygate::{AuthError, Principal};
 
 use crate::store::Store;
 use crate::sync::cache::KeyCache;
+use crate::sync::credits::{CreditLeases, LeaseConfig};
 use crate::sync::usage::Usage;
 
 /// The keys this instance serves: the keyring, the store it follows, the
-/// last uses not yet written, and whether the store answered last time.
+/// last uses not yet written, the credit leases, and whether the store
+/// answered last time.
 pub struct Keys {
     cache: KeyCache,
     store: Arc<dyn Store>,
     usage: Usage,
+    credits: Arc<CreditLeases>,
     /// Whether the store answered the follower's last read.
     ready: AtomicBool,
 }
 
 impl Keys {
-    /// Keys over a loaded cache and its store.
+    /// Keys over a loaded cache and its store; credit leases sized for a
+    /// shared store ([`LeaseConfig::shared`]) or a sole instance
+    /// ([`LeaseConfig::sole`]).
     pub fn new(cache: KeyCache, store: Arc<dyn Store>) -> Keys {
+        let config = if store.shared() {
+            LeaseConfig::shared()
+        } else {
+            LeaseConfig::sole()
+        };
         Keys {
             cache,
+            credits: Arc::new(CreditLeases::new(Arc::clone(&store), config)),
             store,
             usage: Usage::default(),
             ready: AtomicBool::new(true),
         }
+    }
+
+    /// The credit leases: [`CreditLeases::spend`] on the hot path.
+    pub fn credits(&self) -> &Arc<CreditLeases> {
+        &self.credits
     }
 
     /// The keyring.

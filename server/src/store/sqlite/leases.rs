@@ -202,7 +202,8 @@ pub(super) fn renew(
         for r in reports {
             let (meter, period) = (r.meter_id.as_str(), period_col(r.period));
             if r.unspent == 0 {
-                gone.execute(params![meter, instance, period]).map_err(sql)?;
+                gone.execute(params![meter, instance, period])
+                    .map_err(sql)?;
             } else {
                 upsert
                     .execute(params![meter, instance, period, col(r.unspent), until])

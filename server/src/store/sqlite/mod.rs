@@ -319,11 +319,9 @@ impl super::Store for SqliteStore {
     ) -> Result<Lease, LeaseWriteError> {
         // SQLite's outcome is never in doubt: a failed commit rolled back.
         let instance = instance.to_owned();
-        self.write(move |conn, _| {
-            leases::lease(conn, meter, &instance, want, need, now_ms, ttl_ms)
-        })
-        .await
-        .map_err(LeaseWriteError::from)
+        self.write(move |conn, _| leases::lease(conn, meter, &instance, want, need, now_ms, ttl_ms))
+            .await
+            .map_err(LeaseWriteError::from)
     }
 
     async fn return_credits(
