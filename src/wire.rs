@@ -564,7 +564,15 @@ mod tests {
         // The spec's five, and keygate's `rate_limit` and `credits` (null here).
         assert_eq!(
             keys,
-            ["credits", "expires_at_ms", "id", "key_secret", "name", "rate_limit", "scopes"]
+            [
+                "credits",
+                "expires_at_ms",
+                "id",
+                "key_secret",
+                "name",
+                "rate_limit",
+                "scopes"
+            ]
         );
         assert!(v["rate_limit"].is_null() && v["credits"].is_null());
     }
