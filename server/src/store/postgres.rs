@@ -1874,7 +1874,7 @@ async fn listen_once(
 
 #[cfg(test)]
 #[path = "../../tests/support/pg.rs"]
-pub(super) mod pg;
+pub(crate) mod pg;
 
 #[cfg(test)]
 #[allow(

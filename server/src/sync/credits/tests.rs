@@ -547,3 +547,4 @@ async fn ensure_now_leases_before_the_first_request() {
     assert_eq!((s.allowed, s.remaining, s.retry_after), (false, 90, Some(RETRY)));
 }
 mod model;
+mod postgres;
