@@ -544,7 +544,48 @@ async fn ensure_now_leases_before_the_first_request() {
     // asked to come back when the next lease is in.
     assert_eq!(spend_n(&l, m, None, 1, 10, 2), 10);
     let s = l.spend(m, None, 1, at(2));
-    assert_eq!((s.allowed, s.remaining, s.retry_after), (false, 90, Some(RETRY)));
+    assert_eq!(
+        (s.allowed, s.remaining, s.retry_after),
+        (false, 90, Some(RETRY))
+    );
 }
+/// The follower's thread runs the leases' background and, at shutdown,
+/// awaits it: every lease is back in the pool when the thread ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_runs_the_leases_and_returns_them_when_it_stops() {
+    let (_dir, store) = sqlite();
+    let m = meter(11, 0);
+    store.set_credits(cm(m, None), 50_000, 0).await.unwrap();
+    let cache = crate::sync::cache::KeyCache::new(keygate::Pepper::from_bytes(&[1; 32]), 0);
+    let keys = Arc::new(crate::sync::Keys::new(cache, Arc::clone(&store)));
+    let credits = Arc::clone(keys.credits());
+    assert!(credits.config().sole, "SQLite: one instance");
+    credits.ensure(m, None);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (thread, first_read) = crate::sync::follow::spawn(
+        Arc::clone(&keys),
+        0,
+        crate::sync::follow::Intervals::default(),
+        stopped,
+    )
+    .unwrap();
+    first_read.await.unwrap();
+    while credits.held(&m.id) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(credits.held(&m.id), 10_000);
+    assert_eq!(spend_n(&credits, m, None, 1, 5, crate::clock::now_ms()), 5);
+    stop.send(true).unwrap();
+    tokio::task::spawn_blocking(move || thread.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(credits.held(&m.id), 0);
+    let now = crate::clock::now_ms();
+    assert_eq!(
+        store.credit_total(cm(m, None), now).await.unwrap(),
+        Some(49_995)
+    );
+}
+
 mod model;
 mod postgres;

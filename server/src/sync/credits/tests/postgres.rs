@@ -176,7 +176,9 @@ fn accuracy(trouble: Trouble) {
                     victim.task.abort();
                     forfeited = victim.leases.held(&m.id);
                     crashed_lost = victim.leases.stats().possibly_lost;
-                    eprintln!("killed an instance holding {forfeited} credits at {allowed} allowed");
+                    eprintln!(
+                        "killed an instance holding {forfeited} credits at {allowed} allowed"
+                    );
                 }
                 Trouble::StopDb(after) if !troubled && allowed >= after => {
                     troubled = true;
