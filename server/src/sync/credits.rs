@@ -617,14 +617,23 @@ impl CreditLeases {
             }
             match self.service(*id, local, now_ms).await {
                 Ok(wrote) => writes += usize::from(wrote),
-                Err(e) => {
+                // The store is down: the next tick tries again.
+                Err(e @ StoreError::Unavailable(_)) => {
                     self.failed(&e);
                     return;
+                }
+                // Anything else is this meter's: the others go on.
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(meter = %id, "credit lease: {e}");
                 }
             }
         }
         let renew_ms = i64::try_from(self.config.renew.as_millis()).unwrap_or(i64::MAX);
-        if now_ms.saturating_sub(self.renewed_ms.load(Ordering::Relaxed)) >= renew_ms {
+        // Nothing to renew without meters (and no write every second).
+        if !locals.is_empty()
+            && now_ms.saturating_sub(self.renewed_ms.load(Ordering::Relaxed)) >= renew_ms
+        {
             if let Err(e) = self.renew(&locals, now_ms).await {
                 self.failed(&e);
                 return;
