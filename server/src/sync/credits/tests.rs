@@ -46,6 +46,8 @@ pub(super) struct Flaky {
     /// 0: answer; 1: apply the next lease write and lose its answer;
     /// 2: lose the next lease write and its answer.
     doubt: AtomicU8,
+    /// Changes the log answers with once, instead of the inner store's.
+    feed: std::sync::Mutex<Vec<Change>>,
 }
 
 impl Flaky {
@@ -54,6 +56,7 @@ impl Flaky {
             inner,
             down: AtomicBool::new(false),
             doubt: AtomicU8::new(0),
+            feed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -121,6 +124,10 @@ impl Store for Flaky {
         self.inner.events(after, limit, scope).await
     }
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let fed = std::mem::take(&mut *self.feed.lock().unwrap());
+        if !fed.is_empty() {
+            return Ok(fed);
+        }
         self.inner.changes_since(after, limit).await
     }
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -585,6 +592,57 @@ async fn the_follower_runs_the_leases_and_returns_them_when_it_stops() {
         store.credit_total(cm(m, None), now).await.unwrap(),
         Some(49_995)
     );
+}
+
+/// A key with credits arriving in the change log gets its meter a lease
+/// before its first request here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_key_from_the_log_is_leased_for() {
+    let (_dir, inner) = sqlite();
+    let flaky = Arc::new(Flaky::new(Arc::clone(&inner)));
+    let pepper = keygate::Pepper::from_bytes(&[2; 32]);
+    let now = at(crate::clock::now_ms());
+    let limits = keygate::KeyLimits {
+        rate: None,
+        credits: Some(keygate::Credits::new(500, None).unwrap()),
+    };
+    let request = keygate::MintRequest::standard(Some("metered"), None, now)
+        .unwrap()
+        .with_limits(limits);
+    let record = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), now)
+        .into_parts()
+        .0;
+    let m = record.meter();
+    inner
+        .set_credits(cm(m, None), 500, now.as_millis())
+        .await
+        .unwrap();
+    flaky
+        .feed
+        .lock()
+        .unwrap()
+        .push(Change::upsert(1, record.clone()));
+    let cache = crate::sync::cache::KeyCache::new(pepper, 0);
+    let keys = Arc::new(crate::sync::Keys::new(cache, flaky.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (thread, first_read) = crate::sync::follow::spawn(
+        Arc::clone(&keys),
+        0,
+        crate::sync::follow::Intervals::default(),
+        stopped,
+    )
+    .unwrap();
+    first_read.await.unwrap();
+    let credits = Arc::clone(keys.credits());
+    while credits.held(&m.id) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(credits.held(&m.id), 500);
+    stop.send(true).unwrap();
+    tokio::task::spawn_blocking(move || thread.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(credits.held(&m.id), 0);
 }
 
 mod model;
