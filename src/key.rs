@@ -410,6 +410,22 @@ mod tests {
     }
 
     #[test]
+    fn instants_serialize_as_the_integer_millisecond_fields() {
+        let r = example_record();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["expires_at_ms"], 2_000);
+        assert_eq!(json["created_at_ms"], 1_000);
+        assert!(json.get("expires_at").is_none() && json.get("created_at").is_none());
+        let never = serde_json::to_value(r.clone().with_expiry(None)).unwrap();
+        assert!(never["expires_at_ms"].is_null());
+        // The typed field names are not part of the stored form.
+        let renamed = serde_json::to_string(&r)
+            .unwrap()
+            .replace("\"expires_at_ms\"", "\"expires_at\"");
+        assert!(serde_json::from_str::<KeyRecord>(&renamed).is_err());
+    }
+
+    #[test]
     fn from_parts_rejects_own_creator() {
         let r = example_record();
         let parts = KeyRecordParts {

@@ -109,6 +109,11 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/lifecycle.md")]
 pub struct LifecycleDocDoctests;
 
+/// `docs/limits.md`'s examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/limits.md")]
+pub struct LimitsDocDoctests;
+
 /// `docs/gateway.md`'s examples (the tower layers; `ignore`d, as in the README before).
 #[cfg(doctest)]
 #[doc = include_str!("../docs/gateway.md")]

@@ -791,6 +791,37 @@ mod tests {
     }
 
     #[test]
+    fn a_roll_needs_what_minting_the_target_needs() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        let pepper = Pepper::generate(&mut rng);
+        let t0 = UnixMillis::EPOCH;
+        let minted = |expiry: Option<i64>, rng: &mut rand_chacha::ChaCha20Rng| {
+            let expiry = expiry.map(UnixMillis::from_millis);
+            let request = MintRequest::standard(None, expiry, t0).unwrap();
+            mint(&pepper, &request, rng, t0).into_parts().0
+        };
+        let caller = Principal::of_record(&minted(Some(2_000), &mut rng));
+        let forever = minted(None, &mut rng);
+        let later = minted(Some(2_001), &mut rng);
+        let sooner = minted(Some(2_000), &mut rng);
+        let policy = MintPolicy::Attenuating;
+        let parent_expires_at = UnixMillis::from_millis(2_000);
+        assert_eq!(
+            policy.authorize_roll(&caller, &forever),
+            Err(MintError::ChildMustExpire { parent_expires_at })
+        );
+        assert_eq!(
+            policy.authorize_roll(&caller, &later),
+            Err(MintError::ChildOutlivesParent {
+                expires_at: UnixMillis::from_millis(2_001),
+                parent_expires_at
+            })
+        );
+        assert_eq!(policy.authorize_roll(&caller, &sooner), Ok(()));
+        assert_eq!(MintPolicy::Spec.authorize_roll(&caller, &forever), Ok(()));
+    }
+
+    #[test]
     fn attenuated_child_may_expire_with_its_parent_but_not_after() {
         let parent = crate::testing::example_record(); // expires at 2 000
         let caller = Principal::of_record(&parent);

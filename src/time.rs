@@ -112,6 +112,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_integer_is_the_milliseconds() {
+        for ms in [i64::MIN, -1, 0, 1, 1_700_000_000_000, i64::MAX] {
+            let t = UnixMillis::from_millis(ms);
+            assert_eq!(t.as_millis(), ms);
+            assert_eq!(i64::from(t), ms);
+            assert_eq!(
+                alloc::string::ToString::to_string(&t),
+                alloc::format!("{ms}")
+            );
+        }
+        assert_eq!(UnixMillis::EPOCH, UnixMillis::from_millis(0));
+    }
+
+    #[test]
     fn addition_is_exact_in_range_and_saturates_past_it() {
         let past_i64 = Duration::from_millis(u64::MAX);
         // From a negative instant, a duration past i64::MAX ms can land in

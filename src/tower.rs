@@ -45,9 +45,11 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use crate::keyring::Principal;
+use crate::limit::{Limiter, Refusal, Verdict};
 use crate::route::{Decision, Rejection, RouteTable};
 use crate::scope::{Access, Resource};
 use crate::time::UnixMillis;
+use crate::token::KeyId;
 
 pub use crate::route::Authenticate;
 
@@ -124,8 +126,18 @@ fn problem_with<B: From<String>>(
     status: StatusCode,
     detail: &dyn core::fmt::Display,
 ) -> Response<B> {
+    problem_of_type(status, "about:blank", detail)
+}
+
+/// [`problem_with`] with a `type` URI of its own.
+fn problem_of_type<B: From<String>>(
+    status: StatusCode,
+    kind: &'static str,
+    detail: &dyn core::fmt::Display,
+) -> Response<B> {
     /// The document, in RFC 9457's member order.
     struct Problem<'a> {
+        kind: &'static str,
         status: StatusCode,
         detail: &'a dyn core::fmt::Display,
     }
@@ -133,7 +145,7 @@ fn problem_with<B: From<String>>(
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             use serde::ser::SerializeStruct;
             let mut s = serializer.serialize_struct("Problem", 4)?;
-            s.serialize_field("type", "about:blank")?;
+            s.serialize_field("type", self.kind)?;
             s.serialize_field("title", self.status.canonical_reason().unwrap_or("Error"))?;
             s.serialize_field("status", &self.status.as_u16())?;
             s.serialize_field("detail", &Collected(self.detail))?;
@@ -148,13 +160,115 @@ fn problem_with<B: From<String>>(
         }
     }
     // Serializing strings and a number into a `Vec` cannot fail.
-    let body = serde_json::to_string(&Problem { status, detail }).unwrap_or_default();
+    let body = serde_json::to_string(&Problem {
+        kind,
+        status,
+        detail,
+    })
+    .unwrap_or_default();
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
+}
+
+/// The problem `type` of a 429 for a key over its rate limit.
+pub const RATE_LIMITED_TYPE: &str = "urn:keygate:problem:rate-limited";
+
+/// The problem `type` of a 429 for a key whose credits do not cover the request.
+pub const CREDITS_EXHAUSTED_TYPE: &str = "urn:keygate:problem:credits-exhausted";
+
+/// The field that carries a key's credit balance after the request.
+pub const CREDITS_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("keygate-credits-remaining");
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// Adds what a [`Verdict`] reports to an answer about a limited key: for a
+/// rate limit, `RateLimit-Policy: "rate";q=LIMIT;w=SECONDS` and `RateLimit:
+/// "rate";r=REMAINING;t=SECONDS` (draft-ietf-httpapi-ratelimit-headers-09;
+/// a period that is not whole seconds is stated per second, rounded down);
+/// for credits, `Keygate-Credits-Remaining`. An unlimited key gets none.
+///
+/// ```
+/// use core::time::Duration;
+/// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+/// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+/// let mut limiter = Limiter::new();
+/// let rate = RateLimit::new(100, Duration::from_secs(60))?;
+/// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+/// let verdict = limiter.check(&id, UnixMillis::EPOCH, 1);
+/// let mut headers = http::HeaderMap::new();
+/// keygate::tower::insert_limit_headers(&mut headers, &verdict);
+/// assert_eq!(headers["ratelimit-policy"], r#""rate";q=100;w=60"#);
+/// assert_eq!(headers["ratelimit"], r#""rate";r=99;t=1"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn insert_limit_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+    if let Some(rate) = verdict.rate() {
+        let period_ms = rate.period().as_millis();
+        let (quota, window) = if period_ms % 1_000 == 0 {
+            (u128::from(rate.limit()), period_ms / 1_000)
+        } else {
+            (u128::from(rate.limit()) * 1_000 / period_ms.max(1), 1)
+        };
+        let reset = rate.reset_after().as_millis().div_ceil(1_000);
+        if let Ok(v) = HeaderValue::try_from(std::format!("\"rate\";q={quota};w={window}")) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        let remaining = rate.remaining();
+        if let Ok(v) = HeaderValue::try_from(std::format!("\"rate\";r={remaining};t={reset}")) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+    if let Some(credits) = verdict.credits() {
+        headers.insert(CREDITS_REMAINING, HeaderValue::from(credits.remaining()));
+    }
+}
+
+impl Refusal {
+    /// The 429 answer: problem details of type [`RATE_LIMITED_TYPE`] or
+    /// [`CREDITS_EXHAUSTED_TYPE`], `Retry-After` in whole seconds (at least
+    /// 1) when a wait will help, and the [`insert_limit_headers`] fields.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+    /// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let mut limiter = Limiter::new();
+    /// let rate = RateLimit::new(1, Duration::from_millis(1_500))?;
+    /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+    /// limiter.check(&id, UnixMillis::EPOCH, 1);
+    /// let verdict = limiter.check(&id, UnixMillis::EPOCH, 1);
+    /// let response: http::Response<String> = verdict.result().unwrap_err().to_response(&verdict);
+    /// assert_eq!(response.status(), 429);
+    /// assert_eq!(response.headers()["retry-after"], "2");
+    /// assert!(response.body().contains("urn:keygate:problem:rate-limited"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn to_response<B: From<String>>(&self, verdict: &Verdict) -> Response<B> {
+        let kind = match self {
+            Refusal::CreditsExhausted { .. } => CREDITS_EXHAUSTED_TYPE,
+            _ => RATE_LIMITED_TYPE,
+        };
+        let mut response = problem_of_type(StatusCode::TOO_MANY_REQUESTS, kind, self);
+        let headers = response.headers_mut();
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_millis().div_ceil(1_000).max(1);
+            if let Ok(v) = HeaderValue::try_from(std::format!("{secs}")) {
+                headers.insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        insert_limit_headers(headers, verdict);
+        response.extensions_mut().insert(*self);
+        response
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is
@@ -241,6 +355,20 @@ pub trait Policy {
         headers: &HeaderMap,
         now: UnixMillis,
     ) -> Result<(Option<Principal>, Decision), Rejection>;
+
+    /// What a request costs against the key's rate limit and credits: 1,
+    /// unless the policy says otherwise (a route table's `cost=N`).
+    ///
+    /// ```
+    /// use keygate::tower::Policy;
+    /// let table: keygate::RouteTable = "POST /v1/devboxes devboxes:write cost=5".parse()?;
+    /// assert_eq!(table.cost(b"POST", b"/v1/devboxes"), 5);
+    /// assert_eq!(keygate::Decision::Public.cost(b"GET", b"/"), 1);
+    /// # Ok::<(), keygate::RouteParseError>(())
+    /// ```
+    fn cost(&self, _method: &[u8], _target: &[u8]) -> u32 {
+        1
+    }
 }
 
 impl Policy for Decision {
@@ -287,9 +415,19 @@ impl Policy for RouteTable {
             Err(e) => Err(e),
         }
     }
+
+    /// The matched rule's `cost=N` (1 without one).
+    fn cost(&self, method: &[u8], target: &[u8]) -> u32 {
+        self.lookup(method, target).map_or(1, |m| m.cost())
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
+    #[inline]
+    fn cost(&self, method: &[u8], target: &[u8]) -> u32 {
+        (**self).cost(method, target)
+    }
+
     #[inline]
     fn check<A: Authenticate + ?Sized>(
         &self,
@@ -300,6 +438,73 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
         now: UnixMillis,
     ) -> Result<(Option<Principal>, Decision), Rejection> {
         (**self).check(auth, method, target, headers, now)
+    }
+}
+
+/// Where [`Require`] looks up a key's rate limit and credits: a
+/// [`Limiter`], behind an `RwLock` or an `Arc`, or [`NoLimits`] (the
+/// default).
+pub trait Limits {
+    /// [`Limiter::check`].
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict;
+
+    /// [`Limiter::is_limited`].
+    fn is_limited(&self, id: &KeyId) -> bool;
+}
+
+/// No limits: every key unlimited.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoLimits;
+
+impl Limits for NoLimits {
+    #[inline]
+    fn check_limits(&self, _: &KeyId, _: UnixMillis, _: u32) -> Verdict {
+        Verdict::UNLIMITED
+    }
+
+    #[inline]
+    fn is_limited(&self, _: &KeyId) -> bool {
+        false
+    }
+}
+
+impl Limits for Limiter {
+    #[inline]
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
+        self.check(id, now, cost)
+    }
+
+    #[inline]
+    fn is_limited(&self, id: &KeyId) -> bool {
+        Limiter::is_limited(self, id)
+    }
+}
+
+impl<L: Limits> Limits for std::sync::RwLock<L> {
+    #[inline]
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
+        self.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check_limits(id, now, cost)
+    }
+
+    #[inline]
+    fn is_limited(&self, id: &KeyId) -> bool {
+        self.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_limited(id)
+    }
+}
+
+impl<L: Limits + ?Sized> Limits for std::sync::Arc<L> {
+    #[inline]
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
+        (**self).check_limits(id, now, cost)
+    }
+
+    #[inline]
+    fn is_limited(&self, id: &KeyId) -> bool {
+        (**self).is_limited(id)
     }
 }
 
@@ -318,10 +523,16 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 /// let layer = Require::scope(keyring, Resource::Objects, Access::Read).with_clock(|| keygate::UnixMillis::from_millis(0));
 /// assert_eq!(*layer.policy(), Decision::Scope(Resource::Objects, Access::Read));
 /// ```
+///
+/// With [`Require::with_limits`], a request that passes the policy is then
+/// checked against its key's rate limit and credits at the policy's cost:
+/// 429 answers as [`Refusal::to_response`] makes them, and the
+/// [`insert_limit_headers`] fields on the inner service's answers.
 #[derive(Clone, Debug)]
-pub struct Require<A, P> {
+pub struct Require<A, P, L = NoLimits> {
     auth: A,
     policy: P,
+    limits: L,
     clock: fn() -> UnixMillis,
 }
 
@@ -338,12 +549,35 @@ impl<A, P> Require<A, P> {
         Require {
             auth,
             policy,
+            limits: NoLimits,
             clock: UnixMillis::now,
+        }
+    }
+}
+
+impl<A, P, L> Require<A, P, L> {
+    /// Enforces the keys' rate limits and credits from `limits` too.
+    ///
+    /// ```
+    /// use std::sync::{Arc, RwLock};
+    /// use keygate::tower::Require;
+    /// use keygate::{Access, Keyring, Limiter, Pepper, Resource};
+    /// let keyring = Arc::new(RwLock::new(Keyring::new(Pepper::from_bytes(&[7u8; 32]))));
+    /// let limiter = Arc::new(RwLock::new(Limiter::new()));
+    /// let layer = Require::scope(keyring, Resource::Devboxes, Access::Write).with_limits(limiter);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_limits<M>(self, limits: M) -> Require<A, P, M> {
+        Require {
+            auth: self.auth,
+            policy: self.policy,
+            limits,
+            clock: self.clock,
         }
     }
 
     /// Replaces the clock ([`UnixMillis::now`] by default), e.g. for tests.
-    pub fn with_clock(mut self, clock: fn() -> UnixMillis) -> Require<A, P> {
+    pub fn with_clock(mut self, clock: fn() -> UnixMillis) -> Require<A, P, L> {
         self.clock = clock;
         self
     }
@@ -354,8 +588,8 @@ impl<A, P> Require<A, P> {
     }
 }
 
-impl<S, A: Clone, P: Clone> tower_layer::Layer<S> for Require<A, P> {
-    type Service = RequireService<S, A, P>;
+impl<S, A: Clone, P: Clone, L: Clone> tower_layer::Layer<S> for Require<A, P, L> {
+    type Service = RequireService<S, A, P, L>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RequireService {
@@ -367,16 +601,18 @@ impl<S, A: Clone, P: Clone> tower_layer::Layer<S> for Require<A, P> {
 
 /// The service [`Require`] makes.
 #[derive(Clone, Debug)]
-pub struct RequireService<S, A, P> {
+pub struct RequireService<S, A, P, L = NoLimits> {
     inner: S,
-    layer: Require<A, P>,
+    layer: Require<A, P, L>,
 }
 
-impl<S, A, P, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for RequireService<S, A, P>
+impl<S, A, P, L, ReqBody, ResBody> tower_service::Service<Request<ReqBody>>
+    for RequireService<S, A, P, L>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
     A: Authenticate,
     P: Policy,
+    L: Limits,
     ResBody: From<String>,
 {
     type Response = Response<ResBody>;
@@ -389,16 +625,36 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
+        let now = (layer.clock)();
         // The path as sent (still percent-encoded); a route table canonicalizes it.
-        let decided = layer.policy.check(
-            &layer.auth,
+        let (method, path) = (
             request.method().as_str().as_bytes(),
             request.uri().path().as_bytes(),
-            request.headers(),
-            (layer.clock)(),
         );
+        let decided = layer
+            .policy
+            .check(&layer.auth, method, path, request.headers(), now);
         match decided {
             Ok((principal, decision)) => {
+                // The cost is looked up only for a limited key.
+                let verdict = match &principal {
+                    Some(p) if layer.limits.is_limited(&p.id()) => {
+                        let cost = layer.policy.cost(method, path);
+                        layer.limits.check_limits(&p.id(), now, cost)
+                    }
+                    _ => Verdict::UNLIMITED,
+                };
+                if let Err(refusal) = verdict.result() {
+                    let mut response = refusal.to_response(&verdict);
+                    if let Some(p) = principal {
+                        response.extensions_mut().insert(p);
+                    }
+                    return ResponseFuture {
+                        state: State::Rejected {
+                            response: Some(response),
+                        },
+                    };
+                }
                 request.extensions_mut().insert(decision);
                 if let Some(p) = principal {
                     request.extensions_mut().insert(p);
@@ -407,6 +663,7 @@ where
                     state: State::Inner {
                         future: self.inner.call(request),
                         principal,
+                        verdict,
                     },
                 }
             }
@@ -430,7 +687,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
-        Inner { #[pin] future: F, principal: Option<Principal> },
+        Inner { #[pin] future: F, principal: Option<Principal>, verdict: Verdict },
         Rejected { response: Option<Response<B>> },
     }
 }
@@ -444,11 +701,16 @@ where
 
     fn poll(self: core::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Inner { future, principal } => match future.poll(cx) {
+            StateProj::Inner {
+                future,
+                principal,
+                verdict,
+            } => match future.poll(cx) {
                 Poll::Ready(Ok(mut response)) => {
                     if let Some(p) = principal {
                         response.extensions_mut().insert(*p);
                     }
+                    insert_limit_headers(response.headers_mut(), verdict);
                     Poll::Ready(Ok(response))
                 }
                 other => other,
@@ -871,5 +1133,60 @@ mod tests {
             assert_eq!(r.headers()[WWW_AUTHENTICATE], INVALID_REQUEST_CHALLENGE);
             assert_eq!(r.headers()[CONTENT_TYPE], PROBLEM_JSON);
         }
+    }
+
+    #[test]
+    fn the_layer_enforces_limits_at_the_routes_cost() {
+        use crate::limit::{Credits, KeyLimits, RateLimit};
+        let (keyring, standard, reader, _) = setup();
+        let reader_id = crate::token::Token::parse(reader.as_str())
+            .unwrap()
+            .key_id();
+        let mut limiter = Limiter::new();
+        limiter.configure(
+            reader_id,
+            UnixMillis::EPOCH,
+            KeyLimits {
+                rate: Some(RateLimit::new(100, core::time::Duration::from_secs(60)).unwrap()),
+                credits: Some(Credits::new(7, None).unwrap()),
+            },
+        );
+        let table: RouteTable =
+            "GET /v1/devboxes/** devboxes:read cost=3\nGET /v1/cheap devboxes:read"
+                .parse()
+                .unwrap();
+        let layer = Require::new(keyring, Arc::new(table))
+            .with_limits(Arc::new(RwLock::new(limiter)))
+            .with_clock(|| UnixMillis::from_millis(1_000));
+        let run = |path: &str, token: &str| {
+            let mut svc = layer.layer(Echo);
+            let mut req = Request::builder().uri(path).body(()).unwrap();
+            req.headers_mut().insert(
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            match block_on(svc.call(req)) {
+                Ok(r) => r,
+                Err(e) => match e {},
+            }
+        };
+        let ok = run("/v1/devboxes/a", &reader);
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.headers()["keygate-credits-remaining"], "4");
+        assert_eq!(ok.headers()["ratelimit-policy"], "\"rate\";q=100;w=60");
+        assert_eq!(
+            run("/v1/devboxes/b", &reader).headers()["keygate-credits-remaining"],
+            "1"
+        );
+        let refused = run("/v1/devboxes/c", &reader);
+        assert_eq!(refused.status(), 429);
+        assert!(refused.body().contains(CREDITS_EXHAUSTED_TYPE));
+        assert!(refused.extensions().get::<Principal>().is_some());
+        assert_eq!(run("/v1/cheap", &reader).status(), 200);
+        assert_eq!(run("/v1/cheap", &reader).status(), 429);
+        // An unlimited key carries no limit fields.
+        let free = run("/v1/devboxes/a", &standard);
+        assert_eq!(free.status(), 200);
+        assert!(free.headers().get("ratelimit").is_none());
     }
 }

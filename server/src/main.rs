@@ -2,8 +2,8 @@
 //!
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
-//! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `events`: act on the
-//!   database directly (see `cli`).
+//! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `events`, `usage`: act
+//!   on the database directly (see `cli`).
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
 mod cli;
@@ -56,7 +56,11 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 100,
               value_parser = clap::value_parser!(u64).range(10..=1_000))]
         poll_ms: u64,
-        /// How often to write last-used times to the store, in milliseconds.
+        /// How often to write last-used times and usage counts to the store
+        /// (and run a bounded retention pass over the counts), in
+        /// milliseconds. Counts not yet written show in this instance's
+        /// `GET /v1/keys/{id}/usage` at once, in other instances' and in
+        /// `keygate usage` after the write.
         #[arg(long, value_name = "MS", default_value_t = 10_000,
               value_parser = clap::value_parser!(u64).range(100..=10_000))]
         last_used_flush_ms: u64,
@@ -143,6 +147,34 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "0")]
         overlap: String,
     },
+    /// Print a key's request counts (allowed, forbidden, rate limited,
+    /// credits exhausted) by minute, hour or day.
+    ///
+    /// A table of the buckets with counts and, on a terminal, a sparkline of
+    /// the allowed requests over the whole range; or the JSON of `GET
+    /// /v1/keys/{id}/usage`. It reads the database: counts a running server
+    /// has not written yet (within `--last-used-flush-ms`) are not in it.
+    /// Minute and hour buckets cover the last 30 days; day buckets two years.
+    Usage {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id, or its whole token (its id is taken from it).
+        id: String,
+        /// The start of the range: Unix milliseconds, an RFC 3339 UTC time
+        /// (`2027-01-01T00:00:00Z`), or a duration before now (`7d`, `90m`).
+        /// Default: 24 hours before `--to`.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// The end of the range, in the same forms. Default: now.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// The width of a bucket; a bucket the range touches counts whole.
+        #[arg(long, value_enum, default_value_t = crate::store::Bucket::Hour)]
+        bucket: crate::store::Bucket,
+        /// Print the JSON of `GET /v1/keys/{id}/usage` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the audit log (the change log) in sequence order.
     Events {
         #[command(flatten)]
@@ -215,6 +247,21 @@ fn main() -> ExitCode {
             key,
             json,
         } => cli::block_on(cli::events(&store, after, key.as_deref(), json)),
+        Command::Usage {
+            store,
+            id,
+            from,
+            to,
+            bucket,
+            json,
+        } => cli::block_on(cli::usage::run(
+            &store,
+            &id,
+            from.as_deref(),
+            to.as_deref(),
+            bucket,
+            json,
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -790,10 +790,15 @@ fn the_cli_reference_is_the_binarys_help() {
             preamble.clone()
         };
         for (h, help) in &want {
+            // The prose before the block, if any, between blank lines (the
+            // blank lines after a block are read into its prose too: one
+            // blessing after another must not add them up).
             let kept = prose
                 .iter()
                 .find(|(ph, _)| ph == h)
-                .map_or_else(|| "\n".to_owned(), |(_, p)| p.clone());
+                .map(|(_, p)| p.trim())
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| "\n".to_owned(), |p| format!("\n{p}\n\n"));
             out.push_str(&format!("{h}\n{kept}```text\n{help}```\n\n"));
         }
         std::fs::write(file, out.trim_end().to_owned() + "\n").unwrap();
@@ -819,6 +824,7 @@ fn the_cli_reference_is_the_binarys_help() {
         "--expires-at",
         "--sort",
         "--key",
+        "--bucket",
     ] {
         assert!(text.contains(flag), "{flag}");
     }

@@ -148,6 +148,11 @@ fn the_http_reference_has_a_curl_example_for_every_route() {
         ("GET /v1/keys", &["$KEYGATE/v1/keys?"], true),
         ("GET /v1/keys/{id}", &["$KEYGATE/v1/keys/$ID\""], true),
         (
+            "GET /v1/keys/{id}/usage",
+            &["$KEYGATE/v1/keys/$ID/usage?bucket="],
+            true,
+        ),
+        (
             "DELETE /v1/keys/{id}",
             &["-X DELETE", "$KEYGATE/v1/keys/$ID\""],
             false,

@@ -692,6 +692,30 @@ fn openapi_document_is_served_and_parses() {
             assert!(!responses[status].is_badvalue(), "{path} {status}");
         }
     }
+    // keygate's own routes are marked as extensions.
+    for (path, method) in [
+        ("/v1/keys", "get"),
+        ("/v1/keys/{id}", "get"),
+        ("/v1/keys/{id}/usage", "get"),
+        ("/v1/events", "get"),
+    ] {
+        assert_eq!(
+            doc["paths"][path][method]["x-keygate-extension"].as_bool(),
+            Some(true),
+            "{path}"
+        );
+    }
+    let usage = &doc["paths"]["/v1/keys/{id}/usage"]["get"];
+    for status in ["200", "400", "401", "403", "404"] {
+        assert!(!usage["responses"][status].is_badvalue(), "usage {status}");
+    }
+    let params: Vec<&str> = usage["parameters"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["from_ms", "to_ms", "bucket"]);
     let authorize = &doc["paths"]["/v1/authorize"]["get"]["responses"];
     for status in ["204", "400", "401", "403"] {
         assert!(!authorize[status].is_badvalue(), "authorize {status}");

@@ -376,10 +376,7 @@ impl CreditCell {
         created_at: UnixMillis,
         now: UnixMillis,
     ) -> u64 {
-        self.update(refill, created_at, now, |r| {
-            let sum = i128::from(r) + i128::from(delta);
-            u64::try_from(sum.clamp(0, i128::from(MAX_CREDITS))).unwrap_or(0)
-        })
+        self.update(refill, created_at, now, |r| add_clamped(r, delta))
     }
 
     /// Sets the balance as of `now` to `remaining` (clamped to
@@ -394,7 +391,7 @@ impl CreditCell {
         self.update(refill, created_at, now, |_| remaining.min(MAX_CREDITS))
     }
 
-    fn update(
+    pub(crate) fn update(
         &self,
         refill: Option<&Refill>,
         created_at: UnixMillis,
@@ -416,6 +413,108 @@ impl CreditCell {
             }
         }
     }
+}
+
+/// The balance a [`Limiter`](crate::Limiter) keeps per meter: one 64-bit
+/// compare-and-swap when the credits never refill (the period never
+/// changes), the 128-bit [`CreditCell`] when they do.
+#[derive(Debug)]
+pub(crate) enum CreditState {
+    /// No refill: the balance alone.
+    Plain(core::sync::atomic::AtomicU64),
+    /// With a refill: the balance and its period together.
+    Periodic(CreditCell),
+}
+
+impl CreditState {
+    pub(crate) fn new(balance: CreditBalance, refill: Option<&Refill>) -> CreditState {
+        match refill {
+            None => CreditState::Plain(core::sync::atomic::AtomicU64::new(balance.remaining)),
+            Some(_) => CreditState::Periodic(CreditCell::new(balance)),
+        }
+    }
+
+    pub(crate) fn load(&self) -> CreditBalance {
+        match self {
+            CreditState::Plain(a) => CreditBalance::new(a.load(Ordering::Acquire)),
+            CreditState::Periodic(c) => c.load(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn spend(
+        &self,
+        refill: Option<&Refill>,
+        since: UnixMillis,
+        now: UnixMillis,
+        cost: u64,
+    ) -> CreditDecision {
+        let plain = match self {
+            CreditState::Plain(a) => a,
+            CreditState::Periodic(c) => return c.spend(refill, since, now, cost),
+        };
+        let need = cost.max(1);
+        let mut seen = plain.load(Ordering::Acquire);
+        loop {
+            if seen < need {
+                return CreditDecision {
+                    allowed: false,
+                    remaining: seen,
+                    retry_after_ms: None,
+                };
+            }
+            if cost == 0 {
+                return CreditDecision {
+                    allowed: true,
+                    remaining: seen,
+                    retry_after_ms: None,
+                };
+            }
+            match plain.compare_exchange_weak(
+                seen,
+                seen - cost,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return CreditDecision {
+                        allowed: true,
+                        remaining: seen - cost,
+                        retry_after_ms: None,
+                    }
+                }
+                Err(now_seen) => seen = now_seen,
+            }
+        }
+    }
+
+    pub(crate) fn update(
+        &self,
+        refill: Option<&Refill>,
+        since: UnixMillis,
+        now: UnixMillis,
+        f: impl Fn(u64) -> u64,
+    ) -> u64 {
+        match self {
+            CreditState::Plain(a) => {
+                let mut seen = a.load(Ordering::Acquire);
+                loop {
+                    let next = f(seen);
+                    match a.compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => return next,
+                        Err(s) => seen = s,
+                    }
+                }
+            }
+            CreditState::Periodic(c) => c.update(refill, since, now, f),
+        }
+    }
+}
+
+/// `delta` added to `r`, clamped to `0..=MAX_CREDITS`.
+pub(crate) fn add_clamped(r: u64, delta: i64) -> u64 {
+    let sum = i128::from(r) + i128::from(delta);
+    u64::try_from(sum.clamp(0, i128::from(MAX_CREDITS))).unwrap_or(0)
 }
 
 #[cfg(test)]

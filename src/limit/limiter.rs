@@ -3,10 +3,14 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use hashbrown::HashMap;
 
 use crate::keyring::IdHasher;
-use crate::limit::credits::{CreditBalance, CreditCell, CreditDecision, Credits, Refill};
+use crate::limit::credits::{
+    add_clamped, CreditBalance, CreditDecision, CreditState, Credits, Refill, MAX_CREDITS,
+};
 use crate::limit::rate::{RateDecision, RateLimit, RateState};
 use crate::limit::{Meter, Refusal};
 use crate::time::UnixMillis;
@@ -38,32 +42,42 @@ impl KeyLimits {
 struct Entry {
     since: UnixMillis,
     rate: Option<(RateLimit, RateState)>,
+    /// The cost asked of the rate limit since the last [`Limiter::take_demand`].
+    demand: AtomicU64,
     config: Option<Credits>,
     refill: Option<Refill>,
-    credits: Option<CreditCell>,
+    credits: Option<CreditState>,
 }
 
 impl Entry {
-    /// A new entry for `limits`, carrying over `old`'s state for what did
-    /// not change: the same rate limit keeps its state, the same credits
-    /// keep their balance (a repeated configuration is no fresh grant).
+    /// A new entry for `limits`, carrying over `old`'s state: a rate limit
+    /// keeps its theoretical arrival time (the same instant, in the new
+    /// limit's ticks), so changing a limit or an instance's share of it
+    /// hands out no fresh burst; the same credits keep their balance (a
+    /// repeated configuration is no fresh grant).
     fn new(since: UnixMillis, limits: KeyLimits, old: Option<&Entry>) -> Entry {
         let rate = limits
             .rate
             .map(|r| match old.and_then(|o| o.rate.as_ref()) {
-                Some((same, state)) if *same == r => (r, RateState::from_tat(state.tat())),
-                _ => (r, RateState::new()),
+                Some((before, state)) => (r, RateState::from_tat(rescale(state.tat(), before, &r))),
+                None => (r, RateState::new()),
             });
         let refill = limits.credits.and_then(|c| c.refill());
-        let credits = limits.credits.map(|c| match old {
-            Some(o) if o.config == Some(c) => {
-                CreditCell::new(o.credits.as_ref().map(CreditCell::load).unwrap_or_default())
-            }
-            _ => CreditCell::new(CreditBalance::new(c.remaining())),
+        let credits = limits.credits.map(|c| {
+            let balance = match old {
+                Some(o) if o.config == Some(c) => o
+                    .credits
+                    .as_ref()
+                    .map(CreditState::load)
+                    .unwrap_or_default(),
+                _ => CreditBalance::new(c.remaining()),
+            };
+            CreditState::new(balance, refill.as_ref())
         });
         Entry {
             since,
             rate,
+            demand: AtomicU64::new(old.map_or(0, |o| o.demand.load(Ordering::Relaxed))),
             config: limits.credits,
             refill,
             credits,
@@ -71,11 +85,37 @@ impl Entry {
     }
 }
 
+/// A theoretical arrival time in `from`'s ticks (`1/limit` ms), as the same
+/// instant in `to`'s, rounded up (never earlier: no fresh burst).
+fn rescale(tat: u64, from: &RateLimit, to: &RateLimit) -> u64 {
+    let scaled = (u128::from(tat) * u128::from(to.limit())).div_ceil(u128::from(from.limit()));
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
 /// A meter: its entry and the keys charged to it.
 #[derive(Debug)]
 struct MeterSlot {
     entry: Arc<Entry>,
     keys: Vec<KeyId>,
+    /// The limits as configured (before this instance's share).
+    limits: KeyLimits,
+    /// This instance's share of the rate limit, `num / den`.
+    share: (u32, u32),
+}
+
+impl MeterSlot {
+    /// The limits this instance enforces: the configured ones, the rate
+    /// scaled to its share.
+    fn effective(&self) -> KeyLimits {
+        let (num, den) = self.share;
+        KeyLimits {
+            rate: self
+                .limits
+                .rate
+                .map(|r| if num == den { r } else { r.share(num, den) }),
+            credits: self.limits.credits,
+        }
+    }
 }
 
 /// The rate-limit and credit state of every limited key.
@@ -141,8 +181,11 @@ impl Limiter {
         let slot = self.meters.entry(meter.id).or_insert_with(|| MeterSlot {
             entry: Arc::new(Entry::new(meter.since, limits, None)),
             keys: Vec::new(),
+            limits,
+            share: (1, 1),
         });
-        let entry = Entry::new(meter.since, limits, Some(&slot.entry));
+        slot.limits = limits;
+        let entry = Entry::new(meter.since, slot.effective(), Some(&slot.entry));
         slot.entry = Arc::new(entry);
         if !slot.keys.contains(&id) {
             slot.keys.push(id);
@@ -151,6 +194,45 @@ impl Limiter {
             self.keys.insert(*key, Arc::clone(&slot.entry));
         }
         self.meter_of.insert(id, meter.id);
+    }
+
+    /// Sets this instance's share of `meter`'s rate limit to `num / den`
+    /// (at most 1; at least one request per period), when several instances
+    /// enforce one limit: each is given a share by its demand
+    /// ([`Limiter::take_demand`]). The state carries over. Returns whether
+    /// the meter is here.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+    /// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let mut limiter = Limiter::new();
+    /// let rate = RateLimit::new(200, Duration::from_secs(1))?;
+    /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+    /// assert!(limiter.set_share(&id, 7, 10));
+    /// let verdict = limiter.check(&id, UnixMillis::EPOCH, 1);
+    /// assert_eq!(verdict.rate().map(|r| r.limit()), Some(140));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_share(&mut self, meter: &KeyId, num: u32, den: u32) -> bool {
+        let Some(slot) = self.meters.get_mut(meter) else {
+            return false;
+        };
+        let share = if den == 0 || num >= den {
+            (1, 1)
+        } else {
+            (num, den)
+        };
+        if slot.share == share {
+            return true;
+        }
+        slot.share = share;
+        let since = slot.entry.since;
+        slot.entry = Arc::new(Entry::new(since, slot.effective(), Some(&slot.entry)));
+        for key in &slot.keys {
+            self.keys.insert(*key, Arc::clone(&slot.entry));
+        }
+        true
     }
 
     /// Forgets `id` (revoked, evicted or unlimited); its meter's state stays
@@ -193,10 +275,10 @@ impl Limiter {
         let Some(entry) = self.keys.get(id) else {
             return Verdict::UNLIMITED;
         };
-        let rate = entry
-            .rate
-            .as_ref()
-            .map(|(limit, state)| state.check(limit, now, cost));
+        let rate = entry.rate.as_ref().map(|(limit, state)| {
+            entry.demand.fetch_add(u64::from(cost), Ordering::Relaxed);
+            state.check(limit, now, cost)
+        });
         let spend = if rate.is_some_and(|r| !r.allowed()) {
             0
         } else {
@@ -209,12 +291,41 @@ impl Limiter {
         Verdict { rate, credits }
     }
 
+    /// The cost each rate-limited meter was asked since the last call,
+    /// reset to 0: what an instance reports when several share a limit
+    /// (each is given a share of it by demand, [`RateLimit::share`]).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+    /// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let mut limiter = Limiter::new();
+    /// let rate = RateLimit::new(10, Duration::from_secs(1))?;
+    /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+    /// for _ in 0..15 {
+    ///     limiter.check(&id, UnixMillis::EPOCH, 1);
+    /// }
+    /// let mut seen = Vec::new();
+    /// limiter.take_demand(|meter, cost| seen.push((meter, cost)));
+    /// assert_eq!(seen, [(id, 15)]);
+    /// limiter.take_demand(|_, _| panic!("nothing since"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn take_demand(&self, mut report: impl FnMut(KeyId, u64)) {
+        for (meter, slot) in &self.meters {
+            let asked = slot.entry.demand.swap(0, Ordering::Relaxed);
+            if asked > 0 {
+                report(*meter, asked);
+            }
+        }
+    }
+
     /// Adds `delta` to the credits `id` is charged to, as of `now` (clamped
     /// at 0); `None` if it has no credits here.
     pub fn add_credits(&self, id: &KeyId, delta: i64, now: UnixMillis) -> Option<u64> {
         let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.add(delta, e.refill.as_ref(), e.since, now))
+        Some(cell.update(e.refill.as_ref(), e.since, now, |r| add_clamped(r, delta)))
     }
 
     /// Sets the credits `id` is charged to, as of `now`; `None` if it has
@@ -222,7 +333,8 @@ impl Limiter {
     pub fn set_credits(&self, id: &KeyId, remaining: u64, now: UnixMillis) -> Option<u64> {
         let e = self.keys.get(id)?;
         let cell = e.credits.as_ref()?;
-        Some(cell.set(remaining, e.refill.as_ref(), e.since, now))
+        let remaining = remaining.min(MAX_CREDITS);
+        Some(cell.update(e.refill.as_ref(), e.since, now, |_| remaining))
     }
 
     /// The balance `id` is charged to, as of `now`, refilled; `None` if it
@@ -243,7 +355,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    const UNLIMITED: Verdict = Verdict {
+    /// The verdict for a key with no limits: allowed, nothing to report.
+    ///
+    /// ```
+    /// assert!(keygate::Verdict::UNLIMITED.result().is_ok());
+    /// ```
+    pub const UNLIMITED: Verdict = Verdict {
         rate: None,
         credits: None,
     };
@@ -344,7 +461,8 @@ mod tests {
         l.configure(id(3), at(0), limits);
         assert!(l.check(&id(3), at(1), 1).result().is_err());
         assert_eq!(l.credits(&id(3), at(1)).map(|b| b.remaining), Some(4));
-        // A new rate limit starts fresh; the balance stays.
+        // A new rate limit keeps the backlog (a minute ahead, now 30 s a
+        // request: the next passes after 30 s); the balance stays.
         l.configure(
             id(3),
             at(0),
@@ -353,9 +471,46 @@ mod tests {
                 ..limits
             },
         );
-        assert!(l.check(&id(3), at(2), 1).result().is_ok());
+        assert!(l.check(&id(3), at(29_999), 1).result().is_err());
+        assert!(l.check(&id(3), at(30_000), 1).result().is_ok());
+        assert_eq!(l.credits(&id(3), at(2)).map(|b| b.remaining), Some(3));
         assert_eq!(l.add_credits(&id(3), -100, at(2)), Some(0));
         assert_eq!(l.set_credits(&id(3), 8, at(2)), Some(8));
         assert_eq!(l.add_credits(&id(4), 1, at(2)), None);
+    }
+}
+
+#[cfg(test)]
+mod rescale_tests {
+    use super::*;
+    use core::time::Duration;
+
+    /// Changing a limit (or an instance's share of it) keeps the backlog in
+    /// time: no fresh burst, and no lost one.
+    #[test]
+    fn a_new_limit_keeps_the_backlog_in_time() {
+        let id = KeyId::parse("0000000000000009").unwrap();
+        let mut l = Limiter::new();
+        let at = |ms| UnixMillis::from_millis(ms);
+        let limits = |n| KeyLimits {
+            rate: Some(RateLimit::new(n, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        l.configure(id, at(0), limits(10));
+        for _ in 0..10 {
+            assert!(l.check(&id, at(5_000), 1).result().is_ok());
+        }
+        assert!(l.check(&id, at(5_000), 1).result().is_err());
+        // Halved: the key stays a second ahead (until 6 000 ms); a request
+        // now costs 200 ms, so the next passes once 200 ms have drained.
+        l.configure(id, at(0), limits(5));
+        assert!(l.check(&id, at(5_000), 1).result().is_err());
+        assert!(l.check(&id, at(5_199), 1).result().is_err());
+        assert!(l.check(&id, at(5_200), 1).result().is_ok());
+        // Doubled: still a second ahead (until 6 200 ms); 50 ms a request.
+        l.configure(id, at(0), limits(20));
+        assert!(l.check(&id, at(5_249), 1).result().is_err());
+        assert!(l.check(&id, at(5_250), 1).result().is_ok());
+        assert!(l.check(&id, at(5_250), 1).result().is_err());
     }
 }

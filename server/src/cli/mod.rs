@@ -1,11 +1,12 @@
 //! The CLI subcommands that act on the database directly (`mint`, `list`,
-//! `get`, `revoke`, `roll`, `events`), the store opener they share with `serve`,
-//! and the bootstrap key file.
+//! `get`, `revoke`, `roll`, `events`, and `usage` in its own file), the
+//! store opener they share with `serve`, and the bootstrap key file.
 //!
 //! Every write here is made with a null actor: the operator at the
 //! database, not a key.
 
 pub mod routes;
+pub mod usage;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -109,7 +110,7 @@ pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How many rows the CLI asks the store for at a time.
 const PAGE: usize = 100;
 
-fn store_err(e: StoreError) -> String {
+pub(crate) fn store_err(e: StoreError) -> String {
     e.to_string()
 }
 
@@ -197,7 +198,7 @@ pub async fn mint(
     print_json(&keygate::wire::CreatedKeyView::from(minted))
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
     let json = serde_json::to_string(value).map_err(|e| e.to_string())?;
     println!("{json}");
     Ok(())
@@ -205,7 +206,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
 
 /// A Unix-ms time as RFC 3339 UTC to the second (raw ms outside years
 /// 1970–9999).
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     const MAX_MS: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
     match u64::try_from(ms) {
         Ok(u) if ms <= MAX_MS => {
@@ -220,7 +221,7 @@ fn opt_time(ms: Option<i64>, none: &str) -> String {
 }
 
 /// Lays `rows` out under `headers` in left-aligned columns.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -341,7 +342,7 @@ pub async fn get(args: &StoreArgs, id: &str, json: bool) -> Result<(), String> {
 /// A key id, or a whole token (whose id is taken: an operator may paste
 /// the token where the id belongs). Neither the token nor its secret is
 /// ever echoed: the error quotes the input redacted.
-fn parse_id(text: &str) -> Result<KeyId, String> {
+pub(crate) fn parse_id(text: &str) -> Result<KeyId, String> {
     if let Ok(token) = keygate::Token::parse(text) {
         return Ok(token.key_id());
     }

@@ -13,6 +13,7 @@ use keygate::{Access, Resource};
 use crate::clock::now_ms as system_now_ms;
 use crate::http::problem::{bad_request, quote};
 use crate::http::state::AppState;
+use crate::sync::counts::Outcome;
 
 /// The header of the 204 of `/v1/authorize` that names the key (a static,
 /// so the hot path does not parse the name again).
@@ -21,15 +22,47 @@ pub(crate) static KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-keygate
 /// The header of the 204 of `/v1/authorize` that gives the key's kind.
 static KEY_KIND_HEADER: HeaderName = HeaderName::from_static("x-keygate-key-kind");
 
-/// The two query parameters of `/v1/authorize`, percent-decoded
-/// (`application/x-www-form-urlencoded`). Other parameters are ignored. The
-/// error is the 400's detail.
-fn parse_authorize_query(query: Option<&str>) -> Result<(Resource, Access), String> {
+/// The query parameters of `/v1/authorize`, percent-decoded
+/// (`application/x-www-form-urlencoded`): the scope, and the `cost` against
+/// the key's limits (default 1; 0 checks without spending). Other
+/// parameters are ignored. The error is the 400's detail.
+fn parse_authorize_query(query: Option<&str>) -> Result<(Resource, Access, u32), String> {
     let query = query.unwrap_or_default();
-    match plain_authorize_query(query) {
-        Some(found) => Ok(found),
-        None => decode_authorize_query(query),
+    let (resource, access) = match plain_authorize_query(query) {
+        Some(found) => found,
+        None => decode_authorize_query(query)?,
+    };
+    Ok((resource, access, parse_cost(query)?))
+}
+
+/// The `cost` parameter: digits only, at most once; 1 without it.
+fn parse_cost(query: &str) -> Result<u32, String> {
+    // No `cost`, and nothing that could decode to one: the default.
+    if !query.contains("cost") && !query.contains('%') {
+        return Ok(1);
     }
+    let mut cost = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key != "cost" {
+            continue;
+        }
+        if cost.is_some() {
+            return Err(String::from("query parameter `cost` appears twice"));
+        }
+        let n = value
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| value.parse::<u32>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "query parameter `cost` must be a whole number from 0 to 4294967295, not `{}`",
+                    quote(&value)
+                )
+            })?;
+        cost = Some(n);
+    }
+    Ok(cost.unwrap_or(1))
 }
 
 /// [`parse_authorize_query`]'s common case, read in place: text with no
@@ -105,24 +138,24 @@ fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
 }
 
 /// `GET /v1/authorize`: 204 with the key's id and kind when the presented
-/// key may act; 401, 400 (bad query) or 403 otherwise, in that order.
+/// key may act; 401, 400 (bad query) or 403 otherwise, in that order. A 204
+/// counts as allowed and a 403 as forbidden in the key's usage
+/// (`crate::sync::counts`); a 401 or 400 counts nothing.
 ///
 /// The hot path: it borrows the request (no header map or URI copy) and
 /// the 204 carries the key id in a header, where the log reads it.
 pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Forward-auth (method and URI in headers, decided by `--routes`).
-    if let Some(response) = crate::http::forward::forward_auth(&*state, &request) {
+    if let Some(response) = crate::http::forward::forward_auth(&state, &request) {
         return response;
     }
-    let principal = match keygate::tower::authenticate_headers(
-        &*state,
-        request.headers(),
-        keygate::UnixMillis::from_millis(system_now_ms()),
-    ) {
+    let now_ms = system_now_ms();
+    let now = keygate::UnixMillis::from_millis(now_ms);
+    let principal = match keygate::tower::authenticate_headers(&*state, request.headers(), now) {
         Ok(p) => p,
         Err(rejection) => return rejection.to_response(),
     };
-    let (resource, access) = match parse_authorize_query(request.uri().query()) {
+    let (resource, access, cost) = match parse_authorize_query(request.uri().query()) {
         Ok(q) => q,
         Err(detail) => {
             let mut response = bad_request(&detail);
@@ -131,11 +164,26 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
         }
     };
     if let Err(e) = principal.require(resource, access) {
+        state
+            .counts()
+            .record(principal.id(), now_ms, Outcome::Forbidden);
         return Rejection::from(e).to_response();
+    }
+    // Authenticated (401) and in scope (403): now the rate limit, then the
+    // credits (429).
+    let verdict = state.cache().check_limits(&principal.id(), now_ms, cost);
+    state
+        .counts()
+        .record(principal.id(), now_ms, Outcome::of(&verdict));
+    if let Err(refusal) = verdict.result() {
+        let mut response: Response = refusal.to_response(&verdict);
+        response.extensions_mut().insert(principal);
+        return response;
     }
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
+    keygate::tower::insert_limit_headers(headers, &verdict);
     if let Ok(id) = HeaderValue::from_str(principal.id().as_str()) {
         headers.insert(&KEY_ID_HEADER, id);
     }
@@ -157,8 +205,32 @@ mod tests {
                 "resource_type=RESOURCE_TYPE_AGENTS&access_level=ACCESS_LEVEL_READ&x=1"
             ))
             .ok(),
-            Some((Resource::Agents, Access::Read))
+            Some((Resource::Agents, Access::Read, 1))
         );
+        assert_eq!(
+            parse_authorize_query(Some(
+                "resource_type=RESOURCE_TYPE_AGENTS&access_level=ACCESS_LEVEL_READ&cost=%35"
+            ))
+            .ok(),
+            Some((Resource::Agents, Access::Read, 5))
+        );
+        for bad in [
+            "cost=",
+            "cost=-1",
+            "cost=+1",
+            "cost=1.5",
+            "cost=4294967296",
+            "cost=1&cost=1",
+        ] {
+            let query =
+                format!("resource_type=RESOURCE_TYPE_AGENTS&access_level=ACCESS_LEVEL_READ&{bad}");
+            assert!(
+                parse_authorize_query(Some(&query))
+                    .unwrap_err()
+                    .contains("`cost`"),
+                "{bad}"
+            );
+        }
         for bad in [
             None,
             Some(""),
@@ -208,7 +280,11 @@ mod tests {
                         assert_eq!(decoded, Ok(found), "{query}");
                         plain_answers += 1;
                     }
-                    assert_eq!(parse_authorize_query(Some(&query)), decoded, "{query}");
+                    assert_eq!(
+                        parse_authorize_query(Some(&query)).map(|(r, a, _)| (r, a)),
+                        decoded,
+                        "{query}"
+                    );
                     checked += 1;
                 }
             }
@@ -258,7 +334,7 @@ mod tests {
                 "resource%5Ftype=RESOURCE%5FTYPE%5FOBJECTS&access_level=ACCESS_LEVEL_%57RITE"
             ))
             .ok(),
-            Some((Resource::Objects, Access::Write))
+            Some((Resource::Objects, Access::Write, 1))
         );
         let err = parse_authorize_query(Some(
             "resource_type=RESOURCE_TYPE_OBJECTS+&access_level=ACCESS_LEVEL_READ",

@@ -24,10 +24,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Router};
 use keygate::route::MatchedBy;
-use keygate::tower::{bearer_token, problem, Authenticate};
-use keygate::Rejection;
+use keygate::tower::{bearer_token, problem};
 use keygate::RouteTable;
 use keygate::UnixMillis;
+use keygate::{AuthError, Rejection};
+
+use crate::http::state::AppState;
+use crate::sync::counts::Outcome;
 
 /// The loaded table and the trusted header family, in the request
 /// extensions of every route.
@@ -198,7 +201,11 @@ fn fixed_scope_query(query: Option<&str>) -> bool {
 /// read, so a client cannot send `X-Original-URI` to a location that asks a
 /// fixed scope. Without a table, the fixed-scope query works behind any
 /// gateway.
-pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Option<Response> {
+///
+/// A 204 for a key counts as allowed in its usage, and a 403 for a key that
+/// lacks the route's scope as forbidden; a public route, a denied or
+/// unmatched route (decided before any key) and a 401 count nothing.
+pub fn forward_auth(state: &AppState, request: &Request) -> Option<Response> {
     let headers = request.headers();
     let routes = request.extensions().get::<Routes>();
     if routes.is_some_and(|r| r.trusted == ForwardedHeaders::XOriginal)
@@ -225,7 +232,8 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
         ));
     };
     let token = bearer_token(headers);
-    let decided = match table.authorize_request(auth, token.ok(), method, uri, UnixMillis::now()) {
+    let now = UnixMillis::now();
+    let decided = match table.authorize_request(state, token.ok(), method, uri, now) {
         Ok(ok) => Ok((ok.principal(), ok.route())),
         // A header that is there but not a bearer credential says so.
         Err(Rejection::MissingCredential) => {
@@ -233,6 +241,11 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
         }
         Err(e) => Err(e),
     };
+    let counts = state.counts();
+    let now_ms = now.as_millis();
+    if let Err(Rejection::Auth(AuthError::InsufficientScope { id, .. })) = &decided {
+        counts.record(*id, now_ms, Outcome::Forbidden);
+    }
     Some(match decided {
         Err(rejection) => {
             tracing::debug!(
@@ -243,9 +256,25 @@ pub fn forward_auth<A: Authenticate + ?Sized>(auth: &A, request: &Request) -> Op
             rejection.to_response()
         }
         Ok((principal, route)) => {
+            // The key's limits, at the route's cost (a public route spends nothing).
+            let verdict = match &principal {
+                Some(p) => state.cache().check_limits(&p.id(), now_ms, route.cost()),
+                None => keygate::Verdict::UNLIMITED,
+            };
+            if let Some(p) = &principal {
+                counts.record(p.id(), now_ms, Outcome::of(&verdict));
+            }
+            if let Err(refusal) = verdict.result() {
+                let mut response: Response = refusal.to_response(&verdict);
+                if let Some(p) = principal {
+                    response.extensions_mut().insert(p);
+                }
+                return Some(response);
+            }
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             let out = response.headers_mut();
+            keygate::tower::insert_limit_headers(out, &verdict);
             match principal {
                 Some(p) => {
                     if let Ok(id) = HeaderValue::from_str(p.id().as_str()) {

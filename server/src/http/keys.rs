@@ -186,7 +186,8 @@ pub async fn list(
 
 /// The id a route names and the scope the caller may act in, once the id
 /// parses (400) and the store has checked the caller ([`refuse_caller`]).
-async fn target(
+/// What `GET`, `DELETE` and the usage of `/v1/keys/{id}` share.
+pub(crate) async fn target(
     state: &AppState,
     caller: &Principal,
     id: &str,

@@ -1,5 +1,5 @@
 //! The HTTP service: the router (`router`), one file per resource
-//! (`create`, `keys`, `events`, `authorize`, with forward-auth in
+//! (`create`, `keys`, `usage`, `events`, `authorize`, with forward-auth in
 //! `forward`), problem responses (`problem`), body and query extraction
 //! (`extract`), and the listener that serves it all (`listen`).
 
@@ -13,3 +13,4 @@ pub mod listen;
 pub mod problem;
 pub mod router;
 pub mod state;
+pub mod usage;

@@ -24,7 +24,7 @@ use crate::http::create::create;
 use crate::http::extract::BODY_LIMIT;
 use crate::http::problem::json_response;
 use crate::http::state::{AppState, Shared};
-use crate::http::{events, keys};
+use crate::http::{events, keys, usage};
 
 /// The largest body of `POST /v1/keys/revoke`, in bytes (1 KiB): the one
 /// body-reading route without authentication, whose `{"token":"..."}` is
@@ -42,6 +42,7 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
     let read_routes = Router::new()
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{id}", get(keys::get_key))
+        .route("/v1/keys/{id}/usage", get(usage::usage))
         .route("/v1/events", get(events::events))
         .route_layer(Require::scope(
             shared.clone(),

@@ -7,6 +7,7 @@ use keygate::{AuthError, MintPolicy, Principal};
 
 use crate::store::Store;
 use crate::sync::cache::KeyCache;
+use crate::sync::counts::Counts;
 use crate::sync::usage::Usage;
 use crate::sync::Keys;
 
@@ -39,6 +40,11 @@ impl AppState {
     /// The last-use tracker.
     pub fn usage(&self) -> &Usage {
         self.keys.usage()
+    }
+
+    /// The per-key usage counts.
+    pub fn counts(&self) -> &Counts {
+        self.keys.counts()
     }
 
     /// The synchronised keys (for the readiness flag).

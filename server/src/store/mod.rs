@@ -20,9 +20,10 @@ pub use lease::{CreditMeter, Expired, Lease, LeaseReport, LeaseWriteError, PoolV
 
 /// The newest schema this binary knows. Version 3 added `keys.rolled_from`
 /// (the key a rolled key replaced), which carries lineage through rolls;
-/// version 4 the credit pools and leases (`credit_balances`,
-/// `credit_leases`; see [`lease`]).
-pub const SCHEMA_VERSION: i64 = 4;
+/// version 4 the usage counts (`usage_minutes`, `usage_days`); version 5
+/// the credit pools and leases (`credit_balances`, `credit_leases`; see
+/// [`lease`]).
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// What went wrong in a store, by what the caller should do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +198,204 @@ pub fn check_roll_fits(
     }
 }
 
+/// One minute, in milliseconds.
+pub const MINUTE_MS: i64 = 60_000;
+/// One hour, in milliseconds.
+pub const HOUR_MS: i64 = 60 * MINUTE_MS;
+/// One day (UTC), in milliseconds.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// How many whole days of minute rows retention keeps before today: older
+/// minutes are folded into day rows.
+pub const MINUTE_RETENTION_DAYS: i64 = 30;
+/// How many whole days of day rows retention keeps before today (two
+/// years, a leap day included): older day rows are deleted.
+pub const DAY_RETENTION_DAYS: i64 = 731;
+
+/// A key's request counts by outcome, in one minute, day or bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UsageCounts {
+    /// Requests allowed.
+    pub allowed: u64,
+    /// Requests refused for want of a scope (403).
+    pub forbidden: u64,
+    /// Requests refused by the key's rate limit (429).
+    pub rate_limited: u64,
+    /// Requests refused because the key's credits ran out (429).
+    pub credits_exhausted: u64,
+}
+
+impl UsageCounts {
+    /// Whether every count is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == UsageCounts::default()
+    }
+
+    /// Adds `other`'s counts (saturating: a count never wraps).
+    pub fn add(&mut self, other: &UsageCounts) {
+        self.allowed = self.allowed.saturating_add(other.allowed);
+        self.forbidden = self.forbidden.saturating_add(other.forbidden);
+        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
+        self.credits_exhausted = self
+            .credits_exhausted
+            .saturating_add(other.credits_exhausted);
+    }
+
+    /// The counts as the four SQL `BIGINT` columns, in table order
+    /// (saturating at `i64::MAX`).
+    pub fn columns(&self) -> [i64; 4] {
+        [
+            self.allowed,
+            self.forbidden,
+            self.rate_limited,
+            self.credits_exhausted,
+        ]
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// The counts from the four columns (a negative value, which no write
+    /// makes, reads as 0).
+    pub fn from_columns(columns: [i64; 4]) -> UsageCounts {
+        let [allowed, forbidden, rate_limited, credits_exhausted] =
+            columns.map(|n| u64::try_from(n).unwrap_or(0));
+        UsageCounts {
+            allowed,
+            forbidden,
+            rate_limited,
+            credits_exhausted,
+        }
+    }
+}
+
+/// One key's counts in one minute, as the follower flushes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageRow {
+    /// The key.
+    pub key_id: KeyId,
+    /// The minute's start, in Unix milliseconds (a multiple of [`MINUTE_MS`]).
+    pub minute_ms: i64,
+    /// The counts to add.
+    pub counts: UsageCounts,
+}
+
+/// The width of a bucket of `GET /v1/keys/{id}/usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bucket {
+    /// One minute.
+    Minute,
+    /// One hour.
+    #[default]
+    Hour,
+    /// One day (UTC).
+    Day,
+}
+
+impl Bucket {
+    /// The width in milliseconds.
+    pub fn ms(self) -> i64 {
+        match self {
+            Bucket::Minute => MINUTE_MS,
+            Bucket::Hour => HOUR_MS,
+            Bucket::Day => DAY_MS,
+        }
+    }
+
+    /// The name in a query: `minute`, `hour` or `day`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Minute => "minute",
+            Bucket::Hour => "hour",
+            Bucket::Day => "day",
+        }
+    }
+
+    /// The bucket named `name`.
+    pub fn from_name(name: &str) -> Option<Bucket> {
+        match name {
+            "minute" => Some(Bucket::Minute),
+            "hour" => Some(Bucket::Hour),
+            "day" => Some(Bucket::Day),
+            _ => None,
+        }
+    }
+
+    /// The start of the bucket that holds `ms`.
+    pub fn floor(self, ms: i64) -> i64 {
+        ms.div_euclid(self.ms()) * self.ms()
+    }
+}
+
+/// What [`Store::usage`] reads: the buckets of width `bucket` that overlap
+/// `from_ms..=to_ms`, whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// The width of a bucket.
+    pub bucket: Bucket,
+    /// The first millisecond of the range (at least 0).
+    pub from_ms: i64,
+    /// The last millisecond of the range (at least `from_ms`, at most
+    /// [`MAX_USAGE_MS`]).
+    pub to_ms: i64,
+}
+
+/// The latest instant a usage query may name: the end of year 9999, so
+/// that no bucket arithmetic overflows.
+pub const MAX_USAGE_MS: i64 = 253_402_300_799_999;
+
+impl UsageQuery {
+    /// The minutes the query reads: from the start of the first bucket to
+    /// the end of the last one (exclusive).
+    pub fn span(&self) -> (i64, i64) {
+        let b = self.bucket;
+        (b.floor(self.from_ms), b.floor(self.to_ms) + b.ms())
+    }
+
+    /// How many buckets the range spans.
+    pub fn buckets(&self) -> i64 {
+        let (start, end) = self.span();
+        (end - start) / self.bucket.ms()
+    }
+}
+
+/// One bucket of a key's usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UsageBucket {
+    /// The bucket's start, in Unix milliseconds.
+    pub start_ms: i64,
+    /// Its counts.
+    #[serde(flatten)]
+    pub counts: UsageCounts,
+}
+
+/// A key's usage as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// When the key was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+    /// The buckets with counts, by start.
+    pub buckets: Vec<UsageBucket>,
+}
+
+/// Where retention cuts, as of `now_ms`: minute rows before the first
+/// (the start of the day [`MINUTE_RETENTION_DAYS`] days before today) are
+/// folded into day rows, day rows before the second (the start of the day
+/// [`DAY_RETENTION_DAYS`] before today) are deleted.
+pub fn usage_cutoffs(now_ms: i64) -> (i64, i64) {
+    let today = Bucket::Day.floor(now_ms);
+    (
+        today.saturating_sub(MINUTE_RETENTION_DAYS * DAY_MS),
+        today.saturating_sub(DAY_RETENTION_DAYS * DAY_MS),
+    )
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Minute rows folded into day rows (and deleted).
+    pub folded: u64,
+    /// Day rows deleted.
+    pub deleted: u64,
+}
+
 /// Key storage. Implementations: [`sqlite::SqliteStore`] (and PostgreSQL).
 ///
 /// Every method that writes commits durably before it returns, and appends
@@ -306,6 +505,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch of `last_used_at_ms` values (never moving one back).
     async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError>;
+
+    /// Adds a batch of per-minute counts to the stored ones (an upsert that
+    /// adds: several instances add to the same rows). The batch holds each
+    /// (key, minute) at most once. All or nothing.
+    async fn record_usage(&self, batch: &[UsageRow]) -> Result<(), StoreError>;
+
+    /// The usage of key `id` in the buckets `query` spans, only those with
+    /// counts, by start: minute rows, and for [`Bucket::Day`] the day rows
+    /// too. `None` if the key is unknown or outside `scope`, with the scope
+    /// computed first whatever the id (as in [`Store::get`]); a revoked key
+    /// answers with its rows and its revocation time.
+    async fn usage(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        query: UsageQuery,
+    ) -> Result<Option<KeyUsage>, StoreError>;
+
+    /// One bounded retention pass as of `now_ms` ([`usage_cutoffs`]): folds
+    /// up to `limit` minute rows older than the minute window into day rows
+    /// (adding to them, deleting the minutes, in one transaction, so a count
+    /// is never in both or neither), and deletes up to `limit` day rows older
+    /// than the day window. Safe to run on several instances at once.
+    async fn prune_usage(&self, now_ms: i64, limit: usize) -> Result<Pruned, StoreError>;
 
     /// How many keys the store holds, revoked ones included.
     async fn count(&self) -> Result<u64, StoreError>;
@@ -445,6 +668,10 @@ mod model_tests;
     missing_docs
 )]
 pub(crate) mod lease_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub(crate) mod usage_tests;
 
 #[cfg(test)]
 mod tests {

@@ -27,12 +27,20 @@
 //!   change log, which is also the audit log.
 //! * `meta(schema_version, pepper_fingerprint)`: one row; the fingerprint
 //!   is hex.
+//! * `usage_minutes(key_id, minute_ms, allowed, forbidden, rate_limited,
+//!   credits_exhausted)` and `usage_days(key_id, day_ms, ...)` (version 4):
+//!   request counts per key and minute (and per day once retention folds
+//!   minutes older than 30 days). Every instance's flush adds to the same
+//!   rows (`INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n`); a
+//!   retention pass moves minute rows into day rows in one statement, taking
+//!   rows with `FOR UPDATE SKIP LOCKED`, so instances pruning at once never
+//!   fold a row twice.
 //! * `change_seq(seq)`: one row, the last sequence number handed out (see
 //!   below), and `schema_migrations(version, applied_at_ms, applied_by)`: one
 //!   row per migration this database has run.
 //! * `credit_balances(meter_id, remaining, period)` and
 //!   `credit_leases(meter_id, instance_id, period, amount, expires_at_ms)`
-//!   (version 4): each meter's pool of unleased credits, and the credits
+//!   (version 5): each meter's pool of unleased credits, and the credits
 //!   each instance holds of it (`store::lease`). A lease write locks the
 //!   pool row `FOR UPDATE`, so concurrent grants from several instances
 //!   never hand out more than the pool holds.
@@ -93,8 +101,9 @@ use super::lease::{
     add, col, credits, grant, period_col, period_now, period_of, refilled, PoolRow,
 };
 use super::{
-    Action, CreditMeter, Event, Expired, KeyPage, Lease, LeaseReport, LeaseWriteError, PoolView,
-    Scope, Snapshot, Store, StoreError, StoredKey, SCHEMA_VERSION,
+    usage_cutoffs, Action, Bucket, CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease,
+    LeaseReport, LeaseWriteError, PoolView, Pruned, Scope, Snapshot, Store, StoreError, StoredKey,
+    UsageBucket, UsageCounts, UsageQuery, UsageRow, DAY_MS, SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -180,12 +189,44 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         r#"
+    CREATE TABLE usage_minutes (
+        key_id TEXT COLLATE "C" NOT NULL,
+        minute_ms BIGINT NOT NULL,
+        allowed BIGINT NOT NULL DEFAULT 0,
+        forbidden BIGINT NOT NULL DEFAULT 0,
+        rate_limited BIGINT NOT NULL DEFAULT 0,
+        credits_exhausted BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, minute_ms)
+    );
+    CREATE INDEX usage_minutes_minute_ms ON usage_minutes (minute_ms);
+    CREATE TABLE usage_days (
+        key_id TEXT COLLATE "C" NOT NULL,
+        day_ms BIGINT NOT NULL,
+        allowed BIGINT NOT NULL DEFAULT 0,
+        forbidden BIGINT NOT NULL DEFAULT 0,
+        rate_limited BIGINT NOT NULL DEFAULT 0,
+        credits_exhausted BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, day_ms)
+    );
+    CREATE INDEX usage_days_day_ms ON usage_days (day_ms);
+    "#,
+    ),
+    // The credit leases stand alone (every part `IF NOT EXISTS`), so the
+    // step may follow any other and be renumbered.
+    (5, MIGRATE_LEASES),
+];
+
+/// Credit pools and leases (`store::lease`): each meter's pool of unleased
+/// credits and the refill period it belongs to (the pool table may exist
+/// already, of the same shape: it is shared with the credit configuration),
+/// and the credits each instance holds on lease.
+const MIGRATE_LEASES: &str = r#"
     CREATE TABLE IF NOT EXISTS credit_balances (
         meter_id TEXT COLLATE "C" PRIMARY KEY,
         remaining BIGINT NOT NULL,
         period BIGINT NOT NULL
     );
-    CREATE TABLE credit_leases (
+    CREATE TABLE IF NOT EXISTS credit_leases (
         meter_id TEXT COLLATE "C" NOT NULL,
         instance_id TEXT COLLATE "C" NOT NULL,
         period BIGINT NOT NULL,
@@ -193,11 +234,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
         expires_at_ms BIGINT NOT NULL,
         PRIMARY KEY (meter_id, instance_id)
     );
-    CREATE INDEX credit_leases_instance ON credit_leases (instance_id);
-    CREATE INDEX credit_leases_expires ON credit_leases (expires_at_ms);
-    "#,
-    ),
-];
+    CREATE INDEX IF NOT EXISTS credit_leases_instance ON credit_leases (instance_id);
+    CREATE INDEX IF NOT EXISTS credit_leases_expires ON credit_leases (expires_at_ms);
+"#;
 
 /// Key storage in PostgreSQL, shared by any number of instances. See the
 /// module documentation.
@@ -1351,6 +1390,182 @@ impl Store for PgStore {
                 .await?;
             tx.execute(&stmt, &[ids, at]).await?;
             Ok(())
+        })
+    }
+
+    async fn record_usage(&self, batch: &[UsageRow]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // In (key, minute) order, so two instances flushing at once lock
+        // rows in the same order.
+        let mut sorted = batch.to_vec();
+        sorted.sort_unstable_by_key(|row| (row.key_id, row.minute_ms));
+        let ids: Vec<&str> = sorted.iter().map(|r| r.key_id.as_str()).collect();
+        let minutes: Vec<i64> = sorted.iter().map(|r| r.minute_ms).collect();
+        let column = |i: usize| -> Vec<i64> {
+            sorted
+                .iter()
+                .map(|r| r.counts.columns().get(i).copied().unwrap_or(0))
+                .collect()
+        };
+        let (allowed, forbidden, rate_limited, credits) =
+            (column(0), column(1), column(2), column(3));
+        let (ids, minutes) = (&ids, &minutes);
+        let (allowed, forbidden, rate_limited, credits) =
+            (&allowed, &forbidden, &rate_limited, &credits);
+        write_tx!(self, tx => {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage_minutes \
+                         (key_id, minute_ms, allowed, forbidden, rate_limited, credits_exhausted) \
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                                          $5::bigint[], $6::bigint[]) \
+                     ORDER BY 1, 2 \
+                     ON CONFLICT (key_id, minute_ms) DO UPDATE SET \
+                         allowed = usage_minutes.allowed + excluded.allowed, \
+                         forbidden = usage_minutes.forbidden + excluded.forbidden, \
+                         rate_limited = usage_minutes.rate_limited + excluded.rate_limited, \
+                         credits_exhausted = \
+                             usage_minutes.credits_exhausted + excluded.credits_exhausted",
+                )
+                .await?;
+            tx.execute(&stmt, &[ids, minutes, allowed, forbidden, rate_limited, credits])
+                .await?;
+            Ok(())
+        })
+    }
+
+    async fn usage(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        query: UsageQuery,
+    ) -> Result<Option<KeyUsage>, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot for the key and its rows; a retention pass that
+        // commits meanwhile is seen whole or not at all.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let key = tx
+            .prepare_cached("SELECT revoked_at_ms FROM keys WHERE id = $1")
+            .await
+            .map_err(db_error)?;
+        // The scope first, always: see `in_scope`.
+        let member = in_scope(&tx, id, scope).await.map_err(db_error)?;
+        let revoked_at_ms: Option<i64> = match tx
+            .query_opt(&key, &[&id.as_str()])
+            .await
+            .map_err(db_error)?
+        {
+            Some(row) if member => row.get(0),
+            _ => return Ok(None),
+        };
+        let (start, end) = query.span();
+        let stmt = tx
+            .prepare_cached(
+                "SELECT (t.at / $4) * $4 AS b, sum(t.allowed)::bigint, sum(t.forbidden)::bigint, \
+                        sum(t.rate_limited)::bigint, sum(t.credits_exhausted)::bigint \
+                 FROM ( \
+                     SELECT minute_ms AS at, allowed, forbidden, rate_limited, credits_exhausted \
+                     FROM usage_minutes \
+                     WHERE key_id = $1 AND minute_ms >= $2 AND minute_ms < $3 \
+                     UNION ALL \
+                     SELECT day_ms, allowed, forbidden, rate_limited, credits_exhausted \
+                     FROM usage_days \
+                     WHERE $5 AND key_id = $1 AND day_ms >= $2 AND day_ms < $3 \
+                 ) t \
+                 GROUP BY b ORDER BY b",
+            )
+            .await
+            .map_err(db_error)?;
+        let rows = tx
+            .query(
+                &stmt,
+                &[
+                    &id.as_str(),
+                    &start,
+                    &end,
+                    &query.bucket.ms(),
+                    &(query.bucket == Bucket::Day),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let mut buckets = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let counts =
+                UsageCounts::from_columns([row.get(1), row.get(2), row.get(3), row.get(4)]);
+            if !counts.is_zero() {
+                buckets.push(UsageBucket {
+                    start_ms: row.get(0),
+                    counts,
+                });
+            }
+        }
+        Ok(Some(KeyUsage {
+            revoked_at_ms,
+            buckets,
+        }))
+    }
+
+    async fn prune_usage(&self, now_ms: i64, limit: usize) -> Result<Pruned, StoreError> {
+        let (minute_cutoff, day_cutoff) = usage_cutoffs(now_ms);
+        let limit = to_i64(u64::try_from(limit).unwrap_or(u64::MAX));
+        write_tx!(self, tx => {
+            // The minutes leave and their days grow in one statement: a
+            // count is never in both, nor in neither. `SKIP LOCKED`: rows
+            // another instance is folding are left to it.
+            let fold = tx
+                .prepare_cached(
+                    "WITH old AS ( \
+                         SELECT key_id, minute_ms FROM usage_minutes WHERE minute_ms < $1 \
+                         ORDER BY minute_ms LIMIT $2 FOR UPDATE SKIP LOCKED \
+                     ), moved AS ( \
+                         DELETE FROM usage_minutes m USING old \
+                         WHERE m.key_id = old.key_id AND m.minute_ms = old.minute_ms \
+                         RETURNING m.key_id, m.minute_ms, m.allowed, m.forbidden, \
+                                   m.rate_limited, m.credits_exhausted \
+                     ), days AS ( \
+                         INSERT INTO usage_days \
+                             (key_id, day_ms, allowed, forbidden, rate_limited, credits_exhausted) \
+                         SELECT key_id, (minute_ms / $3) * $3, sum(allowed), sum(forbidden), \
+                                sum(rate_limited), sum(credits_exhausted) \
+                         FROM moved GROUP BY 1, 2 ORDER BY 1, 2 \
+                         ON CONFLICT (key_id, day_ms) DO UPDATE SET \
+                             allowed = usage_days.allowed + excluded.allowed, \
+                             forbidden = usage_days.forbidden + excluded.forbidden, \
+                             rate_limited = usage_days.rate_limited + excluded.rate_limited, \
+                             credits_exhausted = \
+                                 usage_days.credits_exhausted + excluded.credits_exhausted \
+                     ) \
+                     SELECT count(*) FROM moved",
+                )
+                .await?;
+            let folded: i64 = tx
+                .query_one(&fold, &[&minute_cutoff, &limit, &DAY_MS])
+                .await?
+                .get(0);
+            let drop = tx
+                .prepare_cached(
+                    "DELETE FROM usage_days d USING ( \
+                         SELECT key_id, day_ms FROM usage_days WHERE day_ms < $1 \
+                         LIMIT $2 FOR UPDATE SKIP LOCKED \
+                     ) old \
+                     WHERE d.key_id = old.key_id AND d.day_ms = old.day_ms",
+                )
+                .await?;
+            let deleted = tx.execute(&drop, &[&day_cutoff, &limit]).await?;
+            Ok(Pruned {
+                folded: to_u64(folded),
+                deleted,
+            })
         })
     }
 

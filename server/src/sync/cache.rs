@@ -20,9 +20,10 @@
 //! only, which is public; the secret comparison is the library's, per
 //! shard, unchanged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use keygate::{AuthError, Change, KeyId, Keyring, Pepper, Principal};
+use keygate::{AuthError, Change, ChangeOp, KeyId, Keyring, Limiter, Pepper, Principal, Verdict};
 
 /// How many shards the keys are spread over (a power of two).
 pub const SHARDS: usize = 64;
@@ -31,6 +32,11 @@ pub const SHARDS: usize = 64;
 pub struct KeyCache {
     shards: Vec<RwLock<Keyring>>,
     pepper: Pepper,
+    /// The rate limits (and, on one instance, the credits) of limited keys,
+    /// kept in step with the shards by [`KeyCache::apply`].
+    limiter: RwLock<Limiter>,
+    /// Whether any key is limited: while none is, a check takes no lock.
+    limited: AtomicBool,
 }
 
 /// The shard of `id`. Ids are random base62, so one multiply of their
@@ -63,7 +69,23 @@ impl KeyCache {
                 .map(|_| RwLock::new(Keyring::with_capacity(pepper.clone(), per_shard)))
                 .collect(),
             pepper,
+            limiter: RwLock::new(Limiter::new()),
+            limited: AtomicBool::new(false),
         }
+    }
+
+    /// Decides a request of `cost` by `id` at `now_ms` against the key's rate
+    /// limit and credits. An unlimited key's answer takes no lock while no
+    /// key is limited, and one read lock otherwise.
+    #[inline]
+    pub fn check_limits(&self, id: &KeyId, now_ms: i64, cost: u32) -> Verdict {
+        if !self.limited.load(Ordering::Acquire) {
+            return Verdict::UNLIMITED;
+        }
+        self.limiter
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(id, keygate::UnixMillis::from_millis(now_ms), cost)
     }
 
     fn shard(&self, id: &KeyId) -> Option<&RwLock<Keyring>> {
@@ -108,13 +130,39 @@ impl KeyCache {
             let Some(shard) = self.shard(&id) else {
                 continue;
             };
+            // What the limiter needs of it, taken before the keyring keeps it.
+            let limits = match &change.op {
+                ChangeOp::Upsert(r) => Some((r.meter(), r.limits())),
+                ChangeOp::Revoke(_) => None,
+            };
             match Self::write(shard).apply(change) {
-                Ok(keygate::Applied::Changed) => changed += 1,
+                Ok(keygate::Applied::Changed) => {
+                    changed += 1;
+                    self.sync_limits(id, limits);
+                }
                 Ok(keygate::Applied::Unchanged) => {}
                 Err(e) => tracing::error!(seq, key_id = %id, "cannot apply change: {e}"),
             }
         }
         changed
+    }
+
+    /// Takes an applied change's limits: an upsert's meter and limits, or a
+    /// revocation (`None`). Unlimited keys never take the write lock unless
+    /// they were limited before.
+    fn sync_limits(&self, id: KeyId, limits: Option<(keygate::Meter, keygate::KeyLimits)>) {
+        let unlimited = limits.is_none_or(|(_, l)| l.is_unlimited());
+        if unlimited && !self.limited.load(Ordering::Acquire) {
+            return;
+        }
+        let mut limiter = self.limiter.write().unwrap_or_else(PoisonError::into_inner);
+        match limits {
+            Some((meter, l)) => limiter.charge(id, meter, l),
+            None => {
+                limiter.forget(&id);
+            }
+        }
+        self.limited.store(!limiter.is_empty(), Ordering::Release);
     }
 
     /// Drops the records expired by `now_ms`, one shard at a time; returns

@@ -1,5 +1,6 @@
 //! The follower: keeps this instance's keyring in step with the store's
-//! change log, flushes `last_used_at_ms`, and evicts expired keys.
+//! change log, flushes `last_used_at_ms` and the usage counts (then runs a
+//! bounded retention pass over the stored counts), and evicts expired keys.
 //!
 //! It reads the log from its own cursor every `poll` interval, and at once
 //! when the store signals new changes (PostgreSQL's `NOTIFY`). Applying is
@@ -20,12 +21,18 @@ use crate::sync::Keys;
 /// How many changes one read of the log takes at most.
 const BATCH: usize = 1_000;
 
+/// How many usage rows one retention pass folds (and deletes) at most: at
+/// the default 10 s flush, 60 000 key-minutes a minute, far more than the
+/// store gains (one row per key and minute in use).
+pub const PRUNE_BATCH: usize = 10_000;
+
 /// How often the follower does what.
 #[derive(Debug, Clone, Copy)]
 pub struct Intervals {
     /// Reading the change log.
     pub poll: Duration,
-    /// Writing `last_used_at_ms` to the store (at most).
+    /// Writing `last_used_at_ms` and the usage counts to the store, and a
+    /// retention pass (at most).
     pub flush: Duration,
     /// Dropping expired keys from memory.
     pub evict: Duration,
@@ -176,14 +183,42 @@ fn mark(flag: &AtomicBool, ready: bool) -> bool {
     was != ready
 }
 
-/// Writes the last uses noted since the last flush.
+/// Writes the last uses and the usage counts noted since the last flush,
+/// then runs one bounded retention pass over the stored counts.
 pub async fn flush(state: &Keys) {
     let batch = state.usage().take_dirty();
+    if !batch.is_empty() {
+        if let Err(e) = state.store().record_last_used(&batch).await {
+            tracing::warn!(keys = batch.len(), "cannot write last-used times: {e}");
+            state.usage().unflush(&batch);
+        }
+    }
+    flush_counts(state).await;
+    match state.store().prune_usage(now_ms(), PRUNE_BATCH).await {
+        Ok(pruned) if pruned.folded > 0 || pruned.deleted > 0 => {
+            tracing::info!(
+                folded = pruned.folded,
+                deleted = pruned.deleted,
+                "usage retention: folded minute rows into days, deleted old days"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot prune usage counts: {e}"),
+    }
+}
+
+/// Writes the usage counts noted since the last flush; hands them back to
+/// memory if the store refuses them. Holds the counts' flush lock from the
+/// take to the end of the write (see `crate::sync::counts`).
+pub async fn flush_counts(state: &Keys) {
+    let counts = state.counts();
+    let _flushing = counts.flush_guard().await;
+    let batch = counts.take(now_ms());
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = state.store().record_last_used(&batch).await {
-        tracing::warn!(keys = batch.len(), "cannot write last-used times: {e}");
-        state.usage().unflush(&batch);
+    if let Err(e) = state.store().record_usage(&batch).await {
+        tracing::warn!(rows = batch.len(), "cannot write usage counts: {e}");
+        counts.unflush(&batch);
     }
 }

@@ -1,9 +1,11 @@
 //! Keeping this instance in step with the store: the in-memory keyring
-//! (`cache`), the follower that applies the change log to it (`follow`),
-//! the last-use tracker it flushes (`usage`), and the credit leases spent
-//! in memory and kept topped up beside it (`credits`).
+//! (`cache`), the follower that applies the change log to it (`follow`) and
+//! what it flushes: the last-use tracker (`usage`) and the per-key usage
+//! counts (`counts`), and the credit leases spent in memory and kept topped
+//! up beside it (`credits`).
 
 pub mod cache;
+pub mod counts;
 // The hot path (`/v1/authorize`) and the credit routes call the spending
 // side; until they are wired in, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -19,16 +21,19 @@ use keygate::{AuthError, Principal};
 
 use crate::store::Store;
 use crate::sync::cache::KeyCache;
+use crate::sync::counts::Counts;
 use crate::sync::credits::{CreditLeases, LeaseConfig};
 use crate::sync::usage::Usage;
 
 /// The keys this instance serves: the keyring, the store it follows, the
-/// last uses not yet written, the credit leases, and whether the store
+/// last uses and usage counts not yet written, the credit leases, and
+/// whether the store
 /// answered last time.
 pub struct Keys {
     cache: KeyCache,
     store: Arc<dyn Store>,
     usage: Usage,
+    counts: Counts,
     credits: Arc<CreditLeases>,
     /// Whether the store answered the follower's last read.
     ready: AtomicBool,
@@ -49,6 +54,7 @@ impl Keys {
             credits: Arc::new(CreditLeases::new(Arc::clone(&store), config)),
             store,
             usage: Usage::default(),
+            counts: Counts::default(),
             ready: AtomicBool::new(true),
         }
     }
@@ -71,6 +77,11 @@ impl Keys {
     /// The last-use tracker.
     pub fn usage(&self) -> &Usage {
         &self.usage
+    }
+
+    /// The per-key usage counts.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Whether the store answered last time.

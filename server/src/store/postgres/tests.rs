@@ -876,3 +876,124 @@ fn concurrent_leases_never_grant_more_than_the_pool() {
         assert_eq!(stores[1].credit_total(meter, 3).await.unwrap(), Some(5_000));
     });
 }
+
+#[test]
+fn usage_counts_add_up_and_retention_folds_them() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        // Retention first: it prunes every key's old rows.
+        super::super::usage_tests::retention(&store).await;
+        super::super::usage_tests::usage_round_trip(&store).await;
+    });
+}
+
+/// Several instances flush the same rows and prune at once: every count is
+/// added once, and no minute is folded twice (or lost).
+#[test]
+fn instances_flushing_and_pruning_at_once_keep_every_count() {
+    use super::super::usage_tests::n;
+    use super::super::{Bucket, UsageQuery, UsageRow, DAY_MS, MINUTE_MS};
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let url = pg.url();
+        let mut stores = Vec::new();
+        for _ in 0..3 {
+            stores.push(Arc::new(PgStore::connect(&url).await.unwrap()));
+        }
+        let keys: Vec<KeyRecord> = (0..4).map(|i| standard(&format!("k{i}"))).collect();
+        for k in &keys {
+            stores[0].create(k, None, 1).await.unwrap();
+        }
+        let now = 500 * DAY_MS;
+        // Each store flushes 40 batches of every key over 120 old minutes
+        // and 5 recent ones, in its own order.
+        let mut flushes = Vec::new();
+        for (s, store) in stores.iter().enumerate() {
+            let (store, keys) = (Arc::clone(store), keys.clone());
+            flushes.push(tokio::spawn(async move {
+                for round in 0..40i64 {
+                    let mut batch = Vec::new();
+                    for (i, k) in keys.iter().enumerate() {
+                        let old = (round * 3 + i as i64 + s as i64) % 120;
+                        batch.push(UsageRow {
+                            key_id: k.id(),
+                            minute_ms: 400 * DAY_MS + old * MINUTE_MS,
+                            counts: n(1, 0, 0, 0),
+                        });
+                        batch.push(UsageRow {
+                            key_id: k.id(),
+                            minute_ms: now - (round % 5) * MINUTE_MS,
+                            counts: n(0, 1, 0, 0),
+                        });
+                    }
+                    if s % 2 == 1 {
+                        batch.reverse();
+                    }
+                    store.record_usage(&batch).await.unwrap();
+                    store.prune_usage(now, 7).await.unwrap();
+                }
+            }));
+        }
+        for f in flushes {
+            f.await.unwrap();
+        }
+        while stores[1].prune_usage(now, 50).await.unwrap().folded > 0 {}
+        assert_eq!(
+            pg.psql("SELECT count(*) FROM usage_minutes WHERE minute_ms < 470::bigint * 86400000"),
+            "0"
+        );
+        for k in &keys {
+            let usage = stores[2]
+                .usage(
+                    k.id(),
+                    Scope::All,
+                    UsageQuery {
+                        bucket: Bucket::Day,
+                        from_ms: 0,
+                        to_ms: now,
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            let mut total = super::super::UsageCounts::default();
+            for b in &usage.buckets {
+                total.add(&b.counts);
+            }
+            assert_eq!(total, n(120, 120, 0, 0), "{}", k.id());
+        }
+    });
+}
+
+#[test]
+fn a_version_3_database_gains_the_usage_tables() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        drop(PgStore::connect(&pg.url()).await.unwrap());
+    });
+    // Back to version 3, as a 0.2 binary left it.
+    pg.psql(
+        "DROP TABLE usage_minutes; DROP TABLE usage_days; \
+         DROP TABLE credit_leases; DROP TABLE credit_balances; \
+         DELETE FROM schema_migrations WHERE version > 3; UPDATE meta SET schema_version = 3",
+    );
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        super::super::usage_tests::usage_round_trip(&store).await;
+    });
+    assert_eq!(
+        pg.psql("SELECT schema_version FROM meta"),
+        SCHEMA_VERSION.to_string()
+    );
+    let versions: Vec<String> = (2..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
+        versions.join(",")
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM credit_balances"),
+        "0",
+        "the later steps ran too"
+    );
+}

@@ -1,4 +1,4 @@
-//! The SQLite store: [`SqliteStore`], schema version 4.
+//! The SQLite store: [`SqliteStore`], schema version 5.
 //!
 //! Tables:
 //!
@@ -12,7 +12,12 @@
 //!   SQLite serializes writers, so sequence numbers grow with commit order
 //!   and are never reused.
 //! * `meta`: `schema_version` and `pepper_fingerprint` (hex).
-//! * `credit_balances` and `credit_leases` (version 4): each meter's pool of
+//! * `usage_minutes(key_id, minute_ms, allowed, forbidden, rate_limited,
+//!   credits_exhausted)` and `usage_days(key_id, day_ms, ...)` (version 4):
+//!   request counts per key and minute, added to by the follower's flushes;
+//!   retention folds minutes older than 30 days into days and deletes days
+//!   older than two years (`usage.rs`).
+//! * `credit_balances` and `credit_leases` (version 5): each meter's pool of
 //!   unleased credits, and the credits each instance holds of it (see
 //!   `store::lease`). On SQLite one instance holds the leases, so the
 //!   credits are exact: the pool plus the one lease is the balance.
@@ -45,8 +50,8 @@ use keygate::{Change, KeyId, KeyRecord};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{
-    Action, CreditMeter, Event, Expired, KeyPage, Lease, LeaseReport, LeaseWriteError, PoolView,
-    Scope, Snapshot, StoreError, StoredKey,
+    Action, CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport, LeaseWriteError,
+    PoolView, Pruned, Scope, Snapshot, StoreError, StoredKey, UsageQuery, UsageRow,
 };
 
 mod leases;
@@ -60,6 +65,7 @@ mod schema;
     clippy::panic
 )]
 mod tests;
+mod usage;
 
 use queries::*;
 use schema::*;
@@ -282,6 +288,30 @@ impl super::Store for SqliteStore {
         }
         let batch = batch.to_vec();
         self.write(move |conn, _| write_last_used(conn, &batch))
+            .await
+    }
+
+    async fn record_usage(&self, batch: &[UsageRow]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        self.write(move |conn, _| usage::write_usage(conn, &batch))
+            .await
+    }
+
+    async fn usage(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        query: UsageQuery,
+    ) -> Result<Option<KeyUsage>, StoreError> {
+        self.read(move |conn| usage::read_usage(conn, id, scope, query))
+            .await
+    }
+
+    async fn prune_usage(&self, now_ms: i64, limit: usize) -> Result<Pruned, StoreError> {
+        self.write(move |conn, _| usage::prune(conn, now_ms, limit))
             .await
     }
 

@@ -54,24 +54,54 @@ UPDATE keys SET rolled_from = (
 );
 ";
 
-/// Version 3 to 4: credit pools and leases (`store::lease`). The pool table
-/// may exist already (it is shared with the credit configuration).
+/// Version 3 to 4: per-key usage counts, per minute and (after retention
+/// folds the minutes older than 30 days) per day.
 pub(super) const MIGRATE_V4: &str = "
+CREATE TABLE usage_minutes (
+    key_id            TEXT NOT NULL,
+    minute_ms         INTEGER NOT NULL,
+    allowed           INTEGER NOT NULL DEFAULT 0,
+    forbidden         INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    credits_exhausted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, minute_ms)
+) WITHOUT ROWID;
+CREATE INDEX usage_minutes_minute_ms ON usage_minutes (minute_ms);
+CREATE TABLE usage_days (
+    key_id            TEXT NOT NULL,
+    day_ms            INTEGER NOT NULL,
+    allowed           INTEGER NOT NULL DEFAULT 0,
+    forbidden         INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    credits_exhausted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day_ms)
+) WITHOUT ROWID;
+CREATE INDEX usage_days_day_ms ON usage_days (day_ms);
+";
+
+/// The schema version the credit leases step produces (`store::lease`).
+/// The step stands alone (every part `IF NOT EXISTS`), so it may run after
+/// any other step and be renumbered by changing this number.
+pub(super) const LEASES_VERSION: i64 = 5;
+
+/// Credit pools and leases (`store::lease`). The pool table may exist
+/// already, of the same shape (it is shared with the credit configuration).
+pub(super) const MIGRATE_LEASES: &str = "
 CREATE TABLE IF NOT EXISTS credit_balances (
     meter_id  TEXT PRIMARY KEY NOT NULL,
-    remaining BIGINT NOT NULL,
-    period    BIGINT NOT NULL
+    remaining INTEGER NOT NULL,
+    period    INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE credit_leases (
+CREATE TABLE IF NOT EXISTS credit_leases (
     meter_id      TEXT NOT NULL,
     instance_id   TEXT NOT NULL,
-    period        BIGINT NOT NULL,
-    amount        BIGINT NOT NULL,
-    expires_at_ms BIGINT NOT NULL,
+    period        INTEGER NOT NULL,
+    amount        INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
     PRIMARY KEY (meter_id, instance_id)
 ) WITHOUT ROWID;
-CREATE INDEX credit_leases_instance ON credit_leases (instance_id);
-CREATE INDEX credit_leases_expires ON credit_leases (expires_at_ms);
+CREATE INDEX IF NOT EXISTS credit_leases_instance ON credit_leases (instance_id);
+CREATE INDEX IF NOT EXISTS credit_leases_expires ON credit_leases (expires_at_ms);
 ";
 
 pub(super) fn hex(bytes: &[u8]) -> String {
@@ -160,8 +190,8 @@ pub(super) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), 
 }
 
 /// Brings the database to [`SCHEMA_VERSION`], in one immediate
-/// transaction: creates a new one, migrates a 0.1.0 or a version-2 or later
-/// one, refuses a newer one.
+/// transaction: creates a new one, migrates a 0.1.0 or a version-2 or
+/// later one step by step, refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -189,10 +219,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
             )));
         }
         if version < SCHEMA_VERSION {
-            if version < 3 {
-                tx.execute_batch(MIGRATE_V3).map_err(sql)?;
-            }
-            tx.execute_batch(MIGRATE_V4).map_err(sql)?;
+            upgrade(&tx, version)?;
             meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
             tx.commit().map_err(sql)?;
         }
@@ -208,10 +235,24 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
     } else {
         tx.execute_batch(SCHEMA_V2).map_err(sql)?;
     }
-    tx.execute_batch(MIGRATE_V3).map_err(sql)?;
-    tx.execute_batch(MIGRATE_V4).map_err(sql)?;
+    upgrade(&tx, 2)?;
     meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
     tx.commit().map_err(sql)
+}
+
+/// The migration steps from schema `version` (at least 2) to
+/// [`SCHEMA_VERSION`], each in turn, inside the caller's transaction.
+fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64) -> Result<(), StoreError> {
+    if version < 3 {
+        tx.execute_batch(MIGRATE_V3).map_err(sql)?;
+    }
+    if version < 4 {
+        tx.execute_batch(MIGRATE_V4).map_err(sql)?;
+    }
+    if version < LEASES_VERSION {
+        tx.execute_batch(MIGRATE_LEASES).map_err(sql)?;
+    }
+    Ok(())
 }
 
 /// Moves the 0.1.0 JSON records into the version-2 tables; each gets a

@@ -831,7 +831,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
         )
         .unwrap();
     assert_eq!(from.as_deref(), Some(a.id().as_str()));
-    // And the credit tables of version 4.
+    // And the credit tables (version 5).
     assert!(table_exists(&conn, "credit_balances").unwrap());
     assert!(table_exists(&conn, "credit_leases").unwrap());
 }
@@ -861,20 +861,23 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).unwrap());
     {
         let conn = Connection::open(&path).unwrap();
-        meta_set(&conn, "schema_version", "5").unwrap();
+        meta_set(&conn, "schema_version", &(SCHEMA_VERSION + 1).to_string()).unwrap();
     }
     let e = SqliteStore::open(&path).err().unwrap();
     let m = e.to_string();
     assert!(matches!(e, StoreError::Fatal(_)));
+    let newer = SCHEMA_VERSION + 1;
     assert!(
-        m.contains("schema version 5, newer than this keygate knows (4)"),
+        m.contains(&format!(
+            "schema version {newer}, newer than this keygate knows ({SCHEMA_VERSION})"
+        )),
         "{m}"
     );
     // Refused without a change.
     let conn = Connection::open(&path).unwrap();
     assert_eq!(
         meta_get(&conn, "schema_version").unwrap().as_deref(),
-        Some("5")
+        Some(newer.to_string().as_str())
     );
 }
 
@@ -1026,4 +1029,36 @@ fn a_failed_migration_changes_nothing() {
 async fn credit_pools_and_leases() {
     let (_dir, store) = new_store();
     super::super::lease_tests::all(&store).await;
+}
+
+#[tokio::test]
+async fn usage_counts_add_up_and_retention_folds_them() {
+    let (_dir, store) = new_store();
+    super::super::usage_tests::usage_round_trip(&store).await;
+    let (_dir, store) = new_store();
+    super::super::usage_tests::retention(&store).await;
+}
+
+#[tokio::test]
+async fn a_version_3_database_gains_the_usage_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute_batch(MIGRATE_V3).unwrap();
+        meta_set(&conn, "schema_version", "3").unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = raw(&store);
+        assert_eq!(
+            meta_get(&conn, "schema_version").unwrap().as_deref(),
+            Some(SCHEMA_VERSION.to_string().as_str())
+        );
+        assert!(table_exists(&conn, "usage_minutes").unwrap());
+        assert!(table_exists(&conn, "credit_leases").unwrap());
+        assert!(table_exists(&conn, "usage_days").unwrap());
+    }
+    super::super::usage_tests::usage_round_trip(&store).await;
 }

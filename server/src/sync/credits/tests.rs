@@ -12,8 +12,8 @@ use keygate::{Change, KeyId, KeyRecord, Meter, Refill, UnixMillis};
 use super::*;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    CreditMeter, Event, Expired, KeyPage, Lease, LeaseReport, LeaseWriteError, PoolView, Scope,
-    Snapshot, Store, StoreError, StoredKey,
+    CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport, LeaseWriteError, PoolView,
+    Pruned, Scope, Snapshot, Store, StoreError, StoredKey, UsageQuery, UsageRow,
 };
 
 pub(super) fn at(ms: i64) -> UnixMillis {
@@ -141,6 +141,20 @@ impl Store for Flaky {
     }
     async fn record_last_used(&self, batch: &[(KeyId, i64)]) -> Result<(), StoreError> {
         self.inner.record_last_used(batch).await
+    }
+    async fn record_usage(&self, batch: &[UsageRow]) -> Result<(), StoreError> {
+        self.inner.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        id: KeyId,
+        scope: Scope,
+        query: UsageQuery,
+    ) -> Result<Option<KeyUsage>, StoreError> {
+        self.inner.usage(id, scope, query).await
+    }
+    async fn prune_usage(&self, now_ms: i64, limit: usize) -> Result<Pruned, StoreError> {
+        self.inner.prune_usage(now_ms, limit).await
     }
     async fn count(&self) -> Result<u64, StoreError> {
         self.inner.count().await
