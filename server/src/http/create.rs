@@ -16,6 +16,7 @@ use crate::clock::now_ms as system_now_ms;
 use crate::http::extract::parse_body;
 use crate::http::problem::{bad_request, internal_error, json_response, quote, store_error};
 use crate::http::state::AppState;
+use crate::store::CreditMeter;
 
 fn validation_error(e: &ValidationError) -> Response {
     bad_request(&e.to_string())
@@ -103,6 +104,9 @@ async fn mint_and_store(
         keygate::UnixMillis::from_millis(now_ms),
     );
     let record: KeyRecord = minted.record().clone();
+    let credits = record.limits().credits;
+    let meter = record.meter();
+    let own_meter = meter.id == record.id();
     match state
         .store()
         .create(&record, Some(caller.id()), now_ms)
@@ -113,6 +117,9 @@ async fn mint_and_store(
         }
         Err(e) => return store_error(&e, "cannot store the key"),
     }
+    if let Some(credits) = credits {
+        lease_for_new_key(&state, meter, own_meter, credits, now_ms).await;
+    }
     match serde_json::to_vec(&keygate::wire::CreatedKeyView::from(minted)) {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);
@@ -122,4 +129,30 @@ async fn mint_and_store(
         }
         Err(_) => internal_error("cannot encode the created key"),
     }
+}
+
+/// A new key with credits: a new meter's pool (`own_meter`: the key is
+/// charged to itself, not to its limited creator's meter) gets its grant,
+/// and this instance leases from the meter now, so the key's first request
+/// here finds credits (other instances lease when its change arrives).
+async fn lease_for_new_key(
+    state: &AppState,
+    meter: keygate::Meter,
+    own_meter: bool,
+    credits: keygate::Credits,
+    now_ms: i64,
+) {
+    let refill = credits.refill();
+    let now = keygate::UnixMillis::from_millis(now_ms);
+    if own_meter {
+        let pool = CreditMeter { meter, refill };
+        if let Err(e) = state
+            .store()
+            .set_credits(pool, credits.remaining(), now_ms)
+            .await
+        {
+            tracing::warn!(meter = %meter.id, "cannot write the new key's credits: {e}");
+        }
+    }
+    state.keys().credits().ensure_now(meter, refill, now).await;
 }

@@ -613,8 +613,6 @@ pub trait Store: Send + Sync + 'static {
     /// the current period of `meter`'s refill (so a changed refill starts
     /// counting now; leases of another period are void and deleted).
     /// Returns the new total.
-    // Called by the credit routes (`POST /v1/keys/{id}/credits`, `PATCH`).
-    #[cfg_attr(not(test), allow(dead_code))]
     async fn set_credits(
         &self,
         meter: CreditMeter,

@@ -418,6 +418,7 @@ impl CreditLeases {
     }
 
     /// The configuration.
+    #[cfg(test)]
     pub fn config(&self) -> &LeaseConfig {
         &self.config
     }
@@ -541,6 +542,7 @@ impl CreditLeases {
 
     /// What this instance holds of `meter_id`'s credits now (0 when its
     /// lease lapsed or it has none).
+    #[cfg(test)]
     pub fn held(&self, meter_id: &KeyId) -> u64 {
         self.meters
             .get(meter_id)
@@ -556,6 +558,7 @@ impl CreditLeases {
     }
 
     /// Lease and return writes for `meter_id` since start.
+    #[cfg(test)]
     pub fn meter_writes(&self, meter_id: &KeyId) -> u64 {
         self.meters
             .get(meter_id)
@@ -596,7 +599,18 @@ impl CreditLeases {
             self.tick(UnixMillis::now()).await;
         }
         let returned = self.return_all(UnixMillis::now()).await;
-        tracing::info!(credits = returned, "returned the credit leases");
+        let stats = self.stats();
+        tracing::info!(
+            instance = %self.instance(),
+            credits = returned,
+            leases = stats.leases,
+            granted = stats.granted,
+            returns = stats.returns,
+            expired = stats.expired,
+            possibly_lost = stats.possibly_lost,
+            errors = stats.errors,
+            "returned the credit leases"
+        );
     }
 
     /// One pass of the background at `now`: every meter's lease topped

@@ -158,6 +158,8 @@ pub async fn catch_up(state: &Keys, mut cursor: u64) -> u64 {
                     }
                 }
                 let changed = state.cache().apply(changes);
+                // Meters whose last key with credits went: their leases go back.
+                state.release_meters();
                 tracing::debug!(from = cursor, to = last, changed, "applied changes");
                 cursor = last;
                 if !full {

@@ -6,9 +6,6 @@
 
 pub mod cache;
 pub mod counts;
-// The hot path (`/v1/authorize`) and the credit routes call the spending
-// side; until they are wired in, only the tests do.
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod credits;
 pub mod follow;
 pub mod usage;
@@ -17,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use keygate::tower::Authenticate;
-use keygate::{AuthError, Principal};
+use keygate::{AuthError, CreditDecision, KeyId, Principal, UnixMillis, Verdict};
 
 use crate::store::Store;
 use crate::sync::cache::KeyCache;
@@ -62,6 +59,46 @@ impl Keys {
     /// The credit leases: [`CreditLeases::spend`] on the hot path.
     pub fn credits(&self) -> &Arc<CreditLeases> {
         &self.credits
+    }
+
+    /// Decides a request of `cost` by `id` at `now_ms`: the rate limit
+    /// first (the keyring's [`keygate::Limiter`]), then the credits, spent
+    /// from this instance's leases ([`CreditLeases::spend`]); never the
+    /// store. A rate-limited request spends no credits (it reports the
+    /// balance, as a probe would); a `cost` of 0 asks whether a request of
+    /// 1 would pass and spends nothing. The answer is the library's
+    /// [`Verdict`], for the same 429s and header fields.
+    #[inline]
+    pub fn check_limits(&self, id: &KeyId, now_ms: i64, cost: u32) -> Verdict {
+        let checked = self.cache.check_limits(id, now_ms, cost);
+        let Some(metered) = checked.metered else {
+            return Verdict::new(checked.rate, None);
+        };
+        let rate_limited = checked.rate.is_some_and(|r| !r.allowed());
+        let spend = if rate_limited { 0 } else { u64::from(cost) };
+        let spent = self.credits.spend(
+            metered.meter,
+            metered.refill,
+            spend,
+            UnixMillis::from_millis(now_ms),
+        );
+        Verdict::new(
+            checked.rate,
+            Some(CreditDecision::new(
+                spent.allowed,
+                spent.remaining,
+                spent.retry_after,
+            )),
+        )
+    }
+
+    /// Hands back the leases of the meters whose last key with credits
+    /// went ([`KeyCache::take_released`]): called by the follower after it
+    /// applies changes.
+    pub fn release_meters(&self) {
+        for meter in self.cache.take_released() {
+            self.credits.forget(&meter);
+        }
     }
 
     /// The keyring.
