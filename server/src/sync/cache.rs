@@ -399,3 +399,47 @@ mod tests {
         assert_eq!(cache.pepper().fingerprint(), pepper.fingerprint());
     }
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod metered_tests {
+    use super::*;
+
+    fn id(n: u8) -> KeyId {
+        KeyId::parse(&format!("{n:0>16}")).unwrap()
+    }
+
+    fn metered(meter: u8) -> Option<Metered> {
+        Some(Metered {
+            meter: Meter {
+                id: id(meter),
+                since: keygate::UnixMillis::EPOCH,
+            },
+            refill: None,
+        })
+    }
+
+    /// A meter is released when its last key with credits goes (revoked,
+    /// its credits removed, or charged elsewhere), not before.
+    #[test]
+    fn a_meter_is_released_with_its_last_key() {
+        let mut l = Limits::default();
+        assert_eq!(l.meter(id(1), metered(9)), None);
+        assert_eq!(l.meter(id(2), metered(9)), None);
+        // The same meter again changes nothing.
+        assert_eq!(l.meter(id(1), metered(9)), None);
+        assert_eq!(l.keys_of.get(&id(9)), Some(&2));
+        assert_eq!(l.meter(id(1), None), None);
+        // Charged to another meter: the old one loses its last key.
+        assert_eq!(l.meter(id(2), metered(8)), Some(id(9)));
+        assert_eq!(l.meter(id(2), None), Some(id(8)));
+        assert_eq!(l.meter(id(3), None), None);
+        assert!(l.is_empty());
+        assert!(l.keys_of.is_empty());
+    }
+}

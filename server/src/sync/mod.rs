@@ -138,3 +138,96 @@ impl Authenticate for Keys {
         Ok(principal)
     }
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use std::time::Duration;
+
+    use keygate::{Change, Credits, KeyLimits, MintRequest, Pepper, RateLimit, Refusal};
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::CreditMeter;
+
+    fn keyed(limits: KeyLimits, now_ms: i64) -> keygate::KeyRecord {
+        let now = UnixMillis::from_millis(now_ms);
+        let request = MintRequest::standard(None, None, now)
+            .unwrap()
+            .with_limits(limits);
+        let minted = keygate::mint(
+            &Pepper::from_bytes(&[9u8; 32]),
+            &request,
+            &mut keygate::os_entropy(),
+            now,
+        );
+        minted.record().clone()
+    }
+
+    /// The rate limit is decided first and a request it refuses spends no
+    /// credits; the credits come from the lease, refused whole; a meter's
+    /// last key revoked hands its lease back to the pool.
+    #[tokio::test]
+    async fn the_rate_limit_then_the_leased_credits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
+        let keys = Keys::new(
+            KeyCache::new(Pepper::from_bytes(&[9u8; 32]), 4),
+            Arc::clone(&store),
+        );
+        let now_ms = 1_000_000;
+        let limits = KeyLimits {
+            rate: Some(RateLimit::new(4, Duration::from_secs(60)).unwrap()),
+            credits: Some(Credits::new(3, None).unwrap()),
+        };
+        let record = keyed(limits, now_ms);
+        let (id, meter) = (record.id(), record.meter());
+        keys.cache().apply([Change::upsert(1, record)]);
+        let pool = CreditMeter {
+            meter,
+            refill: None,
+        };
+        store.set_credits(pool, 3, now_ms).await.unwrap();
+        keys.credits()
+            .ensure_now(meter, None, UnixMillis::from_millis(now_ms))
+            .await;
+
+        // Cost 2 of 3: allowed, with both fields.
+        let v = keys.check_limits(&id, now_ms, 2);
+        assert!(v.result().is_ok());
+        assert_eq!(v.rate().map(|r| r.remaining()), Some(2));
+        assert_eq!(v.credits().map(|c| c.remaining()), Some(1));
+        // Cost 2 of the 1 left: the rate limit passes (and counts it), the
+        // credits refuse whole, with no wait that helps.
+        let v = keys.check_limits(&id, now_ms, 2);
+        assert_eq!(
+            v.result(),
+            Err(Refusal::CreditsExhausted { retry_after: None })
+        );
+        assert_eq!(v.credits().map(|c| c.remaining()), Some(1));
+        // Rate-limited now: the credit is not spent, and a probe says so.
+        let v = keys.check_limits(&id, now_ms, 1);
+        assert!(matches!(v.result(), Err(Refusal::RateLimited { .. })));
+        assert_eq!(v.credits().map(|c| c.remaining()), Some(1));
+        assert_eq!(keys.credits().held(&meter.id), 1);
+        // An unknown key is unlimited.
+        let other = keyed(KeyLimits::default(), now_ms).id();
+        assert!(keys.check_limits(&other, now_ms, 1).is_unlimited());
+
+        // The meter's last key revoked: its lease goes back to the pool at
+        // the next tick.
+        keys.cache().apply([Change::revoke(2, id)]);
+        keys.release_meters();
+        keys.credits()
+            .tick(UnixMillis::from_millis(now_ms + 1))
+            .await;
+        assert_eq!(keys.credits().held(&meter.id), 0);
+        assert_eq!(store.credit_total(pool, now_ms + 2).await.unwrap(), Some(1));
+        assert!(keys.check_limits(&id, now_ms, 1).is_unlimited());
+    }
+}
