@@ -519,16 +519,57 @@ impl CreditLeases {
             .or_insert_with(|| Arc::new(Local::new(meter, refill, self.config.slots())));
     }
 
-    /// [`CreditLeases::ensure`], then the first lease now rather than at
-    /// the next tick (a create path may await it, so the key's first
-    /// request finds credits here).
+    /// [`CreditLeases::ensure`], then a lease now rather than at the next
+    /// tick, whatever the meter's recent demand and any wait after an
+    /// empty grant: a create path awaits it, so the key's first request
+    /// finds credits here, and so do the credit routes after they change
+    /// the pool.
     pub async fn ensure_now(&self, meter: Meter, refill: Option<Refill>, now: UnixMillis) {
         self.ensure(meter, refill);
         let Some(local) = self.meters.get(&meter.id).map(|l| Arc::clone(l.value())) else {
             return;
         };
+        local.nudged.store(true, Ordering::Relaxed);
+        local.bg().retry_at_ms = i64::MIN;
         if let Err(e) = self.service(meter.id, &local, now.as_millis()).await {
             tracing::debug!(meter = %meter.id, "cannot lease credits yet: {e}");
+        }
+    }
+
+    /// Hands this instance's lease of `meter_id` back to the pool now (the
+    /// meter stays registered, and is leased for again at the next tick or
+    /// [`CreditLeases::ensure_now`]): before the credits are set, so that
+    /// on one instance the new amount is exact. Returns the credits that
+    /// went back. Waits for a store call of the background on the same
+    /// meter to end first.
+    // Called by the credit routes of the configuration plane.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub async fn reclaim(&self, meter_id: &KeyId, now: UnixMillis) -> Result<u64, StoreError> {
+        let Some(local) = self.meters.get(meter_id).map(|l| Arc::clone(l.value())) else {
+            return Ok(0);
+        };
+        let _busy = loop {
+            if let Some(busy) = Busy::try_new(&local.busy) {
+                break busy;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let refill = unpack_refill(local.leased_refill.load(Ordering::Acquire));
+        let (period, taken, _) = local.take_above(0);
+        if taken == 0 || is_stale(&local, refill, period, now) {
+            return Ok(0);
+        }
+        match self
+            .give_back(*meter_id, &local, refill, taken, period, 0, now.as_millis())
+            .await
+        {
+            Ok(back) => Ok(if back { taken } else { 0 }),
+            Err(e) => {
+                if !e.maybe_applied {
+                    local.credit(period, taken);
+                }
+                Err(e.error)
+            }
         }
     }
 

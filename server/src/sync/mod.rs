@@ -230,4 +230,50 @@ mod tests {
         assert_eq!(store.credit_total(pool, now_ms + 2).await.unwrap(), Some(1));
         assert!(keys.check_limits(&id, now_ms, 1).is_unlimited());
     }
+
+    /// Setting the credits on one instance is exact: its lease goes back
+    /// first, the pool is set, and the lease is taken anew at once.
+    #[tokio::test]
+    async fn a_set_after_a_reclaim_is_exact_on_one_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
+        let keys = Keys::new(
+            KeyCache::new(Pepper::from_bytes(&[9u8; 32]), 4),
+            Arc::clone(&store),
+        );
+        let now_ms = 5_000_000;
+        let now = UnixMillis::from_millis(now_ms);
+        let limits = KeyLimits {
+            rate: None,
+            credits: Some(Credits::new(30, None).unwrap()),
+        };
+        let record = keyed(limits, now_ms);
+        let (id, meter) = (record.id(), record.meter());
+        keys.cache().apply([Change::upsert(1, record)]);
+        let pool = CreditMeter {
+            meter,
+            refill: None,
+        };
+        store.set_credits(pool, 30, now_ms).await.unwrap();
+        keys.credits().ensure_now(meter, None, now).await;
+        assert_eq!(keys.credits().held(&meter.id), 30);
+        assert!(keys.check_limits(&id, now_ms, 10).result().is_ok());
+        // Set to 5 with 20 leased here: without the reclaim the lease would
+        // keep its 20.
+        assert_eq!(keys.credits().reclaim(&meter.id, now).await.unwrap(), 20);
+        assert_eq!(store.set_credits(pool, 5, now_ms).await.unwrap(), 5);
+        keys.credits().ensure_now(meter, None, now).await;
+        assert_eq!(keys.credits().held(&meter.id), 5);
+        let v = keys.check_limits(&id, now_ms, 6);
+        assert_eq!(
+            v.result(),
+            Err(Refusal::CreditsExhausted { retry_after: None })
+        );
+        assert_eq!(v.credits().map(|c| c.remaining()), Some(5));
+        // An add reaches this instance's next lease at once.
+        assert_eq!(store.add_credits(pool, 4, now_ms).await.unwrap(), Some(9));
+        keys.credits().ensure_now(meter, None, now).await;
+        assert!(keys.check_limits(&id, now_ms, 9).result().is_ok());
+        assert!(keys.check_limits(&id, now_ms, 1).result().is_err());
+    }
 }
