@@ -945,6 +945,31 @@ async fn write_pool(
 }
 
 /// Deletes the meter's leases of any period but `period`: void.
+/// Sets `meter`'s credits to `remaining` inside `tx` ([`Store::set_credits`]):
+/// the pool gets `remaining` less what the live leases of the current period
+/// hold (they stay with their instances), in the current period of the
+/// meter's refill as given; leases of another period are void. Returns the
+/// new total.
+async fn set_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter: CreditMeter,
+    remaining: u64,
+    now_ms: i64,
+) -> Result<u64, WriteError> {
+    let id = meter.meter.id;
+    let stored = lock_pool(tx, id).await?.map_or(0, |(_, p)| p);
+    // The period of the refill as given, not at least the stored one: a
+    // changed interval numbers its periods anew.
+    let period = meter.refill.map_or(stored, |r| {
+        r.period_at(meter.meter.since, UnixMillis::from_millis(now_ms))
+    });
+    void_others(tx, id, period).await?;
+    let held = leased(tx, id, period, "", now_ms).await?;
+    let pool = remaining.min(keygate::MAX_CREDITS).saturating_sub(held);
+    write_pool(tx, id, (pool, period)).await?;
+    Ok(add(pool, held))
+}
+
 async fn void_others(
     tx: &deadpool_postgres::Transaction<'_>,
     meter_id: KeyId,
@@ -1904,19 +1929,8 @@ impl Store for PgStore {
         remaining: u64,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let id = meter.meter.id;
         write_tx!(self, tx => {
-            let stored = lock_pool(tx, id).await?.map_or(0, |(_, p)| p);
-            // The period of the refill as given, not at least the stored
-            // one: a changed interval numbers its periods anew.
-            let period = meter.refill.map_or(stored, |r| {
-                r.period_at(meter.meter.since, UnixMillis::from_millis(now_ms))
-            });
-            void_others(tx, id, period).await?;
-            let held = leased(tx, id, period, "", now_ms).await?;
-            let pool = remaining.min(keygate::MAX_CREDITS).saturating_sub(held);
-            write_pool(tx, id, (pool, period)).await?;
-            Ok(add(pool, held))
+            set_pool(tx, meter, remaining, now_ms).await
         })
     }
 

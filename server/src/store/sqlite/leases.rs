@@ -287,18 +287,32 @@ pub(super) fn set(
     now_ms: i64,
 ) -> Result<u64, StoreError> {
     let tx = immediate(conn)?;
+    let total = set_in(&tx, m, remaining, now_ms)?;
+    tx.commit().map_err(sql)?;
+    Ok(total)
+}
+
+/// [`set`] inside the caller's transaction: the pool gets `remaining` less
+/// what the live leases of the current period hold (they stay with their
+/// instances), in the current period of the meter's refill as given;
+/// leases of another period are void. Returns the new total.
+pub(super) fn set_in(
+    tx: &Connection,
+    m: CreditMeter,
+    remaining: u64,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
     let id = m.meter.id;
-    let stored = read_pool(&tx, id)?.map_or(0, |(_, p)| p);
+    let stored = read_pool(tx, id)?.map_or(0, |(_, p)| p);
     // The period of the refill as given, not at least the stored one: a
     // changed interval numbers its periods anew.
     let period = m.refill.map_or(stored, |r| {
         r.period_at(m.meter.since, keygate::UnixMillis::from_millis(now_ms))
     });
-    void_others(&tx, id, period)?;
-    let held = leased(&tx, id, period, "", now_ms)?;
+    void_others(tx, id, period)?;
+    let held = leased(tx, id, period, "", now_ms)?;
     let pool = remaining.min(MAX_CREDITS).saturating_sub(held);
-    write_pool(&tx, id, (pool, period))?;
-    tx.commit().map_err(sql)?;
+    write_pool(tx, id, (pool, period))?;
     Ok(add(pool, held))
 }
 
