@@ -22,7 +22,7 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
 fi
 
 cargo build --quiet -p keygate-server
-BIN="$ROOT/target/debug/keygate"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keygate"
 
 . "$ROOT/scripts/lib.sh"
 keygate_work

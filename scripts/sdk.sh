@@ -55,7 +55,7 @@ installed_ts=$(node -p "require('$TS_DIR/node_modules/@runloop/api-client/packag
 (cd "$TS_DIR" && node_modules/.bin/tsc -p .)
 
 cargo build --quiet -p keygate-server
-BIN="$ROOT/target/debug/keygate"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keygate"
 
 . "$ROOT/scripts/lib.sh"
 keygate_work

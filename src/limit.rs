@@ -87,7 +87,7 @@ pub enum LimitError {
     #[error("credits.refill.amount must be 0 to {MAX_CREDITS}, not `{0}`")]
     RefillAmount(i128),
     /// The refill interval is shorter than a second (or not whole milliseconds).
-    #[error("credits.refill.interval_ms must be 1000 or more, not `{0}`")]
+    #[error("credits.refill.interval_ms must be 1000 to 9223372036854775806, not `{0}`")]
     RefillInterval(i128),
 }
 

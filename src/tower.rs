@@ -193,7 +193,8 @@ pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit
 /// Adds what a [`Verdict`] reports to an answer about a limited key: for a
 /// rate limit, `RateLimit-Policy: "rate";q=LIMIT;w=SECONDS` and `RateLimit:
 /// "rate";r=REMAINING;t=SECONDS` (draft-ietf-httpapi-ratelimit-headers-09;
-/// a period that is not whole seconds is stated per second, rounded down);
+/// a period that is not whole seconds is stated over its length rounded up
+/// to whole seconds, with the quota rounded down);
 /// for credits, `Keygate-Credits-Remaining`. An unlimited key gets none.
 ///
 /// ```
@@ -212,12 +213,12 @@ pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit
 /// ```
 pub fn insert_limit_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     if let Some(rate) = verdict.rate() {
-        let period_ms = rate.period().as_millis();
-        let (quota, window) = if period_ms % 1_000 == 0 {
-            (u128::from(rate.limit()), period_ms / 1_000)
-        } else {
-            (u128::from(rate.limit()) * 1_000 / period_ms.max(1), 1)
-        };
+        // The window in whole seconds, rounded up, and the quota the limit
+        // allows in it, rounded down: never more than the key may do, and
+        // never below the remaining count.
+        let period_ms = rate.period().as_millis().max(1);
+        let window = period_ms.div_ceil(1_000);
+        let quota = u128::from(rate.limit()) * window * 1_000 / period_ms;
         let reset = rate.reset_after().as_millis().div_ceil(1_000);
         if let Ok(v) = HeaderValue::try_from(std::format!("\"rate\";q={quota};w={window}")) {
             headers.insert(RATELIMIT_POLICY, v);
@@ -1188,5 +1189,54 @@ mod tests {
         let free = run("/v1/devboxes/a", &standard);
         assert_eq!(free.status(), 200);
         assert!(free.headers().get("ratelimit").is_none());
+    }
+
+    #[test]
+    fn limit_fields_never_promise_more_than_the_limit() {
+        for (limit, period_ms, policy) in [
+            (1, 1_500, r#""rate";q=1;w=2"#),
+            (10, 2_500, r#""rate";q=12;w=3"#),
+            (100, 1_000, r#""rate";q=100;w=1"#),
+            (5, 250, r#""rate";q=20;w=1"#),
+        ] {
+            let id = crate::token::KeyId::parse("0000000000000003").unwrap();
+            let mut l = Limiter::new();
+            let rate =
+                crate::limit::RateLimit::new(limit, core::time::Duration::from_millis(period_ms))
+                    .unwrap();
+            l.configure(
+                id,
+                UnixMillis::EPOCH,
+                crate::limit::KeyLimits {
+                    rate: Some(rate),
+                    credits: None,
+                },
+            );
+            let v = l.check(&id, UnixMillis::from_millis(1_000_000), 1);
+            let mut headers = http::HeaderMap::new();
+            insert_limit_headers(&mut headers, &v);
+            assert_eq!(headers["ratelimit-policy"], policy);
+            let r: u32 = headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .split(";r=")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let q: u32 = policy
+                .split(";q=")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(r <= q, "{limit}/{period_ms}: r={r} q={q}");
+        }
     }
 }

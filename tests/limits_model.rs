@@ -433,3 +433,98 @@ mod families {
         .is_err());
     }
 }
+
+mod review {
+    //! Findings of the outside review of the limits, each a test first.
+    use super::*;
+    use keygate::{mint, roll, Change, Keyring, MintRequest, Pepper};
+    use rand_core::SeedableRng;
+
+    /// A rate-limited request whose credits are spent for good says no wait
+    /// helps, instead of sending the client back after the rate limit's wait.
+    #[test]
+    fn no_retry_after_when_the_credits_will_not_cover_it() {
+        let id = KeyId::parse("0000000000000002").unwrap();
+        let mut l = Limiter::new();
+        l.configure(
+            id,
+            UnixMillis::EPOCH,
+            KeyLimits {
+                rate: Some(RateLimit::new(1, Duration::from_secs(60)).unwrap()),
+                credits: Some(Credits::new(1, None).unwrap()),
+            },
+        );
+        let now = UnixMillis::from_millis(5);
+        assert!(l.check(&id, now, 1).result().is_ok());
+        assert_eq!(
+            l.check(&id, now, 1).result(),
+            Err(Refusal::RateLimited { retry_after: None })
+        );
+        // With a refill, the later of the two waits.
+        let refill = Refill::new(1, Duration::from_secs(3_600)).unwrap();
+        l.configure(
+            id,
+            UnixMillis::EPOCH,
+            KeyLimits {
+                rate: Some(RateLimit::new(1, Duration::from_secs(60)).unwrap()),
+                credits: Some(Credits::new(0, Some(refill)).unwrap()),
+            },
+        );
+        assert_eq!(
+            l.check(&id, now, 1).result().unwrap_err().retry_after(),
+            Some(Duration::from_millis(3_600_000 - 5))
+        );
+    }
+
+    /// A feed that delivers the old key's revocation before its successor's
+    /// upsert must not hand the successor a fresh balance.
+    #[test]
+    fn a_revocation_delivered_first_keeps_the_meters_balance() {
+        let pepper = Pepper::from_bytes(&[9u8; 32]);
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+        let req = MintRequest::restricted(
+            None,
+            "objects:read".parse().unwrap(),
+            None,
+            UnixMillis::EPOCH,
+        )
+        .unwrap()
+        .with_limits(KeyLimits {
+            rate: None,
+            credits: Some(Credits::new(3, None).unwrap()),
+        });
+        let k = mint(&pepper, &req, &mut rng, UnixMillis::EPOCH)
+            .into_parts()
+            .0;
+        let now = UnixMillis::from_millis(10);
+        let rolled = roll(&pepper, &k, Duration::from_secs(60), &mut rng, now).unwrap();
+        let successor = rolled.new_key().record().clone();
+        for order in [[0, 1, 2, 3], [0, 1, 3, 2]] {
+            let changes = [
+                Change::upsert(1, k.clone()),
+                Change::upsert(2, rolled.old().clone()),
+                Change::upsert(3, successor.clone()),
+                Change::revoke(4, k.id()),
+            ];
+            let mut keyring = Keyring::new(pepper.clone());
+            let mut limiter = Limiter::new();
+            let mut spent = 0;
+            for (step, i) in order.into_iter().enumerate() {
+                let change = changes[i].clone();
+                if keyring.apply(change.clone()).unwrap() == keygate::Applied::Changed {
+                    limiter.apply(&change);
+                }
+                if step == 1 {
+                    // The old key spends everything before the roll lands.
+                    for _ in 0..3 {
+                        spent += u32::from(limiter.check(&k.id(), now, 1).result().is_ok());
+                    }
+                }
+            }
+            for _ in 0..5 {
+                spent += u32::from(limiter.check(&successor.id(), now, 1).result().is_ok());
+            }
+            assert_eq!(spent, 3, "order {order:?}");
+        }
+    }
+}

@@ -49,16 +49,29 @@ def client(token):
     )
 
 
-def all_fields(view, model):
-    """The response had every field of the SDK's type, and no other."""
+# keygate's documented extensions of the created views (docs/http.md, "Rate
+# limits and credits"; `x-keygate-extension` in /openapi.yaml): always
+# present, null for a key without them. No other field may be added.
+EXTENSIONS = {"rate_limit", "credits"}
+
+
+def all_fields(view, model, extensions=frozenset()):
+    """The response had every field of the SDK's type, the given keygate
+    extensions (null: these keys have no limits), and no other."""
     declared = set(model.model_fields)
-    check(view.model_fields_set == declared, f"{model.__name__}: fields {view.model_fields_set} != {declared}")
-    check(not (view.model_extra or {}), f"{model.__name__}: unexpected fields {view.model_extra}")
+    extra = view.model_extra or {}
+    check(
+        view.model_fields_set - set(extensions) == declared,
+        f"{model.__name__}: fields {view.model_fields_set} != {declared}",
+    )
+    check(set(extra) == set(extensions), f"{model.__name__}: extension fields {set(extra)} != {set(extensions)}")
+    for name in extensions:
+        check(extra[name] is None, f"{model.__name__}.{name} is {extra[name]!r}, expected null")
 
 
 def key_view(view, model, prefix, name, expires_at_ms):
     check(type(view) is model, f"expected {model.__name__}, got {type(view).__name__}")
-    all_fields(view, model)
+    all_fields(view, model, EXTENSIONS)
     check(isinstance(view.id, str) and len(view.id) == 16, f"id {view.id!r}")
     check(isinstance(view.key_secret, str) and view.key_secret.startswith(prefix), "key_secret prefix")
     check(view.key_secret[3:19] == view.id, "the secret embeds the id")

@@ -2,8 +2,8 @@
 //!
 //! * `keygate serve`: the spec's endpoints over HTTP, a gateway decision
 //!   endpoint, SQLite storage.
-//! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `events`, `usage`: act
-//!   on the database directly (see `cli`).
+//! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `limit`, `credits`,
+//!   `usage`, `events`: act on the database directly (see `cli`).
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
 mod cli;
@@ -147,6 +147,37 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "0")]
         overlap: String,
     },
+    /// Set or remove a key's rate limit.
+    ///
+    /// The limit is its meter's: it changes for every key that shares it
+    /// (the key's roll family, and the keys a limited key minted). Prints
+    /// the key's limits and balance as JSON.
+    Limit {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id, or its whole token (its id is taken from it).
+        id: String,
+        #[command(flatten)]
+        change: cli::RateChange,
+    },
+    /// Give a key credits, change its balance, or remove its credits.
+    ///
+    /// Credits are its meter's, shared by every key charged to it. Prints
+    /// the key's limits and balance as JSON.
+    Credits {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The key's id, or its whole token (its id is taken from it).
+        id: String,
+        #[command(flatten)]
+        change: cli::CreditsChange,
+        /// Refill the balance to N every DURATION, counted from the key's
+        /// creation, such as `5000/30d` (DURATION 1s or more). Changing the
+        /// refill starts the balance afresh at the grant, before `--set`
+        /// or `--add` apply.
+        #[arg(long, value_name = "N/DURATION", conflicts_with = "no_credits")]
+        refill: Option<String>,
+    },
     /// Print a key's request counts (allowed, forbidden, rate limited,
     /// credits exhausted) by minute, hour or day.
     ///
@@ -241,6 +272,13 @@ fn main() -> ExitCode {
         Command::Get { store, id, json } => cli::block_on(cli::get(&store, &id, json)),
         Command::Revoke { store, id, cascade } => cli::block_on(cli::revoke(&store, &id, cascade)),
         Command::Roll { store, id, overlap } => cli::block_on(cli::roll(&store, &id, &overlap)),
+        Command::Limit { store, id, change } => cli::block_on(cli::limit(&store, &id, &change)),
+        Command::Credits {
+            store,
+            id,
+            change,
+            refill,
+        } => cli::block_on(cli::credits(&store, &id, &change, refill.as_deref())),
         Command::Events {
             store,
             after,

@@ -1,6 +1,6 @@
 //! The CLI subcommands, run as real processes against a temporary database:
-//! `mint`, `list`, `revoke`, `roll`, `events`, and the 0.1.0 migration on
-//! first use.
+//! `mint`, `list`, `revoke`, `roll`, `limit`, `credits`, `events`, and the
+//! 0.1.0 migration on first use.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -108,11 +108,13 @@ fn mint_list_roll_revoke_events_round_trip() {
         [
             "created_at_ms",
             "creator_id",
+            "credits",
             "expires_at_ms",
             "id",
             "kind",
             "last_used_at_ms",
             "name",
+            "rate_limit",
             "scopes"
         ]
     );
@@ -824,9 +826,163 @@ fn the_cli_reference_is_the_binarys_help() {
         "--expires-at",
         "--sort",
         "--key",
+        "--rate",
+        "--no-rate",
+        "--refill",
+        "--no-credits",
         "--bucket",
     ] {
         assert!(text.contains(flag), "{flag}");
     }
     assert!(text.contains("## `keygate routes explain`"));
+}
+
+/// `keygate limit` and `keygate credits`: set and remove a rate limit and
+/// credits, by id or pasted token (never echoed), for the whole meter (a
+/// roll family together); bad forms refused before any write.
+#[test]
+fn limit_and_credits_change_a_meter() {
+    let dir = TempDir::new("cli-limits");
+    let db = dir.db();
+    let view = json(&ok(&db, &["mint", "--name", "metered"]));
+    let token = view["key_secret"].as_str().unwrap().to_owned();
+    let id = view["id"].as_str().unwrap().to_owned();
+    let secret = &token[20..63];
+
+    let v = json(&ok(&db, &["limit", &id, "--rate", "100/1s"]));
+    assert_eq!(
+        v,
+        serde_json::json!({"id": id, "rate_limit": {"limit": 100, "period_ms": 1000},
+                           "credits": null, "balance": null})
+    );
+    for (form, limit, period_ms) in [("5/250ms", 5, 250), ("1000/1m", 1000, 60_000)] {
+        let v = json(&ok(&db, &["limit", &id, "--rate", form]));
+        assert_eq!(
+            v["rate_limit"],
+            serde_json::json!({"limit": limit, "period_ms": period_ms}),
+            "{form}"
+        );
+    }
+    // A pasted token names its key; neither output shows its secret.
+    let (success, out, err) = run(&db, &["limit", &token, "--no-rate"]);
+    assert!(success, "{err}");
+    assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    assert!(json(&out)["rate_limit"].is_null());
+
+    let err = fails(&db, &["credits", &id, "--add", "5"]);
+    assert!(err.contains("has no credits"), "{err}");
+    let v = json(&ok(
+        &db,
+        &["credits", &id, "--set", "100", "--refill", "5000/30d"],
+    ));
+    assert_eq!(
+        v["credits"],
+        serde_json::json!({"remaining": 100, "refill": {"amount": 5000, "interval_ms": 2_592_000_000u64}})
+    );
+    assert_eq!(v["balance"], 100);
+    assert_eq!(
+        json(&ok(&db, &["credits", &id, "--add", "-30"]))["balance"],
+        70
+    );
+    assert_eq!(
+        json(&ok(&db, &["credits", &id, "--add", "-300"]))["balance"],
+        0
+    );
+    assert_eq!(
+        json(&ok(&db, &["credits", &id, "--set", "7"]))["balance"],
+        7
+    );
+    // A new refill is a new configuration: the balance starts afresh at the
+    // grant, then `--add` applies.
+    let v = json(&ok(
+        &db,
+        &["credits", &id, "--add", "1", "--refill", "10/1h"],
+    ));
+    assert_eq!(v["credits"]["refill"]["amount"], 10);
+    assert_eq!(v["balance"], 101);
+    let got = json(&ok(&db, &["get", &id, "--json"]));
+    assert_eq!(got["credits"]["remaining"], 100);
+
+    // The whole meter: a roll family changes together.
+    let rolled = json(&ok(&db, &["roll", &id, "--overlap", "1h"]));
+    let new_id = rolled["id"].as_str().unwrap().to_owned();
+    assert_eq!(rolled["credits"]["remaining"], 100);
+    let (success, out, err) = run(&db, &["limit", &new_id, "--rate", "3/1s"]);
+    assert!(success, "{err}");
+    assert!(err.contains("changed the limits of 2 keys"), "{err}");
+    assert_eq!(
+        json(&out)["balance"],
+        101,
+        "a rate limit leaves the balance"
+    );
+    for key in [&id, &new_id] {
+        let got = json(&ok(&db, &["get", key, "--json"]));
+        assert_eq!(
+            got["rate_limit"],
+            serde_json::json!({"limit": 3, "period_ms": 1000})
+        );
+    }
+    // The rolled key is changed through its successor.
+    let err = fails(&db, &["limit", &id, "--no-rate"]);
+    assert!(err.contains("was rolled"), "{err}");
+    let err = fails(&db, &["credits", &id, "--set", "1"]);
+    assert!(err.contains("was rolled"), "{err}");
+    let v = json(&ok(&db, &["credits", &new_id, "--no-credits"]));
+    assert!(v["credits"].is_null() && v["balance"].is_null());
+
+    // Bad forms: refused, nothing written.
+    let before = events(&db, None).len();
+    for (args, needle) in [
+        (
+            &["limit", &new_id, "--rate", "100"][..],
+            "expected N/DURATION",
+        ),
+        (
+            &["limit", &new_id, "--rate", "x/1s"],
+            "N must be a whole number",
+        ),
+        (&["limit", &new_id, "--rate", "0/1s"], "rate_limit.limit"),
+        (
+            &["limit", &new_id, "--rate", "1/0s"],
+            "rate_limit.period_ms",
+        ),
+        (
+            &["limit", &new_id, "--rate", "1/32d"],
+            "rate_limit.period_ms",
+        ),
+        (
+            &["limit", &new_id, "--rate", "1/fortnight"],
+            "invalid `--rate`",
+        ),
+        (
+            &["credits", &new_id, "--set", "1", "--refill", "1/500ms"],
+            "interval_ms",
+        ),
+        (
+            &["credits", &new_id, "--set", "9007199254740992"],
+            "credits.remaining",
+        ),
+        (&["limit", "0000000000000000", "--no-rate"], "no live key"),
+    ] {
+        let err = fails(&db, args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // clap: exactly one change.
+    for args in [
+        &["limit", &new_id][..],
+        &["limit", &new_id, "--rate", "1/1s", "--no-rate"],
+        &["credits", &new_id],
+        &["credits", &new_id, "--set", "1", "--add", "1"],
+        &["credits", &new_id, "--no-credits", "--refill", "1/1s"],
+    ] {
+        let (success, out, _) = run(&db, args);
+        assert!(!success && out.is_empty(), "{args:?}");
+    }
+    assert_eq!(events(&db, None).len(), before);
+    // Every limit change is in the log.
+    let changes = events(&db, None)
+        .iter()
+        .filter(|e| e["action"] == "limits_changed")
+        .count();
+    assert!(changes >= 8, "{changes}");
 }

@@ -167,6 +167,26 @@ fn the_http_reference_has_a_curl_example_for_every_route() {
             &["-X POST", "$KEYGATE/v1/keys/revoke\"", "$SECRET"],
             false,
         ),
+        (
+            "PATCH /v1/keys/{id}",
+            &[
+                "-X PATCH",
+                "$KEYGATE/v1/keys/$ID\"",
+                "\"rate_limit\": {",
+                "\"credits\": {",
+            ],
+            false,
+        ),
+        (
+            "POST /v1/keys/{id}/credits",
+            &[
+                "-X POST",
+                "$KEYGATE/v1/keys/$ID/credits\"",
+                "\"add\": ",
+                "\"set\": ",
+            ],
+            false,
+        ),
         ("GET /v1/events", &["$KEYGATE/v1/events"], true),
         (
             "GET /v1/authorize (fixed scope)",

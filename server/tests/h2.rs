@@ -72,13 +72,20 @@ fn conformance(c: &mut Client, admin: &str) -> Vec<String> {
     assert_eq!(r.header("allow"), Some("POST"));
     t.push(shape("405", &r, &[]));
 
-    // Minting: 200 with exactly the spec's fields.
+    // Minting: 200 with exactly the spec's fields and keygate's two extensions.
     let r = c.authed("POST", "/v1/apikeys", admin, None);
     assert_eq!(r.status, 200, "{proto:?} {}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         fields(&r.json()),
-        ["expires_at_ms", "id", "key_secret", "name"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit"
+        ]
     );
     t.push(shape("apikeys", &r, &[]));
     let expires = now_ms() + 3_600_000;
@@ -95,7 +102,15 @@ fn conformance(c: &mut Client, admin: &str) -> Vec<String> {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         fields(&r.json()),
-        ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit",
+            "scopes"
+        ]
     );
     let reader = r.json()["key_secret"].as_str().unwrap().to_owned();
     t.push(shape("restricted_keys", &r, &[&reader[3..19]]));

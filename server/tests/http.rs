@@ -50,12 +50,23 @@ fn create_endpoints_follow_the_spec() {
     let server = Server::start(&dir.db(), &[]);
     let admin = server.token().to_owned();
 
-    // Body optional; response has exactly the spec's fields.
+    // Body optional; response has exactly the spec's fields, and keygate's
+    // `rate_limit` and `credits` (extensions, null here).
     let r = server.authed("POST", "/v1/apikeys", &admin, None);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
-    assert_eq!(fields(&v), ["expires_at_ms", "id", "key_secret", "name"]);
+    assert_eq!(
+        fields(&v),
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit"
+        ]
+    );
     assert_eq!(v["name"], "unnamed");
     assert!(v["expires_at_ms"].is_null());
     let standard = v["key_secret"].as_str().unwrap().to_owned();
@@ -87,7 +98,15 @@ fn create_endpoints_follow_the_spec() {
     let v = r.json();
     assert_eq!(
         fields(&v),
-        ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit",
+            "scopes"
+        ]
     );
     assert_eq!(
         v["scopes"],
@@ -520,7 +539,15 @@ fn cli_mint_is_seen_by_a_running_server() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         fields(&v),
-        ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit",
+            "scopes"
+        ]
     );
     assert_eq!(v["name"], "deploy");
     assert_eq!(
@@ -541,7 +568,17 @@ fn cli_mint_is_seen_by_a_running_server() {
     let (ok, out, _) = cli_mint(&dir.db(), &[]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(fields(&v), ["expires_at_ms", "id", "key_secret", "name"]);
+    assert_eq!(
+        fields(&v),
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit"
+        ]
+    );
     let standard = v["key_secret"].as_str().unwrap().to_owned();
     server.wait_accepted(&standard);
     assert_eq!(
@@ -716,6 +753,29 @@ fn openapi_document_is_served_and_parses() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(params, ["from_ms", "to_ms", "bucket"]);
+    // keygate's limits: two routes and two properties, each marked as an
+    // extension.
+    let yes = yaml_rust2::Yaml::Boolean(true);
+    assert_eq!(
+        doc["paths"]["/v1/keys/{id}"]["patch"]["x-keygate-extension"],
+        yes
+    );
+    assert_eq!(
+        doc["paths"]["/v1/keys/{id}/credits"]["post"]["x-keygate-extension"],
+        yes
+    );
+    for schema in [
+        "ApiKeyCreateParameters",
+        "ApiKeyCreatedView",
+        "RestrictedKeyCreateParameters",
+        "RestrictedKeyCreatedView",
+        "KeyView",
+    ] {
+        for property in ["rate_limit", "credits"] {
+            let p = &doc["components"]["schemas"][schema]["properties"][property];
+            assert_eq!(p["x-keygate-extension"], yes, "{schema}.{property}");
+        }
+    }
     let authorize = &doc["paths"]["/v1/authorize"]["get"]["responses"];
     for status in ["204", "400", "401", "403"] {
         assert!(!authorize[status].is_badvalue(), "authorize {status}");
@@ -761,6 +821,34 @@ fn covers(spec: &yaml_rust2::Yaml, ours: &yaml_rust2::Yaml, at: &str, problems: 
     }
 }
 
+/// Whether `ours` is the spec's `schema`, less the properties keygate adds
+/// to it: each must be marked `x-keygate-extension: true` (and be a name
+/// the spec does not use); every field of the spec's, its own properties
+/// included, must be exactly the spec's.
+fn same_schema(schema: &yaml_rust2::Yaml, ours: &yaml_rust2::Yaml) -> bool {
+    use yaml_rust2::Yaml;
+    let (Some(spec_map), Some(our_map)) = (schema.as_hash(), ours.as_hash()) else {
+        return schema == ours;
+    };
+    let properties = Yaml::String("properties".into());
+    let mut ours = our_map.clone();
+    if let (Some(Yaml::Hash(theirs)), Some(Yaml::Hash(mine))) =
+        (spec_map.get(&properties), our_map.get(&properties))
+    {
+        let marked = Yaml::String("x-keygate-extension".into());
+        let mut kept = mine.clone();
+        for (name, property) in mine {
+            let extension =
+                property.as_hash().and_then(|p| p.get(&marked)) == Some(&Yaml::Boolean(true));
+            if !theirs.contains_key(name) && extension {
+                kept.remove(name);
+            }
+        }
+        ours.insert(properties, Yaml::Hash(kept));
+    }
+    *spec_map == ours
+}
+
 /// The repo's served copy (`server/openapi.yaml`) against the shared spec:
 /// every schema identical, and every path and operation of the spec present
 /// with the spec's fields (the copy adds responses, routes and extensions).
@@ -783,12 +871,13 @@ fn served_openapi_copy_matches_the_shared_spec() {
     let spec = &yaml_rust2::YamlLoader::load_from_str(&spec).unwrap()[0];
     let ours = &yaml_rust2::YamlLoader::load_from_str(include_str!("../openapi.yaml")).unwrap()[0];
     let mut problems = Vec::new();
-    // Schemas: identical, not merely covered.
+    // Schemas: identical, not merely covered (but for keygate's marked
+    // extension properties).
     let schemas = spec["components"]["schemas"].as_hash().unwrap();
     assert!(!schemas.is_empty());
     for (name, schema) in schemas {
         let name = name.as_str().unwrap();
-        if ours["components"]["schemas"][name] != *schema {
+        if !same_schema(schema, &ours["components"]["schemas"][name]) {
             problems.push(format!("components/schemas/{name}: differs from the spec"));
         }
     }
@@ -840,4 +929,20 @@ fn the_spec_comparison_catches_a_change() {
     assert!(problems[0].starts_with("/a/description"), "{problems:#?}");
     assert!(problems[1].starts_with("/a/x"), "{problems:#?}");
     assert_eq!(problems[2], "/a/r/200: missing");
+    // Schemas: an added property passes only when marked as keygate's; a
+    // changed or removed spec property never does.
+    let spec = load("type: object\nproperties:\n  id: {type: string}\n");
+    let marked =
+        load("type: object\nproperties:\n  id: {type: string}\n  x: {x-keygate-extension: true}\n");
+    assert!(same_schema(&spec, &spec));
+    assert!(same_schema(&spec, &marked));
+    for differs in [
+        "type: object\nproperties:\n  id: {type: string}\n  x: {type: string}\n",
+        "type: object\nproperties:\n  id: {type: integer}\n",
+        "type: object\nproperties:\n  x: {x-keygate-extension: true}\n",
+        "type: object\nproperties:\n  id: {type: string, x-keygate-extension: true}\n",
+        "type: object\nrequired: [id]\nproperties:\n  id: {type: string}\n",
+    ] {
+        assert!(!same_schema(&spec, &load(differs)), "{differs}");
+    }
 }

@@ -96,11 +96,13 @@ fn list_paginates_in_id_order_and_hides_revoked_keys() {
         [
             "created_at_ms",
             "creator_id",
+            "credits",
             "expires_at_ms",
             "id",
             "kind",
             "last_used_at_ms",
             "name",
+            "rate_limit",
             "scopes"
         ]
     );
@@ -298,7 +300,15 @@ fn roll_with_an_overlap_ends_the_old_key_and_keeps_the_rest() {
     // The spec's RestrictedKeyCreatedView, same name and scopes, new id.
     assert_eq!(
         fields(&rolled),
-        ["expires_at_ms", "id", "key_secret", "name", "scopes"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit",
+            "scopes"
+        ]
     );
     assert_eq!(rolled["name"], "ops");
     assert_eq!(rolled["scopes"], v["scopes"]);
@@ -358,7 +368,14 @@ fn roll_with_an_overlap_ends_the_old_key_and_keeps_the_rest() {
     assert_eq!(r.status, 200);
     assert_eq!(
         fields(&r.json()),
-        ["expires_at_ms", "id", "key_secret", "name"]
+        [
+            "credits",
+            "expires_at_ms",
+            "id",
+            "key_secret",
+            "name",
+            "rate_limit"
+        ]
     );
     assert!(!works(&server, &secret(&std_key)));
     assert!(works(&server, &secret(&r.json())));

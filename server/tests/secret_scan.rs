@@ -137,6 +137,18 @@ const ROUTES: &[Route] = &[
         body: Some(&[("overlap_ms", "0")]),
     },
     Route {
+        method: "PATCH",
+        path: "/v1/keys/{}",
+        query: &[],
+        body: Some(&[("rate_limit", "null")]),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/keys/{}/credits",
+        query: &[],
+        body: Some(&[("set", "1")]),
+    },
+    Route {
         method: "GET",
         path: "/v1/events",
         query: &[("after", "0"), ("limit", "5")],

@@ -243,12 +243,35 @@ impl Limiter {
         };
         self.keys.remove(id);
         if let Some(slot) = self.meters.get_mut(&meter) {
+            // A meter outlives its last key: a change feed may deliver a
+            // revocation before the upsert of the key that shares the meter
+            // (a roll's successor), which must find the meter's state, not
+            // a fresh one. `prune_meters` drops the empty ones.
             slot.keys.retain(|k| k != id);
-            if slot.keys.is_empty() {
-                self.meters.remove(&meter);
-            }
         }
         true
+    }
+
+    /// Drops the state of meters no key is charged to any more, and returns
+    /// how many. Call it where the keyring's own history is compacted
+    /// ([`Keyring::compact`](crate::Keyring::compact)): after it, a late
+    /// change for a key of such a meter starts it afresh.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{KeyId, KeyLimits, Limiter, RateLimit, UnixMillis};
+    /// let id = KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let mut limiter = Limiter::new();
+    /// let rate = RateLimit::new(1, Duration::from_secs(60))?;
+    /// limiter.configure(id, UnixMillis::EPOCH, KeyLimits { rate: Some(rate), credits: None });
+    /// limiter.forget(&id);
+    /// assert_eq!(limiter.prune_meters(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prune_meters(&mut self) -> usize {
+        let before = self.meters.len();
+        self.meters.retain(|_, slot| !slot.keys.is_empty());
+        before - self.meters.len()
     }
 
     /// Whether `id` has a rate limit or credits here.
@@ -392,9 +415,17 @@ impl Verdict {
     #[inline]
     pub fn result(&self) -> Result<(), Refusal> {
         if let Some(r) = self.rate.filter(|r| !r.allowed()) {
-            return Err(Refusal::RateLimited {
-                retry_after: r.retry_after(),
-            });
+            // Waiting out the rate limit helps only if the credits will
+            // cover the request then: not when they are spent for good, and
+            // not before their next refill.
+            let retry_after = match self.credits.filter(|c| !c.allowed()) {
+                Some(c) => r
+                    .retry_after()
+                    .zip(c.retry_after())
+                    .map(|(rate, credits)| rate.max(credits)),
+                None => r.retry_after(),
+            };
+            return Err(Refusal::RateLimited { retry_after });
         }
         if let Some(c) = self.credits.filter(|c| !c.allowed()) {
             return Err(Refusal::CreditsExhausted {

@@ -14,7 +14,7 @@ use crate::limit::LimitError;
 use crate::time::UnixMillis;
 
 /// The largest `limit` of a [`RateLimit`]: with it, tick counts of instants
-/// up to the year 2500 fit in a `u64`.
+/// up to the year 2262 fit in half a `u64`; past that a check fails closed.
 pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 
 /// The longest `period` of a [`RateLimit`]: 31 days.
@@ -110,10 +110,15 @@ impl RateLimit {
     }
 
     /// `now` in ticks of `1 / limit` ms; instants before the epoch are 0.
+    /// `None` past half the range of a `u64` of ticks (the year 2262 at the
+    /// largest limit, later at smaller ones): the check then fails closed.
     #[inline]
-    fn ticks(&self, now: UnixMillis) -> u64 {
+    fn ticks(&self, now: UnixMillis) -> Option<u64> {
         let ms = u64::try_from(now.as_millis()).unwrap_or(0);
-        ms.saturating_mul(u64::from(self.limit))
+        // Half the range: room for a window on top (a saturated cost only
+        // ever refuses).
+        ms.checked_mul(u64::from(self.limit))
+            .filter(|t| *t <= u64::MAX / 2)
     }
 
     /// The window: `period_ms * limit` ticks.
@@ -163,7 +168,10 @@ impl RateState {
     /// `cost` of 0 asks whether a request of 1 would pass, and spends nothing.
     #[inline]
     pub fn check(&self, rate: &RateLimit, now: UnixMillis, cost: u32) -> RateDecision {
-        let now_t = rate.ticks(now);
+        let Some(now_t) = rate.ticks(now) else {
+            // A clock past the range: refuse, and say no wait will help.
+            return RateDecision::refuse(rate, 0, 0, u32::MAX);
+        };
         let window = rate.window();
         let step = u64::from(rate.period_ms);
         let mut tat = self.tat.load(Ordering::Acquire);
@@ -314,6 +322,20 @@ mod tests {
         assert_eq!(d.reset_after(), Duration::from_millis(1_000));
         assert!(!s.check(&rate, at(10_333), 1).allowed());
         assert!(s.check(&rate, at(10_334), 1).allowed());
+    }
+
+    #[test]
+    fn a_clock_past_the_range_fails_closed() {
+        let rate = RateLimit::new(MAX_RATE_LIMIT, Duration::from_secs(1)).unwrap();
+        let s = RateState::new();
+        let far = at(18_446_744_073_710);
+        for _ in 0..3 {
+            let d = s.check(&rate, far, 1);
+            assert!(!d.allowed());
+            assert_eq!(d.retry_after(), None);
+        }
+        // In range it decides as ever.
+        assert!(s.check(&rate, at(1_700_000_000_000), 1).allowed());
     }
 
     #[test]

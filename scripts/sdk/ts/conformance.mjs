@@ -31,6 +31,13 @@ const EXPECTED_VERSION = '1.32.0';
 const API_KEY_FIELDS = { id: true, expires_at_ms: true, key_secret: true, name: true };
 /** @type {Record<keyof RestrictedKeyCreatedView, true>} */
 const RESTRICTED_KEY_FIELDS = { ...API_KEY_FIELDS, scopes: true };
+/**
+ * keygate's documented extensions of the created views (docs/http.md, "Rate
+ * limits and credits"; `x-keygate-extension` in /openapi.yaml): always
+ * present, null for a key without them. No other field may be added.
+ * @type {Record<'rate_limit' | 'credits', true>}
+ */
+const EXTENSION_FIELDS = { rate_limit: true, credits: true };
 /** @type {Record<keyof ScopeEntryView, true>} */
 const SCOPE_FIELDS = { access_level: true, resource_type: true };
 /** The SDK's literal enums: tsc fails if these tables miss or add a member. */
@@ -89,7 +96,12 @@ function exactFields(view, fields, what) {
  * @param {number | null} expiresAtMs
  */
 function keyView(view, prefix, name, expiresAtMs) {
-  exactFields(view, prefix === 'rk_' ? RESTRICTED_KEY_FIELDS : API_KEY_FIELDS, `${prefix} view`);
+  const fields = prefix === 'rk_' ? RESTRICTED_KEY_FIELDS : API_KEY_FIELDS;
+  exactFields(view, { ...fields, ...EXTENSION_FIELDS }, `${prefix} view`);
+  const extensions = /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (view));
+  for (const field of Object.keys(EXTENSION_FIELDS)) {
+    check(extensions[field] === null, `${prefix} view: ${field} is ${JSON.stringify(extensions[field])}, expected null`);
+  }
   check(typeof view.id === 'string' && view.id.length === 16, `id ${view.id}`);
   check(typeof view.key_secret === 'string' && view.key_secret.startsWith(prefix), 'key_secret prefix');
   check(view.key_secret.slice(3, 19) === view.id, 'the secret embeds the id');

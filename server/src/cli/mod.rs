@@ -1,6 +1,7 @@
 //! The CLI subcommands that act on the database directly (`mint`, `list`,
-//! `get`, `revoke`, `roll`, `events`, and `usage` in its own file), the
-//! store opener they share with `serve`, and the bootstrap key file.
+//! `get`, `revoke`, `roll`, `limit`, `credits`, `events`, and `usage` in its
+//! own file), the store opener they share with `serve`, and the bootstrap
+//! key file.
 //!
 //! Every write here is made with a null actor: the operator at the
 //! database, not a key.
@@ -14,16 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate::{KeyId, KeyKind, MintRequest, Pepper, Scopes};
+use keygate::{Credits, KeyId, KeyKind, MintRequest, Pepper, RateLimit, Refill, Scopes};
 use serde::Serialize;
 
 use crate::clock::now_ms as system_now_ms;
-use crate::http::keys::KeyView;
 use crate::http::problem::quote;
+use crate::http::view::{CreditsView, KeyView};
 use crate::store::pepper;
 use crate::store::postgres;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Event, Scope, Store, StoreError, StoredKey};
+use crate::store::{Event, LimitsChange, Scope, SetOrAdd, Store, StoreError, StoredKey};
 
 /// Where the keys and the pepper live.
 #[derive(clap::Args, Debug)]
@@ -308,7 +309,7 @@ pub async fn list(
         return print_json(
             &keys
                 .iter()
-                .map(|k| KeyView::of(k, None))
+                .map(|k| KeyView::of(k, None, CreditsView::configured(&k.record)))
                 .collect::<Vec<_>>(),
         );
     }
@@ -333,7 +334,11 @@ pub async fn get(args: &StoreArgs, id: &str, json: bool) -> Result<(), String> {
         ));
     }
     if json {
-        return print_json(&KeyView::of(&key, None));
+        return print_json(&KeyView::of(
+            &key,
+            None,
+            CreditsView::configured(&key.record),
+        ));
     }
     print!("{}", table(&KEY_HEADERS, &[key_row(&key)]));
     Ok(())
@@ -424,6 +429,233 @@ pub async fn roll(args: &StoreArgs, id: &str, overlap: &str) -> Result<(), Strin
         None => eprintln!("old key {id} never expires"),
     }
     Ok(())
+}
+
+/// `keygate limit`'s change: a new rate limit, or none.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct RateChange {
+    /// The rate limit: N requests per DURATION, with a burst of N, such as
+    /// `100/1s`, `5/250ms` or `1000/1m` (N 1 to 1000000; DURATION 1ms to
+    /// 31d).
+    #[arg(long, value_name = "N/DURATION")]
+    pub rate: Option<String>,
+    /// Remove the rate limit.
+    #[arg(long)]
+    pub no_rate: bool,
+}
+
+/// `keygate credits`' change: set the balance, add to it, or remove the
+/// credits.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct CreditsChange {
+    /// Set the balance to N (a key without credits gets credits with a
+    /// grant of N).
+    #[arg(long, value_name = "N")]
+    pub set: Option<u64>,
+    /// Add N to the balance (negative takes away; the result is clamped at
+    /// 0). The key must have credits.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub add: Option<i64>,
+    /// Remove the key's credits.
+    #[arg(long)]
+    pub no_credits: bool,
+}
+
+/// Splits `N/DURATION` (the duration as `--overlap` and `--expires-in`
+/// read it).
+fn parse_per(text: &str, flag: &str) -> Result<(u64, Duration), String> {
+    let invalid = |why: String| format!("invalid `{flag}` `{}`: {why}", quote(text));
+    let (n, d) = text
+        .split_once('/')
+        .ok_or_else(|| invalid(String::from("expected N/DURATION, like `100/1s`")))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| invalid(String::from("N must be a whole number")))?;
+    let d = humantime::parse_duration(d.trim()).map_err(|e| {
+        invalid(format!(
+            "{e}; expected a number and a unit after the `/`, like `1s`, `250ms`, `1m` or `30d`"
+        ))
+    })?;
+    Ok((n, d))
+}
+
+/// Parses `--rate N/DURATION`.
+pub fn parse_rate(text: &str) -> Result<RateLimit, String> {
+    let (n, period) = parse_per(text, "--rate")?;
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    RateLimit::new(n, period).map_err(|e| format!("invalid `--rate` `{}`: {e}", quote(text)))
+}
+
+/// Parses `--refill N/DURATION`.
+pub fn parse_refill(text: &str) -> Result<Refill, String> {
+    let (n, interval) = parse_per(text, "--refill")?;
+    Refill::new(n, interval).map_err(|e| format!("invalid `--refill` `{}`: {e}", quote(text)))
+}
+
+/// What `limit` and `credits` print: the key's limits and its meter's
+/// balance.
+#[derive(Serialize)]
+struct LimitsView {
+    id: KeyId,
+    rate_limit: Option<RateLimit>,
+    credits: Option<CreditsView>,
+    /// The meter's balance now (null without credits).
+    balance: Option<u64>,
+}
+
+/// The live key `id`, or the CLI's message for one that is not.
+async fn live_key(store: &dyn Store, id: KeyId) -> Result<StoredKey, String> {
+    match store.get(id, Scope::All).await.map_err(store_err)? {
+        Some(key) if key.revoked_at_ms.is_none() => Ok(key),
+        _ => Err(format!("no live key `{id}` (unknown or revoked)")),
+    }
+}
+
+/// Changes the limits of `key`'s meter; reports on stderr how many keys
+/// share them. Returns the key's new record.
+async fn change_limits(
+    store: &dyn Store,
+    key: &StoredKey,
+    change: LimitsChange,
+) -> Result<keygate::KeyRecord, String> {
+    let id = key.record.id();
+    let changed = store
+        .set_limits(id, change, Scope::All, None, system_now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => format!("no live key `{id}` (unknown or revoked)"),
+            other => other.to_string(),
+        })?;
+    if changed.len() > 1 {
+        eprintln!(
+            "changed the limits of {} keys that share a meter with {id} (its roll family and the keys it minted while limited)",
+            changed.len()
+        );
+    }
+    Ok(changed
+        .into_iter()
+        .find(|(_, r)| r.id() == id)
+        .map_or_else(|| key.record.clone(), |(_, r)| r))
+}
+
+/// Prints a key's limits and its meter's balance.
+async fn print_limits(store: &dyn Store, record: &keygate::KeyRecord) -> Result<(), String> {
+    let now = keygate::UnixMillis::from_millis(system_now_ms());
+    let balance = store
+        .credit_balance(record.meter(), now)
+        .await
+        .map_err(store_err)?;
+    print_json(&LimitsView {
+        id: record.id(),
+        rate_limit: record.limits().rate,
+        credits: CreditsView::configured(record),
+        balance,
+    })
+}
+
+/// `keygate limit ID --rate N/DURATION | --no-rate`: sets or removes the
+/// rate limit of the key's meter (every key that shares it) and prints the
+/// key's limits.
+pub async fn limit(args: &StoreArgs, id: &str, change: &RateChange) -> Result<(), String> {
+    let id = parse_id(id)?;
+    let rate = change.rate.as_deref().map(parse_rate).transpose()?;
+    let (store, _pepper) = open_store(args).await?;
+    let key = live_key(&*store, id).await?;
+    let record = change_limits(
+        &*store,
+        &key,
+        LimitsChange {
+            rate: Some(rate),
+            credits: None,
+        },
+    )
+    .await?;
+    print_limits(&*store, &record).await
+}
+
+/// `keygate credits ID --set N | --add N | --no-credits [--refill
+/// N/DURATION]`: changes the credits of the key's meter and prints its
+/// limits and balance.
+///
+/// A key without credits gets them with `--set N` (a grant of N). With
+/// `--refill`, the credits' refill changes first, which starts the balance
+/// afresh at the grant (as any change of the credits does); then the
+/// balance is set or added to.
+pub async fn credits(
+    args: &StoreArgs,
+    id: &str,
+    change: &CreditsChange,
+    refill: Option<&str>,
+) -> Result<(), String> {
+    let id = parse_id(id)?;
+    let refill = refill.map(parse_refill).transpose()?;
+    let (store, _pepper) = open_store(args).await?;
+    let key = live_key(&*store, id).await?;
+    if store.is_rolled(id).await.map_err(store_err)? {
+        return Err(crate::store::rolled_target(id).to_string());
+    }
+    if change.no_credits {
+        let record = change_limits(
+            &*store,
+            &key,
+            LimitsChange {
+                rate: None,
+                credits: Some(None),
+            },
+        )
+        .await?;
+        return print_limits(&*store, &record).await;
+    }
+    let configured = key.record.limits().credits;
+    let op = match (change.set, change.add) {
+        (Some(n), _) => SetOrAdd::Set(n),
+        (None, Some(n)) => SetOrAdd::Add(n),
+        (None, None) => return Err(String::from("give `--set`, `--add` or `--no-credits`")),
+    };
+    let record = match (configured, op) {
+        // No credits yet: `--set N` configures a grant of N (the balance
+        // starts at it).
+        (None, SetOrAdd::Set(n)) => {
+            let credits = Credits::new(n, refill).map_err(|e| e.to_string())?;
+            let record = change_limits(
+                &*store,
+                &key,
+                LimitsChange {
+                    rate: None,
+                    credits: Some(Some(credits)),
+                },
+            )
+            .await?;
+            return print_limits(&*store, &record).await;
+        }
+        (None, SetOrAdd::Add(_)) => {
+            return Err(format!(
+                "key `{id}` has no credits; give it some with `--set N` first"
+            ))
+        }
+        (Some(credits), _) if refill.is_some() && credits.refill() != refill => {
+            let credits = Credits::new(credits.remaining(), refill).map_err(|e| e.to_string())?;
+            change_limits(
+                &*store,
+                &key,
+                LimitsChange {
+                    rate: None,
+                    credits: Some(Some(credits)),
+                },
+            )
+            .await?
+        }
+        (Some(_), _) => key.record.clone(),
+    };
+    let now = keygate::UnixMillis::from_millis(system_now_ms());
+    store
+        .change_credits(record.meter(), op, now)
+        .await
+        .map_err(store_err)?;
+    print_limits(&*store, &record).await
 }
 
 /// `keygate events [--after SEQ] [--key ID] [--json]`: the audit log after

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use keygate::tower::problem;
@@ -14,9 +14,11 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::now_ms as system_now_ms;
 use crate::http::extract::parse_body;
-use crate::http::problem::{bad_request, internal_error, json_response, quote, store_error};
+use crate::http::problem::{
+    bad_request, forbidden, internal_error, json_response, quote, store_error,
+};
 use crate::http::state::AppState;
-use crate::store::CreditMeter;
+use crate::store::{Scope, StoreError};
 
 fn validation_error(e: &ValidationError) -> Response {
     bad_request(&e.to_string())
@@ -89,14 +91,19 @@ async fn mint_and_store(
         return refused;
     }
     if let Err(e) = state.policy().authorize(&caller, &request) {
-        let mut response = problem(StatusCode::FORBIDDEN, &e.to_string());
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(keygate::tower::INSUFFICIENT_SCOPE_CHALLENGE),
-        );
-        return response;
+        return forbidden(&e.to_string());
     }
-    let request = request.created_by(&caller);
+    // A caller with limits mints only keys on its own meter, with its own
+    // limits (the store checks it again, in the create's transaction).
+    let own = match state.store().get(caller.id(), Scope::All).await {
+        Ok(Some(own)) if own.revoked_at_ms.is_none() => own.record,
+        Ok(_) => return store_error(&StoreError::CallerRevoked, "cannot read the calling key"),
+        Err(e) => return store_error(&e, "cannot read the calling key"),
+    };
+    let request = match request.charged_to(&own) {
+        Ok(request) => request.created_by(&caller),
+        Err(e) => return forbidden(&e.to_string()),
+    };
     let minted = keygate::mint(
         &state.cache().pepper(),
         &request,
@@ -106,7 +113,6 @@ async fn mint_and_store(
     let record: KeyRecord = minted.record().clone();
     let credits = record.limits().credits;
     let meter = record.meter();
-    let own_meter = meter.id == record.id();
     match state
         .store()
         .create(&record, Some(caller.id()), now_ms)
@@ -117,8 +123,17 @@ async fn mint_and_store(
         }
         Err(e) => return store_error(&e, "cannot store the key"),
     }
+    // A key with credits: this instance leases from its meter now (the
+    // create wrote a new meter's pool in its transaction), so the key's
+    // first request here finds credits; other instances lease when its
+    // change arrives.
     if let Some(credits) = credits {
-        lease_for_new_key(&state, meter, own_meter, credits, now_ms).await;
+        let now = keygate::UnixMillis::from_millis(now_ms);
+        state
+            .keys()
+            .credits()
+            .ensure_now(meter, credits.refill(), now)
+            .await;
     }
     match serde_json::to_vec(&keygate::wire::CreatedKeyView::from(minted)) {
         Ok(body) => {
@@ -129,30 +144,4 @@ async fn mint_and_store(
         }
         Err(_) => internal_error("cannot encode the created key"),
     }
-}
-
-/// A new key with credits: a new meter's pool (`own_meter`: the key is
-/// charged to itself, not to its limited creator's meter) gets its grant,
-/// and this instance leases from the meter now, so the key's first request
-/// here finds credits (other instances lease when its change arrives).
-async fn lease_for_new_key(
-    state: &AppState,
-    meter: keygate::Meter,
-    own_meter: bool,
-    credits: keygate::Credits,
-    now_ms: i64,
-) {
-    let refill = credits.refill();
-    let now = keygate::UnixMillis::from_millis(now_ms);
-    if own_meter {
-        let pool = CreditMeter { meter, refill };
-        if let Err(e) = state
-            .store()
-            .set_credits(pool, credits.remaining(), now_ms)
-            .await
-        {
-            tracing::warn!(meter = %meter.id, "cannot write the new key's credits: {e}");
-        }
-    }
-    state.keys().credits().ensure_now(meter, refill, now).await;
 }

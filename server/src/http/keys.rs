@@ -1,5 +1,5 @@
 //! The key lifecycle over HTTP (keygate extensions beyond the spec): list,
-//! read, revoke, roll and self-revocation.
+//! read, revoke, roll and self-revocation (a key's limits: `limits`).
 //!
 //! The reads (`GET /v1/keys`, `GET /v1/keys/{id}`) need `account:read`, the
 //! writes `account:write` (a standard key has both; the tower layer checks);
@@ -16,8 +16,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use keygate::tower::problem;
-use keygate::wire::{scope_entries, ScopeEntryView};
-use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError, UnixMillis};
+use keygate::{AuthError, Change, KeyId, KeyKind, MintPolicy, Principal, RollError};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
@@ -26,49 +25,11 @@ use crate::http::problem::{
     bad_request, internal_error, json_response, ok_json, store_error, with_caller,
 };
 use crate::http::state::AppState;
-use crate::store::{Scope, StoreError, StoredKey};
+use crate::http::view::KeyView;
+use crate::store::{Scope, StoreError};
 
 /// The longest overlap a roll may ask for: 7 days, in milliseconds.
 pub const MAX_OVERLAP_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
-
-/// A key as `GET /v1/keys` shows it: no secret, no digest.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct KeyView {
-    /// The key id.
-    pub id: String,
-    /// The key's name.
-    pub name: String,
-    /// `standard` or `restricted`.
-    pub kind: &'static str,
-    /// The grants; a standard key lists all nine at `ACCESS_LEVEL_WRITE`.
-    pub scopes: Vec<ScopeEntryView>,
-    /// When it was minted.
-    pub created_at_ms: i64,
-    /// When it expires; null never.
-    pub expires_at_ms: Option<i64>,
-    /// When it last authenticated; null never (as far as this instance
-    /// knows: flushed uses from every instance, plus this one's unflushed).
-    pub last_used_at_ms: Option<i64>,
-    /// The key that minted it; null for the CLI and the bootstrap key.
-    pub creator_id: Option<String>,
-}
-
-impl KeyView {
-    /// The view of a stored key, with a last use noted in memory merged in.
-    pub fn of(key: &StoredKey, last_used_in_memory: Option<i64>) -> KeyView {
-        let record = &key.record;
-        KeyView {
-            id: record.id().as_str().to_owned(),
-            name: record.name().to_owned(),
-            kind: record.kind().as_str(),
-            scopes: scope_entries(record.scopes()),
-            created_at_ms: record.created_at().as_millis(),
-            expires_at_ms: record.expires_at().map(UnixMillis::as_millis),
-            last_used_at_ms: key.last_used_at_ms.max(last_used_in_memory),
-            creator_id: record.creator_id().map(|id| id.as_str().to_owned()),
-        }
-    }
-}
 
 /// The body of `GET /v1/keys`.
 #[derive(Debug, Serialize)]
@@ -169,11 +130,7 @@ pub async fn list(
         .await
     {
         Ok(page) => {
-            let keys = page
-                .keys
-                .iter()
-                .map(|key| KeyView::of(key, state.usage().last_used(&key.record.id())))
-                .collect();
+            let keys = state.key_views(&page.keys).await;
             let body = KeyListView {
                 keys,
                 has_more: page.has_more,
@@ -186,7 +143,8 @@ pub async fn list(
 
 /// The id a route names and the scope the caller may act in, once the id
 /// parses (400) and the store has checked the caller ([`refuse_caller`]).
-/// What `GET`, `DELETE` and the usage of `/v1/keys/{id}` share.
+/// What the routes of `/v1/keys/{id}` share (`GET`, `DELETE`, `PATCH`,
+/// its credits and its usage).
 pub(crate) async fn target(
     state: &AppState,
     caller: &Principal,
@@ -213,7 +171,7 @@ pub async fn get_key(
     };
     match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => {
-            let view = KeyView::of(&key, state.usage().last_used(&id));
+            let view = state.key_view(&key).await;
             ok_json(StatusCode::OK, &view, caller)
         }
         Ok(_) => with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),

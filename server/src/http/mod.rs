@@ -1,7 +1,8 @@
 //! The HTTP service: the router (`router`), one file per resource
-//! (`create`, `keys`, `usage`, `events`, `authorize`, with forward-auth in
-//! `forward`), problem responses (`problem`), body and query extraction
-//! (`extract`), and the listener that serves it all (`listen`).
+//! (`create`, `keys`, `limits`, `usage`, `events`, `authorize`, with
+//! forward-auth in `forward`), the key view (`view`), problem responses
+//! (`problem`), body and query extraction (`extract`), and the listener that
+//! serves it all (`listen`).
 
 pub mod authorize;
 pub mod create;
@@ -9,8 +10,10 @@ pub mod events;
 pub mod extract;
 pub mod forward;
 pub mod keys;
+pub mod limits;
 pub mod listen;
 pub mod problem;
 pub mod router;
 pub mod state;
 pub mod usage;
+pub mod view;

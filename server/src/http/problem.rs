@@ -25,6 +25,17 @@ pub(crate) fn bad_request(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
 }
 
+/// A 403 for a valid key that may not do what it asked, with the
+/// `insufficient_scope` challenge every 403 carries.
+pub(crate) fn forbidden(detail: &str) -> Response {
+    let mut response = problem(StatusCode::FORBIDDEN, detail);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(keygate::tower::INSUFFICIENT_SCOPE_CHALLENGE),
+    );
+    response
+}
+
 pub(crate) fn internal_error(detail: &str) -> Response {
     problem(StatusCode::INTERNAL_SERVER_ERROR, detail)
 }

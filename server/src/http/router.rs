@@ -24,7 +24,7 @@ use crate::http::create::create;
 use crate::http::extract::BODY_LIMIT;
 use crate::http::problem::json_response;
 use crate::http::state::{AppState, Shared};
-use crate::http::{events, keys, usage};
+use crate::http::{events, keys, limits, usage};
 
 /// The largest body of `POST /v1/keys/revoke`, in bytes (1 KiB): the one
 /// body-reading route without authentication, whose `{"token":"..."}` is
@@ -55,8 +55,9 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
             "/v1/restricted_keys",
             post(create::<RestrictedKeyCreateParameters>),
         )
-        .route("/v1/keys/{id}", delete(keys::revoke))
+        .route("/v1/keys/{id}", delete(keys::revoke).patch(limits::patch))
         .route("/v1/keys/{id}/roll", post(keys::roll))
+        .route("/v1/keys/{id}/credits", post(limits::credits))
         .route_layer(Require::scope(shared, Resource::Account, Access::Write));
     let body_routes = Router::new()
         .merge(account_routes)

@@ -13,7 +13,10 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use keygate::{Change, KeyId, KeyRecord};
+use keygate::{
+    Change, CreditBalance, Credits, KeyId, KeyLimits, KeyRecord, Meter, RateLimit, Refill,
+    UnixMillis, MAX_CREDITS,
+};
 use serde::Serialize;
 
 pub use lease::{CreditMeter, Expired, Lease, LeaseReport, LeaseWriteError, PoolView};
@@ -21,9 +24,10 @@ pub use lease::{CreditMeter, Expired, Lease, LeaseReport, LeaseWriteError, PoolV
 /// The newest schema this binary knows. Version 3 added `keys.rolled_from`
 /// (the key a rolled key replaced), which carries lineage through rolls;
 /// version 4 the usage counts (`usage_minutes`, `usage_days`); version 5
-/// the credit pools and leases (`credit_balances`, `credit_leases`; see
-/// [`lease`]).
-pub const SCHEMA_VERSION: i64 = 5;
+/// the limit columns of `keys` (a key's rate limit, its credits and the
+/// meter it is charged to), `credit_balances`, and the `limits_changed`
+/// action; version 6 the credit leases (`credit_leases`; see [`lease`]).
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// What went wrong in a store, by what the caller should do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,9 @@ pub enum Action {
     Revoked,
     /// A key was rolled: its expiry shortened, a new key (`new_key_id`) made.
     Rolled,
+    /// The rate limit or credits of the key's meter were replaced (one
+    /// event per key of the meter).
+    LimitsChanged,
 }
 
 impl Action {
@@ -89,6 +96,7 @@ impl Action {
             Action::Created => "created",
             Action::Revoked => "revoked",
             Action::Rolled => "rolled",
+            Action::LimitsChanged => "limits_changed",
         }
     }
 
@@ -98,6 +106,7 @@ impl Action {
             "created" => Some(Action::Created),
             "revoked" => Some(Action::Revoked),
             "rolled" => Some(Action::Rolled),
+            "limits_changed" => Some(Action::LimitsChanged),
             _ => None,
         }
     }
@@ -198,6 +207,77 @@ pub fn check_roll_fits(
     }
 }
 
+/// Checks, inside a roll's write transaction, that the new key still
+/// carries the stored key's limits and meter: `new` was computed from a
+/// read made before the transaction, and a change of the meter's limits in
+/// between would leave the new key with the old ones.
+pub fn check_roll_limits(stored: &KeyRecord, new: &KeyRecord) -> Result<(), StoreError> {
+    if stored.limits() == new.limits() && stored.meter() == new.meter() {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "the limits of key `{}` changed while it was being rolled; try again",
+            stored.id()
+        )))
+    }
+}
+
+/// Checks, inside a create's write transaction, that `record` is charged as
+/// its creator (as the transaction reads it) demands: a creator with limits
+/// mints only keys on its own meter with its own limits
+/// ([`keygate::MintRequest::charged_to`]), and a key on another key's meter
+/// carries that meter's current limits. The record was computed from a read
+/// made before the transaction; a change of the creator's limits in
+/// between is a conflict, never a key that escapes them.
+pub fn check_charged(record: &KeyRecord, creator: &KeyRecord) -> Result<(), StoreError> {
+    let theirs = creator.limits();
+    let charged = record.meter() == creator.meter() && record.limits() == theirs;
+    let foreign_meter = record.meter().id != record.id();
+    if charged || (theirs.is_unlimited() && !foreign_meter) {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(String::from(
+            "the calling key's rate limit or credits changed while the key was being \
+             created; try again",
+        )))
+    }
+}
+
+/// The answer to a key that was rolled, named as the target of a limits or
+/// credits change: its meter is its successor's, changed through it.
+pub fn rolled_target(id: KeyId) -> StoreError {
+    StoreError::Conflict(format!(
+        "key `{id}` was rolled; change the limits of the key that replaced it"
+    ))
+}
+
+/// The answer when a meter has no credits configured (any more).
+pub fn no_credits() -> StoreError {
+    StoreError::Conflict(String::from(
+        "the key has no credits (removed meanwhile); PATCH it with `credits` first",
+    ))
+}
+
+/// A change of a key's limits, as `PATCH /v1/keys/{id}` asks for it: each
+/// `Some` replaces that limit (`Some(None)` removes it), `None` keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    /// The new rate limit, if it changes.
+    pub rate: Option<Option<RateLimit>>,
+    /// The new credits, if they change.
+    pub credits: Option<Option<Credits>>,
+}
+
+impl LimitsChange {
+    /// `limits` with this change applied.
+    pub fn apply_to(&self, limits: KeyLimits) -> KeyLimits {
+        KeyLimits {
+            rate: self.rate.unwrap_or(limits.rate),
+            credits: self.credits.unwrap_or(limits.credits),
+        }
+    }
+}
+
 /// One minute, in milliseconds.
 pub const MINUTE_MS: i64 = 60_000;
 /// One hour, in milliseconds.
@@ -263,6 +343,177 @@ impl UsageCounts {
             rate_limited,
             credits_exhausted,
         }
+    }
+}
+
+/// A change of a balance: set it, or add to it (a negative amount takes
+/// away). The result is clamped to `0..=MAX_CREDITS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOrAdd {
+    /// The balance becomes this.
+    Set(u64),
+    /// The balance changes by this.
+    Add(i64),
+}
+
+/// The balance a meter starts with when its credits are configured at
+/// `now`: the configured grant, in the refill period of `now`.
+pub fn fresh_balance(credits: &Credits, since: UnixMillis, now: UnixMillis) -> CreditBalance {
+    CreditBalance {
+        remaining: credits.remaining(),
+        period: credits.refill().map_or(0, |r| r.period_at(since, now)),
+    }
+}
+
+/// A meter's balance as of `now`: the stored one (`(remaining, period)`, or
+/// the configured grant in the first period where no row is stored),
+/// refilled as the library refills ([`CreditBalance::at`]).
+pub fn balance_at(
+    stored: Option<(i64, i64)>,
+    credits: &Credits,
+    since: UnixMillis,
+    now: UnixMillis,
+) -> CreditBalance {
+    let stored = match stored {
+        Some((remaining, period)) => CreditBalance {
+            remaining: u64::try_from(remaining).unwrap_or(0).min(MAX_CREDITS),
+            period: u64::try_from(period).unwrap_or(0),
+        },
+        None => CreditBalance::new(credits.remaining()),
+    };
+    stored.at(credits.refill().as_ref(), since, now)
+}
+
+/// A number the library keeps as `u64` (all below 2^63), as a column.
+fn column(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The limit columns of a `keys` row (`rate_limit`, `rate_period_ms`,
+/// `credits_remaining`, `credits_refill_amount`,
+/// `credits_refill_interval_ms`, `meter_id`, `meter_since_ms`), each NULL
+/// where the record has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitColumns {
+    /// Requests per period.
+    pub rate_limit: Option<i64>,
+    /// The period, in milliseconds.
+    pub rate_period_ms: Option<i64>,
+    /// The configured grant.
+    pub credits_remaining: Option<i64>,
+    /// The refill's amount.
+    pub credits_refill_amount: Option<i64>,
+    /// The refill's interval, in milliseconds.
+    pub credits_refill_interval_ms: Option<i64>,
+    /// The meter's key; NULL for the key's own.
+    pub meter_id: Option<String>,
+    /// The meter's start; NULL for the key's own (its creation).
+    pub meter_since_ms: Option<i64>,
+}
+
+impl LimitColumns {
+    /// The columns of `record`.
+    pub fn of(record: &KeyRecord) -> LimitColumns {
+        let limits = record.limits();
+        let (rate_limit, rate_period_ms) = Self::rate(limits.rate);
+        let (credits_remaining, credits_refill_amount, credits_refill_interval_ms) =
+            Self::credits(limits.credits);
+        let meter = Some(record.meter()).filter(|m| m.id != record.id());
+        LimitColumns {
+            rate_limit,
+            rate_period_ms,
+            credits_remaining,
+            credits_refill_amount,
+            credits_refill_interval_ms,
+            meter_id: meter.map(|m| m.id.as_str().to_owned()),
+            meter_since_ms: meter.map(|m| m.since.as_millis()),
+        }
+    }
+
+    /// The columns of a rate limit: `(rate_limit, rate_period_ms)`.
+    pub fn rate(rate: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
+        match rate {
+            Some(r) => (Some(i64::from(r.limit())), Some(i64::from(r.period_ms()))),
+            None => (None, None),
+        }
+    }
+
+    /// The columns of credits: `(credits_remaining, credits_refill_amount,
+    /// credits_refill_interval_ms)`.
+    pub fn credits(credits: Option<Credits>) -> (Option<i64>, Option<i64>, Option<i64>) {
+        match credits {
+            Some(c) => (
+                Some(column(c.remaining())),
+                c.refill().map(|r| column(r.amount())),
+                c.refill().map(|r| column(r.interval_ms())),
+            ),
+            None => (None, None, None),
+        }
+    }
+
+    /// The limits and meter the columns hold, through the library's
+    /// validated constructors; a message naming the broken rule if they
+    /// hold none (a corrupt row: the callers fail closed).
+    pub fn limits(&self) -> Result<(KeyLimits, Option<Meter>), String> {
+        let millis = |ms: i64, what: &str| {
+            u64::try_from(ms)
+                .map(core::time::Duration::from_millis)
+                .map_err(|_| format!("{what} `{ms}` is negative"))
+        };
+        let rate = match (self.rate_limit, self.rate_period_ms) {
+            (None, None) => None,
+            (Some(limit), Some(period)) => {
+                let limit = u32::try_from(limit)
+                    .map_err(|_| format!("rate limit `{limit}` out of range"))?;
+                Some(
+                    RateLimit::new(limit, millis(period, "rate period")?)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            _ => {
+                return Err(String::from(
+                    "a rate limit without its period, or a period without its limit",
+                ))
+            }
+        };
+        let refill = match (self.credits_refill_amount, self.credits_refill_interval_ms) {
+            (None, None) => None,
+            (Some(amount), Some(interval)) => {
+                let amount = u64::try_from(amount)
+                    .map_err(|_| format!("refill amount `{amount}` is negative"))?;
+                Some(
+                    Refill::new(amount, millis(interval, "refill interval")?)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            _ => {
+                return Err(String::from(
+                    "a refill amount without its interval, or an interval without its amount",
+                ))
+            }
+        };
+        let credits = match self.credits_remaining {
+            None if refill.is_some() => return Err(String::from("a refill without credits")),
+            None => None,
+            Some(remaining) => {
+                let remaining = u64::try_from(remaining)
+                    .map_err(|_| format!("credits `{remaining}` are negative"))?;
+                Some(Credits::new(remaining, refill).map_err(|e| e.to_string())?)
+            }
+        };
+        let meter = match (&self.meter_id, self.meter_since_ms) {
+            (None, None) => None,
+            (Some(id), Some(since)) => Some(Meter {
+                id: KeyId::parse(id).map_err(|e| format!("meter id: {e}"))?,
+                since: UnixMillis::from_millis(since),
+            }),
+            _ => {
+                return Err(String::from(
+                    "a meter id without its start, or a start without its id",
+                ))
+            }
+        };
+        Ok((KeyLimits { rate, credits }, meter))
     }
 }
 
@@ -456,6 +707,58 @@ pub trait Store: Send + Sync + 'static {
         at_ms: i64,
     ) -> Result<(u64, u64), StoreError>;
 
+    /// Replaces the rate limit and/or the credits (`change`) of every key
+    /// charged to the meter of `id` (the keys whose `COALESCE(meter_id, id)`
+    /// is its meter's), revoked ones included, in one transaction, with a
+    /// `limits_changed` event for each live one. Credits that change set
+    /// the meter's total afresh to their grant (in the refill period of
+    /// `at_ms`): the pool gets the grant less what the live leases hold, as
+    /// [`Store::change_credits`] sets it; removed credits drop the pool and
+    /// its leases; the same credits again keep them.
+    ///
+    /// Fails with [`StoreError::NotFound`] if `id` is unknown, revoked or
+    /// outside `scope`, with [`StoreError::Conflict`] if `id` was rolled
+    /// (its meter is changed through the key that replaced it), and with
+    /// [`StoreError::CallerRevoked`] if `actor` is not live at `at_ms`.
+    /// Returns the live keys' records with their events' sequence numbers,
+    /// `id` first, then the others in id order.
+    async fn set_limits(
+        &self,
+        id: KeyId,
+        change: LimitsChange,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyRecord)>, StoreError>;
+
+    /// Sets or adds to the credits of `meter` as of `now`, and returns its
+    /// new total: the pool plus what the live leases of the current period
+    /// hold ([`lease`]). A set gives the pool the amount less what the
+    /// leases hold (they stay with their instances; an instance hands its
+    /// own back first to make a set exact, `CreditLeases::reclaim`); an add
+    /// goes to the pool (refilled first), and a negative one takes from the
+    /// pool only; both clamped to `0..=MAX_CREDITS`. The meter's credits
+    /// must be configured, read in the same transaction
+    /// ([`StoreError::Conflict`] otherwise), and give the refill.
+    async fn change_credits(
+        &self,
+        meter: Meter,
+        op: SetOrAdd,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError>;
+
+    /// The credits of `meter` as of `now`, refilled: the pool plus what the
+    /// live leases of the current period held at their last renewal (at
+    /// most a second old); `None` when the meter has no credits configured.
+    async fn credit_balance(
+        &self,
+        meter: Meter,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Whether a key replaced `id` in a roll.
+    async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError>;
+
     /// The key `id`, revoked or not, if it is within `scope`.
     async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError>;
 
@@ -598,8 +901,6 @@ pub trait Store: Send + Sync + 'static {
     /// The meter's credits as of `now_ms`: the pool (refilled) plus what
     /// the live leases of the current period held when last reported.
     /// `None` without a pool row.
-    // Called by the credit routes (`POST /v1/keys/{id}/credits`, `PATCH`).
-    #[cfg_attr(not(test), allow(dead_code))]
     async fn credit_total(
         &self,
         meter: CreditMeter,
@@ -613,6 +914,10 @@ pub trait Store: Send + Sync + 'static {
     /// the current period of `meter`'s refill (so a changed refill starts
     /// counting now; leases of another period are void and deleted).
     /// Returns the new total.
+    // The pool arithmetic the tests set pools with; the server changes
+    // credits through `change_credits` and `set_limits`, which do the same
+    // inside their transactions.
+    #[cfg(test)]
     async fn set_credits(
         &self,
         meter: CreditMeter,
@@ -624,8 +929,10 @@ pub trait Store: Send + Sync + 'static {
     /// clamped at 0 and at [`keygate::MAX_CREDITS`]) to the meter's pool as
     /// of `now_ms` (refilled first). Returns the new total; `None` without a
     /// pool row.
-    // Called by the credit routes (`POST /v1/keys/{id}/credits`, `PATCH`).
-    #[cfg_attr(not(test), allow(dead_code))]
+    // The pool arithmetic the tests set pools with; the server changes
+    // credits through `change_credits` and `set_limits`, which do the same
+    // inside their transactions.
+    #[cfg(test)]
     async fn add_credits(
         &self,
         meter: CreditMeter,
@@ -666,6 +973,15 @@ mod model_tests;
     missing_docs
 )]
 pub(crate) mod lease_tests;
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod limits_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -13,7 +13,11 @@
 //!    (the newest key of its roll chain), and that head is not revoked;
 //! 4. a restricted caller's list and audit log hold exactly its subtree;
 //! 5. SQLite and PostgreSQL give the same answers (the PostgreSQL run
-//!    compares both with the model, op by op).
+//!    compares both with the model, op by op);
+//! 6. every live key's record, its limits and meter included, reads back
+//!    from the store and reaches the follower's keyring as the model has
+//!    it: a limited key's children and its rolls share its meter, and a
+//!    change of a meter's limits (by the CLI) reaches every key of it.
 //!
 //! `cargo test -p keygate-server model` runs a few seconds of it; for a long
 //! run by hand: `PROPTEST_CASES=2000 cargo test -p keygate-server --release
@@ -22,14 +26,14 @@
 use std::collections::BTreeSet;
 
 use keygate::{
-    Access, AuthError, Change, KeyId, KeyKind, KeyRecord, Keyring, MintPolicy, MintRequest, Pepper,
-    Resource, Scopes,
+    Access, AuthError, Change, Credits, KeyId, KeyKind, KeyLimits, KeyRecord, Keyring, MintPolicy,
+    MintRequest, Pepper, RateLimit, Resource, Scopes,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::sqlite::SqliteStore;
-use super::{Scope, Store, StoreError};
+use super::{LimitsChange, Scope, Store, StoreError};
 
 /// One step of a sequence. Indices pick a key modulo the keys minted so far.
 #[derive(Clone, Debug)]
@@ -42,6 +46,14 @@ enum Op {
         admin: bool,
         standard: bool,
         life: Option<u16>,
+        /// 0: none; bit 1: a rate limit; bit 2: credits.
+        limits: u8,
+    },
+    /// The CLI sets (`Some`, requests per second) or removes the rate
+    /// limit of the target's meter.
+    Limit {
+        target: u8,
+        rate: Option<u8>,
     },
     Roll {
         target: u8,
@@ -66,14 +78,18 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::bool::weighted(0.6),
             proptest::bool::weighted(0.15),
             proptest::option::of(1u16..3_000),
+            prop_oneof![3 => Just(0u8), 1 => 1u8..4],
         )
-            .prop_map(|(by, grants, admin, standard, life)| Op::Mint {
+            .prop_map(|(by, grants, admin, standard, life, limits)| Op::Mint {
                 by,
                 grants,
                 admin,
                 standard,
-                life
+                life,
+                limits,
             }),
+        1 => (any::<u8>(), proptest::option::of(1u8..100))
+            .prop_map(|(target, rate)| Op::Limit { target, rate }),
         2 => (any::<u8>(), any::<u8>(), prop_oneof![Just(0u16), 1u16..600])
             .prop_map(|(target, by, overlap)| Op::Roll { target, by, overlap }),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(target, by)| Op::Revoke { target, by }),
@@ -221,6 +237,14 @@ fn pepper() -> Pepper {
     Pepper::from_bytes(&[7u8; 32])
 }
 
+fn limits_of(bits: u8) -> KeyLimits {
+    KeyLimits {
+        rate: (bits & 1 != 0)
+            .then(|| RateLimit::new(10, core::time::Duration::from_secs(1)).unwrap()),
+        credits: (bits & 2 != 0).then(|| Credits::new(100, None).unwrap()),
+    }
+}
+
 fn scopes_of(grants: &[(u8, u8)], admin: bool) -> Scopes {
     let mut scopes: Scopes = grants
         .iter()
@@ -256,6 +280,7 @@ async fn step(
             admin,
             standard,
             life,
+            limits,
         } => {
             let by = by.and_then(|b| model.pick(b));
             let mut expires = life.map(|l| now + i64::from(l));
@@ -289,6 +314,7 @@ async fn step(
             let Ok(mut request) = request else {
                 return Ok(());
             };
+            request = request.with_limits(limits_of(*limits));
             if let Some(b) = by {
                 let caller = keygate::testing::principal_of(&model.keys[b].record);
                 if MintPolicy::Attenuating
@@ -297,7 +323,11 @@ async fn step(
                 {
                     return Ok(());
                 }
-                request = request.created_by(&caller);
+                // A limited caller mints on its own meter, or not at all.
+                let Ok(charged) = request.charged_to(&model.keys[b].record) else {
+                    return Ok(());
+                };
+                request = charged.created_by(&caller);
             }
             let (record, token) = keygate::mint(
                 &pepper(),
@@ -328,6 +358,63 @@ async fn step(
                     rolled_from: None,
                     rolled_into: None,
                 });
+            }
+        }
+        Op::Limit { target, rate } => {
+            let Some(t) = model.pick(*target) else {
+                return Ok(());
+            };
+            let rate = rate
+                .map(|n| RateLimit::new(u32::from(n), core::time::Duration::from_secs(1)).unwrap());
+            let meter = model.keys[t].record.meter().id;
+            let mates: Vec<usize> = (0..model.keys.len())
+                .filter(|&k| model.keys[k].record.meter().id == meter)
+                .collect();
+            let want = if model.keys[t].revoked {
+                Err(StoreError::NotFound)
+            } else if model.rolled(t) {
+                Err(StoreError::Conflict(String::new()))
+            } else {
+                // Every key of the meter changes; the live ones are logged,
+                // the target first, then in id order.
+                for &k in &mates {
+                    let limits = KeyLimits {
+                        rate,
+                        ..model.keys[k].record.limits()
+                    };
+                    model.keys[k].record = model.keys[k].record.clone().with_limits(limits);
+                }
+                let rest: Vec<usize> = mates
+                    .iter()
+                    .copied()
+                    .filter(|&k| k != t && !model.keys[k].revoked)
+                    .collect();
+                let mut order = vec![model.keys[t].record.id()];
+                order.extend(model.ids(rest));
+                Ok(order
+                    .into_iter()
+                    .map(|id| {
+                        model.seq += 1;
+                        (model.seq, id)
+                    })
+                    .collect::<Vec<_>>())
+            };
+            let change = LimitsChange {
+                rate: Some(rate),
+                credits: None,
+            };
+            let id = model.keys[t].record.id();
+            for store in stores {
+                let got = store
+                    .set_limits(id, change, Scope::All, None, now)
+                    .await
+                    .map(|changed| {
+                        changed
+                            .into_iter()
+                            .map(|(seq, record)| (seq, record.id()))
+                            .collect::<Vec<_>>()
+                    });
+                check("set_limits", conflict_blank(got), want.clone())?;
             }
         }
         Op::Roll {
@@ -503,6 +590,32 @@ async fn invariants(
         restarted
             .apply(Change::upsert(snapshot.seq, record))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+    // Every live key's record, limits and meter included, as the model has
+    // it: in the store, and in the follower's keyring.
+    for (i, key) in model.keys.iter().enumerate() {
+        if key.revoked {
+            continue;
+        }
+        let stored = store
+            .get(key.record.id(), Scope::All)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?
+            .map(|k| k.record);
+        prop_assert_eq!(
+            stored.as_ref(),
+            Some(&key.record),
+            "stored record of key {}",
+            i
+        );
+        if model.live(i) {
+            prop_assert_eq!(
+                follower.get(&key.record.id()),
+                Some(&key.record),
+                "followed record of key {}",
+                i
+            );
+        }
     }
     for (i, key) in model.keys.iter().enumerate() {
         let live = model.live(i);

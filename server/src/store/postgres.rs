@@ -17,12 +17,16 @@
 //! The same tables and columns as the SQLite store:
 //!
 //! * `keys(id, kind, name, secret_hash, scopes, created_at_ms,
-//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms, rolled_from)`:
+//!   expires_at_ms, creator_id, revoked_at_ms, last_used_at_ms, rolled_from,
+//!   rate_limit, rate_period_ms, credits_remaining, credits_refill_amount,
+//!   credits_refill_interval_ms, meter_id, meter_since_ms)`:
 //!   one row per key, revoked ones included; `secret_hash` is 32 bytes of
 //!   `BYTEA`, `scopes` the [`Scopes::bits`]; `rolled_from` the key a rolled
-//!   key replaced (version 3), whose children it inherits. Ids compare
-//!   bytewise (`COLLATE "C"`), so `GET /v1/keys` pages in the same order as
-//!   on SQLite.
+//!   key replaced (version 3), whose children it inherits; the limits and
+//!   the meter (version 5), NULL where the key has none (`meter_id` NULL:
+//!   its own), indexed by `COALESCE(meter_id, id)`. Ids compare bytewise
+//!   (`COLLATE "C"`), so `GET /v1/keys` pages in the same order as on
+//!   SQLite.
 //! * `changes(seq, at_ms, action, key_id, actor_id, new_key_id)`: the
 //!   change log, which is also the audit log.
 //! * `meta(schema_version, pepper_fingerprint)`: one row; the fingerprint
@@ -38,10 +42,12 @@
 //! * `change_seq(seq)`: one row, the last sequence number handed out (see
 //!   below), and `schema_migrations(version, applied_at_ms, applied_by)`: one
 //!   row per migration this database has run.
-//! * `credit_balances(meter_id, remaining, period)` and
+//! * `credit_balances(meter_id, remaining, period)` (version 5) and
 //!   `credit_leases(meter_id, instance_id, period, amount, expires_at_ms)`
-//!   (version 5): each meter's pool of unleased credits, and the credits
-//!   each instance holds of it (`store::lease`). A lease write locks the
+//!   (version 6): each meter's pool of unleased credits and the refill
+//!   period it belongs to, and the credits each instance holds of it
+//!   (`store::lease`); the balance is the pool plus the leases. A lease
+//!   write locks the
 //!   pool row `FOR UPDATE`, so concurrent grants from several instances
 //!   never hand out more than the pool holds.
 //!
@@ -92,7 +98,10 @@ use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash, UnixMillis};
+use keygate::{
+    Change, CreditBalance, Credits, KeyId, KeyKind, KeyRecord, KeyRecordParts, Meter, Scopes,
+    SecretHash, UnixMillis,
+};
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
@@ -101,9 +110,10 @@ use super::lease::{
     add, col, credits, grant, period_col, period_now, period_of, refilled, PoolRow,
 };
 use super::{
-    usage_cutoffs, Action, Bucket, CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease,
-    LeaseReport, LeaseWriteError, PoolView, Pruned, Scope, Snapshot, Store, StoreError, StoredKey,
-    UsageBucket, UsageCounts, UsageQuery, UsageRow, DAY_MS, SCHEMA_VERSION,
+    balance_at, fresh_balance, no_credits, rolled_target, usage_cutoffs, Action, Bucket,
+    CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport, LeaseWriteError,
+    LimitColumns, LimitsChange, PoolView, Pruned, Scope, SetOrAdd, Snapshot, Store, StoreError,
+    StoredKey, UsageBucket, UsageCounts, UsageQuery, UsageRow, DAY_MS, SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -129,7 +139,9 @@ const WRITE_ATTEMPTS: u32 = 3;
 
 /// The key columns, in the order [`stored_key`] reads them.
 const KEY_COLUMNS: &str = "id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
-     creator_id, revoked_at_ms, last_used_at_ms";
+     creator_id, revoked_at_ms, last_used_at_ms, rate_limit, rate_period_ms, \
+     credits_remaining, credits_refill_amount, credits_refill_interval_ms, meter_id, \
+     meter_since_ms";
 
 /// The migrations, by the schema version they produce. Version 1 was the
 /// SQLite-only JSON table of 0.1.0, so PostgreSQL starts at 2.
@@ -211,15 +223,40 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX usage_days_day_ms ON usage_days (day_ms);
     "#,
     ),
+    (5, MIGRATE_V5),
     // The credit leases stand alone (every part `IF NOT EXISTS`), so the
     // step may follow any other and be renumbered.
-    (5, MIGRATE_LEASES),
+    (6, MIGRATE_LEASES),
 ];
 
+/// Per-key limits: a key's rate limit, credits (the configured grant and
+/// refill) and the meter it is charged to (NULL for its own), NULL where it
+/// has none; the meter index; each meter's balance and the refill period it
+/// belongs to; the `limits_changed` action.
+const MIGRATE_V5: &str = r#"
+    ALTER TABLE keys
+        ADD COLUMN IF NOT EXISTS rate_limit BIGINT,
+        ADD COLUMN IF NOT EXISTS rate_period_ms BIGINT,
+        ADD COLUMN IF NOT EXISTS credits_remaining BIGINT,
+        ADD COLUMN IF NOT EXISTS credits_refill_amount BIGINT,
+        ADD COLUMN IF NOT EXISTS credits_refill_interval_ms BIGINT,
+        ADD COLUMN IF NOT EXISTS meter_id TEXT COLLATE "C",
+        ADD COLUMN IF NOT EXISTS meter_since_ms BIGINT;
+    CREATE INDEX IF NOT EXISTS keys_meter ON keys ((COALESCE(meter_id, id)));
+    CREATE TABLE IF NOT EXISTS credit_balances (
+        meter_id TEXT COLLATE "C" PRIMARY KEY,
+        remaining BIGINT NOT NULL,
+        period BIGINT NOT NULL
+    );
+    ALTER TABLE changes DROP CONSTRAINT IF EXISTS changes_action_check;
+    ALTER TABLE changes ADD CONSTRAINT changes_action_check
+        CHECK (action IN ('created', 'revoked', 'rolled', 'limits_changed'));
+    "#;
+
 /// Credit pools and leases (`store::lease`): each meter's pool of unleased
-/// credits and the refill period it belongs to (the pool table may exist
-/// already, of the same shape: it is shared with the credit configuration),
-/// and the credits each instance holds on lease.
+/// credits and the refill period it belongs to (version 5 creates the pool
+/// table, of the same shape; a database that skipped it gets it here), and
+/// the credits each instance holds on lease.
 const MIGRATE_LEASES: &str = r#"
     CREATE TABLE IF NOT EXISTS credit_balances (
         meter_id TEXT COLLATE "C" PRIMARY KEY,
@@ -656,17 +693,21 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Inserts a key row.
+/// Inserts a key row, its limits included; a key with credits on a meter
+/// that has no balance yet (its own, new) starts it at the grant.
 async fn insert_key(
     tx: &deadpool_postgres::Transaction<'_>,
     r: &KeyRecord,
 ) -> Result<(), WriteError> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, creator_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms, \
+             creator_id, rate_limit, rate_period_ms, credits_remaining, credits_refill_amount, \
+             credits_refill_interval_ms, meter_id, meter_since_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .await?;
+    let limits = LimitColumns::of(r);
     tx.execute(
         &stmt,
         &[
@@ -678,10 +719,87 @@ async fn insert_key(
             &r.created_at().as_millis(),
             &r.expires_at().map(UnixMillis::as_millis),
             &r.creator_id().as_ref().map(KeyId::as_str),
+            &limits.rate_limit,
+            &limits.rate_period_ms,
+            &limits.credits_remaining,
+            &limits.credits_refill_amount,
+            &limits.credits_refill_interval_ms,
+            &limits.meter_id,
+            &limits.meter_since_ms,
+        ],
+    )
+    .await?;
+    if let Some(credits) = r.limits().credits {
+        let meter = r.meter();
+        let balance = fresh_balance(&credits, meter.since, r.created_at());
+        write_balance(tx, meter.id, balance, false).await?;
+    }
+    Ok(())
+}
+
+/// Writes a meter's balance: always with `replace`, else only where the
+/// meter has none.
+async fn write_balance(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter: KeyId,
+    balance: CreditBalance,
+    replace: bool,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached(if replace {
+            "INSERT INTO credit_balances (meter_id, remaining, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (meter_id) DO UPDATE SET remaining = excluded.remaining, \
+             period = excluded.period"
+        } else {
+            "INSERT INTO credit_balances (meter_id, remaining, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (meter_id) DO NOTHING"
+        })
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &meter.as_str(),
+            &to_i64(balance.remaining),
+            &to_i64(balance.period),
         ],
     )
     .await?;
     Ok(())
+}
+
+/// The credits configured for `meter` (on its keys, live ones first), if
+/// any; with `lock`, the row read is locked `FOR SHARE`, so a change of the
+/// meter's limits waits for this transaction, or this one for it.
+async fn meter_credits<C: GenericClient>(
+    client: &C,
+    meter: KeyId,
+    lock: bool,
+) -> Result<Option<Credits>, WriteError> {
+    let text = format!(
+        "SELECT credits_remaining, credits_refill_amount, credits_refill_interval_ms FROM keys \
+         WHERE COALESCE(meter_id, id) = $1 AND credits_remaining IS NOT NULL \
+         ORDER BY revoked_at_ms IS NOT NULL, id LIMIT 1{}",
+        if lock { " FOR SHARE" } else { "" }
+    );
+    let stmt = client.prepare_cached(&text).await?;
+    let Some(row) = client.query_opt(&stmt, &[&meter.as_str()]).await? else {
+        return Ok(None);
+    };
+    let columns = LimitColumns {
+        credits_remaining: row.get(0),
+        credits_refill_amount: row.get(1),
+        credits_refill_interval_ms: row.get(2),
+        ..LimitColumns::default()
+    };
+    columns
+        .limits()
+        .map(|(limits, _)| limits.credits)
+        .map_err(|m| {
+            StoreError::Fatal(format!(
+                "corrupt credits of meter `{meter}` in database: {m}"
+            ))
+            .into()
+        })
 }
 
 /// Takes the next sequence numbers for `events`, appends them to the log
@@ -747,6 +865,20 @@ async fn append(
         .await?;
     let seqs: Option<Vec<i64>> = row.get(0);
     Ok(seqs.unwrap_or_default().into_iter().map(to_u64).collect())
+}
+
+/// The key `id`'s row, if there is one.
+async fn read_key<C: GenericClient>(
+    client: &C,
+    id: KeyId,
+) -> Result<Option<StoredKey>, WriteError> {
+    let stmt = client
+        .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
+        .await?;
+    match client.query_opt(&stmt, &[&id.as_str()]).await? {
+        Some(row) => Ok(Some(stored_key(&row)?)),
+        None => Ok(None),
+    }
 }
 
 /// The family of `root`: the key and every key rolled into it, transitively;
@@ -970,6 +1102,30 @@ async fn set_pool(
     Ok(add(pool, held))
 }
 
+/// Adds `delta` to `meter`'s pool inside `tx` ([`Store::add_credits`]),
+/// refilled first, clamped at 0 and [`keygate::MAX_CREDITS`]; the new total,
+/// or `None` without a pool row.
+async fn add_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter: CreditMeter,
+    delta: i64,
+    now_ms: i64,
+) -> Result<Option<u64>, WriteError> {
+    let id = meter.meter.id;
+    let Some(row) = lock_pool(tx, id).await? else {
+        return Ok(None);
+    };
+    let ((remaining, period), refill) = refilled(row, meter, now_ms);
+    if refill {
+        void_others(tx, id, period).await?;
+    }
+    let sum = i128::from(remaining) + i128::from(delta);
+    let pool = u64::try_from(sum.clamp(0, i128::from(keygate::MAX_CREDITS))).unwrap_or(0);
+    write_pool(tx, id, (pool, period)).await?;
+    let held = leased(tx, id, period, "", now_ms).await?;
+    Ok(Some(add(pool, held)))
+}
+
 async fn void_others(
     tx: &deadpool_postgres::Transaction<'_>,
     meter_id: KeyId,
@@ -1020,6 +1176,13 @@ impl Store for PgStore {
             // (and revokes it too) or this insert sees the revocation.
             for caller in [actor, record.creator_id()].into_iter().flatten() {
                 lock_acting_caller(tx, caller, at_ms).await?;
+            }
+            // The creator's row is locked: its limits cannot change before
+            // this commits.
+            if let Some(creator) = record.creator_id() {
+                if let Some(creator) = read_key(tx, creator).await? {
+                    super::check_charged(record, &creator.record)?;
+                }
             }
             insert_created(tx, record, actor, at_ms).await
         })
@@ -1132,6 +1295,10 @@ impl Store for PgStore {
             }
             check_not_rolled(tx, old.id()).await?;
             super::check_roll_fits(old, new, stored)?;
+            // The row is locked: its limits are the ones the new key keeps.
+            if let Some(current) = read_key(tx, old.id()).await? {
+                super::check_roll_limits(&current.record, new)?;
+            }
             let shorten = tx
                 .prepare_cached("UPDATE keys SET expires_at_ms = $2 WHERE id = $1")
                 .await?;
@@ -1162,6 +1329,180 @@ impl Store for PgStore {
                 _ => Err(StoreError::Fatal("roll appended no events".into()).into()),
             }
         })
+    }
+
+    async fn set_limits(
+        &self,
+        id: KeyId,
+        change: LimitsChange,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyRecord)>, StoreError> {
+        write_tx!(self, tx => {
+            if let Some(actor) = actor {
+                lock_acting_caller(tx, actor, at_ms).await?;
+            }
+            lock_live(tx, id, scope).await?;
+            let successor = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1)")
+                .await?;
+            if tx.query_one(&successor, &[&id.as_str()]).await?.get::<_, bool>(0) {
+                return Err(rolled_target(id).into());
+            }
+            let target = read_key(tx, id).await?.ok_or(StoreError::NotFound)?;
+            let meter = target.record.meter();
+            let old = target.record.limits();
+            let new = change.apply_to(old);
+            let (rate_limit, rate_period_ms) = LimitColumns::rate(new.rate);
+            let (remaining, refill_amount, refill_interval_ms) = LimitColumns::credits(new.credits);
+            let update = tx
+                .prepare_cached(
+                    "UPDATE keys SET rate_limit = $2, rate_period_ms = $3, credits_remaining = $4, \
+                     credits_refill_amount = $5, credits_refill_interval_ms = $6 \
+                     WHERE COALESCE(meter_id, id) = $1",
+                )
+                .await?;
+            tx.execute(
+                &update,
+                &[
+                    &meter.id.as_str(),
+                    &rate_limit,
+                    &rate_period_ms,
+                    &remaining,
+                    &refill_amount,
+                    &refill_interval_ms,
+                ],
+            )
+            .await?;
+            let now = UnixMillis::from_millis(at_ms);
+            match new.credits {
+                None => {
+                    for text in [
+                        "DELETE FROM credit_balances WHERE meter_id = $1",
+                        "DELETE FROM credit_leases WHERE meter_id = $1",
+                    ] {
+                        let drop = tx.prepare_cached(text).await?;
+                        tx.execute(&drop, &[&meter.id.as_str()]).await?;
+                    }
+                }
+                // Changed credits: the meter's total (its pool plus the
+                // live leases) becomes their grant.
+                Some(credits) if old.credits != Some(credits) => {
+                    let m = CreditMeter {
+                        meter,
+                        refill: credits.refill(),
+                    };
+                    set_pool(tx, m, credits.remaining(), at_ms).await?;
+                }
+                Some(credits) => {
+                    let balance = fresh_balance(&credits, meter.since, now);
+                    write_balance(tx, meter.id, balance, false).await?;
+                }
+            }
+            let others = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys \
+                     WHERE COALESCE(meter_id, id) = $1 AND revoked_at_ms IS NULL AND id <> $2 \
+                     ORDER BY id"
+                ))
+                .await?;
+            let rows = tx.query(&others, &[&meter.id.as_str(), &id.as_str()]).await?;
+            let mut keys = vec![(id, read_key(tx, id).await.ok().flatten())];
+            for row in &rows {
+                let text: &str = row.get(0);
+                // A row that cannot be read still gets its event: the feed
+                // fails it closed.
+                match stored_key(row) {
+                    Ok(key) => keys.push((key.record.id(), Some(key))),
+                    Err(e) => {
+                        tracing::error!("limits changed on an unreadable row: {e}");
+                        if let Ok(id) = KeyId::parse(text) {
+                            keys.push((id, None));
+                        }
+                    }
+                }
+            }
+            let events: Vec<NewEvent> = keys
+                .iter()
+                .map(|&(key_id, _)| NewEvent {
+                    action: Action::LimitsChanged,
+                    key_id,
+                    new_key_id: None,
+                })
+                .collect();
+            let seqs = append(tx, &events, actor, at_ms).await?;
+            Ok(seqs
+                .into_iter()
+                .zip(keys)
+                .filter_map(|(seq, (_, key))| key.map(|k| (seq, k.record)))
+                .collect())
+        })
+    }
+
+    async fn change_credits(
+        &self,
+        meter: Meter,
+        op: SetOrAdd,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let now_ms = now.as_millis();
+        write_tx!(self, tx => {
+            let credits = meter_credits(tx, meter.id, true)
+                .await?
+                .ok_or_else(no_credits)?;
+            let m = CreditMeter {
+                meter,
+                refill: credits.refill(),
+            };
+            match op {
+                SetOrAdd::Set(n) => set_pool(tx, m, n, now_ms).await,
+                SetOrAdd::Add(delta) => {
+                    // A pool where the meter has none yet: its grant, as
+                    // `balance_at` reads a missing one.
+                    let fresh = balance_at(None, &credits, meter.since, now);
+                    write_balance(tx, meter.id, fresh, false).await?;
+                    Ok(add_pool(tx, m, delta, now_ms).await?.unwrap_or(0))
+                }
+            }
+        })
+    }
+
+    async fn credit_balance(
+        &self,
+        meter: Meter,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        let credits = {
+            let client = self.client().await?;
+            match meter_credits(&client, meter.id, false).await {
+                Ok(Some(credits)) => credits,
+                Ok(None) => return Ok(None),
+                Err(WriteError::Db(e)) => return Err(db_error(e)),
+                Err(WriteError::Store(e)) => return Err(e),
+            }
+        };
+        let m = CreditMeter {
+            meter,
+            refill: credits.refill(),
+        };
+        Ok(Some(match self.credit_total(m, now.as_millis()).await? {
+            Some(total) => total,
+            None => balance_at(None, &credits, meter.since, now).remaining,
+        }))
+    }
+
+    async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE rolled_from = $1)")
+            .await
+            .map_err(db_error)?;
+        Ok(client
+            .query_one(&stmt, &[&id.as_str()])
+            .await
+            .map_err(db_error)?
+            .get(0))
     }
 
     async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError> {
@@ -1923,6 +2264,7 @@ impl Store for PgStore {
         Ok(Some(add(remaining, held)))
     }
 
+    #[cfg(test)]
     async fn set_credits(
         &self,
         meter: CreditMeter,
@@ -1934,26 +2276,15 @@ impl Store for PgStore {
         })
     }
 
+    #[cfg(test)]
     async fn add_credits(
         &self,
         meter: CreditMeter,
         delta: i64,
         now_ms: i64,
     ) -> Result<Option<u64>, StoreError> {
-        let id = meter.meter.id;
         write_tx!(self, tx => {
-            let Some(row) = lock_pool(tx, id).await? else {
-                return Ok(None);
-            };
-            let ((remaining, period), refill) = refilled(row, meter, now_ms);
-            if refill {
-                void_others(tx, id, period).await?;
-            }
-            let sum = i128::from(remaining) + i128::from(delta);
-            let pool = u64::try_from(sum.clamp(0, i128::from(keygate::MAX_CREDITS))).unwrap_or(0);
-            write_pool(tx, id, (pool, period)).await?;
-            let held = leased(tx, id, period, "", now_ms).await?;
-            Ok(Some(add(pool, held)))
+            add_pool(tx, meter, delta, now_ms).await
         })
     }
 
@@ -1996,6 +2327,17 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
         .map(KeyId::parse)
         .transpose()
         .map_err(|_| corrupt(id_text, "malformed creator id"))?;
+    let (limits, meter) = LimitColumns {
+        rate_limit: row.try_get(offset + 10).map_err(db_error)?,
+        rate_period_ms: row.try_get(offset + 11).map_err(db_error)?,
+        credits_remaining: row.try_get(offset + 12).map_err(db_error)?,
+        credits_refill_amount: row.try_get(offset + 13).map_err(db_error)?,
+        credits_refill_interval_ms: row.try_get(offset + 14).map_err(db_error)?,
+        meter_id: row.try_get(offset + 15).map_err(db_error)?,
+        meter_since_ms: row.try_get(offset + 16).map_err(db_error)?,
+    }
+    .limits()
+    .map_err(|m| corrupt(id_text, &m))?;
     let record = KeyRecord::from_parts(KeyRecordParts {
         id,
         kind,
@@ -2008,8 +2350,8 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
             .map_err(db_error)?
             .map(UnixMillis::from_millis),
         creator_id,
-        limits: Default::default(),
-        meter: None,
+        limits,
+        meter,
     })
     .map_err(|e| corrupt(id_text, &e.to_string()))?;
     Ok(StoredKey {

@@ -296,10 +296,19 @@ impl KeyCache {
     /// ([`Keyring::compact`]): the follower has applied the log through it,
     /// in order, and reads only after it. Returns how many were dropped.
     pub fn compact(&self, horizon_seq: u64) -> usize {
-        self.shards
+        let dropped = self
+            .shards
             .iter()
             .map(|shard| Self::write(shard).compact(horizon_seq))
-            .sum()
+            .sum();
+        // The rate limits of meters whose last key went, likewise: a late
+        // change for one of their keys is refused now.
+        self.limits
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limiter
+            .prune_meters();
+        dropped
     }
 
     /// Tombstones and eviction marks held, over every shard.

@@ -538,12 +538,10 @@ impl CreditLeases {
 
     /// Hands this instance's lease of `meter_id` back to the pool now (the
     /// meter stays registered, and is leased for again at the next tick or
-    /// [`CreditLeases::ensure_now`]): before the credits are set, so that
-    /// on one instance the new amount is exact. Returns the credits that
-    /// went back. Waits for a store call of the background on the same
+    /// [`CreditLeases::ensure_now`]), and deletes its lease row: before the
+    /// credits are changed, so that on one instance the new total is exact.
+    /// Returns the credits that went back. Waits for a store call of the background on the same
     /// meter to end first.
-    // Called by the credit routes of the configuration plane.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn reclaim(&self, meter_id: &KeyId, now: UnixMillis) -> Result<u64, StoreError> {
         let Some(local) = self.meters.get(meter_id).map(|l| Arc::clone(l.value())) else {
             return Ok(0);
@@ -556,7 +554,9 @@ impl CreditLeases {
         };
         let refill = unpack_refill(local.leased_refill.load(Ordering::Acquire));
         let (period, taken, _) = local.take_above(0);
-        if taken == 0 || is_stale(&local, refill, period, now) {
+        // Even with nothing left, the write clears this instance's lease
+        // row, whose last reported amount the total would count.
+        if is_stale(&local, refill, period, now) {
             return Ok(0);
         }
         match self

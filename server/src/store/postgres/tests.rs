@@ -878,6 +878,21 @@ fn concurrent_leases_never_grant_more_than_the_pool() {
 }
 
 #[test]
+fn limits_live_on_the_meter() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        super::super::limits_tests::limits_live_on_the_meter(&store).await;
+    });
+    pg.psql("CREATE DATABASE roll");
+    let url = pg.url().replace("/keygate", "/roll");
+    runtime().block_on(async {
+        let store = PgStore::connect(&url).await.unwrap();
+        super::super::limits_tests::a_roll_keeps_the_current_limits(&store).await;
+    });
+}
+
+#[test]
 fn usage_counts_add_up_and_retention_folds_them() {
     let pg = TestPg::start();
     runtime().block_on(async {
@@ -996,4 +1011,129 @@ fn a_version_3_database_gains_the_usage_tables() {
         "0",
         "the later steps ran too"
     );
+}
+
+/// Builds, with the raw migrations, a database at schema `version` (3 or
+/// 4: before per-key limits) holding the key `a` and its `created` event.
+async fn database_at(url: &str, version: i64, a: &KeyRecord) {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
+        client.batch_execute(sql).await.unwrap();
+        client
+            .execute("INSERT INTO schema_migrations VALUES ($1, 0, 'test')", &[v])
+            .await
+            .unwrap();
+    }
+    client
+        .execute("UPDATE meta SET schema_version = $1", &[&version])
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &a.id().as_str(),
+                &a.kind().as_str(),
+                &a.name(),
+                &a.secret_hash().as_bytes().as_slice(),
+                &i64::from(a.scopes().bits()),
+                &a.created_at().as_millis(),
+            ],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO changes VALUES (1, 1, 'created', '{}', NULL, NULL); \
+             UPDATE change_seq SET seq = 1;",
+            a.id()
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
+
+/// A database at `version` (3 or 4) upgrades step by step to 6: the usage
+/// tables (4), then the limit columns, the meter index, `credit_balances`
+/// and the `limits_changed` action (5), then the credit leases (6); it
+/// keeps its rows, and each step runs once.
+fn upgrades_to_version_6_from(version: i64) {
+    let pg = TestPg::start();
+    let a = standard("old");
+    runtime().block_on(async {
+        database_at(&pg.url(), version, &a).await;
+
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        assert_eq!(store.migrate().await.unwrap(), Vec::<i64>::new());
+        assert_eq!(
+            store.get(a.id(), Scope::All).await.unwrap().unwrap().record,
+            a
+        );
+        let five = keygate::RateLimit::new(5, Duration::from_secs(1)).unwrap();
+        let change = LimitsChange {
+            rate: Some(Some(five)),
+            credits: None,
+        };
+        let changed = store
+            .set_limits(a.id(), change, Scope::All, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].0, 2);
+        assert_eq!(changed[0].1.limits().rate, Some(five));
+        // The usage tables work as well.
+        super::super::usage_tests::usage_round_trip(&store).await;
+    });
+    assert_eq!(pg.psql("SELECT schema_version FROM meta"), "6");
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
+        "2,3,4,5,6"
+    );
+    assert_eq!(
+        pg.psql("SELECT to_regclass('credit_leases') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'keys_meter'"),
+        "1"
+    );
+    assert_eq!(
+        pg.psql("SELECT to_regclass('credit_balances') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT to_regclass('usage_minutes') IS NOT NULL AND to_regclass('usage_days') IS NOT NULL"
+        ),
+        "t"
+    );
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT action FROM changes WHERE key_id = '{}' ORDER BY seq DESC LIMIT 1",
+            a.id()
+        )),
+        "limits_changed"
+    );
+    // The CHECK on the action takes the new one.
+    assert!(pg
+        .psql("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'changes_action_check'")
+        .contains("limits_changed"));
+    // The step stands alone: run again, it changes nothing.
+    let before = pg.psql("SELECT count(*) FROM changes");
+    pg.psql(MIGRATE_V5);
+    pg.psql(MIGRATE_LEASES);
+    assert_eq!(pg.psql("SELECT count(*) FROM changes"), before);
+}
+
+#[test]
+fn a_version_3_database_upgrades_through_4_5_and_6() {
+    upgrades_to_version_6_from(3);
+}
+
+#[test]
+fn a_version_4_database_gains_the_limit_columns() {
+    upgrades_to_version_6_from(4);
 }

@@ -267,19 +267,30 @@ pub(super) fn total(
 ) -> Result<Option<u64>, StoreError> {
     // One read transaction: the pool and the leases of one snapshot.
     let tx = conn.transaction().map_err(sql)?;
-    let Some(row) = read_pool(&tx, m.meter.id)? else {
+    let total = total_in(&tx, m, now_ms)?;
+    tx.commit().map_err(sql)?;
+    Ok(total)
+}
+
+/// [`total`] inside the caller's transaction.
+pub(super) fn total_in(
+    tx: &Connection,
+    m: CreditMeter,
+    now_ms: i64,
+) -> Result<Option<u64>, StoreError> {
+    let Some(row) = read_pool(tx, m.meter.id)? else {
         return Ok(None);
     };
     let ((remaining, period), refill) = refilled(row, m, now_ms);
     let held = if refill {
         0
     } else {
-        leased(&tx, m.meter.id, period, "", now_ms)?
+        leased(tx, m.meter.id, period, "", now_ms)?
     };
-    tx.commit().map_err(sql)?;
     Ok(Some(add(remaining, held)))
 }
 
+#[cfg(test)]
 pub(super) fn set(
     conn: &mut Connection,
     m: CreditMeter,
@@ -316,6 +327,7 @@ pub(super) fn set_in(
     Ok(add(pool, held))
 }
 
+#[cfg(test)]
 pub(super) fn adjust(
     conn: &mut Connection,
     m: CreditMeter,
@@ -323,18 +335,48 @@ pub(super) fn adjust(
     now_ms: i64,
 ) -> Result<Option<u64>, StoreError> {
     let tx = immediate(conn)?;
+    let total = adjust_in(&tx, m, delta, now_ms)?;
+    tx.commit().map_err(sql)?;
+    Ok(total)
+}
+
+/// [`adjust`] inside the caller's transaction: `delta` added to the pool
+/// (refilled first), clamped at 0 and [`MAX_CREDITS`]; the new total, or
+/// `None` without a pool row.
+pub(super) fn adjust_in(
+    tx: &Connection,
+    m: CreditMeter,
+    delta: i64,
+    now_ms: i64,
+) -> Result<Option<u64>, StoreError> {
     let id = m.meter.id;
-    let Some(row) = read_pool(&tx, id)? else {
+    let Some(row) = read_pool(tx, id)? else {
         return Ok(None);
     };
     let ((remaining, period), refill) = refilled(row, m, now_ms);
     if refill {
-        void_others(&tx, id, period)?;
+        void_others(tx, id, period)?;
     }
     let sum = i128::from(remaining) + i128::from(delta);
     let pool = u64::try_from(sum.clamp(0, i128::from(MAX_CREDITS))).unwrap_or(0);
-    write_pool(&tx, id, (pool, period))?;
-    let held = leased(&tx, id, period, "", now_ms)?;
-    tx.commit().map_err(sql)?;
+    write_pool(tx, id, (pool, period))?;
+    let held = leased(tx, id, period, "", now_ms)?;
     Ok(Some(add(pool, held)))
+}
+
+/// Drops a meter's pool and its leases (its credits were removed): the
+/// instances that hold leases of it hand nothing back (their keys have no
+/// credits any more).
+pub(super) fn drop_meter(tx: &Connection, meter_id: KeyId) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM credit_balances WHERE meter_id = ?1",
+        params![meter_id.as_str()],
+    )
+    .map_err(sql)?;
+    tx.execute(
+        "DELETE FROM credit_leases WHERE meter_id = ?1",
+        params![meter_id.as_str()],
+    )
+    .map_err(sql)?;
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The SQLite store: [`SqliteStore`], schema version 5.
+//! The SQLite store: [`SqliteStore`], schema version 6.
 //!
 //! Tables:
 //!
@@ -6,7 +6,15 @@
 //!   32-byte BLOB, the scopes as [`Scopes::bits`]), revoked rows kept;
 //!   indexed by `creator_id` for the attenuating policy's descendant rules;
 //!   `rolled_from` names the key a rolled key replaced (version 3), so a
-//!   roll's new key inherits the old key's children.
+//!   roll's new key inherits the old key's children. Version 5 adds the
+//!   limit columns (`rate_limit`, `rate_period_ms`, `credits_remaining`,
+//!   `credits_refill_amount`, `credits_refill_interval_ms`: NULL where the
+//!   key has none) and the meter the key is charged to (`meter_id`,
+//!   `meter_since_ms`: NULL for its own), indexed by
+//!   `COALESCE(meter_id, id)`, so the keys of one meter change together.
+//! * `credit_balances(meter_id, remaining, period)`: each meter's pool of
+//!   credits no instance holds, and the refill period it belongs to
+//!   (version 5); the balance is the pool plus the leases.
 //! * `changes`: the append-only change log, which is also the audit log.
 //!   `seq` is an `AUTOINCREMENT` key assigned inside the write transaction;
 //!   SQLite serializes writers, so sequence numbers grow with commit order
@@ -17,10 +25,10 @@
 //!   request counts per key and minute, added to by the follower's flushes;
 //!   retention folds minutes older than 30 days into days and deletes days
 //!   older than two years (`usage.rs`).
-//! * `credit_balances` and `credit_leases` (version 5): each meter's pool of
-//!   unleased credits, and the credits each instance holds of it (see
-//!   `store::lease`). On SQLite one instance holds the leases, so the
-//!   credits are exact: the pool plus the one lease is the balance.
+//! * `credit_leases` (version 6): the credits each instance holds of a
+//!   meter's pool (see `store::lease`). On SQLite one instance holds the
+//!   leases, so the credits are exact: the pool plus the one lease is the
+//!   balance.
 //!
 //! Durability: every connection must be in WAL mode with `synchronous`
 //! FULL or EXTRA, checked when it opens (it fails to open otherwise), so a
@@ -46,12 +54,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use keygate::{Change, KeyId, KeyRecord};
+use keygate::{Change, KeyId, KeyRecord, Meter, UnixMillis};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{
     Action, CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport, LeaseWriteError,
-    PoolView, Pruned, Scope, Snapshot, StoreError, StoredKey, UsageQuery, UsageRow,
+    LimitsChange, PoolView, Pruned, Scope, SetOrAdd, Snapshot, StoreError, StoredKey, UsageQuery,
+    UsageRow,
 };
 
 mod leases;
@@ -89,8 +98,8 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`: a writer and a
     /// reader connection, both checked for WAL and `synchronous` FULL or
-    /// EXTRA; creates schema version 2, migrates a 0.1.0 database, or
-    /// refuses a newer one.
+    /// EXTRA; creates the schema, migrates a 0.1.0 or older one, or refuses
+    /// a newer one.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         let mut writer = open_connection(path, &shown)?;
@@ -175,6 +184,11 @@ impl super::Store for SqliteStore {
             for caller in [actor, record.creator_id()].into_iter().flatten() {
                 check_caller(&tx, caller, at_ms)?;
             }
+            if let Some(creator) = record.creator_id() {
+                if let Some(creator) = get_key(&tx, creator)? {
+                    super::check_charged(&record, &creator.record)?;
+                }
+            }
             insert_key(&tx, &record)?;
             let seq = append(&tx, at_ms, Action::Created, record.id(), actor, None)?;
             tx.commit().map_err(sql)?;
@@ -231,6 +245,41 @@ impl super::Store for SqliteStore {
     ) -> Result<(u64, u64), StoreError> {
         let (old, new) = (old.clone(), new.clone());
         self.write(move |conn, _| roll_tx(conn, &old, &new, scope, actor, at_ms))
+            .await
+    }
+
+    async fn set_limits(
+        &self,
+        id: KeyId,
+        change: LimitsChange,
+        scope: Scope,
+        actor: Option<KeyId>,
+        at_ms: i64,
+    ) -> Result<Vec<(u64, KeyRecord)>, StoreError> {
+        self.write(move |conn, _| set_limits_tx(conn, id, change, scope, actor, at_ms))
+            .await
+    }
+
+    async fn change_credits(
+        &self,
+        meter: Meter,
+        op: SetOrAdd,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn, _| change_credits_tx(conn, meter, op, now))
+            .await
+    }
+
+    async fn credit_balance(
+        &self,
+        meter: Meter,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(move |conn| read_balance(conn, meter, now)).await
+    }
+
+    async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.read(move |conn| successor(conn, id).map(|s| s.is_some()))
             .await
     }
 
@@ -397,6 +446,7 @@ impl super::Store for SqliteStore {
             .await
     }
 
+    #[cfg(test)]
     async fn set_credits(
         &self,
         meter: CreditMeter,
@@ -407,6 +457,7 @@ impl super::Store for SqliteStore {
             .await
     }
 
+    #[cfg(test)]
     async fn add_credits(
         &self,
         meter: CreditMeter,

@@ -1,15 +1,25 @@
 //! The queries: reads and writes of keys and the change log, each on a
 //! connection the caller holds.
 
-use keygate::{Change, KeyId, KeyKind, KeyRecord, KeyRecordParts, Scopes, SecretHash, UnixMillis};
+use keygate::{
+    Change, Credits, KeyId, KeyKind, KeyRecord, KeyRecordParts, Meter, Scopes, SecretHash,
+    UnixMillis,
+};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::super::{Action, Event, KeyPage, Scope, Snapshot, StoreError, StoredKey};
+use super::super::{
+    balance_at, fresh_balance, no_credits, rolled_target, Action, CreditMeter, Event, KeyPage,
+    LimitColumns, LimitsChange, Scope, SetOrAdd, Snapshot, StoreError, StoredKey,
+};
+use super::leases;
 
 /// The columns of `keys`, in the order [`read_key`] reads them.
 pub(super) const KEY_COLUMNS: &str =
     "k.id, k.kind, k.name, k.secret_hash, k.scopes, k.created_at_ms, \
-                           k.expires_at_ms, k.creator_id, k.revoked_at_ms, k.last_used_at_ms";
+                           k.expires_at_ms, k.creator_id, k.revoked_at_ms, k.last_used_at_ms, \
+                           k.rate_limit, k.rate_period_ms, k.credits_remaining, \
+                           k.credits_refill_amount, k.credits_refill_interval_ms, \
+                           k.meter_id, k.meter_since_ms";
 
 /// The family of the key bound to `?{n}`: the key and every key rolled into
 /// it, transitively (a common table expression named `fam`); empty if the
@@ -65,7 +75,50 @@ pub(super) fn limit_sql(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// Inserts a key row, its limits included; a key with credits on a meter
+/// that has no balance yet (its own, new) starts it at the grant.
 pub(super) fn insert_key(conn: &Connection, record: &KeyRecord) -> Result<(), StoreError> {
+    let limits = LimitColumns::of(record);
+    conn.execute(
+        "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms,
+                           creator_id, revoked_at_ms, last_used_at_ms,
+                           rate_limit, rate_period_ms, credits_remaining, credits_refill_amount,
+                           credits_refill_interval_ms, meter_id, meter_since_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            record.id().as_str(),
+            record.kind().as_str(),
+            record.name(),
+            &record.secret_hash().as_bytes()[..],
+            i64::from(record.scopes().bits()),
+            record.created_at().as_millis(),
+            record.expires_at().map(UnixMillis::as_millis),
+            record.creator_id().as_ref().map(KeyId::as_str),
+            limits.rate_limit,
+            limits.rate_period_ms,
+            limits.credits_remaining,
+            limits.credits_refill_amount,
+            limits.credits_refill_interval_ms,
+            limits.meter_id,
+            limits.meter_since_ms,
+        ],
+    )
+    .map_err(sql)?;
+    if let Some(credits) = record.limits().credits {
+        let meter = record.meter();
+        write_balance(
+            conn,
+            meter.id,
+            fresh_balance(&credits, meter.since, record.created_at()),
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// Inserts a key row of schema version 2 (no limits): the migration from
+/// 0.1.0, which runs before the later columns exist.
+pub(super) fn insert_v2_key(conn: &Connection, record: &KeyRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO keys (id, kind, name, secret_hash, scopes, created_at_ms, expires_at_ms,
                            creator_id, revoked_at_ms, last_used_at_ms)
@@ -79,6 +132,34 @@ pub(super) fn insert_key(conn: &Connection, record: &KeyRecord) -> Result<(), St
             record.created_at().as_millis(),
             record.expires_at().map(UnixMillis::as_millis),
             record.creator_id().as_ref().map(KeyId::as_str),
+        ],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+/// Writes a meter's balance: always with `replace`, else only where the
+/// meter has none.
+pub(super) fn write_balance(
+    conn: &Connection,
+    meter: KeyId,
+    balance: keygate::CreditBalance,
+    replace: bool,
+) -> Result<(), StoreError> {
+    let text = if replace {
+        "INSERT INTO credit_balances (meter_id, remaining, period) VALUES (?1, ?2, ?3)
+         ON CONFLICT (meter_id) DO UPDATE SET remaining = excluded.remaining,
+                                              period = excluded.period"
+    } else {
+        "INSERT INTO credit_balances (meter_id, remaining, period) VALUES (?1, ?2, ?3)
+         ON CONFLICT (meter_id) DO NOTHING"
+    };
+    conn.execute(
+        text,
+        params![
+            meter.as_str(),
+            i64::try_from(balance.remaining).unwrap_or(i64::MAX),
+            i64::try_from(balance.period).unwrap_or(i64::MAX)
         ],
     )
     .map_err(sql)?;
@@ -144,6 +225,16 @@ pub(super) fn read_key(
             .transpose()?;
         let revoked_at_ms: Option<i64> = row.get(col(8)).map_err(err)?;
         let last_used_at_ms: Option<i64> = row.get(col(9)).map_err(err)?;
+        let (limits, meter) = LimitColumns {
+            rate_limit: row.get(col(10)).map_err(err)?,
+            rate_period_ms: row.get(col(11)).map_err(err)?,
+            credits_remaining: row.get(col(12)).map_err(err)?,
+            credits_refill_amount: row.get(col(13)).map_err(err)?,
+            credits_refill_interval_ms: row.get(col(14)).map_err(err)?,
+            meter_id: row.get(col(15)).map_err(err)?,
+            meter_since_ms: row.get(col(16)).map_err(err)?,
+        }
+        .limits()?;
         let record = KeyRecord::from_parts(KeyRecordParts {
             id: key_id,
             kind,
@@ -153,8 +244,8 @@ pub(super) fn read_key(
             expires_at: expires_at_ms.map(UnixMillis::from_millis),
             created_at: UnixMillis::from_millis(created_at_ms),
             creator_id,
-            limits: Default::default(),
-            meter: None,
+            limits,
+            meter,
         })
         .map_err(|e| e.to_string())?;
         Ok(StoredKey {
@@ -373,6 +464,7 @@ pub(super) fn roll_tx(
         new,
         current.record.expires_at().map(UnixMillis::as_millis),
     )?;
+    super::super::check_roll_limits(&current.record, new)?;
     tx.execute(
         "UPDATE keys SET expires_at_ms = ?2 WHERE id = ?1",
         params![
@@ -391,6 +483,202 @@ pub(super) fn roll_tx(
     let rolled = append(&tx, at_ms, Action::Rolled, old.id(), actor, Some(new.id()))?;
     tx.commit().map_err(sql)?;
     Ok((created, rolled))
+}
+
+/// [`Store::set_limits`](super::super::Store::set_limits) in one immediate
+/// transaction.
+pub(super) fn set_limits_tx(
+    conn: &mut Connection,
+    id: KeyId,
+    change: LimitsChange,
+    scope: Scope,
+    actor: Option<KeyId>,
+    at_ms: i64,
+) -> Result<Vec<(u64, KeyRecord)>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    if let Some(actor) = actor {
+        check_caller(&tx, actor, at_ms)?;
+    }
+    let target = live_in_scope(&tx, id, scope)?;
+    if successor(&tx, id)?.is_some() {
+        return Err(rolled_target(id));
+    }
+    let meter = target.record.meter();
+    let old = target.record.limits();
+    let new = change.apply_to(old);
+    let (rate_limit, rate_period_ms) = LimitColumns::rate(new.rate);
+    let (remaining, refill_amount, refill_interval_ms) = LimitColumns::credits(new.credits);
+    tx.execute(
+        "UPDATE keys SET rate_limit = ?2, rate_period_ms = ?3, credits_remaining = ?4,
+                         credits_refill_amount = ?5, credits_refill_interval_ms = ?6
+         WHERE COALESCE(meter_id, id) = ?1",
+        params![
+            meter.id.as_str(),
+            rate_limit,
+            rate_period_ms,
+            remaining,
+            refill_amount,
+            refill_interval_ms
+        ],
+    )
+    .map_err(sql)?;
+    let now = UnixMillis::from_millis(at_ms);
+    match new.credits {
+        None => leases::drop_meter(&tx, meter.id)?,
+        // Changed credits: the meter's total (its pool plus the live
+        // leases) becomes their grant.
+        Some(credits) if old.credits != Some(credits) => {
+            let m = CreditMeter {
+                meter,
+                refill: credits.refill(),
+            };
+            leases::set_in(&tx, m, credits.remaining(), at_ms)?;
+        }
+        Some(credits) => {
+            write_balance(
+                &tx,
+                meter.id,
+                fresh_balance(&credits, meter.since, now),
+                false,
+            )?;
+        }
+    }
+    let mut others = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare(
+                "SELECT id FROM keys
+                 WHERE COALESCE(meter_id, id) = ?1 AND revoked_at_ms IS NULL AND id != ?2
+                 ORDER BY id",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map(params![meter.id.as_str(), id.as_str()], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(sql)?;
+        for row in rows {
+            others.push(parse_id(&row.map_err(sql)?, "key id")?);
+        }
+    }
+    let mut changed = Vec::new();
+    for key in std::iter::once(id).chain(others) {
+        let seq = append(&tx, at_ms, Action::LimitsChanged, key, actor, None)?;
+        // A row that cannot be read still gets its event: the feed fails
+        // it closed.
+        match get_key(&tx, key) {
+            Ok(Some(stored)) => changed.push((seq, stored.record)),
+            Ok(None) => {}
+            Err(e) => tracing::error!(key_id = %key, "limits changed on an unreadable row: {e}"),
+        }
+    }
+    tx.commit().map_err(sql)?;
+    Ok(changed)
+}
+
+/// The credits configured for `meter` (on its keys, live ones first), if
+/// any.
+pub(super) fn meter_credits(
+    conn: &Connection,
+    meter: KeyId,
+) -> Result<Option<Credits>, StoreError> {
+    let row: Option<(Option<i64>, Option<i64>, Option<i64>)> = conn
+        .query_row(
+            "SELECT credits_remaining, credits_refill_amount, credits_refill_interval_ms
+             FROM keys WHERE COALESCE(meter_id, id) = ?1 AND credits_remaining IS NOT NULL
+             ORDER BY revoked_at_ms IS NOT NULL, id LIMIT 1",
+            params![meter.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    let Some((remaining, amount, interval)) = row else {
+        return Ok(None);
+    };
+    let columns = LimitColumns {
+        credits_remaining: remaining,
+        credits_refill_amount: amount,
+        credits_refill_interval_ms: interval,
+        ..LimitColumns::default()
+    };
+    columns
+        .limits()
+        .map(|(limits, _)| limits.credits)
+        .map_err(|m| {
+            StoreError::Fatal(format!(
+                "corrupt credits of meter `{meter}` in database: {m}"
+            ))
+        })
+}
+
+/// A meter's stored balance row: `(remaining, period)`.
+fn stored_balance(conn: &Connection, meter: KeyId) -> Result<Option<(i64, i64)>, StoreError> {
+    conn.query_row(
+        "SELECT remaining, period FROM credit_balances WHERE meter_id = ?1",
+        params![meter.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(sql)
+}
+
+/// [`Store::change_credits`](super::super::Store::change_credits) in one
+/// immediate transaction: the meter's total (its pool plus the live leases,
+/// `store::lease`) is set, or added to through the pool.
+pub(super) fn change_credits_tx(
+    conn: &mut Connection,
+    meter: Meter,
+    op: SetOrAdd,
+    now: UnixMillis,
+) -> Result<u64, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let credits = meter_credits(&tx, meter.id)?.ok_or_else(no_credits)?;
+    let m = CreditMeter {
+        meter,
+        refill: credits.refill(),
+    };
+    let now_ms = now.as_millis();
+    let total = match op {
+        SetOrAdd::Set(n) => leases::set_in(&tx, m, n, now_ms)?,
+        SetOrAdd::Add(delta) => {
+            // A pool where the meter has none yet: its grant, as
+            // `balance_at` reads a missing one.
+            if stored_balance(&tx, meter.id)?.is_none() {
+                let fresh = balance_at(None, &credits, meter.since, now);
+                write_balance(&tx, meter.id, fresh, false)?;
+            }
+            leases::adjust_in(&tx, m, delta, now_ms)?.ok_or_else(no_credits)?
+        }
+    };
+    tx.commit().map_err(sql)?;
+    Ok(total)
+}
+
+/// [`Store::credit_balance`](super::super::Store::credit_balance): the
+/// pool plus the live leases (`store::lease`), in one read transaction.
+pub(super) fn read_balance(
+    conn: &mut Connection,
+    meter: Meter,
+    now: UnixMillis,
+) -> Result<Option<u64>, StoreError> {
+    let tx = conn.transaction().map_err(sql)?;
+    let Some(credits) = meter_credits(&tx, meter.id)? else {
+        return Ok(None);
+    };
+    let m = CreditMeter {
+        meter,
+        refill: credits.refill(),
+    };
+    let total = match leases::total_in(&tx, m, now.as_millis())? {
+        Some(total) => total,
+        None => balance_at(None, &credits, meter.since, now).remaining,
+    };
+    tx.commit().map_err(sql)?;
+    Ok(Some(total))
 }
 
 pub(super) fn list_keys(

@@ -7,7 +7,7 @@ use keygate::KeyRecord;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::super::{Action, StoreError, SCHEMA_VERSION};
-use super::queries::{append, insert_key, sql};
+use super::queries::{append, insert_v2_key, sql};
 
 /// How long a connection waits for another writer (another process, e.g.
 /// the CLI) before a write fails as unavailable.
@@ -79,13 +79,123 @@ CREATE TABLE usage_days (
 CREATE INDEX usage_days_day_ms ON usage_days (day_ms);
 ";
 
-/// The schema version the credit leases step produces (`store::lease`).
-/// The step stands alone (every part `IF NOT EXISTS`), so it may run after
-/// any other step and be renumbered by changing this number.
-pub(super) const LEASES_VERSION: i64 = 5;
+/// Version 5's columns of `keys`: a key's rate limit, its credits (the
+/// configured grant and refill) and the meter it is charged to (NULL for its
+/// own), each NULL where the key has none.
+pub(super) const LIMIT_COLUMNS: [(&str, &str); 7] = [
+    ("rate_limit", "INTEGER"),
+    ("rate_period_ms", "INTEGER"),
+    ("credits_remaining", "INTEGER"),
+    ("credits_refill_amount", "INTEGER"),
+    ("credits_refill_interval_ms", "INTEGER"),
+    ("meter_id", "TEXT"),
+    ("meter_since_ms", "INTEGER"),
+];
 
-/// Credit pools and leases (`store::lease`). The pool table may exist
-/// already, of the same shape (it is shared with the credit configuration).
+/// Version 5's index and table: the keys of a meter, for updates by meter,
+/// and each meter's balance (`period`: the refill period it belongs to).
+pub(super) const MIGRATE_V5_TABLES: &str = "
+CREATE INDEX IF NOT EXISTS keys_meter ON keys (COALESCE(meter_id, id));
+CREATE TABLE IF NOT EXISTS credit_balances (
+    meter_id  TEXT PRIMARY KEY NOT NULL,
+    remaining INTEGER NOT NULL,
+    period    INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The step to version 5 (per-key limits): the limit columns, the meter
+/// index, `credit_balances`, and the `limits_changed` action in the log.
+/// Self-contained and idempotent (each part is skipped where it is done),
+/// so it may run after any other step and be renumbered.
+pub(super) fn migrate_v5(tx: &Connection, path: &str) -> Result<(), StoreError> {
+    for (column, kind) in LIMIT_COLUMNS {
+        if !column_exists(tx, "keys", column)? {
+            tx.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {column} {kind}"))
+                .map_err(sql)?;
+        }
+    }
+    tx.execute_batch(MIGRATE_V5_TABLES).map_err(sql)?;
+    allow_action(tx, "limits_changed", path)
+}
+
+/// Widens the `CHECK` of `changes.action` to take `action`. SQLite cannot
+/// alter a constraint, so the table is rebuilt from its own definition
+/// (whatever columns another step added), with its rows, its indexes and
+/// its `AUTOINCREMENT` counter (sequence numbers are never reused).
+pub(super) fn allow_action(tx: &Connection, action: &str, path: &str) -> Result<(), StoreError> {
+    let definition: String = tx
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'changes'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql)?;
+    if definition.contains(&format!("'{action}'")) {
+        return Ok(());
+    }
+    let widened = definition
+        .replacen("'rolled')", &format!("'rolled', '{action}')"), 1)
+        .replacen("CREATE TABLE changes ", "CREATE TABLE changes_widened ", 1);
+    if !widened.contains(&format!("'{action}'")) || !widened.contains("changes_widened") {
+        return Err(StoreError::Fatal(format!(
+            "database `{path}` has a `changes` table of an unknown layout"
+        )));
+    }
+    let indexes: Vec<String> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT sql FROM sqlite_master
+                 WHERE type = 'index' AND tbl_name = 'changes' AND sql IS NOT NULL",
+            )
+            .map_err(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)?
+    };
+    let counter: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql)?;
+    tx.execute_batch(&format!(
+        "{widened};
+         INSERT INTO changes_widened SELECT * FROM changes;
+         DROP TABLE changes;
+         ALTER TABLE changes_widened RENAME TO changes;"
+    ))
+    .map_err(sql)?;
+    for index in indexes {
+        tx.execute_batch(&index).map_err(sql)?;
+    }
+    if let Some(counter) = counter {
+        let kept = tx
+            .execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'changes'",
+                params![counter],
+            )
+            .map_err(sql)?;
+        if kept == 0 {
+            tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('changes', ?1)",
+                params![counter],
+            )
+            .map_err(sql)?;
+        }
+    }
+    Ok(())
+}
+
+/// The schema version the credit leases step produces (`store::lease`),
+/// after the configuration plane's version 5. The step stands alone (every
+/// part `IF NOT EXISTS`), so it may run after any other step and be
+/// renumbered by changing this number.
+pub(super) const LEASES_VERSION: i64 = 6;
+
+/// Credit pools and leases (`store::lease`). The pool table exists already
+/// (version 5 creates it, of the same shape); a database that skipped it
+/// gets it here.
 pub(super) const MIGRATE_LEASES: &str = "
 CREATE TABLE IF NOT EXISTS credit_balances (
     meter_id  TEXT PRIMARY KEY NOT NULL,
@@ -190,8 +300,8 @@ pub(super) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), 
 }
 
 /// Brings the database to [`SCHEMA_VERSION`], in one immediate
-/// transaction: creates a new one, migrates a 0.1.0 or a version-2 or
-/// later one step by step, refuses a newer one.
+/// transaction: creates a new one, migrates a 0.1.0 or an older one step by
+/// step (2 to 3, 3 to 4, 4 to 5, 5 to 6), refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -219,7 +329,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
             )));
         }
         if version < SCHEMA_VERSION {
-            upgrade(&tx, version)?;
+            upgrade(&tx, version, path)?;
             meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
             tx.commit().map_err(sql)?;
         }
@@ -235,19 +345,22 @@ pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreErro
     } else {
         tx.execute_batch(SCHEMA_V2).map_err(sql)?;
     }
-    upgrade(&tx, 2)?;
+    upgrade(&tx, 2, path)?;
     meta_set(&tx, "schema_version", &SCHEMA_VERSION.to_string())?;
     tx.commit().map_err(sql)
 }
 
 /// The migration steps from schema `version` (at least 2) to
 /// [`SCHEMA_VERSION`], each in turn, inside the caller's transaction.
-fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64) -> Result<(), StoreError> {
+fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64, path: &str) -> Result<(), StoreError> {
     if version < 3 {
         tx.execute_batch(MIGRATE_V3).map_err(sql)?;
     }
     if version < 4 {
         tx.execute_batch(MIGRATE_V4).map_err(sql)?;
+    }
+    if version < 5 {
+        migrate_v5(tx, path)?;
     }
     if version < LEASES_VERSION {
         tx.execute_batch(MIGRATE_LEASES).map_err(sql)?;
@@ -286,7 +399,8 @@ pub(super) fn migrate_v1(tx: &rusqlite::Transaction<'_>, path: &str) -> Result<(
     records
         .sort_by(|a, b| (a.created_at(), a.id().as_str()).cmp(&(b.created_at(), b.id().as_str())));
     for record in &records {
-        insert_key(tx, record)?;
+        // 0.1.0 records hold no limits: the version-2 columns hold them whole.
+        insert_v2_key(tx, record)?;
         append(
             tx,
             record.created_at().as_millis(),

@@ -831,7 +831,7 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
         )
         .unwrap();
     assert_eq!(from.as_deref(), Some(a.id().as_str()));
-    // And the credit tables (version 5).
+    // And the credit tables (versions 5 and 6).
     assert!(table_exists(&conn, "credit_balances").unwrap());
     assert!(table_exists(&conn, "credit_leases").unwrap());
 }
@@ -1032,6 +1032,105 @@ async fn credit_pools_and_leases() {
 }
 
 #[tokio::test]
+async fn limits_live_on_the_meter() {
+    let (_dir, store) = new_store();
+    super::super::limits_tests::limits_live_on_the_meter(&store).await;
+    // Every limit column is read back through the library's constructors.
+    let (_dir, store) = new_store();
+    super::super::limits_tests::a_roll_keeps_the_current_limits(&store).await;
+}
+
+#[tokio::test]
+async fn limits_survive_a_reopen_and_a_corrupt_limit_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let root = record(None, 1);
+    store.create(&root, None, 1).await.unwrap();
+    let a = super::super::limits_tests::child(&root, super::super::limits_tests::limits(), 2);
+    let c = super::super::limits_tests::child(&a, keygate::KeyLimits::default(), 3);
+    store.create(&a, Some(root.id()), 2).await.unwrap();
+    store.create(&c, Some(a.id()), 3).await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    for r in [&a, &c] {
+        assert_eq!(
+            &store.get(r.id(), Scope::All).await.unwrap().unwrap().record,
+            r
+        );
+    }
+    let (meter_id, since): (Option<String>, Option<i64>) = raw(&store)
+        .query_row(
+            "SELECT meter_id, meter_since_ms FROM keys WHERE id = ?1",
+            params![c.id().as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(meter_id.as_deref(), Some(a.id().as_str()));
+    assert_eq!(since, Some(a.created_at().as_millis()));
+    // A's own meter is stored as none.
+    let own: Option<String> = raw(&store)
+        .query_row(
+            "SELECT meter_id FROM keys WHERE id = ?1",
+            params![a.id().as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(own, None);
+    // A limit the library refuses (a rate limit of 0), a half-stored one,
+    // a meter without its start: each a corrupt row.
+    for (breakage, needle) in [
+        ("rate_limit = 0", "rate_limit.limit"),
+        ("rate_period_ms = NULL", "without its period"),
+        ("credits_refill_interval_ms = 10", "interval_ms"),
+        ("credits_remaining = NULL", "a refill without credits"),
+        ("meter_since_ms = NULL", "meter id without its start"),
+        ("meter_id = 'short'", "meter id"),
+    ] {
+        raw(&store)
+            .execute(
+                &format!("UPDATE keys SET {breakage} WHERE id = ?1"),
+                params![c.id().as_str()],
+            )
+            .unwrap();
+        match store.get(c.id(), Scope::All).await {
+            Err(StoreError::Fatal(m)) => {
+                assert!(
+                    m.contains(c.id().as_str()) && m.contains(needle),
+                    "{breakage}: {m}"
+                )
+            }
+            other => panic!("{breakage}: expected fatal, got {other:?}"),
+        }
+        let feed = store.changes_since(2, 1).await.unwrap();
+        assert_eq!(feed, vec![Change::revoke(3, c.id())], "{breakage}");
+        // Back as it was: the record's own columns.
+        let columns = super::super::LimitColumns::of(&c);
+        raw(&store)
+            .execute(
+                "UPDATE keys SET rate_limit = ?2, rate_period_ms = ?3, credits_remaining = ?4,
+                                 credits_refill_amount = ?5, credits_refill_interval_ms = ?6,
+                                 meter_id = ?7, meter_since_ms = ?8 WHERE id = ?1",
+                params![
+                    c.id().as_str(),
+                    columns.rate_limit,
+                    columns.rate_period_ms,
+                    columns.credits_remaining,
+                    columns.credits_refill_amount,
+                    columns.credits_refill_interval_ms,
+                    columns.meter_id,
+                    columns.meter_since_ms
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            store.get(c.id(), Scope::All).await.unwrap().unwrap().record,
+            c
+        );
+    }
+}
+
+#[tokio::test]
 async fn usage_counts_add_up_and_retention_folds_them() {
     let (_dir, store) = new_store();
     super::super::usage_tests::usage_round_trip(&store).await;
@@ -1040,14 +1139,47 @@ async fn usage_counts_add_up_and_retention_folds_them() {
 }
 
 #[tokio::test]
-async fn a_version_3_database_gains_the_usage_tables() {
+async fn a_version_3_database_upgrades_through_4_5_and_6() {
+    upgrades_to_version_6_from(3).await;
+}
+
+#[tokio::test]
+async fn a_version_4_database_gains_the_limit_columns() {
+    upgrades_to_version_6_from(4).await;
+}
+
+/// A database at `version` (3, or 4: main's usage counts) upgrades step by
+/// step to 6: the usage tables (4), then the limit columns, the meter
+/// index, `credit_balances` and the `limits_changed` action (5), then the
+/// credit leases (6). It keeps its rows and the log's counter, and each
+/// step runs once.
+async fn upgrades_to_version_6_from(version: i64) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v3.db");
+    let path = dir.path().join(format!("v{version}.db"));
+    let (a, b) = (record(None, 1), record(None, 2));
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(SCHEMA_V2).unwrap();
         conn.execute_batch(MIGRATE_V3).unwrap();
-        meta_set(&conn, "schema_version", "3").unwrap();
+        if version >= 4 {
+            conn.execute_batch(MIGRATE_V4).unwrap();
+        }
+        meta_set(&conn, "schema_version", &version.to_string()).unwrap();
+        for r in [&a, &b] {
+            insert_v2_key(&conn, r).unwrap();
+            append(
+                &conn,
+                r.created_at().as_millis(),
+                Action::Created,
+                r.id(),
+                None,
+                None,
+            )
+            .unwrap();
+        }
+        // A revocation, whose seq is the log's last.
+        append(&conn, 3, Action::Revoked, b.id(), None, None).unwrap();
+        assert!(!column_exists(&conn, "keys", "rate_limit").unwrap());
     }
     let store = SqliteStore::open(&path).unwrap();
     {
@@ -1056,9 +1188,88 @@ async fn a_version_3_database_gains_the_usage_tables() {
             meta_get(&conn, "schema_version").unwrap().as_deref(),
             Some(SCHEMA_VERSION.to_string().as_str())
         );
+        for (column, _) in LIMIT_COLUMNS {
+            assert!(column_exists(&conn, "keys", column).unwrap(), "{column}");
+        }
+        assert!(table_exists(&conn, "credit_balances").unwrap());
         assert!(table_exists(&conn, "usage_minutes").unwrap());
         assert!(table_exists(&conn, "credit_leases").unwrap());
         assert!(table_exists(&conn, "usage_days").unwrap());
+        // The log's CHECK takes the new action (and still the old ones).
+        let changes: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'changes'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            changes.contains("'created', 'revoked', 'rolled', 'limits_changed')"),
+            "{changes}"
+        );
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for index in [
+            "keys_meter",
+            "changes_key_id",
+            "keys_creator_id",
+            "keys_rolled_from",
+            "usage_minutes_minute_ms",
+            "usage_days_day_ms",
+        ] {
+            assert!(indexes.iter().any(|i| i == index), "{index}: {indexes:?}");
+        }
+        // The plan of an update by meter uses the index.
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN UPDATE keys SET rate_limit = 1 WHERE COALESCE(meter_id, id) = 'x'")
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(plan.iter().any(|p| p.contains("keys_meter")), "{plan:?}");
     }
+    // The old rows read as keys without limits; the log kept its entries and
+    // its counter, and takes the new action.
+    assert_eq!(
+        store.get(a.id(), Scope::All).await.unwrap().unwrap().record,
+        a
+    );
+    let (events, _) = store.events(0, 10, Scope::All).await.unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2].action, Action::Revoked);
+    let five = keygate::RateLimit::new(5, std::time::Duration::from_secs(1)).unwrap();
+    let change = LimitsChange {
+        rate: Some(Some(five)),
+        credits: None,
+    };
+    let changed = store
+        .set_limits(a.id(), change, Scope::All, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].0, 4, "the log's counter survived the rebuild");
+    assert_eq!(changed[0].1.limits().rate, Some(five));
+    let (events, _) = store.events(3, 10, Scope::All).await.unwrap();
+    assert_eq!(events[0].action, Action::LimitsChanged);
+    // The step runs once; opening again changes nothing.
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.events(0, 10, Scope::All).await.unwrap().0.len(), 4);
+    // And it is idempotent: run again on a migrated database, it is a no-op.
+    {
+        let conn = raw(&store);
+        migrate_v5(&conn, "again").unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+    // The usage tables work as well.
     super::super::usage_tests::usage_round_trip(&store).await;
 }

@@ -12,8 +12,9 @@ use keygate::{Change, KeyId, KeyRecord, Meter, Refill, UnixMillis};
 use super::*;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport, LeaseWriteError, PoolView,
-    Pruned, Scope, Snapshot, Store, StoreError, StoredKey, UsageQuery, UsageRow,
+    CreditMeter, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport, LeaseWriteError,
+    LimitsChange, PoolView, Pruned, Scope, SetOrAdd, Snapshot, Store, StoreError, StoredKey,
+    UsageQuery, UsageRow,
 };
 
 pub(super) fn at(ms: i64) -> UnixMillis {
@@ -103,6 +104,35 @@ impl Store for Flaky {
         t: i64,
     ) -> Result<(u64, u64), StoreError> {
         self.inner.roll(old, new, scope, actor, t).await
+    }
+    async fn set_limits(
+        &self,
+        id: KeyId,
+        change: LimitsChange,
+        scope: Scope,
+        actor: Option<KeyId>,
+        t: i64,
+    ) -> Result<Vec<(u64, KeyRecord)>, StoreError> {
+        self.inner.set_limits(id, change, scope, actor, t).await
+    }
+    async fn change_credits(
+        &self,
+        meter: Meter,
+        op: SetOrAdd,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.change_credits(meter, op, now).await
+    }
+    async fn credit_balance(
+        &self,
+        meter: Meter,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.credit_balance(meter, now).await
+    }
+    async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.inner.is_rolled(id).await
     }
     async fn get(&self, id: KeyId, scope: Scope) -> Result<Option<StoredKey>, StoreError> {
         self.inner.get(id, scope).await
