@@ -359,6 +359,16 @@ impl<'a> Busy<'a> {
             .ok()
             .map(|_| Busy(flag))
     }
+
+    /// Waits for the store call in flight to end, then marks it busy.
+    async fn wait(flag: &'a AtomicBool) -> Busy<'a> {
+        loop {
+            if let Some(busy) = Busy::try_new(flag) {
+                return busy;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 impl Drop for Busy<'_> {
@@ -531,7 +541,11 @@ impl CreditLeases {
         };
         local.nudged.store(true, Ordering::Relaxed);
         local.bg().retry_at_ms = i64::MIN;
-        if let Err(e) = self.service(meter.id, &local, now.as_millis()).await {
+        let busy = Busy::wait(&local.busy).await;
+        if let Err(e) = self
+            .service_busy(meter.id, &local, now.as_millis(), busy)
+            .await
+        {
             tracing::debug!(meter = %meter.id, "cannot lease credits yet: {e}");
         }
     }
@@ -546,12 +560,7 @@ impl CreditLeases {
         let Some(local) = self.meters.get(meter_id).map(|l| Arc::clone(l.value())) else {
             return Ok(0);
         };
-        let _busy = loop {
-            if let Some(busy) = Busy::try_new(&local.busy) {
-                break busy;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        let _busy = Busy::wait(&local.busy).await;
         let refill = unpack_refill(local.leased_refill.load(Ordering::Acquire));
         let (period, taken, _) = local.take_above(0);
         // Even with nothing left, the write clears this instance's lease
@@ -741,12 +750,18 @@ impl CreditLeases {
     /// instances' leases.
     async fn renew(&self, locals: &[(KeyId, Arc<Local>)], now_ms: i64) -> Result<(), StoreError> {
         let now = UnixMillis::from_millis(now_ms);
+        // A meter with a lease write in flight (a create or a credit route
+        // leasing now) is left out this time: its report, read before that
+        // write commits, would undo the write's record of the lease. Each
+        // reported meter stays marked busy until the renewal commits.
+        let mut held = Vec::with_capacity(locals.len());
         let reports: Vec<LeaseReport> = locals
             .iter()
-            .map(|(id, local)| {
+            .filter_map(|(id, local)| {
+                held.push(Busy::try_new(&local.busy)?);
                 let refill = unpack_refill(local.leased_refill.load(Ordering::Acquire));
                 let (period, unspent) = unpack(local.word.load(Ordering::Acquire));
-                LeaseReport {
+                Some(LeaseReport {
                     meter_id: *id,
                     period,
                     unspent: if is_stale(local, refill, period, now) {
@@ -754,13 +769,15 @@ impl CreditLeases {
                     } else {
                         unspent
                     },
-                }
+                })
             })
             .collect();
         let pools = self
             .store
             .renew_leases(&self.instance, now_ms, self.ttl_ms(), &reports)
-            .await?;
+            .await;
+        drop(held);
+        let pools = pools?;
         self.counters.renewals.fetch_add(1, Ordering::Relaxed);
         for view in pools {
             if let Some(local) = self.meters.get(&view.meter_id) {
@@ -788,9 +805,20 @@ impl CreditLeases {
     /// One meter's turn: at most one lease or return write. Returns
     /// whether it wrote.
     async fn service(&self, id: KeyId, local: &Local, now_ms: i64) -> Result<bool, StoreError> {
-        let Some(_busy) = Busy::try_new(&local.busy) else {
+        let Some(busy) = Busy::try_new(&local.busy) else {
             return Ok(false);
         };
+        self.service_busy(id, local, now_ms, busy).await
+    }
+
+    /// [`CreditLeases::service`] with the meter marked busy by the caller.
+    async fn service_busy(
+        &self,
+        id: KeyId,
+        local: &Local,
+        now_ms: i64,
+        _busy: Busy<'_>,
+    ) -> Result<bool, StoreError> {
         let now = UnixMillis::from_millis(now_ms);
         let cfg = &self.config;
         // What was asked since the last look: spent plus refused.
