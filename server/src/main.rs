@@ -344,6 +344,12 @@ fn serve(
         let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
         let cache = KeyCache::new(pepper, snapshot.records.len());
         let seq = snapshot.seq;
+        // Every metered key family gets a credit lease before its first request.
+        let metered: Vec<_> = snapshot
+            .records
+            .iter()
+            .filter_map(|r| Some((r.meter(), r.limits().credits?.refill())))
+            .collect();
         cache.apply(
             snapshot
                 .records
@@ -360,6 +366,9 @@ fn serve(
             MintPolicy::Spec
         };
         let keys = Arc::new(Keys::new(cache, store));
+        for (meter, refill) in metered {
+            keys.credits().ensure(meter, refill);
+        }
         let state = Arc::new(AppState::new(Arc::clone(&keys), policy));
         if let Some((t, trusted)) = &table {
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
@@ -485,7 +494,8 @@ async fn run(
         table,
     );
     listen::serve(listener, router, limits, shutdown_signal()).await;
-    // Stop the follower; it writes the last uses once more.
+    // Stop the follower; it writes the last uses once more and hands every
+    // credit lease back (nothing is served any more).
     let _ = stop.send(true);
     match tokio::task::spawn_blocking(move || follower.join()).await {
         Ok(Ok(())) => {}

@@ -275,6 +275,46 @@ pub struct CreditDecision {
 }
 
 impl CreditDecision {
+    /// A decision made elsewhere: for credits kept outside a [`Limiter`]
+    /// (say, leased from a store shared by several instances), to build the
+    /// same [`Verdict`] and answers with [`Verdict::new`]. `retry_after`
+    /// is kept to the millisecond, as much as fits in a `u64`.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::CreditDecision;
+    /// let refused = CreditDecision::new(false, 0, Some(Duration::from_millis(1_500)));
+    /// assert!(!refused.allowed());
+    /// assert_eq!(refused.remaining(), 0);
+    /// assert_eq!(refused.retry_after(), Some(Duration::from_millis(1_500)));
+    /// ```
+    ///
+    /// [`Limiter`]: crate::Limiter
+    /// [`Verdict`]: crate::Verdict
+    /// [`Verdict::new`]: crate::Verdict::new
+    pub const fn new(
+        allowed: bool,
+        remaining: u64,
+        retry_after: Option<Duration>,
+    ) -> CreditDecision {
+        let retry_after_ms = match retry_after {
+            Some(wait) => {
+                let ms = wait.as_millis();
+                Some(if ms > u64::MAX as u128 {
+                    u64::MAX
+                } else {
+                    ms as u64
+                })
+            }
+            None => None,
+        };
+        CreditDecision {
+            allowed,
+            remaining,
+            retry_after_ms,
+        }
+    }
+
     /// Whether the request may go on.
     pub const fn allowed(&self) -> bool {
         self.allowed

@@ -473,6 +473,29 @@ impl Verdict {
         credits: None,
     };
 
+    /// A verdict of decisions made elsewhere: say, the rate limit by a
+    /// [`Limiter`] and the credits by a store shared by several instances
+    /// ([`CreditDecision::new`]), so that [`Verdict::result`] and the
+    /// answers built from the verdict are the same as the [`Limiter`]'s. As
+    /// in [`Limiter::check`], a caller should spend credits only once the
+    /// rate limit has passed.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use keygate::{CreditDecision, Refusal, Verdict};
+    /// let credits = CreditDecision::new(false, 0, Some(Duration::from_secs(1)));
+    /// let verdict = Verdict::new(None, Some(credits));
+    /// assert_eq!(
+    ///     verdict.result(),
+    ///     Err(Refusal::CreditsExhausted { retry_after: Some(Duration::from_secs(1)) })
+    /// );
+    /// assert_eq!(verdict.credits().map(|c| c.remaining()), Some(0));
+    /// assert!(Verdict::new(None, None).is_unlimited());
+    /// ```
+    pub const fn new(rate: Option<RateDecision>, credits: Option<CreditDecision>) -> Verdict {
+        Verdict { rate, credits }
+    }
+
     /// Allowed, or why not: the rate limit is checked first.
     #[inline]
     pub fn result(&self) -> Result<(), Refusal> {

@@ -652,7 +652,7 @@ pub async fn credits(
     };
     let now = keygate::UnixMillis::from_millis(system_now_ms());
     store
-        .set_credits(record.meter(), op, now)
+        .change_credits(record.meter(), op, now)
         .await
         .map_err(store_err)?;
     print_limits(&*store, &record).await

@@ -171,7 +171,7 @@ pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Reque
     }
     // Authenticated (401) and in scope (403): now the rate limit, then the
     // credits (429).
-    let verdict = state.cache().check_limits(&principal.id(), now_ms, cost);
+    let verdict = state.keys().check_limits(&principal.id(), now_ms, cost);
     state
         .counts()
         .record(principal.id(), now_ms, Outcome::of(&verdict));

@@ -111,6 +111,8 @@ async fn mint_and_store(
         keygate::UnixMillis::from_millis(now_ms),
     );
     let record: KeyRecord = minted.record().clone();
+    let credits = record.limits().credits;
+    let meter = record.meter();
     match state
         .store()
         .create(&record, Some(caller.id()), now_ms)
@@ -120,6 +122,18 @@ async fn mint_and_store(
             state.cache().apply([Change::upsert(seq, record)]);
         }
         Err(e) => return store_error(&e, "cannot store the key"),
+    }
+    // A key with credits: this instance leases from its meter now (the
+    // create wrote a new meter's pool in its transaction), so the key's
+    // first request here finds credits; other instances lease when its
+    // change arrives.
+    if let Some(credits) = credits {
+        let now = keygate::UnixMillis::from_millis(now_ms);
+        state
+            .keys()
+            .credits()
+            .ensure_now(meter, credits.refill(), now)
+            .await;
     }
     match serde_json::to_vec(&keygate::wire::CreatedKeyView::from(minted)) {
         Ok(body) => {

@@ -258,7 +258,7 @@ pub fn forward_auth(state: &AppState, request: &Request) -> Option<Response> {
         Ok((principal, route)) => {
             // The key's limits, at the route's cost (a public route spends nothing).
             let verdict = match &principal {
-                Some(p) => state.cache().check_limits(&p.id(), now_ms, route.cost()),
+                Some(p) => state.keys().check_limits(&p.id(), now_ms, route.cost()),
                 None => keygate::Verdict::UNLIMITED,
             };
             if let Some(p) = &principal {

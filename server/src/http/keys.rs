@@ -130,7 +130,7 @@ pub async fn list(
         .await
     {
         Ok(page) => {
-            let keys = page.keys.iter().map(|key| state.key_view(key)).collect();
+            let keys = state.key_views(&page.keys).await;
             let body = KeyListView {
                 keys,
                 has_more: page.has_more,
@@ -171,7 +171,8 @@ pub async fn get_key(
     };
     match state.store().get(id, scope).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => {
-            ok_json(StatusCode::OK, &state.key_view(&key), caller)
+            let view = state.key_view(&key).await;
+            ok_json(StatusCode::OK, &view, caller)
         }
         Ok(_) => with_caller(problem(StatusCode::NOT_FOUND, "no such key"), caller),
         Err(e) => with_caller(store_error(&e, "cannot read the key"), caller),

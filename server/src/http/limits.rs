@@ -236,11 +236,35 @@ pub async fn patch(
         Err(refused) => return refused,
     };
     let id = key.record.id();
-    let changed = match state
+    let meter = key.record.meter();
+    let now = now_ms();
+    let leases = state.keys().credits();
+    // New credits set the meter's total: this instance's lease goes back
+    // first, so that on one instance the total is exactly the new grant.
+    if change.credits.is_some() {
+        if let Err(e) = leases
+            .reclaim(&meter.id, UnixMillis::from_millis(now))
+            .await
+        {
+            tracing::warn!(meter = %meter.id, "cannot hand a credit lease back: {e}");
+        }
+    }
+    let result = state
         .store()
-        .set_limits(id, change, scope, Some(caller.id()), now_ms())
-        .await
-    {
+        .set_limits(id, change, scope, Some(caller.id()), now)
+        .await;
+    let credits = match &result {
+        Ok(changed) => changed.first().and_then(|(_, r)| r.limits().credits),
+        Err(_) => key.record.limits().credits,
+    };
+    // Leased for again now (under the new refill, if it changed); a meter
+    // whose credits went hands its lease back.
+    if let Some(credits) = credits {
+        leases
+            .ensure_now(meter, credits.refill(), UnixMillis::from_millis(now))
+            .await;
+    }
+    let changed = match result {
         Ok(changed) => changed,
         Err(e) => return with_caller(store_error(&e, "cannot change the limits"), caller),
     };
@@ -253,11 +277,13 @@ pub async fn patch(
             .into_iter()
             .map(|(seq, record)| Change::upsert(seq, record)),
     );
+    state.keys().release_meters();
     let key = StoredKey {
         record: record.unwrap_or(key.record),
         ..key
     };
-    ok_json(StatusCode::OK, &state.key_view(&key), caller)
+    let view = state.key_view(&key).await;
+    ok_json(StatusCode::OK, &view, caller)
 }
 
 /// `POST /v1/keys/{id}/credits` with `{"set": N}` or `{"add": N}`: changes
@@ -297,7 +323,18 @@ pub async fn credits(
         return with_caller(problem(StatusCode::CONFLICT, &detail), caller);
     }
     let now = UnixMillis::from_millis(now_ms());
-    match state.store().set_credits(key.record.meter(), op, now).await {
+    let meter = key.record.meter();
+    let refill = key.record.limits().credits.and_then(|c| c.refill());
+    // This instance's lease goes back first, so that the total the answer
+    // reports (the pool plus the live leases) is exact on one instance;
+    // then it leases anew at once.
+    let leases = state.keys().credits();
+    if let Err(e) = leases.reclaim(&meter.id, now).await {
+        tracing::warn!(meter = %meter.id, "cannot hand a credit lease back: {e}");
+    }
+    let result = state.store().change_credits(meter, op, now).await;
+    leases.ensure_now(meter, refill, now).await;
+    match result {
         Ok(remaining) => ok_json(StatusCode::OK, &BalanceView { remaining }, caller),
         Err(e) => with_caller(store_error(&e, "cannot change the credits"), caller),
     }

@@ -1,12 +1,14 @@
 //! The state every handler reads: the synchronised keys and the policy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use keygate::tower::Authenticate;
-use keygate::{AuthError, MintPolicy, Principal};
+use keygate::{AuthError, KeyId, MintPolicy, Principal};
 
+use crate::clock::now_ms;
 use crate::http::view::{CreditsView, KeyView};
-use crate::store::{Store, StoredKey};
+use crate::store::{CreditMeter, Store, StoredKey};
 use crate::sync::cache::KeyCache;
 use crate::sync::counts::Counts;
 use crate::sync::usage::Usage;
@@ -61,20 +63,57 @@ impl AppState {
     /// The view of a stored key, as every answer that carries one shows it:
     /// with the last use noted in memory, and its credits as
     /// [`AppState::credits_view`] reports them.
-    pub fn key_view(&self, key: &StoredKey) -> KeyView {
-        KeyView::of(
-            key,
-            self.usage().last_used(&key.record.id()),
-            self.credits_view(key),
-        )
+    pub async fn key_view(&self, key: &StoredKey) -> KeyView {
+        let credits = self.credits_view(key).await;
+        KeyView::of(key, self.usage().last_used(&key.record.id()), credits)
+    }
+
+    /// [`AppState::key_view`] of each key of a page, reading each meter's
+    /// credits once.
+    pub async fn key_views(&self, keys: &[StoredKey]) -> Vec<KeyView> {
+        let mut meters: HashMap<KeyId, Option<CreditsView>> = HashMap::new();
+        let mut views = Vec::with_capacity(keys.len());
+        for key in keys {
+            let meter = key.record.meter().id;
+            let credits = match meters.get(&meter) {
+                Some(credits) => *credits,
+                None => {
+                    let credits = self.credits_view(key).await;
+                    meters.insert(meter, credits);
+                    credits
+                }
+            };
+            views.push(KeyView::of(
+                key,
+                self.usage().last_used(&key.record.id()),
+                credits,
+            ));
+        }
+        views
     }
 
     /// The credits a key view shows: the one place that decides what
-    /// `remaining` reports. For now the configured grant
-    /// ([`CreditsView::configured`]); the live balance (the store's,
-    /// less what is leased out) plugs in here.
-    pub fn credits_view(&self, key: &StoredKey) -> Option<CreditsView> {
-        CreditsView::configured(&key.record)
+    /// `remaining` reports. The meter's total as of now: its pool plus
+    /// what the live leases held at their last renewal (at most a second
+    /// old; [`Store::credit_total`]). The configured grant where the store
+    /// has no pool for the meter, or cannot answer (logged).
+    pub async fn credits_view(&self, key: &StoredKey) -> Option<CreditsView> {
+        let configured = CreditsView::configured(&key.record)?;
+        let meter = CreditMeter {
+            meter: key.record.meter(),
+            refill: configured.refill,
+        };
+        match self.store().credit_total(meter, now_ms()).await {
+            Ok(Some(remaining)) => Some(CreditsView {
+                remaining,
+                ..configured
+            }),
+            Ok(None) => Some(configured),
+            Err(e) => {
+                tracing::warn!(meter = %meter.meter.id, "cannot read a meter's credits: {e}");
+                Some(configured)
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! store (SQLite's tests and PostgreSQL's run it): limits and meters
 //! round-trip through the columns, a limited key's children and its roll
 //! share its meter, `set_limits` changes every key of a meter in one go and
-//! logs each, and the balance arithmetic of `set_credits`.
+//! logs each, and the balance arithmetic of `change_credits`.
 
 use core::time::Duration;
 
@@ -214,26 +214,26 @@ pub(super) async fn limits_live_on_the_meter(store: &dyn Store) {
     let meter = a2.meter();
     let t = 6_000;
     assert_eq!(
-        store.set_credits(meter, SetOrAdd::Add(-30), at(t)).await,
+        store.change_credits(meter, SetOrAdd::Add(-30), at(t)).await,
         Ok(70)
     );
     assert_eq!(
-        store.set_credits(meter, SetOrAdd::Set(7), at(t)).await,
+        store.change_credits(meter, SetOrAdd::Set(7), at(t)).await,
         Ok(7)
     );
     assert_eq!(
-        store.set_credits(meter, SetOrAdd::Add(-8), at(t)).await,
+        store.change_credits(meter, SetOrAdd::Add(-8), at(t)).await,
         Ok(0)
     );
     assert_eq!(
         store
-            .set_credits(meter, SetOrAdd::Add(i64::MAX), at(t))
+            .change_credits(meter, SetOrAdd::Add(i64::MAX), at(t))
             .await,
         Ok(MAX_CREDITS)
     );
     assert_eq!(
         store
-            .set_credits(meter, SetOrAdd::Set(u64::MAX), at(t))
+            .change_credits(meter, SetOrAdd::Set(u64::MAX), at(t))
             .await,
         Ok(MAX_CREDITS)
     );
@@ -250,7 +250,7 @@ pub(super) async fn limits_live_on_the_meter(store: &dyn Store) {
     assert_eq!(store.credit_balance(meter, at(62_000)).await, Ok(Some(50)));
     assert_eq!(
         store
-            .set_credits(meter, SetOrAdd::Add(-20), at(70_000))
+            .change_credits(meter, SetOrAdd::Add(-20), at(70_000))
             .await,
         Ok(30)
     );
@@ -271,7 +271,7 @@ pub(super) async fn limits_live_on_the_meter(store: &dyn Store) {
     assert_eq!(store.credit_balance(meter, at(130_000)).await, Ok(Some(20)));
     assert_eq!(
         store
-            .set_credits(meter, SetOrAdd::Add(-5), at(130_000))
+            .change_credits(meter, SetOrAdd::Add(-5), at(130_000))
             .await,
         Ok(15)
     );
@@ -292,7 +292,7 @@ pub(super) async fn limits_live_on_the_meter(store: &dyn Store) {
     assert_eq!(store.credit_balance(meter, at(132_000)).await, Ok(None));
     conflict(
         store
-            .set_credits(meter, SetOrAdd::Set(1), at(132_000))
+            .change_credits(meter, SetOrAdd::Set(1), at(132_000))
             .await,
         "no credits",
     );

@@ -7,6 +7,7 @@
 //! entry names a key, and [`Store::changes_since`] turns entries into
 //! [`keygate::Change`]s from the key's current row.
 
+pub mod lease;
 pub mod pepper;
 pub mod postgres;
 pub mod sqlite;
@@ -18,13 +19,15 @@ use keygate::{
 };
 use serde::Serialize;
 
+pub use lease::{CreditMeter, Expired, Lease, LeaseReport, LeaseWriteError, PoolView};
+
 /// The newest schema this binary knows. Version 3 added `keys.rolled_from`
 /// (the key a rolled key replaced), which carries lineage through rolls;
 /// version 4 the usage counts (`usage_minutes`, `usage_days`); version 5
 /// the limit columns of `keys` (a key's rate limit, its credits and the
 /// meter it is charged to), `credit_balances`, and the `limits_changed`
-/// action.
-pub const SCHEMA_VERSION: i64 = 5;
+/// action; version 6 the credit leases (`credit_leases`; see [`lease`]).
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// What went wrong in a store, by what the caller should do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,19 +389,6 @@ pub enum SetOrAdd {
     Add(i64),
 }
 
-impl SetOrAdd {
-    /// The balance after this change of `remaining`.
-    pub fn apply(self, remaining: u64) -> u64 {
-        match self {
-            SetOrAdd::Set(n) => n.min(MAX_CREDITS),
-            SetOrAdd::Add(delta) => {
-                let sum = i128::from(remaining) + i128::from(delta);
-                u64::try_from(sum.clamp(0, i128::from(MAX_CREDITS))).unwrap_or(0)
-            }
-        }
-    }
-}
-
 /// The balance a meter starts with when its credits are configured at
 /// `now`: the configured grant, in the refill period of `now`.
 pub fn fresh_balance(credits: &Credits, since: UnixMillis, now: UnixMillis) -> CreditBalance {
@@ -753,9 +743,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the rate limit and/or the credits (`change`) of every key
     /// charged to the meter of `id` (the keys whose `COALESCE(meter_id, id)`
     /// is its meter's), revoked ones included, in one transaction, with a
-    /// `limits_changed` event for each live one. Credits that change start
-    /// the meter's balance afresh at their grant (in the refill period of
-    /// `at_ms`); removed credits drop it; the same credits again keep it.
+    /// `limits_changed` event for each live one. Credits that change set
+    /// the meter's total afresh to their grant (in the refill period of
+    /// `at_ms`): the pool gets the grant less what the live leases hold, as
+    /// [`Store::change_credits`] sets it; removed credits drop the pool and
+    /// its leases; the same credits again keep them.
     ///
     /// Fails with [`StoreError::NotFound`] if `id` is unknown, revoked or
     /// outside `scope`, with [`StoreError::Conflict`] if `id` was rolled
@@ -772,20 +764,25 @@ pub trait Store: Send + Sync + 'static {
         at_ms: i64,
     ) -> Result<Vec<(u64, KeyRecord)>, StoreError>;
 
-    /// Sets or adds to the balance of `meter` as of `now` (refilled first,
-    /// then changed, clamped to `0..=MAX_CREDITS`), and returns it. The
-    /// meter's credits must be configured ([`StoreError::Conflict`]
-    /// otherwise). (Outstanding leases, when there are some, are the
-    /// balance's business too: this is the one place that writes it.)
-    async fn set_credits(
+    /// Sets or adds to the credits of `meter` as of `now`, and returns its
+    /// new total: the pool plus what the live leases of the current period
+    /// hold ([`lease`]). A set gives the pool the amount less what the
+    /// leases hold (they stay with their instances; an instance hands its
+    /// own back first to make a set exact, `CreditLeases::reclaim`); an add
+    /// goes to the pool (refilled first), and a negative one takes from the
+    /// pool only; both clamped to `0..=MAX_CREDITS`. The meter's credits
+    /// must be configured, read in the same transaction
+    /// ([`StoreError::Conflict`] otherwise), and give the refill.
+    async fn change_credits(
         &self,
         meter: Meter,
         op: SetOrAdd,
         now: UnixMillis,
     ) -> Result<u64, StoreError>;
 
-    /// The balance of `meter` as of `now`, refilled; `None` when the meter
-    /// has no credits configured.
+    /// The credits of `meter` as of `now`, refilled: the pool plus what the
+    /// live leases of the current period held at their last renewal (at
+    /// most a second old); `None` when the meter has no credits configured.
     async fn credit_balance(
         &self,
         meter: Meter,
@@ -894,6 +891,108 @@ pub trait Store: Send + Sync + 'static {
     /// message that says the pepper file does not belong to this database.
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError>;
 
+    /// Moves up to `want` credits of `meter`'s pool to `instance`'s lease,
+    /// in one transaction with the pool row locked: first the pool is
+    /// refilled to the period of `now_ms` (leases of older periods are void
+    /// and deleted); then [`lease::grant`] decides how much (`want` while
+    /// the pool holds twice that, half of what is left below, at least
+    /// `need` if there), and the lease row gets it (added when the row is
+    /// of the same period, replaced otherwise) with a time-to-live of
+    /// `ttl_ms`. A meter without a pool row grants nothing.
+    async fn lease_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        want: u64,
+        need: u64,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, LeaseWriteError>;
+
+    /// Hands `amount` credits of refill period `period` back from
+    /// `instance` to the pool, if the pool (refilled as of `now_ms`) is
+    /// still in that period, clamped at [`keygate::MAX_CREDITS`]; returns
+    /// whether they went back (else they lapsed with the refill). The lease
+    /// row, if of that period, is set to `kept` (what the instance still
+    /// holds), or deleted when that is 0.
+    async fn return_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        amount: u64,
+        period: u64,
+        kept: u64,
+        now_ms: i64,
+    ) -> Result<bool, LeaseWriteError>;
+
+    /// Extends every lease of `instance` to `now_ms + ttl_ms` and records
+    /// each reported lease's unspent credits (a row with nothing left goes;
+    /// a row that expired while the instance could not reach the store is
+    /// written again). Returns the pools of the reported meters, in one
+    /// transaction.
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        reports: &[LeaseReport],
+    ) -> Result<Vec<PoolView>, StoreError>;
+
+    /// Deletes the leases whose time-to-live passed before `now_ms`: their
+    /// instances crashed or cannot reach the store. **Forfeited, never
+    /// returned** (see [`lease`]). Also deletes lease rows of a period
+    /// their pool has left.
+    async fn expire_leases(&self, now_ms: i64) -> Result<Expired, StoreError>;
+
+    /// The meter's credits as of `now_ms`: the pool (refilled) plus what
+    /// the live leases of the current period held when last reported.
+    /// `None` without a pool row.
+    async fn credit_total(
+        &self,
+        meter: CreditMeter,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Sets the meter's credits to `remaining` as of `now_ms` (clamped at
+    /// [`keygate::MAX_CREDITS`]), creating the pool row if there is none:
+    /// the pool gets `remaining` less what the live leases of the current
+    /// period hold as last reported (they stay with their instances), and
+    /// the current period of `meter`'s refill (so a changed refill starts
+    /// counting now; leases of another period are void and deleted).
+    /// Returns the new total.
+    // The pool arithmetic the tests set pools with; the server changes
+    // credits through `change_credits` and `set_limits`, which do the same
+    // inside their transactions.
+    #[cfg(test)]
+    async fn set_credits(
+        &self,
+        meter: CreditMeter,
+        remaining: u64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Adds `delta` credits (negative takes away, from the pool only,
+    /// clamped at 0 and at [`keygate::MAX_CREDITS`]) to the meter's pool as
+    /// of `now_ms` (refilled first). Returns the new total; `None` without a
+    /// pool row.
+    // The pool arithmetic the tests set pools with; the server changes
+    // credits through `change_credits` and `set_limits`, which do the same
+    // inside their transactions.
+    #[cfg(test)]
+    async fn add_credits(
+        &self,
+        meter: CreditMeter,
+        delta: i64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Whether several instances may share this store (PostgreSQL): credit
+    /// leases then spread a meter's credits over them; alone (SQLite), one
+    /// instance holds them (`crate::sync::credits`).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// A signal that new changes may be in the log (PostgreSQL's `NOTIFY`),
     /// so the follower polls at once instead of at its next tick. `None`
     /// where the store has no such signal; the follower polls either way.
@@ -910,6 +1009,16 @@ pub trait Store: Send + Sync + 'static {
     clippy::indexing_slicing
 )]
 mod model_tests;
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+pub(crate) mod lease_tests;
 
 #[cfg(test)]
 #[allow(

@@ -27,8 +27,6 @@
 //!   its own), indexed by `COALESCE(meter_id, id)`. Ids compare bytewise
 //!   (`COLLATE "C"`), so `GET /v1/keys` pages in the same order as on
 //!   SQLite.
-//! * `credit_balances(meter_id, remaining, period)`: each meter's balance
-//!   and the refill period it belongs to (version 5).
 //! * `changes(seq, at_ms, action, key_id, actor_id, new_key_id)`: the
 //!   change log, which is also the audit log.
 //! * `meta(schema_version, pepper_fingerprint)`: one row; the fingerprint
@@ -52,6 +50,14 @@
 //!   of PostgreSQL, not on standbys), outside the numbered migrations
 //!   (created where missing at every start, under the migration lock).
 
+//! * `credit_balances(meter_id, remaining, period)` (version 5) and
+//!   `credit_leases(meter_id, instance_id, period, amount, expires_at_ms)`
+//!   (version 6): each meter's pool of unleased credits and the refill
+//!   period it belongs to, and the credits each instance holds of it
+//!   (`store::lease`); the balance is the pool plus the leases. A lease
+//!   write locks the
+//!   pool row `FOR UPDATE`, so concurrent grants from several instances
+//!   never hand out more than the pool holds.
 //!
 //! Migrations run in [`PgStore::connect`], in one transaction that first
 //! takes a transaction-level advisory lock: instances that start together
@@ -108,11 +114,15 @@ use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
+use super::lease::{
+    add, col, credits, grant, period_col, period_now, period_of, refilled, PoolRow,
+};
 use super::{
     balance_at, fresh_balance, no_credits, rolled_target, usage_cutoffs, Action, Bucket,
-    DemandReport, Event, KeyPage, KeyUsage, LimitColumns, LimitsChange, PeerDemand, Pruned, Scope,
-    SetOrAdd, Snapshot, Store, StoreError, StoredKey, UsageBucket, UsageCounts, UsageQuery,
-    UsageRow, DAY_MS, SCHEMA_VERSION,
+    CreditMeter, DemandReport, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport,
+    LeaseWriteError, LimitColumns, LimitsChange, PeerDemand, PoolView, Pruned, Scope, SetOrAdd,
+    Snapshot, Store, StoreError, StoredKey, UsageBucket, UsageCounts, UsageQuery, UsageRow, DAY_MS,
+    SCHEMA_VERSION,
 };
 
 /// The channel every write notifies and every listener listens on.
@@ -239,6 +249,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     "#,
     ),
     (5, MIGRATE_V5),
+    // The credit leases stand alone (every part `IF NOT EXISTS`), so the
+    // step may follow any other and be renumbered.
+    (6, MIGRATE_LEASES),
 ];
 
 /// Per-key limits: a key's rate limit, credits (the configured grant and
@@ -264,6 +277,28 @@ const MIGRATE_V5: &str = r#"
     ALTER TABLE changes ADD CONSTRAINT changes_action_check
         CHECK (action IN ('created', 'revoked', 'rolled', 'limits_changed'));
     "#;
+
+/// Credit pools and leases (`store::lease`): each meter's pool of unleased
+/// credits and the refill period it belongs to (version 5 creates the pool
+/// table, of the same shape; a database that skipped it gets it here), and
+/// the credits each instance holds on lease.
+const MIGRATE_LEASES: &str = r#"
+    CREATE TABLE IF NOT EXISTS credit_balances (
+        meter_id TEXT COLLATE "C" PRIMARY KEY,
+        remaining BIGINT NOT NULL,
+        period BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS credit_leases (
+        meter_id TEXT COLLATE "C" NOT NULL,
+        instance_id TEXT COLLATE "C" NOT NULL,
+        period BIGINT NOT NULL,
+        amount BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (meter_id, instance_id)
+    );
+    CREATE INDEX IF NOT EXISTS credit_leases_instance ON credit_leases (instance_id);
+    CREATE INDEX IF NOT EXISTS credit_leases_expires ON credit_leases (expires_at_ms);
+"#;
 
 /// Key storage in PostgreSQL, shared by any number of instances. See the
 /// module documentation.
@@ -482,6 +517,50 @@ macro_rules! write_tx {
                 }
                 Err(WriteError::Db(e)) => break Err(db_error(e)),
                 Err(WriteError::Store(e)) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// [`write_tx`] for a lease write, whose caller must know whether a failed
+/// write may have committed: an error while committing that PostgreSQL did
+/// not answer (the connection dropped) is `maybe_applied`; every error
+/// before it rolled the transaction back.
+macro_rules! lease_tx {
+    ($store:expr, $tx:ident => $body:block) => {{
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut client = $store.client().await?;
+            let owned = client.transaction().await.map_err(db_error)?;
+            let result: Result<_, WriteError> = async {
+                let $tx = &owned;
+                $body
+            }
+            .await;
+            let value = match result {
+                Ok(value) => value,
+                Err(WriteError::Db(e)) if is_retryable(&e) && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!("lease write conflict, retrying: {e}");
+                    continue;
+                }
+                Err(WriteError::Db(e)) if is_retryable(&e) => {
+                    break Err(LeaseWriteError::from(StoreError::Unavailable(format!(
+                        "write conflict after {WRITE_ATTEMPTS} attempts: {}",
+                        describe(&e)
+                    ))))
+                }
+                Err(WriteError::Db(e)) => break Err(db_error(e).into()),
+                Err(WriteError::Store(e)) => break Err(e.into()),
+            };
+            match owned.commit().await {
+                Ok(()) => break Ok(value),
+                Err(e) => {
+                    break Err(LeaseWriteError {
+                        maybe_applied: e.as_db_error().is_none(),
+                        error: db_error(e),
+                    })
+                }
             }
         }
     }};
@@ -989,6 +1068,129 @@ fn fail_closed(corrupt: &std::sync::atomic::AtomicU64, seq: u64, key_id: &str, w
     );
 }
 
+/// The pool row of `meter_id`, locked `FOR UPDATE` until the transaction
+/// ends, if there is one.
+async fn lock_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter_id: KeyId,
+) -> Result<Option<PoolRow>, WriteError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT remaining, period FROM credit_balances WHERE meter_id = $1 FOR UPDATE",
+        )
+        .await?;
+    Ok(tx
+        .query_opt(&stmt, &[&meter_id.as_str()])
+        .await?
+        .map(|r| (credits(r.get(0)), period_of(r.get(1)))))
+}
+
+async fn write_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter_id: KeyId,
+    pool: PoolRow,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO credit_balances (meter_id, remaining, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (meter_id) DO UPDATE \
+             SET remaining = excluded.remaining, period = excluded.period",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&meter_id.as_str(), &col(pool.0), &period_col(pool.1)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the meter's leases of any period but `period`: void.
+/// Sets `meter`'s credits to `remaining` inside `tx` ([`Store::set_credits`]):
+/// the pool gets `remaining` less what the live leases of the current period
+/// hold (they stay with their instances), in the current period of the
+/// meter's refill as given; leases of another period are void. Returns the
+/// new total.
+async fn set_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter: CreditMeter,
+    remaining: u64,
+    now_ms: i64,
+) -> Result<u64, WriteError> {
+    let id = meter.meter.id;
+    let stored = lock_pool(tx, id).await?.map_or(0, |(_, p)| p);
+    // The period of the refill as given, not at least the stored one: a
+    // changed interval numbers its periods anew.
+    let period = meter.refill.map_or(stored, |r| {
+        r.period_at(meter.meter.since, UnixMillis::from_millis(now_ms))
+    });
+    void_others(tx, id, period).await?;
+    let held = leased(tx, id, period, "", now_ms).await?;
+    let pool = remaining.min(keygate::MAX_CREDITS).saturating_sub(held);
+    write_pool(tx, id, (pool, period)).await?;
+    Ok(add(pool, held))
+}
+
+/// Adds `delta` to `meter`'s pool inside `tx` ([`Store::add_credits`]),
+/// refilled first, clamped at 0 and [`keygate::MAX_CREDITS`]; the new total,
+/// or `None` without a pool row.
+async fn add_pool(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter: CreditMeter,
+    delta: i64,
+    now_ms: i64,
+) -> Result<Option<u64>, WriteError> {
+    let id = meter.meter.id;
+    let Some(row) = lock_pool(tx, id).await? else {
+        return Ok(None);
+    };
+    let ((remaining, period), refill) = refilled(row, meter, now_ms);
+    if refill {
+        void_others(tx, id, period).await?;
+    }
+    let sum = i128::from(remaining) + i128::from(delta);
+    let pool = u64::try_from(sum.clamp(0, i128::from(keygate::MAX_CREDITS))).unwrap_or(0);
+    write_pool(tx, id, (pool, period)).await?;
+    let held = leased(tx, id, period, "", now_ms).await?;
+    Ok(Some(add(pool, held)))
+}
+
+async fn void_others(
+    tx: &deadpool_postgres::Transaction<'_>,
+    meter_id: KeyId,
+    period: u64,
+) -> Result<(), WriteError> {
+    let stmt = tx
+        .prepare_cached("DELETE FROM credit_leases WHERE meter_id = $1 AND period <> $2")
+        .await?;
+    tx.execute(&stmt, &[&meter_id.as_str(), &period_col(period)])
+        .await?;
+    Ok(())
+}
+
+/// What the live leases of `period` hold, as last known, but `except`'s.
+async fn leased<C: GenericClient>(
+    client: &C,
+    meter_id: KeyId,
+    period: u64,
+    except: &str,
+    now_ms: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT COALESCE(SUM(amount), 0)::bigint FROM credit_leases \
+             WHERE meter_id = $1 AND period = $2 AND instance_id <> $3 AND expires_at_ms >= $4",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[&meter_id.as_str(), &period_col(period), &except, &now_ms],
+        )
+        .await?;
+    Ok(credits(row.get(0)))
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn create(
@@ -1205,14 +1407,26 @@ impl Store for PgStore {
             let now = UnixMillis::from_millis(at_ms);
             match new.credits {
                 None => {
-                    let drop_balance = tx
-                        .prepare_cached("DELETE FROM credit_balances WHERE meter_id = $1")
-                        .await?;
-                    tx.execute(&drop_balance, &[&meter.id.as_str()]).await?;
+                    for text in [
+                        "DELETE FROM credit_balances WHERE meter_id = $1",
+                        "DELETE FROM credit_leases WHERE meter_id = $1",
+                    ] {
+                        let drop = tx.prepare_cached(text).await?;
+                        tx.execute(&drop, &[&meter.id.as_str()]).await?;
+                    }
+                }
+                // Changed credits: the meter's total (its pool plus the
+                // live leases) becomes their grant.
+                Some(credits) if old.credits != Some(credits) => {
+                    let m = CreditMeter {
+                        meter,
+                        refill: credits.refill(),
+                    };
+                    set_pool(tx, m, credits.remaining(), at_ms).await?;
                 }
                 Some(credits) => {
                     let balance = fresh_balance(&credits, meter.since, now);
-                    write_balance(tx, meter.id, balance, old.credits != Some(credits)).await?;
+                    write_balance(tx, meter.id, balance, false).await?;
                 }
             }
             let others = tx
@@ -1255,30 +1469,31 @@ impl Store for PgStore {
         })
     }
 
-    async fn set_credits(
+    async fn change_credits(
         &self,
         meter: Meter,
         op: SetOrAdd,
         now: UnixMillis,
     ) -> Result<u64, StoreError> {
+        let now_ms = now.as_millis();
         write_tx!(self, tx => {
             let credits = meter_credits(tx, meter.id, true)
                 .await?
                 .ok_or_else(no_credits)?;
-            // A row to lock, where the meter has none yet: the grant in
-            // the first period, as `balance_at` reads a missing one.
-            write_balance(tx, meter.id, CreditBalance::new(credits.remaining()), false).await?;
-            let stmt = tx
-                .prepare_cached(
-                    "SELECT remaining, period FROM credit_balances WHERE meter_id = $1 FOR UPDATE",
-                )
-                .await?;
-            let row = tx.query_one(&stmt, &[&meter.id.as_str()]).await?;
-            let stored = (row.get::<_, i64>(0), row.get::<_, i64>(1));
-            let mut balance = balance_at(Some(stored), &credits, meter.since, now);
-            balance.remaining = op.apply(balance.remaining);
-            write_balance(tx, meter.id, balance, true).await?;
-            Ok(balance.remaining)
+            let m = CreditMeter {
+                meter,
+                refill: credits.refill(),
+            };
+            match op {
+                SetOrAdd::Set(n) => set_pool(tx, m, n, now_ms).await,
+                SetOrAdd::Add(delta) => {
+                    // A pool where the meter has none yet: its grant, as
+                    // `balance_at` reads a missing one.
+                    let fresh = balance_at(None, &credits, meter.since, now);
+                    write_balance(tx, meter.id, fresh, false).await?;
+                    Ok(add_pool(tx, m, delta, now_ms).await?.unwrap_or(0))
+                }
+            }
         })
     }
 
@@ -1287,25 +1502,23 @@ impl Store for PgStore {
         meter: Meter,
         now: UnixMillis,
     ) -> Result<Option<u64>, StoreError> {
-        let client = self.client().await?;
-        let credits = match meter_credits(&client, meter.id, false).await {
-            Ok(Some(credits)) => credits,
-            Ok(None) => return Ok(None),
-            Err(WriteError::Db(e)) => return Err(db_error(e)),
-            Err(WriteError::Store(e)) => return Err(e),
+        let credits = {
+            let client = self.client().await?;
+            match meter_credits(&client, meter.id, false).await {
+                Ok(Some(credits)) => credits,
+                Ok(None) => return Ok(None),
+                Err(WriteError::Db(e)) => return Err(db_error(e)),
+                Err(WriteError::Store(e)) => return Err(e),
+            }
         };
-        let stmt = client
-            .prepare_cached("SELECT remaining, period FROM credit_balances WHERE meter_id = $1")
-            .await
-            .map_err(db_error)?;
-        let stored = client
-            .query_opt(&stmt, &[&meter.id.as_str()])
-            .await
-            .map_err(db_error)?
-            .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)));
-        Ok(Some(
-            balance_at(stored, &credits, meter.since, now).remaining,
-        ))
+        let m = CreditMeter {
+            meter,
+            refill: credits.refill(),
+        };
+        Ok(Some(match self.credit_total(m, now.as_millis()).await? {
+            Some(total) => total,
+            None => balance_at(None, &credits, meter.since, now).remaining,
+        }))
     }
 
     async fn is_rolled(&self, id: KeyId) -> Result<bool, StoreError> {
@@ -1925,6 +2138,274 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn lease_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        want: u64,
+        need: u64,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, LeaseWriteError> {
+        let id = meter.meter.id;
+        lease_tx!(self, tx => {
+            let Some(row) = lock_pool(tx, id).await? else {
+                return Ok(Lease {
+                    period: period_now(meter, 0, now_ms),
+                    ..Lease::default()
+                });
+            };
+            let ((remaining, period), refill) = refilled(row, meter, now_ms);
+            if refill {
+                void_others(tx, id, period).await?;
+            }
+            let granted = grant(remaining, want, need);
+            if granted > 0 {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO credit_leases \
+                             (meter_id, instance_id, period, amount, expires_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (meter_id, instance_id) DO UPDATE SET \
+                             amount = CASE WHEN credit_leases.period = excluded.period \
+                                      THEN LEAST(credit_leases.amount + excluded.amount, $6) \
+                                      ELSE excluded.amount END, \
+                             period = excluded.period, \
+                             expires_at_ms = excluded.expires_at_ms",
+                    )
+                    .await?;
+                tx.execute(
+                    &stmt,
+                    &[
+                        &id.as_str(),
+                        &instance,
+                        &period_col(period),
+                        &col(granted),
+                        &now_ms.saturating_add(ttl_ms),
+                        &col(keygate::MAX_CREDITS),
+                    ],
+                )
+                .await?;
+            }
+            let pool = remaining - granted;
+            if refill || granted > 0 {
+                write_pool(tx, id, (pool, period)).await?;
+            }
+            let elsewhere = leased(tx, id, period, instance, now_ms).await?;
+            Ok(Lease {
+                granted,
+                period,
+                pool,
+                elsewhere,
+            })
+        })
+    }
+
+    async fn return_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        amount: u64,
+        of_period: u64,
+        kept: u64,
+        now_ms: i64,
+    ) -> Result<bool, LeaseWriteError> {
+        let id = meter.meter.id;
+        lease_tx!(self, tx => {
+            let mut back = false;
+            if let Some(row) = lock_pool(tx, id).await? {
+                let ((mut remaining, period), refill) = refilled(row, meter, now_ms);
+                if refill {
+                    void_others(tx, id, period).await?;
+                }
+                back = period == of_period;
+                if back {
+                    remaining = add(remaining, amount);
+                }
+                if refill || back {
+                    write_pool(tx, id, (remaining, period)).await?;
+                }
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "WITH gone AS ( \
+                         DELETE FROM credit_leases \
+                         WHERE meter_id = $1 AND instance_id = $2 AND period = $3 \
+                           AND $4::bigint = 0 \
+                     ) \
+                     UPDATE credit_leases SET amount = $4::bigint \
+                     WHERE meter_id = $1 AND instance_id = $2 AND period = $3 \
+                       AND $4::bigint <> 0",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[&id.as_str(), &instance, &period_col(of_period), &col(kept)],
+            )
+            .await?;
+            Ok(back)
+        })
+    }
+
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        reports: &[LeaseReport],
+    ) -> Result<Vec<PoolView>, StoreError> {
+        // In meter order, so two writers lock rows in the same order.
+        let mut sorted = reports.to_vec();
+        sorted.sort_unstable_by_key(|r| r.meter_id);
+        let ids: Vec<&str> = sorted.iter().map(|r| r.meter_id.as_str()).collect();
+        let periods: Vec<i64> = sorted.iter().map(|r| period_col(r.period)).collect();
+        let amounts: Vec<i64> = sorted.iter().map(|r| col(r.unspent)).collect();
+        let (ids, periods, amounts) = (&ids, &periods, &amounts);
+        let until = now_ms.saturating_add(ttl_ms);
+        write_tx!(self, tx => {
+            let extend = tx
+                .prepare_cached(
+                    "UPDATE credit_leases SET expires_at_ms = $2 WHERE instance_id = $1",
+                )
+                .await?;
+            tx.execute(&extend, &[&instance, &until]).await?;
+            let report = tx
+                .prepare_cached(
+                    "WITH r AS ( \
+                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[]) \
+                             AS r(meter_id, period, amount) \
+                     ), gone AS ( \
+                         DELETE FROM credit_leases l USING r \
+                         WHERE r.amount = 0 AND l.meter_id = r.meter_id \
+                           AND l.instance_id = $1 AND l.period <= r.period \
+                     ) \
+                     INSERT INTO credit_leases \
+                         (meter_id, instance_id, period, amount, expires_at_ms) \
+                     SELECT r.meter_id, $1, r.period, r.amount, $5 FROM r \
+                     WHERE r.amount > 0 ORDER BY r.meter_id \
+                     ON CONFLICT (meter_id, instance_id) DO UPDATE SET \
+                         amount = CASE WHEN credit_leases.period <= excluded.period \
+                                  THEN excluded.amount ELSE credit_leases.amount END, \
+                         period = GREATEST(credit_leases.period, excluded.period), \
+                         expires_at_ms = excluded.expires_at_ms",
+                )
+                .await?;
+            tx.execute(&report, &[&instance, ids, periods, amounts, &until])
+                .await?;
+            let pools = tx
+                .prepare_cached(
+                    "SELECT b.meter_id, b.remaining, b.period, \
+                         COALESCE((SELECT SUM(l.amount) FROM credit_leases l \
+                                   WHERE l.meter_id = b.meter_id AND l.period = b.period \
+                                     AND l.instance_id <> $1 AND l.expires_at_ms >= $3), 0)::bigint \
+                     FROM credit_balances b WHERE b.meter_id = ANY($2::text[])",
+                )
+                .await?;
+            let rows = tx.query(&pools, &[&instance, ids, &now_ms]).await?;
+            let mut views = Vec::with_capacity(rows.len());
+            for row in &rows {
+                views.push(PoolView {
+                    meter_id: key_id(row.get(0))?,
+                    remaining: credits(row.get(1)),
+                    period: period_of(row.get(2)),
+                    elsewhere: credits(row.get(3)),
+                });
+            }
+            Ok(views)
+        })
+    }
+
+    async fn expire_leases(&self, now_ms: i64) -> Result<Expired, StoreError> {
+        write_tx!(self, tx => {
+            let expired = tx
+                .prepare_cached(
+                    "WITH gone AS ( \
+                         DELETE FROM credit_leases WHERE expires_at_ms < $1 RETURNING amount \
+                     ) SELECT count(*), COALESCE(SUM(amount), 0)::bigint FROM gone",
+                )
+                .await?;
+            let row = tx.query_one(&expired, &[&now_ms]).await?;
+            let void = tx
+                .prepare_cached(
+                    "DELETE FROM credit_leases l USING credit_balances b \
+                     WHERE b.meter_id = l.meter_id AND b.period <> l.period",
+                )
+                .await?;
+            let void = tx.execute(&void, &[]).await?;
+            Ok(Expired {
+                leases: to_u64(row.get(0)),
+                forfeited: credits(row.get(1)),
+                void,
+            })
+        })
+    }
+
+    async fn credit_total(
+        &self,
+        meter: CreditMeter,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot: the pool and the leases as of the same moment.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let stmt = tx
+            .prepare_cached("SELECT remaining, period FROM credit_balances WHERE meter_id = $1")
+            .await
+            .map_err(db_error)?;
+        let Some(row) = tx
+            .query_opt(&stmt, &[&meter.meter.id.as_str()])
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        let row = (credits(row.get(0)), period_of(row.get(1)));
+        let ((remaining, period), refill) = refilled(row, meter, now_ms);
+        let held = if refill {
+            0
+        } else {
+            leased(&tx, meter.meter.id, period, "", now_ms)
+                .await
+                .map_err(db_error)?
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(add(remaining, held)))
+    }
+
+    #[cfg(test)]
+    async fn set_credits(
+        &self,
+        meter: CreditMeter,
+        remaining: u64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        write_tx!(self, tx => {
+            set_pool(tx, meter, remaining, now_ms).await
+        })
+    }
+
+    #[cfg(test)]
+    async fn add_credits(
+        &self,
+        meter: CreditMeter,
+        delta: i64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        write_tx!(self, tx => {
+            add_pool(tx, meter, delta, now_ms).await
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn change_signal(&self) -> Option<Arc<Notify>> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let listener = self.listener.get_or_init(|| {
@@ -2078,7 +2559,7 @@ async fn listen_once(
 
 #[cfg(test)]
 #[path = "../../tests/support/pg.rs"]
-pub(super) mod pg;
+pub(crate) mod pg;
 
 #[cfg(test)]
 #[allow(

@@ -20,10 +20,14 @@
 //! only, which is public; the secret comparison is the library's, per
 //! shard, unchanged.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use keygate::{AuthError, Change, ChangeOp, KeyId, Keyring, Limiter, Pepper, Principal, Verdict};
+use keygate::{
+    AuthError, Change, ChangeOp, KeyId, KeyLimits, Keyring, Limiter, Meter, Pepper, Principal,
+    RateDecision, Refill,
+};
 
 /// How many shards the keys are spread over (a power of two).
 pub const SHARDS: usize = 64;
@@ -35,11 +39,80 @@ pub const SHARE_BATCH: usize = 256;
 pub struct KeyCache {
     shards: Vec<RwLock<Keyring>>,
     pepper: Pepper,
-    /// The rate limits (and, on one instance, the credits) of limited keys,
-    /// kept in step with the shards by [`KeyCache::apply`].
-    limiter: RwLock<Limiter>,
+    /// The rate limits of limited keys and the meters of keys with
+    /// credits, kept in step with the shards by [`KeyCache::apply`].
+    limits: RwLock<Limits>,
     /// Whether any key is limited: while none is, a check takes no lock.
     limited: AtomicBool,
+    /// Meters whose last key with credits went (revoked, or its credits
+    /// removed), for [`KeyCache::take_released`].
+    released: Mutex<Vec<KeyId>>,
+}
+
+/// What the hot path needs of a key's credits: its meter (the pool its
+/// credits are leased from) and the refill its record has. The credits
+/// themselves are spent from this instance's leases
+/// (`crate::sync::credits::CreditLeases::spend`), never here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metered {
+    /// The meter the key is charged to.
+    pub meter: Meter,
+    /// The refill of its credits, if any.
+    pub refill: Option<Refill>,
+}
+
+/// The limits of limited keys, behind one lock.
+#[derive(Default)]
+struct Limits {
+    /// Rate limits only: credits are leased (`crate::sync::credits`), so a
+    /// key is charged here with `credits: None`.
+    limiter: Limiter,
+    /// Every key with credits, to its meter and refill.
+    metered: HashMap<KeyId, Metered>,
+    /// Every meter of `metered`, to how many of its keys have credits.
+    keys_of: HashMap<KeyId, usize>,
+}
+
+impl Limits {
+    fn is_empty(&self) -> bool {
+        self.limiter.is_empty() && self.metered.is_empty()
+    }
+
+    /// Sets `id`'s credit meter (`None`: no credits); returns the meter
+    /// that lost its last key, if one did.
+    fn meter(&mut self, id: KeyId, metered: Option<Metered>) -> Option<KeyId> {
+        let old = match metered {
+            Some(m) => self.metered.insert(id, m),
+            None => self.metered.remove(&id),
+        };
+        if let Some(m) = metered {
+            if old.map(|o| o.meter.id) != Some(m.meter.id) {
+                *self.keys_of.entry(m.meter.id).or_insert(0) += 1;
+            }
+        }
+        let old = old?;
+        if metered.is_some_and(|m| m.meter.id == old.meter.id) {
+            return None;
+        }
+        let n = self.keys_of.get_mut(&old.meter.id)?;
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return None;
+        }
+        self.keys_of.remove(&old.meter.id);
+        Some(old.meter.id)
+    }
+}
+
+/// What [`KeyCache::check_limits`] decided and found: the rate limit's
+/// decision, if the key has one, and the key's credit meter, if it has
+/// credits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// The rate limit's decision (the request counted toward it).
+    pub rate: Option<RateDecision>,
+    /// Where the key's credits are spent.
+    pub metered: Option<Metered>,
 }
 
 /// The shard of `id`. Ids are random base62, so one multiply of their
@@ -72,23 +145,49 @@ impl KeyCache {
                 .map(|_| RwLock::new(Keyring::with_capacity(pepper.clone(), per_shard)))
                 .collect(),
             pepper,
-            limiter: RwLock::new(Limiter::new()),
+            limits: RwLock::new(Limits::default()),
             limited: AtomicBool::new(false),
+            released: Mutex::new(Vec::new()),
         }
     }
 
     /// Decides a request of `cost` by `id` at `now_ms` against the key's rate
-    /// limit and credits. An unlimited key's answer takes no lock while no
-    /// key is limited, and one read lock otherwise.
+    /// limit, and finds its credit meter (the caller spends the credits,
+    /// once the rate limit has passed: `crate::sync::Keys::check_limits`).
+    /// An unlimited key's answer takes no lock while no key is limited, and
+    /// one read lock otherwise.
     #[inline]
-    pub fn check_limits(&self, id: &KeyId, now_ms: i64, cost: u32) -> Verdict {
+    pub fn check_limits(&self, id: &KeyId, now_ms: i64, cost: u32) -> Checked {
         if !self.limited.load(Ordering::Acquire) {
-            return Verdict::UNLIMITED;
+            return Checked::default();
         }
-        self.limiter
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(id, keygate::UnixMillis::from_millis(now_ms), cost)
+        let limits = self.limits.read().unwrap_or_else(PoisonError::into_inner);
+        let verdict = limits
+            .limiter
+            .check(id, keygate::UnixMillis::from_millis(now_ms), cost);
+        Checked {
+            rate: verdict.rate(),
+            metered: limits.metered.get(id).copied(),
+        }
+    }
+
+    /// The meters whose last key with credits went since the last call
+    /// (each checked again now: a meter that has a key with credits again
+    /// is left out), so their leases can be handed back.
+    pub fn take_released(&self) -> Vec<KeyId> {
+        let released =
+            std::mem::take(&mut *self.released.lock().unwrap_or_else(PoisonError::into_inner));
+        if released.is_empty() {
+            return released;
+        }
+        let limits = self.limits.read().unwrap_or_else(PoisonError::into_inner);
+        let mut gone: Vec<KeyId> = released
+            .into_iter()
+            .filter(|m| !limits.keys_of.contains_key(m))
+            .collect();
+        gone.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        gone.dedup();
+        gone
     }
 
     fn shard(&self, id: &KeyId) -> Option<&RwLock<Keyring>> {
@@ -151,37 +250,58 @@ impl KeyCache {
     }
 
     /// Takes an applied change's limits: an upsert's meter and limits, or a
-    /// revocation (`None`). Unlimited keys never take the write lock unless
-    /// they were limited before.
-    fn sync_limits(&self, id: KeyId, limits: Option<(keygate::Meter, keygate::KeyLimits)>) {
+    /// revocation (`None`). The limiter is charged with the rate limit
+    /// only; a key with credits is noted with its meter and refill.
+    /// Unlimited keys never take the write lock unless they were limited
+    /// before.
+    fn sync_limits(&self, id: KeyId, limits: Option<(Meter, KeyLimits)>) {
         let unlimited = limits.is_none_or(|(_, l)| l.is_unlimited());
         if unlimited && !self.limited.load(Ordering::Acquire) {
             return;
         }
-        let mut limiter = self.limiter.write().unwrap_or_else(PoisonError::into_inner);
-        match limits {
-            Some((meter, l)) => limiter.charge(id, meter, l),
-            None => {
-                limiter.forget(&id);
+        let mut all = self.limits.write().unwrap_or_else(PoisonError::into_inner);
+        let metered = match limits {
+            Some((meter, l)) => {
+                let rate = KeyLimits {
+                    rate: l.rate,
+                    credits: None,
+                };
+                all.limiter.charge(id, meter, rate);
+                l.credits.map(|c| Metered {
+                    meter,
+                    refill: c.refill(),
+                })
             }
+            None => {
+                all.limiter.forget(&id);
+                None
+            }
+        };
+        if let Some(meter) = all.meter(id, metered) {
+            self.released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(meter);
         }
-        self.limited.store(!limiter.is_empty(), Ordering::Release);
+        self.limited.store(!all.is_empty(), Ordering::Release);
     }
 
     /// The cost asked of each rate-limited meter since the last call
     /// ([`Limiter::take_demand`]), under the limiter's read lock.
     pub fn take_demand(&self, report: impl FnMut(KeyId, u64)) {
-        self.limiter
+        self.limits
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .limiter
             .take_demand(report);
     }
 
     /// Every rate-limited meter and this instance's share of it.
     pub fn shares(&self) -> Vec<(KeyId, (u32, u32))> {
-        self.limiter
+        self.limits
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .limiter
             .shares()
             .collect()
     }
@@ -198,15 +318,16 @@ impl KeyCache {
     ) {
         let now = keygate::UnixMillis::from_millis(now_ms);
         if let Some((num, den)) = default {
-            self.limiter
+            self.limits
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
+                .limiter
                 .set_default_share(num, den);
         }
         for batch in shares.chunks(SHARE_BATCH) {
-            let mut limiter = self.limiter.write().unwrap_or_else(PoisonError::into_inner);
+            let mut limits = self.limits.write().unwrap_or_else(PoisonError::into_inner);
             for (meter, (num, den)) in batch {
-                limiter.set_share(meter, *num, *den, now);
+                limits.limiter.set_share(meter, *num, *den, now);
             }
         }
     }
@@ -224,10 +345,19 @@ impl KeyCache {
     /// ([`Keyring::compact`]): the follower has applied the log through it,
     /// in order, and reads only after it. Returns how many were dropped.
     pub fn compact(&self, horizon_seq: u64) -> usize {
-        self.shards
+        let dropped = self
+            .shards
             .iter()
             .map(|shard| Self::write(shard).compact(horizon_seq))
-            .sum()
+            .sum();
+        // The rate limits of meters whose last key went, likewise: a late
+        // change for one of their keys is refused now.
+        self.limits
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limiter
+            .prune_meters();
+        dropped
     }
 
     /// Tombstones and eviction marks held, over every shard.
@@ -325,5 +455,49 @@ mod tests {
             Err(AuthError::InvalidCredentials)
         );
         assert_eq!(cache.pepper().fingerprint(), pepper.fingerprint());
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod metered_tests {
+    use super::*;
+
+    fn id(n: u8) -> KeyId {
+        KeyId::parse(&format!("{n:0>16}")).unwrap()
+    }
+
+    fn metered(meter: u8) -> Option<Metered> {
+        Some(Metered {
+            meter: Meter {
+                id: id(meter),
+                since: keygate::UnixMillis::EPOCH,
+            },
+            refill: None,
+        })
+    }
+
+    /// A meter is released when its last key with credits goes (revoked,
+    /// its credits removed, or charged elsewhere), not before.
+    #[test]
+    fn a_meter_is_released_with_its_last_key() {
+        let mut l = Limits::default();
+        assert_eq!(l.meter(id(1), metered(9)), None);
+        assert_eq!(l.meter(id(2), metered(9)), None);
+        // The same meter again changes nothing.
+        assert_eq!(l.meter(id(1), metered(9)), None);
+        assert_eq!(l.keys_of.get(&id(9)), Some(&2));
+        assert_eq!(l.meter(id(1), None), None);
+        // Charged to another meter: the old one loses its last key.
+        assert_eq!(l.meter(id(2), metered(8)), Some(id(9)));
+        assert_eq!(l.meter(id(2), None), Some(id(8)));
+        assert_eq!(l.meter(id(3), None), None);
+        assert!(l.is_empty());
+        assert!(l.keys_of.is_empty());
     }
 }

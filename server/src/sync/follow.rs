@@ -76,6 +76,9 @@ pub fn spawn(
         .name(String::from("keygate-follower"))
         .spawn(move || {
             runtime.block_on(async move {
+                // The credit leases' background lives here too; at shutdown
+                // it hands every lease back before the thread ends.
+                let credits = tokio::spawn(Arc::clone(state.credits()).run(shutdown.clone()));
                 // The first read of the log before the server says it is
                 // listening: its connection and runtime exist from then on.
                 let cursor = catch_up(&state, cursor).await;
@@ -89,6 +92,9 @@ pub fn spawn(
                 run(state, cursor, intervals, shutdown).await;
                 // It withdraws this instance's demand on the way out.
                 let _ = exchange.await;
+                if credits.await.is_err() {
+                    tracing::error!("the credit lease task failed");
+                }
             });
         })?;
     Ok((thread, first_read))
@@ -154,11 +160,19 @@ pub async fn catch_up(state: &Keys, mut cursor: u64) -> u64 {
                 };
                 let full = changes.len() == BATCH;
                 for change in &changes {
-                    if let ChangeOp::Revoke(id) = &change.op {
-                        state.usage().forget(id);
+                    match &change.op {
+                        ChangeOp::Revoke(id) => state.usage().forget(id),
+                        // A lease before the key's first request here.
+                        ChangeOp::Upsert(record) => {
+                            if let Some(credits) = record.limits().credits {
+                                state.credits().ensure(record.meter(), credits.refill());
+                            }
+                        }
                     }
                 }
                 let changed = state.cache().apply(changes);
+                // Meters whose last key with credits went: their leases go back.
+                state.release_meters();
                 tracing::debug!(from = cursor, to = last, changed, "applied changes");
                 cursor = last;
                 if !full {

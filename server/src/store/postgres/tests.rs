@@ -808,6 +808,76 @@ fn a_write_still_deadlocked_after_its_retries_is_unavailable() {
 }
 
 #[test]
+fn credit_pools_and_leases() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        crate::store::lease_tests::all(&store).await;
+    });
+}
+
+/// Several instances (each its own connection pool) lease from one pool
+/// at once: the row lock serializes them, so the grants add up to the
+/// pool exactly, never more.
+#[test]
+fn concurrent_leases_never_grant_more_than_the_pool() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let stores: Vec<Arc<PgStore>> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(Arc::new(PgStore::connect(&pg.url()).await.unwrap()));
+            }
+            v
+        };
+        let meter = crate::store::CreditMeter {
+            meter: keygate::Meter {
+                id: KeyId::parse("0000000000000042").unwrap(),
+                since: keygate::UnixMillis::from_millis(0),
+            },
+            refill: None,
+        };
+        stores[0].set_credits(meter, 5_000, 1).await.unwrap();
+        let mut tasks = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            for t in 0..8u64 {
+                let store = Arc::clone(store);
+                let instance = format!("i{i}t{t}");
+                tasks.push(tokio::spawn(async move {
+                    let mut got = 0u64;
+                    let mut want = 1 + t * 7;
+                    loop {
+                        let l = store
+                            .lease_credits(meter, &instance, want, 1, 2, 60_000)
+                            .await
+                            .unwrap();
+                        if l.granted == 0 {
+                            return got;
+                        }
+                        got += l.granted;
+                        want = want % 97 + 1;
+                    }
+                }));
+            }
+        }
+        let mut granted = 0;
+        for t in tasks {
+            granted += t.await.unwrap();
+        }
+        assert_eq!(granted, 5_000);
+        assert_eq!(
+            pg.psql("SELECT remaining FROM credit_balances WHERE meter_id = '0000000000000042'"),
+            "0"
+        );
+        assert_eq!(
+            pg.psql("SELECT sum(amount) FROM credit_leases WHERE meter_id = '0000000000000042'"),
+            "5000"
+        );
+        assert_eq!(stores[1].credit_total(meter, 3).await.unwrap(), Some(5_000));
+    });
+}
+
+#[test]
 fn limits_live_on_the_meter() {
     let pg = TestPg::start();
     runtime().block_on(async {
@@ -920,16 +990,26 @@ fn a_version_3_database_gains_the_usage_tables() {
     // Back to version 3, as a 0.2 binary left it.
     pg.psql(
         "DROP TABLE usage_minutes; DROP TABLE usage_days; \
-         DELETE FROM schema_migrations WHERE version >= 4; UPDATE meta SET schema_version = 3",
+         DROP TABLE credit_leases; DROP TABLE credit_balances; \
+         DELETE FROM schema_migrations WHERE version > 3; UPDATE meta SET schema_version = 3",
     );
     runtime().block_on(async {
         let store = PgStore::connect(&pg.url()).await.unwrap();
         super::super::usage_tests::usage_round_trip(&store).await;
     });
-    assert_eq!(pg.psql("SELECT schema_version FROM meta"), "5");
+    assert_eq!(
+        pg.psql("SELECT schema_version FROM meta"),
+        SCHEMA_VERSION.to_string()
+    );
+    let versions: Vec<String> = (2..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
-        "2,3,4,5"
+        versions.join(",")
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM credit_balances"),
+        "0",
+        "the later steps ran too"
     );
 }
 
@@ -976,11 +1056,11 @@ async fn database_at(url: &str, version: i64, a: &KeyRecord) {
     driver.await.unwrap().unwrap();
 }
 
-/// A database at `version` (3 or 4) upgrades step by step to 5: the usage
+/// A database at `version` (3 or 4) upgrades step by step to 6: the usage
 /// tables (4), then the limit columns, the meter index, `credit_balances`
-/// and the `limits_changed` action (5); it keeps its rows, and each step
-/// runs once.
-fn upgrades_to_version_5_from(version: i64) {
+/// and the `limits_changed` action (5), then the credit leases (6); it
+/// keeps its rows, and each step runs once.
+fn upgrades_to_version_6_from(version: i64) {
     let pg = TestPg::start();
     let a = standard("old");
     runtime().block_on(async {
@@ -1007,10 +1087,14 @@ fn upgrades_to_version_5_from(version: i64) {
         // The usage tables work as well.
         super::super::usage_tests::usage_round_trip(&store).await;
     });
-    assert_eq!(pg.psql("SELECT schema_version FROM meta"), "5");
+    assert_eq!(pg.psql("SELECT schema_version FROM meta"), "6");
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
-        "2,3,4,5"
+        "2,3,4,5,6"
+    );
+    assert_eq!(
+        pg.psql("SELECT to_regclass('credit_leases') IS NOT NULL"),
+        "t"
     );
     assert_eq!(
         pg.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'keys_meter'"),
@@ -1040,17 +1124,18 @@ fn upgrades_to_version_5_from(version: i64) {
     // The step stands alone: run again, it changes nothing.
     let before = pg.psql("SELECT count(*) FROM changes");
     pg.psql(MIGRATE_V5);
+    pg.psql(MIGRATE_LEASES);
     assert_eq!(pg.psql("SELECT count(*) FROM changes"), before);
 }
 
 #[test]
-fn a_version_3_database_upgrades_through_4_and_5() {
-    upgrades_to_version_5_from(3);
+fn a_version_3_database_upgrades_through_4_5_and_6() {
+    upgrades_to_version_6_from(3);
 }
 
 #[test]
 fn a_version_4_database_gains_the_limit_columns() {
-    upgrades_to_version_5_from(4);
+    upgrades_to_version_6_from(4);
 }
 
 /// One script of demand exchanges between instances `a`, `b`, `c` and `d`,

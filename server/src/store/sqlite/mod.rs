@@ -1,4 +1,4 @@
-//! The SQLite store: [`SqliteStore`], schema version 5.
+//! The SQLite store: [`SqliteStore`], schema version 6.
 //!
 //! Tables:
 //!
@@ -12,8 +12,9 @@
 //!   key has none) and the meter the key is charged to (`meter_id`,
 //!   `meter_since_ms`: NULL for its own), indexed by
 //!   `COALESCE(meter_id, id)`, so the keys of one meter change together.
-//! * `credit_balances(meter_id, remaining, period)`: each meter's balance,
-//!   and the refill period it belongs to (version 5).
+//! * `credit_balances(meter_id, remaining, period)`: each meter's pool of
+//!   credits no instance holds, and the refill period it belongs to
+//!   (version 5); the balance is the pool plus the leases.
 //! * `changes`: the append-only change log, which is also the audit log.
 //!   `seq` is an `AUTOINCREMENT` key assigned inside the write transaction;
 //!   SQLite serializes writers, so sequence numbers grow with commit order
@@ -24,6 +25,10 @@
 //!   request counts per key and minute, added to by the follower's flushes;
 //!   retention folds minutes older than 30 days into days and deletes days
 //!   older than two years (`usage.rs`).
+//! * `credit_leases` (version 6): the credits each instance holds of a
+//!   meter's pool (see `store::lease`). On SQLite one instance holds the
+//!   leases, so the credits are exact: the pool plus the one lease is the
+//!   balance.
 //!
 //! The demand reports by which instances split rate limits
 //! ([`Store::exchange_demand`](super::Store::exchange_demand)) are kept in
@@ -57,11 +62,13 @@ use keygate::{Change, KeyId, KeyRecord, Meter, UnixMillis};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::{
-    Action, DemandReport, Event, KeyPage, KeyUsage, LimitsChange, PeerDemand, Pruned, Scope,
-    SetOrAdd, Snapshot, StoreError, StoredKey, UsageQuery, UsageRow,
+    Action, CreditMeter, DemandReport, Event, Expired, KeyPage, KeyUsage, Lease, LeaseReport,
+    LeaseWriteError, LimitsChange, PeerDemand, PoolView, Pruned, Scope, SetOrAdd, Snapshot,
+    StoreError, StoredKey, UsageQuery, UsageRow,
 };
 
 mod demand;
+mod leases;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -261,13 +268,13 @@ impl super::Store for SqliteStore {
             .await
     }
 
-    async fn set_credits(
+    async fn change_credits(
         &self,
         meter: Meter,
         op: SetOrAdd,
         now: UnixMillis,
     ) -> Result<u64, StoreError> {
-        self.write(move |conn, _| set_credits_tx(conn, meter, op, now))
+        self.write(move |conn, _| change_credits_tx(conn, meter, op, now))
             .await
     }
 
@@ -405,5 +412,86 @@ impl super::Store for SqliteStore {
             .unwrap_or_else(PoisonError::into_inner);
         table.withdraw(instance);
         Ok(())
+    }
+
+    async fn lease_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        want: u64,
+        need: u64,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, LeaseWriteError> {
+        // SQLite's outcome is never in doubt: a failed commit rolled back.
+        let instance = instance.to_owned();
+        self.write(move |conn, _| leases::lease(conn, meter, &instance, want, need, now_ms, ttl_ms))
+            .await
+            .map_err(LeaseWriteError::from)
+    }
+
+    async fn return_credits(
+        &self,
+        meter: CreditMeter,
+        instance: &str,
+        amount: u64,
+        period: u64,
+        kept: u64,
+        now_ms: i64,
+    ) -> Result<bool, LeaseWriteError> {
+        let instance = instance.to_owned();
+        self.write(move |conn, _| {
+            leases::give_back(conn, meter, &instance, amount, period, kept, now_ms)
+        })
+        .await
+        .map_err(LeaseWriteError::from)
+    }
+
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        reports: &[LeaseReport],
+    ) -> Result<Vec<PoolView>, StoreError> {
+        let (instance, reports) = (instance.to_owned(), reports.to_vec());
+        self.write(move |conn, _| leases::renew(conn, &instance, now_ms, ttl_ms, &reports))
+            .await
+    }
+
+    async fn expire_leases(&self, now_ms: i64) -> Result<Expired, StoreError> {
+        self.write(move |conn, _| leases::expire(conn, now_ms))
+            .await
+    }
+
+    async fn credit_total(
+        &self,
+        meter: CreditMeter,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(move |conn| leases::total(conn, meter, now_ms))
+            .await
+    }
+
+    #[cfg(test)]
+    async fn set_credits(
+        &self,
+        meter: CreditMeter,
+        remaining: u64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn, _| leases::set(conn, meter, remaining, now_ms))
+            .await
+    }
+
+    #[cfg(test)]
+    async fn add_credits(
+        &self,
+        meter: CreditMeter,
+        delta: i64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.write(move |conn, _| leases::adjust(conn, meter, delta, now_ms))
+            .await
     }
 }

@@ -8,9 +8,10 @@ use keygate::{
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::super::{
-    balance_at, fresh_balance, no_credits, rolled_target, Action, Event, KeyPage, LimitColumns,
-    LimitsChange, Scope, SetOrAdd, Snapshot, StoreError, StoredKey,
+    balance_at, fresh_balance, no_credits, rolled_target, Action, CreditMeter, Event, KeyPage,
+    LimitColumns, LimitsChange, Scope, SetOrAdd, Snapshot, StoreError, StoredKey,
 };
+use super::leases;
 
 /// The columns of `keys`, in the order [`read_key`] reads them.
 pub(super) const KEY_COLUMNS: &str =
@@ -525,20 +526,22 @@ pub(super) fn set_limits_tx(
     .map_err(sql)?;
     let now = UnixMillis::from_millis(at_ms);
     match new.credits {
-        None => {
-            tx.execute(
-                "DELETE FROM credit_balances WHERE meter_id = ?1",
-                params![meter.id.as_str()],
-            )
-            .map_err(sql)?;
+        None => leases::drop_meter(&tx, meter.id)?,
+        // Changed credits: the meter's total (its pool plus the live
+        // leases) becomes their grant.
+        Some(credits) if old.credits != Some(credits) => {
+            let m = CreditMeter {
+                meter,
+                refill: credits.refill(),
+            };
+            leases::set_in(&tx, m, credits.remaining(), at_ms)?;
         }
         Some(credits) => {
-            let changed = old.credits != Some(credits);
             write_balance(
                 &tx,
                 meter.id,
                 fresh_balance(&credits, meter.since, now),
-                changed,
+                false,
             )?;
         }
     }
@@ -621,9 +624,10 @@ fn stored_balance(conn: &Connection, meter: KeyId) -> Result<Option<(i64, i64)>,
     .map_err(sql)
 }
 
-/// [`Store::set_credits`](super::super::Store::set_credits) in one immediate
-/// transaction.
-pub(super) fn set_credits_tx(
+/// [`Store::change_credits`](super::super::Store::change_credits) in one
+/// immediate transaction: the meter's total (its pool plus the live leases,
+/// `store::lease`) is set, or added to through the pool.
+pub(super) fn change_credits_tx(
     conn: &mut Connection,
     meter: Meter,
     op: SetOrAdd,
@@ -633,26 +637,48 @@ pub(super) fn set_credits_tx(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
     let credits = meter_credits(&tx, meter.id)?.ok_or_else(no_credits)?;
-    let mut balance = balance_at(stored_balance(&tx, meter.id)?, &credits, meter.since, now);
-    balance.remaining = op.apply(balance.remaining);
-    write_balance(&tx, meter.id, balance, true)?;
+    let m = CreditMeter {
+        meter,
+        refill: credits.refill(),
+    };
+    let now_ms = now.as_millis();
+    let total = match op {
+        SetOrAdd::Set(n) => leases::set_in(&tx, m, n, now_ms)?,
+        SetOrAdd::Add(delta) => {
+            // A pool where the meter has none yet: its grant, as
+            // `balance_at` reads a missing one.
+            if stored_balance(&tx, meter.id)?.is_none() {
+                let fresh = balance_at(None, &credits, meter.since, now);
+                write_balance(&tx, meter.id, fresh, false)?;
+            }
+            leases::adjust_in(&tx, m, delta, now_ms)?.ok_or_else(no_credits)?
+        }
+    };
     tx.commit().map_err(sql)?;
-    Ok(balance.remaining)
+    Ok(total)
 }
 
-/// [`Store::credit_balance`](super::super::Store::credit_balance).
+/// [`Store::credit_balance`](super::super::Store::credit_balance): the
+/// pool plus the live leases (`store::lease`), in one read transaction.
 pub(super) fn read_balance(
-    conn: &Connection,
+    conn: &mut Connection,
     meter: Meter,
     now: UnixMillis,
 ) -> Result<Option<u64>, StoreError> {
-    let Some(credits) = meter_credits(conn, meter.id)? else {
+    let tx = conn.transaction().map_err(sql)?;
+    let Some(credits) = meter_credits(&tx, meter.id)? else {
         return Ok(None);
     };
-    let stored = stored_balance(conn, meter.id)?;
-    Ok(Some(
-        balance_at(stored, &credits, meter.since, now).remaining,
-    ))
+    let m = CreditMeter {
+        meter,
+        refill: credits.refill(),
+    };
+    let total = match leases::total_in(&tx, m, now.as_millis())? {
+        Some(total) => total,
+        None => balance_at(None, &credits, meter.since, now).remaining,
+    };
+    tx.commit().map_err(sql)?;
+    Ok(Some(total))
 }
 
 pub(super) fn list_keys(

@@ -187,6 +187,33 @@ pub(super) fn allow_action(tx: &Connection, action: &str, path: &str) -> Result<
     Ok(())
 }
 
+/// The schema version the credit leases step produces (`store::lease`),
+/// after the configuration plane's version 5. The step stands alone (every
+/// part `IF NOT EXISTS`), so it may run after any other step and be
+/// renumbered by changing this number.
+pub(super) const LEASES_VERSION: i64 = 6;
+
+/// Credit pools and leases (`store::lease`). The pool table exists already
+/// (version 5 creates it, of the same shape); a database that skipped it
+/// gets it here.
+pub(super) const MIGRATE_LEASES: &str = "
+CREATE TABLE IF NOT EXISTS credit_balances (
+    meter_id  TEXT PRIMARY KEY NOT NULL,
+    remaining INTEGER NOT NULL,
+    period    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS credit_leases (
+    meter_id      TEXT NOT NULL,
+    instance_id   TEXT NOT NULL,
+    period        INTEGER NOT NULL,
+    amount        INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (meter_id, instance_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS credit_leases_instance ON credit_leases (instance_id);
+CREATE INDEX IF NOT EXISTS credit_leases_expires ON credit_leases (expires_at_ms);
+";
+
 pub(super) fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
@@ -274,7 +301,7 @@ pub(super) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), 
 
 /// Brings the database to [`SCHEMA_VERSION`], in one immediate
 /// transaction: creates a new one, migrates a 0.1.0 or an older one step by
-/// step (2 to 3, 3 to 4, 4 to 5), refuses a newer one.
+/// step (2 to 3, 3 to 4, 4 to 5, 5 to 6), refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -333,6 +360,9 @@ fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64, path: &str) -> Result<(
     }
     if version < 5 {
         migrate_v5(tx, path)?;
+    }
+    if version < LEASES_VERSION {
+        tx.execute_batch(MIGRATE_LEASES).map_err(sql)?;
     }
     Ok(())
 }

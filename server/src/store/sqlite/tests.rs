@@ -831,6 +831,9 @@ fn a_version_2_database_gains_rolled_from_from_its_log() {
         )
         .unwrap();
     assert_eq!(from.as_deref(), Some(a.id().as_str()));
+    // And the credit tables (versions 5 and 6).
+    assert!(table_exists(&conn, "credit_balances").unwrap());
+    assert!(table_exists(&conn, "credit_leases").unwrap());
 }
 
 #[test]
@@ -1023,6 +1026,12 @@ fn a_failed_migration_changes_nothing() {
 }
 
 #[tokio::test]
+async fn credit_pools_and_leases() {
+    let (_dir, store) = new_store();
+    super::super::lease_tests::all(&store).await;
+}
+
+#[tokio::test]
 async fn limits_live_on_the_meter() {
     let (_dir, store) = new_store();
     super::super::limits_tests::limits_live_on_the_meter(&store).await;
@@ -1130,20 +1139,21 @@ async fn usage_counts_add_up_and_retention_folds_them() {
 }
 
 #[tokio::test]
-async fn a_version_3_database_upgrades_through_4_and_5() {
-    upgrades_to_version_5_from(3).await;
+async fn a_version_3_database_upgrades_through_4_5_and_6() {
+    upgrades_to_version_6_from(3).await;
 }
 
 #[tokio::test]
 async fn a_version_4_database_gains_the_limit_columns() {
-    upgrades_to_version_5_from(4).await;
+    upgrades_to_version_6_from(4).await;
 }
 
 /// A database at `version` (3, or 4: main's usage counts) upgrades step by
-/// step to 5: the usage tables (4), then the limit columns, the meter
-/// index, `credit_balances` and the `limits_changed` action (5). It keeps
-/// its rows and the log's counter, and each step runs once.
-async fn upgrades_to_version_5_from(version: i64) {
+/// step to 6: the usage tables (4), then the limit columns, the meter
+/// index, `credit_balances` and the `limits_changed` action (5), then the
+/// credit leases (6). It keeps its rows and the log's counter, and each
+/// step runs once.
+async fn upgrades_to_version_6_from(version: i64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("v{version}.db"));
     let (a, b) = (record(None, 1), record(None, 2));
@@ -1176,13 +1186,14 @@ async fn upgrades_to_version_5_from(version: i64) {
         let conn = raw(&store);
         assert_eq!(
             meta_get(&conn, "schema_version").unwrap().as_deref(),
-            Some("5")
+            Some(SCHEMA_VERSION.to_string().as_str())
         );
         for (column, _) in LIMIT_COLUMNS {
             assert!(column_exists(&conn, "keys", column).unwrap(), "{column}");
         }
         assert!(table_exists(&conn, "credit_balances").unwrap());
         assert!(table_exists(&conn, "usage_minutes").unwrap());
+        assert!(table_exists(&conn, "credit_leases").unwrap());
         assert!(table_exists(&conn, "usage_days").unwrap());
         // The log's CHECK takes the new action (and still the old ones).
         let changes: String = conn
