@@ -306,12 +306,15 @@ pub async fn list(
         keys.sort_by_key(|k| k.record.created_at());
     }
     if json {
-        return print_json(
-            &keys
-                .iter()
-                .map(|k| KeyView::of(k, None, CreditsView::configured(&k.record)))
-                .collect::<Vec<_>>(),
-        );
+        let now = system_now_ms();
+        let mut views = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let credits = CreditsView::live(&*store, &k.record, now)
+                .await
+                .map_err(store_err)?;
+            views.push(KeyView::of(k, None, credits));
+        }
+        return print_json(&views);
     }
     let rows: Vec<Vec<String>> = keys.iter().map(key_row).collect();
     print!("{}", table(&KEY_HEADERS, &rows));
@@ -334,11 +337,10 @@ pub async fn get(args: &StoreArgs, id: &str, json: bool) -> Result<(), String> {
         ));
     }
     if json {
-        return print_json(&KeyView::of(
-            &key,
-            None,
-            CreditsView::configured(&key.record),
-        ));
+        let credits = CreditsView::live(&*store, &key.record, system_now_ms())
+            .await
+            .map_err(store_err)?;
+        return print_json(&KeyView::of(&key, None, credits));
     }
     print!("{}", table(&KEY_HEADERS, &[key_row(&key)]));
     Ok(())

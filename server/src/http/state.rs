@@ -8,7 +8,7 @@ use keygate::{AuthError, KeyId, MintPolicy, Principal};
 
 use crate::clock::now_ms;
 use crate::http::view::{CreditsView, KeyView};
-use crate::store::{CreditMeter, Store, StoredKey};
+use crate::store::{Store, StoredKey};
 use crate::sync::cache::KeyCache;
 use crate::sync::counts::Counts;
 use crate::sync::usage::Usage;
@@ -93,25 +93,17 @@ impl AppState {
     }
 
     /// The credits a key view shows: the one place that decides what
-    /// `remaining` reports. The meter's total as of now: its pool plus
-    /// what the live leases held at their last renewal (at most a second
-    /// old; [`Store::credit_total`]). The configured grant where the store
-    /// has no pool for the meter, or cannot answer (logged).
+    /// `remaining` reports. The meter's total as of now
+    /// ([`CreditsView::live`]: its pool plus what the live leases held at
+    /// their last renewal); the configured grant where the store cannot
+    /// answer (logged).
     pub async fn credits_view(&self, key: &StoredKey) -> Option<CreditsView> {
-        let configured = CreditsView::configured(&key.record)?;
-        let meter = CreditMeter {
-            meter: key.record.meter(),
-            refill: configured.refill,
-        };
-        match self.store().credit_total(meter, now_ms()).await {
-            Ok(Some(remaining)) => Some(CreditsView {
-                remaining,
-                ..configured
-            }),
-            Ok(None) => Some(configured),
+        match CreditsView::live(self.store(), &key.record, now_ms()).await {
+            Ok(credits) => credits,
             Err(e) => {
-                tracing::warn!(meter = %meter.meter.id, "cannot read a meter's credits: {e}");
-                Some(configured)
+                let meter = key.record.meter().id;
+                tracing::warn!(meter = %meter, "cannot read a meter's credits: {e}");
+                CreditsView::configured(&key.record)
             }
         }
     }

@@ -5,7 +5,7 @@ use keygate::wire::{scope_entries, ScopeEntryView};
 use keygate::{KeyRecord, RateLimit, Refill, UnixMillis};
 use serde::Serialize;
 
-use crate::store::StoredKey;
+use crate::store::{CreditMeter, Store, StoreError, StoredKey};
 
 /// A key as `GET /v1/keys` shows it: no secret, no digest.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -49,6 +49,32 @@ impl CreditsView {
             remaining: c.remaining(),
             refill: c.refill(),
         })
+    }
+
+    /// The credits of `record`'s meter as of `now_ms`: its refill, and as
+    /// `remaining` the meter's total, its pool plus what the live leases
+    /// held at their last renewal (at most a second old;
+    /// [`Store::credit_total`]); the configured grant where the store has
+    /// no pool for the meter. `None` for a key without credits.
+    pub async fn live(
+        store: &dyn Store,
+        record: &KeyRecord,
+        now_ms: i64,
+    ) -> Result<Option<CreditsView>, StoreError> {
+        let Some(configured) = CreditsView::configured(record) else {
+            return Ok(None);
+        };
+        let meter = CreditMeter {
+            meter: record.meter(),
+            refill: configured.refill,
+        };
+        Ok(Some(match store.credit_total(meter, now_ms).await? {
+            Some(remaining) => CreditsView {
+                remaining,
+                ..configured
+            },
+            None => configured,
+        }))
     }
 }
 

@@ -353,3 +353,101 @@ pub(super) async fn a_roll_keeps_the_current_limits(store: &dyn Store) {
         "changed while it was being rolled",
     );
 }
+
+/// The configuration plane's credit changes with leases out: the total is
+/// the pool plus the live leases, a set gives the pool the amount less the
+/// leases, an add goes to the pool, changed credits set the total, and
+/// removed credits drop the pool and every lease. `store` must be empty.
+pub(super) async fn credits_with_leases_out(store: &dyn Store) {
+    let root = mint(
+        &MintRequest::standard(Some("root"), None, at(1_000)).unwrap(),
+        1_000,
+    )
+    .0;
+    store.create(&root, None, 1_000).await.unwrap();
+    let metered = KeyLimits {
+        rate: None,
+        credits: Some(Credits::new(100, None).unwrap()),
+    };
+    let a = child(&root, metered, 2_000);
+    store.create(&a, Some(root.id()), 2_000).await.unwrap();
+    let meter = a.meter();
+    let pool = super::CreditMeter {
+        meter,
+        refill: None,
+    };
+    let t = 3_000;
+    // Two instances lease 30 and 20 of the 100.
+    for (instance, want) in [("i1", 30), ("i2", 20)] {
+        let lease = store
+            .lease_credits(pool, instance, want, 1, t, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(lease.granted, want);
+    }
+    assert_eq!(store.credit_balance(meter, at(t)).await, Ok(Some(100)));
+    assert_eq!(store.credit_total(pool, t).await, Ok(Some(100)));
+    // Set to 60: the pool gets 10, the leases keep their 50.
+    assert_eq!(
+        store.change_credits(meter, SetOrAdd::Set(60), at(t)).await,
+        Ok(60)
+    );
+    let lease = store
+        .lease_credits(pool, "i3", 10, 10, t, 10_000)
+        .await
+        .unwrap();
+    assert_eq!((lease.granted, lease.pool), (10, 0));
+    // Set below what is leased: the pool is empty, the leases stay theirs.
+    assert_eq!(
+        store.change_credits(meter, SetOrAdd::Set(5), at(t)).await,
+        Ok(60)
+    );
+    // An add goes to the pool; a taking away, from the pool only.
+    assert_eq!(
+        store.change_credits(meter, SetOrAdd::Add(7), at(t)).await,
+        Ok(67)
+    );
+    assert_eq!(
+        store
+            .change_credits(meter, SetOrAdd::Add(-100), at(t))
+            .await,
+        Ok(60)
+    );
+    // One instance hands its lease back: the total stays.
+    assert!(store.return_credits(pool, "i1", 30, 0, 0, t).await.unwrap());
+    assert_eq!(store.credit_balance(meter, at(t)).await, Ok(Some(60)));
+    // New credits set the total to their grant, the leases counted.
+    let change = LimitsChange {
+        rate: None,
+        credits: Some(Some(Credits::new(40, None).unwrap())),
+    };
+    store
+        .set_limits(a.id(), change, Scope::All, None, t)
+        .await
+        .unwrap();
+    assert_eq!(store.credit_balance(meter, at(t)).await, Ok(Some(40)));
+    assert_eq!(store.credit_total(pool, t).await, Ok(Some(40)));
+    // The same credits again keep the total.
+    store
+        .set_limits(a.id(), change, Scope::All, None, t)
+        .await
+        .unwrap();
+    assert_eq!(store.credit_balance(meter, at(t)).await, Ok(Some(40)));
+    // Removed credits: no pool, no leases.
+    let none = LimitsChange {
+        rate: None,
+        credits: Some(None),
+    };
+    store
+        .set_limits(a.id(), none, Scope::All, None, t)
+        .await
+        .unwrap();
+    assert_eq!(store.credit_balance(meter, at(t)).await, Ok(None));
+    assert_eq!(store.credit_total(pool, t).await, Ok(None));
+    let lease = store
+        .lease_credits(pool, "i2", 10, 1, t, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(lease.granted, 0);
+    assert_eq!(lease.elsewhere, 0, "every lease row went with the pool");
+}

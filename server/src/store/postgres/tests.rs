@@ -878,6 +878,15 @@ fn concurrent_leases_never_grant_more_than_the_pool() {
 }
 
 #[test]
+fn credits_with_leases_out() {
+    let pg = TestPg::start();
+    runtime().block_on(async {
+        let store = PgStore::connect(&pg.url()).await.unwrap();
+        super::super::limits_tests::credits_with_leases_out(&store).await;
+    });
+}
+
+#[test]
 fn limits_live_on_the_meter() {
     let pg = TestPg::start();
     runtime().block_on(async {

@@ -1041,6 +1041,12 @@ async fn limits_live_on_the_meter() {
 }
 
 #[tokio::test]
+async fn credits_with_leases_out() {
+    let (_dir, store) = new_store();
+    super::super::limits_tests::credits_with_leases_out(&store).await;
+}
+
+#[tokio::test]
 async fn limits_survive_a_reopen_and_a_corrupt_limit_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
