@@ -212,6 +212,28 @@ async fn changeable(
     Ok((key, scope))
 }
 
+/// What both routes read first, in order: the id (400), the JSON object
+/// and its fields (`parse`, 400), then the target as the caller may change
+/// it ([`changeable`]).
+async fn change_request<T>(
+    state: &AppState,
+    caller: Principal,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+    parse: fn(Map<String, Value>) -> Result<T, String>,
+) -> Result<(T, StoredKey, Scope), Response> {
+    if let Err(detail) = parse_id(id, "id") {
+        return Err(with_caller(bad_request(&detail), caller));
+    }
+    let body: Map<String, Value> = match parse_body(body) {
+        Ok(b) => b,
+        Err((status, detail)) => return Err(with_caller(problem(status, &detail), caller)),
+    };
+    let parsed = parse(body).map_err(|detail| with_caller(bad_request(&detail), caller))?;
+    let (key, scope) = changeable(state, &caller, id).await?;
+    Ok((parsed, key, scope))
+}
+
 /// `PATCH /v1/keys/{id}` with `{"rate_limit": …, "credits": …}`: replaces
 /// them for every key of the target's meter; 200 with the target's view.
 pub async fn patch(
@@ -220,21 +242,11 @@ pub async fn patch(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(detail) = parse_id(&id, "id") {
-        return with_caller(bad_request(&detail), caller);
-    }
-    let body: Map<String, Value> = match parse_body(body) {
-        Ok(b) => b,
-        Err((status, detail)) => return with_caller(problem(status, &detail), caller),
-    };
-    let change = match parse_limits_change(body) {
-        Ok(change) => change,
-        Err(detail) => return with_caller(bad_request(&detail), caller),
-    };
-    let (key, scope) = match changeable(&state, &caller, &id).await {
-        Ok(target) => target,
-        Err(refused) => return refused,
-    };
+    let (change, key, scope) =
+        match change_request(&state, caller, &id, body, parse_limits_change).await {
+            Ok(found) => found,
+            Err(refused) => return refused,
+        };
     let id = key.record.id();
     let meter = key.record.meter();
     let now = now_ms();
@@ -294,19 +306,8 @@ pub async fn credits(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(detail) = parse_id(&id, "id") {
-        return with_caller(bad_request(&detail), caller);
-    }
-    let body: Map<String, Value> = match parse_body(body) {
-        Ok(b) => b,
-        Err((status, detail)) => return with_caller(problem(status, &detail), caller),
-    };
-    let op = match parse_credit_op(body) {
-        Ok(op) => op,
-        Err(detail) => return with_caller(bad_request(&detail), caller),
-    };
-    let (key, _scope) = match changeable(&state, &caller, &id).await {
-        Ok(target) => target,
+    let (op, key, _scope) = match change_request(&state, caller, &id, body, parse_credit_op).await {
+        Ok(found) => found,
         Err(refused) => return refused,
     };
     let id = key.record.id();
