@@ -296,7 +296,8 @@ fn patch_on_a_roll_family(server: &Server, admin: &str) {
     credits(server, admin, &id(&gone), r#"{"set":1}"#).problem(404);
 }
 
-/// Credits: set, add (negative too), clamped at 0 and the maximum; a key
+/// Credits: set (0 to the maximum), add (negative too, the result clamped
+/// at 0 and the maximum); a key
 /// without credits is a 409; bad bodies name their field.
 fn credits_set_add_clamp(server: &Server, admin: &str) {
     let k = standard(server, admin, "{}");
@@ -323,7 +324,7 @@ fn credits_set_add_clamp(server: &Server, admin: &str) {
         json!({"remaining": MAX_CREDITS})
     );
     assert_eq!(
-        balance(r#"{"set":18446744073709551615}"#),
+        balance(&format!(r#"{{"set":{MAX_CREDITS}}}"#)),
         json!({"remaining": MAX_CREDITS})
     );
     assert_eq!(balance(r#"{"set":0}"#), json!({"remaining": 0}));
@@ -333,6 +334,8 @@ fn credits_set_add_clamp(server: &Server, admin: &str) {
         ("", "exactly one of `set` or `add`"),
         (r#"{"set":1,"add":1}"#, "exactly one of `set` or `add`"),
         (r#"{"set":-1}"#, "`set`"),
+        (r#"{"set":9007199254740992}"#, "`set`"),
+        (r#"{"set":18446744073709551615}"#, "`set`"),
         (r#"{"set":1.5}"#, "`set`"),
         (r#"{"add":"1"}"#, "`add`"),
         (r#"{"add":9223372036854775808}"#, "`add`"),

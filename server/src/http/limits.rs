@@ -144,11 +144,11 @@ pub fn parse_credit_op(body: Map<String, Value>) -> Result<SetOrAdd, String> {
     for (field, value) in body {
         let parsed = match field.as_str() {
             "set" => match value.as_u64() {
-                Some(n) => SetOrAdd::Set(n),
+                Some(n) if n <= MAX_CREDITS => SetOrAdd::Set(n),
                 None if value.is_i64() => {
                     return Err(format!("`set` must be 0 or more, not `{}`", shown(&value)))
                 }
-                None => {
+                _ => {
                     return Err(format!(
                         "`set` must be an integer from 0 to {MAX_CREDITS}, not `{}`",
                         shown(&value)
