@@ -446,11 +446,8 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 /// [`Limiter`], behind an `RwLock` or an `Arc`, or [`NoLimits`] (the
 /// default).
 pub trait Limits {
-    /// [`Limiter::check`].
-    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict;
-
-    /// [`Limiter::is_limited`].
-    fn is_limited(&self, id: &KeyId) -> bool;
+    /// [`Limiter::check_with`]: `cost` is called only for a limited key.
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: impl FnOnce() -> u32) -> Verdict;
 }
 
 /// No limits: every key unlimited.
@@ -459,53 +456,31 @@ pub struct NoLimits;
 
 impl Limits for NoLimits {
     #[inline]
-    fn check_limits(&self, _: &KeyId, _: UnixMillis, _: u32) -> Verdict {
+    fn check_limits(&self, _: &KeyId, _: UnixMillis, _: impl FnOnce() -> u32) -> Verdict {
         Verdict::UNLIMITED
-    }
-
-    #[inline]
-    fn is_limited(&self, _: &KeyId) -> bool {
-        false
     }
 }
 
 impl Limits for Limiter {
     #[inline]
-    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
-        self.check(id, now, cost)
-    }
-
-    #[inline]
-    fn is_limited(&self, id: &KeyId) -> bool {
-        Limiter::is_limited(self, id)
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: impl FnOnce() -> u32) -> Verdict {
+        self.check_with(id, now, cost)
     }
 }
 
 impl<L: Limits> Limits for std::sync::RwLock<L> {
     #[inline]
-    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: impl FnOnce() -> u32) -> Verdict {
         self.read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .check_limits(id, now, cost)
-    }
-
-    #[inline]
-    fn is_limited(&self, id: &KeyId) -> bool {
-        self.read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_limited(id)
     }
 }
 
 impl<L: Limits + ?Sized> Limits for std::sync::Arc<L> {
     #[inline]
-    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
+    fn check_limits(&self, id: &KeyId, now: UnixMillis, cost: impl FnOnce() -> u32) -> Verdict {
         (**self).check_limits(id, now, cost)
-    }
-
-    #[inline]
-    fn is_limited(&self, id: &KeyId) -> bool {
-        (**self).is_limited(id)
     }
 }
 
@@ -639,11 +614,10 @@ where
             Ok((principal, decision)) => {
                 // The cost is looked up only for a limited key.
                 let verdict = match &principal {
-                    Some(p) if layer.limits.is_limited(&p.id()) => {
-                        let cost = layer.policy.cost(method, path);
-                        layer.limits.check_limits(&p.id(), now, cost)
-                    }
-                    _ => Verdict::UNLIMITED,
+                    Some(p) => layer
+                        .limits
+                        .check_limits(&p.id(), now, || layer.policy.cost(method, path)),
+                    None => Verdict::UNLIMITED,
                 };
                 if let Err(refusal) = verdict.result() {
                     let mut response = refusal.to_response(&verdict);

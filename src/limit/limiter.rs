@@ -380,9 +380,25 @@ impl Limiter {
     /// `cost` of 0 asks whether a request of 1 would pass and spends nothing.
     #[inline]
     pub fn check(&self, id: &KeyId, now: UnixMillis, cost: u32) -> Verdict {
+        self.check_with(id, now, || cost)
+    }
+
+    /// [`Limiter::check`] with the cost computed only for a limited key
+    /// (a route table's lookup, say): one map lookup either way.
+    ///
+    /// ```
+    /// let limiter = keygate::Limiter::new();
+    /// let id = keygate::KeyId::parse("4GZ6bQvR9cXw2LmT")?;
+    /// let verdict = limiter.check_with(&id, keygate::UnixMillis::EPOCH, || unreachable!());
+    /// assert!(verdict.is_unlimited());
+    /// # Ok::<(), keygate::TokenError>(())
+    /// ```
+    #[inline]
+    pub fn check_with(&self, id: &KeyId, now: UnixMillis, cost: impl FnOnce() -> u32) -> Verdict {
         let Some(entry) = self.keys.get(id) else {
             return Verdict::UNLIMITED;
         };
+        let cost = cost();
         let rate = entry.rate.as_ref().map(|(limit, state)| {
             entry.demand.fetch_add(u64::from(cost), Ordering::Relaxed);
             state.check(limit, now, cost)
