@@ -15,19 +15,31 @@
 //!   what was added. A lease of a past period is void (its credits lapsed
 //!   with the refill) and spends nothing.
 //! * **Accurate.** Leases are sized by demand: an instance asks for two
-//!   seconds' worth of its last second's demand, at least one request's
-//!   cost and [`LeaseConfig::floor`], when what it holds falls below one
-//!   second's worth. Near zero, grants shrink to half of what the pool has
-//!   left, down to one credit, so the last credits spread over the
-//!   instances that ask. A lease idle for [`LeaseConfig::idle`] shrinks to
-//!   one request's worth, and to nothing when the pool is empty. The last
-//!   credits are therefore spent wherever the demand is, a little after they
-//!   run out elsewhere (about `idle` plus a tick).
-//! * **Bounded writes.** One lease or return per meter per tick
-//!   ([`LeaseConfig::tick`], 50 ms: at most 20 writes a second per meter
-//!   and instance, whatever the request rate; in steady demand about one a
-//!   second), and one renewal and one expiry pass per instance every
-//!   [`LeaseConfig::renew`] (1 s), for all its meters together.
+//!   seconds' worth of its demand (the larger of the last second's and the
+//!   rate since its last lease, so a burst that began a moment ago counts
+//!   in full), at least one request's cost and the floor, when what it holds
+//!   falls below one second's worth, or half the floor. The floor is
+//!   [`LeaseConfig::floor`]; shared, a thousandth of the pool as last seen
+//!   when that is more (up to 10 000), so a burst on a large balance runs
+//!   on the lease while it is topped up. Near zero, grants shrink to half of
+//!   what the pool has left, down to one credit, so the last credits spread
+//!   over the instances that ask. A lease idle for [`LeaseConfig::idle`]
+//!   shrinks to one request's worth, and to nothing when the pool is empty.
+//!   The last credits are therefore spent wherever the demand is, a little
+//!   after they run out elsewhere (about `idle` plus a tick).
+//! * **Woken, not only ticked.** A spend that takes a lease below its low
+//!   level, or a refusal while the pool may cover it, wakes the background
+//!   at once ([`CreditLeases::wake_pass`]) rather than at the next tick; it
+//!   runs on the server's own workers, beside the requests, so a request
+//!   flood cannot starve it. A key with credits left is not refused for
+//!   want of a lease, from its first request on or after sitting idle.
+//! * **Bounded writes.** Lease and return writes per meter are budgeted:
+//!   at most four at once (wakes within one tick), then one more per
+//!   [`LeaseConfig::tick`] (50 ms: at most 20 a second per meter and
+//!   instance over time, whatever the request rate; in steady demand about
+//!   one a second, because each lease holds two seconds' worth); and one
+//!   renewal and one expiry pass per instance every [`LeaseConfig::renew`]
+//!   (1 s), for all its meters together.
 //! * **The store down.** The hot path spends what is leased, then refuses
 //!   with a `retry_after`; the background retries each tick. Nothing is
 //!   lost or spent twice: credits move only in transactions, and a write
@@ -57,8 +69,8 @@ use crate::store::{CreditMeter, LeaseReport, LeaseWriteError, Store, StoreError}
 /// How the background sizes, renews and hands back leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {
-    /// How often the background looks at every meter (at most one lease or
-    /// return per meter per tick).
+    /// How often the background looks at every meter; a meter's write
+    /// budget grows by one each tick (at most four).
     pub tick: Duration,
     /// How often this instance's leases are renewed and crashed instances'
     /// leases expired.
@@ -173,6 +185,14 @@ struct Counters {
 const UNKNOWN: u64 = u64::MAX;
 /// The retry hint while credits may come.
 const RETRY: Duration = Duration::from_secs(1);
+/// Lease and return writes a meter may make at once (on wakes within one
+/// tick); one more is allowed each tick.
+const WRITE_BURST: u64 = 4;
+/// The shortest span a demand rate is measured over.
+const MIN_RATE_SPAN_MS: i64 = 10;
+/// The most a shared instance holds for a meter in use whatever its demand
+/// (a thousandth of the pool, up to this).
+const SHARED_FLOOR_CAP: u64 = 10_000;
 
 /// `(period, unspent)` in one word.
 fn pack(period: u64, unspent: u64) -> u128 {
@@ -228,6 +248,12 @@ struct Local {
     busy: AtomicBool,
     /// Lease and return writes for this meter.
     writes: AtomicU64,
+    /// The level below which the lease is topped up, as the background
+    /// last sized it: a spend that crosses it wakes the background.
+    low: AtomicU64,
+    /// A wake for this meter is pending (set by a spend, cleared when the
+    /// background looks at the meter).
+    woken: AtomicBool,
     bg: Mutex<Background>,
 }
 
@@ -241,6 +267,34 @@ struct Background {
     last_demand_ms: i64,
     /// No lease before this (the pool was empty).
     retry_at_ms: i64,
+    /// Demand since the last lease write, and when that write was.
+    since_write: u64,
+    last_write_ms: i64,
+    /// Lease and return writes this meter may still make now: one more
+    /// each tick, at most [`WRITE_BURST`].
+    write_budget: u64,
+    budget_at_ms: i64,
+}
+
+impl Background {
+    /// Whether the write budget at `now_ms` (one more per tick since it was
+    /// last topped up, at most [`WRITE_BURST`]) allows a write.
+    fn may_write(&mut self, now_ms: i64, tick_ms: i64) -> bool {
+        if self.budget_at_ms == i64::MIN {
+            self.budget_at_ms = now_ms;
+        }
+        let ticks = now_ms.saturating_sub(self.budget_at_ms) / tick_ms.max(1);
+        if ticks > 0 {
+            self.write_budget = self
+                .write_budget
+                .saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
+                .min(WRITE_BURST);
+            self.budget_at_ms = self
+                .budget_at_ms
+                .saturating_add(ticks.saturating_mul(tick_ms));
+        }
+        self.write_budget > 0
+    }
 }
 
 impl Local {
@@ -261,6 +315,8 @@ impl Local {
             forgotten: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             writes: AtomicU64::new(0),
+            low: AtomicU64::new(0),
+            woken: AtomicBool::new(false),
             bg: Mutex::new(Background {
                 ring: vec![0; slots],
                 at: 0,
@@ -268,6 +324,10 @@ impl Local {
                 // Set at the first look: a new meter counts as just used.
                 last_demand_ms: i64::MIN,
                 retry_at_ms: i64::MIN,
+                since_write: 0,
+                last_write_ms: i64::MIN,
+                write_budget: WRITE_BURST,
+                budget_at_ms: i64::MIN,
             }),
         }
     }
@@ -406,6 +466,10 @@ pub struct CreditLeases {
     reachable: AtomicBool,
     /// When the last renewal ran.
     renewed_ms: AtomicI64,
+    /// Wakes the background between ticks: a lease ran low.
+    wake: tokio::sync::Notify,
+    /// The meters whose lease ran low since the background last woke.
+    woken: Mutex<Vec<KeyId>>,
 }
 
 impl CreditLeases {
@@ -419,7 +483,23 @@ impl CreditLeases {
             counters: Counters::default(),
             reachable: AtomicBool::new(true),
             renewed_ms: AtomicI64::new(i64::MIN),
+            wake: tokio::sync::Notify::new(),
+            woken: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Asks the background to look at `meter_id`'s lease now rather than at
+    /// the next tick (once until it looks).
+    #[cold]
+    fn wake(&self, local: &Local, meter_id: KeyId) {
+        if local.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.woken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(meter_id);
+        self.wake.notify_one();
     }
 
     /// This instance's id in `credit_leases`.
@@ -458,6 +538,7 @@ impl CreditLeases {
             // The refill changed: the lease is taken anew under it.
             local.wanted_refill.store(packed, Ordering::Release);
             local.refused.fetch_add(need, Ordering::Relaxed);
+            self.wake(&local, meter.id);
             return Spent {
                 allowed: false,
                 remaining: 0,
@@ -470,8 +551,9 @@ impl CreditLeases {
             let (period, unspent) = unpack(word);
             if now_period.is_some_and(|np| period < np) {
                 // A refill boundary passed: this lease lapsed; the
-                // background leases anew within a tick.
+                // background leases anew now.
                 local.refused.fetch_add(need, Ordering::Relaxed);
+                self.wake(&local, meter.id);
                 return Spent {
                     allowed: false,
                     remaining: refill.map_or(0, |r| r.amount()),
@@ -480,9 +562,19 @@ impl CreditLeases {
             }
             if unspent < need {
                 local.refused.fetch_add(need, Ordering::Relaxed);
-                return refuse(
+                let spent = refuse(
                     &local, meter, refill, now, now_period, period, unspent, need,
                 );
+                // Wake the background if the pool may cover it (not when
+                // it was seen empty: it asks again in a second or at the
+                // refill, whatever the refusals).
+                if local
+                    .pool_now(refill, now_period)
+                    .is_none_or(|p| unspent.saturating_add(p) >= need)
+                {
+                    self.wake(&local, meter.id);
+                }
+                return spent;
             }
             let pool = local.pool_now(refill, now_period).unwrap_or(0);
             if cost == 0 {
@@ -499,11 +591,17 @@ impl CreditLeases {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    let left = unspent - cost;
+                    // The lease crossed its low level: top it up now.
+                    let low = local.low.load(Ordering::Relaxed);
+                    if left < low && unspent >= low {
+                        self.wake(&local, meter.id);
+                    }
                     return Spent {
                         allowed: true,
-                        remaining: (unspent - cost).saturating_add(pool).min(MAX_CREDITS),
+                        remaining: left.saturating_add(pool).min(MAX_CREDITS),
                         retry_after: None,
-                    }
+                    };
                 }
                 Err(seen) => word = seen,
             }
@@ -541,13 +639,34 @@ impl CreditLeases {
         };
         local.nudged.store(true, Ordering::Relaxed);
         local.bg().retry_at_ms = i64::MIN;
-        let busy = Busy::wait(&local.busy).await;
-        if let Err(e) = self
-            .service_busy(meter.id, &local, now.as_millis(), busy)
-            .await
-        {
-            tracing::debug!(meter = %meter.id, "cannot lease credits yet: {e}");
+        // Twice at most: the first lease shows the pool, which may call
+        // for a larger floor than the configured one.
+        for _ in 0..2 {
+            let busy = Busy::wait(&local.busy).await;
+            if let Err(e) = self
+                .service_busy(meter.id, &local, now.as_millis(), Trigger::Now, busy)
+                .await
+            {
+                tracing::debug!(meter = %meter.id, "cannot lease credits yet: {e}");
+                return;
+            }
+            let now_period = refill.map(|r| r.period_at(meter.since, now));
+            let floor = self.floor(local.pool_now(refill, now_period));
+            if unpack(local.word.load(Ordering::Acquire)).1 >= floor / 2 {
+                return;
+            }
         }
+    }
+
+    /// The credits a meter in use holds at least, the pool as last seen
+    /// being `pool`.
+    fn floor(&self, pool: Option<u64>) -> u64 {
+        if self.config.sole {
+            return self.config.floor;
+        }
+        pool.map_or(0, |p| p / 1_000)
+            .min(SHARED_FLOOR_CAP)
+            .max(self.config.floor)
     }
 
     /// Hands this instance's lease of `meter_id` back to the pool now (the
@@ -599,6 +718,15 @@ impl CreditLeases {
             .map_or(0, |l| unpack(l.word.load(Ordering::Acquire)).1)
     }
 
+    /// The meters waiting for a wake of the background.
+    #[cfg(test)]
+    pub fn woken_now(&self) -> Vec<KeyId> {
+        self.woken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The lease of `meter_id` as held: its period and unspent credits.
     #[cfg(test)]
     pub fn lease_of(&self, meter_id: &KeyId) -> Option<(u64, u64)> {
@@ -639,14 +767,19 @@ impl CreditLeases {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            let woke = tokio::select! {
+                _ = tick.tick() => false,
+                () = self.wake.notified() => true,
                 _ = shutdown.changed() => break,
-            }
+            };
             if *shutdown.borrow() {
                 break;
             }
-            self.tick(UnixMillis::now()).await;
+            if woke {
+                self.wake_pass(UnixMillis::now()).await;
+            } else {
+                self.tick(UnixMillis::now()).await;
+            }
         }
         let returned = self.return_all(UnixMillis::now()).await;
         let stats = self.stats();
@@ -679,7 +812,7 @@ impl CreditLeases {
             if writes >= self.config.writes_per_tick {
                 break;
             }
-            match self.service(*id, local, now_ms).await {
+            match self.service(*id, local, now_ms, Trigger::Tick).await {
                 Ok(wrote) => writes += usize::from(wrote),
                 // The store is down: the next tick tries again.
                 Err(e @ StoreError::Unavailable(_)) => {
@@ -706,6 +839,37 @@ impl CreditLeases {
         }
         if !self.reachable.swap(true, Ordering::Relaxed) {
             tracing::info!("credit leases: store reachable again");
+        }
+    }
+
+    /// The meters whose lease ran low (or lapsed, or was refused with
+    /// credits in the pool) since the last wake, each looked at now: at
+    /// most [`WRITE_BURST`] writes per meter at once, one more per tick.
+    /// A meter out of budget stays woken for the next tick.
+    pub async fn wake_pass(&self, now: UnixMillis) {
+        let woken = std::mem::take(&mut *self.woken.lock().unwrap_or_else(PoisonError::into_inner));
+        for id in woken {
+            let Some(local) = self.meters.get(&id).map(|l| Arc::clone(l.value())) else {
+                continue;
+            };
+            if !local.woken.load(Ordering::Acquire) {
+                // The tick looked at it since.
+                continue;
+            }
+            match self
+                .service(id, &local, now.as_millis(), Trigger::Wake)
+                .await
+            {
+                Ok(_) => {}
+                Err(e @ StoreError::Unavailable(_)) => {
+                    self.failed(&e);
+                    return;
+                }
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(meter = %id, "credit lease: {e}");
+                }
+            }
         }
     }
 
@@ -804,11 +968,17 @@ impl CreditLeases {
 
     /// One meter's turn: at most one lease or return write. Returns
     /// whether it wrote.
-    async fn service(&self, id: KeyId, local: &Local, now_ms: i64) -> Result<bool, StoreError> {
+    async fn service(
+        &self,
+        id: KeyId,
+        local: &Local,
+        now_ms: i64,
+        trigger: Trigger,
+    ) -> Result<bool, StoreError> {
         let Some(busy) = Busy::try_new(&local.busy) else {
             return Ok(false);
         };
-        self.service_busy(id, local, now_ms, busy).await
+        self.service_busy(id, local, now_ms, trigger, busy).await
     }
 
     /// [`CreditLeases::service`] with the meter marked busy by the caller.
@@ -817,13 +987,24 @@ impl CreditLeases {
         id: KeyId,
         local: &Local,
         now_ms: i64,
+        trigger: Trigger,
         _busy: Busy<'_>,
     ) -> Result<bool, StoreError> {
         let now = UnixMillis::from_millis(now_ms);
         let cfg = &self.config;
-        // What was asked since the last look: spent plus refused.
-        let (d1s, since_demand, retry_at_ms) = {
+        // What was asked since the last look: spent plus refused; and the
+        // demand per second, the larger of the last second's and the rate
+        // since the last lease write (a burst that began this second).
+        let (d1s, since_demand, retry_at_ms, may_write) = {
             let mut bg = local.bg();
+            // Out of writes: a wake waits for the next tick (still woken,
+            // so that spends do not wake it again meanwhile); a tick keeps
+            // the demand's count and writes nothing.
+            let may_write = trigger == Trigger::Now || bg.may_write(now_ms, ms(cfg.tick));
+            if !may_write && trigger == Trigger::Wake {
+                return Ok(false);
+            }
+            local.woken.store(false, Ordering::Release);
             let unspent = unpack(local.word.load(Ordering::Acquire)).1;
             let adjusted = local.adjusted.swap(0, Ordering::Relaxed);
             let spent = i128::from(bg.last_seen) + i128::from(adjusted) - i128::from(unspent);
@@ -831,19 +1012,39 @@ impl CreditLeases {
             let demand = u64::try_from(spent.max(0))
                 .unwrap_or(0)
                 .saturating_add(local.refused.swap(0, Ordering::Relaxed));
+            // A tick opens the next slot of the ring; a wake adds to the
+            // current one.
+            if trigger == Trigger::Tick {
+                bg.at = (bg.at + 1) % bg.ring.len().max(1);
+                let at = bg.at;
+                if let Some(slot) = bg.ring.get_mut(at) {
+                    *slot = 0;
+                }
+            }
             let at = bg.at;
             if let Some(slot) = bg.ring.get_mut(at) {
-                *slot = demand;
+                *slot = slot.saturating_add(demand);
             }
-            bg.at = (at + 1) % bg.ring.len().max(1);
             if demand > 0 || bg.last_demand_ms == i64::MIN {
                 bg.last_demand_ms = now_ms;
             }
+            bg.since_write = bg.since_write.saturating_add(demand);
             let d1s = bg.ring.iter().fold(0u64, |a, d| a.saturating_add(*d));
+            let rate = if bg.last_write_ms == i64::MIN {
+                0
+            } else {
+                let span = now_ms
+                    .saturating_sub(bg.last_write_ms)
+                    .max(MIN_RATE_SPAN_MS);
+                let per_s =
+                    u128::from(bg.since_write) * 1_000 / u128::try_from(span).unwrap_or(1).max(1);
+                u64::try_from(per_s).unwrap_or(u64::MAX)
+            };
             (
-                d1s,
+                d1s.max(rate),
                 now_ms.saturating_sub(bg.last_demand_ms),
                 bg.retry_at_ms,
+                may_write,
             )
         };
 
@@ -896,7 +1097,13 @@ impl CreditLeases {
         let (period, unspent) = unpack(local.word.load(Ordering::Acquire));
         let stale = now_period.is_some_and(|np| period < np);
         let keep = local.max_cost.load(Ordering::Relaxed).max(1);
-        let scarce = local.pool_now(refill, now_period) == Some(0);
+        let pool_seen = local.pool_now(refill, now_period);
+        let scarce = pool_seen == Some(0);
+        // Shared, a meter in use holds at least a thousandth of the pool as
+        // last seen (up to [`SHARED_FLOOR_CAP`]), so that a burst on a
+        // large balance runs on the lease while it is topped up; a small
+        // pool keeps the configured floor, spread over the instances.
+        let floor = self.floor(pool_seen);
         let nudged = local.nudged.load(Ordering::Relaxed);
         let idle = since_demand >= ms(cfg.idle) && !nudged;
         let warm = since_demand < ms(cfg.warm) || nudged;
@@ -904,19 +1111,17 @@ impl CreditLeases {
         // most to keep while idle or scarce.
         let (hold, low) = if !warm {
             (0, 0)
-        } else if cfg.sole {
-            let hold = d1s.saturating_mul(2).max(keep).max(cfg.floor);
-            (hold, d1s.max(keep).max(cfg.floor / 2))
-        } else if idle {
-            let hold = if scarce { 0 } else { keep.max(cfg.floor) };
+        } else if idle && !cfg.sole {
+            let hold = if scarce { 0 } else { keep.max(floor) };
             (hold, hold)
         } else {
-            let hold = d1s.saturating_mul(2).max(keep).max(cfg.floor);
-            (hold, d1s.max(keep))
+            let hold = d1s.saturating_mul(2).max(keep).max(floor);
+            (hold, d1s.max(keep).max(floor / 2))
         };
         let held = if stale { 0 } else { unspent };
+        local.low.store(low, Ordering::Relaxed);
 
-        if held < low && (nudged || now_ms >= retry_at_ms) {
+        if may_write && held < low && (nudged || now_ms >= retry_at_ms) {
             let want = hold.saturating_sub(held).min(MAX_CREDITS);
             // Alone, take all of it (nobody to spread the last credits to);
             // shared, at least one request's worth.
@@ -934,6 +1139,12 @@ impl CreditLeases {
             };
             local.writes.fetch_add(1, Ordering::Relaxed);
             self.counters.leases.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut bg = local.bg();
+                bg.since_write = 0;
+                bg.last_write_ms = now_ms;
+                bg.write_budget = bg.write_budget.saturating_sub(1);
+            }
             match self
                 .store
                 .lease_credits(meter, &self.instance, want, need, now_ms, self.ttl_ms())
@@ -967,10 +1178,14 @@ impl CreditLeases {
                     Err(e.error)
                 }
             }
-        } else if !cfg.sole && !stale && held > hold && (idle || scarce || !warm) {
+        } else if may_write && !cfg.sole && !stale && held > hold && (idle || scarce || !warm) {
             let (period, taken, kept) = local.take_above(hold);
             if taken == 0 {
                 return Ok(false);
+            }
+            {
+                let mut bg = local.bg();
+                bg.write_budget = bg.write_budget.saturating_sub(1);
             }
             match self
                 .give_back(id, local, refill, taken, period, kept, now_ms)
@@ -1037,6 +1252,17 @@ impl CreditLeases {
             }
         }
     }
+}
+
+/// What asked for a meter's turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The background's tick: the demand ring moves on a slot.
+    Tick,
+    /// A spend saw the lease run low: within the meter's write budget.
+    Wake,
+    /// [`CreditLeases::ensure_now`]: a create or a credit route awaits it.
+    Now,
 }
 
 /// Whether a lease of `period` lapsed by `now`.

@@ -58,6 +58,15 @@ impl Default for Intervals {
 /// connection and their I/O live on that runtime too, and so does the
 /// rate-limit share exchange ([`shares::run`]), whose first tick, like the
 /// first read of the log, comes before the server listens.
+///
+/// The credit leases' background ([`CreditLeases::run`]) runs on the
+/// caller's runtime instead (the server's workers), beside the requests
+/// whose spends wake it: a request flood slows it only as much as it slows
+/// them, however the OS schedules this thread. The follower's thread awaits
+/// it at shutdown, so every lease is back when the thread ends. Call this
+/// from within a Tokio runtime.
+///
+/// [`CreditLeases::run`]: crate::sync::credits::CreditLeases::run
 pub fn spawn(
     state: Arc<Keys>,
     cursor: u64,
@@ -72,13 +81,11 @@ pub fn spawn(
         .thread_name("keygate-follower")
         .build()?;
     let (started, first_read) = tokio::sync::oneshot::channel();
+    let credits = tokio::spawn(Arc::clone(state.credits()).run(shutdown.clone()));
     let thread = std::thread::Builder::new()
         .name(String::from("keygate-follower"))
         .spawn(move || {
             runtime.block_on(async move {
-                // The credit leases' background lives here too; at shutdown
-                // it hands every lease back before the thread ends.
-                let credits = tokio::spawn(Arc::clone(state.credits()).run(shutdown.clone()));
                 // The first read of the log before the server says it is
                 // listening: its connection and runtime exist from then on.
                 let cursor = catch_up(&state, cursor).await;
@@ -92,6 +99,7 @@ pub fn spawn(
                 run(state, cursor, intervals, shutdown).await;
                 // It withdraws this instance's demand on the way out.
                 let _ = exchange.await;
+                // The leases go back before the thread ends.
                 if credits.await.is_err() {
                     tracing::error!("the credit lease task failed");
                 }

@@ -702,3 +702,148 @@ async fn a_metered_key_from_the_log_is_leased_for() {
 
 mod model;
 mod postgres;
+
+/// A spend that takes the lease below its low level wakes the background
+/// once, which tops the lease up between ticks to two seconds of the rate
+/// since its last write: a burst is served from the first wake on.
+#[tokio::test]
+async fn a_lease_run_low_wakes_the_background_which_leases_for_the_burst() {
+    let (_dir, store) = sqlite();
+    let m = meter(12, 0);
+    store
+        .set_credits(cm(m, None), 1_000_000_000, 0)
+        .await
+        .unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::sole());
+    l.ensure(m, None);
+    l.tick(at(0)).await;
+    assert_eq!(l.held(&m.id), 10_000);
+    // Down to the low level (half the floor): no wake yet.
+    assert_eq!(spend_n(&l, m, None, 1, 5_000, 5), 5_000);
+    assert!(l.woken_now().is_empty());
+    // Below it: one wake, however many spends follow.
+    assert_eq!(spend_n(&l, m, None, 1, 100, 10), 100);
+    assert_eq!(l.woken_now(), vec![m.id]);
+    l.wake_pass(at(10)).await;
+    assert!(l.woken_now().is_empty());
+    // 5 100 credits in the 10 ms since the lease: 510 000 a second, two
+    // seconds of which are now held.
+    assert_eq!(l.held(&m.id), 1_020_000);
+    assert_eq!(l.meter_writes(&m.id), 2);
+    // Well above the new low level: spends wake nothing.
+    assert_eq!(spend_n(&l, m, None, 1, 1_000, 11), 1_000);
+    assert!(l.woken_now().is_empty());
+}
+
+/// Wakes write at most [`WRITE_BURST`] times at once per meter, then one
+/// more per tick: a burst cannot turn every request into a store write.
+#[tokio::test]
+async fn wakes_write_within_the_meters_budget() {
+    let (_dir, store) = sqlite();
+    let m = meter(13, 0);
+    store
+        .set_credits(cm(m, None), 1_000_000_000, 0)
+        .await
+        .unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    l.ensure(m, None);
+    l.tick(at(0)).await;
+    // Shared, the pool unseen: the configured floor.
+    assert_eq!(l.held(&m.id), 10);
+    for t in 1..=10 {
+        // Spend the lease down to nothing: a wake each time it crosses its
+        // low level (or a refusal finds the pool not empty).
+        let held = l.held(&m.id);
+        if held > 0 {
+            assert!(l.spend(m, None, held, at(t)).allowed);
+        }
+        assert!(!l.spend(m, None, 1, at(t)).allowed);
+        l.wake_pass(at(t)).await;
+    }
+    // The tick's write and three wakes' within the first tick, whatever the
+    // ten wakes asked.
+    assert_eq!(l.meter_writes(&m.id), WRITE_BURST);
+    // Once the pool was seen, a thousandth of it (capped) is the floor.
+    assert_eq!(l.held(&m.id), 0);
+    l.tick(at(50)).await;
+    assert_eq!(l.meter_writes(&m.id), WRITE_BURST + 1);
+    assert!(l.held(&m.id) >= SHARED_FLOOR_CAP, "{}", l.held(&m.id));
+}
+
+/// Once the pool is seen empty, refusals wake nothing: the background asks
+/// again in a second or at the refill, not at every request.
+#[tokio::test]
+async fn refusals_on_an_empty_pool_wake_nothing() {
+    let (_dir, store) = sqlite();
+    let m = meter(14, 0);
+    store.set_credits(cm(m, None), 5, 0).await.unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::sole());
+    l.ensure_now(m, None, at(0)).await;
+    assert_eq!(spend_n(&l, m, None, 1, 100, 1), 5);
+    assert!(l.woken_now().is_empty());
+    // A cost the lease cannot cover while the pool is unseen does wake.
+    let fresh = meter(15, 0);
+    store.set_credits(cm(fresh, None), 500, 0).await.unwrap();
+    l.ensure(fresh, None);
+    assert!(!l.spend(fresh, None, 1, at(1)).allowed);
+    assert_eq!(l.woken_now(), vec![fresh.id]);
+    l.wake_pass(at(1)).await;
+    assert_eq!(spend_n(&l, fresh, None, 1, 1_000, 2), 500);
+}
+
+/// A fresh key at full load, and again after it sat idle, is never refused
+/// while its credits last: the background runs beside the spenders and is
+/// woken as the lease runs low. Two threads spend 200 000 credits a second
+/// each (four times what one server answers on this machine: the floor
+/// lasts a quarter of a tick) for a second, then again after a second's
+/// idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_key_at_full_load_is_never_refused_while_credits_remain() {
+    let (_dir, store) = sqlite();
+    let m = meter(16, 0);
+    store
+        .set_credits(cm(m, None), 1_000_000_000, 0)
+        .await
+        .unwrap();
+    let l = Arc::new(CreditLeases::new(Arc::clone(&store), LeaseConfig::sole()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(Arc::clone(&l).run(stopped));
+    l.ensure_now(m, None, UnixMillis::now()).await;
+    for burst in 0..2 {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let l = Arc::clone(&l);
+                std::thread::spawn(move || {
+                    let start = std::time::Instant::now();
+                    let (mut allowed, mut refused) = (0u64, 0u64);
+                    while start.elapsed() < Duration::from_secs(1) {
+                        // 200 a millisecond, paced.
+                        let due = start.elapsed().as_micros() as u64 / 5;
+                        while allowed + refused < due {
+                            if l.spend(m, None, 1, UnixMillis::now()).allowed {
+                                allowed += 1;
+                            } else {
+                                refused += 1;
+                            }
+                        }
+                        std::thread::yield_now();
+                    }
+                    (allowed, refused)
+                })
+            })
+            .collect();
+        let mut total = (0, 0);
+        for t in threads {
+            let (a, r) = tokio::task::spawn_blocking(move || t.join().unwrap())
+                .await
+                .unwrap();
+            total = (total.0 + a, total.1 + r);
+        }
+        eprintln!("burst {burst}: {} allowed, {} refused", total.0, total.1);
+        assert!(total.0 >= 200_000, "burst {burst}: {total:?}");
+        assert_eq!(total.1, 0, "burst {burst}: {total:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.send(true).unwrap();
+    background.await.unwrap();
+}

@@ -15,8 +15,19 @@ use super::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Spend { who: usize, cost: u64, n: u64 },
-    Tick { who: usize },
+    Spend {
+        who: usize,
+        cost: u64,
+        n: u64,
+    },
+    Tick {
+        who: usize,
+    },
+    /// The background woken between ticks (by the spends that ran its
+    /// lease low).
+    Wake {
+        who: usize,
+    },
     TickAll,
     Advance(i64),
     Add(u64),
@@ -24,7 +35,10 @@ enum Op {
     Shutdown(usize),
     Down(usize),
     Up(usize),
-    Doubt { who: usize, applied: bool },
+    Doubt {
+        who: usize,
+        applied: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (who.clone(), 0u64..4, 1u64..30).prop_map(|(who, cost, n)| Op::Spend { who, cost, n }),
         4 => who.clone().prop_map(|who| Op::Tick { who }),
+        3 => who.clone().prop_map(|who| Op::Wake { who }),
         4 => Just(Op::TickAll),
         4 => (0i64..1_500).prop_map(Op::Advance),
         1 => (1u64..60).prop_map(Op::Add),
@@ -91,6 +106,7 @@ async fn run(ops: Vec<Op>, instances: usize, sole: bool, refill: bool, initial: 
                 *allowed.entry(period(t)).or_default() += ok * cost;
             }
             Op::Tick { who } => all[who % instances].leases.tick(at(t)).await,
+            Op::Wake { who } => all[who % instances].leases.wake_pass(at(t)).await,
             Op::TickAll => {
                 for i in &all {
                     i.leases.tick(at(t)).await;
