@@ -62,6 +62,7 @@ mod keyring;
 mod limit;
 pub mod lineage;
 mod mint;
+mod object;
 mod roll;
 pub mod route;
 mod scope;

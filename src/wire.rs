@@ -11,15 +11,11 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use core::fmt;
-use core::marker::PhantomData;
-
-use serde::de::value::MapAccessDeserializer;
-use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::limit::{Credits, KeyLimits, RateLimit};
 use crate::mint::{MintRequest, MintedKey, ValidationError};
+use crate::object::object_serde;
 use crate::scope::{Access, Resource, Scopes};
 use crate::time::UnixMillis;
 use crate::token::{KeyKind, SecretToken};
@@ -32,47 +28,6 @@ fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Opti
 /// Serializes a token; the one place a created view exposes it.
 fn expose_token<S: Serializer>(token: &SecretToken, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(token.expose_secret())
-}
-
-/// A type whose derived (`remote = "Self"`) deserializer reads a map.
-trait FromObject<'de>: Sized {
-    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
-}
-
-/// Accepts a JSON object only. serde's derived struct deserializers also take
-/// a sequence (`["name", 5]`), which the spec's `type: object` forbids.
-struct ObjectOnly<T>(PhantomData<T>);
-
-impl<'de, T: FromObject<'de>> Visitor<'de> for ObjectOnly<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        T::from_map(map)
-    }
-}
-
-/// Implements `Serialize` and an object-only `Deserialize` from the inherent
-/// functions that `#[serde(remote = "Self")]` derives.
-macro_rules! object_serde {
-    ($($ty:ident),*) => {$(
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                $ty::serialize(self, serializer)
-            }
-        }
-        impl<'de> FromObject<'de> for $ty {
-            fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-                $ty::deserialize(MapAccessDeserializer::new(map))
-            }
-        }
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                deserializer.deserialize_map(ObjectOnly(PhantomData))
-            }
-        }
-    )*};
 }
 
 object_serde!(

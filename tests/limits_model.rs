@@ -431,6 +431,17 @@ mod families {
             r#"{"rate_limit":{"limit":1,"period_ms":1000,"burst":5}}"#
         )
         .is_err());
+        // Objects only: serde's derive would take a sequence of the fields.
+        for json in [
+            r#"{"credits":[1]}"#,
+            r#"{"credits":[1,null]}"#,
+            r#"{"credits":{"remaining":1,"refill":[1000,1000]}}"#,
+            r#"{"rate_limit":[1,1000]}"#,
+        ] {
+            let err = serde_json::from_str::<ApiKeyCreateParameters>(json).unwrap_err();
+            assert!(err.to_string().contains("a JSON object"), "{json}: {err}");
+        }
+        assert!(serde_json::from_str::<keygate::Credits>(r#"{"remaining":1}"#).is_ok());
     }
 }
 

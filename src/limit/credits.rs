@@ -35,11 +35,13 @@ pub struct Refill {
 
 /// `{"amount": 5000, "interval_ms": 2592000000}`, checked by [`Refill::new`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct RefillFields {
     amount: i128,
     interval_ms: i128,
 }
+
+crate::object::object_deserialize!(RefillFields);
 
 impl TryFrom<RefillFields> for Refill {
     type Error = LimitError;
@@ -124,12 +126,14 @@ pub struct Credits {
 /// `{"remaining": 5000, "refill": {…} | null}` (`refill` may be omitted),
 /// checked by [`Credits::new`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct CreditsFields {
     remaining: i128,
     #[serde(default)]
     refill: Option<Refill>,
 }
+
+crate::object::object_deserialize!(CreditsFields);
 
 impl TryFrom<CreditsFields> for Credits {
     type Error = LimitError;

@@ -39,11 +39,13 @@ pub struct RateLimit {
 /// The JSON form, `{"limit": 100, "period_ms": 1000}`, checked by
 /// [`RateLimit::new`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct RateLimitFields {
     limit: i128,
     period_ms: i128,
 }
+
+crate::object::object_deserialize!(RateLimitFields);
 
 impl TryFrom<RateLimitFields> for RateLimit {
     type Error = LimitError;

@@ -71,6 +71,8 @@ struct Limits {
     metered: HashMap<KeyId, Metered>,
     /// Every meter of `metered`, to how many of its keys have credits.
     keys_of: HashMap<KeyId, usize>,
+    /// Every key with a rate limit (charged to `limiter`).
+    rated: std::collections::HashSet<KeyId>,
 }
 
 impl Limits {
@@ -267,6 +269,11 @@ impl KeyCache {
                     credits: None,
                 };
                 all.limiter.charge(id, meter, rate);
+                if l.rate.is_some() {
+                    all.rated.insert(id);
+                } else {
+                    all.rated.remove(&id);
+                }
                 l.credits.map(|c| Metered {
                     meter,
                     refill: c.refill(),
@@ -274,6 +281,7 @@ impl KeyCache {
             }
             None => {
                 all.limiter.forget(&id);
+                all.rated.remove(&id);
                 None
             }
         };
@@ -332,13 +340,44 @@ impl KeyCache {
         }
     }
 
-    /// Drops the records expired by `now_ms`, one shard at a time; returns
-    /// how many.
+    /// Drops the records expired by `now_ms`, one shard at a time, and
+    /// the limits of those that had any (a metered key's meter, when it was
+    /// the last, goes to [`KeyCache::take_released`]); returns how many.
     pub fn evict_expired(&self, now_ms: i64) -> usize {
-        self.shards
+        let evicted = self
+            .shards
             .iter()
             .map(|shard| Self::write(shard).evict_expired(keygate::UnixMillis::from_millis(now_ms)))
-            .sum()
+            .sum();
+        if evicted > 0 && self.limited.load(Ordering::Acquire) {
+            let limited: Vec<KeyId> = {
+                let all = self.limits.read().unwrap_or_else(PoisonError::into_inner);
+                all.rated
+                    .iter()
+                    .chain(all.metered.keys())
+                    .copied()
+                    .collect()
+            };
+            for id in limited {
+                let gone = self
+                    .shard(&id)
+                    .is_none_or(|shard| !Self::read(shard).contains(&id));
+                if gone {
+                    self.sync_limits(id, None);
+                }
+            }
+        }
+        evicted
+    }
+
+    /// The number of keys whose limits this cache holds (a rate limit,
+    /// credits or both).
+    #[cfg(test)]
+    pub fn limited_keys(&self) -> usize {
+        let all = self.limits.read().unwrap_or_else(PoisonError::into_inner);
+        all.rated
+            .union(&all.metered.keys().copied().collect())
+            .count()
     }
 
     /// Forgets the tombstones and eviction marks at or below `horizon_seq`
@@ -455,6 +494,56 @@ mod tests {
             Err(AuthError::InvalidCredentials)
         );
         assert_eq!(cache.pepper().fingerprint(), pepper.fingerprint());
+    }
+
+    /// An expired key's limits go with it when it is evicted: its rate
+    /// limit and credit meter are not kept for ever, and a meter that lost
+    /// its last key is released (its credit lease goes back).
+    #[test]
+    fn eviction_drops_the_limits_of_expired_keys() {
+        let pepper = Pepper::from_bytes(&[4u8; 32]);
+        let cache = KeyCache::new(pepper.clone(), 10);
+        let limits = KeyLimits {
+            rate: Some(keygate::RateLimit::new(10, std::time::Duration::from_secs(1)).unwrap()),
+            credits: Some(keygate::Credits::new(100, None).unwrap()),
+        };
+        let at = keygate::UnixMillis::from_millis;
+        let mint = |expires: Option<i64>, limits: KeyLimits| {
+            let request = MintRequest::standard(None, expires.map(at), at(0))
+                .unwrap()
+                .with_limits(limits);
+            keygate::mint(&pepper, &request, &mut keygate::os_entropy(), at(0))
+                .into_parts()
+                .0
+        };
+        let dying = mint(Some(1_000), limits);
+        let rated = mint(
+            Some(1_000),
+            KeyLimits {
+                credits: None,
+                ..limits
+            },
+        );
+        let living = mint(None, limits);
+        for (seq, r) in [&dying, &rated, &living].into_iter().enumerate() {
+            assert_eq!(cache.apply([Change::upsert(seq as u64 + 1, r.clone())]), 1);
+        }
+        assert_eq!(cache.limited_keys(), 3);
+        assert!(cache.check_limits(&dying.id(), 10, 1).rate.is_some());
+        assert_eq!(cache.evict_expired(999), 0);
+        assert_eq!(cache.limited_keys(), 3);
+        assert_eq!(cache.evict_expired(1_000), 2);
+        assert_eq!(cache.limited_keys(), 1);
+        assert_eq!(
+            cache.check_limits(&dying.id(), 1_001, 1),
+            Checked::default()
+        );
+        assert_eq!(
+            cache.check_limits(&rated.id(), 1_001, 1),
+            Checked::default()
+        );
+        assert!(cache.check_limits(&living.id(), 1_001, 1).rate.is_some());
+        assert_eq!(cache.take_released(), vec![dying.meter().id]);
     }
 }
 

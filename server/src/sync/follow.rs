@@ -140,6 +140,9 @@ pub async fn run(
         if last_evict.elapsed() >= intervals.evict {
             let evicted = state.cache().evict_expired(now_ms());
             if evicted > 0 {
+                // Their limits went with them; the leases of meters whose
+                // last key that was go back.
+                state.release_meters();
                 tracing::info!(evicted, "evicted expired keys from memory");
             }
             // The log is read in order up to `cursor`: no change at or below
