@@ -539,3 +539,197 @@ mod review {
         }
     }
 }
+
+mod meter_machine {
+    //! The meter rules as a state machine: random mints (by an unlimited
+    //! caller, or by a family member, asking for nothing, the caller's own
+    //! limits or others), rolls, revocations and spends through any live
+    //! key, against a model in which a meter is one balance. Minting and
+    //! rolling can never multiply a balance: every meter spends at most what
+    //! it was created with, whichever of its keys spend it.
+    use super::*;
+    use keygate::{mint, roll, Change, KeyRecord, MintError, MintRequest, Pepper};
+    use rand_core::SeedableRng;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// An unlimited caller mints a key with these credits (or none).
+        MintRoot(Option<u64>),
+        /// Key `i` (of those minted) mints: asking nothing, its own limits,
+        /// or other credits.
+        MintBy(usize, Ask),
+        Roll(usize),
+        Revoke(usize),
+        /// Key `i` spends `cost`.
+        Spend(usize, u32),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Ask {
+        Nothing,
+        Same,
+        Other(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let i = 0usize..64;
+        prop_oneof![
+            2 => proptest::option::of(0u64..20).prop_map(Op::MintRoot),
+            3 => (i.clone(), prop_oneof![
+                Just(Ask::Nothing),
+                Just(Ask::Same),
+                (0u64..20).prop_map(Ask::Other)
+            ]).prop_map(|(i, a)| Op::MintBy(i, a)),
+            2 => i.clone().prop_map(Op::Roll),
+            1 => i.clone().prop_map(Op::Revoke),
+            6 => (i, 0u32..4).prop_map(|(i, c)| Op::Spend(i, c)),
+        ]
+    }
+
+    fn limits(credits: Option<u64>) -> KeyLimits {
+        KeyLimits {
+            rate: None,
+            credits: credits.map(|c| Credits::new(c, None).unwrap()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn a_meter_is_one_balance_whatever_mints_and_rolls_share_it(
+            ops in proptest::collection::vec(op(), 1..80)
+        ) {
+            let pepper = Pepper::from_bytes(&[5u8; 32]);
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+            let now = UnixMillis::from_millis(1_000);
+            let mut limiter = Limiter::new();
+            let mut seq = 0u64;
+            // Every key minted, whether it is live, and the model's meter of
+            // it (an index into `meters`).
+            let mut keys: Vec<(KeyRecord, bool, usize)> = Vec::new();
+            // Per meter: its id, the credits it started with (None: none),
+            // and what was spent.
+            let mut meters: Vec<(KeyId, Option<u64>, u64)> = Vec::new();
+            let apply = |limiter: &mut Limiter, change: Change| {
+                limiter.apply(&change);
+            };
+            for op in ops {
+                match op {
+                    Op::MintRoot(credits) => {
+                        let req = MintRequest::standard(None, None, now)
+                            .unwrap()
+                            .with_limits(limits(credits));
+                        let record = mint(&pepper, &req, &mut rng, now).into_parts().0;
+                        prop_assert_eq!(record.meter().id, record.id());
+                        meters.push((record.id(), credits, 0));
+                        seq += 1;
+                        apply(&mut limiter, Change::upsert(seq, record.clone()));
+                        keys.push((record, true, meters.len() - 1));
+                    }
+                    Op::MintBy(i, ask) => {
+                        let Some((caller, live, m)) = keys.get(i % keys.len().max(1)).cloned() else {
+                            continue;
+                        };
+                        if !live {
+                            continue;
+                        }
+                        let req = MintRequest::standard(None, None, now).unwrap();
+                        let req = match ask {
+                            Ask::Nothing => req,
+                            Ask::Same => req.with_limits(caller.limits()),
+                            Ask::Other(c) => req.with_limits(limits(Some(c))),
+                        };
+                        let caller_limited = !caller.limits().is_unlimited();
+                        let charged = req.clone().charged_to(&caller);
+                        let asked_other = match ask {
+                            Ask::Other(c) => limits(Some(c)) != caller.limits(),
+                            _ => false,
+                        };
+                        if caller_limited && asked_other {
+                            prop_assert_eq!(charged, Err(MintError::LimitsOfCaller));
+                            continue;
+                        }
+                        let record = mint(&pepper, &charged.unwrap(), &mut rng, now).into_parts().0;
+                        let model = if caller_limited {
+                            // Charged to the caller's meter, with its limits.
+                            prop_assert_eq!(record.meter(), caller.meter());
+                            prop_assert_eq!(record.limits(), caller.limits());
+                            m
+                        } else {
+                            // An unlimited caller's key is a meter of its own.
+                            prop_assert_eq!(record.meter().id, record.id());
+                            meters.push((record.id(), record.limits().credits.map(|c| c.remaining()), 0));
+                            meters.len() - 1
+                        };
+                        seq += 1;
+                        apply(&mut limiter, Change::upsert(seq, record.clone()));
+                        keys.push((record, true, model));
+                    }
+                    Op::Roll(i) => {
+                        let Some((old, live, m)) = keys.get(i % keys.len().max(1)).cloned() else {
+                            continue;
+                        };
+                        if !live {
+                            continue;
+                        }
+                        let rolled = roll(&pepper, &old, Duration::from_secs(60), &mut rng, now).unwrap();
+                        let new = rolled.new_key().record().clone();
+                        prop_assert_eq!(new.meter(), old.meter());
+                        prop_assert_eq!(new.limits(), old.limits());
+                        seq += 1;
+                        apply(&mut limiter, Change::upsert(seq, rolled.old().clone()));
+                        seq += 1;
+                        apply(&mut limiter, Change::upsert(seq, new.clone()));
+                        keys.push((new, true, m));
+                    }
+                    Op::Revoke(i) => {
+                        let n = keys.len();
+                        if let Some(k) = keys.get_mut(i % n.max(1)) {
+                            if k.1 {
+                                k.1 = false;
+                                seq += 1;
+                                apply(&mut limiter, Change::revoke(seq, k.0.id()));
+                            }
+                        }
+                    }
+                    Op::Spend(i, cost) => {
+                        let n = keys.len();
+                        let Some((record, live, m)) = keys.get(i % n.max(1)).cloned() else {
+                            continue;
+                        };
+                        let verdict = limiter.check(&record.id(), now, cost);
+                        let (_, credits, spent) = meters[m];
+                        if !live {
+                            // A revoked key is not limited here: the keyring
+                            // refuses it before any limit.
+                            prop_assert!(!limiter.is_limited(&record.id()));
+                            continue;
+                        }
+                        match credits {
+                            None => prop_assert!(verdict.result().is_ok()),
+                            Some(c) => {
+                                let fits = spent + u64::from(cost) <= c && (cost > 0 || spent < c);
+                                prop_assert_eq!(verdict.result().is_ok(), fits,
+                                    "meter {} started {} spent {} cost {}", m, c, spent, cost);
+                                if fits {
+                                    meters[m].2 += u64::from(cost);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // No meter spent more than it started with, and the limiter's
+            // balance of each is what the model says.
+            for (id, credits, spent) in &meters {
+                if let Some(c) = credits {
+                    prop_assert!(spent <= c);
+                    if let Some((key, _, _)) = keys.iter().find(|(k, live, _)| k.meter().id == *id && *live) {
+                        let left = limiter.credits(&key.id(), now).map(|b| b.remaining);
+                        prop_assert_eq!(left, Some(c - spent));
+                    }
+                }
+            }
+        }
+    }
+}
