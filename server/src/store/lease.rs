@@ -50,6 +50,11 @@ pub struct Lease {
     /// What the other instances' leases of this period held, as last
     /// reported: credits that may come back to the pool.
     pub elsewhere: u64,
+    /// The lease was asked under a refill other than the one the meter's
+    /// keys have in the store (the caller's copy of them is stale): nothing
+    /// was granted, and `period` and `pool` are the caller's period and 0,
+    /// not the pool's.
+    pub stale_refill: bool,
 }
 
 /// One of an instance's leases, as it reports it to
@@ -127,6 +132,33 @@ impl std::error::Error for LeaseWriteError {}
 
 /// A pool row as read: `(remaining, period)`.
 pub(crate) type PoolRow = (u64, u64);
+
+/// `m` under the refill its keys have in the store (`stored`: their credits),
+/// and whether the caller asked under another. Every pool write goes by the
+/// stored refill: an instance whose copy of a key is stale (a limits change
+/// it has yet to read) must never set the pool back, or number its periods,
+/// under an old refill. Without a key with credits (`None`) there is nothing
+/// to be stale against: a meter whose credits were removed has no pool row
+/// either, so nothing is granted.
+pub(crate) fn as_stored(m: CreditMeter, stored: Option<keygate::Credits>) -> (CreditMeter, bool) {
+    match stored {
+        Some(credits) => {
+            let refill = credits.refill();
+            (CreditMeter { refill, ..m }, refill != m.refill)
+        }
+        None => (m, false),
+    }
+}
+
+/// The answer to a lease asked under a stale refill: nothing granted, the
+/// caller's own period.
+pub(crate) fn stale_lease(asked: CreditMeter, now_ms: i64) -> Lease {
+    Lease {
+        period: period_now(asked, 0, now_ms),
+        stale_refill: true,
+        ..Lease::default()
+    }
+}
 
 /// The pool as of `now`: set back to the refill amount when a refill
 /// boundary has passed since its period. The second value says whether it

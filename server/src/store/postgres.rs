@@ -115,7 +115,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 
 use super::lease::{
-    add, col, credits, grant, period_col, period_now, period_of, refilled, PoolRow,
+    add, as_stored, col, credits, grant, period_col, period_now, period_of, refilled, stale_lease,
+    PoolRow,
 };
 use super::{
     balance_at, fresh_balance, no_credits, rolled_target, usage_cutoffs, Action, Bucket,
@@ -2149,6 +2150,12 @@ impl Store for PgStore {
     ) -> Result<Lease, LeaseWriteError> {
         let id = meter.meter.id;
         lease_tx!(self, tx => {
+            // The keys first, as a limits change locks them (then the pool).
+            let (stored, stale) = as_stored(meter, meter_credits(tx, id, true).await?);
+            if stale {
+                return Ok(stale_lease(meter, now_ms));
+            }
+            let meter = stored;
             let Some(row) = lock_pool(tx, id).await? else {
                 return Ok(Lease {
                     period: period_now(meter, 0, now_ms),
@@ -2197,6 +2204,7 @@ impl Store for PgStore {
                 period,
                 pool,
                 elsewhere,
+                stale_refill: false,
             })
         })
     }
@@ -2213,12 +2221,15 @@ impl Store for PgStore {
         let id = meter.meter.id;
         lease_tx!(self, tx => {
             let mut back = false;
+            // Credits leased under another refill than the stored one
+            // lapse: their period is numbered under that refill.
+            let (meter, stale) = as_stored(meter, meter_credits(tx, id, true).await?);
             if let Some(row) = lock_pool(tx, id).await? {
                 let ((mut remaining, period), refill) = refilled(row, meter, now_ms);
                 if refill {
                     void_others(tx, id, period).await?;
                 }
-                back = period == of_period;
+                back = !stale && period == of_period;
                 if back {
                     remaining = add(remaining, amount);
                 }
@@ -2366,6 +2377,15 @@ impl Store for PgStore {
             return Ok(None);
         };
         let row = (credits(row.get(0)), period_of(row.get(1)));
+        let (meter, _) = as_stored(
+            meter,
+            meter_credits(&tx, meter.meter.id, false)
+                .await
+                .map_err(|e| match e {
+                    WriteError::Db(e) => db_error(e),
+                    WriteError::Store(e) => e,
+                })?,
+        );
         let ((remaining, period), refill) = refilled(row, meter, now_ms);
         let held = if refill {
             0

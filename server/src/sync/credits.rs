@@ -21,7 +21,14 @@
 //!   falls below one second's worth, or half the floor. The floor is
 //!   [`LeaseConfig::floor`]; shared, a thousandth of the pool as last seen
 //!   when that is more (up to 10 000), so a burst on a large balance runs
-//!   on the lease while it is topped up. Near zero, grants shrink to half of
+//!   on the lease while it is topped up. Shared, an instance holds at most
+//!   half of what the meter has left (its pool as last seen plus its lease),
+//!   or one spent request's cost if more; a refused cost is leased for once
+//!   if it fits under that, and idleness counts spends only, so asking costs
+//!   that are never spent holds nothing away from the meter's other keys.
+//!   Pools are refilled by the refill the meter's keys have in the store
+//!   (`store::lease::as_stored`), whatever refill an instance asks under.
+//!   Near zero, grants shrink to half of
 //!   what the pool has left, down to one credit, so the last credits spread
 //!   over the instances that ask. A lease idle for [`LeaseConfig::idle`]
 //!   shrinks to one request's worth, and to nothing when the pool is empty.
@@ -37,9 +44,12 @@
 //!   at most four at once (wakes within one tick), then one more per
 //!   [`LeaseConfig::tick`] (50 ms: at most 20 a second per meter and
 //!   instance over time, whatever the request rate; in steady demand about
-//!   one a second, because each lease holds two seconds' worth); and one
-//!   renewal and one expiry pass per instance every [`LeaseConfig::renew`]
-//!   (1 s), for all its meters together.
+//!   one a second, because each lease holds two seconds' worth); per
+//!   instance, ticks and wakes together write at most
+//!   [`LeaseConfig::writes_per_tick`] between two ticks (a meter left out
+//!   goes first at the next tick); and one renewal and one expiry pass per
+//!   instance every [`LeaseConfig::renew`] (1 s), for all its meters
+//!   together.
 //! * **The store down.** The hot path spends what is leased, then refuses
 //!   with a `retry_after`; the background retries each tick. Nothing is
 //!   lost or spent twice: credits move only in transactions, and a write
@@ -238,8 +248,12 @@ struct Local {
     /// Changes of `unspent` other than spends since the background last
     /// looked (grants, returns), so it can tell what was spent.
     adjusted: AtomicI64,
-    /// The largest cost asked.
+    /// The largest cost spent: what a lease holds at least.
     max_cost: AtomicU64,
+    /// The largest cost refused since the background last looked: leased
+    /// for once, so that the request passes when retried (not kept: a
+    /// refused cost must not make an instance hoard a shared pool).
+    asked: AtomicU64,
     /// Lease at the next tick, whatever the demand ([`CreditLeases::ensure`]).
     nudged: AtomicBool,
     /// Return everything and drop the meter ([`CreditLeases::forget`]).
@@ -264,7 +278,12 @@ struct Background {
     at: usize,
     /// `unspent` when last looked at.
     last_seen: u64,
+    /// When a request (spent or refused) was last seen: a meter without one
+    /// for [`LeaseConfig::warm`] holds nothing.
     last_demand_ms: i64,
+    /// When a credit was last spent: a lease without a spend for
+    /// [`LeaseConfig::idle`] is idle (refusals alone keep nothing held).
+    last_spend_ms: i64,
     /// No lease before this (the pool was empty).
     retry_at_ms: i64,
     /// Demand since the last lease write, and when that write was.
@@ -311,6 +330,7 @@ impl Local {
             refused: AtomicU64::new(0),
             adjusted: AtomicI64::new(0),
             max_cost: AtomicU64::new(1),
+            asked: AtomicU64::new(0),
             nudged: AtomicBool::new(true),
             forgotten: AtomicBool::new(false),
             busy: AtomicBool::new(false),
@@ -323,6 +343,7 @@ impl Local {
                 last_seen: 0,
                 // Set at the first look: a new meter counts as just used.
                 last_demand_ms: i64::MIN,
+                last_spend_ms: i64::MIN,
                 retry_at_ms: i64::MIN,
                 since_write: 0,
                 last_write_ms: i64::MIN,
@@ -470,6 +491,11 @@ pub struct CreditLeases {
     wake: tokio::sync::Notify,
     /// The meters whose lease ran low since the background last woke.
     woken: Mutex<Vec<KeyId>>,
+    /// Lease and return writes since the last tick, ticks' and wakes'
+    /// together: at most [`LeaseConfig::writes_per_tick`].
+    writes_since_tick: std::sync::atomic::AtomicUsize,
+    /// Where the next tick starts among the meters.
+    rotation: std::sync::atomic::AtomicUsize,
 }
 
 impl CreditLeases {
@@ -485,6 +511,8 @@ impl CreditLeases {
             renewed_ms: AtomicI64::new(i64::MIN),
             wake: tokio::sync::Notify::new(),
             woken: Mutex::new(Vec::new()),
+            writes_since_tick: std::sync::atomic::AtomicUsize::new(0),
+            rotation: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -530,9 +558,6 @@ impl CreditLeases {
                 retry_after: Some(RETRY),
             };
         };
-        if need > local.max_cost.load(Ordering::Relaxed) {
-            local.max_cost.fetch_max(need, Ordering::Relaxed);
-        }
         let packed = pack_refill(refill);
         if local.leased_refill.load(Ordering::Acquire) != packed {
             // The refill changed: the lease is taken anew under it.
@@ -562,6 +587,9 @@ impl CreditLeases {
             }
             if unspent < need {
                 local.refused.fetch_add(need, Ordering::Relaxed);
+                if need > local.asked.load(Ordering::Relaxed) {
+                    local.asked.fetch_max(need, Ordering::Relaxed);
+                }
                 let spent = refuse(
                     &local, meter, refill, now, now_period, period, unspent, need,
                 );
@@ -591,6 +619,9 @@ impl CreditLeases {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    if cost > local.max_cost.load(Ordering::Relaxed) {
+                        local.max_cost.fetch_max(cost, Ordering::Relaxed);
+                    }
                     let left = unspent - cost;
                     // The lease crossed its low level: top it up now.
                     let low = local.low.load(Ordering::Relaxed);
@@ -802,18 +833,28 @@ impl CreditLeases {
     /// error ends the pass (the next tick tries again).
     pub async fn tick(&self, now: UnixMillis) {
         let now_ms = now.as_millis();
-        let locals: Vec<(KeyId, Arc<Local>)> = self
+        let mut locals: Vec<(KeyId, Arc<Local>)> = self
             .meters
             .iter()
             .map(|e| (*e.key(), Arc::clone(e.value())))
             .collect();
-        let mut writes = 0usize;
+        // Fair when the writes run out: the meters waiting on a wake first,
+        // then the others from where the last tick left off.
+        if !locals.is_empty() {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % locals.len();
+            locals.rotate_left(start);
+            locals.sort_by_key(|(_, l)| !l.woken.load(Ordering::Relaxed));
+        }
+        self.writes_since_tick.store(0, Ordering::Relaxed);
         for (id, local) in &locals {
-            if writes >= self.config.writes_per_tick {
+            if self.writes_since_tick.load(Ordering::Relaxed) >= self.config.writes_per_tick {
                 break;
             }
             match self.service(*id, local, now_ms, Trigger::Tick).await {
-                Ok(wrote) => writes += usize::from(wrote),
+                Ok(wrote) => {
+                    self.writes_since_tick
+                        .fetch_add(usize::from(wrote), Ordering::Relaxed);
+                }
                 // The store is down: the next tick tries again.
                 Err(e @ StoreError::Unavailable(_)) => {
                     self.failed(&e);
@@ -848,7 +889,9 @@ impl CreditLeases {
     /// A meter out of budget stays woken for the next tick.
     pub async fn wake_pass(&self, now: UnixMillis) {
         let woken = std::mem::take(&mut *self.woken.lock().unwrap_or_else(PoisonError::into_inner));
-        for id in woken {
+        let mut left = Vec::new();
+        let mut ids = woken.into_iter();
+        for id in ids.by_ref() {
             let Some(local) = self.meters.get(&id).map(|l| Arc::clone(l.value())) else {
                 continue;
             };
@@ -856,20 +899,40 @@ impl CreditLeases {
                 // The tick looked at it since.
                 continue;
             }
-            match self
+            // The writes of a tick, shared with the wakes since: what is
+            // not looked at stays woken, and the next tick takes it first.
+            if self.writes_since_tick.load(Ordering::Relaxed) >= self.config.writes_per_tick {
+                left.push(id);
+                break;
+            }
+            let result = self
                 .service(id, &local, now.as_millis(), Trigger::Wake)
-                .await
-            {
-                Ok(_) => {}
+                .await;
+            // Busy, or out of its write budget: still woken, still listed.
+            if local.woken.load(Ordering::Acquire) {
+                left.push(id);
+            }
+            match result {
+                Ok(wrote) => {
+                    self.writes_since_tick
+                        .fetch_add(usize::from(wrote), Ordering::Relaxed);
+                }
                 Err(e @ StoreError::Unavailable(_)) => {
                     self.failed(&e);
-                    return;
+                    break;
                 }
                 Err(e) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(meter = %id, "credit lease: {e}");
                 }
             }
+        }
+        left.extend(ids);
+        if !left.is_empty() {
+            self.woken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(left);
         }
     }
 
@@ -995,7 +1058,7 @@ impl CreditLeases {
         // What was asked since the last look: spent plus refused; and the
         // demand per second, the larger of the last second's and the rate
         // since the last lease write (a burst that began this second).
-        let (d1s, since_demand, retry_at_ms, may_write) = {
+        let (d1s, since_demand, since_spend, retry_at_ms, may_write, asked) = {
             let mut bg = local.bg();
             // Out of writes: a wake waits for the next tick (still woken,
             // so that spends do not wake it again meanwhile); a tick keeps
@@ -1009,9 +1072,8 @@ impl CreditLeases {
             let adjusted = local.adjusted.swap(0, Ordering::Relaxed);
             let spent = i128::from(bg.last_seen) + i128::from(adjusted) - i128::from(unspent);
             bg.last_seen = unspent;
-            let demand = u64::try_from(spent.max(0))
-                .unwrap_or(0)
-                .saturating_add(local.refused.swap(0, Ordering::Relaxed));
+            let spent = u64::try_from(spent.max(0)).unwrap_or(0);
+            let demand = spent.saturating_add(local.refused.swap(0, Ordering::Relaxed));
             // A tick opens the next slot of the ring; a wake adds to the
             // current one.
             if trigger == Trigger::Tick {
@@ -1028,7 +1090,13 @@ impl CreditLeases {
             if demand > 0 || bg.last_demand_ms == i64::MIN {
                 bg.last_demand_ms = now_ms;
             }
-            bg.since_write = bg.since_write.saturating_add(demand);
+            if spent > 0 || bg.last_spend_ms == i64::MIN {
+                bg.last_spend_ms = now_ms;
+            }
+            // The rate since the last write counts what was spent, not
+            // what was refused: a refused cost is leased for once (`asked`),
+            // and never multiplied into a rate.
+            bg.since_write = bg.since_write.saturating_add(spent);
             let d1s = bg.ring.iter().fold(0u64, |a, d| a.saturating_add(*d));
             let rate = if bg.last_write_ms == i64::MIN {
                 0
@@ -1043,8 +1111,10 @@ impl CreditLeases {
             (
                 d1s.max(rate),
                 now_ms.saturating_sub(bg.last_demand_ms),
+                now_ms.saturating_sub(bg.last_spend_ms),
                 bg.retry_at_ms,
                 may_write,
+                local.asked.swap(0, Ordering::Relaxed),
             )
         };
 
@@ -1096,8 +1166,24 @@ impl CreditLeases {
         let now_period = refill.map(|r| r.period_at(local.since, now));
         let (period, unspent) = unpack(local.word.load(Ordering::Acquire));
         let stale = now_period.is_some_and(|np| period < np);
-        let keep = local.max_cost.load(Ordering::Relaxed).max(1);
         let pool_seen = local.pool_now(refill, now_period);
+        let held = if stale { 0 } else { unspent };
+        // Shared, an instance holds at most half of what the meter has left
+        // (its pool as last seen plus this lease), or one spent request's
+        // cost if more: the rest stays where other instances can lease it.
+        // A refused cost is leased for once if it fits under that cap, so
+        // the request passes when retried; a larger one is not (it would
+        // take most of a shared pool, and a key holder could hold it away
+        // from the meter's other keys by asking without spending).
+        let cap = match pool_seen {
+            Some(p) if !cfg.sole => p.saturating_add(held).div_ceil(2),
+            _ => u64::MAX,
+        };
+        let keep = local
+            .max_cost
+            .load(Ordering::Relaxed)
+            .max(if asked <= cap { asked } else { 0 })
+            .max(1);
         let scarce = pool_seen == Some(0);
         // Shared, a meter in use holds at least a thousandth of the pool as
         // last seen (up to [`SHARED_FLOOR_CAP`]), so that a burst on a
@@ -1105,7 +1191,7 @@ impl CreditLeases {
         // pool keeps the configured floor, spread over the instances.
         let floor = self.floor(pool_seen);
         let nudged = local.nudged.load(Ordering::Relaxed);
-        let idle = since_demand >= ms(cfg.idle) && !nudged;
+        let idle = since_spend >= ms(cfg.idle) && !nudged;
         let warm = since_demand < ms(cfg.warm) || nudged;
         // What to hold, the level to top up below, and (shared only) the
         // most to keep while idle or scarce.
@@ -1115,13 +1201,12 @@ impl CreditLeases {
             let hold = if scarce { 0 } else { keep.max(floor) };
             (hold, hold)
         } else {
-            let hold = d1s.saturating_mul(2).max(keep).max(floor);
-            (hold, d1s.max(keep).max(floor / 2))
+            let hold = d1s.saturating_mul(2).max(floor).min(cap).max(keep);
+            (hold, d1s.max(floor / 2).min(hold).max(keep))
         };
-        let held = if stale { 0 } else { unspent };
         local.low.store(low, Ordering::Relaxed);
 
-        if may_write && held < low && (nudged || now_ms >= retry_at_ms) {
+        if may_write && held < low && held < hold && (nudged || now_ms >= retry_at_ms) {
             let want = hold.saturating_sub(held).min(MAX_CREDITS);
             // Alone, take all of it (nobody to spread the last credits to);
             // shared, at least one request's worth.
@@ -1150,6 +1235,14 @@ impl CreditLeases {
                 .lease_credits(meter, &self.instance, want, need, now_ms, self.ttl_ms())
                 .await
             {
+                Ok(lease) if lease.stale_refill => {
+                    // Asked under a refill the meter's keys no longer have
+                    // (a stale copy): nothing granted; ask again in a second
+                    // or when a spend brings the current refill.
+                    local.nudged.store(false, Ordering::Relaxed);
+                    local.bg().retry_at_ms = now_ms.saturating_add(1_000);
+                    Ok(true)
+                }
                 Ok(lease) => {
                     local.nudged.store(false, Ordering::Relaxed);
                     local.credit(lease.period, lease.granted);

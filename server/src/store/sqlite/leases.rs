@@ -6,11 +6,11 @@ use keygate::{KeyId, MAX_CREDITS};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::super::lease::{
-    add, col, credits, grant, period_col, period_now, period_of, refilled, CreditMeter, Expired,
-    Lease, LeaseReport, PoolRow, PoolView,
+    add, as_stored, col, credits, grant, period_col, period_now, period_of, refilled, stale_lease,
+    CreditMeter, Expired, Lease, LeaseReport, PoolRow, PoolView,
 };
 use super::super::StoreError;
-use super::queries::sql;
+use super::queries::{meter_credits, sql};
 
 fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
@@ -77,6 +77,11 @@ pub(super) fn lease(
 ) -> Result<Lease, StoreError> {
     let tx = immediate(conn)?;
     let id = m.meter.id;
+    let (stored, stale) = as_stored(m, meter_credits(&tx, id)?);
+    if stale {
+        return Ok(stale_lease(m, now_ms));
+    }
+    let m = stored;
     let Some(row) = read_pool(&tx, id)? else {
         return Ok(Lease {
             period: period_now(m, 0, now_ms),
@@ -120,6 +125,7 @@ pub(super) fn lease(
         period,
         pool,
         elsewhere,
+        stale_refill: false,
     })
 }
 
@@ -135,12 +141,15 @@ pub(super) fn give_back(
     let tx = immediate(conn)?;
     let id = m.meter.id;
     let mut back = false;
+    // Credits leased under another refill than the stored one lapse: their
+    // period is numbered under that refill, not the pool's.
+    let (m, stale) = as_stored(m, meter_credits(&tx, id)?);
     if let Some(row) = read_pool(&tx, id)? {
         let ((mut remaining, period), refill) = refilled(row, m, now_ms);
         if refill {
             void_others(&tx, id, period)?;
         }
-        back = period == of_period;
+        back = !stale && period == of_period;
         if back {
             remaining = add(remaining, amount);
         }
@@ -281,6 +290,7 @@ pub(super) fn total_in(
     let Some(row) = read_pool(tx, m.meter.id)? else {
         return Ok(None);
     };
+    let (m, _) = as_stored(m, meter_credits(tx, m.meter.id)?);
     let ((remaining, period), refill) = refilled(row, m, now_ms);
     let held = if refill {
         0

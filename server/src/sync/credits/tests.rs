@@ -847,3 +847,170 @@ async fn a_fresh_key_at_full_load_is_never_refused_while_credits_remain() {
     stop.send(true).unwrap();
     background.await.unwrap();
 }
+
+/// A request served from a stale copy of a key (a limits change this
+/// instance has yet to apply) must not bring the old refill back: the store
+/// goes by the refill the meter's keys have, so a lease asked under the old
+/// one is refused and the pool is never set back to the old amount (found
+/// by the outside review: 360 000 allowed after a change to 100).
+#[tokio::test]
+async fn a_request_under_the_old_refill_during_a_patch_cannot_reset_the_pool() {
+    let (_dir, store) = sqlite();
+    let pepper = keygate::Pepper::from_bytes(&[9; 32]);
+    let t0 = 100_000;
+    let old = Some(Refill::new(1_000_000, Duration::from_secs(1)).unwrap());
+    let new = Some(Refill::new(100, Duration::from_secs(30 * 86_400)).unwrap());
+    // A real key in the store, so that the store knows the meter's refill.
+    let limits = |refill: Option<Refill>, remaining| keygate::KeyLimits {
+        rate: None,
+        credits: Some(keygate::Credits::new(remaining, refill).unwrap()),
+    };
+    let request = keygate::MintRequest::standard(Some("metered"), None, at(0))
+        .unwrap()
+        .with_limits(limits(old, 1_000_000));
+    let record = keygate::mint(&pepper, &request, &mut keygate::os_entropy(), at(0))
+        .into_parts()
+        .0;
+    let m = record.meter();
+    store.create(&record, None, 0).await.unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::sole());
+    l.ensure_now(m, old, at(t0)).await;
+    assert_eq!(l.held(&m.id), 10_000);
+    // The PATCH: the lease goes back, the keys and the pool change.
+    l.reclaim(&m.id, at(t0 + 1)).await.unwrap();
+    store
+        .set_limits(
+            record.id(),
+            crate::store::LimitsChange {
+                rate: None,
+                credits: Some(Some(keygate::Credits::new(100, new).unwrap())),
+            },
+            crate::store::Scope::All,
+            None,
+            t0 + 1,
+        )
+        .await
+        .unwrap();
+    l.ensure_now(m, new, at(t0 + 1)).await;
+    // A request from the stale copy, before the cache applies the change.
+    assert!(!l.spend(m, old, 1, at(t0 + 2)).allowed);
+    l.tick(at(t0 + 50)).await;
+    l.tick(at(t0 + 100)).await;
+    let mut allowed = 0;
+    for k in 0..20 {
+        let t = t0 + 150 + 50 * k;
+        allowed += spend_n(&l, m, new, 1, 20_000, t);
+        l.tick(at(t)).await;
+    }
+    assert_eq!(allowed, 100);
+    assert_eq!(
+        store.credit_total(cm(m, new), t0 + 2_000).await.unwrap(),
+        Some(0)
+    );
+    // Asked under the old refill, the store lends nothing.
+    let lease = store
+        .lease_credits(cm(m, old), "other", 10, 1, t0 + 2_000, 10_000)
+        .await
+        .unwrap();
+    assert!(lease.stale_refill);
+    assert_eq!(lease.granted, 0);
+}
+
+fn meter_n(n: u32, since_ms: i64) -> Meter {
+    Meter {
+        id: KeyId::parse(&format!("{n:0>16}")).unwrap(),
+        since: at(since_ms),
+    }
+}
+
+/// Refused requests spend nothing and must not make an instance hoard a
+/// shared pool: a cost one above the lease, asked without ever being spent,
+/// once every 500 ms, while the other instance serves 40 000 honest
+/// requests a second (the outside review's finding: A held 911 789 of a
+/// million having spent nothing, B refused everything).
+#[tokio::test]
+async fn refused_costs_do_not_hoard_a_shared_pool() {
+    let (_dir, store) = sqlite();
+    let m = meter(41, 0);
+    store.set_credits(cm(m, None), 1_000_000, 0).await.unwrap();
+    let a = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    let b = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    a.ensure_now(m, None, at(0)).await;
+    b.ensure_now(m, None, at(0)).await;
+    for t in 1..=2 {
+        let cost = a.held(&m.id) + 1;
+        assert!(!a.spend(m, None, cost, at(t)).allowed);
+        a.wake_pass(at(t)).await;
+    }
+    let (mut b_refused_last_s, mut a_allowed, mut a_max) = (0u64, 0u64, 0u64);
+    for k in 1..=100i64 {
+        let t = 2 + 50 * k;
+        let ok = spend_n(&b, m, None, 1, 2_000, t);
+        if k > 80 {
+            b_refused_last_s += 2_000 - ok;
+        }
+        if k % 10 == 0 {
+            let cost = a.held(&m.id) + 1;
+            a_allowed += u64::from(a.spend(m, None, cost, at(t)).allowed);
+            a.wake_pass(at(t)).await;
+        }
+        a.tick(at(t)).await;
+        b.tick(at(t)).await;
+        a_max = a_max.max(a.held(&m.id));
+    }
+    eprintln!(
+        "A held at most {a_max} (allowed {a_allowed}); B refused {b_refused_last_s} in the last second"
+    );
+    assert_eq!(b_refused_last_s, 0);
+    // A holds at most half of what is left, and gives it back once idle.
+    assert!(a_max <= 500_000, "{a_max}");
+    assert!(a.held(&m.id) <= 10_000, "{}", a.held(&m.id));
+}
+
+/// Wakes share the tick's write cap: 400 meters woken at once make at most
+/// `writes_per_tick` writes in one pass; the rest stay woken and the next
+/// tick leases for them first (the review's finding: 400 writes in one
+/// 886 ms pass, with no tick or renewal meanwhile).
+#[tokio::test]
+async fn wakes_share_the_ticks_write_cap_and_the_rest_come_next_tick() {
+    let (_dir, store) = sqlite();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    let ms: Vec<Meter> = (1_000..1_400u32).map(|n| meter_n(n, 0)).collect();
+    for m in &ms {
+        store.set_credits(cm(*m, None), 1_000_000, 0).await.unwrap();
+        l.ensure(*m, None);
+    }
+    for m in &ms {
+        assert!(!l.spend(*m, None, 1, at(1)).allowed);
+    }
+    l.wake_pass(at(1)).await;
+    let cap = l.config().writes_per_tick as u64;
+    assert_eq!(l.stats().leases, cap);
+    assert_eq!(l.woken_now().len(), 400 - cap as usize);
+    l.tick(at(50)).await;
+    assert!(ms.iter().all(|m| l.held(&m.id) > 0));
+}
+
+/// A wake that finds its meter busy (a credit route's lease in flight) is
+/// kept, not lost: the meter stays listed, and the next wake or tick leases
+/// for it (the review's finding: the list emptied, the flag stayed set, and
+/// spends never woke the background again).
+#[tokio::test]
+async fn a_wake_that_finds_its_meter_busy_is_kept() {
+    let (_dir, store) = sqlite();
+    let m = meter(42, 0);
+    store.set_credits(cm(m, None), 1_000_000, 0).await.unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::sole());
+    l.ensure_now(m, None, at(0)).await;
+    assert_eq!(spend_n(&l, m, None, 1, 10_000, 1), 10_000);
+    assert_eq!(l.woken_now(), vec![m.id]);
+    let local = l.meters.get(&m.id).map(|e| Arc::clone(e.value())).unwrap();
+    {
+        let _busy = Busy::try_new(&local.busy).unwrap();
+        l.wake_pass(at(2)).await;
+    }
+    assert_eq!(l.woken_now(), vec![m.id]);
+    l.wake_pass(at(3)).await;
+    assert!(l.woken_now().is_empty());
+    assert_eq!(spend_n(&l, m, None, 1, 100, 4), 100);
+}
