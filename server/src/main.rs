@@ -42,19 +42,19 @@ enum Command {
     Serve {
         /// Address to listen on; port 0 picks a free port. The bound address
         /// is printed to stderr as `listening on ADDR`.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", env = "KEYGATE_LISTEN")]
         listen: SocketAddr,
         #[command(flatten)]
         store: StoreArgs,
         /// Use the attenuating minting policy: a restricted caller may only
         /// mint restricted keys within its own scopes, expiring no later
         /// than itself, and acts only on the keys it minted.
-        #[arg(long)]
+        #[arg(long, env = "KEYGATE_ATTENUATE")]
         attenuate: bool,
         /// How often to read the change log, in milliseconds (changes made
         /// by the CLI or another instance apply within about this long).
         #[arg(long, value_name = "MS", default_value_t = 100,
-              value_parser = clap::value_parser!(u64).range(10..=1_000))]
+              value_parser = clap::value_parser!(u64).range(10..=1_000), env = "KEYGATE_POLL_MS")]
         poll_ms: u64,
         /// How often to write last-used times and usage counts to the store
         /// (and run a bounded retention pass over the counts), in
@@ -62,21 +62,30 @@ enum Command {
         /// `GET /v1/keys/{id}/usage` at once, in other instances' and in
         /// `keygate usage` after the write.
         #[arg(long, value_name = "MS", default_value_t = 10_000,
-              value_parser = clap::value_parser!(u64).range(100..=10_000))]
+              value_parser = clap::value_parser!(u64).range(100..=10_000),
+              env = "KEYGATE_LAST_USED_FLUSH_MS")]
         last_used_flush_ms: u64,
         #[command(flatten)]
         limits: listen::Args,
         /// A route table (see `keygate routes check`): enables forward-auth
         /// on `/v1/authorize`. A table that does not parse stops start-up.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "KEYGATE_ROUTES")]
         routes: Option<PathBuf>,
         /// With `--routes`: the one header family that carries the original
         /// request's method and URI. `x-original`: `X-Original-Method` and
         /// `X-Original-URI` (nginx `auth_request`); `x-forwarded`:
         /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Caddy, Traefik). A
         /// request carrying the other family is refused (400).
-        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = ForwardedHeaders::XOriginal)]
+        #[arg(long, value_name = "FAMILY", value_enum, default_value_t = ForwardedHeaders::XOriginal,
+              env = "KEYGATE_FORWARDED_HEADERS")]
         forwarded_headers: ForwardedHeaders,
+        /// The log's format on stderr: `text`, one line per event, or
+        /// `json`, one object per line (`timestamp`, `level`, `message`,
+        /// `target` and the event's fields). `KEYGATE_LOG` sets the level
+        /// (`info` by default, e.g. `debug` or `keygate=debug,tower=warn`).
+        #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text,
+              env = "KEYGATE_LOG_FORMAT")]
+        log_format: LogFormat,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
@@ -244,10 +253,12 @@ fn main() -> ExitCode {
             limits,
             routes,
             forwarded_headers,
+            log_format,
         } => serve(
             listen,
             &store,
             attenuate,
+            log_format,
             &limits,
             routes.as_deref().map(|file| (file, forwarded_headers)),
             follow::Intervals {
@@ -315,6 +326,7 @@ fn serve(
     listen: SocketAddr,
     args: &StoreArgs,
     attenuate: bool,
+    log_format: LogFormat,
     limits: &listen::Args,
     routes: Option<(&std::path::Path, ForwardedHeaders)>,
     intervals: follow::Intervals,
@@ -323,14 +335,23 @@ fn serve(
     let table = routes
         .map(|(file, trusted)| cli::routes::load(file).map(|table| (table, trusted)))
         .transpose()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match log_format {
+        LogFormat::Text => log.init(),
+        // One object per line; the event's fields beside `timestamp`,
+        // `level`, `message` and `target`, not nested.
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -373,7 +394,10 @@ fn serve(
         if let Some((t, trusted)) = &table {
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
-        run(listener, state, keys, table, limits, seq, intervals).await
+        run(
+            listener, state, keys, table, limits, seq, intervals, log_format,
+        )
+        .await
     })
 }
 
@@ -471,6 +495,7 @@ fn remove_quietly(path: &std::path::Path) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -479,6 +504,7 @@ async fn run(
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
+    log_format: LogFormat,
 ) -> Result<(), String> {
     let local = listener
         .local_addr()
@@ -487,7 +513,10 @@ async fn run(
     let (follower, first_read) = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
     let _ = first_read.await;
-    eprintln!("listening on {local}");
+    // Scripts wait for this line; in JSON, the event below says it.
+    if log_format == LogFormat::Text {
+        eprintln!("listening on {local}");
+    }
     tracing::info!(%local, "listening");
     let router = crate::http::forward::with_routes(
         router::router(Arc::clone(&state), limits.body_read_timeout),
@@ -503,6 +532,15 @@ async fn run(
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The format of the server's log (`serve --log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Resolves on SIGINT or SIGTERM.

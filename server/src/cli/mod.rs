@@ -41,7 +41,7 @@ pub struct StoreArgs {
     /// Pepper file: 32 random bytes, created with mode 0600 if missing.
     /// Default: the database path with `.pepper` appended; required with
     /// PostgreSQL (every instance reads the same file).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "KEYGATE_PEPPER_FILE")]
     pub pepper_file: Option<PathBuf>,
 }
 

@@ -84,28 +84,34 @@ pub struct Args {
     /// Time a client has to send a complete request head: the first one on
     /// a new connection (HTTP/1.1 and h2c alike), and on HTTP/1.1 each next
     /// one after a response. Slower connections are closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration,
+          env = "KEYGATE_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed
     /// (HTTP/2: `GOAWAY`). On HTTP/1.1 the header read timeout, which also
     /// runs between requests, closes an idle connection first when shorter.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration,
+          env = "KEYGATE_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
     /// Time a client has to send a complete request body, counted from the
     /// end of its head; a route still waiting for it answers 408, and an
     /// HTTP/1.1 connection is then closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration,
+          env = "KEYGATE_BODY_READ_TIMEOUT")]
     pub body_read_timeout: Duration,
     /// The most connections served at once; more wait in the listen
     /// backlog. Keep it under the process's file descriptor limit.
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..),
+          env = "KEYGATE_MAX_CONNECTIONS")]
     pub max_connections: u32,
     /// HTTP/2: the most concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..),
+          env = "KEYGATE_H2_MAX_CONCURRENT_STREAMS")]
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2: the largest request header list, in bytes
     /// (SETTINGS_MAX_HEADER_LIST_SIZE); larger requests get 431.
-    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u32).range(1024..),
+          env = "KEYGATE_H2_MAX_HEADER_LIST_SIZE")]
     pub h2_max_header_list_size: u32,
 }
 

@@ -125,9 +125,15 @@ async fn self_revoke_too_large(response: Response) -> Response {
     response
 }
 
-/// One log line per request: method, path, status, latency, key id.
+/// One log line per request: method, path, status, latency, key id, and
+/// the protocol (`h1` or `h2`).
 async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
+    let protocol = if request.version() < axum::http::Version::HTTP_2 {
+        "h1"
+    } else {
+        "h2"
+    };
     // An extension method is any token of letters, digits and `_`: it may
     // be a pasted key too.
     let method = Redacted(request.method().clone());
@@ -144,15 +150,15 @@ async fn log_request(request: Request, next: Next) -> Response {
         .get(&KEY_ID_HEADER)
         .and_then(|v| v.to_str().ok())
     {
-        tracing::info!(%method, path = %path, status, latency_us, key_id = %id);
+        tracing::info!(%method, path = %path, status, latency_us, key_id = %id, protocol, "request");
     } else if let Some(id) = extensions
         .get::<Principal>()
         .map(Principal::id)
         .or_else(|| extensions.get::<Rejection>().and_then(Rejection::key_id))
     {
-        tracing::info!(%method, path = %path, status, latency_us, key_id = %id);
+        tracing::info!(%method, path = %path, status, latency_us, key_id = %id, protocol, "request");
     } else {
-        tracing::info!(%method, path = %path, status, latency_us, key_id = %"-");
+        tracing::info!(%method, path = %path, status, latency_us, key_id = %"-", protocol, "request");
     }
     response
 }

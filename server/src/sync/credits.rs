@@ -23,9 +23,9 @@
 //!   when that is more (up to 10 000), so a burst on a large balance runs
 //!   on the lease while it is topped up. Shared, an instance holds at most
 //!   half of what the meter has left (its pool as last seen plus its lease),
-//!   or one spent request's cost if more; a refused cost is leased for once
-//!   if it fits under that, and idleness counts spends only, so asking costs
-//!   that are never spent holds nothing away from the meter's other keys.
+//!   or more only for one request's cost: the largest spent in the last 10
+//!   to 20 s, or refused in the last 2 to 4 s (leased for, so that the
+//!   request passes when retried, then forgotten).
 //!   Pools are refilled by the refill the meter's keys have in the store
 //!   (`store::lease::as_stored`), whatever refill an instance asks under.
 //!   Near zero, grants shrink to half of
@@ -203,6 +203,12 @@ const MIN_RATE_SPAN_MS: i64 = 10;
 /// The most a shared instance holds for a meter in use whatever its demand
 /// (a thousandth of the pool, up to this).
 const SHARED_FLOOR_CAP: u64 = 10_000;
+/// How long a spent cost keeps a lease at least that big (one to two of
+/// these).
+const SPENT_COST_WINDOW: Duration = Duration::from_secs(10);
+/// How long a refused cost keeps a lease at least that big (one to two of
+/// these): the time its request has to be retried.
+const ASKED_COST_WINDOW: Duration = Duration::from_secs(2);
 
 /// `(period, unspent)` in one word.
 fn pack(period: u64, unspent: u64) -> u128 {
@@ -248,11 +254,9 @@ struct Local {
     /// Changes of `unspent` other than spends since the background last
     /// looked (grants, returns), so it can tell what was spent.
     adjusted: AtomicI64,
-    /// The largest cost spent: what a lease holds at least.
+    /// The largest cost spent since the background last looked.
     max_cost: AtomicU64,
-    /// The largest cost refused since the background last looked: leased
-    /// for once, so that the request passes when retried (not kept: a
-    /// refused cost must not make an instance hoard a shared pool).
+    /// The largest cost refused since the background last looked.
     asked: AtomicU64,
     /// Lease at the next tick, whatever the demand ([`CreditLeases::ensure`]).
     nudged: AtomicBool,
@@ -281,9 +285,14 @@ struct Background {
     /// When a request (spent or refused) was last seen: a meter without one
     /// for [`LeaseConfig::warm`] holds nothing.
     last_demand_ms: i64,
-    /// When a credit was last spent: a lease without a spend for
-    /// [`LeaseConfig::idle`] is idle (refusals alone keep nothing held).
-    last_spend_ms: i64,
+    /// The largest cost spent lately ([`SPENT_COST_WINDOW`]): a lease holds
+    /// at least that much.
+    spent_cost: RecentMax,
+    /// The largest cost refused lately ([`ASKED_COST_WINDOW`]): leased for,
+    /// so that the request passes when retried, and soon forgotten if it is
+    /// not (a cost asked and never spent holds a shared pool only that
+    /// long).
+    asked_cost: RecentMax,
     /// No lease before this (the pool was empty).
     retry_at_ms: i64,
     /// Demand since the last lease write, and when that write was.
@@ -293,6 +302,35 @@ struct Background {
     /// each tick, at most [`WRITE_BURST`].
     write_budget: u64,
     budget_at_ms: i64,
+}
+
+/// The largest value noted in the current window of a fixed length and in
+/// the one before it: forgotten one to two windows after it was noted.
+#[derive(Debug, Default, Clone, Copy)]
+struct RecentMax {
+    current: u64,
+    previous: u64,
+    /// When the current window began (`None`: nothing noted yet).
+    since_ms: Option<i64>,
+}
+
+impl RecentMax {
+    fn note(&mut self, value: u64, now_ms: i64, window_ms: i64) {
+        let since = *self.since_ms.get_or_insert(now_ms);
+        let passed = now_ms.saturating_sub(since);
+        if passed >= window_ms.saturating_mul(2) {
+            (self.previous, self.current) = (0, 0);
+            self.since_ms = Some(now_ms);
+        } else if passed >= window_ms {
+            (self.previous, self.current) = (self.current, 0);
+            self.since_ms = Some(since.saturating_add(window_ms));
+        }
+        self.current = self.current.max(value);
+    }
+
+    fn get(&self) -> u64 {
+        self.current.max(self.previous)
+    }
 }
 
 impl Background {
@@ -329,7 +367,7 @@ impl Local {
             elsewhere: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             adjusted: AtomicI64::new(0),
-            max_cost: AtomicU64::new(1),
+            max_cost: AtomicU64::new(0),
             asked: AtomicU64::new(0),
             nudged: AtomicBool::new(true),
             forgotten: AtomicBool::new(false),
@@ -343,7 +381,8 @@ impl Local {
                 last_seen: 0,
                 // Set at the first look: a new meter counts as just used.
                 last_demand_ms: i64::MIN,
-                last_spend_ms: i64::MIN,
+                spent_cost: RecentMax::default(),
+                asked_cost: RecentMax::default(),
                 retry_at_ms: i64::MIN,
                 since_write: 0,
                 last_write_ms: i64::MIN,
@@ -1058,7 +1097,7 @@ impl CreditLeases {
         // What was asked since the last look: spent plus refused; and the
         // demand per second, the larger of the last second's and the rate
         // since the last lease write (a burst that began this second).
-        let (d1s, since_demand, since_spend, retry_at_ms, may_write, asked) = {
+        let (d1s, since_demand, retry_at_ms, may_write, spent_cost, asked_cost) = {
             let mut bg = local.bg();
             // Out of writes: a wake waits for the next tick (still woken,
             // so that spends do not wake it again meanwhile); a tick keeps
@@ -1090,12 +1129,15 @@ impl CreditLeases {
             if demand > 0 || bg.last_demand_ms == i64::MIN {
                 bg.last_demand_ms = now_ms;
             }
-            if spent > 0 || bg.last_spend_ms == i64::MIN {
-                bg.last_spend_ms = now_ms;
-            }
+            let (spent_max, asked_max) = (
+                local.max_cost.swap(0, Ordering::Relaxed),
+                local.asked.swap(0, Ordering::Relaxed),
+            );
+            bg.spent_cost.note(spent_max, now_ms, ms(SPENT_COST_WINDOW));
+            bg.asked_cost.note(asked_max, now_ms, ms(ASKED_COST_WINDOW));
             // The rate since the last write counts what was spent, not
-            // what was refused: a refused cost is leased for once (`asked`),
-            // and never multiplied into a rate.
+            // what was refused: a refused cost is leased for as such
+            // (`asked_cost`), never multiplied into a rate.
             bg.since_write = bg.since_write.saturating_add(spent);
             let d1s = bg.ring.iter().fold(0u64, |a, d| a.saturating_add(*d));
             let rate = if bg.last_write_ms == i64::MIN {
@@ -1111,10 +1153,10 @@ impl CreditLeases {
             (
                 d1s.max(rate),
                 now_ms.saturating_sub(bg.last_demand_ms),
-                now_ms.saturating_sub(bg.last_spend_ms),
                 bg.retry_at_ms,
                 may_write,
-                local.asked.swap(0, Ordering::Relaxed),
+                bg.spent_cost.get(),
+                bg.asked_cost.get(),
             )
         };
 
@@ -1169,21 +1211,18 @@ impl CreditLeases {
         let pool_seen = local.pool_now(refill, now_period);
         let held = if stale { 0 } else { unspent };
         // Shared, an instance holds at most half of what the meter has left
-        // (its pool as last seen plus this lease), or one spent request's
-        // cost if more: the rest stays where other instances can lease it.
-        // A refused cost is leased for once if it fits under that cap, so
-        // the request passes when retried; a larger one is not (it would
-        // take most of a shared pool, and a key holder could hold it away
-        // from the meter's other keys by asking without spending).
-        let cap = match pool_seen {
-            Some(p) if !cfg.sole => p.saturating_add(held).div_ceil(2),
+        // (its pool as last seen plus this lease), or more only for one
+        // request's cost: the largest spent in the last 10 to 20 s, or
+        // refused in the last 2 to 4 s (leased for, so that the request
+        // passes when retried, and given back if it is not), if the meter
+        // has that much left at all.
+        let left = match pool_seen {
+            Some(p) if !cfg.sole => p.saturating_add(held),
             _ => u64::MAX,
         };
-        let keep = local
-            .max_cost
-            .load(Ordering::Relaxed)
-            .max(if asked <= cap { asked } else { 0 })
-            .max(1);
+        let cap = left.div_ceil(2);
+        let asked = if asked_cost <= left { asked_cost } else { 0 };
+        let keep = spent_cost.max(asked).max(1);
         let scarce = pool_seen == Some(0);
         // Shared, a meter in use holds at least a thousandth of the pool as
         // last seen (up to [`SHARED_FLOOR_CAP`]), so that a burst on a
@@ -1191,14 +1230,16 @@ impl CreditLeases {
         // pool keeps the configured floor, spread over the instances.
         let floor = self.floor(pool_seen);
         let nudged = local.nudged.load(Ordering::Relaxed);
-        let idle = since_spend >= ms(cfg.idle) && !nudged;
+        let idle = since_demand >= ms(cfg.idle) && !nudged;
         let warm = since_demand < ms(cfg.warm) || nudged;
         // What to hold, the level to top up below, and (shared only) the
         // most to keep while idle or scarce.
         let (hold, low) = if !warm {
             (0, 0)
         } else if idle && !cfg.sole {
-            let hold = if scarce { 0 } else { keep.max(floor) };
+            // The pool empty: the last credits go where they are asked for,
+            // unless a refused request here awaits them.
+            let hold = if scarce { asked } else { keep.max(floor) };
             (hold, hold)
         } else {
             let hold = d1s.saturating_mul(2).max(floor).min(cap).max(keep);
@@ -1326,6 +1367,16 @@ impl CreditLeases {
             .await
         {
             Ok(back) => {
+                if back {
+                    // The pool as seen holds them again (until the next
+                    // renewal says exactly): a refusal meanwhile says they
+                    // may come.
+                    let _ = local
+                        .pool
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                            (p != UNKNOWN).then(|| p.saturating_add(amount).min(MAX_CREDITS))
+                        });
+                }
                 let counter = if back {
                     &self.counters.returned
                 } else {

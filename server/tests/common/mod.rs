@@ -61,11 +61,16 @@ impl Server {
 
     /// [`Server::start`] with `KEYGATE_LOG` set to `filter`.
     pub fn start_logging(db: &Path, extra: &[&str], filter: &str) -> Server {
+        Server::start_with_env(db, extra, &[("KEYGATE_LOG", filter)])
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    pub fn start_with_env(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
-            .env("KEYGATE_LOG", filter)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -81,6 +86,16 @@ impl Server {
                     let Ok(line) = line else { break };
                     if let Some(addr) = line.strip_prefix("listening on ") {
                         let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    }
+                    // `--log-format json`: the `listening` event says it.
+                    if line.starts_with('{') && line.contains(r#""message":"listening""#) {
+                        if let Some(addr) = line
+                            .split(r#""local":""#)
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next())
+                        {
+                            let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                        }
                     }
                     log.lock().unwrap().push(line);
                 }

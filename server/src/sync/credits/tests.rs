@@ -962,8 +962,14 @@ async fn refused_costs_do_not_hoard_a_shared_pool() {
         "A held at most {a_max} (allowed {a_allowed}); B refused {b_refused_last_s} in the last second"
     );
     assert_eq!(b_refused_last_s, 0);
-    // A holds at most half of what is left, and gives it back once idle.
+    // A held at most about half of what was left; once the asking stops,
+    // what it holds for the unspent asks goes back within seconds.
     assert!(a_max <= 500_000, "{a_max}");
+    for k in 1..=100i64 {
+        let t = 5_002 + 50 * k;
+        a.tick(at(t)).await;
+        b.tick(at(t)).await;
+    }
     assert!(a.held(&m.id) <= 10_000, "{}", a.held(&m.id));
 }
 
@@ -1013,4 +1019,89 @@ async fn a_wake_that_finds_its_meter_busy_is_kept() {
     l.wake_pass(at(3)).await;
     assert!(l.woken_now().is_empty());
     assert_eq!(spend_n(&l, m, None, 1, 100, 4), 100);
+}
+
+/// A request that costs everything the meter has left passes when retried
+/// a second later, and is told to retry meanwhile (second review: it was
+/// refused forever, with no `Retry-After`, while the store held its 10).
+#[tokio::test]
+async fn a_cost_of_all_that_is_left_passes_when_retried() {
+    let (_dir, store) = sqlite();
+    let m = meter(60, 0);
+    store.set_credits(cm(m, None), 10, 0).await.unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    l.ensure_now(m, None, at(0)).await;
+    let mut allowed = 0u64;
+    for k in 0..40i64 {
+        let t = 1 + 1_000 * k;
+        let s = l.spend(m, None, 10, at(t));
+        if s.allowed {
+            allowed += 1;
+        } else if allowed == 0 {
+            assert_eq!(s.retry_after, Some(RETRY), "at {t}: {s:?}");
+        }
+        l.wake_pass(at(t)).await;
+        for j in 1..20 {
+            l.tick(at(t + 50 * j)).await;
+        }
+    }
+    assert_eq!(allowed, 1);
+}
+
+/// A big cost on a meter quiet on this instance is leased for and still
+/// there when the request is retried a second later (second review: the
+/// next tick handed it back, 0 of 20 passed).
+#[tokio::test]
+async fn a_big_cost_leased_for_stays_for_the_retry() {
+    let (_dir, store) = sqlite();
+    let m = meter(61, 0);
+    store.set_credits(cm(m, None), 1_000_000, 0).await.unwrap();
+    let l = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    l.ensure_now(m, None, at(0)).await;
+    assert!(l.spend(m, None, 1, at(1)).allowed);
+    for t in (50..5_000).step_by(50) {
+        l.tick(at(t)).await;
+    }
+    let mut allowed = 0u64;
+    for k in 0..20i64 {
+        let t = 5_000 + 1_000 * k;
+        allowed += u64::from(l.spend(m, None, 50_000, at(t)).allowed);
+        l.wake_pass(at(t)).await;
+        for j in 1..20 {
+            l.tick(at(t + 50 * j)).await;
+        }
+    }
+    // The first is refused (nothing leased for it yet), the rest pass.
+    assert_eq!(allowed, 19);
+}
+
+/// One big spend keeps a lease of its size for 10 to 20 s, not for good
+/// (second review: 400 000 of 600 000 held for 115 s, refused probes
+/// keeping the meter warm).
+#[tokio::test]
+async fn one_big_spend_holds_its_cost_for_a_while_not_for_good() {
+    let (_dir, store) = sqlite();
+    let m = meter(62, 0);
+    store.set_credits(cm(m, None), 1_000_000, 0).await.unwrap();
+    let a = CreditLeases::new(Arc::clone(&store), LeaseConfig::shared());
+    a.ensure_now(m, None, at(0)).await;
+    assert!(!a.spend(m, None, 400_000, at(1)).allowed);
+    a.wake_pass(at(1)).await;
+    assert!(a.spend(m, None, 400_000, at(2)).allowed);
+    let mut late_max = 0;
+    for t in (50..120_000).step_by(50) {
+        if t % 20_000 == 0 {
+            assert!(!a.spend(m, None, u64::MAX / 4, at(t)).allowed);
+        }
+        a.tick(at(t)).await;
+        if t > 25_000 {
+            late_max = late_max.max(a.held(&m.id));
+        }
+    }
+    let total = store
+        .credit_total(cm(m, None), 120_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(late_max <= total / 2, "{late_max} of {total}");
 }
