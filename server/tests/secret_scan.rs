@@ -439,11 +439,30 @@ fn placements(route: &Route, t: &str, admin: &str, id: &str) -> Vec<Placed> {
 
 #[test]
 fn no_response_log_line_or_cli_output_echoes_a_token() {
+    scan("text");
+}
+
+/// The same with the server logging JSON (`--log-format json`).
+#[test]
+fn no_json_log_line_echoes_a_token() {
+    scan("json");
+}
+
+fn scan(log_format: &str) {
     let t0 = std::time::Instant::now();
-    let dir = TempDir::new("secret-scan");
+    let dir = TempDir::new(&format!("secret-scan-{log_format}"));
     let table = dir.0.join("t.routes");
     std::fs::write(&table, TABLE).unwrap();
-    let server = Server::start_logging(&dir.db(), &["--routes", table.to_str().unwrap()], "debug");
+    let server = Server::start_logging(
+        &dir.db(),
+        &[
+            "--routes",
+            table.to_str().unwrap(),
+            "--log-format",
+            log_format,
+        ],
+        "debug",
+    );
     let admin = server.token().to_owned();
     // The probe: a pre-existing key's token, minted before any request.
     let probe = Probe::new(&mint_token(
