@@ -69,6 +69,9 @@ enum Command {
         limits: listen::Args,
         /// A route table (see `keygate routes check`): enables forward-auth
         /// on `/v1/authorize`. A table that does not parse stops start-up.
+        /// `SIGHUP` reads it again and swaps it in while serving (requests
+        /// in flight finish on the old one); one that does not parse then
+        /// is logged with its line, and the old one stays.
         #[arg(long, value_name = "FILE", env = "KEYGATE_ROUTES")]
         routes: Option<PathBuf>,
         /// With `--routes`: the one header family that carries the original
@@ -333,7 +336,9 @@ fn serve(
 ) -> Result<(), String> {
     // A bad table stops start-up before anything else happens.
     let table = routes
-        .map(|(file, trusted)| cli::routes::load(file).map(|table| (table, trusted)))
+        .map(|(file, trusted)| {
+            cli::routes::load(file).map(|table| (table, trusted, file.to_path_buf()))
+        })
         .transpose()?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -391,7 +396,7 @@ fn serve(
             keys.credits().ensure(meter, refill);
         }
         let state = Arc::new(AppState::new(Arc::clone(&keys), policy));
-        if let Some((t, trusted)) = &table {
+        if let Some((t, trusted, _)) = &table {
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
         run(
@@ -500,7 +505,7 @@ async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     keys: Arc<Keys>,
-    table: Option<(keygate::RouteTable, ForwardedHeaders)>,
+    table: Option<(keygate::RouteTable, ForwardedHeaders, PathBuf)>,
     limits: &listen::Args,
     seq: u64,
     intervals: follow::Intervals,
@@ -518,6 +523,11 @@ async fn run(
         eprintln!("listening on {local}");
     }
     tracing::info!(%local, "listening");
+    let table = table.map(|(table, trusted, file)| {
+        let handle = crate::http::forward::RouteTableHandle::new(table);
+        tokio::spawn(reload_routes_on_sighup(handle.clone(), file));
+        (handle, trusted)
+    });
     let router = crate::http::forward::with_routes(
         router::router(Arc::clone(&state), limits.body_read_timeout),
         table,
@@ -532,6 +542,35 @@ async fn run(
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Reads the route table `file` again at each `SIGHUP` and swaps it in; a
+/// table that does not parse (or cannot be read) is logged, and the one
+/// being served stays.
+async fn reload_routes_on_sighup(table: crate::http::forward::RouteTableHandle, file: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP; route tables will not reload: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        // A read and a parse of a file an operator wrote: off the workers.
+        let path = file.clone();
+        match tokio::task::spawn_blocking(move || cli::routes::load(&path)).await {
+            Ok(Ok(new)) => {
+                let rules = new.len();
+                table.replace(new);
+                tracing::info!(rules, file = %file.display(), "reloaded route table");
+            }
+            Ok(Err(e)) => {
+                tracing::error!("route table not reloaded, still serving the previous one: {e}");
+            }
+            Err(e) => tracing::error!("route table reload failed: {e}"),
+        }
+    }
 }
 
 /// The format of the server's log (`serve --log-format`).

@@ -33,11 +33,29 @@ use crate::http::state::AppState;
 use crate::sync::counts::Outcome;
 
 /// The loaded table and the trusted header family, in the request
-/// extensions of every route.
+/// extensions of every route. The table can be swapped while serving
+/// ([`RouteTableHandle::replace`], on `SIGHUP`): each request reads it once,
+/// so a request in flight finishes on the table it started with.
 #[derive(Clone, Debug)]
 pub struct Routes {
-    table: Arc<RouteTable>,
+    table: RouteTableHandle,
     trusted: ForwardedHeaders,
+}
+
+/// The live route table, shared by the router and whoever reloads it.
+#[derive(Clone, Debug)]
+pub struct RouteTableHandle(Arc<arc_swap::ArcSwap<RouteTable>>);
+
+impl RouteTableHandle {
+    /// A handle on `table`.
+    pub fn new(table: RouteTable) -> RouteTableHandle {
+        RouteTableHandle(Arc::new(arc_swap::ArcSwap::from_pointee(table)))
+    }
+
+    /// Serves `table` from the next request on.
+    pub fn replace(&self, table: RouteTable) {
+        self.0.store(Arc::new(table));
+    }
 }
 
 /// The header family that carries the original method and URI, as
@@ -105,12 +123,9 @@ static ORIGINAL: (HeaderName, HeaderName) = (
 
 /// Adds the table, if any, and the trusted header family to every
 /// request's extensions.
-pub fn with_routes(router: Router, table: Option<(RouteTable, ForwardedHeaders)>) -> Router {
+pub fn with_routes(router: Router, table: Option<(RouteTableHandle, ForwardedHeaders)>) -> Router {
     match table {
-        Some((table, trusted)) => router.layer(Extension(Routes {
-            table: Arc::new(table),
-            trusted,
-        })),
+        Some((table, trusted)) => router.layer(Extension(Routes { table, trusted })),
         None => router,
     }
 }
@@ -233,6 +248,7 @@ pub fn forward_auth(state: &AppState, request: &Request) -> Option<Response> {
     };
     let token = bearer_token(headers);
     let now = UnixMillis::now();
+    let table = table.0.load();
     let decided = match table.authorize_request(state, token.ok(), method, uri, now) {
         Ok(ok) => Ok((ok.principal(), ok.route())),
         // A header that is there but not a bearer credential says so.
