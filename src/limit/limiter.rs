@@ -605,6 +605,40 @@ mod tests {
     }
 
     #[test]
+    fn new_credits_replace_the_balance_and_the_same_keep_it() {
+        let mut l = Limiter::new();
+        let credits = |n| KeyLimits {
+            rate: None,
+            credits: Some(Credits::new(n, None).unwrap()),
+        };
+        l.configure(id(5), at(0), credits(5));
+        assert!(l.check(&id(5), at(0), 2).result().is_ok());
+        l.configure(id(5), at(0), credits(5));
+        assert_eq!(l.credits(&id(5), at(0)).map(|b| b.remaining), Some(3));
+        l.configure(id(5), at(0), credits(10));
+        assert_eq!(l.credits(&id(5), at(0)).map(|b| b.remaining), Some(10));
+        // A key that had a rate limit only starts its new credits in full.
+        let rate = Some(RateLimit::new(1, Duration::from_secs(1)).unwrap());
+        l.configure(
+            id(6),
+            at(0),
+            KeyLimits {
+                rate,
+                credits: None,
+            },
+        );
+        l.configure(
+            id(6),
+            at(0),
+            KeyLimits {
+                rate,
+                credits: Some(Credits::new(4, None).unwrap()),
+            },
+        );
+        assert_eq!(l.credits(&id(6), at(0)).map(|b| b.remaining), Some(4));
+    }
+
+    #[test]
     fn reconfiguring_the_same_limits_keeps_the_state() {
         let mut l = Limiter::new();
         let limits = KeyLimits {
