@@ -639,6 +639,53 @@ mod tests {
     }
 
     #[test]
+    fn meters_follow_their_keys_and_empty_ones_are_pruned() {
+        let rate = KeyLimits {
+            rate: Some(RateLimit::new(10, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        let meter = |n| Meter {
+            id: id(n),
+            since: at(0),
+        };
+        let mut l = Limiter::new();
+        l.configure(id(1), at(0), rate);
+        l.charge(id(2), meter(1), rate);
+        l.configure(id(3), at(0), rate);
+        assert_eq!(l.len(), 3);
+        // Key 2 moves to a meter of its own, and leaves key 1's.
+        l.charge(id(2), meter(2), rate);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.prune_meters(), 0);
+        assert!(l.forget(&id(1)));
+        assert!(!l.forget(&id(1)));
+        assert!(l.forget(&id(3)));
+        assert_eq!(l.len(), 1);
+        // Meters 1 and 3 have no key left; meter 2 keeps its own.
+        assert_eq!(l.prune_meters(), 2);
+        assert_eq!(l.prune_meters(), 0);
+        assert_eq!(l.shares().collect::<Vec<_>>(), [(id(2), (1, 1))]);
+    }
+
+    #[test]
+    fn a_default_share_applies_to_meters_new_here() {
+        let rate = KeyLimits {
+            rate: Some(RateLimit::new(100, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        let mut l = Limiter::new();
+        l.configure(id(1), at(0), rate);
+        l.set_default_share(1, 4);
+        l.configure(id(2), at(0), rate);
+        let limit = |l: &Limiter, n| l.check(&id(n), at(0), 1).rate().map(|r| r.limit());
+        assert_eq!(limit(&l, 1), Some(100));
+        assert_eq!(limit(&l, 2), Some(25));
+        let mut shares = l.shares().collect::<Vec<_>>();
+        shares.sort();
+        assert_eq!(shares, [(id(1), (1, 1)), (id(2), (1, 4))]);
+    }
+
+    #[test]
     fn reconfiguring_the_same_limits_keeps_the_state() {
         let mut l = Limiter::new();
         let limits = KeyLimits {
