@@ -686,6 +686,28 @@ mod tests {
     }
 
     #[test]
+    fn demand_is_the_cost_each_meter_was_asked_since_last_taken() {
+        let rate = KeyLimits {
+            rate: Some(RateLimit::new(2, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        let mut l = Limiter::new();
+        l.configure(id(1), at(0), rate);
+        l.configure(id(2), at(0), rate);
+        assert!(!l.is_empty());
+        // Refused requests count too: demand is what was asked.
+        for cost in [1, 3, 2] {
+            assert!(!l.check(&id(1), at(0), cost).is_unlimited());
+        }
+        let mut seen = Vec::new();
+        l.take_demand(|meter, cost| seen.push((meter, cost)));
+        assert_eq!(seen, [(id(1), 6)]);
+        seen.clear();
+        l.take_demand(|meter, cost| seen.push((meter, cost)));
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
     fn reconfiguring_the_same_limits_keeps_the_state() {
         let mut l = Limiter::new();
         let limits = KeyLimits {
