@@ -137,3 +137,35 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_configuration_is_400_and_a_refusal_429_with_its_wait() {
+        let bad = [
+            LimitError::RateLimit(0),
+            LimitError::RatePeriod(0),
+            LimitError::Remaining(-1),
+            LimitError::RefillAmount(-1),
+            LimitError::RefillInterval(999),
+        ];
+        for e in bad {
+            assert_eq!(e.http_status(), 400, "{e}");
+            assert_eq!(crate::Error::from(e).http_status(), 400, "{e}");
+        }
+        let wait = Some(Duration::from_millis(1_500));
+        let refusals = [
+            Refusal::RateLimited { retry_after: wait },
+            Refusal::CreditsExhausted { retry_after: wait },
+        ];
+        for r in refusals {
+            assert_eq!(r.http_status(), 429, "{r}");
+            assert_eq!(crate::Error::from(r).http_status(), 429, "{r}");
+            assert_eq!(r.retry_after(), wait, "{r}");
+        }
+        let never = Refusal::CreditsExhausted { retry_after: None };
+        assert_eq!(never.retry_after(), None);
+    }
+}

@@ -745,9 +745,11 @@ pub fn redact_tokens(text: &str) -> alloc::borrow::Cow<'_, str> {
             i = end;
             continue;
         }
-        // A run that ends in `ak` or `rk` before a `_` is a token prefix.
+        // A run that ends in `ak` or `rk` before a `_` is a token prefix. The
+        // byte before a run is never base62, so the two letters are the run's
+        // own: no test of its length is needed.
         let tag = bytes.get(end.saturating_sub(2)..end);
-        if end - i >= 2 && matches!(tag, Some(b"ak" | b"rk")) && bytes.get(end) == Some(&b'_') {
+        if matches!(tag, Some(b"ak" | b"rk")) && bytes.get(end) == Some(&b'_') {
             let id_start = end + 1;
             let id_end = base62_run_end(id_start);
             let kept = if id_end - id_start >= BARE_SECRET_MIN {

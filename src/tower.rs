@@ -1166,6 +1166,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_scope_charges_one_credit_a_request() {
+        use crate::limit::{Credits, KeyLimits};
+        let (keyring, _, reader, _) = setup();
+        let reader_id = crate::token::Token::parse(reader.as_str())
+            .unwrap()
+            .key_id();
+        let mut limiter = Limiter::new();
+        limiter.configure(
+            reader_id,
+            UnixMillis::EPOCH,
+            KeyLimits {
+                rate: None,
+                credits: Some(Credits::new(2, None).unwrap()),
+            },
+        );
+        let layer = Require::scope(keyring, Resource::Devboxes, Access::Read)
+            .with_limits(Arc::new(limiter))
+            .with_clock(|| UnixMillis::from_millis(1_000));
+        let run = || {
+            let mut svc = layer.layer(Echo);
+            let mut req = Request::new(());
+            req.headers_mut().insert(
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {reader}")).unwrap(),
+            );
+            match block_on(svc.call(req)) {
+                Ok(r) => r,
+                Err(e) => match e {},
+            }
+        };
+        for left in ["1", "0"] {
+            let ok = run();
+            assert_eq!(ok.status(), 200);
+            assert_eq!(ok.headers()["keygate-credits-remaining"], left);
+        }
+        assert_eq!(run().status(), 429);
+    }
+
+    #[test]
     fn limit_fields_never_promise_more_than_the_limit() {
         for (limit, period_ms, policy) in [
             (1, 1_500, r#""rate";q=1;w=2"#),

@@ -588,6 +588,23 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_balance_is_the_largest_integer_json_carries_exactly() {
+        // 2^53 - 1: every integer up to it survives a trip through an f64.
+        const LARGEST: u64 = 9_007_199_254_740_991;
+        assert_eq!(LARGEST as f64 as u64, LARGEST);
+        assert_eq!(
+            Credits::new(LARGEST, None).map(|c| c.remaining()),
+            Ok(LARGEST)
+        );
+        assert_eq!(
+            Credits::new(LARGEST + 1, None),
+            Err(LimitError::Remaining(9_007_199_254_740_992))
+        );
+        assert!(Refill::new(LARGEST, Duration::from_secs(1)).is_ok());
+        assert!(Refill::new(LARGEST + 1, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
     fn refill_sets_back_at_each_boundary_from_creation() {
         let r = Refill::new(5, Duration::from_secs(10)).unwrap();
         let created = at(3_000);

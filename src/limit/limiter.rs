@@ -605,6 +605,109 @@ mod tests {
     }
 
     #[test]
+    fn new_credits_replace_the_balance_and_the_same_keep_it() {
+        let mut l = Limiter::new();
+        let credits = |n| KeyLimits {
+            rate: None,
+            credits: Some(Credits::new(n, None).unwrap()),
+        };
+        l.configure(id(5), at(0), credits(5));
+        assert!(l.check(&id(5), at(0), 2).result().is_ok());
+        l.configure(id(5), at(0), credits(5));
+        assert_eq!(l.credits(&id(5), at(0)).map(|b| b.remaining), Some(3));
+        l.configure(id(5), at(0), credits(10));
+        assert_eq!(l.credits(&id(5), at(0)).map(|b| b.remaining), Some(10));
+        // A key that had a rate limit only starts its new credits in full.
+        let rate = Some(RateLimit::new(1, Duration::from_secs(1)).unwrap());
+        l.configure(
+            id(6),
+            at(0),
+            KeyLimits {
+                rate,
+                credits: None,
+            },
+        );
+        l.configure(
+            id(6),
+            at(0),
+            KeyLimits {
+                rate,
+                credits: Some(Credits::new(4, None).unwrap()),
+            },
+        );
+        assert_eq!(l.credits(&id(6), at(0)).map(|b| b.remaining), Some(4));
+    }
+
+    #[test]
+    fn meters_follow_their_keys_and_empty_ones_are_pruned() {
+        let rate = KeyLimits {
+            rate: Some(RateLimit::new(10, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        let meter = |n| Meter {
+            id: id(n),
+            since: at(0),
+        };
+        let mut l = Limiter::new();
+        l.configure(id(1), at(0), rate);
+        l.charge(id(2), meter(1), rate);
+        l.configure(id(3), at(0), rate);
+        assert_eq!(l.len(), 3);
+        // Key 2 moves to a meter of its own, and leaves key 1's.
+        l.charge(id(2), meter(2), rate);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.prune_meters(), 0);
+        assert!(l.forget(&id(1)));
+        assert!(!l.forget(&id(1)));
+        assert!(l.forget(&id(3)));
+        assert_eq!(l.len(), 1);
+        // Meters 1 and 3 have no key left; meter 2 keeps its own.
+        assert_eq!(l.prune_meters(), 2);
+        assert_eq!(l.prune_meters(), 0);
+        assert_eq!(l.shares().collect::<Vec<_>>(), [(id(2), (1, 1))]);
+    }
+
+    #[test]
+    fn a_default_share_applies_to_meters_new_here() {
+        let rate = KeyLimits {
+            rate: Some(RateLimit::new(100, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        let mut l = Limiter::new();
+        l.configure(id(1), at(0), rate);
+        l.set_default_share(1, 4);
+        l.configure(id(2), at(0), rate);
+        let limit = |l: &Limiter, n| l.check(&id(n), at(0), 1).rate().map(|r| r.limit());
+        assert_eq!(limit(&l, 1), Some(100));
+        assert_eq!(limit(&l, 2), Some(25));
+        let mut shares = l.shares().collect::<Vec<_>>();
+        shares.sort();
+        assert_eq!(shares, [(id(1), (1, 1)), (id(2), (1, 4))]);
+    }
+
+    #[test]
+    fn demand_is_the_cost_each_meter_was_asked_since_last_taken() {
+        let rate = KeyLimits {
+            rate: Some(RateLimit::new(2, Duration::from_secs(1)).unwrap()),
+            credits: None,
+        };
+        let mut l = Limiter::new();
+        l.configure(id(1), at(0), rate);
+        l.configure(id(2), at(0), rate);
+        assert!(!l.is_empty());
+        // Refused requests count too: demand is what was asked.
+        for cost in [1, 3, 2] {
+            assert!(!l.check(&id(1), at(0), cost).is_unlimited());
+        }
+        let mut seen = Vec::new();
+        l.take_demand(|meter, cost| seen.push((meter, cost)));
+        assert_eq!(seen, [(id(1), 6)]);
+        seen.clear();
+        l.take_demand(|meter, cost| seen.push((meter, cost)));
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
     fn reconfiguring_the_same_limits_keeps_the_state() {
         let mut l = Limiter::new();
         let limits = KeyLimits {

@@ -310,6 +310,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_period_is_named_in_whole_milliseconds() {
+        let err = |period| RateLimit::new(1, period).err();
+        let too_long = MAX_RATE_PERIOD + Duration::from_millis(1);
+        assert_eq!(err(too_long), Some(LimitError::RatePeriod(2_678_400_001)));
+        assert_eq!(
+            err(Duration::from_micros(1_500)),
+            Some(LimitError::RatePeriod(1))
+        );
+        assert_eq!(err(Duration::ZERO), Some(LimitError::RatePeriod(0)));
+    }
+
+    #[test]
     fn burst_then_steady_rate() {
         let rate = RateLimit::new(3, Duration::from_millis(1_000)).unwrap();
         let s = RateState::new();
