@@ -69,7 +69,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use keygate::{KeyId, Meter, Refill, UnixMillis, MAX_CREDITS};
 use portable_atomic::AtomicU128;
 use tokio::sync::watch;
@@ -520,7 +519,9 @@ pub struct CreditLeases {
     store: Arc<dyn Store>,
     instance: String,
     config: LeaseConfig,
-    meters: DashMap<KeyId, Arc<Local>>,
+    /// Lock-free reads (`papaya`): every request of a hot meter reads its
+    /// entry, from every worker at once.
+    meters: papaya::HashMap<KeyId, Arc<Local>>,
     counters: Counters,
     /// Whether the store answered the last call (for logging changes only).
     reachable: AtomicBool,
@@ -544,7 +545,7 @@ impl CreditLeases {
             store,
             instance: instance_id(),
             config,
-            meters: DashMap::new(),
+            meters: papaya::HashMap::new(),
             counters: Counters::default(),
             reachable: AtomicBool::new(true),
             renewed_ms: AtomicI64::new(i64::MIN),
@@ -589,7 +590,9 @@ impl CreditLeases {
     #[inline]
     pub fn spend(&self, meter: Meter, refill: Option<Refill>, cost: u64, now: UnixMillis) -> Spent {
         let need = cost.max(1);
-        let Some(local) = self.meters.get(&meter.id) else {
+        let meters = self.meters.pin();
+        let Some(local) = meters.get(&meter.id) else {
+            drop(meters);
             self.ensure(meter, refill);
             return Spent {
                 allowed: false,
@@ -602,7 +605,7 @@ impl CreditLeases {
             // The refill changed: the lease is taken anew under it.
             local.wanted_refill.store(packed, Ordering::Release);
             local.refused.fetch_add(need, Ordering::Relaxed);
-            self.wake(&local, meter.id);
+            self.wake(local, meter.id);
             return Spent {
                 allowed: false,
                 remaining: 0,
@@ -617,7 +620,7 @@ impl CreditLeases {
                 // A refill boundary passed: this lease lapsed; the
                 // background leases anew now.
                 local.refused.fetch_add(need, Ordering::Relaxed);
-                self.wake(&local, meter.id);
+                self.wake(local, meter.id);
                 return Spent {
                     allowed: false,
                     remaining: refill.map_or(0, |r| r.amount()),
@@ -629,9 +632,7 @@ impl CreditLeases {
                 if need > local.asked.load(Ordering::Relaxed) {
                     local.asked.fetch_max(need, Ordering::Relaxed);
                 }
-                let spent = refuse(
-                    &local, meter, refill, now, now_period, period, unspent, need,
-                );
+                let spent = refuse(local, meter, refill, now, now_period, period, unspent, need);
                 // Wake the background if the pool may cover it (not when
                 // it was seen empty: it asks again in a second or at the
                 // refill, whatever the refusals).
@@ -639,7 +640,7 @@ impl CreditLeases {
                     .pool_now(refill, now_period)
                     .is_none_or(|p| unspent.saturating_add(p) >= need)
                 {
-                    self.wake(&local, meter.id);
+                    self.wake(local, meter.id);
                 }
                 return spent;
             }
@@ -665,7 +666,7 @@ impl CreditLeases {
                     // The lease crossed its low level: top it up now.
                     let low = local.low.load(Ordering::Relaxed);
                     if left < low && unspent >= low {
-                        self.wake(&local, meter.id);
+                        self.wake(local, meter.id);
                     }
                     return Spent {
                         allowed: true,
@@ -685,16 +686,17 @@ impl CreditLeases {
     /// anew under it. Cheap when nothing changed.
     pub fn ensure(&self, meter: Meter, refill: Option<Refill>) {
         let packed = pack_refill(refill);
-        if let Some(local) = self.meters.get(&meter.id) {
+        let meters = self.meters.pin();
+        if let Some(local) = meters.get(&meter.id) {
             if local.wanted_refill.load(Ordering::Relaxed) != packed {
                 local.wanted_refill.store(packed, Ordering::Release);
             }
             local.forgotten.store(false, Ordering::Relaxed);
             return;
         }
-        self.meters
-            .entry(meter.id)
-            .or_insert_with(|| Arc::new(Local::new(meter, refill, self.config.slots())));
+        meters.get_or_insert_with(meter.id, || {
+            Arc::new(Local::new(meter, refill, self.config.slots()))
+        });
     }
 
     /// [`CreditLeases::ensure`], then a lease now rather than at the next
@@ -704,7 +706,7 @@ impl CreditLeases {
     /// the pool.
     pub async fn ensure_now(&self, meter: Meter, refill: Option<Refill>, now: UnixMillis) {
         self.ensure(meter, refill);
-        let Some(local) = self.meters.get(&meter.id).map(|l| Arc::clone(l.value())) else {
+        let Some(local) = self.meters.pin().get(&meter.id).cloned() else {
             return;
         };
         local.nudged.store(true, Ordering::Relaxed);
@@ -746,7 +748,7 @@ impl CreditLeases {
     /// Returns the credits that went back. Waits for a store call of the background on the same
     /// meter to end first.
     pub async fn reclaim(&self, meter_id: &KeyId, now: UnixMillis) -> Result<u64, StoreError> {
-        let Some(local) = self.meters.get(meter_id).map(|l| Arc::clone(l.value())) else {
+        let Some(local) = self.meters.pin().get(meter_id).cloned() else {
             return Ok(0);
         };
         let _busy = Busy::wait(&local.busy).await;
@@ -774,7 +776,7 @@ impl CreditLeases {
     /// Hands the meter's lease back at the next tick and forgets it (its
     /// last key was revoked).
     pub fn forget(&self, meter_id: &KeyId) {
-        if let Some(local) = self.meters.get(meter_id) {
+        if let Some(local) = self.meters.pin().get(meter_id) {
             local.forgotten.store(true, Ordering::Relaxed);
         }
     }
@@ -784,6 +786,7 @@ impl CreditLeases {
     #[cfg(test)]
     pub fn held(&self, meter_id: &KeyId) -> u64 {
         self.meters
+            .pin()
             .get(meter_id)
             .map_or(0, |l| unpack(l.word.load(Ordering::Acquire)).1)
     }
@@ -801,6 +804,7 @@ impl CreditLeases {
     #[cfg(test)]
     pub fn lease_of(&self, meter_id: &KeyId) -> Option<(u64, u64)> {
         self.meters
+            .pin()
             .get(meter_id)
             .map(|l| unpack(l.word.load(Ordering::Acquire)))
     }
@@ -809,6 +813,7 @@ impl CreditLeases {
     #[cfg(test)]
     pub fn meter_writes(&self, meter_id: &KeyId) -> u64 {
         self.meters
+            .pin()
             .get(meter_id)
             .map_or(0, |l| l.writes.load(Ordering::Relaxed))
     }
@@ -874,8 +879,9 @@ impl CreditLeases {
         let now_ms = now.as_millis();
         let mut locals: Vec<(KeyId, Arc<Local>)> = self
             .meters
+            .pin()
             .iter()
-            .map(|e| (*e.key(), Arc::clone(e.value())))
+            .map(|(id, local)| (*id, Arc::clone(local)))
             .collect();
         // Fair when the writes run out: the meters waiting on a wake first,
         // then the others from where the last tick left off.
@@ -931,7 +937,7 @@ impl CreditLeases {
         let mut left = Vec::new();
         let mut ids = woken.into_iter();
         for id in ids.by_ref() {
-            let Some(local) = self.meters.get(&id).map(|l| Arc::clone(l.value())) else {
+            let Some(local) = self.meters.pin().get(&id).cloned() else {
                 continue;
             };
             if !local.woken.load(Ordering::Acquire) {
@@ -982,8 +988,9 @@ impl CreditLeases {
         let mut back = 0u64;
         let locals: Vec<(KeyId, Arc<Local>)> = self
             .meters
+            .pin()
             .iter()
-            .map(|e| (*e.key(), Arc::clone(e.value())))
+            .map(|(id, local)| (*id, Arc::clone(local)))
             .collect();
         for (id, local) in locals {
             let refill = unpack_refill(local.leased_refill.load(Ordering::Acquire));
@@ -1046,7 +1053,7 @@ impl CreditLeases {
         let pools = pools?;
         self.counters.renewals.fetch_add(1, Ordering::Relaxed);
         for view in pools {
-            if let Some(local) = self.meters.get(&view.meter_id) {
+            if let Some(local) = self.meters.pin().get(&view.meter_id) {
                 local.seen(view.remaining, view.period, view.elsewhere);
             }
         }
@@ -1174,7 +1181,9 @@ impl CreditLeases {
                     return Err(e.error);
                 }
             }
-            self.meters
+            let _ = self
+                .meters
+                .pin()
                 .remove_if(&id, |_, l| l.forgotten.load(Ordering::Relaxed));
             return Ok(taken > 0);
         }

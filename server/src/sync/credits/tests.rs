@@ -1010,7 +1010,7 @@ async fn a_wake_that_finds_its_meter_busy_is_kept() {
     l.ensure_now(m, None, at(0)).await;
     assert_eq!(spend_n(&l, m, None, 1, 10_000, 1), 10_000);
     assert_eq!(l.woken_now(), vec![m.id]);
-    let local = l.meters.get(&m.id).map(|e| Arc::clone(e.value())).unwrap();
+    let local = l.meters.pin().get(&m.id).cloned().unwrap();
     {
         let _busy = Busy::try_new(&local.busy).unwrap();
         l.wake_pass(at(2)).await;
