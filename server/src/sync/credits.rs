@@ -351,6 +351,11 @@ impl Background {
         }
         self.write_budget > 0
     }
+
+    /// Takes one write from the budget.
+    fn wrote(&mut self) {
+        self.write_budget = self.write_budget.saturating_sub(1);
+    }
 }
 
 impl Local {
@@ -892,24 +897,13 @@ impl CreditLeases {
         }
         self.writes_since_tick.store(0, Ordering::Relaxed);
         for (id, local) in &locals {
-            if self.writes_since_tick.load(Ordering::Relaxed) >= self.config.writes_per_tick {
+            if !self.writes_left() {
                 break;
             }
-            match self.service(*id, local, now_ms, Trigger::Tick).await {
-                Ok(wrote) => {
-                    self.writes_since_tick
-                        .fetch_add(usize::from(wrote), Ordering::Relaxed);
-                }
+            let result = self.service(*id, local, now_ms, Trigger::Tick).await;
+            if !self.count_turn(*id, result) {
                 // The store is down: the next tick tries again.
-                Err(e @ StoreError::Unavailable(_)) => {
-                    self.failed(&e);
-                    return;
-                }
-                // Anything else is this meter's: the others go on.
-                Err(e) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(meter = %id, "credit lease: {e}");
-                }
+                return;
             }
         }
         let renew_ms = i64::try_from(self.config.renew.as_millis()).unwrap_or(i64::MAX);
@@ -946,7 +940,7 @@ impl CreditLeases {
             }
             // The writes of a tick, shared with the wakes since: what is
             // not looked at stays woken, and the next tick takes it first.
-            if self.writes_since_tick.load(Ordering::Relaxed) >= self.config.writes_per_tick {
+            if !self.writes_left() {
                 left.push(id);
                 break;
             }
@@ -957,19 +951,8 @@ impl CreditLeases {
             if local.woken.load(Ordering::Acquire) {
                 left.push(id);
             }
-            match result {
-                Ok(wrote) => {
-                    self.writes_since_tick
-                        .fetch_add(usize::from(wrote), Ordering::Relaxed);
-                }
-                Err(e @ StoreError::Unavailable(_)) => {
-                    self.failed(&e);
-                    break;
-                }
-                Err(e) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(meter = %id, "credit lease: {e}");
-                }
+            if !self.count_turn(id, result) {
+                break;
             }
         }
         left.extend(ids);
@@ -978,6 +961,34 @@ impl CreditLeases {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(left);
+        }
+    }
+
+    /// Whether ticks and wakes may still write before the next tick
+    /// ([`LeaseConfig::writes_per_tick`]).
+    fn writes_left(&self) -> bool {
+        self.writes_since_tick.load(Ordering::Relaxed) < self.config.writes_per_tick
+    }
+
+    /// Counts a meter's turn (its write, or its error); false when the
+    /// store is down, so the pass ends (the next tick tries again). Any
+    /// other error is the meter's own: the others go on.
+    fn count_turn(&self, id: KeyId, result: Result<bool, StoreError>) -> bool {
+        match result {
+            Ok(wrote) => {
+                self.writes_since_tick
+                    .fetch_add(usize::from(wrote), Ordering::Relaxed);
+                true
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                self.failed(&e);
+                false
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(meter = %id, "credit lease: {e}");
+                true
+            }
         }
     }
 
@@ -1278,7 +1289,7 @@ impl CreditLeases {
                 let mut bg = local.bg();
                 bg.since_write = 0;
                 bg.last_write_ms = now_ms;
-                bg.write_budget = bg.write_budget.saturating_sub(1);
+                bg.wrote();
             }
             match self
                 .store
@@ -1326,10 +1337,7 @@ impl CreditLeases {
             if taken == 0 {
                 return Ok(false);
             }
-            {
-                let mut bg = local.bg();
-                bg.write_budget = bg.write_budget.saturating_sub(1);
-            }
+            local.bg().wrote();
             match self
                 .give_back(id, local, refill, taken, period, kept, now_ms)
                 .await
