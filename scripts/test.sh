@@ -12,16 +12,19 @@ command -v caddy >/dev/null 2>&1 || [ -x /usr/bin/caddy ] || need_apt+=(caddy)
 # PostgreSQL server binaries (initdb, pg_ctl) for the PostgreSQL store's tests;
 # each test runs its own throwaway cluster (server/tests/support/pg.rs).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# Prometheus and promtool for the metrics test (server/tests/prometheus.rs).
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
     apt-get update -qq >/dev/null
-    # RUNLEVEL=1: do not start the packaged nginx, caddy or postgresql services
-    # (nginx and caddy would take port 80); the tests run their own.
+    # RUNLEVEL=1: do not start the packaged nginx, caddy, postgresql or
+    # prometheus services (nginx and caddy would take port 80); the tests run
+    # their own.
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
       apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "missing ${need_apt[*]}: install it (the nginx, Caddy and PostgreSQL tests need them)" >&2
+    echo "missing ${need_apt[*]}: install it (the nginx, Caddy, PostgreSQL and Prometheus tests need them)" >&2
     exit 1
   fi
 fi

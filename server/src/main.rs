@@ -9,6 +9,7 @@
 mod cli;
 mod clock;
 mod http;
+mod metrics;
 mod store;
 mod sync;
 
@@ -89,6 +90,8 @@ enum Command {
         #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text,
               env = "KEYGATE_LOG_FORMAT")]
         log_format: LogFormat,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
@@ -257,11 +260,13 @@ fn main() -> ExitCode {
             routes,
             forwarded_headers,
             log_format,
+            metrics,
         } => serve(
             listen,
             &store,
             attenuate,
             log_format,
+            &metrics,
             &limits,
             routes.as_deref().map(|file| (file, forwarded_headers)),
             follow::Intervals {
@@ -325,11 +330,13 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     listen: SocketAddr,
     args: &StoreArgs,
     attenuate: bool,
     log_format: LogFormat,
+    metrics: &MetricsArgs,
     limits: &listen::Args,
     routes: Option<(&std::path::Path, ForwardedHeaders)>,
     intervals: follow::Intervals,
@@ -366,6 +373,13 @@ fn serve(
         // (no database, no pepper, no bootstrap key).
         let listener =
             listen::bind(listen).map_err(|e| format!("cannot listen on `{listen}`: {e}"))?;
+        let metrics_listener = metrics
+            .metrics_listen
+            .map(|addr| {
+                listen::bind(addr)
+                    .map_err(|e| format!("cannot listen for metrics on `{addr}`: {e}"))
+            })
+            .transpose()?;
         let (store, pepper) = cli::open_store(args).await?;
         let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
         let cache = KeyCache::new(pepper, snapshot.records.len());
@@ -391,6 +405,16 @@ fn serve(
         } else {
             MintPolicy::Spec
         };
+        let metrics_on = metrics_listener.map(|listener| {
+            let build = crate::metrics::Build {
+                store: if store.shared() { "postgres" } else { "sqlite" },
+                attenuate,
+            };
+            (
+                listener,
+                crate::metrics::install(build, metrics.metrics_per_key),
+            )
+        });
         let keys = Arc::new(Keys::new(cache, store));
         for (meter, refill) in metered {
             keys.credits().ensure(meter, refill);
@@ -400,7 +424,7 @@ fn serve(
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
         run(
-            listener, state, keys, table, limits, seq, intervals, log_format,
+            listener, metrics_on, state, keys, table, limits, seq, intervals, log_format,
         )
         .await
     })
@@ -503,6 +527,7 @@ fn remove_quietly(path: &std::path::Path) {
 #[allow(clippy::too_many_arguments)]
 async fn run(
     listener: tokio::net::TcpListener,
+    metrics: Option<(tokio::net::TcpListener, &'static crate::metrics::Metrics)>,
     state: Arc<AppState>,
     keys: Arc<Keys>,
     table: Option<(keygate::RouteTable, ForwardedHeaders, PathBuf)>,
@@ -515,6 +540,23 @@ async fn run(
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics.map(|(listener, metrics)| {
+        if let Ok(addr) = listener.local_addr() {
+            if log_format == LogFormat::Text {
+                eprintln!("metrics listening on {addr}");
+            }
+            tracing::info!(%addr, "metrics listening");
+        }
+        let mut stopped = stopped.clone();
+        tokio::spawn(crate::http::metrics::serve(
+            listener,
+            metrics,
+            Arc::clone(&keys),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let (follower, first_read) = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
     let _ = first_read.await;
@@ -536,6 +578,9 @@ async fn run(
     // Stop the follower; it writes the last uses once more and hands every
     // credit lease back (nothing is served any more).
     let _ = stop.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     match tokio::task::spawn_blocking(move || follower.join()).await {
         Ok(Ok(())) => {}
         _ => tracing::error!("follower thread failed"),
@@ -561,16 +606,36 @@ async fn reload_routes_on_sighup(table: crate::http::forward::RouteTableHandle, 
         let path = file.clone();
         match tokio::task::spawn_blocking(move || cli::routes::load(&path)).await {
             Ok(Ok(new)) => {
+                crate::metrics::route_reload(true);
                 let rules = new.len();
                 table.replace(new);
                 tracing::info!(rules, file = %file.display(), "reloaded route table");
             }
             Ok(Err(e)) => {
+                crate::metrics::route_reload(false);
                 tracing::error!("route table not reloaded, still serving the previous one: {e}");
             }
-            Err(e) => tracing::error!("route table reload failed: {e}"),
+            Err(e) => {
+                crate::metrics::route_reload(false);
+                tracing::error!("route table reload failed: {e}");
+            }
         }
     }
+}
+
+/// `serve`'s metrics flags.
+#[derive(clap::Args, Debug, Clone)]
+struct MetricsArgs {
+    /// Serve `GET /metrics` (the Prometheus text format) on this address,
+    /// a listener of its own; off by default, so the API's port never
+    /// exposes it. Port 0 picks a free port, printed to stderr as
+    /// `metrics listening on ADDR`.
+    #[arg(long, value_name = "ADDR", env = "KEYGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// With `--metrics-listen`: also count `/v1/authorize` decisions per
+    /// key id (a series per key and outcome: mind the cardinality).
+    #[arg(long, requires = "metrics_listen", env = "KEYGATE_METRICS_PER_KEY")]
+    metrics_per_key: bool,
 }
 
 /// The format of the server's log (`serve --log-format`).

@@ -17,6 +17,8 @@
 
 mod common;
 mod gateway;
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,19 +68,35 @@ fn run_shipped(
     keygate: &Server,
     upstream: u16,
 ) -> (Nginx, SocketAddr) {
+    run_config(
+        nginx,
+        dir,
+        name,
+        &[
+            ("127.0.0.1:8080", keygate.addr.to_string()),
+            ("127.0.0.1:9000", format!("127.0.0.1:{upstream}")),
+        ],
+    )
+}
+
+/// Runs the shipped `examples/nginx/NAME` with each address of `ports`
+/// replaced, nginx itself on a free port instead of `127.0.0.1:8000`.
+fn run_config(
+    nginx: &Path,
+    dir: &TempDir,
+    name: &str,
+    ports: &[(&str, String)],
+) -> (Nginx, SocketAddr) {
     let port = free_port();
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/nginx/{name}")),
     )
     .unwrap();
     let mut conf = shipped;
-    for (from, to) in [
-        ("127.0.0.1:8080", keygate.addr.to_string()),
-        ("127.0.0.1:9000", format!("127.0.0.1:{upstream}")),
-        ("127.0.0.1:8000", format!("127.0.0.1:{port}")),
-    ] {
+    let own = ("127.0.0.1:8000", format!("127.0.0.1:{port}"));
+    for (from, to) in ports.iter().chain([&own]) {
         assert!(conf.contains(from), "`{name}` lost `{from}`");
-        conf = conf.replace(from, &to);
+        conf = conf.replace(from, to);
     }
     let conf_path = dir.0.join(name);
     std::fs::write(&conf_path, conf).unwrap();
@@ -277,4 +295,123 @@ fn nginx_fixed_scope_config() {
     );
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["type"], "urn:keygate:problem:credits-exhausted");
+}
+
+/// The operator's guide's load balancer (`examples/nginx/keygate-ha.conf`):
+/// nginx in front of three instances on one real PostgreSQL. A key created
+/// through it is accepted by every instance, a revocation through it is
+/// refused by every instance, every instance takes a share of the
+/// requests, and with one instance stopped every request still succeeds.
+#[test]
+fn nginx_balances_three_instances_on_postgresql() {
+    let Some(nginx) = nginx_or_skip() else {
+        return;
+    };
+    let db = pg::TestPg::start();
+    let dir = TempDir::new("nginx-ha");
+    let pepper = dir.0.join("pepper");
+    let url = db.url();
+    let serve = || {
+        Server::start(
+            Path::new(&url),
+            &["--pepper-file", pepper.to_str().unwrap(), "--poll-ms", "20"],
+        )
+    };
+    let first = serve();
+    let admin = take_bootstrap_file(&pepper).unwrap();
+    let mut instances = vec![first, serve(), serve()];
+    let (_nginx, addr) = run_config(
+        &nginx,
+        &dir,
+        "keygate-ha.conf",
+        &[
+            ("127.0.0.1:8081", instances[0].addr.to_string()),
+            ("127.0.0.1:8082", instances[1].addr.to_string()),
+            ("127.0.0.1:8083", instances[2].addr.to_string()),
+        ],
+    );
+    let auth = |token: &str| format!("Bearer {token}");
+    let authorize = |token: &str| {
+        request(
+            addr,
+            "GET",
+            "/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
+            &[("Authorization", &auth(token))],
+            None,
+        )
+        .status
+    };
+    let body = br#"{"name":"ci","scopes":[{"resource_type":"RESOURCE_TYPE_DEVBOXES","access_level":"ACCESS_LEVEL_READ"}]}"#;
+    let created = request(
+        addr,
+        "POST",
+        "/v1/restricted_keys",
+        &[
+            ("Authorization", &auth(&admin)),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body),
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    let v = created.json();
+    let (id, token) = (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key_secret"].as_str().unwrap().to_owned(),
+    );
+    // Every instance accepts it, then so does every request through nginx.
+    for instance in &instances {
+        instance.wait_accepted(&token);
+    }
+    for _ in 0..30 {
+        assert_eq!(authorize(&token), 204);
+    }
+    // Each instance took a share.
+    for instance in &instances {
+        let served = instance
+            .log_text()
+            .matches("path=/v1/authorize status=204")
+            .count();
+        assert!(served >= 3, "{}: {served} requests", instance.addr);
+    }
+
+    let revoked = request(
+        addr,
+        "DELETE",
+        &format!("/v1/keys/{id}"),
+        &[("Authorization", &auth(&admin))],
+        None,
+    );
+    assert_eq!(revoked.status, 204, "{}", revoked.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for instance in &instances {
+        while instance.authorize(&token, "DEVBOXES", "READ").status != 401 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} kept the key",
+                instance.addr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    for _ in 0..30 {
+        assert_eq!(authorize(&token), 401);
+    }
+
+    // One instance stopped: nginx sends its requests to the others.
+    instances[1].child.kill().unwrap();
+    instances[1].child.wait().unwrap();
+    for _ in 0..30 {
+        assert_eq!(authorize(&admin), 204);
+    }
+    let again = request(
+        addr,
+        "POST",
+        "/v1/restricted_keys",
+        &[
+            ("Authorization", &auth(&admin)),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body),
+    );
+    assert_eq!(again.status, 200, "{}", again.text());
 }

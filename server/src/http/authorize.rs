@@ -144,7 +144,32 @@ fn decode_authorize_query(query: &str) -> Result<(Resource, Access), String> {
 ///
 /// The hot path: it borrows the request (no header map or URI copy) and
 /// the 204 carries the key id in a header, where the log reads it.
-pub(crate) async fn authorize(State(state): State<Arc<AppState>>, request: Request) -> Response {
+pub(crate) async fn authorize(state: State<Arc<AppState>>, request: Request) -> Response {
+    let started = crate::metrics::start();
+    let response = decide(state, request);
+    crate::metrics::decision(started, response.status().as_u16(), || key_of(&response));
+    response
+}
+
+/// The key a `/v1/authorize` answer is about, when known: the 204's header,
+/// or the principal or rejection the answer carries.
+pub(crate) fn key_of(response: &Response) -> Option<keygate::KeyId> {
+    if let Some(id) = response
+        .headers()
+        .get(&KEY_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        return id.parse().ok();
+    }
+    let extensions = response.extensions();
+    extensions
+        .get::<keygate::Principal>()
+        .map(keygate::Principal::id)
+        .or_else(|| extensions.get::<Rejection>().and_then(Rejection::key_id))
+}
+
+/// [`authorize`]'s decision.
+fn decide(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Forward-auth (method and URI in headers, decided by `--routes`).
     if let Some(response) = crate::http::forward::forward_auth(&state, &request) {
         return response;

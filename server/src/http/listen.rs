@@ -60,6 +60,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::metrics::Closed;
+
 /// The listen backlog: connections the kernel holds while the server is at
 /// its connection cap or busy (capped by `net.core.somaxconn`). The usual
 /// 128 drops SYNs under a burst of connections, and a dropped SYN costs the
@@ -169,6 +171,7 @@ where
     tokio::pin!(shutdown);
     loop {
         if slots.available_permits() == 0 && !at_cap {
+            crate::metrics::connections_at_cap();
             tracing::warn!(
                 max_connections = limits.max_connections,
                 "connection limit reached; new connections wait in the listen backlog"
@@ -265,18 +268,20 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
+    crate::metrics::connection_opened();
     let activity = Arc::new(Activity::new(started));
     let service = Tracked {
         inner: TowerToHyperService::new(router),
         activity: Arc::clone(&activity),
     };
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let reason = drive(conn, &activity, started, timeouts, &mut stopped).await;
+    let why = drive(conn, &activity, started, timeouts, &mut stopped).await;
+    crate::metrics::connection_closed(why);
     let state = activity.state();
     tracing::debug!(
         protocol = ?state.version,
         requests = state.requests,
-        reason,
+        reason = why.label(),
         "connection closed"
     );
 }
@@ -288,23 +293,30 @@ async fn drive<C, E>(
     started: Instant,
     timeouts: Timeouts,
     stopped: &mut watch::Receiver<bool>,
-) -> &'static str
+) -> Closed
 where
     C: Future<Output = Result<(), E>> + GracefulShutdown,
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
-    // Once closing: when the connection is dropped if still open.
-    let mut closing: Option<Instant> = None;
+    // Once closing: when the connection is dropped if still open, and why
+    // it is closing (a drain, or an idle HTTP/2 connection's `GOAWAY`).
+    let mut closing: Option<(Instant, Closed)> = None;
     loop {
-        let deadline = closing.unwrap_or_else(|| activity.deadline(started, timeouts));
+        let deadline = match closing {
+            Some((at, _)) => at,
+            None => activity.deadline(started, timeouts),
+        };
         tokio::select! {
             ended = conn.as_mut() => {
                 return match ended {
-                    Ok(()) => "ended",
+                    Ok(()) => match closing {
+                        Some((_, Closed::IdleTimeout)) => Closed::IdleTimeout,
+                        _ => Closed::Ended,
+                    },
                     Err(e) => {
                         tracing::debug!("connection error: {e}");
-                        "error"
+                        Closed::Error
                     }
                 };
             }
@@ -314,21 +326,19 @@ where
             }
             _ = stopped.changed(), if closing.is_none() => {
                 conn.as_mut().shut_down();
-                closing = Some(Instant::now() + DRAIN_GRACE);
+                closing = Some((Instant::now() + DRAIN_GRACE, Closed::DrainTimeout));
             }
             () = tokio::time::sleep_until(deadline) => {
-                if closing.is_some() {
-                    return "did not close in time after shutdown began";
+                if let Some((_, why)) = closing {
+                    return why;
                 }
                 match activity.verdict(started, timeouts, Instant::now()) {
                     Verdict::Open => {}
-                    Verdict::NoRequest => return "no request within the header read timeout",
-                    Verdict::NoNextRequest => {
-                        return "idle, or the next request head not within the header read timeout"
-                    }
+                    Verdict::NoRequest => return Closed::HeaderReadTimeout,
+                    Verdict::NoNextRequest => return Closed::IdleTimeout,
                     Verdict::Idle => {
                         conn.as_mut().shut_down();
-                        closing = Some(Instant::now() + timeouts.header_read);
+                        closing = Some((Instant::now() + timeouts.header_read, Closed::IdleTimeout));
                     }
                 }
             }
@@ -467,24 +477,36 @@ impl Activity {
         state.any = true;
         state.requests += 1;
         state.version.get_or_insert(version);
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            h2: version == hyper::Version::HTTP_2,
+            answered: false,
+        }
     }
 }
 
 /// A request in flight; dropped when its response is produced (or the
 /// request is abandoned).
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    h2: bool,
+    /// Whether the response was produced (dropped without: abandoned).
+    answered: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if !self.answered {
+            crate::metrics::request_abandoned(self.h2);
+        }
         let first = {
-            let mut state = self.0.state();
+            let mut state = self.activity.state();
             state.in_flight = state.in_flight.saturating_sub(1);
             state.idle_since = Instant::now();
             !std::mem::replace(&mut state.any_done, true)
         };
         if first {
-            self.0.first_done.notify_one();
+            self.activity.first_done.notify_one();
         }
     }
 }
@@ -508,7 +530,7 @@ where
         let in_flight = self.activity.begin(request.version());
         TrackedFuture {
             inner: self.inner.call(request),
-            _in_flight: in_flight,
+            in_flight,
         }
     }
 }
@@ -518,7 +540,7 @@ pin_project_lite::pin_project! {
     struct TrackedFuture<F> {
         #[pin]
         inner: F,
-        _in_flight: InFlight,
+        in_flight: InFlight,
     }
 }
 
@@ -526,7 +548,12 @@ impl<F: Future> Future for TrackedFuture<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let polled = this.inner.poll(cx);
+        if polled.is_ready() {
+            this.in_flight.answered = true;
+        }
+        polled
     }
 }
 

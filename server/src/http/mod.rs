@@ -1,8 +1,8 @@
 //! The HTTP service: the router (`router`), one file per resource
 //! (`create`, `keys`, `limits`, `usage`, `events`, `authorize`, with
 //! forward-auth in `forward`), the key view (`view`), problem responses
-//! (`problem`), body and query extraction (`extract`), and the listener that
-//! serves it all (`listen`).
+//! (`problem`), body and query extraction (`extract`), the listener that serves it
+//! all (`listen`), and `/metrics` on a listener of its own (`metrics`).
 
 pub mod authorize;
 pub mod create;
@@ -12,6 +12,7 @@ pub mod forward;
 pub mod keys;
 pub mod limits;
 pub mod listen;
+pub mod metrics;
 pub mod problem;
 pub mod router;
 pub mod state;

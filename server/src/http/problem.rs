@@ -9,6 +9,7 @@ use keygate::Rejection;
 use keygate::{AuthError, Principal};
 use serde::Serialize;
 
+use crate::metrics::StoreSource;
 use crate::store::StoreError;
 
 pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -47,6 +48,7 @@ pub(crate) fn internal_error(detail: &str) -> Response {
 pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
     match e {
         StoreError::Unavailable(_) => {
+            crate::metrics::store_error(StoreSource::Request);
             tracing::warn!("{detail}: {e}");
             let mut response = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +65,7 @@ pub(crate) fn store_error(e: &StoreError, detail: &str) -> Response {
         StoreError::CallerRevoked => Rejection::from(AuthError::InvalidCredentials).to_response(),
         StoreError::Conflict(m) => problem(StatusCode::CONFLICT, m),
         StoreError::Fatal(_) => {
+            crate::metrics::store_error(StoreSource::Request);
             tracing::error!("{detail}: {e}");
             internal_error(detail)
         }

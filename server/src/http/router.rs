@@ -141,6 +141,7 @@ async fn log_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let latency_us = start.elapsed().as_micros() as u64;
     let status = response.status().as_u16();
+    crate::metrics::request(path.0.path(), status);
     // The key id: from the 204 of /v1/authorize (as text, no parsing), the
     // principal a handler or the tower layer left, or the rejection
     // (expired, lacks the scope).

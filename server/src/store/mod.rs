@@ -999,6 +999,29 @@ pub trait Store: Send + Sync + 'static {
     fn change_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+
+    /// The last sequence number in the log that a reader can see now (for
+    /// the follower's lag in `/metrics`).
+    async fn head_seq(&self) -> Result<u64, StoreError>;
+
+    /// The connection pool's connections in use and idle, where the store
+    /// keeps one (PostgreSQL's request pool).
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// A connection pool's state ([`Store::pool_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections lent out now.
+    pub in_use: usize,
+    /// Connections open and idle.
+    pub idle: usize,
+    /// The most connections the pool opens.
+    pub max: usize,
+    /// Tasks waiting for a connection.
+    pub waiting: usize,
 }
 
 #[cfg(test)]

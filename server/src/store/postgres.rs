@@ -2426,6 +2426,25 @@ impl Store for PgStore {
         true
     }
 
+    async fn head_seq(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])
+            .await
+            .map_err(db_error)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn pool_status(&self) -> Option<crate::store::PoolStatus> {
+        let status = self.pool.status();
+        Some(crate::store::PoolStatus {
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+            max: status.max_size,
+            waiting: status.waiting,
+        })
+    }
+
     fn change_signal(&self) -> Option<Arc<Notify>> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let listener = self.listener.get_or_init(|| {

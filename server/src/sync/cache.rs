@@ -219,6 +219,12 @@ impl KeyCache {
         }
     }
 
+    /// Whether the key `id` is live in memory.
+    pub fn contains(&self, id: &KeyId) -> bool {
+        self.shard(id)
+            .is_some_and(|shard| Self::read(shard).contains(id))
+    }
+
     /// A copy of the pepper, to mint and roll keys this cache accepts.
     pub fn pepper(&self) -> Pepper {
         self.pepper.clone()

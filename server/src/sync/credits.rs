@@ -986,6 +986,7 @@ impl CreditLeases {
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreSource::Credits);
                 tracing::error!(meter = %id, "credit lease: {e}");
                 true
             }
@@ -1025,6 +1026,7 @@ impl CreditLeases {
 
     fn failed(&self, e: &StoreError) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::store_error(crate::metrics::StoreSource::Credits);
         if self.reachable.swap(false, Ordering::Relaxed) {
             tracing::warn!("credit leases: {e}; spending what is leased, retrying each tick");
         }

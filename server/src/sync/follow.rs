@@ -16,6 +16,7 @@ use keygate::ChangeOp;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
+use crate::metrics::{FlushKind, StoreSource};
 use crate::sync::{shares, Keys};
 
 /// How many changes one read of the log takes at most.
@@ -167,6 +168,7 @@ pub async fn catch_up(state: &Keys, mut cursor: u64) -> u64 {
             Ok(changes) => {
                 mark(state.ready_flag(), true);
                 let Some(last) = changes.last().map(|c| c.seq) else {
+                    crate::metrics::follower_read(cursor, false, true, now_ms());
                     return cursor;
                 };
                 let full = changes.len() == BATCH;
@@ -185,12 +187,14 @@ pub async fn catch_up(state: &Keys, mut cursor: u64) -> u64 {
                 // Meters whose last key with credits went: their leases go back.
                 state.release_meters();
                 tracing::debug!(from = cursor, to = last, changed, "applied changes");
+                crate::metrics::follower_read(last, true, !full, now_ms());
                 cursor = last;
                 if !full {
                     return cursor;
                 }
             }
             Err(e) => {
+                crate::metrics::follower_error();
                 if mark(state.ready_flag(), false) {
                     tracing::warn!("cannot read the change log: {e}");
                 }
@@ -214,7 +218,10 @@ fn mark(flag: &AtomicBool, ready: bool) -> bool {
 pub async fn flush(state: &Keys) {
     let batch = state.usage().take_dirty();
     if !batch.is_empty() {
-        if let Err(e) = state.store().record_last_used(&batch).await {
+        let started = Instant::now();
+        let written = state.store().record_last_used(&batch).await;
+        crate::metrics::flushed(FlushKind::LastUsed, started.elapsed(), written.is_ok());
+        if let Err(e) = written {
             tracing::warn!(keys = batch.len(), "cannot write last-used times: {e}");
             state.usage().unflush(&batch);
         }
@@ -229,7 +236,10 @@ pub async fn flush(state: &Keys) {
             );
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!("cannot prune usage counts: {e}"),
+        Err(e) => {
+            crate::metrics::store_error(StoreSource::Flush);
+            tracing::warn!("cannot prune usage counts: {e}");
+        }
     }
 }
 
@@ -243,7 +253,10 @@ pub async fn flush_counts(state: &Keys) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = state.store().record_usage(&batch).await {
+    let started = Instant::now();
+    let written = state.store().record_usage(&batch).await;
+    crate::metrics::flushed(FlushKind::Usage, started.elapsed(), written.is_ok());
+    if let Err(e) = written {
         tracing::warn!(rows = batch.len(), "cannot write usage counts: {e}");
         counts.unflush(&batch);
     }

@@ -282,6 +282,7 @@ impl Shares {
     }
 
     fn failed(&mut self, why: &str) {
+        crate::metrics::store_error(crate::metrics::StoreSource::Shares);
         if !std::mem::replace(&mut self.failing, true) {
             tracing::warn!(
                 "rate-limit shares: cannot exchange demand ({why}); keeping the last shares"

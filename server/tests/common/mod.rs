@@ -113,6 +113,26 @@ impl Server {
         }
     }
 
+    /// The address of `--metrics-listen`, from the `metrics listening on`
+    /// line.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|line| line.strip_prefix("metrics listening on "))
+            .unwrap_or_else(|| panic!("no metrics listener: {:?}", self.log.lock().unwrap()))
+            .parse()
+            .unwrap()
+    }
+
+    /// The text of `GET /metrics`.
+    pub fn scrape(&self) -> String {
+        let resp = request(self.metrics_addr(), "GET", "/metrics", &[], None);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.text()
+    }
+
     pub fn token(&self) -> &str {
         self.bootstrap.as_deref().unwrap()
     }

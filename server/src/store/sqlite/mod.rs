@@ -390,6 +390,17 @@ impl super::Store for SqliteStore {
         .await
     }
 
+    async fn head_seq(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|seq| u64::try_from(seq).unwrap_or(0))
+            .map_err(sql)
+        })
+        .await
+    }
+
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
         self.write(move |conn, path| pepper_tx(conn, &fingerprint, path))
             .await

@@ -193,6 +193,10 @@ impl Store for Flaky {
         self.check()?;
         self.inner.ping().await
     }
+    async fn head_seq(&self) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.head_seq().await
+    }
     async fn check_pepper(&self, fingerprint: [u8; 32]) -> Result<(), StoreError> {
         self.inner.check_pepper(fingerprint).await
     }
