@@ -171,3 +171,32 @@ fn passfile_fields_unescape() {
 fn percent_decoding() {
     assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
 }
+
+/// Against a real cluster: the store's Debug and a connection error name
+/// the host and port, never the URL's password.
+#[test]
+fn no_password_in_debug_or_errors() {
+    let pg = crate::store::postgres::pg::TestPg::start();
+    let secret = "debug-secret-7f";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("postgres://postgres:{secret}@127.0.0.1:{}/keygate", pg.port);
+    let store = rt.block_on(super::super::PgStore::connect(&url)).unwrap();
+    let debug = format!("{store:?}");
+    assert!(
+        debug.contains("127.0.0.1") && !debug.contains(secret),
+        "{debug}"
+    );
+    let err = rt
+        .block_on(super::super::PgStore::connect(&format!(
+            "postgres://postgres:{secret}@127.0.0.1:1/keygate"
+        )))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`127.0.0.1:1`") && !err.contains(secret),
+        "{err}"
+    );
+}
