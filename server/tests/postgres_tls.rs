@@ -84,6 +84,7 @@ fn refused(dir: &TempDir, url: &str, env: &[(&str, &str)]) -> String {
         std::thread::sleep(Duration::from_millis(20));
     };
     let err = std::fs::read_to_string(&log).unwrap();
+    eprintln!("`{url}` refused:\n{err}");
     assert!(!status.success(), "{err}");
     assert!(!err.contains("listening on"), "{err}");
     err
@@ -161,6 +162,7 @@ fn a_certificate_from_another_ca_is_refused() {
             err.contains("the server's certificate was not accepted"),
             "{mode}: {err}"
         );
+        assert!(err.contains("UnknownIssuer"), "{mode}: {err}");
     }
     let server = serve(&dir, &url("localhost", pg.port, "sslmode=require"), &[]);
     assert_eq!(keygate_connections(&pg).1, 0);
@@ -261,6 +263,7 @@ fn the_password_file_and_no_password_in_any_message() {
     chmod(0o640);
     let err = refused(&dir, &url, &[("PGPASSFILE", file)]);
     assert!(err.contains("has group or world access"), "{err}");
+    assert!(err.contains("password missing"), "{err}");
     assert!(err.contains(&format!("`127.0.0.1:{}`", pg.port)), "{err}");
 
     chmod(0o600);

@@ -701,7 +701,7 @@ fn db_error_ref(e: &tokio_postgres::Error) -> StoreError {
         }
     };
     if unavailable {
-        StoreError::Unavailable(format!("database unreachable: {e}"))
+        StoreError::Unavailable(format!("database unreachable: {}", describe(e)))
     } else {
         StoreError::Fatal(format!("database error: {}", describe(e)))
     }
@@ -711,7 +711,7 @@ fn db_error_ref(e: &tokio_postgres::Error) -> StoreError {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => connect::with_causes(e),
     }
 }
 

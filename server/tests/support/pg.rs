@@ -82,20 +82,20 @@ pub struct PgOptions {
 }
 
 /// A fresh CA: its certificate in PEM and the issuer that signs with it.
-fn make_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+fn make_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "keygate test CA");
+        .push(rcgen::DnType::CommonName, name);
     let pem = params.self_signed(&key).unwrap().pem();
     (pem, rcgen::Issuer::new(params, key))
 }
 
 /// Writes the certificate of a CA unrelated to any cluster to `path`.
 pub fn write_unrelated_ca(path: &Path) {
-    std::fs::write(path, make_ca().0).unwrap();
+    std::fs::write(path, make_ca("unrelated test CA").0).unwrap();
 }
 
 impl TestPg {
@@ -187,7 +187,7 @@ impl TestPg {
     /// A CA (`ca.crt` in `dir`) and a server certificate for `names` signed
     /// by it in the data directory (0600, the server's own), and `ssl=on`.
     fn install_certificate(&self, names: &[String]) {
-        let (ca_pem, issuer) = make_ca();
+        let (ca_pem, issuer) = make_ca("keygate test CA");
         std::fs::write(self.ca_file(), ca_pem).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(names.to_vec()).unwrap();

@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::error::Error as _;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -186,16 +188,39 @@ impl Target {
             }
             cause = err.source();
         }
-        match super::db_error_ref(e) {
-            StoreError::Unavailable(m) => {
+        let mut detail = with_causes(e);
+        if detail.contains("password missing") {
+            detail.push_str(
+                " (give it in the URL, PGPASSWORD or the password file: PGPASSFILE, else ~/.pgpass)",
+            );
+        }
+        match (super::db_error_ref(e), e.as_db_error()) {
+            (StoreError::Unavailable(m), Some(_)) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {at}: {m}"))
             }
-            StoreError::Fatal(m) => {
+            (StoreError::Fatal(m), Some(_)) => {
                 StoreError::Fatal(format!("cannot connect to PostgreSQL at {at}: {m}"))
             }
-            other => other,
+            (StoreError::Unavailable(_), None) => {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {at}: {detail}"))
+            }
+            (_, None) => {
+                StoreError::Fatal(format!("cannot connect to PostgreSQL at {at}: {detail}"))
+            }
+            (other, _) => other,
         }
     }
+}
+
+/// The error and its causes, which the driver's Display leaves out.
+pub(crate) fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(err) = cause {
+        text.push_str(&format!(": {err}"));
+        cause = err.source();
+    }
+    text
 }
 
 /// Where the trusted roots come from.
