@@ -409,16 +409,7 @@ impl PgStore {
             target: target.clone(),
         };
         // The first connection's failure names the host and port it tried.
-        drop(store.pool.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => target.connect_error(&e),
-            other => match pool_error(other) {
-                StoreError::Unavailable(m) => StoreError::Unavailable(format!(
-                    "cannot connect to PostgreSQL at {}: {m}",
-                    target.display
-                )),
-                e => e,
-            },
-        })?);
+        drop(store.pool.get().await.map_err(|e| target.pool_error(e))?);
         store.migrate().await?;
         Ok(store)
     }

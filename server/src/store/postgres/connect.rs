@@ -149,6 +149,20 @@ impl Target {
         })
     }
 
+    /// [`Target::connect_error`] of a pool's failure to open a connection.
+    pub(crate) fn pool_error(&self, e: deadpool_postgres::PoolError) -> StoreError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => self.connect_error(&e),
+            other => match super::pool_error(other) {
+                StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {}: {m}",
+                    self.display
+                )),
+                e => e,
+            },
+        }
+    }
+
     /// A failed connection as a message naming where it went, never the
     /// password; TLS failures say which of them it was.
     pub(crate) fn connect_error(&self, e: &tokio_postgres::Error) -> StoreError {
