@@ -27,18 +27,36 @@ use serde_json::Value;
 struct Cluster {
     pg: TestPg,
     dir: TempDir,
+    url: String,
 }
 
 impl Cluster {
     fn new(tag: &str) -> Cluster {
+        let pg = TestPg::start();
         Cluster {
-            pg: TestPg::start(),
+            url: pg.url(),
+            pg,
+            dir: TempDir::new(tag),
+        }
+    }
+
+    /// A cluster that serves TLS, and instances that connect with
+    /// `sslmode=verify-full` to `localhost` against the test's CA.
+    fn new_tls(tag: &str) -> Cluster {
+        let pg = TestPg::start_tls(&["localhost", "127.0.0.1"]);
+        Cluster {
+            url: format!(
+                "postgres://postgres@localhost:{}/keygate?sslmode=verify-full&sslrootcert={}",
+                pg.port,
+                pg.ca_file().display()
+            ),
+            pg,
             dir: TempDir::new(tag),
         }
     }
 
     fn url(&self) -> String {
-        self.pg.url()
+        self.url.clone()
     }
 
     fn pepper(&self) -> PathBuf {
@@ -115,7 +133,32 @@ fn ms(d: Duration) -> f64 {
 /// against the 100 ms target.
 #[test]
 fn keys_and_revocations_propagate_between_three_instances() {
-    let c = Cluster::new("pg-propagate");
+    propagate(&Cluster::new("pg-propagate"), 210);
+}
+
+/// The same over TLS (`sslmode=verify-full`): every connection of every
+/// instance, the listener's included, is encrypted.
+#[test]
+fn keys_and_revocations_propagate_between_three_instances_over_tls() {
+    let c = Cluster::new_tls("pg-propagate-tls");
+    let _servers = propagate(&c, 60);
+    let count = |filter: &str| {
+        c.pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) \
+             WHERE application_name = 'keygate' AND {filter}"
+        ))
+    };
+    assert_eq!(count("NOT ssl"), "0");
+    assert_eq!(
+        count("ssl AND query LIKE 'LISTEN%'"),
+        "3",
+        "the three listeners"
+    );
+}
+
+/// Three instances on `c`; `n` keys created round-robin, then revoked one by
+/// one, each refusal timed on the other two instances.
+fn propagate(c: &Cluster, n: usize) -> [Server; 3] {
     let a = c.serve(&[]);
     let admin = a.token().to_owned();
     let b = c.serve(&[]);
@@ -129,8 +172,7 @@ fn keys_and_revocations_propagate_between_three_instances() {
         eprintln!("created on A, accepted by {}: {:.1} ms", s.addr, ms(t));
     }
 
-    const N: usize = 210;
-    let keys: Vec<(String, String)> = (0..N).map(|i| create(servers[i % 3], &admin)).collect();
+    let keys: Vec<(String, String)> = (0..n).map(|i| create(servers[i % 3], &admin)).collect();
     for (_, token) in &keys {
         for s in servers {
             until(s, token, 204, Duration::from_secs(5));
@@ -164,7 +206,7 @@ fn keys_and_revocations_propagate_between_three_instances() {
             })
         })
         .collect();
-    let mut lags = Vec::with_capacity(N);
+    let mut lags = Vec::with_capacity(n);
     for (i, (id, token)) in keys.iter().enumerate() {
         let revoker = servers[i % 3];
         let others: Vec<&Server> = servers
@@ -208,7 +250,7 @@ fn keys_and_revocations_propagate_between_three_instances() {
         *lags.last().unwrap(),
     );
     eprintln!(
-        "revocation propagation over {N} revocations (3 instances, loopback): \
+        "revocation propagation over {n} revocations (3 instances, loopback): \
          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms(p50),
         ms(p99),
@@ -219,6 +261,7 @@ fn keys_and_revocations_propagate_between_three_instances() {
     for s in servers {
         assert_eq!(status(s, &key), 204);
     }
+    [a, b, d]
 }
 
 /// 3 instances × 100 concurrent creates: 300 distinct keys, each accepted

@@ -112,7 +112,10 @@ use keygate::{
 };
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_postgres::{AsyncMessage, IsolationLevel, Row};
+
+mod connect;
+use connect::Target;
 
 use super::lease::{
     add, as_stored, col, credits, grant, period_col, period_now, period_of, refilled, stale_lease,
@@ -312,7 +315,8 @@ pub struct PgStore {
     shares: Pool,
     /// Key rows and log entries the feed could not read (each failed closed).
     corrupt: std::sync::atomic::AtomicU64,
-    config: tokio_postgres::Config,
+    /// The config and TLS connector of every connection, the listener's too.
+    target: Target,
     listener: OnceLock<Listener>,
 }
 
@@ -332,9 +336,10 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The config may hold a password: name only where it points.
         f.debug_struct("PgStore")
-            .field("hosts", &self.config.get_hosts())
-            .field("ports", &self.config.get_ports())
-            .field("dbname", &self.config.get_dbname())
+            .field("hosts", &self.target.config.get_hosts())
+            .field("ports", &self.target.config.get_ports())
+            .field("dbname", &self.target.config.get_dbname())
+            .field("sslmode", &self.target.sslmode)
             .finish_non_exhaustive()
     }
 }
@@ -348,15 +353,17 @@ struct NewEvent {
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://USER@HOST:PORT/DB`,
-    /// or any libpq-style URL or key-value string), migrates it to
-    /// [`SCHEMA_VERSION`] under an advisory lock, and returns the store.
+    /// or any libpq-style URL or key-value string, with libpq's `sslmode`
+    /// and `sslrootcert`, the `PG*` environment and the password file:
+    /// see `connect.rs`), migrates it to [`SCHEMA_VERSION`] under an
+    /// advisory lock, and returns the store.
     ///
     /// An unreachable database is [`StoreError::Unavailable`]; a malformed
-    /// URL or a newer schema is [`StoreError::Fatal`].
+    /// URL, a refused TLS connection or a newer schema is
+    /// [`StoreError::Fatal`]. Connection errors name the host and port.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+        let mut target = Target::resolve(url)?;
+        let config = &mut target.config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -378,8 +385,8 @@ impl PgStore {
         }
         let pool_of = |size: usize| {
             let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
+                target.config.clone(),
+                target.tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -398,9 +405,11 @@ impl PgStore {
             follower: pool_of(1)?,
             shares: pool_of(1)?,
             corrupt: std::sync::atomic::AtomicU64::new(0),
-            config,
             listener: OnceLock::new(),
+            target: target.clone(),
         };
+        // The first connection's failure names the host and port it tried.
+        drop(store.pool.get().await.map_err(|e| target.pool_error(e))?);
         store.migrate().await?;
         Ok(store)
     }
@@ -663,6 +672,11 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
 /// Maps a PostgreSQL error by what the caller should do: unreachable or
 /// shutting down is [`StoreError::Unavailable`], the rest is fatal.
 fn db_error(e: tokio_postgres::Error) -> StoreError {
+    db_error_ref(&e)
+}
+
+/// [`db_error`] of a borrowed error.
+fn db_error_ref(e: &tokio_postgres::Error) -> StoreError {
     let unavailable = match e.code() {
         Some(code) => {
             let c = code.code();
@@ -678,9 +692,9 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
         }
     };
     if unavailable {
-        StoreError::Unavailable(format!("database unreachable: {e}"))
+        StoreError::Unavailable(format!("database unreachable: {}", describe(e)))
     } else {
-        StoreError::Fatal(format!("database error: {}", describe(&e)))
+        StoreError::Fatal(format!("database error: {}", describe(e)))
     }
 }
 
@@ -688,7 +702,7 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => connect::with_causes(e),
     }
 }
 
@@ -2449,7 +2463,7 @@ impl Store for PgStore {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let listener = self.listener.get_or_init(|| {
             let signal = Arc::new(Notify::new());
-            let task = handle.spawn(listen(self.config.clone(), Arc::clone(&signal)));
+            let task = handle.spawn(listen(self.target.clone(), Arc::clone(&signal)));
             Listener { signal, task }
         });
         Some(Arc::clone(&listener.signal))
@@ -2516,22 +2530,24 @@ fn stored_key_at(row: &Row, offset: usize) -> Result<StoredKey, StoreError> {
 
 /// The listener task: `LISTEN` on a dedicated connection, forever,
 /// reconnecting with backoff.
-async fn listen(config: tokio_postgres::Config, signal: Arc<Notify>) {
+async fn listen(target: Target, signal: Arc<Notify>) {
     loop {
         // Until a listener is established and later lost: the backoff
         // starts again from its shortest pause after each such loss.
         let mut warned = false;
-        let lost = (|| listen_once(&config, &signal))
+        let lost = (|| listen_once(&target, &signal))
             .retry(backoff())
             .sleep(tokio::time::sleep)
             .notify(|e, _| {
                 if !warned {
+                    let e = target.connect_error(e);
                     tracing::warn!("change listener: cannot listen: {e}; retrying");
                     warned = true;
                 }
             })
             .await;
         if let Err(e) = lost {
+            let e = target.connect_error(&e);
             tracing::warn!("change listener: cannot listen: {e}; retrying");
         } else {
             tracing::warn!("change listener: connection lost; reconnecting");
@@ -2552,11 +2568,9 @@ fn backoff() -> ExponentialBuilder {
 
 /// One listening connection: returns `Ok` when an established listener
 /// lost its connection, `Err` when it could not be established.
-async fn listen_once(
-    config: &tokio_postgres::Config,
-    signal: &Arc<Notify>,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn listen_once(target: &Target, signal: &Arc<Notify>) -> Result<(), tokio_postgres::Error> {
+    // The pool's TLS connector: the listener is held to the same sslmode.
+    let (client, mut connection) = target.config.connect(target.tls.clone()).await?;
     let driver_signal = Arc::clone(signal);
     let mut driver = tokio::spawn(async move {
         loop {

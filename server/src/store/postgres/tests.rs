@@ -1025,7 +1025,9 @@ fn a_version_3_database_gains_the_usage_tables() {
 /// Builds, with the raw migrations, a database at schema `version` (3 or
 /// 4: before per-key limits) holding the key `a` and its `created` event.
 async fn database_at(url: &str, version: i64, a: &KeyRecord) {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let driver = tokio::spawn(connection);
     for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
         client.batch_execute(sql).await.unwrap();
