@@ -560,16 +560,22 @@ async fn run(
     let (follower, first_read) = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
     let _ = first_read.await;
+    // The SIGHUP handler is in place before anyone is told the server
+    // listens: a reload sent at once must not meet SIGHUP's default, exit.
+    let table = match table {
+        Some((table, trusted, file)) => {
+            let handle = crate::http::forward::RouteTableHandle::new(table);
+            let hangups = hangups()?;
+            tokio::spawn(reload_routes_on_sighup(hangups, handle.clone(), file));
+            Some((handle, trusted))
+        }
+        None => None,
+    };
     // Scripts wait for this line; in JSON, the event below says it.
     if log_format == LogFormat::Text {
         eprintln!("listening on {local}");
     }
     tracing::info!(%local, "listening");
-    let table = table.map(|(table, trusted, file)| {
-        let handle = crate::http::forward::RouteTableHandle::new(table);
-        tokio::spawn(reload_routes_on_sighup(handle.clone(), file));
-        (handle, trusted)
-    });
     let router = crate::http::forward::with_routes(
         router::router(Arc::clone(&state), limits.body_read_timeout),
         table,
@@ -589,18 +595,21 @@ async fn run(
     Ok(())
 }
 
+/// Listens for `SIGHUP` (from now on it no longer ends the process).
+fn hangups() -> Result<tokio::signal::unix::Signal, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP, which reloads the route table: {e}"))
+}
+
 /// Reads the route table `file` again at each `SIGHUP` and swaps it in; a
 /// table that does not parse (or cannot be read) is logged, and the one
 /// being served stays.
-async fn reload_routes_on_sighup(table: crate::http::forward::RouteTableHandle, file: PathBuf) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGHUP; route tables will not reload: {e}");
-            return;
-        }
-    };
+async fn reload_routes_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    table: crate::http::forward::RouteTableHandle,
+    file: PathBuf,
+) {
     while hangups.recv().await.is_some() {
         // A read and a parse of a file an operator wrote: off the workers.
         let path = file.clone();

@@ -140,3 +140,27 @@ fn sighup_swaps_the_route_table_under_load_and_a_bad_one_changes_nothing() {
     assert!(line.contains("bogus"), "{line}");
     assert_eq!(log.matches("reloaded route table").count(), 50 - bad);
 }
+
+/// A `SIGHUP` sent the moment the server says it listens reloads the table:
+/// the handler is in place before that line, so the signal never meets its
+/// default action (ending the process).
+#[test]
+fn a_sighup_at_once_after_start_reloads_and_never_ends_the_server() {
+    for round in 0..10 {
+        let dir = TempDir::new("routes-reload-early");
+        let table = dir.0.join("routes");
+        std::fs::write(&table, READ).unwrap();
+        let server = Server::start(&dir.db(), &["--routes", table.to_str().unwrap()]);
+        server.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server.log_text().contains("reloaded route table") {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no reload: {}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.req("GET", "/healthz", &[], None).status, 200);
+    }
+}
