@@ -6,6 +6,7 @@
 //! Every write here is made with a null actor: the operator at the
 //! database, not a key.
 
+pub mod migrate;
 pub mod routes;
 pub mod usage;
 

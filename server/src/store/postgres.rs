@@ -2577,6 +2577,9 @@ async fn listen_once(
     }
 }
 
+// `keygate migrate`: export and import (store::copy).
+mod copy;
+
 #[cfg(test)]
 #[path = "../../tests/support/pg.rs"]
 pub(crate) mod pg;
