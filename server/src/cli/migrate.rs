@@ -21,11 +21,22 @@ pub struct MigrateArgs {
     /// schema is brought up to date first, as `serve` does), or a
     /// PostgreSQL URL `postgres://USER@HOST:PORT/DB`. Stop every instance
     /// that serves it first.
-    #[arg(long, value_name = "PATH|URL", env = "KEYGATE_MIGRATE_FROM")]
+    // The value is never shown in `--help`: a URL may hold a password.
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        env = "KEYGATE_MIGRATE_FROM",
+        hide_env_values = true
+    )]
     pub from: PathBuf,
     /// The store to copy into, which must be empty: a SQLite file (created
     /// if missing) or a PostgreSQL URL.
-    #[arg(long, value_name = "PATH|URL", env = "KEYGATE_MIGRATE_TO")]
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        env = "KEYGATE_MIGRATE_TO",
+        hide_env_values = true
+    )]
     pub to: PathBuf,
     /// The source's pepper file (read, never created); the destination
     /// must be served with the same file. Default: a SQLite source's path
@@ -38,14 +49,14 @@ pub struct MigrateArgs {
 /// trait, which the serving code uses.
 enum Opened {
     Sqlite(SqliteStore),
-    Pg(PgStore),
+    Pg(Box<PgStore>),
 }
 
 impl Opened {
     fn store(&self) -> &dyn Store {
         match self {
             Opened::Sqlite(s) => s,
-            Opened::Pg(s) => s,
+            Opened::Pg(s) => s.as_ref(),
         }
     }
 
@@ -108,7 +119,7 @@ async fn open(db: &Path, role: &str, create: bool) -> Result<Opened, String> {
     if let Some(url) = db.to_str().filter(|d| is_postgres_url(d)) {
         return PgStore::connect_waiting(url, wait_from_env())
             .await
-            .map(Opened::Pg)
+            .map(|s| Opened::Pg(Box::new(s)))
             .map_err(|e| format!("cannot open the {role} `{name}`: {e}"));
     }
     if !create && !db.exists() {
