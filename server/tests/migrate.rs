@@ -548,3 +548,85 @@ fn refusals_change_nothing() {
     );
     assert!(env_dest.exists());
 }
+
+/// A migration killed (SIGKILL) mid-way, with keys and events already
+/// inserted in its transaction, leaves PostgreSQL empty. Another session's
+/// uncommitted row holds the copy at its last table: the copy's insert of
+/// the same key waits for it, and is killed there.
+#[test]
+fn a_migration_killed_mid_way_leaves_postgres_empty() {
+    let dir = TempDir::new("migrate-kill");
+    let db = dir.db();
+    for name in ["a", "b", "c"] {
+        mint_token(&db, &["--name", name]);
+    }
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("INSERT INTO usage_days (key_id, day_ms, allowed) VALUES ('k', 0, 1)")
+        .unwrap();
+    let pg = TestPg::start();
+    let url = pg.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The schema first (an empty store), then the blocking row.
+    let (ok, _, err) = cli(
+        Path::new(&url),
+        &["list"],
+        &[
+            "--pepper-file",
+            dir.0.join("keygate.db.pepper").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let blocker = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "BEGIN; INSERT INTO usage_days (key_id, day_ms, allowed) VALUES ('k', 0, 9)",
+            )
+            .await
+            .unwrap();
+        client
+    });
+    let mut child = Command::new(BIN)
+        .args(["migrate", "--from", db.to_str().unwrap(), "--to", &url])
+        .env_remove("KEYGATE_PEPPER_FILE")
+        .spawn()
+        .unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE application_name = 'keygate' AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pg.psql(waiting) != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never reached its last table"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the copy ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    runtime.block_on(async {
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+    });
+    // The killed copy's backend finishes its insert, finds its client
+    // gone, and rolls back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'keygate'") != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the backend stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM keys"), "0");
+    assert_eq!(pg.psql("SELECT count(*) FROM changes"), "0");
+    assert_eq!(pg.psql("SELECT seq FROM change_seq"), "0");
+    // And the next run copies everything.
+    let (ok, out, err) = migrate(&["--from", db.to_str().unwrap(), "--to", &url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("copied 3 keys, 3 events"), "{out}");
+}
