@@ -283,6 +283,17 @@ fn sqlite_to_postgres_and_back_keeps_every_token_and_event() {
     );
     assert_eq!(pg.psql("SELECT count(*) FROM keys"), keys);
     assert_eq!(events(&s2, &admin), after);
+    // Not while an instance runs on the source.
+    let (ok, _, err) = migrate(&[
+        "--from",
+        &url,
+        "--to",
+        dir.0.join("early.db").to_str().unwrap(),
+        "--pepper-file",
+        pepper.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("still run on it"), "{err}");
+    assert!(!dir.0.join("early.db").exists());
     stop(s2);
 
     // The rollback: PostgreSQL to a new SQLite file.

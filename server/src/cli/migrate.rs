@@ -163,10 +163,10 @@ pub async fn run(args: &MigrateArgs) -> Result<(), String> {
                 "a PostgreSQL source needs `--pepper-file PATH`: the pepper file its instances use",
             )),
         };
-    let source = open(&args.from, "source", false).await?;
     let (pepper, _) = pepper::load_or_create(&pepper_path, false)?;
     let fingerprint = hex::encode(pepper.fingerprint());
     drop(pepper);
+    let source = open(&args.from, "source", false).await?;
     let shown_pepper = pepper_path.display();
     match source
         .stored_fingerprint()

@@ -24,7 +24,7 @@
 //! | `meta` | `schema_version`, `pepper_fingerprint` rows | one row with both | the fingerprint of the given pepper; the version is the destination's own |
 //! | `credit_leases` | | | not copied: a live lease stops the copy (an instance still runs); an expired one is forfeited, as `Store::expire_leases` would |
 //! | `schema_migrations` | | PostgreSQL only | not copied: the destination's own history |
-//! | `rate_instances`, `rate_demand` | in memory | `UNLOGGED` | not copied: seconds-old soft state |
+//! | `rate_instances`, `rate_demand` | in memory | `UNLOGGED` | not copied: seconds-old soft state (a fresh heartbeat in a PostgreSQL source stops the copy: an instance still runs) |
 //!
 //! Rate limits keep no durable state (each instance's GCRA cells live in
 //! memory), so a moved key starts with a full burst, as after a restart.
@@ -337,6 +337,14 @@ pub fn live_leases(count: i64, until_ms: i64) -> StoreError {
         "{count} credit lease(s) are held by a running `keygate serve` (the last until {until_ms} \
          ms); stop every instance on the source first (a stopped instance returns its leases, \
          a crashed one's lapse within seconds)"
+    ))
+}
+
+/// The message of a PostgreSQL source on which instances still run.
+pub fn running_instances(count: i64) -> StoreError {
+    StoreError::Conflict(format!(
+        "{count} `keygate serve` instance(s) still run on it (their heartbeat is under 2 s \
+         old); stop every instance on the source first, so that no write is left behind"
     ))
 }
 

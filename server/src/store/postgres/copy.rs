@@ -7,11 +7,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
 use super::super::copy::{
-    check, count, destination_gone, holdings, live_leases, not_empty, other_pepper, source_gone,
-    table_at, Batch, Copied, Kind, SourceEnd, Table, Value, BATCH, MUST_BE_EMPTY, TABLES,
+    check, count, destination_gone, holdings, live_leases, not_empty, other_pepper,
+    running_instances, source_gone, table_at, Batch, Copied, Kind, SourceEnd, Table, Value, BATCH,
+    MUST_BE_EMPTY, TABLES,
 };
 use super::super::StoreError;
 use super::{db_error, to_u64, PgStore};
+
+/// A heartbeat younger than this (ms) is a running instance's.
+const RUNNING_WITHIN_MS: i64 = 2_000;
 
 /// A value as a parameter of its column's type (a NULL typed too).
 fn param(kind: Kind, value: Value) -> Box<dyn ToSql + Sync + Send> {
@@ -65,6 +69,19 @@ impl PgStore {
             .start()
             .await
             .map_err(db_error)?;
+        // Every running instance beats every 200 ms (`sync::shares`); a
+        // stopped one withdraws, a crashed one's beat is stale in 2 s.
+        let running: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM rate_instances WHERE updated_at_ms >= $1",
+                &[&now_ms.saturating_sub(RUNNING_WITHIN_MS)],
+            )
+            .await
+            .map_err(db_error)?
+            .get(0);
+        if running > 0 {
+            return Err(running_instances(running));
+        }
         let leases = tx
             .query_one(
                 "SELECT count(*) FILTER (WHERE expires_at_ms > $1), \
