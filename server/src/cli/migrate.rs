@@ -163,6 +163,9 @@ pub async fn run(args: &MigrateArgs) -> Result<(), String> {
                 "a PostgreSQL source needs `--pepper-file PATH`: the pepper file its instances use",
             )),
         };
+    if !source_is_pg && !args.from.exists() {
+        return Err(format!("the source `{from}` does not exist"));
+    }
     let (pepper, _) = pepper::load_or_create(&pepper_path, false)?;
     let fingerprint = hex::encode(pepper.fingerprint());
     drop(pepper);
