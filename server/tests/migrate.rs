@@ -272,6 +272,31 @@ fn sqlite_to_postgres_and_back_keeps_every_token_and_event() {
     assert_eq!(after.len(), before.len() + 1);
     assert_eq!(after.last().unwrap()["seq"].as_u64().unwrap(), seq + 1);
     assert_eq!(after.last().unwrap()["key_id"], id_of(&fresh));
+    // A second instance follows the moved log: it sees the new key, and a
+    // revocation made on it reaches the first.
+    let s2b = serve(&pg_db, &pepper);
+    check(&s2b, &expect);
+    s2b.wait_accepted(&fresh);
+    let doomed = secret(&create(&s2b, &admin, "/v1/apikeys", "{}"));
+    s2.wait_accepted(&doomed);
+    let r = s2b.authed(
+        "DELETE",
+        &format!("/v1/keys/{}", id_of(&doomed)),
+        &admin,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s2.authorize(&doomed, "OBJECTS", "READ").status != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop(s2b);
+    let after = events(&s2, &admin);
+    assert_eq!(after.len(), before.len() + 3);
 
     // Twice: refused, and nothing changes.
     let keys = pg.psql("SELECT count(*) FROM keys");
@@ -318,7 +343,7 @@ fn sqlite_to_postgres_and_back_keeps_every_token_and_event() {
     assert_eq!(credits_remaining(&s3, &admin, &metered_id), balance);
     let newer = secret(&create(&s3, &admin, "/v1/apikeys", "{}"));
     let last = events(&s3, &admin);
-    assert_eq!(last.last().unwrap()["seq"].as_u64().unwrap(), seq + 2);
+    assert_eq!(last.last().unwrap()["seq"].as_u64().unwrap(), seq + 4);
     assert_eq!(last.last().unwrap()["key_id"], id_of(&newer));
 }
 
