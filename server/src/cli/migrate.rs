@@ -86,12 +86,14 @@ impl Opened {
     }
 }
 
-/// How a store is named in messages: a SQLite path as given; a PostgreSQL
+/// How a store is named in messages: a SQLite path as given (any token in
+/// it redacted); a PostgreSQL
 /// URL as `postgres://USER@HOST:PORT/DB`, rebuilt from its parts, so that a
 /// password (in the URL or its options) is never shown.
 pub fn shown(db: &Path) -> String {
     let Some(url) = db.to_str().filter(|d| is_postgres_url(d)) else {
-        return db.display().to_string();
+        // A token pasted as a path is never echoed, on stdout either.
+        return keygate::redact_tokens(&db.display().to_string()).into_owned();
     };
     let Ok(config) = url.parse::<tokio_postgres::Config>() else {
         return String::from("postgres://(an unreadable URL)");
@@ -170,7 +172,7 @@ pub async fn run(args: &MigrateArgs) -> Result<(), String> {
     let fingerprint = hex::encode(pepper.fingerprint());
     drop(pepper);
     let source = open(&args.from, "source", false).await?;
-    let shown_pepper = pepper_path.display();
+    let shown_pepper = keygate::redact_tokens(&pepper_path.display().to_string()).into_owned();
     match source
         .stored_fingerprint()
         .await
@@ -190,15 +192,7 @@ pub async fn run(args: &MigrateArgs) -> Result<(), String> {
         ),
     }
     let to_is_new_file = !args.to.to_str().is_some_and(is_postgres_url) && !args.to.exists();
-    let result = copy(
-        &source,
-        &from,
-        &args.to,
-        &to,
-        &fingerprint,
-        &shown_pepper.to_string(),
-    )
-    .await;
+    let result = copy(&source, &from, &args.to, &to, &fingerprint, &shown_pepper).await;
     drop(source);
     if result.is_err() && to_is_new_file {
         // Nothing was committed: leave no empty database behind either.
