@@ -4,6 +4,7 @@
 //!   endpoint, SQLite storage.
 //! * `keygate mint`, `list`, `get`, `revoke`, `roll`, `limit`, `credits`,
 //!   `usage`, `events`: act on the database directly (see `cli`).
+//! * `keygate migrate`: copies one store into another, empty one.
 //! * `keygate routes check|explain`: validates a route table, explains a decision.
 
 mod cli;
@@ -221,6 +222,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy every key (revoked ones included), event, credit pool and usage
+    /// count of one store into another, empty one: SQLite to PostgreSQL,
+    /// or back.
+    ///
+    /// Stop every instance on the source first. The copy is one
+    /// transaction on the destination: a failure leaves it empty, and a
+    /// second run refuses (the destination is not empty). Event sequence
+    /// numbers are kept, and new ones continue after them. Both stores must
+    /// belong to the pepper file (by fingerprint); serve the destination
+    /// with the same file.
+    Migrate {
+        #[command(flatten)]
+        args: cli::migrate::MigrateArgs,
+    },
     /// Print the audit log (the change log) in sequence order.
     Events {
         #[command(flatten)]
@@ -298,6 +313,7 @@ fn main() -> ExitCode {
             change,
             refill,
         } => cli::block_on(cli::credits(&store, &id, &change, refill.as_deref())),
+        Command::Migrate { args } => cli::block_on(cli::migrate::run(&args)),
         Command::Events {
             store,
             after,

@@ -831,6 +831,8 @@ fn the_cli_reference_is_the_binarys_help() {
         "--refill",
         "--no-credits",
         "--bucket",
+        "--from",
+        "--to",
     ] {
         assert!(text.contains(flag), "{flag}");
     }

@@ -516,6 +516,10 @@ fn scan(log_format: &str) {
     let table_path = table.to_str().unwrap();
     let missing = dir.0.join(&t);
     let missing = missing.to_str().unwrap();
+    // `migrate` into a file named by the token succeeds: its summary names it.
+    let moved = dir.0.join("moved.db").to_str().unwrap().to_owned();
+    let moved_t = dir.0.join(format!("{t}.db"));
+    let moved_t = moved_t.to_str().unwrap();
     let (scope_t, flag_t, path_t, dots_t) = (
         format!("devboxes:{t}"),
         format!("--{t}"),
@@ -547,6 +551,18 @@ fn scan(log_format: &str) {
         vec!["events", "--db", db, "--json"],
         vec!["events", "--db", db],
         vec!["list", "--db", db],
+        vec!["migrate", "--from", missing, "--to", &moved],
+        vec!["migrate", "--from", db, "--to", moved_t],
+        vec![
+            "migrate",
+            "--from",
+            db,
+            "--to",
+            &moved,
+            "--pepper-file",
+            missing,
+        ],
+        vec!["migrate", "--from", &t, "--to", &moved],
         vec!["routes", "check", missing],
         vec!["routes", "explain", table_path, "GET", &path_t],
         vec!["routes", "explain", table_path, "GET", &dots_t],

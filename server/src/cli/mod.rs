@@ -6,6 +6,7 @@
 //! Every write here is made with a null actor: the operator at the
 //! database, not a key.
 
+pub mod migrate;
 pub mod routes;
 pub mod usage;
 
@@ -31,11 +32,13 @@ use crate::store::{Event, LimitsChange, Scope, SetOrAdd, Store, StoreError, Stor
 pub struct StoreArgs {
     /// SQLite database file (created if missing), or a PostgreSQL URL
     /// `postgres://USER@HOST:PORT/DB` (shared by many instances).
+    // The value is never shown in `--help`: a URL may hold a password.
     #[arg(
         long,
         value_name = "PATH|URL",
         default_value = "keygate.db",
-        env = "KEYGATE_DATABASE_URL"
+        env = "KEYGATE_DATABASE_URL",
+        hide_env_values = true
     )]
     pub db: PathBuf,
     /// Pepper file: 32 random bytes, created with mode 0600 if missing.

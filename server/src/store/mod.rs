@@ -7,6 +7,7 @@
 //! entry names a key, and [`Store::changes_since`] turns entries into
 //! [`keygate::Change`]s from the key's current row.
 
+pub mod copy;
 pub mod lease;
 pub mod pepper;
 pub mod postgres;

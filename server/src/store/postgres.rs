@@ -2610,6 +2610,9 @@ async fn listen_once(target: &Target, signal: &Arc<Notify>) -> Result<(), tokio_
     }
 }
 
+// `keygate migrate`: export and import (store::copy).
+mod copy;
+
 #[cfg(test)]
 #[path = "../../tests/support/pg.rs"]
 pub(crate) mod pg;

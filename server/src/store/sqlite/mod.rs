@@ -67,6 +67,7 @@ use super::{
     StoreError, StoredKey, UsageQuery, UsageRow,
 };
 
+mod copy;
 mod demand;
 mod leases;
 mod queries;
