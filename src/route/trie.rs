@@ -621,6 +621,9 @@ mod cost_tests {
         let text: Vec<String> = t.rules().map(|r| r.to_string()).collect();
         assert!(text.contains(&"POST /v1/devboxes/** devboxes:write cost=5".into()));
         assert!(text.contains(&"GET /v1/objects objects:read".into()));
+        let mut costs: Vec<u32> = t.rules().map(|r| r.cost()).collect();
+        costs.sort_unstable();
+        assert_eq!(costs, [0, 1, 5]);
     }
 
     #[test]
