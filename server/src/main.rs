@@ -385,6 +385,9 @@ fn serve(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
+        // SIGHUP's default ends the process: caught before anything else,
+        // and from then on it only ever reloads the route table.
+        let hangups = hangups()?;
         // The port first: a start that cannot listen leaves nothing behind
         // (no database, no pepper, no bootstrap key).
         let listener =
@@ -440,7 +443,7 @@ fn serve(
             tracing::info!(rules = t.len(), forwarded_headers = ?trusted, "loaded route table");
         }
         run(
-            listener, metrics_on, state, keys, table, limits, seq, intervals, log_format,
+            listener, hangups, metrics_on, state, keys, table, limits, seq, intervals, log_format,
         )
         .await
     })
@@ -543,6 +546,7 @@ fn remove_quietly(path: &std::path::Path) {
 #[allow(clippy::too_many_arguments)]
 async fn run(
     listener: tokio::net::TcpListener,
+    hangups: tokio::signal::unix::Signal,
     metrics: Option<(tokio::net::TcpListener, &'static crate::metrics::Metrics)>,
     state: Arc<AppState>,
     keys: Arc<Keys>,
@@ -576,16 +580,16 @@ async fn run(
     let (follower, first_read) = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
     let _ = first_read.await;
-    // The SIGHUP handler is in place before anyone is told the server
-    // listens: a reload sent at once must not meet SIGHUP's default, exit.
     let table = match table {
         Some((table, trusted, file)) => {
             let handle = crate::http::forward::RouteTableHandle::new(table);
-            let hangups = hangups()?;
             tokio::spawn(reload_routes_on_sighup(hangups, handle.clone(), file));
             Some((handle, trusted))
         }
-        None => None,
+        None => {
+            tokio::spawn(ignore_hangups(hangups));
+            None
+        }
     };
     // Scripts wait for this line; in JSON, the event below says it.
     if log_format == LogFormat::Text {
@@ -616,6 +620,13 @@ fn hangups() -> Result<tokio::signal::unix::Signal, String> {
     use tokio::signal::unix::{signal, SignalKind};
     signal(SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP, which reloads the route table: {e}"))
+}
+
+/// Without `--routes`, a `SIGHUP` has nothing to reload: logged, ignored.
+async fn ignore_hangups(mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP ignored: no route table (--routes) to reload");
+    }
 }
 
 /// Reads the route table `file` again at each `SIGHUP` and swaps it in; a

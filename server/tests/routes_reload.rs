@@ -164,3 +164,24 @@ fn a_sighup_at_once_after_start_reloads_and_never_ends_the_server() {
         assert_eq!(server.req("GET", "/healthz", &[], None).status, 200);
     }
 }
+
+/// Without `--routes` a `SIGHUP` is logged and ignored: it never ends the
+/// server (its default action), whose requests go on being answered.
+#[test]
+fn a_sighup_without_a_route_table_is_ignored() {
+    let dir = TempDir::new("routes-reload-none");
+    let server = Server::start(&dir.db(), &[]);
+    for n in 1..=3 {
+        hangup(&server);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.log_text().matches("SIGHUP ignored").count() < n {
+            assert!(Instant::now() < deadline, "{}", server.log_text());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_eq!(server.req("GET", "/healthz", &[], None).status, 200);
+    assert_eq!(
+        server.authorize(server.token(), "DEVBOXES", "READ").status,
+        204
+    );
+}
