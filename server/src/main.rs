@@ -560,6 +560,8 @@ async fn run(
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // One shutdown signal for both listeners: they drain side by side.
+    let (quit, quitting) = tokio::sync::watch::channel(false);
     let metrics_task = metrics.map(|(listener, metrics)| {
         if let Ok(addr) = listener.local_addr() {
             if log_format == LogFormat::Text {
@@ -567,15 +569,15 @@ async fn run(
             }
             tracing::info!(%addr, "metrics listening");
         }
-        let mut stopped = stopped.clone();
-        tokio::spawn(crate::http::metrics::serve(
-            listener,
-            metrics,
-            Arc::clone(&keys),
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        ))
+        let mut quitting = quitting.clone();
+        let keys = Arc::clone(&keys);
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            crate::http::metrics::serve(listener, metrics, keys, &limits, async move {
+                let _ = quitting.wait_for(|quit| *quit).await;
+            })
+            .await;
+        })
     });
     let (follower, first_read) = follow::spawn(keys, seq, intervals, stopped)
         .map_err(|e| format!("cannot start the follower: {e}"))?;
@@ -600,7 +602,11 @@ async fn run(
         router::router(Arc::clone(&state), limits.body_read_timeout),
         table,
     );
-    listen::serve(listener, router, limits, shutdown_signal()).await;
+    listen::serve(listener, router, limits, true, async move {
+        shutdown_signal().await;
+        let _ = quit.send(true);
+    })
+    .await;
     // Stop the follower; it writes the last uses once more and hands every
     // credit lease back (nothing is served any more).
     let _ = stop.send(true);

@@ -11,7 +11,7 @@ mod common;
 #[path = "common/h2c.rs"]
 mod h2c;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -316,4 +316,45 @@ fn route_reloads_and_flushes_are_counted() {
         value(&text, r#"keygate_store_errors_total{source="flush"}"#),
         0.0
     );
+}
+
+/// The metrics listener has the API's timeouts and drains with it: a client
+/// that sends half a request head is closed after the header read timeout,
+/// and holds no shutdown open; its connections are not the API's.
+#[test]
+fn the_metrics_listener_times_out_slow_clients_and_holds_no_shutdown_open() {
+    let dir = TempDir::new("metrics-slow");
+    let mut server = Server::start(
+        &dir.db(),
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--header-read-timeout",
+            "500ms",
+        ],
+    );
+    let mut half = TcpStream::connect(server.metrics_addr()).unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    assert_eq!(half.read(&mut [0u8; 64]).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Not counted as the API's.
+    let text = server.scrape();
+    assert_eq!(
+        value(
+            &text,
+            r#"keygate_connections_closed_total{reason="header_read_timeout"}"#
+        ),
+        0.0,
+        "{text}"
+    );
+    // Another half head, then SIGTERM: the process ends, not waiting on it.
+    let mut held = TcpStream::connect(server.metrics_addr()).unwrap();
+    held.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 }

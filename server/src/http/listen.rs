@@ -156,8 +156,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `router` on `listener` over HTTP/1.1 and h2c until `shutdown`
 /// resolves, then drains: stops accepting, lets in-flight requests finish,
 /// and returns once every connection has closed (or after [`DRAIN_GRACE`]).
-pub async fn serve<F>(listener: TcpListener, router: Router, limits: &Args, shutdown: F)
-where
+/// `metered`: count its connections in the metrics (the API's listener, not
+/// the metrics listener's own).
+pub async fn serve<F>(
+    listener: TcpListener,
+    router: Router,
+    limits: &Args,
+    metered: bool,
+    shutdown: F,
+) where
     F: Future<Output = ()>,
 {
     let builder = Arc::new(builder(limits));
@@ -166,12 +173,15 @@ where
     let timeouts = Timeouts {
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
+        metered,
     };
     let mut at_cap = false;
     tokio::pin!(shutdown);
     loop {
         if slots.available_permits() == 0 && !at_cap {
-            crate::metrics::connections_at_cap();
+            if metered {
+                crate::metrics::connections_at_cap();
+            }
             tracing::warn!(
                 max_connections = limits.max_connections,
                 "connection limit reached; new connections wait in the listen backlog"
@@ -255,6 +265,8 @@ async fn accept_error(e: std::io::Error) {
 struct Timeouts {
     header_read: Duration,
     idle: Duration,
+    /// Whether the connection counts in the metrics.
+    metered: bool,
 }
 
 /// Serves one connection, closing it when it sends no request in time, when
@@ -268,7 +280,9 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    crate::metrics::connection_opened();
+    if timeouts.metered {
+        crate::metrics::connection_opened();
+    }
     let activity = Arc::new(Activity::new(started));
     let service = Tracked {
         inner: TowerToHyperService::new(router),
@@ -276,7 +290,9 @@ async fn connection(
     };
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let why = drive(conn, &activity, started, timeouts, &mut stopped).await;
-    crate::metrics::connection_closed(why);
+    if timeouts.metered {
+        crate::metrics::connection_closed(why);
+    }
     let state = activity.state();
     tracing::debug!(
         protocol = ?state.version,
@@ -326,7 +342,10 @@ where
             }
             _ = stopped.changed(), if closing.is_none() => {
                 conn.as_mut().shut_down();
-                closing = Some((Instant::now() + DRAIN_GRACE, Closed::DrainTimeout));
+                // A connection still owing its request head gets no more
+                // time for the drain than it had.
+                let grace = Instant::now() + DRAIN_GRACE;
+                closing = Some((grace.min(activity.deadline(started, timeouts)), Closed::DrainTimeout));
             }
             () = tokio::time::sleep_until(deadline) => {
                 if let Some((_, why)) = closing {
@@ -618,6 +637,7 @@ mod tests {
         let timeouts = Timeouts {
             header_read: Duration::from_secs(2),
             idle: Duration::from_secs(5),
+            metered: false,
         };
         let activity = Arc::new(Activity::new(t0));
         let s = Duration::from_secs;

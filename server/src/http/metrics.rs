@@ -26,22 +26,28 @@ use crate::sync::Keys;
 /// How long a scrape waits for the store's head of the log.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// The most connections the metrics listener serves at once: a scraper or
+/// two, and an operator's curl.
+pub const MAX_CONNECTIONS: u32 = 16;
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves, with the
+/// API's header read and idle timeouts and [`MAX_CONNECTIONS`]; drains as the
+/// API's listener does.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: &'static Metrics,
     keys: Arc<Keys>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: &crate::http::listen::Args,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
     let router = Router::new()
         .route("/metrics", get(scrape))
         .with_state((metrics, keys));
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!("the metrics listener failed: {e}");
-    }
+    let limits = crate::http::listen::Args {
+        max_connections: MAX_CONNECTIONS,
+        ..limits.clone()
+    };
+    crate::http::listen::serve(listener, router, &limits, false, shutdown).await;
 }
 
 async fn scrape(State((metrics, keys)): State<(&'static Metrics, Arc<Keys>)>) -> Response {
