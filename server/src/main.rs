@@ -399,6 +399,11 @@ fn serve(
                     .map_err(|e| format!("cannot listen for metrics on `{addr}`: {e}"))
             })
             .transpose()?;
+        // Held while serving: no migration copies a SQLite store in use.
+        let _serving = match args.db.to_str() {
+            Some(db) if store::postgres::is_postgres_url(db) => None,
+            _ => Some(store::sqlite::lock::serving(&args.db)?),
+        };
         let (store, pepper) = cli::open_store(args).await?;
         let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
         let cache = KeyCache::new(pepper, snapshot.records.len());

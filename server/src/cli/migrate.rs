@@ -11,6 +11,7 @@ use crate::clock::now_ms;
 use crate::store::copy::{source_gone, Copied};
 use crate::store::pepper;
 use crate::store::postgres::{is_postgres_url, wait_from_env, PgStore};
+use crate::store::sqlite::lock::{self, StoreLock};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -115,20 +116,22 @@ pub fn shown(db: &Path) -> String {
 }
 
 /// Opens the store at `db`: PostgreSQL (waiting for it as the other
-/// commands do), or a SQLite file, which must exist unless `create`.
-async fn open(db: &Path, role: &str, create: bool) -> Result<Opened, String> {
+/// commands do), or a SQLite file, which must exist unless `create`, locked
+/// against `keygate serve` for as long as the lock is held.
+async fn open(db: &Path, role: &str, create: bool) -> Result<(Opened, Option<StoreLock>), String> {
     let name = shown(db);
     if let Some(url) = db.to_str().filter(|d| is_postgres_url(d)) {
         return PgStore::connect_waiting(url, wait_from_env())
             .await
-            .map(|s| Opened::Pg(Box::new(s)))
+            .map(|s| (Opened::Pg(Box::new(s)), None))
             .map_err(|e| format!("cannot open the {role} `{name}`: {e}"));
     }
     if !create && !db.exists() {
         return Err(format!("the {role} `{name}` does not exist"));
     }
+    let held = lock::migrating(db, role)?;
     SqliteStore::open(db)
-        .map(Opened::Sqlite)
+        .map(|s| (Opened::Sqlite(s), Some(held)))
         .map_err(|e| format!("cannot open the {role} `{name}`: {e}"))
 }
 
@@ -171,7 +174,7 @@ pub async fn run(args: &MigrateArgs) -> Result<(), String> {
     let (pepper, _) = pepper::load_or_create(&pepper_path, false)?;
     let fingerprint = hex::encode(pepper.fingerprint());
     drop(pepper);
-    let source = open(&args.from, "source", false).await?;
+    let (source, _source_lock) = open(&args.from, "source", false).await?;
     let shown_pepper = keygate::redact_tokens(&pepper_path.display().to_string()).into_owned();
     match source
         .stored_fingerprint()
@@ -235,7 +238,7 @@ async fn copy(
     fingerprint: &str,
     pepper_path: &str,
 ) -> Result<Copied, String> {
-    let dest = open(to_path, "destination", true).await?;
+    let (dest, _dest_lock) = open(to_path, "destination", true).await?;
     let stored = dest
         .stored_fingerprint()
         .await

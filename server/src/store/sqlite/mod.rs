@@ -70,6 +70,7 @@ use super::{
 mod copy;
 mod demand;
 mod leases;
+pub mod lock;
 mod queries;
 mod schema;
 #[cfg(test)]
