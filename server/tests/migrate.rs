@@ -225,7 +225,10 @@ fn sqlite_to_postgres_and_back_keeps_every_token_and_event() {
     // While the instance runs: refused, nothing written to PostgreSQL.
     let (ok, out, err) = migrate(&["--from", db.to_str().unwrap(), "--to", &url]);
     assert!(!ok, "{out}");
-    assert!(err.contains("a `keygate serve` runs on the source"), "{err}");
+    assert!(
+        err.contains("a `keygate serve` runs on the source"),
+        "{err}"
+    );
     assert_eq!(pg.psql("SELECT to_regclass('keys') IS NULL"), "t");
     stop(s1);
     let views = list(&db, &pepper);

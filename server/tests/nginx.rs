@@ -297,11 +297,63 @@ fn nginx_fixed_scope_config() {
     assert_eq!(r.json()["type"], "urn:keygate:problem:credits-exhausted");
 }
 
+/// Three instances on one real PostgreSQL for the HA config, each with a
+/// metrics listener (to count the decisions each made); the admin token.
+fn ha_instances(db: &pg::TestPg, dir: &TempDir) -> (Vec<Server>, String) {
+    let pepper = dir.0.join("pepper");
+    let url = db.url();
+    let serve = || {
+        Server::start(
+            Path::new(&url),
+            &[
+                "--pepper-file",
+                pepper.to_str().unwrap(),
+                "--poll-ms",
+                "20",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        )
+    };
+    let first = serve();
+    let admin = take_bootstrap_file(&pepper).unwrap();
+    (vec![first, serve(), serve()], admin)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+const AUTHORIZE: &str =
+    "/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ";
+
+fn authorize_via(addr: SocketAddr, token: &str) -> u16 {
+    request(
+        addr,
+        "GET",
+        AUTHORIZE,
+        &[("Authorization", &bearer(token))],
+        None,
+    )
+    .status
+}
+
+/// The `/v1/authorize` decisions `server` made, by its metrics.
+fn decisions_made(server: &Server) -> u64 {
+    let text = server.scrape();
+    text.lines()
+        .filter(|l| l.starts_with("keygate_authorize_decisions_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// The operator's guide's load balancer (`examples/nginx/keygate-ha.conf`):
 /// nginx in front of three instances on one real PostgreSQL. A key created
 /// through it is accepted by every instance, a revocation through it is
 /// refused by every instance, every instance takes a share of the
-/// requests, and with one instance stopped every request still succeeds.
+/// requests, strangers' large bodies take no instance out, and with one
+/// instance stopped every request but a decision already sent to it still
+/// succeeds.
 #[test]
 fn nginx_balances_three_instances_on_postgresql() {
     let Some(nginx) = nginx_or_skip() else {
@@ -309,17 +361,7 @@ fn nginx_balances_three_instances_on_postgresql() {
     };
     let db = pg::TestPg::start();
     let dir = TempDir::new("nginx-ha");
-    let pepper = dir.0.join("pepper");
-    let url = db.url();
-    let serve = || {
-        Server::start(
-            Path::new(&url),
-            &["--pepper-file", pepper.to_str().unwrap(), "--poll-ms", "20"],
-        )
-    };
-    let first = serve();
-    let admin = take_bootstrap_file(&pepper).unwrap();
-    let mut instances = vec![first, serve(), serve()];
+    let (mut instances, admin) = ha_instances(&db, &dir);
     let (_nginx, addr) = run_config(
         &nginx,
         &dir,
@@ -330,28 +372,42 @@ fn nginx_balances_three_instances_on_postgresql() {
             ("127.0.0.1:8083", instances[2].addr.to_string()),
         ],
     );
-    let auth = |token: &str| format!("Bearer {token}");
-    let authorize = |token: &str| {
+    let json = ("Content-Type", "application/json");
+
+    // Strangers' bodies, large and not so large, without a key: refused,
+    // and no instance is taken out for them.
+    let big = vec![b'x'; 1 << 20];
+    for path in ["/v1/keys/revoke", "/v1/apikeys", "/v1/restricted_keys"] {
+        for _ in 0..4 {
+            assert_eq!(request(addr, "POST", path, &[json], Some(&big)).status, 413);
+        }
+    }
+    let just_under = vec![b' '; 60 * 1024];
+    for _ in 0..12 {
+        let r = request(addr, "POST", "/v1/apikeys", &[json], Some(&just_under));
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let small = br#"{"token":"not a token"}"#.repeat(60);
+    assert_eq!(
+        request(addr, "POST", "/v1/keys/revoke", &[json], Some(&small)).status,
+        413
+    );
+    for _ in 0..30 {
+        assert_eq!(request(addr, "GET", "/healthz", &[], None).status, 200);
+    }
+
+    let body = br#"{"name":"ci","scopes":[{"resource_type":"RESOURCE_TYPE_DEVBOXES","access_level":"ACCESS_LEVEL_READ"}]}"#;
+    let admin_auth = bearer(&admin);
+    let create = || {
         request(
             addr,
-            "GET",
-            "/v1/authorize?resource_type=RESOURCE_TYPE_DEVBOXES&access_level=ACCESS_LEVEL_READ",
-            &[("Authorization", &auth(token))],
-            None,
+            "POST",
+            "/v1/restricted_keys",
+            &[("Authorization", &admin_auth), json],
+            Some(body),
         )
-        .status
     };
-    let body = br#"{"name":"ci","scopes":[{"resource_type":"RESOURCE_TYPE_DEVBOXES","access_level":"ACCESS_LEVEL_READ"}]}"#;
-    let created = request(
-        addr,
-        "POST",
-        "/v1/restricted_keys",
-        &[
-            ("Authorization", &auth(&admin)),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body),
-    );
+    let created = create();
     assert_eq!(created.status, 200, "{}", created.text());
     let v = created.json();
     let (id, token) = (
@@ -362,23 +418,24 @@ fn nginx_balances_three_instances_on_postgresql() {
     for instance in &instances {
         instance.wait_accepted(&token);
     }
+    let made: Vec<u64> = instances.iter().map(decisions_made).collect();
     for _ in 0..30 {
-        assert_eq!(authorize(&token), 204);
+        assert_eq!(authorize_via(addr, &token), 204);
     }
-    // Each instance took a share.
-    for instance in &instances {
-        let served = instance
-            .log_text()
-            .matches("path=/v1/authorize status=204")
-            .count();
-        assert!(served >= 3, "{}: {served} requests", instance.addr);
-    }
+    // Each instance took a share, and each request was decided once.
+    let shares: Vec<u64> = instances
+        .iter()
+        .zip(&made)
+        .map(|(i, before)| decisions_made(i) - before)
+        .collect();
+    assert!(shares.iter().all(|&n| n >= 3), "{shares:?}");
+    assert_eq!(shares.iter().sum::<u64>(), 30, "{shares:?}");
 
     let revoked = request(
         addr,
         "DELETE",
         &format!("/v1/keys/{id}"),
-        &[("Authorization", &auth(&admin))],
+        &[("Authorization", &admin_auth)],
         None,
     );
     assert_eq!(revoked.status, 204, "{}", revoked.text());
@@ -394,24 +451,103 @@ fn nginx_balances_three_instances_on_postgresql() {
         }
     }
     for _ in 0..30 {
-        assert_eq!(authorize(&token), 401);
+        assert_eq!(authorize_via(addr, &token), 401);
     }
 
-    // One instance stopped: nginx sends its requests to the others.
+    // One instance stopped: a decision sent its way fails (502, never made
+    // twice) until nginx leaves it out; every other request succeeds.
     instances[1].child.kill().unwrap();
     instances[1].child.wait().unwrap();
-    for _ in 0..30 {
-        assert_eq!(authorize(&admin), 204);
-    }
-    let again = request(
-        addr,
-        "POST",
-        "/v1/restricted_keys",
-        &[
-            ("Authorization", &auth(&admin)),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body),
+    let statuses: Vec<u16> = (0..30).map(|_| authorize_via(addr, &admin)).collect();
+    let failed = statuses.iter().filter(|&&s| s != 204).count();
+    assert!(
+        failed <= 3 && statuses.iter().all(|&s| s == 204 || s == 502),
+        "{statuses:?}"
     );
-    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(
+        statuses[statuses.len() - 10..].iter().all(|&s| s == 204),
+        "{statuses:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(create().status, 200);
+        assert_eq!(
+            request(
+                addr,
+                "GET",
+                "/v1/keys?limit=1",
+                &[("Authorization", &admin_auth)],
+                None
+            )
+            .status,
+            200
+        );
+    }
+}
+
+/// An instance that decides and then fails before its answer reaches nginx
+/// (here a proxy that forwards the request, then closes without passing
+/// the answer on): the client gets a 502, and the decision, which may have
+/// spent credits, is not made again on another instance.
+#[test]
+fn nginx_never_makes_a_decision_twice() {
+    let Some(nginx) = nginx_or_skip() else {
+        return;
+    };
+    let db = pg::TestPg::start();
+    let dir = TempDir::new("nginx-ha-once");
+    let (instances, admin) = ha_instances(&db, &dir);
+    let (dropper, dropped) = start_dropper(instances[0].addr);
+    let (_nginx, addr) = run_config(
+        &nginx,
+        &dir,
+        "keygate-ha.conf",
+        &[
+            ("127.0.0.1:8081", format!("127.0.0.1:{dropper}")),
+            ("127.0.0.1:8082", instances[1].addr.to_string()),
+            ("127.0.0.1:8083", instances[2].addr.to_string()),
+        ],
+    );
+    let before: u64 = instances.iter().map(decisions_made).sum();
+    let statuses: Vec<u16> = (0..9).map(|_| authorize_via(addr, &admin)).collect();
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 204 || s == 502),
+        "{statuses:?}"
+    );
+    let after: u64 = instances.iter().map(decisions_made).sum();
+    assert_eq!(after - before, 9, "decisions for 9 requests: {statuses:?}");
+}
+
+/// A TCP proxy to `target` that passes each request head on, lets the
+/// target answer, then closes both sides without passing the answer back.
+fn start_dropper(target: SocketAddr) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let counter = std::sync::Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match client.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let mut upstream = std::net::TcpStream::connect(target).unwrap();
+                upstream.write_all(&head).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (port, seen)
 }

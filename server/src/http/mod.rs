@@ -6,6 +6,7 @@
 
 pub mod authorize;
 pub mod create;
+pub mod drain;
 pub mod events;
 pub mod extract;
 pub mod forward;

@@ -99,6 +99,7 @@ fn with_body_deadline(router: Router<Arc<AppState>>, timeout: Duration) -> Route
     router
         .layer(middleware::from_fn(close_after_408))
         .layer(RequestBodyDeadlineLayer::new(timeout))
+        .layer(middleware::from_fn(crate::http::drain::drain_unread_body))
 }
 
 /// Adds `Connection: close` to an HTTP/1.x 408 (HTTP/2 has no such header:
