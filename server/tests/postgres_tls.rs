@@ -55,10 +55,16 @@ fn serve(dir: &TempDir, url: &str, env: &[(&str, &str)]) -> Server {
 
 /// `keygate serve` on `url` must fail at start-up; returns its stderr.
 fn refused(dir: &TempDir, url: &str, env: &[(&str, &str)]) -> String {
+    refused_with(dir, url, env, &[])
+}
+
+/// [`refused`] with more arguments for `serve`.
+fn refused_with(dir: &TempDir, url: &str, env: &[(&str, &str)], args: &[&str]) -> String {
     let log = dir.0.join("refused.log");
     let pepper = pepper(dir);
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--db", url])
+        .args(args)
         .arg("--pepper-file")
         .arg(&pepper)
         .env("KEYGATE_DB_WAIT", "0")
@@ -190,6 +196,26 @@ fn require_never_falls_back_to_plain_text_and_prefer_does() {
     let (tls, plain) = keygate_connections(&pg);
     assert!(tls == 0 && plain > 0, "{tls} over TLS, {plain} plain");
     drop(server);
+}
+
+/// F2: a socket directory as the host with `hostaddr`: tokio-postgres
+/// dials the address over TCP, so TLS and `verify-full` still apply;
+/// refused (another CA's root would otherwise never be checked), naming
+/// the address dialled.
+#[test]
+fn a_socket_host_with_hostaddr_never_skips_tls() {
+    let pg = TestPg::start_tls(&["localhost"]);
+    let dir = TempDir::new("pg-tls-hostaddr");
+    let other = dir.0.join("other-ca.crt");
+    pg::write_unrelated_ca(&other);
+    let url = format!(
+        "postgres://postgres@%2Fnonexistent:{}/keygate?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        other.display()
+    );
+    let err = refused(&dir, &url, &[]);
+    assert!(err.contains(&format!("`127.0.0.1:{}`", pg.port)), "{err}");
+    assert_eq!(keygate_connections(&pg), (0, 0));
 }
 
 /// `postgres:///keygate`: host, port, user and the TLS settings from

@@ -96,11 +96,7 @@ impl Target {
         url: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Target, StoreError> {
-        let split = split_ssl_params(url)?;
-        let mut config: tokio_postgres::Config = split
-            .rest
-            .parse()
-            .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+        let (split, mut config) = parse_split(split_ssl_params(url)?)?;
         fill_from_env(&mut config, env)?;
         let sslmode = match split.sslmode.or_else(|| env("PGSSLMODE")) {
             Some(mode) => SslMode::parse(&mode)?,
@@ -122,13 +118,31 @@ impl Target {
             (None, Some(path)) => Some(Roots::File(path)),
             (None, None) => None,
         };
+        #[cfg(unix)]
+        if !config.get_hostaddrs().is_empty() {
+            // The driver dials `hostaddr` over TCP and has no name to check there.
+            if let Some(Host::Unix(dir)) = config
+                .get_hosts()
+                .iter()
+                .find(|h| matches!(h, Host::Unix(_)))
+            {
+                return Err(StoreError::Fatal(format!(
+                    "a socket directory as the host (`{}`) with `hostaddr` is not supported: \
+                     {} would be dialled over TCP; give the address as the host, or leave out \
+                     hostaddr",
+                    dir.display(),
+                    display(&config)
+                )));
+            }
+        }
         if config.get_password().is_none() {
             if let Some(password) = passfile_password(&config, env, home.as_deref()) {
                 config.password(password);
             }
         }
         // PostgreSQL has no TLS on Unix sockets; libpq ignores sslmode there.
-        let only_sockets = !config.get_hosts().is_empty()
+        let only_sockets = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
             && config
                 .get_hosts()
                 .iter()
@@ -289,6 +303,15 @@ fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
         split.rest = kept.join(" ");
     }
     Ok(split)
+}
+
+/// The driver's config of the string the split left.
+fn parse_split(split: Split) -> Result<(Split, tokio_postgres::Config), StoreError> {
+    let config: tokio_postgres::Config = split
+        .rest
+        .parse()
+        .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+    Ok((split, config))
 }
 
 /// `%XX` decoded; anything malformed is kept as it is.
@@ -497,30 +520,31 @@ fn passfile_fields(line: &str) -> Vec<String> {
 }
 
 /// `` `host:port` `` for each host (the ports repeat the last given, or
-/// 5432, as the driver does).
+/// 5432, as the driver does); where a `hostaddr` is given, the address the
+/// driver dials, then the host name.
 fn display(config: &tokio_postgres::Config) -> String {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
     let ports = config.get_ports();
     let port_of = |i: usize| ports.get(i).or(ports.last()).copied().unwrap_or(5432);
-    let hosts: Vec<String> = if config.get_hosts().is_empty() {
-        config
-            .get_hostaddrs()
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("`{a}:{}`", port_of(i)))
-            .collect()
-    } else {
-        config
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| match h {
+    let shown: Vec<String> = (0..hosts.len().max(addrs.len()))
+        .map(|i| {
+            let host = hosts.get(i).map(|h| match h {
                 Host::Tcp(h) => format!("`{h}:{}`", port_of(i)),
                 #[cfg(unix)]
                 Host::Unix(p) => format!("`{}/.s.PGSQL.{}`", p.display(), port_of(i)),
-            })
-            .collect()
-    };
-    hosts.join(", ")
+            });
+            match (addrs.get(i), host) {
+                (Some(a), Some(host)) => format!(
+                    "`{}` (host {host})",
+                    std::net::SocketAddr::new(*a, port_of(i))
+                ),
+                (Some(a), None) => format!("`{}`", std::net::SocketAddr::new(*a, port_of(i))),
+                (None, Some(host)) => host,
+                (None, None) => String::new(),
+            }
+        })
+        .collect();
+    shown.join(", ")
 }
 
 /// The rustls configuration for `mode`: which certificates pass.

@@ -200,3 +200,30 @@ fn no_password_in_debug_or_errors() {
         "{err}"
     );
 }
+
+/// F2: tokio-postgres dials `hostaddr` over TCP even when the host is a
+/// socket directory, so that pair is no socket: refused, never plain text.
+#[test]
+fn a_socket_host_with_hostaddr_is_refused() {
+    let m = fatal(resolve(
+        "postgres://kq:pw@%2Fnonexistent:55432/kq?hostaddr=127.0.0.1&sslmode=require",
+        &[],
+    ));
+    assert!(
+        m.contains("hostaddr") && m.contains("`127.0.0.1:55432`"),
+        "{m}"
+    );
+    assert!(!m.contains("pw"), "{m}");
+}
+
+/// F2: with `hostaddr`, messages name the address dialled, not the host.
+#[test]
+fn the_display_names_the_hostaddr_dialled() {
+    let t = resolve(
+        "postgres://u@db.example:6543/k?hostaddr=127.0.0.1&sslmode=require",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(t.config.get_ssl_mode(), DriverMode::Require);
+    assert!(t.display.contains("`127.0.0.1:6543`"), "{}", t.display);
+}
