@@ -218,6 +218,24 @@ fn a_socket_host_with_hostaddr_never_skips_tls() {
     assert_eq!(keygate_connections(&pg), (0, 0));
 }
 
+/// F3: an unescaped `?` in the password: `sslmode=require` still holds
+/// against a server without TLS (as with `%3F`).
+#[test]
+fn a_question_mark_in_the_password_keeps_sslmode_require() {
+    let pg = TestPg::start();
+    let dir = TempDir::new("pg-tls-qmark");
+    for password in ["ab?cd", "ab%3Fcd"] {
+        let url = format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/keygate?sslmode=require",
+            pg.port
+        );
+        let err = refused(&dir, &url, &[]);
+        assert!(err.contains("the server does not support TLS"), "{err}");
+        assert!(!err.contains("ab?cd") && !err.contains("ab%3Fcd"), "{err}");
+    }
+    assert_eq!(keygate_connections(&pg), (0, 0));
+}
+
 /// `postgres:///keygate`: host, port, user and the TLS settings from
 /// `PGHOST`, `PGPORT`, `PGUSER`, `PGSSLMODE` and `PGSSLROOTCERT`; then a
 /// Unix socket directory as `PGHOST` (no TLS there, as with libpq).

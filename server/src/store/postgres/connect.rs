@@ -272,8 +272,23 @@ fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
         sslmode: None,
         sslrootcert: None,
     };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let scheme = ["postgres://", "postgresql://"]
+        .into_iter()
+        .find(|s| url.starts_with(s));
+    if let Some(scheme) = scheme {
+        // As the driver reads it: the userinfo ends at the `@`, then the
+        // query starts at the first `?` (one in the password is no query).
+        let after_userinfo = url
+            .get(scheme.len()..)
+            .and_then(|s| s.find('@'))
+            .map_or(scheme.len(), |at| scheme.len() + at + 1);
+        let (base, query) = match url.get(after_userinfo..).and_then(|s| s.find('?')) {
+            Some(q) => (
+                url.get(..after_userinfo + q).unwrap_or(url),
+                url.get(after_userinfo + q + 1..).unwrap_or(""),
+            ),
+            None => (url, ""),
+        };
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -311,6 +326,14 @@ fn parse_split(split: Split) -> Result<(Split, tokio_postgres::Config), StoreErr
         .rest
         .parse()
         .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+    // keygate sets the mode itself, so one the split missed would be lost.
+    if split.sslmode.is_none() && config.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+        return Err(StoreError::Fatal(
+            "invalid database url: it holds an `sslmode` where keygate did not find it: \
+             percent-encode `?`, `&` and `@` in the password"
+                .into(),
+        ));
+    }
     Ok((split, config))
 }
 

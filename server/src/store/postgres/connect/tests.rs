@@ -227,3 +227,32 @@ fn the_display_names_the_hostaddr_dialled() {
     assert_eq!(t.config.get_ssl_mode(), DriverMode::Require);
     assert!(t.display.contains("`127.0.0.1:6543`"), "{}", t.display);
 }
+
+/// F3: a `?` in the password is not where the query starts.
+#[test]
+fn a_question_mark_in_the_password_keeps_the_sslmode() {
+    let t = resolve("postgres://kq:ab?cd@127.0.0.1:5432/kq?sslmode=require", &[]).unwrap();
+    assert_eq!(t.sslmode, SslMode::Require);
+    assert_eq!(t.config.get_ssl_mode(), DriverMode::Require);
+    assert_eq!(t.config.get_password(), Some(&b"ab?cd"[..]));
+    let t = resolve("postgres://kq:ab?cd@127.0.0.1:5432/kq", &[]).unwrap();
+    assert_eq!(t.sslmode, SslMode::Prefer);
+    assert_eq!(t.config.get_password(), Some(&b"ab?cd"[..]));
+}
+
+/// F3, belt and braces: an sslmode the driver parsed but the split did
+/// not see is refused, not replaced by the default.
+#[test]
+fn an_sslmode_the_split_missed_is_refused() {
+    let split = Split {
+        rest: "postgres://u@h/db?sslmode=require".into(),
+        sslmode: None,
+        sslrootcert: None,
+    };
+    let m = match parse_split(split) {
+        Err(StoreError::Fatal(m)) => m,
+        Err(e) => panic!("not fatal: {e}"),
+        Ok(_) => panic!("parsed"),
+    };
+    assert!(m.contains("sslmode"), "{m}");
+}
