@@ -236,6 +236,27 @@ fn a_question_mark_in_the_password_keeps_sslmode_require() {
     assert_eq!(keygate_connections(&pg), (0, 0));
 }
 
+/// F4: an unescaped `@` in the password: refused, saying to percent-encode
+/// it, with no part of the password in the log (text or json), as the
+/// address of a real server.
+#[test]
+fn an_unescaped_at_in_the_password_is_refused_unechoed() {
+    let pg = TestPg::start();
+    let dir = TempDir::new("pg-tls-at");
+    let url = format!(
+        "postgres://postgres:Pa@ssTail99@127.0.0.1:{}/keygate",
+        pg.port
+    );
+    for format in ["text", "json"] {
+        let err = refused_with(&dir, &url, &[], &["--log-format", format]);
+        assert!(err.contains("percent-encode"), "{format}: {err}");
+        assert!(
+            !err.contains("ssTail99") && !err.contains("Pa@"),
+            "{format}: {err}"
+        );
+    }
+}
+
 /// `postgres:///keygate`: host, port, user and the TLS settings from
 /// `PGHOST`, `PGPORT`, `PGUSER`, `PGSSLMODE` and `PGSSLROOTCERT`; then a
 /// Unix socket directory as `PGHOST` (no TLS there, as with libpq).

@@ -96,7 +96,7 @@ impl Target {
         url: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Target, StoreError> {
-        let (split, mut config) = parse_split(split_ssl_params(url)?)?;
+        let (split, mut config) = parse(url)?;
         fill_from_env(&mut config, env)?;
         let sslmode = match split.sslmode.or_else(|| env("PGSSLMODE")) {
             Some(mode) => SslMode::parse(&mode)?,
@@ -260,10 +260,23 @@ enum Roots {
 }
 
 /// The string with `sslmode` and `sslrootcert` taken out.
-struct Split {
-    rest: String,
+pub(crate) struct Split {
+    /// What the driver parses.
+    pub(crate) rest: String,
     sslmode: Option<String>,
     sslrootcert: Option<String>,
+}
+
+/// The message for a URL with an unescaped `@` in its password; it never
+/// quotes the URL, whose host part then holds the password's tail.
+const UNESCAPED_AT: &str = "invalid database url: more than one `@` (an unescaped `@` in the \
+     password?): percent-encode `@` in the password as `%40`";
+
+/// `url` with the settings the driver does not know taken out, parsed by
+/// the driver; refused where the driver would read it otherwise than
+/// libpq (an unescaped `@` in the password) or than the split did.
+pub(crate) fn parse(url: &str) -> Result<(Split, tokio_postgres::Config), StoreError> {
+    parse_split(split_ssl_params(url)?)
 }
 
 fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
@@ -276,6 +289,10 @@ fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
         .into_iter()
         .find(|s| url.starts_with(s));
     if let Some(scheme) = scheme {
+        // A second `@` would put the password's tail in the host.
+        if url.matches('@').count() > 1 {
+            return Err(StoreError::Fatal(UNESCAPED_AT.into()));
+        }
         // As the driver reads it: the userinfo ends at the `@`, then the
         // query starts at the first `?` (one in the password is no query).
         let after_userinfo = url
@@ -331,6 +348,17 @@ fn parse_split(split: Split) -> Result<(Split, tokio_postgres::Config), StoreErr
         return Err(StoreError::Fatal(
             "invalid database url: it holds an `sslmode` where keygate did not find it: \
              percent-encode `?`, `&` and `@` in the password"
+                .into(),
+        ));
+    }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, Host::Tcp(h) if h.contains('@')))
+    {
+        return Err(StoreError::Fatal(
+            "invalid database url: a host holds an `@`: percent-encode `@` in the password \
+             as `%40`"
                 .into(),
         ));
     }

@@ -256,3 +256,20 @@ fn an_sslmode_the_split_missed_is_refused() {
     };
     assert!(m.contains("sslmode"), "{m}");
 }
+
+/// F4: an unescaped `@` in the password is refused without echoing any
+/// of it; a host with `@` (key-value form) too.
+#[test]
+fn an_unescaped_at_in_the_password_is_refused_unechoed() {
+    for url in [
+        "postgres://ka:Pa@ssTail99@127.0.0.1:55432/ka",
+        "postgresql://ka:Pa@ssTail99@127.0.0.1:55432/ka?sslmode=disable",
+        "postgres://ka:x@y?ssTail99=1@h/ka",
+    ] {
+        let m = fatal(resolve(url, &[]));
+        assert!(m.contains("percent-encode"), "{m}");
+        assert!(!m.contains("ssTail99") && !m.contains(":Pa"), "{m}");
+    }
+    let m = fatal(resolve("host=ssTail99@h dbname=ka", &[]));
+    assert!(m.contains("`@`") && !m.contains("ssTail99"), "{m}");
+}
