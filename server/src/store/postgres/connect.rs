@@ -136,7 +136,7 @@ impl Target {
             }
         }
         if config.get_password().is_none() {
-            if let Some(password) = passfile_password(&config, env, home.as_deref()) {
+            if let Some(password) = passfile_password(&config, env, home.as_deref())? {
                 config.password(password);
             }
         }
@@ -486,15 +486,45 @@ fn fill_from_env(
 /// libpq's default Unix socket directory on Debian and most Linux builds.
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
-/// The password for the first host from the password file (`PGPASSFILE`,
-/// else `~/.pgpass`): `host:port:db:user:password` lines, `*` matching
-/// anything, `\` escaping `:` and `\`. A file others may read is ignored
-/// with a warning, as libpq does.
+/// The password from the password file (`PGPASSFILE`, else `~/.pgpass`):
+/// `host:port:db:user:password` lines, `*` matching anything, `\` escaping
+/// `:` and `\`. A file others may read is ignored with a warning, as libpq
+/// does. libpq looks it up per host, but the driver sends one password to
+/// every host: a list whose hosts' entries differ is refused.
 fn passfile_password(
     config: &tokio_postgres::Config,
     env: &dyn Fn(&str) -> Option<String>,
     home: Option<&Path>,
-) -> Option<String> {
+) -> Result<Option<String>, StoreError> {
+    let Some(text) = read_passfile(env, home) else {
+        return Ok(None);
+    };
+    let user = config
+        .get_user()
+        .map(str::to_owned)
+        .or_else(|| env("USER"))
+        .or_else(|| env("LOGNAME"))
+        .unwrap_or_default();
+    let db = config
+        .get_dbname()
+        .map_or_else(|| user.clone(), str::to_owned);
+    let found: Vec<Option<String>> = endpoints(config)
+        .into_iter()
+        .map(|(host, port)| passfile_lookup(&text, [&host, &port.to_string(), &db, &user]))
+        .collect();
+    match found.split_first() {
+        None => Ok(None),
+        Some((first, rest)) if rest.iter().all(|p| p == first) => Ok(first.clone()),
+        Some(_) => Err(StoreError::Fatal(format!(
+            "the password file gives the hosts {} different passwords (or some none), and one \
+             password goes to every host: give it in the URL or PGPASSWORD",
+            display(config)
+        ))),
+    }
+}
+
+/// The password file's text, unless it is missing or others may read it.
+fn read_passfile(env: &dyn Fn(&str) -> Option<String>, home: Option<&Path>) -> Option<String> {
     let path = env("PGPASSFILE")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
@@ -515,31 +545,37 @@ fn passfile_password(
             return None;
         }
     }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) if p == Path::new(DEFAULT_SOCKET_DIR) => "localhost".to_owned(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
-    let user = config
-        .get_user()
-        .map(str::to_owned)
-        .or_else(|| env("USER"))
-        .or_else(|| env("LOGNAME"))
-        .unwrap_or_default();
-    let db = config
-        .get_dbname()
-        .map_or_else(|| user.clone(), str::to_owned);
-    let wanted = [host.as_str(), port.as_str(), db.as_str(), user.as_str()];
+    std::fs::read_to_string(&path).ok()
+}
+
+/// Each host as the password file names it (libpq's default socket
+/// directory as `localhost`, an address when only `hostaddr` is given),
+/// with its port.
+fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    let ports = config.get_ports();
+    (0..hosts.len().max(addrs.len()).max(1))
+        .map(|i| {
+            let host = match (hosts.get(i), addrs.get(i)) {
+                (Some(Host::Tcp(h)), _) => h.clone(),
+                #[cfg(unix)]
+                (Some(Host::Unix(p)), _) if p == Path::new(DEFAULT_SOCKET_DIR) => {
+                    "localhost".to_owned()
+                }
+                #[cfg(unix)]
+                (Some(Host::Unix(p)), _) => p.display().to_string(),
+                (None, Some(a)) => a.to_string(),
+                (None, None) => "localhost".to_owned(),
+            };
+            let port = ports.get(i).or(ports.last()).copied().unwrap_or(5432);
+            (host, port)
+        })
+        .collect()
+}
+
+/// The first line of the password file matching `wanted` (host, port,
+/// database, user).
+fn passfile_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
     text.lines()
         .filter(|line| !line.trim_start().starts_with('#'))
         .find_map(|line| {

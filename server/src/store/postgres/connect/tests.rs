@@ -273,3 +273,28 @@ fn an_unescaped_at_in_the_password_is_refused_unechoed() {
     let m = fatal(resolve("host=ssTail99@h dbname=ka", &[]));
     assert!(m.contains("`@`") && !m.contains("ssTail99"), "{m}");
 }
+
+/// The password file is read per host: a multi-host list whose hosts'
+/// entries differ is refused, since one password goes to every host.
+#[test]
+fn the_password_file_with_several_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgpass");
+    std::fs::write(
+        &file,
+        "h1:5432:keygate:kg:pw-one-x1\nh2:5432:keygate:kg:pw-two-x2\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = file.to_str().unwrap();
+    let m = fatal(resolve(
+        "postgres://kg@h1,h2/keygate",
+        &[("PGPASSFILE", path)],
+    ));
+    assert!(m.contains("password file"), "{m}");
+    assert!(!m.contains("pw-one") && !m.contains("pw-two"), "{m}");
+    std::fs::write(&file, "*:5432:keygate:kg:same\n").unwrap();
+    let t = resolve("postgres://kg@h1,h2/keygate", &[("PGPASSFILE", path)]).unwrap();
+    assert_eq!(t.config.get_password(), Some(&b"same"[..]));
+}
