@@ -94,7 +94,7 @@ impl Opened {
 pub fn shown(db: &Path) -> String {
     let Some(url) = db.to_str().filter(|d| is_postgres_url(d)) else {
         // A token pasted as a path is never echoed, on stdout either.
-        return keygate::redact_tokens(&db.display().to_string()).into_owned();
+        return crate::redact::secrets(&db.display().to_string());
     };
     let Some(config) = pg_config(url) else {
         return String::from("postgres://(an unreadable URL)");
