@@ -11,6 +11,7 @@ mod cli;
 mod clock;
 mod http;
 mod metrics;
+mod redact;
 mod store;
 mod sync;
 
@@ -256,10 +257,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // clap quotes the arguments it refuses: redacted, should a token
-        // have been pasted as one. Help and version go out as they are.
+        // clap quotes the arguments it refuses: redacted, should a token or
+        // a database URL have been pasted as one. Help and version go out as they are.
         Err(e) if e.use_stderr() => {
-            eprint!("{}", keygate::redact_tokens(&e.render().to_string()));
+            eprint!("{}", redact::secrets(&e.render().to_string()));
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
         Err(e) => e.exit(),
@@ -339,8 +340,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            // Errors quote their input (paths, ids, values): never a token.
-            eprintln!("error: {}", keygate::redact_tokens(&message));
+            // Errors quote their input (paths, ids, values): never a secret.
+            eprintln!("error: {}", redact::secrets(&message));
             ExitCode::FAILURE
         }
     }

@@ -584,6 +584,69 @@ fn refusals_change_nothing() {
     assert!(env_dest.exists());
 }
 
+/// F9: two databases that both use `verify-full` are two stores, and each
+/// is named in messages (not as an unreadable URL).
+#[test]
+fn urls_with_verify_full_are_named_and_told_apart() {
+    let dir = TempDir::new("migrate-verify-full");
+    let pepper = dir.0.join("pepper");
+    std::fs::write(&pepper, [7u8; 32]).unwrap();
+    let url = |db: &str| format!("postgres://kq:s3cret@127.0.0.1:1/{db}?sslmode=verify-full");
+    let out = Command::new(BIN)
+        .args(["migrate", "--from", &url("kq2"), "--to", &url("kq3")])
+        .arg("--pepper-file")
+        .arg(&pepper)
+        .env("KEYGATE_DB_WAIT", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(!err.contains("same store"), "{err}");
+    assert!(err.contains("`postgres://kq@127.0.0.1:1/kq2`"), "{err}");
+    assert!(
+        !err.contains("unreadable") && !err.contains("s3cret"),
+        "{err}"
+    );
+}
+
+/// F4: an unescaped `@` in the password: no part of it on stdout or stderr.
+#[test]
+fn an_unescaped_at_in_the_password_is_never_printed() {
+    let dir = TempDir::new("migrate-at");
+    let db = dir.db();
+    mint_token(&db, &["--name", "a"]);
+    let url = "postgres://ka:Pa@ssTail99@127.0.0.1:1/ka";
+    let pepper = dir.0.join("pepper");
+    std::fs::write(&pepper, [7u8; 32]).unwrap();
+    let (src, dest) = (db.to_str().unwrap(), dir.0.join("dest.db"));
+    for args in [
+        vec!["--from", src, "--to", url],
+        vec!["--from", url, "--to", dest.to_str().unwrap()],
+        vec!["--from", url, "--to", url],
+    ] {
+        let out = Command::new(BIN)
+            .arg("migrate")
+            .args(&args)
+            .args(["--pepper-file", pepper.to_str().unwrap()].iter().skip(
+                // A SQLite source's pepper is found beside it.
+                if args[1] == src { 2 } else { 0 },
+            ))
+            .env("KEYGATE_DB_WAIT", "0")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            !text.contains("ssTail99") && !text.contains("Pa@"),
+            "{text}"
+        );
+    }
+}
+
 /// A migration killed (SIGKILL) mid-way, with keys and events already
 /// inserted in its transaction, leaves PostgreSQL empty. Another session's
 /// uncommitted row holds the copy at its last table: the copy's insert of

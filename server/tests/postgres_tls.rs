@@ -55,10 +55,16 @@ fn serve(dir: &TempDir, url: &str, env: &[(&str, &str)]) -> Server {
 
 /// `keygate serve` on `url` must fail at start-up; returns its stderr.
 fn refused(dir: &TempDir, url: &str, env: &[(&str, &str)]) -> String {
+    refused_with(dir, url, env, &[])
+}
+
+/// [`refused`] with more arguments for `serve`.
+fn refused_with(dir: &TempDir, url: &str, env: &[(&str, &str)], args: &[&str]) -> String {
     let log = dir.0.join("refused.log");
     let pepper = pepper(dir);
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--db", url])
+        .args(args)
         .arg("--pepper-file")
         .arg(&pepper)
         .env("KEYGATE_DB_WAIT", "0")
@@ -190,6 +196,65 @@ fn require_never_falls_back_to_plain_text_and_prefer_does() {
     let (tls, plain) = keygate_connections(&pg);
     assert!(tls == 0 && plain > 0, "{tls} over TLS, {plain} plain");
     drop(server);
+}
+
+/// F2: a socket directory as the host with `hostaddr`: tokio-postgres
+/// dials the address over TCP, so TLS and `verify-full` still apply;
+/// refused (another CA's root would otherwise never be checked), naming
+/// the address dialled.
+#[test]
+fn a_socket_host_with_hostaddr_never_skips_tls() {
+    let pg = TestPg::start_tls(&["localhost"]);
+    let dir = TempDir::new("pg-tls-hostaddr");
+    let other = dir.0.join("other-ca.crt");
+    pg::write_unrelated_ca(&other);
+    let url = format!(
+        "postgres://postgres@%2Fnonexistent:{}/keygate?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        other.display()
+    );
+    let err = refused(&dir, &url, &[]);
+    assert!(err.contains(&format!("`127.0.0.1:{}`", pg.port)), "{err}");
+    assert_eq!(keygate_connections(&pg), (0, 0));
+}
+
+/// F3: an unescaped `?` in the password: `sslmode=require` still holds
+/// against a server without TLS (as with `%3F`).
+#[test]
+fn a_question_mark_in_the_password_keeps_sslmode_require() {
+    let pg = TestPg::start();
+    let dir = TempDir::new("pg-tls-qmark");
+    for password in ["ab?cd", "ab%3Fcd"] {
+        let url = format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/keygate?sslmode=require",
+            pg.port
+        );
+        let err = refused(&dir, &url, &[]);
+        assert!(err.contains("the server does not support TLS"), "{err}");
+        assert!(!err.contains("ab?cd") && !err.contains("ab%3Fcd"), "{err}");
+    }
+    assert_eq!(keygate_connections(&pg), (0, 0));
+}
+
+/// F4: an unescaped `@` in the password: refused, saying to percent-encode
+/// it, with no part of the password in the log (text or json), as the
+/// address of a real server.
+#[test]
+fn an_unescaped_at_in_the_password_is_refused_unechoed() {
+    let pg = TestPg::start();
+    let dir = TempDir::new("pg-tls-at");
+    let url = format!(
+        "postgres://postgres:Pa@ssTail99@127.0.0.1:{}/keygate",
+        pg.port
+    );
+    for format in ["text", "json"] {
+        let err = refused_with(&dir, &url, &[], &["--log-format", format]);
+        assert!(err.contains("percent-encode"), "{format}: {err}");
+        assert!(
+            !err.contains("ssTail99") && !err.contains("Pa@"),
+            "{format}: {err}"
+        );
+    }
 }
 
 /// `postgres:///keygate`: host, port, user and the TLS settings from

@@ -655,3 +655,56 @@ fn server_status_after_revoke(server: &Server, token: &str) -> u16 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// F10: a database URL or `password=` string misplaced on the command line
+/// is quoted by the argument parser's error without its password.
+#[test]
+fn argument_errors_never_echo_a_database_password() {
+    let dir = TempDir::new("secret-scan-argv");
+    let db = dir.db();
+    let db = db.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "migrate",
+                "--from",
+                db,
+                "--to",
+                "X",
+                "postgres://u:S3CRETPW2@h/db",
+            ],
+            "S3CRETPW2",
+        ),
+        (
+            vec!["serve", "--metrics-listen", "postgres://u:S3CRETPW4@h/db"],
+            "S3CRETPW4",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "postgresql://u:S3C@RETPW5@h:5432/db?x=1",
+            ],
+            "RETPW5",
+        ),
+        (
+            vec!["list", "--db", db, "host=h password=S3CRETPW6 dbname=d"],
+            "S3CRETPW6",
+        ),
+        (
+            vec!["list", "--db", db, "host=h password='S3CRET PW7' dbname=d"],
+            "PW7",
+        ),
+    ];
+    for (args, secret) in cases {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(!text.contains(secret), "{args:?}: {text}");
+        assert!(!text.contains("S3C"), "{args:?}: {text}");
+    }
+}

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::store::copy::{source_gone, Copied};
 use crate::store::pepper;
-use crate::store::postgres::{is_postgres_url, wait_from_env, PgStore};
+use crate::store::postgres::{connect, is_postgres_url, wait_from_env, PgStore};
 use crate::store::sqlite::lock::{self, StoreLock};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -88,21 +88,23 @@ impl Opened {
 }
 
 /// How a store is named in messages: a SQLite path as given (any token in
-/// it redacted); a PostgreSQL
-/// URL as `postgres://USER@HOST:PORT/DB`, rebuilt from its parts, so that a
-/// password (in the URL or its options) is never shown.
+/// it redacted); a PostgreSQL URL as `postgres://USER@HOST:PORT/DB`,
+/// rebuilt from its parts as `serve` reads them (the TLS settings taken
+/// out first), so that a password (in the URL or its options) is never
+/// shown.
 pub fn shown(db: &Path) -> String {
     let Some(url) = db.to_str().filter(|d| is_postgres_url(d)) else {
         // A token pasted as a path is never echoed, on stdout either.
-        return keygate::redact_tokens(&db.display().to_string()).into_owned();
+        return crate::redact::secrets(&db.display().to_string());
     };
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+    let Some(config) = pg_config(url) else {
         return String::from("postgres://(an unreadable URL)");
     };
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => String::from("localhost"),
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (Some(tokio_postgres::config::Host::Tcp(h)), _) => h.clone(),
+        (Some(tokio_postgres::config::Host::Unix(p)), _) => p.display().to_string(),
+        (None, Some(a)) => a.to_string(),
+        (None, None) => String::from("localhost"),
     };
     let user = config
         .get_user()
@@ -113,6 +115,37 @@ pub fn shown(db: &Path) -> String {
         .map_or_else(String::new, |p| format!(":{p}"));
     let name = config.get_dbname().unwrap_or_default();
     format!("postgres://{user}{host}{port}/{name}")
+}
+
+/// The driver's reading of a PostgreSQL URL, as `serve` parses it: none
+/// for one it refuses (an unescaped `@` in the password among them).
+fn pg_config(url: &str) -> Option<tokio_postgres::Config> {
+    connect::parse(url).ok().map(|(_, config)| config)
+}
+
+/// Where a URL's store is: each host (or address) with its port (5432 by
+/// default), and the database (the user's name by default, as libpq has
+/// it).
+fn place(config: &tokio_postgres::Config) -> (Vec<(String, u16)>, String) {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    let ports = config.get_ports();
+    let at = (0..hosts.len().max(addrs.len()).max(1))
+        .map(|i| {
+            let host = match (hosts.get(i), addrs.get(i)) {
+                (Some(tokio_postgres::config::Host::Tcp(h)), _) => h.to_ascii_lowercase(),
+                (Some(tokio_postgres::config::Host::Unix(p)), _) => p.display().to_string(),
+                (None, Some(a)) => a.to_string(),
+                (None, None) => String::from("localhost"),
+            };
+            (host, ports.get(i).or(ports.last()).copied().unwrap_or(5432))
+        })
+        .collect();
+    let name = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or_default()
+        .to_owned();
+    (at, name)
 }
 
 /// Opens the store at `db`: PostgreSQL (waiting for it as the other
@@ -139,7 +172,17 @@ async fn open(db: &Path, role: &str, create: bool) -> Result<(Opened, Option<Sto
 fn same_store(from: &Path, to: &Path) -> bool {
     let pg = |p: &Path| p.to_str().is_some_and(is_postgres_url);
     match (pg(from), pg(to)) {
-        (true, true) => shown(from) == shown(to),
+        (true, true) => {
+            let place_of = |p: &Path| p.to_str().and_then(pg_config).map(|c| place(&c));
+            match (place_of(from), place_of(to)) {
+                // The same database on any host both lists name.
+                (Some((a, db_a)), Some((b, db_b))) => {
+                    db_a == db_b && a.iter().any(|h| b.contains(h))
+                }
+                // Neither can be opened; the open says why.
+                _ => false,
+            }
+        }
         (false, false) => match (from.canonicalize(), to.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
             _ => from == to,
@@ -294,5 +337,43 @@ mod tests {
         }
         assert_eq!(shown(Path::new("keys.db")), "keys.db");
         assert!(!shown(Path::new("postgres://kg:s3cret@[bad")).contains("s3cret"));
+    }
+
+    /// F9: the TLS settings the driver does not know leave the name readable.
+    #[test]
+    fn a_url_with_verify_full_is_shown() {
+        let url =
+            "postgres://kq:s3cret@db.example:5433/kq2?sslmode=verify-full&sslrootcert=%2Fca.pem";
+        assert_eq!(shown(Path::new(url)), "postgres://kq@db.example:5433/kq2");
+    }
+
+    /// F9: stores compare by host, port and database, whatever the user or
+    /// the TLS settings.
+    #[test]
+    fn same_store_compares_host_port_and_database() {
+        let same = |a: &str, b: &str| same_store(Path::new(a), Path::new(b));
+        assert!(!same(
+            "postgres://kq@127.0.0.1:1/kq2?sslmode=verify-full",
+            "postgres://kq@127.0.0.1:1/kq3?sslmode=verify-full"
+        ));
+        assert!(same(
+            "postgres://a@db.example/keygate",
+            "postgres://b:pw@db.example:5432/keygate?sslmode=require"
+        ));
+        assert!(!same(
+            "postgres://a@db.example:5432/keygate",
+            "postgres://a@db.example:5433/keygate"
+        ));
+        assert!(!same(
+            "postgres://a@db.example/keygate",
+            "postgres://a@other.example/keygate"
+        ));
+    }
+
+    /// F4: an unescaped `@` in the password never reaches a message.
+    #[test]
+    fn an_unescaped_at_in_the_password_is_never_shown() {
+        let s = shown(Path::new("postgres://ka:Pa@ssTail99@127.0.0.1:55432/ka"));
+        assert!(!s.contains("ssTail99") && !s.contains("Pa@"), "{s}");
     }
 }

@@ -114,7 +114,7 @@ use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, IsolationLevel, Row};
 
-mod connect;
+pub(crate) mod connect;
 use connect::Target;
 
 use super::lease::{

@@ -96,11 +96,7 @@ impl Target {
         url: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Target, StoreError> {
-        let split = split_ssl_params(url)?;
-        let mut config: tokio_postgres::Config = split
-            .rest
-            .parse()
-            .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+        let (split, mut config) = parse(url)?;
         fill_from_env(&mut config, env)?;
         let sslmode = match split.sslmode.or_else(|| env("PGSSLMODE")) {
             Some(mode) => SslMode::parse(&mode)?,
@@ -122,13 +118,31 @@ impl Target {
             (None, Some(path)) => Some(Roots::File(path)),
             (None, None) => None,
         };
+        #[cfg(unix)]
+        if !config.get_hostaddrs().is_empty() {
+            // The driver dials `hostaddr` over TCP and has no name to check there.
+            if let Some(Host::Unix(dir)) = config
+                .get_hosts()
+                .iter()
+                .find(|h| matches!(h, Host::Unix(_)))
+            {
+                return Err(StoreError::Fatal(format!(
+                    "a socket directory as the host (`{}`) with `hostaddr` is not supported: \
+                     {} would be dialled over TCP; give the address as the host, or leave out \
+                     hostaddr",
+                    dir.display(),
+                    display(&config)
+                )));
+            }
+        }
         if config.get_password().is_none() {
-            if let Some(password) = passfile_password(&config, env, home.as_deref()) {
+            if let Some(password) = passfile_password(&config, env, home.as_deref())? {
                 config.password(password);
             }
         }
         // PostgreSQL has no TLS on Unix sockets; libpq ignores sslmode there.
-        let only_sockets = !config.get_hosts().is_empty()
+        let only_sockets = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
             && config
                 .get_hosts()
                 .iter()
@@ -246,10 +260,23 @@ enum Roots {
 }
 
 /// The string with `sslmode` and `sslrootcert` taken out.
-struct Split {
-    rest: String,
+pub(crate) struct Split {
+    /// What the driver parses.
+    pub(crate) rest: String,
     sslmode: Option<String>,
     sslrootcert: Option<String>,
+}
+
+/// The message for a URL with an unescaped `@` in its password; it never
+/// quotes the URL, whose host part then holds the password's tail.
+const UNESCAPED_AT: &str = "invalid database url: more than one `@` (an unescaped `@` in the \
+     password?): percent-encode `@` in the password as `%40`";
+
+/// `url` with the settings the driver does not know taken out, parsed by
+/// the driver; refused where the driver would read it otherwise than
+/// libpq (an unescaped `@` in the password) or than the split did.
+pub(crate) fn parse(url: &str) -> Result<(Split, tokio_postgres::Config), StoreError> {
+    parse_split(split_ssl_params(url)?)
 }
 
 fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
@@ -258,8 +285,27 @@ fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
         sslmode: None,
         sslrootcert: None,
     };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let scheme = ["postgres://", "postgresql://"]
+        .into_iter()
+        .find(|s| url.starts_with(s));
+    if let Some(scheme) = scheme {
+        // A second `@` would put the password's tail in the host.
+        if url.matches('@').count() > 1 {
+            return Err(StoreError::Fatal(UNESCAPED_AT.into()));
+        }
+        // As the driver reads it: the userinfo ends at the `@`, then the
+        // query starts at the first `?` (one in the password is no query).
+        let after_userinfo = url
+            .get(scheme.len()..)
+            .and_then(|s| s.find('@'))
+            .map_or(scheme.len(), |at| scheme.len() + at + 1);
+        let (base, query) = match url.get(after_userinfo..).and_then(|s| s.find('?')) {
+            Some(q) => (
+                url.get(..after_userinfo + q).unwrap_or(url),
+                url.get(after_userinfo + q + 1..).unwrap_or(""),
+            ),
+            None => (url, ""),
+        };
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -289,6 +335,34 @@ fn split_ssl_params(url: &str) -> Result<Split, StoreError> {
         split.rest = kept.join(" ");
     }
     Ok(split)
+}
+
+/// The driver's config of the string the split left.
+fn parse_split(split: Split) -> Result<(Split, tokio_postgres::Config), StoreError> {
+    let config: tokio_postgres::Config = split
+        .rest
+        .parse()
+        .map_err(|e| StoreError::Fatal(format!("invalid database url: {e}")))?;
+    // keygate sets the mode itself, so one the split missed would be lost.
+    if split.sslmode.is_none() && config.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+        return Err(StoreError::Fatal(
+            "invalid database url: it holds an `sslmode` where keygate did not find it: \
+             percent-encode `?`, `&` and `@` in the password"
+                .into(),
+        ));
+    }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, Host::Tcp(h) if h.contains('@')))
+    {
+        return Err(StoreError::Fatal(
+            "invalid database url: a host holds an `@`: percent-encode `@` in the password \
+             as `%40`"
+                .into(),
+        ));
+    }
+    Ok((split, config))
 }
 
 /// `%XX` decoded; anything malformed is kept as it is.
@@ -412,15 +486,45 @@ fn fill_from_env(
 /// libpq's default Unix socket directory on Debian and most Linux builds.
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
-/// The password for the first host from the password file (`PGPASSFILE`,
-/// else `~/.pgpass`): `host:port:db:user:password` lines, `*` matching
-/// anything, `\` escaping `:` and `\`. A file others may read is ignored
-/// with a warning, as libpq does.
+/// The password from the password file (`PGPASSFILE`, else `~/.pgpass`):
+/// `host:port:db:user:password` lines, `*` matching anything, `\` escaping
+/// `:` and `\`. A file others may read is ignored with a warning, as libpq
+/// does. libpq looks it up per host, but the driver sends one password to
+/// every host: a list whose hosts' entries differ is refused.
 fn passfile_password(
     config: &tokio_postgres::Config,
     env: &dyn Fn(&str) -> Option<String>,
     home: Option<&Path>,
-) -> Option<String> {
+) -> Result<Option<String>, StoreError> {
+    let Some(text) = read_passfile(env, home) else {
+        return Ok(None);
+    };
+    let user = config
+        .get_user()
+        .map(str::to_owned)
+        .or_else(|| env("USER"))
+        .or_else(|| env("LOGNAME"))
+        .unwrap_or_default();
+    let db = config
+        .get_dbname()
+        .map_or_else(|| user.clone(), str::to_owned);
+    let found: Vec<Option<String>> = endpoints(config)
+        .into_iter()
+        .map(|(host, port)| passfile_lookup(&text, [&host, &port.to_string(), &db, &user]))
+        .collect();
+    match found.split_first() {
+        None => Ok(None),
+        Some((first, rest)) if rest.iter().all(|p| p == first) => Ok(first.clone()),
+        Some(_) => Err(StoreError::Fatal(format!(
+            "the password file gives the hosts {} different passwords (or some none), and one \
+             password goes to every host: give it in the URL or PGPASSWORD",
+            display(config)
+        ))),
+    }
+}
+
+/// The password file's text, unless it is missing or others may read it.
+fn read_passfile(env: &dyn Fn(&str) -> Option<String>, home: Option<&Path>) -> Option<String> {
     let path = env("PGPASSFILE")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
@@ -441,31 +545,37 @@ fn passfile_password(
             return None;
         }
     }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) if p == Path::new(DEFAULT_SOCKET_DIR) => "localhost".to_owned(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
-    let user = config
-        .get_user()
-        .map(str::to_owned)
-        .or_else(|| env("USER"))
-        .or_else(|| env("LOGNAME"))
-        .unwrap_or_default();
-    let db = config
-        .get_dbname()
-        .map_or_else(|| user.clone(), str::to_owned);
-    let wanted = [host.as_str(), port.as_str(), db.as_str(), user.as_str()];
+    std::fs::read_to_string(&path).ok()
+}
+
+/// Each host as the password file names it (libpq's default socket
+/// directory as `localhost`, an address when only `hostaddr` is given),
+/// with its port.
+fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    let ports = config.get_ports();
+    (0..hosts.len().max(addrs.len()).max(1))
+        .map(|i| {
+            let host = match (hosts.get(i), addrs.get(i)) {
+                (Some(Host::Tcp(h)), _) => h.clone(),
+                #[cfg(unix)]
+                (Some(Host::Unix(p)), _) if p == Path::new(DEFAULT_SOCKET_DIR) => {
+                    "localhost".to_owned()
+                }
+                #[cfg(unix)]
+                (Some(Host::Unix(p)), _) => p.display().to_string(),
+                (None, Some(a)) => a.to_string(),
+                (None, None) => "localhost".to_owned(),
+            };
+            let port = ports.get(i).or(ports.last()).copied().unwrap_or(5432);
+            (host, port)
+        })
+        .collect()
+}
+
+/// The first line of the password file matching `wanted` (host, port,
+/// database, user).
+fn passfile_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
     text.lines()
         .filter(|line| !line.trim_start().starts_with('#'))
         .find_map(|line| {
@@ -497,30 +607,31 @@ fn passfile_fields(line: &str) -> Vec<String> {
 }
 
 /// `` `host:port` `` for each host (the ports repeat the last given, or
-/// 5432, as the driver does).
+/// 5432, as the driver does); where a `hostaddr` is given, the address the
+/// driver dials, then the host name.
 fn display(config: &tokio_postgres::Config) -> String {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
     let ports = config.get_ports();
     let port_of = |i: usize| ports.get(i).or(ports.last()).copied().unwrap_or(5432);
-    let hosts: Vec<String> = if config.get_hosts().is_empty() {
-        config
-            .get_hostaddrs()
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("`{a}:{}`", port_of(i)))
-            .collect()
-    } else {
-        config
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| match h {
+    let shown: Vec<String> = (0..hosts.len().max(addrs.len()))
+        .map(|i| {
+            let host = hosts.get(i).map(|h| match h {
                 Host::Tcp(h) => format!("`{h}:{}`", port_of(i)),
                 #[cfg(unix)]
                 Host::Unix(p) => format!("`{}/.s.PGSQL.{}`", p.display(), port_of(i)),
-            })
-            .collect()
-    };
-    hosts.join(", ")
+            });
+            match (addrs.get(i), host) {
+                (Some(a), Some(host)) => format!(
+                    "`{}` (host {host})",
+                    std::net::SocketAddr::new(*a, port_of(i))
+                ),
+                (Some(a), None) => format!("`{}`", std::net::SocketAddr::new(*a, port_of(i))),
+                (None, Some(host)) => host,
+                (None, None) => String::new(),
+            }
+        })
+        .collect();
+    shown.join(", ")
 }
 
 /// The rustls configuration for `mode`: which certificates pass.

@@ -200,3 +200,101 @@ fn no_password_in_debug_or_errors() {
         "{err}"
     );
 }
+
+/// F2: tokio-postgres dials `hostaddr` over TCP even when the host is a
+/// socket directory, so that pair is no socket: refused, never plain text.
+#[test]
+fn a_socket_host_with_hostaddr_is_refused() {
+    let m = fatal(resolve(
+        "postgres://kq:pw@%2Fnonexistent:55432/kq?hostaddr=127.0.0.1&sslmode=require",
+        &[],
+    ));
+    assert!(
+        m.contains("hostaddr") && m.contains("`127.0.0.1:55432`"),
+        "{m}"
+    );
+    assert!(!m.contains("pw"), "{m}");
+}
+
+/// F2: with `hostaddr`, messages name the address dialled, not the host.
+#[test]
+fn the_display_names_the_hostaddr_dialled() {
+    let t = resolve(
+        "postgres://u@db.example:6543/k?hostaddr=127.0.0.1&sslmode=require",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(t.config.get_ssl_mode(), DriverMode::Require);
+    assert!(t.display.contains("`127.0.0.1:6543`"), "{}", t.display);
+}
+
+/// F3: a `?` in the password is not where the query starts.
+#[test]
+fn a_question_mark_in_the_password_keeps_the_sslmode() {
+    let t = resolve("postgres://kq:ab?cd@127.0.0.1:5432/kq?sslmode=require", &[]).unwrap();
+    assert_eq!(t.sslmode, SslMode::Require);
+    assert_eq!(t.config.get_ssl_mode(), DriverMode::Require);
+    assert_eq!(t.config.get_password(), Some(&b"ab?cd"[..]));
+    let t = resolve("postgres://kq:ab?cd@127.0.0.1:5432/kq", &[]).unwrap();
+    assert_eq!(t.sslmode, SslMode::Prefer);
+    assert_eq!(t.config.get_password(), Some(&b"ab?cd"[..]));
+}
+
+/// F3, belt and braces: an sslmode the driver parsed but the split did
+/// not see is refused, not replaced by the default.
+#[test]
+fn an_sslmode_the_split_missed_is_refused() {
+    let split = Split {
+        rest: "postgres://u@h/db?sslmode=require".into(),
+        sslmode: None,
+        sslrootcert: None,
+    };
+    let m = match parse_split(split) {
+        Err(StoreError::Fatal(m)) => m,
+        Err(e) => panic!("not fatal: {e}"),
+        Ok(_) => panic!("parsed"),
+    };
+    assert!(m.contains("sslmode"), "{m}");
+}
+
+/// F4: an unescaped `@` in the password is refused without echoing any
+/// of it; a host with `@` (key-value form) too.
+#[test]
+fn an_unescaped_at_in_the_password_is_refused_unechoed() {
+    for url in [
+        "postgres://ka:Pa@ssTail99@127.0.0.1:55432/ka",
+        "postgresql://ka:Pa@ssTail99@127.0.0.1:55432/ka?sslmode=disable",
+        "postgres://ka:x@y?ssTail99=1@h/ka",
+    ] {
+        let m = fatal(resolve(url, &[]));
+        assert!(m.contains("percent-encode"), "{m}");
+        assert!(!m.contains("ssTail99") && !m.contains(":Pa"), "{m}");
+    }
+    let m = fatal(resolve("host=ssTail99@h dbname=ka", &[]));
+    assert!(m.contains("`@`") && !m.contains("ssTail99"), "{m}");
+}
+
+/// The password file is read per host: a multi-host list whose hosts'
+/// entries differ is refused, since one password goes to every host.
+#[test]
+fn the_password_file_with_several_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgpass");
+    std::fs::write(
+        &file,
+        "h1:5432:keygate:kg:pw-one-x1\nh2:5432:keygate:kg:pw-two-x2\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = file.to_str().unwrap();
+    let m = fatal(resolve(
+        "postgres://kg@h1,h2/keygate",
+        &[("PGPASSFILE", path)],
+    ));
+    assert!(m.contains("password file"), "{m}");
+    assert!(!m.contains("pw-one") && !m.contains("pw-two"), "{m}");
+    std::fs::write(&file, "*:5432:keygate:kg:same\n").unwrap();
+    let t = resolve("postgres://kg@h1,h2/keygate", &[("PGPASSFILE", path)]).unwrap();
+    assert_eq!(t.config.get_password(), Some(&b"same"[..]));
+}
