@@ -46,6 +46,7 @@ start() {
     local token
     token=$("$BIN" mint --db "$db" --name "$name" --scope devboxes:read |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["key_secret"])')
+    : > "$WORK/$name.log"
     "${SERVER_PREFIX[@]}" "$BIN" serve --listen 127.0.0.1:0 --db "$db" "$@" 2> "$WORK/$name.log" &
     PIDS+=($!)
     for ((i = 0; i < 100; i++)); do
