@@ -11,7 +11,7 @@ pub mod histogram;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keygate::KeyId;
 
@@ -182,6 +182,9 @@ impl Decision {
     }
 }
 
+/// [`ROUTES`]' index of `/v1/authorize`.
+const AUTHORIZE: usize = 0;
+
 /// The routes, as the router names them; the last is every request that
 /// matched none. A fixed list keeps the `route` label's values bounded
 /// whatever paths clients send.
@@ -331,21 +334,26 @@ impl FlushKind {
     }
 }
 
-/// A start time when metrics are on, for [`decision`].
+/// Counts a request for `path` answered with `status` after `took`; for
+/// `/v1/authorize`, its decision and its time too, and with
+/// `--metrics-per-key` the decision for the key `key` names.
 #[inline]
-pub fn start() -> Option<Instant> {
-    get().map(|_| Instant::now())
-}
-
-/// Counts a `/v1/authorize` answer of `status` started at `started`; with
-/// `--metrics-per-key`, for the key `key` names too.
-#[inline]
-pub fn decision(started: Option<Instant>, status: u16, key: impl FnOnce() -> Option<KeyId>) {
-    let (Some(m), Some(started)) = (get(), started) else {
+pub fn request(path: &str, status: u16, took: Duration, key: impl FnOnce() -> Option<KeyId>) {
+    let Some(m) = get() else { return };
+    let route = route_index(path);
+    let class = usize::from((status / 100).clamp(1, 5) - 1);
+    if let Some(counter) = m
+        .requests
+        .get(route)
+        .and_then(|by_class| by_class.get(class))
+    {
+        counter.fetch_add(1, Relaxed);
+    }
+    if route != AUTHORIZE {
         return;
-    };
+    }
     let decision = Decision::of(status) as usize;
-    m.authorize_latency.observe(started.elapsed());
+    m.authorize_latency.observe(took);
     if let Some(counter) = m.decisions.get(decision) {
         counter.fetch_add(1, Relaxed);
     }
@@ -355,20 +363,6 @@ pub fn decision(started: Option<Instant>, status: u16, key: impl FnOnce() -> Opt
         if let Some(counter) = counters.get(decision) {
             counter.fetch_add(1, Relaxed);
         }
-    }
-}
-
-/// Counts a request for `path` answered with `status`.
-#[inline]
-pub fn request(path: &str, status: u16) {
-    let Some(m) = get() else { return };
-    let class = usize::from((status / 100).clamp(1, 5) - 1);
-    if let Some(counter) = m
-        .requests
-        .get(route_index(path))
-        .and_then(|by_class| by_class.get(class))
-    {
-        counter.fetch_add(1, Relaxed);
     }
 }
 
@@ -490,6 +484,7 @@ mod tests {
 
     #[test]
     fn paths_map_to_their_routes_and_the_rest_to_unmatched() {
+        assert_eq!(ROUTES[AUTHORIZE], "/v1/authorize");
         let route = |path| ROUTES[route_index(path)];
         assert_eq!(route("/v1/authorize"), "/v1/authorize");
         assert_eq!(route("/v1/keys"), "/v1/keys");

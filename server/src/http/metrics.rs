@@ -207,7 +207,7 @@ impl Collector for Scrape {
         let (sum, count, buckets) = m.authorize_latency.snapshot();
         e.encode_descriptor(
             "authorize_duration",
-            "The time /v1/authorize takes to decide, in the server",
+            "The time the server takes to answer /v1/authorize, from the request head to the answer",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?

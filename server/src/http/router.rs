@@ -140,9 +140,13 @@ async fn log_request(request: Request, next: Next) -> Response {
     let method = Redacted(request.method().clone());
     let path = PathOnly(request.uri().clone());
     let response = next.run(request).await;
-    let latency_us = start.elapsed().as_micros() as u64;
+    let elapsed = start.elapsed();
+    let latency_us = elapsed.as_micros() as u64;
     let status = response.status().as_u16();
-    crate::metrics::request(path.0.path(), status);
+    // The same clock readings time the request in the metrics.
+    crate::metrics::request(path.0.path(), status, elapsed, || {
+        crate::http::authorize::key_of(&response)
+    });
     // The key id: from the 204 of /v1/authorize (as text, no parsing), the
     // principal a handler or the tower layer left, or the rejection
     // (expired, lacks the scope).
