@@ -80,6 +80,15 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
         .merge(read_routes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
+        // Any valid key may read itself: no scope (ACCESS_LEVEL_NONE).
+        .route(
+            "/v1/whoami",
+            get(keys::whoami).route_layer(Require::scope(
+                Shared(Arc::clone(&state)),
+                Resource::Account,
+                Access::None,
+            )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))

@@ -1,0 +1,744 @@
+//! The web console (`serve --console`) in a real browser: Debian's
+//! `chromium`, driven by `chromedriver` over the W3C WebDriver protocol
+//! (spoken here with the raw HTTP helpers; `scripts/test.sh` installs both).
+//! A user's path end to end, a tenant's view under `--attenuate`, the
+//! secret gone from the page once its dialog closes, axe-core on every
+//! page, no console error, failed request or other origin, and screenshots
+//! of every page at 1280×800 and 390×844 under `target/console-screenshots/`.
+//! Missing chromium or chromedriver fail these tests; they never skip.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The vendored axe-core (tests only; never served).
+const AXE: &str = include_str!("console/vendor/axe.min.js");
+
+const SIZES: [(u32, u32); 2] = [(1280, 800), (390, 844)];
+
+/// A binary the tests need: `$KEYGATE_<NAME>` or `/usr/bin/<name>`.
+fn bin(name: &str, var: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin").join(name));
+    assert!(
+        path.exists(),
+        "`{}` not found: install chromium and chromium-driver (scripts/test.sh does) or set {var}",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `target/console-screenshots/`, from this test binary's path
+/// (`target/debug/deps/console-…`), whatever `CARGO_TARGET_DIR` is.
+fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let dir = target.join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A chromedriver with one Chromium session; both end on drop.
+struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    origin: String,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn start(origin: &str) -> Browser {
+        let chromium = bin("chromium", "KEYGATE_CHROMIUM");
+        let chromedriver = bin("chromedriver", "KEYGATE_CHROMEDRIVER");
+        let port = free_port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = TempDir::new("chromium");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                // The background-networking flags: a closed network refuses
+                // Chromium's own connections, which would be failed requests.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1280,800",
+                         format!("--user-data-dir={}", profile.0.display()),
+                         ],
+            },
+            "goog:loggingPrefs": {"browser": "ALL", "performance": "ALL"},
+        }}});
+        let mut b = Browser {
+            driver,
+            addr,
+            session: String::new(),
+            origin: origin.to_owned(),
+            _profile: profile,
+        };
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["sessionId"].as_str().unwrap().to_owned();
+        b
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = webdriver(self.addr, method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn s(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn go(&self, path: &str) {
+        self.s(
+            "POST",
+            "/url",
+            Some(json!({"url": format!("{}{path}", self.origin)})),
+        );
+    }
+
+    fn js(&self, script: &str, args: Value) -> Value {
+        self.s(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
+    /// Waits (up to 10 s) until `expr` (a JS expression) is truthy.
+    fn wait(&self, expr: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.js(&format!("return !!({expr});"), json!([])) == json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for `{expr}`; page: {}",
+                self.js("return document.body.innerText", json!([]))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn find(&self, css: &str) -> String {
+        self.wait(&format!("document.querySelector({})", json!(css)));
+        let v = self.s(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v.as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.s("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+
+    /// Types `text` into the element (as keystrokes; `\u{E014}` is ArrowRight).
+    fn keys(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.s(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.find(css);
+        self.js(
+            "return document.querySelector(arguments[0]).textContent",
+            json!([css]),
+        )
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+
+    /// axe-core on the page as it is now: no violation of any rule.
+    fn axe(&self, page: &str) {
+        if self.js("return typeof axe", json!([])) != json!("object") {
+            self.js(AXE, json!([]));
+        }
+        let v = self.s(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": "const done = arguments[0]; axe.run(document).then(r => done(r.violations.map(v => ({id: v.id, help: v.help, nodes: v.nodes.map(n => n.html)})))).catch(e => done([{id: 'axe failed', help: String(e)}]));", "args": []})),
+        );
+        assert_eq!(v, json!([]), "axe-core violations on {page}");
+    }
+
+    /// A screenshot of the page at each size, then back to the first.
+    fn screenshots(&self, page: &str) {
+        let dir = screenshot_dir();
+        for (w, h) in SIZES {
+            self.size(w, h);
+            std::thread::sleep(Duration::from_millis(150));
+            let png = self.s("GET", "/screenshot", None);
+            let bytes = decode_base64(png.as_str().unwrap());
+            std::fs::write(dir.join(format!("{page}-{w}x{h}.png")), bytes).unwrap();
+        }
+        self.size(SIZES[0].0, SIZES[0].1);
+    }
+
+    /// The viewport, exactly (a window's size would include its frame).
+    fn size(&self, width: u32, height: u32) {
+        self.s(
+            "POST",
+            "/goog/cdp/execute",
+            Some(
+                json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
+                "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}}),
+            ),
+        );
+    }
+
+    fn log(&self, kind: &str) -> Vec<Value> {
+        self.s("POST", "/se/log", Some(json!({"type": kind})))
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// No console error, no failed request, no request to another origin
+    /// since the last check.
+    fn assert_clean(&self) {
+        let errors: Vec<Value> = self
+            .log("browser")
+            .into_iter()
+            .filter(|e| e["level"] == "SEVERE" || e["level"] == "WARNING")
+            .collect();
+        assert!(errors.is_empty(), "browser console: {errors:#?}");
+        let mut requests = 0;
+        let mut urls = std::collections::HashMap::new();
+        let mut console = false;
+        for entry in self.log("performance") {
+            let m: Value = serde_json::from_str(entry["message"].as_str().unwrap()).unwrap();
+            let (method, params) = (&m["message"]["method"], &m["message"]["params"]);
+            // Debian's Chromium loads its search engine's start page
+            // (start.duckduckgo.com) as it starts, before the first page of the
+            // test: the browser's, not the console's. Checks start there.
+            if !console {
+                console = method == "Page.frameStartedNavigating"
+                    && params["url"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with(&self.origin));
+                continue;
+            }
+            if method == "Network.requestWillBeSent" {
+                requests += 1;
+                let url = params["request"]["url"].as_str().unwrap();
+                urls.insert(params["requestId"].to_string(), url.to_owned());
+                if std::env::var_os("KEYGATE_CONSOLE_DEBUG").is_some() {
+                    eprintln!("request {} {url}", params["requestId"]);
+                }
+                assert!(
+                    url.starts_with(&format!("{}/", self.origin)) || url.starts_with("data:"),
+                    "a request to another origin: {url}"
+                );
+            }
+            if method == "Network.loadingFailed" {
+                panic!(
+                    "a failed request: {params} {:?}",
+                    urls.get(&params["requestId"].to_string())
+                );
+            }
+            if method == "Network.responseReceived" {
+                let status = params["response"]["status"].as_u64().unwrap();
+                assert!(status < 400, "a failed request: {}", params["response"]);
+            }
+        }
+        assert!(requests > 0, "the performance log saw no request");
+    }
+
+    /// The page's whole DOM (dialogs and input values too) and both storages.
+    fn everything(&self) -> String {
+        self.js(
+            "const values = [...document.querySelectorAll('input,textarea')].map(e => e.value).join(' ');\
+             return document.documentElement.outerHTML + values \
+               + JSON.stringify(Object.assign({}, localStorage)) + JSON.stringify(Object.assign({}, sessionStorage));",
+            json!([]),
+        )
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = webdriver(
+                self.addr,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                None,
+            );
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// One WebDriver command. chromedriver keeps the connection open whatever
+/// `Connection` says, so the body is read by its `Content-Length`.
+fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut buf = vec![0; length];
+    reader.read_exact(&mut buf).unwrap();
+    (status, serde_json::from_slice(&buf).unwrap())
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    let table = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let digits: Vec<u32> = chunk
+            .iter()
+            .filter(|&&c| c != b'=')
+            .map(|&c| table(c))
+            .collect();
+        let mut n = 0u32;
+        for (i, d) in digits.iter().enumerate() {
+            n |= d << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..digits.len()]);
+    }
+    out
+}
+
+fn origin(server: &Server) -> String {
+    format!("http://{}", server.addr)
+}
+
+fn created(server: &Server, token: &str, route: &str, body: Value) -> Value {
+    let r = server.authed("POST", route, token, Some(&body.to_string()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn sign_in(b: &Browser, token: &str) {
+    b.go("/console");
+    b.keys("#token", token);
+    b.click("#signin");
+    b.wait("document.querySelector('table.keys tbody tr')");
+}
+
+#[test]
+fn a_users_path_through_the_console() {
+    let dir = TempDir::new("console-path");
+    let server = Server::start(&dir.db(), &["--console"]);
+    let admin = server.token().to_owned();
+    // A hostile name: it must show as text, never as markup.
+    let xss = "<img src=x onerror=alert(1)>";
+    created(&server, &admin, "/v1/apikeys", json!({"name": xss}));
+    let b = Browser::start(&origin(&server));
+
+    b.go("/console");
+    b.find("#token");
+    b.axe("sign-in");
+    b.screenshots("sign-in");
+    b.keys("#token", &admin);
+    b.click("#signin");
+    b.wait("document.querySelector('table.keys tbody tr')");
+    assert!(b.text("#who").contains("bootstrap"));
+    assert!(b.text("table.keys").contains(xss), "the name shows as text");
+    assert_eq!(
+        b.js("return document.querySelectorAll('img').length", json!([])),
+        json!(0)
+    );
+    b.axe("keys");
+    b.screenshots("keys");
+
+    // Create: a restricted key, its scopes set by keyboard in the matrix.
+    b.click("#create");
+    b.keys("#name", "deploy bot");
+    b.click("#scope-DEVBOXES-NONE");
+    b.keys("#scope-DEVBOXES-NONE", "\u{E014}\u{E014}");
+    b.click("#scope-OBJECTS-NONE");
+    b.keys("#scope-OBJECTS-NONE", "\u{E014}");
+    b.wait("document.querySelector('#scope-DEVBOXES-WRITE').checked && document.querySelector('#scope-OBJECTS-READ').checked");
+    b.axe("create");
+    b.screenshots("create");
+    b.click("#create-submit");
+    let secret = b.js(
+        "return document.querySelector('#secret') && document.querySelector('#secret').value",
+        json!([]),
+    );
+    let secret = if secret.is_string() {
+        secret.as_str().unwrap().to_owned()
+    } else {
+        b.find("#secret");
+        b.js("return document.querySelector('#secret').value", json!([]))
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(secret.starts_with("rk_"), "{secret}");
+    b.axe("secret");
+    b.screenshots("secret");
+    b.click("#secret-done");
+    b.wait("!document.querySelector('dialog')");
+    assert!(
+        !b.everything().contains(&secret),
+        "the secret stays in the page"
+    );
+    let id = secret[3..19].to_owned();
+    // The secret works, with exactly the scopes the matrix gave it.
+    assert_eq!(server.authorize(&secret, "DEVBOXES", "WRITE").status, 204);
+    assert_eq!(server.authorize(&secret, "OBJECTS", "READ").status, 204);
+    assert_eq!(server.authorize(&secret, "OBJECTS", "WRITE").status, 403);
+    assert_eq!(server.authorize(&secret, "ACCOUNT", "READ").status, 403);
+
+    // The detail page: its matrix, read-only, and its usage chart (a
+    // reload, so that it shows the requests above).
+    b.wait(&format!("location.hash === '#/keys/{id}'"));
+    for _ in 0..3 {
+        assert_eq!(server.authorize(&secret, "DEVBOXES", "READ").status, 204);
+    }
+    b.go("/console");
+    b.wait("location.hash === '#/keys' && document.querySelector('table.keys tbody tr')");
+    b.go(&format!("/console#/keys/{id}"));
+    b.wait("document.querySelector('.usage .note') && document.querySelector('.usage .note').textContent.includes('5 allowed, 2 forbidden')");
+    b.wait("document.querySelector('table.matrix') && document.querySelector('.uplot')");
+    let matrix = b.text("table.matrix");
+    assert!(
+        matrix.contains("● WRITE") && matrix.contains("● READ"),
+        "{matrix}"
+    );
+    b.wait("document.querySelector('#ev-h') && document.querySelector('#ev-h').parentElement.querySelector('table')");
+    b.axe("key");
+    b.screenshots("key");
+
+    // Found in the table by the filter.
+    b.go("/console#/keys");
+    b.keys("#filter", "deploy");
+    b.wait(&format!(
+        "document.querySelector('table.keys').textContent.includes('{id}')"
+    ));
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('table.keys tbody tr').length",
+            json!([])
+        ),
+        json!(1)
+    );
+
+    // Roll, with no overlap: a new secret, shown once; the old one ends.
+    b.click(&format!("a[href='#/keys/{id}']"));
+    b.click("#roll");
+    b.js("document.querySelector('#overlap').value = '0'", json!([]));
+    b.axe("roll");
+    b.click("#roll-submit");
+    b.find("#secret");
+    let rolled = b
+        .js("return document.querySelector('#secret').value", json!([]))
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(rolled.starts_with("rk_") && rolled != secret);
+    b.click("#secret-done");
+    b.wait("!document.querySelector('dialog')");
+    let everything = b.everything();
+    assert!(!everything.contains(&rolled) && !everything.contains(&secret));
+    assert_eq!(server.authorize(&rolled, "DEVBOXES", "WRITE").status, 204);
+    assert_eq!(server.authorize(&secret, "DEVBOXES", "WRITE").status, 401);
+    let new_id = rolled[3..19].to_owned();
+
+    // Revoke: confirmed by typing the name; the cascade count is said.
+    b.wait(&format!("location.hash === '#/keys/{new_id}'"));
+    b.click("#revoke");
+    assert!(b.text("#cascade").contains("0 keys minted from it"));
+    b.axe("revoke");
+    b.screenshots("revoke");
+    b.keys("#confirm", "deploy bot");
+    b.click("#revoke-submit");
+    b.wait("location.hash === '#/keys'");
+    assert_eq!(server.authorize(&rolled, "DEVBOXES", "WRITE").status, 401);
+
+    // The audit log shows it all.
+    b.go("/console#/events");
+    b.wait("document.querySelector('table.events')");
+    let log = b.text("table.events");
+    for needle in [
+        format!("created{id}"),
+        format!("rolled{id}"),
+        format!("revoked{new_id}"),
+    ] {
+        assert!(
+            log.replace(['\n', ' '], "").contains(&needle),
+            "{needle} in {log}"
+        );
+    }
+    b.js(
+        "const s = document.querySelector('#ev-action'); s.value = 'rolled'; s.dispatchEvent(new Event('change'))",
+        json!([]),
+    );
+    b.wait("document.querySelectorAll('table.events tbody tr').length === 1");
+    b.axe("events");
+    b.screenshots("events");
+
+    b.click("#signout");
+    b.find("#token");
+    assert_eq!(
+        b.js(
+            "return sessionStorage.length + localStorage.length",
+            json!([])
+        ),
+        json!(0)
+    );
+    b.assert_clean();
+}
+
+#[test]
+fn a_tenant_sees_only_its_own_subtree() {
+    let dir = TempDir::new("console-tenant");
+    let server = Server::start(&dir.db(), &["--console", "--attenuate"]);
+    let admin = server.token().to_owned();
+    let tenant = |name: &str| {
+        created(
+            &server,
+            &admin,
+            "/v1/restricted_keys",
+            json!({"name": name, "scopes": [
+                {"resource_type": "RESOURCE_TYPE_ACCOUNT", "access_level": "ACCESS_LEVEL_WRITE"},
+                {"resource_type": "RESOURCE_TYPE_DEVBOXES", "access_level": "ACCESS_LEVEL_WRITE"}]}),
+        )["key_secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (a, other) = (tenant("tenant-a"), tenant("tenant-b"));
+    let child = |token: &str, name: &str| {
+        created(
+            &server,
+            token,
+            "/v1/restricted_keys",
+            json!({"name": name, "scopes": [
+                {"resource_type": "RESOURCE_TYPE_DEVBOXES", "access_level": "ACCESS_LEVEL_READ"}]}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let a1 = child(&a, "a-worker");
+    let b1 = child(&other, "b-worker");
+    // A read-only key of tenant A's (account:read).
+    let reader = created(
+        &server,
+        &a,
+        "/v1/restricted_keys",
+        json!({"name": "a-reader", "scopes": [
+            {"resource_type": "RESOURCE_TYPE_ACCOUNT", "access_level": "ACCESS_LEVEL_READ"}]}),
+    )["key_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a_reader = reader[3..19].to_owned();
+
+    let b = Browser::start(&origin(&server));
+    sign_in(&b, &a);
+    let table = b.text("table.keys");
+    assert!(table.contains(&a1) && table.contains(&a_reader), "{table}");
+    for foreign in [&b1, &other[3..19].to_owned(), &admin[3..19].to_owned()] {
+        assert!(!table.contains(foreign.as_str()), "{foreign} in {table}");
+    }
+    b.axe("tenant-keys");
+    b.screenshots("tenant-keys");
+    // Revoking a1 would cascade: the dialog says how many (none minted).
+    b.click(&format!("a[href='#/keys/{a1}']"));
+    b.click("#revoke");
+    assert!(b.text("#cascade").contains("0 descendants"));
+    b.click("dialog button[type=button]");
+    b.wait("!document.querySelector('dialog')");
+    b.go("/console#/events");
+    b.wait("document.querySelector('table.events')");
+    let log = b.text("table.events");
+    assert!(log.contains(&a1) && !log.contains(&b1), "{log}");
+    b.click("#signout");
+
+    // account:read only: a read-only console, no create or revoke button.
+    sign_in(&b, &reader);
+    assert!(b.text("#who").contains("read-only"));
+    assert_eq!(
+        b.js("return !!document.querySelector('#create')", json!([])),
+        json!(false)
+    );
+    b.axe("read-only");
+    b.assert_clean();
+}
+
+#[test]
+fn the_console_is_off_by_default_and_sends_its_headers() {
+    let dir = TempDir::new("console-off");
+    let off = Server::start(&dir.db(), &[]);
+    for path in ["/console", "/console/", "/console/assets/app.js"] {
+        assert_eq!(off.req("GET", path, &[], None).status, 404, "{path}");
+    }
+    drop(off);
+    // KEYGATE_CONSOLE turns it on, as --console does.
+    let on = Server::start_with_env(&dir.db(), &[], &[("KEYGATE_CONSOLE", "true")]);
+    for (path, status, content_type) in [
+        ("/console", 200, "text/html; charset=utf-8"),
+        ("/console/", 200, "text/html; charset=utf-8"),
+        (
+            "/console/assets/app.js",
+            200,
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/console/assets/uPlot.iife.min.js",
+            200,
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/console/assets/console.css",
+            200,
+            "text/css; charset=utf-8",
+        ),
+        (
+            "/console/assets/uPlot.min.css",
+            200,
+            "text/css; charset=utf-8",
+        ),
+        ("/console/config.json", 200, "application/json"),
+        ("/console/assets/nope.js", 404, "application/problem+json"),
+    ] {
+        let r = on.req("GET", path, &[], None);
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("content-type"), Some(content_type), "{path}");
+        let csp = r.header("content-security-policy").unwrap();
+        assert!(csp.starts_with("default-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!csp.contains("unsafe-"), "{csp}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    }
+    let html = on.req("GET", "/console", &[], None).text();
+    assert!(!html.contains("<style") && !html.contains(" style=") && !html.contains(" on"));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    assert_eq!(
+        on.req("GET", "/console/config.json", &[], None).json(),
+        json!({"cascade": false})
+    );
+}
+
+/// `GET /v1/whoami`: any valid key reads its own view, scopes or none.
+#[test]
+fn whoami_answers_the_callers_own_view() {
+    let dir = TempDir::new("whoami");
+    let server = Server::start(&dir.db(), &["--attenuate"]);
+    let admin = server.token().to_owned();
+    let r = server.authed("GET", "/v1/whoami", &admin, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "bootstrap");
+    assert_eq!(r.json()["kind"], "standard");
+    let v = created(
+        &server,
+        &admin,
+        "/v1/restricted_keys",
+        json!({"name": "objects only", "scopes": [
+            {"resource_type": "RESOURCE_TYPE_OBJECTS", "access_level": "ACCESS_LEVEL_READ"}]}),
+    );
+    let token = v["key_secret"].as_str().unwrap();
+    let me = server.authed("GET", "/v1/whoami", token, None).json();
+    assert_eq!(me["id"], v["id"]);
+    assert_eq!(me["kind"], "restricted");
+    assert_eq!(me["scopes"], v["scopes"]);
+    assert!(me.get("key_secret").is_none());
+    // Under --attenuate it cannot read itself by id: why whoami exists.
+    let own = format!("/v1/keys/{}", v["id"].as_str().unwrap());
+    assert_eq!(server.authed("GET", &own, token, None).status, 403);
+    server.req("GET", "/v1/whoami", &[], None).problem(401);
+    // A rolled key manages nothing, itself included.
+    let rolled = server.authed(
+        "POST",
+        &format!("/v1/keys/{}/roll", v["id"].as_str().unwrap()),
+        &admin,
+        Some(r#"{"overlap_ms": 60000}"#),
+    );
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    server.authed("GET", "/v1/whoami", token, None).problem(409);
+}
