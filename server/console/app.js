@@ -1,7 +1,7 @@
 // The console's entry: sign-in, the signed-in key's own view, and the
 // hash routes (#/keys, #/keys/ID, #/events).
 
-import { call, key, signIn, signOut, idOf } from './api.js';
+import { call, key, signIn, signOut } from './api.js';
 import { h, clear, compactScopes, errorBox } from './dom.js';
 import { keysPage, keyPage, eventsPage, canWrite } from './views.js';
 
@@ -48,7 +48,7 @@ async function start() {
     return;
   }
   clear(who);
-  who.append(h('span', { class: 'name' }, me.name), ` (${me.kind}, ${idOf(`xx_${me.id}`)}): `,
+  who.append(h('span', { class: 'name' }, me.name), ` (${me.kind}, ${me.id}): `,
     h('span', { class: 'scopes' }, compactScopes(me)),
     canWrite(me) ? '' : h('strong', { class: 'badge' }, ' read-only'));
   nav.hidden = false;

@@ -42,7 +42,8 @@ export function levelOf(key, resource) {
 
 let dialogCount = 0;
 // A modal dialog; `build(close)` returns its body. Removed from the DOM when it closes.
-export function dialog(title, build) {
+// `onclose` runs however it closes (a button, or Escape).
+export function dialog(title, build, onclose) {
   const id = `dlg-${++dialogCount}`;
   const dlg = h('dialog', { 'aria-labelledby': id, class: 'dialog' });
   const opener = document.activeElement;
@@ -50,6 +51,7 @@ export function dialog(title, build) {
   dlg.addEventListener('close', () => {
     dlg.remove();
     if (opener && opener.isConnected) opener.focus();
+    if (onclose) onclose();
   });
   dlg.append(h('h2', { id }, title), build(close));
   document.body.append(dlg);

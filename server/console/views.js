@@ -37,11 +37,12 @@ export async function keysPage(main, me, config) {
     canWrite(me)
       ? h('button', { type: 'button', id: 'create', class: 'primary', onclick: () => createDialog(me) }, 'Create key')
       : h('span', { class: 'note' }, 'Read-only: this key may not change keys.'));
-  main.append(bar, h('table', { class: 'keys' },
+  // The table scrolls sideways on a narrow screen: a focusable region, so a keyboard can scroll it.
+  main.append(bar, h('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-label': 'Keys table' }, h('table', { class: 'keys' },
     h('caption', { class: 'sr-only' }, 'Keys that are not revoked'),
     h('thead', {}, h('tr', {}, ['Name', 'Id', 'Kind', 'Scopes', 'Created', 'Expires', 'Last used', 'Creator']
       .map((t) => h('th', { scope: 'col' }, t)))),
-    tbody), h('div', { class: 'pager' }, prev, pageInfo, next));
+    tbody)), h('div', { class: 'pager' }, prev, pageInfo, next));
   function render() {
     const shown = keys.filter((k) => !filter || k.name.toLowerCase().includes(filter) || k.id.toLowerCase().includes(filter));
     clear(tbody);
@@ -153,20 +154,23 @@ export function createDialog(me) {
   });
 }
 
-// Shows a secret once. The dialog, and the secret with it, leaves the DOM on close.
+// Shows a secret once. The dialog, and the secret with it, leaves the DOM on
+// close (a button or Escape); the input is emptied too.
 export function secretDialog(title, created, after) {
-  dialog(title, (close) => {
-    const out = h('input', { id: 'secret', readonly: true, value: created.key_secret, class: 'mono secret', 'aria-describedby': 'secret-warning', size: 72 });
-    const copied = h('span', { 'aria-live': 'polite', id: 'copied' });
-    created = null; // no reference stays here once the dialog is gone
-    return h('div', {},
-      h('p', { id: 'secret-warning', class: 'warning' }, 'Copy this secret now. It is shown only once: the server keeps only its digest, and the console forgets it when you close this dialog.'),
-      h('p', { class: 'field' }, h('label', { for: 'secret' }, 'Secret'), out),
-      h('div', { class: 'actions' },
-        h('button', { type: 'button', id: 'copy', onclick: async () => {
-          try { await navigator.clipboard.writeText(out.value); copied.textContent = 'Copied.'; } catch { out.select(); copied.textContent = 'Copying was refused by the browser: the secret is selected, press Ctrl+C.'; }
-        } }, 'Copy'), copied,
-        h('button', { type: 'button', id: 'secret-done', class: 'primary', onclick: () => { out.value = ''; close(); if (after) after(); } }, 'I have copied it, close')));
+  const out = h('input', { id: 'secret', readonly: true, value: created.key_secret, class: 'mono secret', 'aria-describedby': 'secret-warning', size: 72 });
+  const copied = h('span', { 'aria-live': 'polite', id: 'copied' });
+  dialog(title, (close) => h('div', {},
+    h('p', { id: 'secret-warning', class: 'warning' }, 'Copy this secret now. It is shown only once: the server keeps only its digest, and the console forgets it when you close this dialog.'),
+    h('p', { class: 'field' }, h('label', { for: 'secret' }, 'Secret'), out),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', id: 'copy', onclick: async () => {
+        try { await navigator.clipboard.writeText(out.value); copied.textContent = 'Copied.'; } catch { out.select(); copied.textContent = 'The browser refused to copy: the secret is selected, press Ctrl+C.'; }
+      } }, 'Copy'), copied,
+      h('button', { type: 'button', id: 'secret-done', class: 'primary', onclick: close }, 'I have copied it, close'))),
+  () => {
+    out.value = '';
+    out.removeAttribute('value');
+    if (after) after();
   });
 }
 
@@ -208,9 +212,9 @@ export async function keyPage(main, me, config, id) {
 }
 
 function keyTable(keys) {
-  return h('table', {}, h('thead', {}, h('tr', {}, ['Name', 'Id', 'Kind', 'Creator'].map((t) => h('th', { scope: 'col' }, t)))),
+  return h('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-label': 'Descendants table' }, h('table', {}, h('thead', {}, h('tr', {}, ['Name', 'Id', 'Kind', 'Creator'].map((t) => h('th', { scope: 'col' }, t)))),
     h('tbody', {}, keys.map((k) => h('tr', {}, h('td', {}, h('a', { href: `#/keys/${k.id}` }, k.name)),
-      h('td', { class: 'mono' }, k.id), h('td', {}, k.kind), h('td', { class: 'mono' }, k.creator_id || '—')))));
+      h('td', { class: 'mono' }, k.id), h('td', {}, k.kind), h('td', { class: 'mono' }, k.creator_id || '—'))))));
 }
 
 function rollDialog(key) {
@@ -270,6 +274,14 @@ async function revokeDialog(key, config) {
 
 const RANGES = { minute: 3600e3, hour: 86400e3, day: 30 * 86400e3 };
 
+// The chart on the page, if any, follows the window's width.
+let shown = null;
+window.addEventListener('resize', () => {
+  if (shown && shown.root.isConnected) {
+    shown.setSize({ width: Math.max(240, Math.min(shown.root.parentElement.clientWidth, 900)), height: 220 });
+  }
+});
+
 function usageChart(section, id) {
   const select = h('select', { id: 'bucket' }, ['minute', 'hour', 'day'].map((b) => h('option', { value: b, selected: b === 'hour' }, `per ${b}`)));
   const plot = h('div', { class: 'chart', role: 'img', 'aria-label': 'Requests over time: allowed, forbidden and limited' });
@@ -301,11 +313,12 @@ function usageChart(section, id) {
     clear(plot);
     if (typeof uPlot === 'undefined') return;
     chart = new uPlot({
-      width: Math.max(280, Math.min(plot.clientWidth || 600, 900)), height: 220,
+      width: Math.max(240, Math.min(plot.clientWidth || 600, 900)), height: 220,
       series: [{}, { label: 'allowed', stroke: '#1a7f37', width: 2 }, { label: 'forbidden', stroke: '#b42318', width: 2 },
         { label: 'limited', stroke: '#7a4d00', width: 2 }],
       axes: [{}, { label: 'requests' }],
     }, series, plot);
+    shown = chart;
   }
   select.addEventListener('change', load);
   load();
@@ -329,11 +342,11 @@ async function allEvents(keep, max = 5000) {
 
 function eventTable(events) {
   if (events.length === 0) return h('p', {}, 'No events.');
-  return h('table', { class: 'events' },
+  return h('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-label': 'Events table' }, h('table', { class: 'events' },
     h('thead', {}, h('tr', {}, ['Seq', 'Time', 'Action', 'Key', 'Actor', 'New key'].map((t) => h('th', { scope: 'col' }, t)))),
     h('tbody', {}, events.map((e) => h('tr', {}, h('td', {}, e.seq), h('td', {}, date(e.at_ms)), h('td', {}, e.action),
       h('td', { class: 'mono' }, keyLink(e.key_id)), h('td', { class: 'mono' }, e.actor_id || '—'),
-      h('td', { class: 'mono' }, keyLink(e.new_key_id))))));
+      h('td', { class: 'mono' }, keyLink(e.new_key_id)))))));
 }
 
 export async function eventsPage(main) {
