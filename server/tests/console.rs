@@ -269,13 +269,14 @@ impl Browser {
             // (start.duckduckgo.com) as it starts, before the first page of the
             // test: the browser's, not the console's. Checks start there.
             if !self.started.get() {
-                self.started.set(
-                    method == "Page.frameStartedNavigating"
-                        && params["url"]
-                            .as_str()
-                            .is_some_and(|u| u.starts_with(&self.origin)),
-                );
-                continue;
+                let first = method == "Network.requestWillBeSent"
+                    && params["request"]["url"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with(&self.origin));
+                if !first {
+                    continue;
+                }
+                self.started.set(true);
             }
             let id = params["requestId"].to_string();
             if method == "Network.requestWillBeSent" {
@@ -549,6 +550,41 @@ fn a_users_path_through_the_console() {
     b.click("#revoke-submit");
     b.wait("location.hash === '#/keys'");
     assert_eq!(server.authorize(&rolled, "DEVBOXES", "WRITE").status, 401);
+
+    // A standard key with an expiry, a rate limit and credits: the form's
+    // fields reach the API as they read.
+    b.click("#create");
+    b.keys("#name", "limited");
+    b.click("#kind-standard");
+    b.wait("document.querySelector('#scopes-fieldset').hidden");
+    b.js(
+        "const e = document.querySelector('#expires'); e.value = '2030-01-01T00:00'; e.dispatchEvent(new Event('input'));",
+        json!([]),
+    );
+    b.keys("#rate-limit", "100");
+    b.keys("#credits", "500");
+    b.click("#create-submit");
+    b.find("#secret");
+    let limited = b
+        .js("return document.querySelector('#secret').value", json!([]))
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click("#secret-done");
+    b.wait("!document.querySelector('dialog')");
+    assert!(limited.starts_with("ak_"), "{limited}");
+    let view = server
+        .authed(
+            "GET",
+            &format!("/v1/keys/{}", &limited[3..19]),
+            &admin,
+            None,
+        )
+        .json();
+    assert_eq!(view["kind"], "standard");
+    assert_eq!(view["expires_at_ms"], 1_893_456_000_000_i64);
+    assert_eq!(view["rate_limit"], json!({"limit": 100, "period_ms": 1000}));
+    assert_eq!(view["credits"]["remaining"], 500);
 
     // The audit log shows it all.
     b.go("/console#/events");
