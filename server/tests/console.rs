@@ -761,6 +761,55 @@ fn a_tenant_sees_only_its_own_subtree() {
 }
 
 #[test]
+fn keys_page_by_20_and_the_audit_log_follows_has_more() {
+    let dir = TempDir::new("console-paging");
+    let server = Server::start(&dir.db(), &["--console"]);
+    let admin = server.token().to_owned();
+    // 105 keys and as many `created` events: the API's pages of 100 and the
+    // console's of 20 both turn.
+    let mut ids = Vec::new();
+    for i in 0..104 {
+        let v = created(
+            &server,
+            &admin,
+            "/v1/apikeys",
+            json!({"name": format!("bulk-{i:03}")}),
+        );
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let b = Browser::start(&origin(&server));
+    sign_in(&b, &admin);
+    let rows = "document.querySelectorAll('table.keys tbody tr').length";
+    assert_eq!(b.js(&format!("return {rows}"), json!([])), json!(20));
+    assert_eq!(b.text(".page-info"), "1–20 of 105");
+    b.click(".pager button:last-child");
+    assert_eq!(b.text(".page-info"), "21–40 of 105");
+    b.keys("#filter", "bulk-10");
+    b.wait(&format!("{rows} === 4"));
+    assert_eq!(b.text(".page-info"), "1–4 of 4");
+    b.keys("#filter", &"\u{E003}".repeat(7));
+    b.keys("#filter", &ids[57]);
+    b.wait(&format!("{rows} === 1"));
+    assert!(b.text("table.keys").contains("bulk-057"));
+
+    b.go("/console#/events");
+    let events = "document.querySelectorAll('table.events tbody tr').length";
+    b.wait(&format!("{events} === 100"));
+    b.click("#ev-more");
+    b.wait(&format!("{events} === 105"));
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#ev-more').hidden",
+            json!([])
+        ),
+        json!(true)
+    );
+    b.keys("#ev-key", &ids[103]);
+    b.wait(&format!("{events} === 1"));
+    b.assert_clean();
+}
+
+#[test]
 fn the_console_is_off_by_default_and_sends_its_headers() {
     let dir = TempDir::new("console-off");
     let off = Server::start(&dir.db(), &[]);
