@@ -862,6 +862,15 @@ fn the_console_is_off_by_default_and_sends_its_headers() {
         on.req("GET", "/console/config.json", &[], None).json(),
         json!({"cascade": false})
     );
+    // Logged like any request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !on
+        .log_text()
+        .contains("path=/console/assets/app.js status=200")
+    {
+        assert!(Instant::now() < deadline, "{}", on.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `GET /v1/whoami`: any valid key reads its own view, scopes or none.

@@ -64,7 +64,9 @@ pub fn with_console(router: Router, on: bool, cascade: bool) -> Router {
             }),
         )
         .route("/console/assets/{name}", get(assets))
-        .layer(middleware::map_response(security_headers));
+        .layer(middleware::map_response(security_headers))
+        // Logged and counted like the API's requests.
+        .layer(middleware::from_fn(crate::http::router::log_request));
     router.merge(console)
 }
 

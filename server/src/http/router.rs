@@ -136,7 +136,7 @@ async fn self_revoke_too_large(response: Response) -> Response {
 
 /// One log line per request: method, path, status, latency, key id, and
 /// the protocol (`h1` or `h2`).
-async fn log_request(request: Request, next: Next) -> Response {
+pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let protocol = if request.version() < axum::http::Version::HTTP_2 {
         "h1"
