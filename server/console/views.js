@@ -108,10 +108,10 @@ export function createDialog(me) {
     const error = h('div');
     const scopes = h('fieldset', { id: 'scopes-fieldset' }, h('legend', {}, 'Scopes of the restricted key'), matrix(() => 'NONE', false));
     const kind = h('fieldset', {}, h('legend', {}, 'Kind'),
-      h('input', { type: 'radio', name: 'kind', id: 'kind-standard', value: 'standard' }),
-      h('label', { for: 'kind-standard' }, 'Standard (every scope)'),
-      h('input', { type: 'radio', name: 'kind', id: 'kind-restricted', value: 'restricted', checked: true }),
-      h('label', { for: 'kind-restricted' }, 'Restricted'));
+      h('span', { class: 'choice' }, h('input', { type: 'radio', name: 'kind', id: 'kind-standard', value: 'standard' }),
+        h('label', { for: 'kind-standard' }, 'Standard (every scope)')),
+      h('span', { class: 'choice' }, h('input', { type: 'radio', name: 'kind', id: 'kind-restricted', value: 'restricted', checked: true }),
+        h('label', { for: 'kind-restricted' }, 'Restricted')));
     const form = h('form', { class: 'create' },
       field('name', 'Name', { required: true, maxlength: 256, autocomplete: 'off' }),
       kind,
