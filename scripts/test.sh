@@ -14,6 +14,9 @@ command -v caddy >/dev/null 2>&1 || [ -x /usr/bin/caddy ] || need_apt+=(caddy)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # Prometheus and promtool for the metrics test (server/tests/prometheus.rs).
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
+# Chromium and ChromeDriver for the console's browser tests (server/tests/console.rs).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
@@ -24,7 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
       apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "missing ${need_apt[*]}: install it (the nginx, Caddy, PostgreSQL and Prometheus tests need them)" >&2
+    echo "missing ${need_apt[*]}: install it (the nginx, Caddy, PostgreSQL, Prometheus and console tests need them)" >&2
     exit 1
   fi
 fi

@@ -94,6 +94,10 @@ enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         metrics: MetricsArgs,
+        /// Serve the web console at `/console` (off by default: a deployment
+        /// behind a gateway grows no new surface unasked).
+        #[arg(long, env = "KEYGATE_CONSOLE")]
+        console: bool,
     },
     /// Route tables: validate one, or explain its decision for a request.
     Routes {
@@ -277,6 +281,7 @@ fn main() -> ExitCode {
             forwarded_headers,
             log_format,
             metrics,
+            console,
         } => serve(
             listen,
             &store,
@@ -284,6 +289,7 @@ fn main() -> ExitCode {
             log_format,
             &metrics,
             &limits,
+            console,
             routes.as_deref().map(|file| (file, forwarded_headers)),
             follow::Intervals {
                 poll: std::time::Duration::from_millis(poll_ms),
@@ -355,6 +361,7 @@ fn serve(
     log_format: LogFormat,
     metrics: &MetricsArgs,
     limits: &listen::Args,
+    console: bool,
     routes: Option<(&std::path::Path, ForwardedHeaders)>,
     intervals: follow::Intervals,
 ) -> Result<(), String> {
@@ -450,6 +457,7 @@ fn serve(
         }
         run(
             listener, hangups, metrics_on, state, keys, table, limits, seq, intervals, log_format,
+            console,
         )
         .await
     })
@@ -561,6 +569,7 @@ async fn run(
     seq: u64,
     intervals: follow::Intervals,
     log_format: LogFormat,
+    console: bool,
 ) -> Result<(), String> {
     let local = listener
         .local_addr()
@@ -605,7 +614,11 @@ async fn run(
     }
     tracing::info!(%local, "listening");
     let router = crate::http::forward::with_routes(
-        router::router(Arc::clone(&state), limits.body_read_timeout),
+        crate::http::console::with_console(
+            router::router(Arc::clone(&state), limits.body_read_timeout),
+            console,
+            state.policy() == MintPolicy::Attenuating,
+        ),
         table,
     );
     listen::serve(listener, router, limits, true, async move {

@@ -188,7 +188,7 @@ const AUTHORIZE: usize = 0;
 /// The routes, as the router names them; the last is every request that
 /// matched none. A fixed list keeps the `route` label's values bounded
 /// whatever paths clients send.
-pub const ROUTES: [&str; 14] = [
+pub const ROUTES: [&str; 16] = [
     "/v1/authorize",
     "/v1/apikeys",
     "/v1/restricted_keys",
@@ -199,9 +199,11 @@ pub const ROUTES: [&str; 14] = [
     "/v1/keys/{id}/credits",
     "/v1/keys/revoke",
     "/v1/events",
+    "/v1/whoami",
     "/healthz",
     "/readyz",
     "/openapi.yaml",
+    "/console",
     "unmatched",
 ];
 
@@ -230,6 +232,8 @@ fn route_index(path: &str) -> usize {
                 _ => return unmatched,
             }
         }
+        // The console's page and assets (`serve --console`), one label.
+        (Some("console"), _, _, _) => "/console",
         _ => path,
     };
     ROUTES
@@ -494,6 +498,9 @@ mod tests {
         assert_eq!(route("/v1/keys/abc/usage"), "/v1/keys/{id}/usage");
         assert_eq!(route("/v1/keys/abc/credits"), "/v1/keys/{id}/credits");
         assert_eq!(route("/healthz"), "/healthz");
+        assert_eq!(route("/console"), "/console");
+        assert_eq!(route("/v1/whoami"), "/v1/whoami");
+        assert_eq!(route("/console/assets/app.js"), "/console");
         for path in [
             "",
             "/",

@@ -735,6 +735,7 @@ fn openapi_document_is_served_and_parses() {
         ("/v1/keys/{id}", "get"),
         ("/v1/keys/{id}/usage", "get"),
         ("/v1/events", "get"),
+        ("/v1/whoami", "get"),
     ] {
         assert_eq!(
             doc["paths"][path][method]["x-keygate-extension"].as_bool(),

@@ -156,6 +156,12 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/v1/whoami",
+        query: &[],
+        body: None,
+    },
+    Route {
+        method: "GET",
         path: "/v1/authorize",
         query: &[
             ("resource_type", "RESOURCE_TYPE_DEVBOXES"),

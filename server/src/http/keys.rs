@@ -179,6 +179,30 @@ pub async fn get_key(
     }
 }
 
+/// `GET /v1/whoami`: the caller's own view, for any valid key (a console
+/// shows what its key may do; under `--attenuate` a restricted key cannot
+/// read itself through `GET /v1/keys/{id}`).
+pub async fn whoami(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+) -> Response {
+    if let Some(refused) = refuse_caller(&state, &caller).await {
+        return refused;
+    }
+    match state.store().get(caller.id(), Scope::All).await {
+        Ok(Some(key)) if key.revoked_at_ms.is_none() => {
+            let view = state.key_view(&key).await;
+            ok_json(StatusCode::OK, &view, caller)
+        }
+        // Revoked between the check and the read.
+        Ok(_) => with_caller(
+            problem(StatusCode::UNAUTHORIZED, "the key was revoked"),
+            caller,
+        ),
+        Err(e) => with_caller(store_error(&e, "cannot read the key"), caller),
+    }
+}
+
 /// Revokes in the store, then in this instance's keyring at once.
 async fn revoke_now(
     state: &AppState,

@@ -2,9 +2,11 @@
 //! (`create`, `keys`, `limits`, `usage`, `events`, `authorize`, with
 //! forward-auth in `forward`), the key view (`view`), problem responses
 //! (`problem`), body and query extraction (`extract`), the listener that serves it
-//! all (`listen`), and `/metrics` on a listener of its own (`metrics`).
+//! all (`listen`), `/metrics` on a listener of its own (`metrics`), and the
+//! web console (`console`).
 
 pub mod authorize;
+pub mod console;
 pub mod create;
 pub mod drain;
 pub mod events;

@@ -80,6 +80,15 @@ pub fn router(state: Arc<AppState>, body_read_timeout: Duration) -> Router {
         .merge(read_routes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route("/v1/authorize", get(authorize))
+        // Any valid key may read itself: no scope (ACCESS_LEVEL_NONE).
+        .route(
+            "/v1/whoami",
+            get(keys::whoami).route_layer(Require::scope(
+                Shared(Arc::clone(&state)),
+                Resource::Account,
+                Access::None,
+            )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))
@@ -128,7 +137,7 @@ async fn self_revoke_too_large(response: Response) -> Response {
 
 /// One log line per request: method, path, status, latency, key id, and
 /// the protocol (`h1` or `h2`).
-async fn log_request(request: Request, next: Next) -> Response {
+pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let protocol = if request.version() < axum::http::Version::HTTP_2 {
         "h1"
