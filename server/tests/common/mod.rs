@@ -342,6 +342,33 @@ pub fn read_response(stream: &mut TcpStream) -> Resp {
     parse_response(&buf)
 }
 
+/// Reads one response (its head, then `Content-Length` bytes), without
+/// waiting for the server to close the connection.
+pub fn read_one_response(stream: &mut TcpStream) -> Resp {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = end {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                return parse_response(&buf);
+            }
+        }
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            other => panic!(
+                "the response ended early ({other:?}) after {} bytes",
+                buf.len()
+            ),
+        }
+    }
+}
+
 pub fn parse_response(buf: &[u8]) -> Resp {
     let end = buf
         .windows(4)
