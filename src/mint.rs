@@ -49,7 +49,9 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
-    /// A name with a control character (Unicode `Cc`) or a bidirectional
+    /// A name with a control character (Unicode `Cc`), an invisible format
+    /// character (U+200B, U+2060..U+2064, U+FEFF, U+00AD, U+180E), a joiner
+    /// (U+200C, U+200D) at either end, or a bidirectional
     /// formatting character (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F,
     /// U+061C).
     #[error("name `{name}` has a control character at byte {position}")]
@@ -212,8 +214,9 @@ impl MintRequest {
     ///
     /// * `scopes` must grant something ([`ValidationError::NoAccessGranted`]).
     /// * `name` is at most [`MAX_NAME_LEN`] bytes with no control character
-    ///   (Unicode `Cc`, or a bidirectional formatting character such as
-    ///   U+202E, which could make a name display as another).
+    ///   (Unicode `Cc`, a bidirectional formatting character such as U+202E,
+    ///   or an invisible one such as U+200B: each could make a name display
+    ///   as another).
     /// * `expires_at`, when given, is not before the Unix epoch and is after
     ///   `now`.
     ///
@@ -374,10 +377,14 @@ fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
             max: MAX_NAME_LEN,
         });
     }
-    if let Some((position, _)) = name
-        .char_indices()
-        .find(|&(_, c)| c.is_control() || is_bidi_control(c))
-    {
+    let last = name.char_indices().last().map(|(at, _)| at);
+    if let Some((position, _)) = name.char_indices().find(|&(at, c)| {
+        c.is_control()
+            || is_bidi_control(c)
+            || is_invisible(c)
+            // A joiner joins: at either end it only hides (`\u{200D}admin`).
+            || (is_joiner(c) && (at == 0 || Some(at) == last))
+    }) {
         let escaped: String = name.chars().flat_map(char::escape_default).collect();
         return Err(ValidationError::NameControlCharacter {
             name: crate::token::quote(&escaped),
@@ -385,6 +392,23 @@ fn validate_name(name: Option<&str>) -> Result<String, ValidationError> {
         });
     }
     Ok(String::from(name))
+}
+
+/// Format characters that show nothing and join nothing, so that a name
+/// holding one looks like another (`boot\u{200B}strap`): the zero-width
+/// space, the word joiner and the invisible operators, the byte order mark,
+/// the soft hyphen and the Mongolian vowel separator.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{180E}' | '\u{200B}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+    )
+}
+
+/// The zero-width joiner and non-joiner: needed inside emoji sequences and
+/// some scripts, never at a name's ends.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}' | '\u{200D}')
 }
 
 /// The Unicode bidirectional formatting characters (UAX #9): they reorder how
@@ -626,6 +650,13 @@ mod tests {
             "a\u{2066}b",
             "\u{200F}",
             "\u{061C}",
+            "\u{200B}bootstrap",
+            "boot\u{200B}strap",
+            "admin\u{FEFF}",
+            "a\u{2060}b",
+            "soft\u{00AD}",
+            "\u{200D}bootstrap",
+            "bootstrap\u{200C}",
         ] {
             assert!(matches!(
                 validate_name(Some(bad)),
@@ -633,8 +664,9 @@ mod tests {
             ));
         }
         assert_eq!(validate_name(Some("")), Ok(String::new()));
-        // Other format characters stay allowed: ZWJ joins emoji sequences.
+        // Joiners inside a name stay allowed: ZWJ joins emoji sequences.
         assert!(validate_name(Some("deploy \u{1F469}\u{200D}\u{1F4BB} bot")).is_ok());
+        assert!(validate_name(Some("\u{1F469}\u{200D}\u{1F4BB}")).is_ok());
         assert_eq!(validate_name(None), Ok(String::from(DEFAULT_KEY_NAME)));
     }
 

@@ -10,8 +10,15 @@ export const RESOURCES = [
 export const LEVELS = ['NONE', 'READ', 'WRITE'];
 
 export function key() { return sessionStorage.getItem(STORE); }
-export function signIn(token) { sessionStorage.setItem(STORE, token); }
-export function signOut() { sessionStorage.removeItem(STORE); }
+export function signIn(token) { sessionStorage.setItem(STORE, token); invalidate(); }
+export function signOut() { sessionStorage.removeItem(STORE); invalidate(); }
+
+// Bumped at sign-in, sign-out and each navigation: an answer to a request
+// made before is dropped (its promise never settles), so a view that was
+// left, or a signed-out key's, never renders into the page of now.
+let generation = 0;
+export function invalidate() { generation += 1; }
+const never = () => new Promise(() => {});
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -34,7 +41,10 @@ export class ApiError extends Error {
 }
 
 export async function call(method, path, body) {
-  const headers = { Authorization: `Bearer ${key()}` };
+  const born = generation;
+  const token = key();
+  if (!token) return never();
+  const headers = { Authorization: `Bearer ${token}` };
   const init = { method, headers, credentials: 'omit', cache: 'no-store', referrerPolicy: 'no-referrer' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -44,11 +54,13 @@ export async function call(method, path, body) {
   try {
     response = await fetch(path, init);
   } catch (e) {
+    if (born !== generation) return never();
     throw new ApiError(0, `the server could not be reached (${e.message})`);
   }
   // Read every body, a 204's empty one too: an unread body ends as a
   // cancelled request in the browser's log.
   const text = await response.text();
+  if (born !== generation) return never();
   if (response.status === 204) return null;
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
@@ -61,7 +73,8 @@ export async function call(method, path, body) {
 // The id of a token: the 16 characters after `ak_` or `rk_`.
 export function idOf(token) { return token.slice(3, 19); }
 
-// Every page of `/v1/keys`, following `has_more` (at most `max` keys).
+// Every page of `/v1/keys`, following `has_more` (at most `max` keys; the
+// array's `truncated` says whether more exist).
 export async function allKeys(max = 2000) {
   const keys = [];
   let after = null;
@@ -69,7 +82,10 @@ export async function allKeys(max = 2000) {
     const q = after ? `&starting_after=${encodeURIComponent(after)}` : '';
     const page = await call('GET', `/v1/keys?limit=100${q}`);
     keys.push(...page.keys);
-    if (!page.has_more || keys.length >= max) return keys;
+    if (!page.has_more || keys.length >= max) {
+      keys.truncated = page.has_more;
+      return keys;
+    }
     after = page.keys[page.keys.length - 1].id;
   }
 }

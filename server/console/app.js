@@ -1,7 +1,7 @@
 // The console's entry: sign-in, the signed-in key's own view, and the
 // hash routes (#/keys, #/keys/ID, #/events).
 
-import { call, key, signIn, signOut } from './api.js';
+import { call, key, signIn, signOut, invalidate } from './api.js';
 import { h, clear, compactScopes, errorBox } from './dom.js';
 import { keysPage, keyPage, eventsPage, canWrite } from './views.js';
 
@@ -20,7 +20,7 @@ function signInPage(message) {
   const input = h('input', { id: 'token', type: 'password', autocomplete: 'off', spellcheck: 'false', required: true, size: 72 });
   const form = h('form', { class: 'signin' },
     h('h1', {}, 'Sign in'),
-    h('p', {}, 'Paste an API key. It is kept in this tab only (sessionStorage), sent to this server as a bearer token, and forgotten when you sign out or close the tab.'),
+    h('p', {}, 'Paste an API key. It is kept in this tab only (sessionStorage), sent to this server as a bearer token, and forgotten when you sign out.'),
     h('p', { class: 'field' }, h('label', { for: 'token' }, 'API key (ak_… or rk_…)'), input),
     message || null,
     h('button', { type: 'submit', class: 'primary', id: 'signin' }, 'Sign in'));
@@ -60,6 +60,9 @@ async function start() {
 function route() {
   if (!me) return;
   const hash = location.hash;
+  // In-page anchors (the skip link's #main) are no route.
+  if (hash && hash !== '#' && !hash.startsWith('#/')) return;
+  invalidate();
   let m;
   for (const a of nav.querySelectorAll('a')) {
     if (hash.startsWith(a.getAttribute('href'))) a.setAttribute('aria-current', 'page');

@@ -24,6 +24,11 @@ export async function keysPage(main, me, config) {
   main.append(h('h1', {}, 'Keys'));
   let keys;
   try { keys = await allKeys(); } catch (e) { main.append(errorBox(e)); return; }
+  if (keys.truncated) {
+    main.append(h('p', { class: 'warning', id: 'truncated' },
+      `Showing the first ${keys.length} keys by id; more exist, and the filter and counts here see only these. `
+      + 'keygate list --name TEXT searches them all.'));
+  }
   let filter = '';
   let offset = 0;
   const filterInput = h('input', { id: 'filter', type: 'search', autocomplete: 'off' });
@@ -200,14 +205,19 @@ export async function keyPage(main, me, config, id) {
   try {
     const all = await allKeys();
     const d = descendants(key.id, all);
+    const count = all.truncated ? `at least ${d.length}, among the first ${all.length} keys` : `${d.length}`;
     kids.append(h('p', {}, config.cascade
-      ? `Keys minted from this key, directly or transitively (${d.length}); revoking it revokes them too (--attenuate).`
-      : `Keys minted from this key, directly or transitively (${d.length}); this server does not cascade revocations.`));
+      ? `Keys minted from this key, directly or transitively (${count}); revoking it revokes them too (--attenuate).`
+      : `Keys minted from this key, directly or transitively (${count}); this server does not cascade revocations.`));
     if (d.length) kids.append(keyTable(d));
   } catch (e) { kids.append(errorBox(e)); }
   try {
     const evs = await allEvents((e) => e.key_id === key.id || e.new_key_id === key.id);
     events.append(eventTable(evs));
+    if (evs.truncated) {
+      events.append(h('p', { class: 'warning' }, `Only the first ${evs.searched} events of the audit log were searched; `
+        + 'keygate events --key ID reads them all.'));
+    }
   } catch (e) { events.append(errorBox(e)); }
 }
 
@@ -244,7 +254,12 @@ function rollDialog(key) {
 async function revokeDialog(key, config) {
   let n = null;
   let nError = null;
-  try { n = descendants(key.id, await allKeys()).length; } catch (e) { nError = e; }
+  try {
+    const all = await allKeys();
+    n = descendants(key.id, all).length;
+    // Counted among the keys read: with more, the cascade may reach further.
+    if (all.truncated) n = `at least ${n}`;
+  } catch (e) { nError = e; }
   dialog(`Revoke “${key.name}”`, (close) => {
     const error = h('div');
     const confirmInput = h('input', { id: 'confirm', autocomplete: 'off' });
@@ -327,14 +342,17 @@ function usageChart(section, id) {
 // ---- Audit log ----
 
 // Pages of `/v1/events` following `has_more`, kept when `keep` says so.
+// The array's `truncated` says whether events past `max` went unsearched.
 async function allEvents(keep, max = 5000) {
   const out = [];
   let after = 0;
-  for (let seen = 0; seen < max;) {
+  out.searched = 0;
+  for (;;) {
     const page = await call('GET', `/v1/events?after=${after}&limit=100`);
     out.push(...page.events.filter(keep));
-    seen += page.events.length;
+    out.searched += page.events.length;
     if (!page.has_more || page.events.length === 0) break;
+    if (out.searched >= max) { out.truncated = true; break; }
     after = page.events[page.events.length - 1].seq;
   }
   return out;

@@ -896,6 +896,11 @@ fn whoami_answers_the_callers_own_view() {
     assert_eq!(me["kind"], "restricted");
     assert_eq!(me["scopes"], v["scopes"]);
     assert!(me.get("key_secret").is_none());
+    // Its creator is outside its subtree: not named (as in the audit log).
+    assert!(me["creator_id"].is_null(), "{me}");
+    // The admin, unscoped, sees creators.
+    let admin_me = server.authed("GET", "/v1/whoami", &admin, None).json();
+    assert!(admin_me.get("creator_id").is_some());
     // Under --attenuate it cannot read itself by id: why whoami exists.
     let own = format!("/v1/keys/{}", v["id"].as_str().unwrap());
     assert_eq!(server.authed("GET", &own, token, None).status, 403);
@@ -909,4 +914,55 @@ fn whoami_answers_the_callers_own_view() {
     );
     assert_eq!(rolled.status, 200, "{}", rolled.text());
     server.authed("GET", "/v1/whoami", token, None).problem(409);
+}
+
+/// A view still loading when its user signs out (or moves on) never renders
+/// afterwards: its answers are dropped. And the skip link moves the focus
+/// without leaving the page it is on.
+#[test]
+fn a_view_left_or_signed_out_never_renders_late() {
+    let dir = TempDir::new("console-late");
+    let server = Server::start(&dir.db(), &["--console"]);
+    let admin = server.token().to_owned();
+    let id = created(&server, &admin, "/v1/apikeys", json!({"name": "late-view"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = Browser::start(&origin(&server));
+    sign_in(&b, &admin);
+
+    // The skip link: the Audit log stays the Audit log.
+    b.js("location.hash = '#/events'", json!([]));
+    b.wait("document.querySelector('main h1') && document.querySelector('main h1').textContent === 'Audit log'");
+    // By keyboard, as it is meant to be used (it shows only when focused).
+    b.js("document.querySelector('a.skip').focus()", json!([]));
+    b.keys("a.skip", "\u{E007}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.text("main h1"), "Audit log");
+
+    // Slow answers; the key's page asked for, then sign-out at once.
+    let slow = |latency: u64| {
+        b.s(
+            "POST",
+            "/chromium/network_conditions",
+            Some(
+                json!({"network_conditions": {"offline": false, "latency": latency,
+                "download_throughput": -1, "upload_throughput": -1}}),
+            ),
+        );
+    };
+    slow(1500);
+    b.js(&format!("location.hash = '#/keys/{id}'"), json!([]));
+    std::thread::sleep(Duration::from_millis(300));
+    b.click("#signout");
+    std::thread::sleep(Duration::from_millis(4000));
+    let page = b.js(
+        "return document.getElementById('main').innerText",
+        json!([]),
+    );
+    let page = page.as_str().unwrap();
+    assert!(page.contains("Signed out"), "{page}");
+    assert!(!page.contains(&id) && !page.contains("late-view"), "{page}");
+    b.find("#signin");
+    slow(0);
 }

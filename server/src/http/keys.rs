@@ -191,7 +191,12 @@ pub async fn whoami(
     }
     match state.store().get(caller.id(), Scope::All).await {
         Ok(Some(key)) if key.revoked_at_ms.is_none() => {
-            let view = state.key_view(&key).await;
+            let mut view = state.key_view(&key).await;
+            // The creator is outside a scoped caller's subtree: not named,
+            // as the audit log names no actor outside it.
+            if scope_of(state.policy(), &caller) != Scope::All {
+                view.creator_id = None;
+            }
             ok_json(StatusCode::OK, &view, caller)
         }
         // Revoked between the check and the read.
