@@ -689,3 +689,22 @@ fn a_principal_of_a_record_carries_its_grant() {
     assert!(p.require(Resource::Agents, Access::Read).is_ok());
     assert!(p.require(Resource::Account, Access::Read).is_err());
 }
+
+/// A record never seen in the feed (sequence number 0, put in by `insert`)
+/// leaves no eviction mark when it expires: no change of the feed can bring
+/// it back, so there is nothing to remember.
+#[test]
+fn evicting_a_record_of_no_change_leaves_no_mark() {
+    let mut keyring = Keyring::new(Pepper::from_bytes(&[0u8; 32]));
+    keyring.insert(crate::testing::example_record()).unwrap();
+    assert_eq!(keyring.evict_expired(UnixMillis::from_millis(2_000)), 1);
+    assert_eq!(keyring.tombstones(), 0);
+}
+
+/// The id hasher's state prints no seed.
+#[test]
+fn id_hash_debug_hides_its_seeds() {
+    use core::hash::BuildHasher;
+    let hash = IdHasher::default().build_hasher();
+    assert_eq!(alloc::format!("{hash:?}"), "IdHash(<seeded>)");
+}
