@@ -966,3 +966,43 @@ fn a_view_left_or_signed_out_never_renders_late() {
     b.find("#signin");
     slow(0);
 }
+
+/// Past the 2 000 keys the console reads, it says so, and the revoke
+/// dialog's count becomes "at least": a tenant with many keys cannot make
+/// the admin's console understate what it does not show.
+#[test]
+fn past_what_it_reads_the_console_says_so() {
+    let dir = TempDir::new("console-many");
+    let server = Server::start(&dir.db(), &["--console"]);
+    let admin = server.token().to_owned();
+    let admin_id = &admin[3..19];
+    let auth = format!("Bearer {admin}");
+    for n in 0..2010 {
+        let body = format!(r#"{{"name":"bulk-{n}"}}"#);
+        let r = request(
+            server.addr,
+            "POST",
+            "/v1/apikeys",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let b = Browser::start(&origin(&server));
+    sign_in(&b, &admin);
+    b.wait("document.querySelector('#truncated')");
+    assert!(b.text("#truncated").contains("more exist"));
+    b.js(&format!("location.hash = '#/keys/{admin_id}'"), json!([]));
+    b.wait("document.querySelector('#revoke')");
+    b.click("#revoke");
+    b.wait("document.querySelector('#cascade')");
+    assert!(
+        b.text("#cascade").contains("at least"),
+        "{}",
+        b.text("#cascade")
+    );
+    b.assert_clean();
+}
