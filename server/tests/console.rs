@@ -28,27 +28,6 @@ const AXE: &str = include_str!("console/vendor/axe.min.js");
 
 const SIZES: [(u32, u32); 2] = [(1280, 800), (390, 844)];
 
-/// A binary the tests need: `$KEYGATE_<NAME>` or `/usr/bin/<name>`.
-fn bin(name: &str, var: &str) -> PathBuf {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin").join(name));
-    assert!(
-        path.exists(),
-        "`{}` not found: install chromium and chromium-driver (scripts/test.sh does) or set {var}",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `target/console-screenshots/`, from this test binary's path
 /// (`target/debug/deps/console-…`), whatever `CARGO_TARGET_DIR` is.
 fn screenshot_dir() -> PathBuf {
@@ -73,8 +52,12 @@ struct Browser {
 
 impl Browser {
     fn start(origin: &str) -> Browser {
-        let chromium = bin("chromium", "KEYGATE_CHROMIUM");
-        let chromedriver = bin("chromedriver", "KEYGATE_CHROMEDRIVER");
+        let chromium = installed("chromium", "KEYGATE_CHROMIUM", "install chromium");
+        let chromedriver = installed(
+            "chromedriver",
+            "KEYGATE_CHROMEDRIVER",
+            "install chromium-driver",
+        );
         let port = free_port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))

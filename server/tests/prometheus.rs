@@ -19,27 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The `prometheus` and `promtool` binaries: `KEYGATE_PROMETHEUS_BIN` (a
-/// directory), else `/usr/bin`. Missing: the test fails, it never skips.
+/// `prometheus` or `promtool`: `$KEYGATE_PROMETHEUS`/`$KEYGATE_PROMTOOL`, else
+/// `/usr/bin`. Missing: the test fails, it never skips.
 fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("KEYGATE_PROMETHEUS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin"));
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "`{}` not found: install prometheus (scripts/test.sh does) or set KEYGATE_PROMETHEUS_BIN",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let var = format!("KEYGATE_{}", name.to_ascii_uppercase());
+    installed(name, &var, "install prometheus")
 }
 
 /// A Prometheus process that scrapes one target every second.

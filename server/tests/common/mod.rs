@@ -293,6 +293,29 @@ impl Resp {
     }
 }
 
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A program a test runs: `$var` if set, else `/usr/bin/<name>`. Missing,
+/// the test fails with `hint` (what installs it): it never skips.
+pub fn installed(name: &str, var: &str, hint: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin").join(name));
+    assert!(
+        path.exists(),
+        "`{}` not found: {hint} (scripts/test.sh does), or set {var}",
+        path.display()
+    );
+    path
+}
+
 /// One request on a fresh connection (`Connection: close`).
 pub fn request(
     addr: SocketAddr,

@@ -35,14 +35,6 @@ pub fn write_table(dir: &TempDir) -> PathBuf {
     path
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An upstream that answers 200 with `upstream METHOD PATH for KEY_ID`,
 /// KEY_ID being the `X-Keygate-Key-Id` header it received (`none` if absent).
 pub fn start_upstream() -> u16 {
