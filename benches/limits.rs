@@ -48,7 +48,7 @@ fn bench_limits(c: &mut Criterion) {
     let mut limiter = Limiter::new();
     let rate = RateLimit::new(1_000_000, Duration::from_millis(1)).unwrap();
     let credits = Credits::new(MAX_CREDITS, None).unwrap();
-    for record in keyring.records() {
+    for record in keyring.entries() {
         limiter.configure(
             record.id(),
             UnixMillis::EPOCH,
@@ -60,7 +60,7 @@ fn bench_limits(c: &mut Criterion) {
     }
     let mut rate_only = Limiter::new();
     let mut credits_only = Limiter::new();
-    for record in keyring.records() {
+    for record in keyring.entries() {
         let id = record.id();
         rate_only.configure(
             id,

@@ -6,9 +6,11 @@
 //! cargo run --release --example keyring_memory -- 1000000
 //! ```
 //!
-//! Linux only (it reads `/proc/self/statm`). Each key is minted and
-//! inserted in turn (its token dropped), so the growth is the keyring's:
-//! the records and their names, its map and its digest index.
+//! Linux only (it reads `/proc/self/statm` and `/proc/self/status`). Each
+//! key is minted and inserted in turn (its record and token dropped), so the
+//! growth is the keyring's: its table of 32-byte slots and their sequence
+//! numbers. The peak (`VmHWM`) also counts the moment of the last doubling,
+//! when the old table and the new one are both held.
 
 use std::time::Instant;
 
@@ -24,6 +26,20 @@ fn rss_bytes() -> Result<u64, Box<dyn std::error::Error>> {
         .ok_or("no resident field in /proc/self/statm")?
         .parse()?;
     Ok(pages * 4096)
+}
+
+/// The peak resident bytes so far (`VmHWM` in `/proc/self/status`).
+fn peak_bytes() -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .ok_or("no VmHWM in /proc/self/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,8 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         elapsed,
     );
     println!(
-        "a KeyRecord is {} bytes inline (plus its name on the heap)",
-        std::mem::size_of::<keygate::KeyRecord>()
+        "peak RSS {:.1} MB ({:.0} B per key over the start); Keyring::table_bytes({n}) = {:.1} MB",
+        peak_bytes()? as f64 / 1e6,
+        peak_bytes()?.saturating_sub(before) as f64 / n.max(1) as f64,
+        Keyring::table_bytes(n) as f64 / 1e6,
     );
     assert_eq!(keyring.len(), n);
     Ok(())

@@ -1,6 +1,10 @@
-//! The in-memory keyring: key id → record, and the request hot path.
+//! The in-memory keyring: key id → what a request's check needs, and the
+//! request hot path.
 
+mod entry;
+mod hash;
 mod index;
+mod slot;
 
 use hashbrown::HashMap;
 
@@ -11,8 +15,10 @@ use crate::secret::{Message, Pepper, SecretHash};
 use crate::time::UnixMillis;
 use crate::token::{self, KeyId, KeyKind, Token, TokenError, DECOY_KEY_ID, SECRET_LEN, TOKEN_LEN};
 
-pub(crate) use index::IdHasher;
-use index::{DigestIndex, Slot, MAX_KEYS, MAX_PREALLOCATED_KEYS};
+pub use entry::KeyringEntry;
+pub(crate) use hash::IdHasher;
+use index::{DigestIndex, MAX_KEYS, MAX_PREALLOCATED_KEYS};
+use slot::{Digest96, Slot};
 
 /// A verified key: who is calling and what it may do.
 ///
@@ -198,7 +204,7 @@ impl AuthError {
 /// let err = keyring.insert(record).unwrap_err();
 /// assert_eq!(err.http_status(), 409);
 /// let err = keygate::KeyringError::Full { max: keygate::Keyring::MAX_KEYS };
-/// assert_eq!(err.to_string(), "the keyring is full: it holds at most 4194304 keys");
+/// assert_eq!(err.to_string(), "the keyring is full: it holds at most 134217728 keys");
 /// assert_eq!(err.http_status(), 503);
 /// # Ok::<(), keygate::KeyringError>(())
 /// ```
@@ -211,18 +217,19 @@ pub enum KeyringError {
         /// The revoked id.
         id: KeyId,
     },
-    /// The keyring holds [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS) keys.
+    /// The keyring holds as many keys as it may: [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS),
+    /// or the bound given to [`Keyring::set_max_keys`](crate::Keyring::set_max_keys).
     #[error("the keyring is full: it holds at most {max} keys")]
     Full {
         /// The bound.
         max: usize,
     },
-    /// The id's slot window is full and the digest index may not grow
-    /// further for the keys it holds (see
-    /// [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS)). With random ids
-    /// this does not happen; it takes ids chosen with knowledge of the
+    /// Both of the id's buckets are full, no key can move to free one,
+    /// and the digest index may not grow further for the keys it holds
+    /// (see [`Keyring::MAX_KEYS`](crate::Keyring::MAX_KEYS)). With random
+    /// ids this does not happen; it takes ids chosen with knowledge of the
     /// pepper.
-    #[error("key id `{id}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")]
+    #[error("key id `{id}` lands in full buckets; the keyring refuses it rather than drop a key or exceed its memory bound")]
     Crowded {
         /// The refused key's id.
         id: KeyId,
@@ -273,8 +280,9 @@ impl KeyringError {
 #[derive(Clone)]
 pub struct Keyring {
     pepper: Pepper,
-    decoy: SecretHash,
-    keys: HashMap<KeyId, Entry, IdHasher>,
+    /// A slot of no key holding the decoy digest, which an unknown id is
+    /// compared against.
+    decoy: Slot,
     /// Tombstones: the revoked ids, each with the sequence number of the
     /// change that revoked it (24 bytes each, plus the map's overhead). A
     /// revoked id never comes back; [`Keyring::compact`] forgets the
@@ -287,36 +295,71 @@ pub struct Keyring {
     /// The highest horizon [`Keyring::compact`] was given: every change at
     /// or below it has been applied, so an upsert at or below it is stale.
     horizon: u64,
-    /// The digests of `keys`, for [`Keyring::verify`]; kept in step with it.
+    /// The keys: id, digest and grant, and the sequence number of the
+    /// change that wrote each.
     index: DigestIndex,
     /// The highest sequence number [`Keyring::apply`] has seen.
     last_seq: u64,
 }
 
-/// A record and the sequence number of the change that wrote it (0 for
-/// [`Keyring::insert`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    record: KeyRecord,
-    seq: u64,
-}
-
 impl Keyring {
-    /// The most keys a keyring holds: 4 194 304 (2^22). Past it,
+    /// The most keys a keyring holds: 134 217 728 (2^27). Past it (or past
+    /// a lower bound given to [`Keyring::set_max_keys`]),
     /// [`Keyring::insert`] fails with [`KeyringError::Full`].
     ///
-    /// Memory stays bounded too. The digest index has at most 8 slots of 64
-    /// bytes per key (128 to 256 bytes per key in the usual case, since it
-    /// is at most half full), so at most 2 GiB at the bound; the map of
-    /// records holds one [`KeyRecord`] per key. An id whose slot window is
-    /// full when the index may not grow further is refused with
-    /// [`KeyringError::Crowded`]: the index grows on demand (doubling) only
-    /// up to that limit, and never drops a key to make room.
+    /// Memory stays bounded too. A key takes a 32-byte slot and an 8-byte
+    /// sequence number in a table 42.5 % to 85 % full: 47 to 94 bytes a key
+    /// (see `BENCHMARKS.md` for measured figures). The table grows on demand
+    /// (doubling), to at most 4 slots a key; an id whose two buckets are
+    /// full when no key can move and the table may not grow further is
+    /// refused with [`KeyringError::Crowded`]. No key is ever dropped to
+    /// make room.
     ///
     /// ```
-    /// assert_eq!(keygate::Keyring::MAX_KEYS, 1 << 22);
+    /// assert_eq!(keygate::Keyring::MAX_KEYS, 1 << 27);
     /// ```
     pub const MAX_KEYS: usize = MAX_KEYS;
+
+    /// The bytes of the table a keyring sizes for `keys` keys (its slots
+    /// and their sequence numbers): to set [`Keyring::set_max_keys`] from a
+    /// memory budget. Tombstones, eviction marks and expiries past 2248
+    /// take a little more; a table also doubles early, rarely, when an
+    /// insert finds no free slot near its buckets.
+    ///
+    /// ```
+    /// let per_key = keygate::Keyring::table_bytes(1_000_000) / 1_000_000;
+    /// assert!(per_key <= 128, "{per_key}");
+    /// // The most keys 1 GiB holds:
+    /// let budget = 1usize << 30;
+    /// let keys = (1..=keygate::Keyring::MAX_KEYS).rev().step_by(100_000)
+    ///     .find(|&n| keygate::Keyring::table_bytes(n) <= budget).unwrap();
+    /// assert!(keys > 8_000_000, "{keys}");
+    /// ```
+    pub fn table_bytes(keys: usize) -> usize {
+        index::table_bytes(keys)
+    }
+
+    /// Lowers the most keys this keyring holds to `max` (at most
+    /// [`Keyring::MAX_KEYS`]); past it, [`Keyring::insert`] and
+    /// [`Keyring::apply`] fail with [`KeyringError::Full`]. The keys it
+    /// holds stay, even above `max`.
+    ///
+    /// ```
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// keyring.set_max_keys(0);
+    /// let err = keyring.insert(keygate::testing::example_record()).unwrap_err();
+    /// assert_eq!(err, keygate::KeyringError::Full { max: 0 });
+    /// assert_eq!(keyring.max_keys(), 0);
+    /// ```
+    pub fn set_max_keys(&mut self, max: usize) {
+        self.index.max_keys = max.min(MAX_KEYS);
+    }
+
+    /// The most keys this keyring holds: [`Keyring::MAX_KEYS`] unless
+    /// lowered by [`Keyring::set_max_keys`].
+    pub fn max_keys(&self) -> usize {
+        self.index.max_keys
+    }
 
     /// An empty keyring whose digests are keyed by `pepper`.
     ///
@@ -339,25 +382,26 @@ impl Keyring {
     /// assert_eq!(keyring.len(), 0);
     /// ```
     ///
-    /// The id hash of the map and of the digest index is seeded from the
-    /// pepper, so ids chosen without the pepper cannot
-    /// crowd one slot window.
+    /// The id hash of the digest index and of the keyring's maps is seeded
+    /// from the pepper, so ids chosen without the pepper cannot crowd one
+    /// bucket.
     pub fn with_capacity(pepper: Pepper, capacity: usize) -> Keyring {
         let capacity = capacity.min(MAX_PREALLOCATED_KEYS);
         // Compared when the id is unknown, so both cases do the same work; never
         // accepted, as the lookup's `found` mask is then 0.
         let decoy = pepper.digest_parts(KeyKind::Standard, &DECOY_KEY_ID, &[0u8; SECRET_LEN]);
-        // The map and the index hash ids with seeds of their own, so that
-        // the map's iteration order (by its hash) is not the index's order:
-        // copying one keyring into another fills the index evenly.
+        let (decoy, _) = Slot::new(
+            &DECOY_KEY_ID,
+            KeyKind::Standard,
+            Scopes::empty(),
+            None,
+            &decoy,
+        );
+        // The maps and the index hash ids with seeds of their own.
         let [map_lo, map_hi, index_lo, index_hi] = pepper.index_seeds();
         Keyring {
             pepper,
             decoy,
-            keys: HashMap::with_capacity_and_hasher(
-                capacity,
-                IdHasher::with_seeds([map_lo, map_hi]),
-            ),
             revoked: HashMap::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
             evicted: HashMap::with_hasher(IdHasher::with_seeds([map_lo, map_hi])),
             horizon: 0,
@@ -371,7 +415,8 @@ impl Keyring {
         &self.pepper
     }
 
-    /// Adds a record, replacing and returning any record with the same id.
+    /// Adds a record's key, replacing any key with the same id, and returns
+    /// what the keyring held of the key it replaced.
     ///
     /// This is for a keyring that no change feed drives; with a feed, use
     /// [`Keyring::apply`]. A revoked id is refused: revocation is final.
@@ -385,13 +430,13 @@ impl Keyring {
     /// assert_eq!(keyring.len(), 1);
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
-    pub fn insert(&mut self, record: KeyRecord) -> Result<Option<KeyRecord>, KeyringError> {
+    pub fn insert(&mut self, record: KeyRecord) -> Result<Option<KeyringEntry>, KeyringError> {
         let id = record.id();
         if self.revoked.contains_key(&id) {
             return Err(KeyringError::Revoked { id });
         }
-        let seq = self.keys.get(&id).map_or(0, |entry| entry.seq);
-        Ok(self.put(record, seq)?.map(|entry| entry.record))
+        let seq = self.index.get(&id).map_or(0, |(_, seq)| seq);
+        self.put(&record, seq)
     }
 
     /// Inserts every record, stopping at the first that fails (the records
@@ -413,14 +458,36 @@ impl Keyring {
         Ok(())
     }
 
-    /// Stores `record` in the map and the digest index.
-    fn put(&mut self, record: KeyRecord, seq: u64) -> Result<Option<Entry>, KeyringError> {
-        self.index.insert(&record)?;
-        Ok(self.keys.insert(record.id(), Entry { record, seq }))
+    /// Stores `record`'s key, written by the change `seq`; returns the
+    /// entry it replaced.
+    fn put(&mut self, record: &KeyRecord, seq: u64) -> Result<Option<KeyringEntry>, KeyringError> {
+        let id = record.id();
+        let (slot, far) = Slot::new(
+            &id,
+            record.kind(),
+            record.scopes(),
+            record.expires_at(),
+            &record.secret_hash(),
+        );
+        // The old slot's expiry is read before the insert replaces it.
+        let old = self.get(&id);
+        self.index.insert(slot, far, seq)?;
+        Ok(old)
+    }
+
+    /// The entry of the key `id` in `slot`, written by the change `seq`.
+    fn entry(&self, id: KeyId, slot: &Slot, seq: u64) -> KeyringEntry {
+        KeyringEntry {
+            id,
+            kind: slot.kind(),
+            scopes: slot.scopes(),
+            expires_at: self.index.expires_at(&id, slot),
+            seq,
+        }
     }
 
     /// Removes a key; its tokens stop working at once, and the id can never
-    /// be inserted again. Returns the record.
+    /// be inserted again. Returns its entry.
     ///
     /// The tombstone carries [`Keyring::last_seq`] as its sequence number
     /// (0 for a keyring no feed drives), as if the revocation were the last
@@ -437,10 +504,11 @@ impl Keyring {
     /// assert!(keyring.is_revoked(&id));
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
-    pub fn revoke(&mut self, id: &KeyId) -> Option<KeyRecord> {
+    pub fn revoke(&mut self, id: &KeyId) -> Option<KeyringEntry> {
         self.tombstone(*id, self.last_seq);
+        let old = self.get(id);
         self.index.remove(id);
-        self.keys.remove(id).map(|entry| entry.record)
+        old
     }
 
     /// Records that `id` was revoked by the change `seq` (keeping the
@@ -555,12 +623,12 @@ impl Keyring {
                 if self.revoked.contains_key(&id)
                     || seq <= self.horizon
                     || matches!(self.evicted.get(&id), Some(&mark) if mark >= seq)
-                    || matches!(self.keys.get(&id), Some(entry) if entry.seq >= seq)
+                    || matches!(self.index.get(&id), Some((_, at)) if at >= seq)
                 {
                     Applied::Unchanged
                 } else {
                     // On an error nothing changed, the sequence number included.
-                    self.put(record, seq)?;
+                    self.put(&record, seq)?;
                     // The entry's number now outranks the mark.
                     self.evicted.remove(&id);
                     Applied::Changed
@@ -569,7 +637,6 @@ impl Keyring {
             ChangeOp::Revoke(id) => {
                 if self.tombstone(id, seq) {
                     self.index.remove(&id);
-                    self.keys.remove(&id);
                     Applied::Changed
                 } else {
                     Applied::Unchanged
@@ -611,35 +678,30 @@ impl Keyring {
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn evict_expired(&mut self, now: UnixMillis) -> usize {
-        let index = &mut self.index;
         let evicted = &mut self.evicted;
-        let before = self.keys.len();
-        self.keys.retain(|id, entry| {
-            let keep = !entry.record.is_expired_at(now);
-            if !keep {
-                index.remove(id);
-                if entry.seq > 0 {
-                    let mark = evicted.entry(*id).or_insert(entry.seq);
-                    *mark = (*mark).max(entry.seq);
-                }
+        self.index.remove_where(|id, expires_at, seq| {
+            let drop = expires_at.is_some_and(|at| now >= at);
+            if drop && seq > 0 {
+                let mark = evicted.entry(*id).or_insert(seq);
+                *mark = (*mark).max(seq);
             }
-            keep
-        });
-        before - self.keys.len()
+            drop
+        })
     }
 
-    /// The record of `id`, if the keyring has it.
+    /// What the keyring holds of the key `id`, if it has it.
     ///
     /// ```
     /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
     /// assert!(keyring.get(&keygate::KeyId::parse("0000000000000000")?).is_none());
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
-    pub fn get(&self, id: &KeyId) -> Option<&KeyRecord> {
-        self.keys.get(id).map(|entry| &entry.record)
+    pub fn get(&self, id: &KeyId) -> Option<KeyringEntry> {
+        let (slot, seq) = self.index.get(id)?;
+        Some(self.entry(*id, &slot, seq))
     }
 
-    /// Whether the keyring has a record for `id`.
+    /// Whether the keyring has the key `id`.
     ///
     /// ```
     /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
@@ -647,27 +709,33 @@ impl Keyring {
     /// # Ok::<(), keygate::TokenError>(())
     /// ```
     pub fn contains(&self, id: &KeyId) -> bool {
-        self.keys.contains_key(id)
+        self.index.contains(id)
     }
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.index.len
     }
 
     /// Whether the keyring has no keys.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.index.len == 0
     }
 
-    /// The records, in no particular order.
+    /// Every key the keyring holds, in no particular order.
     ///
     /// ```
-    /// let keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
-    /// assert_eq!(keyring.records().count(), 0);
+    /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
+    /// assert_eq!(keyring.entries().count(), 0);
+    /// keyring.insert(keygate::testing::example_record())?;
+    /// assert_eq!(keyring.entries().map(|e| e.id()).collect::<Vec<_>>(), [keygate::testing::example_record().id()]);
+    /// # Ok::<(), keygate::KeyringError>(())
     /// ```
-    pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
-        self.keys.values().map(|entry| &entry.record)
+    pub fn entries(&self) -> impl Iterator<Item = KeyringEntry> + '_ {
+        self.index.occupied().map(|(slot, seq)| {
+            let id = slot.id().unpack();
+            self.entry(id, &slot, seq)
+        })
     }
 
     /// Parses `token` and verifies it at `now` (Unix milliseconds): the
@@ -700,14 +768,17 @@ impl Keyring {
         // A matched digest proves tag, id and secret, so only the framing is
         // checked; any other text takes the full parse for its exact error
         // (order and why: BENCHMARKS.md, "Why the hot path looks as it does").
+        // The index is read first: its two lines come from memory while
+        // the digest is computed (the read does not depend on it).
+        let id = token::key_id_of_text(text);
+        let stored = self.index.lookup(&id, &self.decoy);
         let message = Message::of_text(text);
         let framed = token::framing_is_valid(text);
         let digest = self.pepper.digest_message(&message);
         drop(message);
-        let id = token::key_id_of_text(text);
         let kind = KeyKind::of_tag(text.first().copied().unwrap_or(0));
-        match self.matching_slot(DigestIndex::key(&id), kind, &digest) {
-            Some(slot) if framed => Keyring::principal(&slot, id, now),
+        match Keyring::matching_slot(stored, kind, &digest) {
+            Some(slot) if framed => self.principal(&slot, id, now),
             _ => {
                 Token::parse(text)?;
                 Err(AuthError::InvalidCredentials)
@@ -715,11 +786,11 @@ impl Keyring {
         }
     }
 
-    /// Whether `a` and `b` have the same index window (for
+    /// Whether `a` and `b` have the same two buckets, in the same order (for
     /// [`crate::testing::unknown_id_sharing_window`]).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn shares_window(&self, a: &KeyId, b: &KeyId) -> bool {
-        self.index.home(DigestIndex::key(a)) == self.index.home(DigestIndex::key(b))
+        self.index.buckets_of(a) == self.index.buckets_of(b)
     }
 
     /// Verifies a parsed token at `now`.
@@ -749,30 +820,36 @@ impl Keyring {
         now: UnixMillis,
     ) -> Result<Principal, AuthError> {
         let id = token.key_id();
-        match self.matching_slot(DigestIndex::key(&id), token.kind(), digest) {
-            Some(slot) => Keyring::principal(&slot, id, now),
+        let stored = self.index.lookup(&id, &self.decoy);
+        match Keyring::matching_slot(stored, token.kind(), digest) {
+            Some(slot) => self.principal(&slot, id, now),
             None => Err(AuthError::InvalidCredentials),
         }
     }
 
-    /// The slot of the key `key` of `kind` if `digest` is its stored
-    /// digest, else `None`.
+    /// The slot a lookup found (`found` all ones) if its key is of `kind`
+    /// and `digest` is its stored digest, else `None`.
+    ///
+    /// The lookup does the same work for a known and an unknown id (see
+    /// `DigestIndex`); the slot also carries the grant, so no other memory
+    /// is read.
     #[inline(always)]
-    fn matching_slot(&self, key: u128, kind: KeyKind, digest: &SecretHash) -> Option<Slot> {
-        // The same work for a known and an unknown id (see `DigestIndex`);
-        // the slot also carries the grant, so no other memory is read.
-        let (found, slot) = self.index.lookup(key, &self.decoy);
-        // The constant-time comparison, on the words the slot holds: the OR
+    fn matching_slot(
+        (found, slot): (u64, Slot),
+        kind: KeyKind,
+        digest: &SecretHash,
+    ) -> Option<Slot> {
+        // The constant-time comparison of the 96 bits the slot holds: the OR
         // of their XORs, with no early exit, behind a barrier, then a mask
         // (all ones iff equal) by arithmetic, as for the ids.
-        let diff = DigestIndex::words(digest)
-            .iter()
-            .zip(slot.digest)
-            .fold(0u64, |diff, (computed, stored)| diff | (computed ^ stored));
-        let diff = core::hint::black_box(diff);
+        let diff = core::hint::black_box(Digest96::of(digest).diff(slot.digest()));
         let equal = zero_mask(diff);
+        // A stored key's grant is never 0 (a restricted key has its kind
+        // bit, a standard key every scope): a text whose id packs like an
+        // empty slot's is refused with the rest.
+        let occupied = zero_mask(slot.grant) ^ u64::MAX;
         // One branch, on the combined mask only (see BENCHMARKS.md, "Why the hot path").
-        let accepted = core::hint::black_box(found & equal);
+        let accepted = core::hint::black_box(found & equal & occupied);
         // The digest binds the kind, so a relabelled token fails the compare;
         // the kind test only restates it.
         if accepted == 0 || slot.kind() != kind {
@@ -785,8 +862,8 @@ impl Keyring {
     /// `now`. Expiry is checked after the secret, so
     /// [`AuthError::Expired`] tells nothing to a guesser.
     #[inline(always)]
-    fn principal(slot: &Slot, id: KeyId, now: UnixMillis) -> Result<Principal, AuthError> {
-        match slot.expires_at() {
+    fn principal(&self, slot: &Slot, id: KeyId, now: UnixMillis) -> Result<Principal, AuthError> {
+        match self.index.expires_at(&id, slot) {
             Some(expires_at) if now >= expires_at => Err(AuthError::Expired { id, expires_at }),
             expires_at => Ok(Principal::new(id, slot.kind(), slot.scopes(), expires_at)),
         }
@@ -820,23 +897,31 @@ impl core::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Keyring")
             .field("pepper", &self.pepper)
-            .field("keys", &self.keys.len())
+            .field("keys", &self.index.len)
             .finish()
     }
 }
 
 impl PartialEq for Keyring {
-    /// Two keyrings are equal when they hold the same records, tombstones
-    /// (with their sequence numbers), eviction marks and last sequence
-    /// number, under the same pepper.
+    /// Two keyrings are equal when they hold the same keys (id, digest,
+    /// grant and sequence number), tombstones (with their sequence numbers),
+    /// eviction marks and last sequence number, under the same pepper.
     fn eq(&self, other: &Keyring) -> bool {
         // The decoy digest is keyed by the pepper: equal decoys, equal
-        // peppers (and `SecretHash` compares in constant time).
+        // peppers.
+        let same_keys = || {
+            self.index.occupied().all(|(slot, seq)| {
+                let id = slot.id().unpack();
+                other.index.get(&id) == Some((slot, seq))
+                    && other.index.expires_at(&id, &slot) == self.index.expires_at(&id, &slot)
+            })
+        };
         self.decoy == other.decoy
             && self.last_seq == other.last_seq
             && self.revoked == other.revoked
             && self.evicted == other.evicted
-            && self.keys == other.keys
+            && self.index.len == other.index.len
+            && same_keys()
     }
 }
 

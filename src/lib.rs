@@ -78,7 +78,7 @@ pub mod wire;
 pub use error::Error;
 pub use feed::{Applied, Change, ChangeOp};
 pub use key::{KeyRecord, KeyRecordParts, RecordError};
-pub use keyring::{AuthError, Keyring, KeyringError, Principal};
+pub use keyring::{AuthError, Keyring, KeyringEntry, KeyringError, Principal};
 pub use limit::{
     CreditBalance, CreditCell, CreditDecision, Credits, KeyLimits, LimitError, Limiter, Meter,
     RateDecision, RateLimit, RateState, Refill, Refusal, Verdict, MAX_CREDITS, MAX_RATE_LIMIT,

@@ -234,6 +234,12 @@ fn base62_value(byte: u8) -> u8 {
     BASE62_VALUE.get(usize::from(byte)).copied().unwrap_or(0xFF)
 }
 
+/// The base62 digit of `value` (`0` for a value past 61).
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn base62_digit(value: u8) -> u8 {
+    BASE62.get(usize::from(value)).copied().unwrap_or(b'0')
+}
+
 /// Whether `byte` is a base62 digit, by arithmetic rather than a table, so
 /// that [`all_base62`] compiles to a few SIMD compares.
 #[inline(always)]

@@ -115,20 +115,27 @@ proptest! {
         prop_assert!(shuffled == in_order);
 
         // And the model: per id, revoked if any revoke, else the last upsert.
-        let mut model: BTreeMap<KeyId, Option<KeyRecord>> = BTreeMap::new();
+        // (Each version has its own expiry, so the entry tells them apart.)
+        let mut model: BTreeMap<KeyId, Option<(KeyRecord, u64)>> = BTreeMap::new();
         for change in &changes {
             let id = change.key_id();
             match &change.op {
                 ChangeOp::Revoke(_) => { model.insert(id, None); }
                 ChangeOp::Upsert(r) => {
                     if model.get(&id) != Some(&None) {
-                        model.insert(id, Some(r.clone()));
+                        model.insert(id, Some((r.clone(), change.seq)));
                     }
                 }
             }
         }
         for (id, expected) in &model {
-            prop_assert_eq!(in_order.get(id), expected.as_ref());
+            let held = in_order
+                .get(id)
+                .map(|e| (e.id(), e.kind(), e.scopes(), e.expires_at(), e.seq()));
+            let wanted = expected
+                .as_ref()
+                .map(|(r, seq)| (r.id(), r.kind(), r.scopes(), r.expires_at(), *seq));
+            prop_assert_eq!(held, wanted);
             prop_assert_eq!(in_order.is_revoked(id), expected.is_none());
         }
         prop_assert_eq!(in_order.len(), model.values().filter(|v| v.is_some()).count());

@@ -33,6 +33,12 @@ use alloc::string::String;
 use rand_core::SeedableRng;
 
 fn setup(scopes: Option<Scopes>, expires: Option<i64>) -> (Keyring, String) {
+    let (keyring, token, _) = setup_with_record(scopes, expires);
+    (keyring, token)
+}
+
+/// [`setup`], and the record it inserted.
+fn setup_with_record(scopes: Option<Scopes>, expires: Option<i64>) -> (Keyring, String, KeyRecord) {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let expires = expires.map(UnixMillis::from_millis);
@@ -47,8 +53,8 @@ fn setup(scopes: Option<Scopes>, expires: Option<i64>) -> (Keyring, String) {
         UnixMillis::from_millis(0),
     )
     .into_parts();
-    keyring.insert(record).unwrap();
-    (keyring, String::from(token.expose_secret()))
+    keyring.insert(record.clone()).unwrap();
+    (keyring, String::from(token.expose_secret()), record)
 }
 
 #[test]
@@ -56,9 +62,8 @@ fn a_stale_upsert_below_the_horizon_cannot_resurrect_a_compacted_key() {
     // A server rolls a key (seq 1, the new key), its follower reads 1,
     // then a revocation of the new key (2), applies both and compacts
     // at 2; the roll's handler, late, applies its own upsert at 1.
-    let (mut keyring, token) = setup(None, None);
+    let (keyring, token, record) = setup_with_record(None, None);
     let id = Token::parse(&token).unwrap().key_id();
-    let record = keyring.revoke(&id).unwrap();
     let mut keyring = Keyring::new(keyring.pepper().clone());
     keyring.apply(Change::upsert(1, record.clone())).unwrap();
     keyring.apply(Change::revoke(2, id)).unwrap();
@@ -91,17 +96,7 @@ fn zero_mask_is_all_ones_only_for_zero() {
 }
 
 #[test]
-fn index_differs_only_for_a_nonzero_difference() {
-    use index::differs;
-    assert_eq!(differs(0), 0);
-    for bit in 0..128 {
-        assert_eq!(differs(1u128 << bit), 1, "bit {bit}");
-    }
-    assert_eq!(differs(u128::MAX), 1);
-}
-
-#[test]
-fn the_index_stays_at_most_half_full() {
+fn the_index_stays_at_most_85_percent_full() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let request = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
@@ -116,9 +111,9 @@ fn the_index_stays_at_most_half_full() {
         keyring.insert(record).unwrap();
         assert_eq!(keyring.index.len, n);
         assert!(
-            2 * keyring.index.len <= keyring.index.size(),
+            20 * keyring.index.len <= 17 * keyring.index.slots(),
             "{n} keys in {}",
-            keyring.index.size()
+            keyring.index.slots()
         );
     }
 }
@@ -210,9 +205,19 @@ fn digest_moved_to_another_record_fails() {
 fn a_digest_that_differs_in_any_bit_fails() {
     let (mut keyring, token) = setup(None, None);
     let id = Token::parse(&token).unwrap().key_id();
-    let record = keyring.get(&id).unwrap().clone();
+    let record = KeyRecord::new(
+        id,
+        KeyKind::Standard,
+        "f".into(),
+        keyring.pepper().digest(&Token::parse(&token).unwrap()),
+        Scopes::all(),
+        None,
+        UnixMillis::EPOCH,
+        None,
+    );
     let right = *record.secret_hash().as_bytes();
-    for byte in 0..32 {
+    // The index holds the digest's first 96 bits (the store all 256).
+    for byte in 0..12 {
         for bit in [0, 7] {
             let mut wrong = right;
             wrong[byte] ^= 1 << bit;
@@ -254,7 +259,7 @@ fn digest_index_follows_inserts_revokes_and_growth() {
         tokens.push(token);
     }
     assert_eq!(keyring.index.len, 3_000);
-    assert!(keyring.index.slots.len() >= 6_000);
+    assert!(keyring.index.slots() >= 3_530);
     for t in &tokens {
         assert!(keyring
             .authenticate(t.expose_secret(), UnixMillis::from_millis(1))
@@ -266,24 +271,26 @@ fn digest_index_follows_inserts_revokes_and_growth() {
         assert!(keyring.revoke(&id).is_none());
     }
     assert_eq!(keyring.index.len, 1_500);
+    assert_eq!(keyring.len(), 1_500);
+    assert_eq!(keyring.entries().count(), 1_500);
     for (i, t) in tokens.iter().enumerate() {
         let result = keyring.authenticate(t.expose_secret(), UnixMillis::from_millis(1));
         assert_eq!(result.is_ok(), i % 2 == 1, "token {i}");
     }
     // Replacing a record replaces its digest: the old token stops working.
     let id = tokens[1].parse().unwrap().key_id();
-    let old = keyring.get(&id).unwrap().clone();
+    let old = keyring.get(&id).unwrap();
     let replacement = KeyRecord::new(
         id,
         old.kind(),
-        old.name().into(),
+        "r".into(),
         SecretHash::from_bytes([9; 32]),
         old.scopes(),
         None,
         UnixMillis::EPOCH,
         None,
     );
-    keyring.insert(replacement).unwrap();
+    assert_eq!(keyring.insert(replacement).unwrap(), Some(old));
     assert_eq!(keyring.index.len, 1_500);
     assert_eq!(
         keyring.authenticate(tokens[1].expose_secret(), UnixMillis::from_millis(1)),
@@ -291,21 +298,19 @@ fn digest_index_follows_inserts_revokes_and_growth() {
     );
     // The lookup selects the stored slot, or the decoy with mask 0 and
     // no grant.
-    let (found, slot) = keyring.index.lookup(DigestIndex::key(&id), &keyring.decoy);
+    let (found, slot) = keyring.index.lookup(&id, &keyring.decoy);
     assert_eq!(found, u64::MAX);
     assert_eq!(
-        DigestIndex::digest(&slot.digest),
-        SecretHash::from_bytes([9; 32])
+        slot.digest(),
+        Digest96::of(&SecretHash::from_bytes([9; 32]))
     );
     assert_eq!(slot.scopes(), Scopes::all());
     assert_eq!(slot.kind(), KeyKind::Standard);
-    assert_eq!(slot.expires_at(), None);
+    assert_eq!(slot.expiry(), Ok(None));
     let unknown = KeyId::parse("0000000000000000").unwrap();
-    let (found, slot) = keyring
-        .index
-        .lookup(DigestIndex::key(&unknown), &keyring.decoy);
+    let (found, slot) = keyring.index.lookup(&unknown, &keyring.decoy);
     assert_eq!(found, 0);
-    assert_eq!(DigestIndex::digest(&slot.digest), keyring.decoy);
+    assert_eq!(slot.digest(), keyring.decoy.digest());
     assert_eq!(slot.grant, 0);
 }
 
@@ -313,43 +318,85 @@ fn digest_index_follows_inserts_revokes_and_growth() {
 fn slots_carry_the_grant() {
     let (keyring, token) = setup(Some("objects:read,agents:write".parse().unwrap()), Some(77));
     let id = Token::parse(&token).unwrap().key_id();
-    let (found, slot) = keyring.index.lookup(DigestIndex::key(&id), &keyring.decoy);
+    let (found, slot) = keyring.index.lookup(&id, &keyring.decoy);
     assert_eq!(found, u64::MAX);
-    assert_eq!(core::mem::size_of::<Slot>(), 64);
     assert_eq!(slot.kind(), KeyKind::Restricted);
-    assert_eq!(slot.expires_at(), Some(UnixMillis::from_millis(77)));
-    assert_eq!(slot.scopes(), keyring.get(&id).unwrap().scopes());
+    assert_eq!(slot.expiry(), Ok(Some(UnixMillis::from_millis(77))));
+    let scopes: Scopes = "objects:read,agents:write".parse().unwrap();
+    assert_eq!(slot.scopes(), scopes);
+    let principal = keyring
+        .authenticate(&token, UnixMillis::from_millis(1))
+        .unwrap();
     assert_eq!(
-        keyring
-            .authenticate(&token, UnixMillis::from_millis(1))
-            .unwrap(),
-        Principal::of_record(keyring.get(&id).unwrap())
-    );
-    // A negative expiry survives the masking (sign bits included).
-    let record = keyring.get(&id).unwrap();
-    let negative = KeyRecord::new(
-        id,
-        record.kind(),
-        "n".into(),
-        record.secret_hash(),
-        record.scopes(),
-        Some(UnixMillis::from_millis(-5)),
-        UnixMillis::EPOCH,
-        None,
-    );
-    let mut keyring = keyring.clone();
-    keyring.insert(negative).unwrap();
-    assert!(matches!(
-        keyring.authenticate(&token, UnixMillis::from_millis(-6)),
-        Ok(p) if p.scopes() == record.scopes()
-    ));
-    assert_eq!(
-        keyring.authenticate(&token, UnixMillis::from_millis(-5)),
-        Err(AuthError::Expired {
+        (
+            principal.id(),
+            principal.kind(),
+            principal.scopes(),
+            principal.expires_at()
+        ),
+        (
             id,
-            expires_at: UnixMillis::from_millis(-5)
-        })
+            KeyKind::Restricted,
+            scopes,
+            Some(UnixMillis::from_millis(77))
+        )
     );
+    // Expiries a slot cannot hold (before 1970, after 2248) are kept
+    // aside, exactly, and leave with the key.
+    let digest = keyring.pepper().digest(&Token::parse(&token).unwrap());
+    for ms in [-5, i64::MIN, (1 << 43) - 1, 1 << 43, i64::MAX] {
+        let record = KeyRecord::new(
+            id,
+            KeyKind::Restricted,
+            "n".into(),
+            digest,
+            scopes,
+            Some(UnixMillis::from_millis(ms)),
+            UnixMillis::EPOCH,
+            None,
+        );
+        let mut keyring = keyring.clone();
+        keyring.insert(record).unwrap();
+        assert_eq!(
+            keyring.get(&id).unwrap().expires_at(),
+            Some(UnixMillis::from_millis(ms))
+        );
+        assert!(
+            matches!(
+                keyring.authenticate(&token, UnixMillis::from_millis(ms.saturating_sub(1))),
+                Ok(p) if p.scopes() == scopes && p.expires_at() == Some(UnixMillis::from_millis(ms))
+            ) || ms == i64::MIN
+        );
+        assert_eq!(
+            keyring.authenticate(&token, UnixMillis::from_millis(ms)),
+            Err(AuthError::Expired {
+                id,
+                expires_at: UnixMillis::from_millis(ms)
+            })
+        );
+        let far = !(0..1 << 43).contains(&ms);
+        assert_eq!(keyring.index.far_len(), usize::from(far), "{ms}");
+        // Replaced by a key without expiry, or revoked: nothing stays aside.
+        let mut replaced = keyring.clone();
+        replaced
+            .insert(KeyRecord::new(
+                id,
+                KeyKind::Restricted,
+                "n".into(),
+                digest,
+                scopes,
+                None,
+                UnixMillis::EPOCH,
+                None,
+            ))
+            .unwrap();
+        assert_eq!(replaced.index.far_len(), 0);
+        assert!(replaced
+            .authenticate(&token, UnixMillis::from_millis(i64::MAX))
+            .is_ok());
+        keyring.revoke(&id);
+        assert_eq!(keyring.index.far_len(), 0);
+    }
 }
 
 /// A record with `id` and a digest of its own.
@@ -366,18 +413,30 @@ fn record_with_id(id: KeyId, n: u8) -> KeyRecord {
     )
 }
 
-/// `count` random ids whose home, under `keyring`'s seeded hash, is the
-/// same in every table of up to 2^12 slots: found by brute force.
+/// `count` ids whose two buckets, under `keyring`'s seeded hash, are the
+/// same in every table of up to 2^8 buckets: found by brute force (what
+/// someone who knows the pepper could do), counting through ids.
 fn colliding_ids(keyring: &Keyring, count: usize) -> alloc::vec::Vec<KeyId> {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(77);
     let [_, _, lo, hi] = keyring.pepper.index_seeds();
-    let big = DigestIndex::with_capacity(1 << 11, IdHasher::with_seeds([lo, hi]));
-    assert_eq!(big.size(), 1 << 12);
-    let target = big.home(DigestIndex::key(&KeyId::generate(&mut rng)));
-    let mut ids = alloc::vec::Vec::new();
-    while ids.len() < count {
-        let id = KeyId::generate(&mut rng);
-        if big.home(DigestIndex::key(&id)) == target {
+    let big = DigestIndex::with_capacity(300, IdHasher::with_seeds([lo, hi]));
+    assert_eq!(big.slots(), 1 << 9);
+    let known = KeyId::generate(&mut rng);
+    let target = big.buckets_of(&known);
+    let digits = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut ids = alloc::vec![known];
+    for n in 0u64.. {
+        if ids.len() == count {
+            break;
+        }
+        let mut bytes = *known.as_bytes();
+        let mut rest = n;
+        for at in [2, 3, 4, 10, 11, 12] {
+            bytes[at] = digits[(rest % 62) as usize];
+            rest /= 62;
+        }
+        let id = KeyId::parse(core::str::from_utf8(&bytes).unwrap()).unwrap();
+        if id != known && big.buckets_of(&id) == target {
             ids.push(id);
         }
     }
@@ -388,37 +447,37 @@ fn colliding_ids(keyring: &Keyring, count: usize) -> alloc::vec::Vec<KeyId> {
 fn crafted_colliding_ids_are_refused_and_no_key_is_lost() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-    let ids = colliding_ids(&keyring, 9);
-    // Eight share one window; the index grows for load only.
-    for (n, id) in ids.iter().take(8).enumerate() {
+    let ids = colliding_ids(&keyring, 5);
+    // Four share two buckets; the index grows for load only.
+    for (n, id) in ids.iter().take(4).enumerate() {
         assert!(keyring
             .insert(record_with_id(*id, n as u8))
             .unwrap()
             .is_none());
     }
-    assert_eq!(keyring.index.size(), 16);
-    // The ninth lands in a full window at every size the index may take
-    // for nine keys (at most 8 slots per key, rounded up: 128): refused.
-    let ninth = ids[8];
+    assert_eq!(keyring.index.slots(), 16);
+    // The fifth finds both buckets full at every size the index may take
+    // for five keys (at most 4 slots per key, rounded up: 32): refused.
+    let fifth = ids[4];
     assert_eq!(
-        keyring.insert(record_with_id(ninth, 8)),
-        Err(KeyringError::Crowded { id: ninth })
+        keyring.insert(record_with_id(fifth, 8)),
+        Err(KeyringError::Crowded { id: fifth })
     );
     assert_eq!(
-        alloc::string::ToString::to_string(&KeyringError::Crowded { id: ninth }),
-        alloc::format!("key id `{ninth}` lands in a full slot window; the keyring refuses it rather than drop a key or exceed its memory bound")
+        alloc::string::ToString::to_string(&KeyringError::Crowded { id: fifth }),
+        alloc::format!("key id `{fifth}` lands in full buckets; the keyring refuses it rather than drop a key or exceed its memory bound")
     );
-    // Nothing changed: the table, the map and every stored digest.
-    assert_eq!(keyring.index.size(), 16);
-    assert_eq!(keyring.index.len, 8);
-    assert_eq!(keyring.len(), 8);
-    assert!(keyring.get(&ninth).is_none());
-    for (n, id) in ids.iter().take(8).enumerate() {
-        let (found, slot) = keyring.index.lookup(DigestIndex::key(id), &keyring.decoy);
+    // Nothing changed: the table and every stored digest.
+    assert_eq!(keyring.index.slots(), 16);
+    assert_eq!(keyring.index.len, 4);
+    assert_eq!(keyring.len(), 4);
+    assert!(keyring.get(&fifth).is_none());
+    for (n, id) in ids.iter().take(4).enumerate() {
+        let (found, slot) = keyring.index.lookup(id, &keyring.decoy);
         assert_eq!(found, u64::MAX, "key {n} lost");
         assert_eq!(
-            DigestIndex::digest(&slot.digest),
-            SecretHash::from_bytes([n as u8; 32])
+            slot.digest(),
+            Digest96::of(&SecretHash::from_bytes([n as u8; 32]))
         );
     }
     // A replacement of a crowded id still works: it reuses its slot.
@@ -426,19 +485,17 @@ fn crafted_colliding_ids_are_refused_and_no_key_is_lost() {
         .insert(record_with_id(ids[0], 100))
         .unwrap()
         .is_some());
-    let (_, slot) = keyring
-        .index
-        .lookup(DigestIndex::key(&ids[0]), &keyring.decoy);
+    let (_, slot) = keyring.index.lookup(&ids[0], &keyring.decoy);
     assert_eq!(
-        DigestIndex::digest(&slot.digest),
-        SecretHash::from_bytes([100; 32])
+        slot.digest(),
+        Digest96::of(&SecretHash::from_bytes([100; 32]))
     );
-    // Random ids still go in. With enough of them, the index may grow
-    // past 2^12 slots, where the crafted ids no longer share a home, and
-    // takes the ninth too.
+    // Random ids still go in. With enough of them, the index grows past
+    // 2^8 buckets, where the crafted ids no longer share both buckets
+    // (not all of them, at least), and takes the fifth too.
     let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
     let mut tokens = alloc::vec::Vec::new();
-    for _ in 0..600 {
+    while keyring.index.slots() < 1 << 13 {
         let (record, token) =
             mint(keyring.pepper(), &req, &mut rng, UnixMillis::from_millis(0)).into_parts();
         keyring.insert(record).unwrap();
@@ -449,96 +506,43 @@ fn crafted_colliding_ids_are_refused_and_no_key_is_lost() {
             .authenticate(t.expose_secret(), UnixMillis::from_millis(1))
             .is_ok());
     }
-    assert_eq!(keyring.index.size(), 2048);
-    assert_eq!(keyring.insert(record_with_id(ninth, 8)).unwrap(), None);
-    assert_eq!(keyring.index.size(), 8192);
-    assert_eq!(keyring.len(), 609);
+    assert_eq!(keyring.insert(record_with_id(fifth, 8)).unwrap(), None);
+    assert_eq!(keyring.len(), tokens.len() + 5);
     for id in &ids {
-        assert_eq!(
-            keyring.index.lookup(DigestIndex::key(id), &keyring.decoy).0,
-            u64::MAX
-        );
+        assert_eq!(keyring.index.lookup(id, &keyring.decoy).0, u64::MAX);
     }
-}
-
-#[test]
-fn a_full_window_is_freed_by_moving_a_key_within_its_own_window() {
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(16);
-    let mut index = DigestIndex::with_capacity(0, IdHasher::default());
-    assert_eq!(index.size(), 16);
-    let mut with_home = |home: usize, count: usize| {
-        let mut ids = alloc::vec::Vec::new();
-        while ids.len() < count {
-            let id = KeyId::generate(&mut rng);
-            if index.home(DigestIndex::key(&id)) == home {
-                ids.push(id);
-            }
-        }
-        ids
-    };
-    let at_0 = with_home(0, 6);
-    let at_2 = with_home(2, 6);
-    // Slots 0-3 hold four keys of home 0, slots 4-7 the keys of home 2.
-    for (n, id) in at_0.iter().take(4).chain(&at_2[..4]).enumerate() {
-        assert!(index.place(Slot::of(&record_with_id(*id, n as u8))));
-    }
-    let slot_of = |index: &DigestIndex, id: &KeyId| {
-        index
-            .slots
-            .iter()
-            .position(|s| s.id == DigestIndex::key(id))
-    };
-    assert_eq!(slot_of(&index, &at_2[0]), Some(4));
-    // The fifth key of home 0 finds slots 0-7 full: the key in slot 4
-    // (home 2, window 2-9) moves to slot 8, and the new key takes 4.
-    assert!(index.place(Slot::of(&record_with_id(at_0[4], 99))));
-    assert_eq!(slot_of(&index, &at_2[0]), Some(8));
-    assert_eq!(slot_of(&index, &at_0[4]), Some(4));
-    assert_eq!(index.len, 9);
-    for id in at_0[..5].iter().chain(&at_2[..4]) {
-        let (found, _) = index.lookup(DigestIndex::key(id), &SecretHash::from_bytes([0; 32]));
-        assert_eq!(found, u64::MAX, "{id:?}");
-    }
-    // One more of home 2 takes slot 9. Then slots 0-9 are full and no
-    // key in them may move past 9: a sixth key of home 0 or another of
-    // home 2 has nowhere to go.
-    assert!(index.place(Slot::of(&record_with_id(at_2[4], 5))));
-    assert_eq!(slot_of(&index, &at_2[4]), Some(9));
-    assert!(!index.place(Slot::of(&record_with_id(at_0[5], 1))));
-    assert!(!index.place(Slot::of(&record_with_id(at_2[5], 1))));
-    assert_eq!(index.len, 10);
 }
 
 #[test]
 fn the_index_stays_within_its_memory_bound_under_collisions() {
-    // 64 ids with one home in every table up to 2^12 slots: at most 8
-    // fit one window, and the index never exceeds 8 slots per key.
+    // 24 ids with the same two buckets in every table up to 2^8
+    // buckets: at most 4 fit, and the index never exceeds 4 slots per key.
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(14);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let mut accepted = 0;
-    for (n, id) in colliding_ids(&keyring, 64).into_iter().enumerate() {
+    for (n, id) in colliding_ids(&keyring, 24).into_iter().enumerate() {
         match keyring.insert(record_with_id(id, n as u8)) {
             Ok(None) => accepted += 1,
             Err(KeyringError::Crowded { id: refused }) => assert_eq!(refused, id),
             other => panic!("{other:?}"),
         }
-        let limit = (8 * keyring.len().max(2)).next_power_of_two().max(16);
+        let limit = (4 * keyring.len().max(2)).next_power_of_two().max(16);
         assert!(
-            keyring.index.size() <= limit,
+            keyring.index.slots() <= limit,
             "{} > {limit}",
-            keyring.index.size()
+            keyring.index.slots()
         );
     }
-    assert_eq!(accepted, 8);
-    assert_eq!(keyring.len(), 8);
+    assert_eq!(accepted, 4);
+    assert_eq!(keyring.len(), 4);
 }
 
 #[test]
 fn a_full_keyring_refuses_new_keys_and_keeps_replacing() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(15);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-    assert_eq!(keyring.index.max_keys, Keyring::MAX_KEYS);
-    keyring.index.max_keys = 50;
+    assert_eq!(keyring.max_keys(), Keyring::MAX_KEYS);
+    keyring.set_max_keys(50);
     let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
     let mut records = alloc::vec::Vec::new();
     for _ in 0..50 {
@@ -576,7 +580,7 @@ fn a_full_keyring_refuses_new_keys_and_keeps_replacing() {
 fn try_extend_stops_at_a_full_keyring_rather_than_drop_a_record() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
-    keyring.index.max_keys = 2;
+    keyring.set_max_keys(2);
     let req = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
     let records: alloc::vec::Vec<_> = (0..3)
         .map(|_| {
@@ -606,18 +610,19 @@ fn the_id_hash_is_seeded_by_the_pepper() {
     let b = Pepper::from_bytes(&[2; 32]).index_seeds();
     assert_ne!(a, b);
     assert_eq!(a, Pepper::from_bytes(&[1; 32]).index_seeds());
-    let id = DigestIndex::key(&crate::testing::EXAMPLE_KEY_ID);
-    let homes = |seeds: [u64; 4]| {
+    let id = crate::testing::EXAMPLE_KEY_ID;
+    let buckets = |seeds: [u64; 4]| {
         let [_, _, lo, hi] = seeds;
         let index = DigestIndex::with_capacity(1 << 20, IdHasher::with_seeds([lo, hi]));
-        index.home(id)
+        index.buckets_of(&id)
     };
-    assert_ne!(homes(a), homes(b));
-    // The map's hash is not the index's.
+    assert_ne!(buckets(a), buckets(b));
+    // The maps' hash is not the index's.
     use core::hash::BuildHasher;
+    let key = u128::from_le_bytes(*id.as_bytes());
     assert_ne!(
-        IdHasher::with_seeds([a[0], a[1]]).hash_one(id),
-        IdHasher::with_seeds([a[2], a[3]]).hash_one(id)
+        IdHasher::with_seeds([a[0], a[1]]).hash_one(key),
+        IdHasher::with_seeds([a[2], a[3]]).hash_one(key)
     );
     assert_eq!(
         alloc::format!("{:?}", IdHasher::with_seeds([a[0], a[1]])),
@@ -627,15 +632,15 @@ fn the_id_hash_is_seeded_by_the_pepper() {
 
 #[cfg(feature = "testing")]
 #[test]
-fn twins_share_the_known_keys_window_and_are_unknown() {
+fn twins_share_the_known_keys_buckets_and_are_unknown() {
     let (keyring, text) = setup(None, None);
     let known = Token::parse(&text).unwrap().key_id();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
-    let home = keyring.index.home(DigestIndex::key(&known));
+    let buckets = keyring.index.buckets_of(&known);
     let mut twins = alloc::vec::Vec::new();
     for _ in 0..20 {
         let twin = crate::testing::unknown_id_sharing_window(&keyring, &known, &mut rng);
-        assert_eq!(keyring.index.home(DigestIndex::key(&twin)), home);
+        assert_eq!(keyring.index.buckets_of(&twin), buckets);
         assert!(!keyring.contains(&twin));
         twins.push(twin);
     }
@@ -643,10 +648,10 @@ fn twins_share_the_known_keys_window_and_are_unknown() {
     twins.sort();
     twins.dedup();
     assert_eq!(twins.len(), 20);
-    // An id of another window does not share it.
+    // An id of other buckets does not share them.
     let other = (0u8..)
         .map(|n| KeyId::parse(&alloc::format!("{n:0>16}")).unwrap())
-        .find(|id| keyring.index.home(DigestIndex::key(id)) != home)
+        .find(|id| keyring.index.buckets_of(id) != buckets)
         .unwrap();
     assert!(!keyring.shares_window(&other, &known));
     assert!(keyring.shares_window(&twins[0], &known));

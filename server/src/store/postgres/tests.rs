@@ -229,7 +229,7 @@ fn lifecycle_round_trip() {
             fed.apply(change).unwrap();
         }
         assert_eq!(fed.last_seq(), 8);
-        let mut live: Vec<KeyId> = fed.records().map(KeyRecord::id).collect();
+        let mut live: Vec<KeyId> = fed.entries().map(|e| e.id()).collect();
         let mut snap: Vec<KeyId> = snapshot.records.iter().map(KeyRecord::id).collect();
         live.sort();
         snap.sort();
