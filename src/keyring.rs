@@ -421,8 +421,9 @@ impl Keyring {
     /// This is for a keyring that no change feed drives; with a feed, use
     /// [`Keyring::apply`]. A revoked id is refused: revocation is final.
     /// Fails, changing nothing, when the keyring is full
-    /// ([`Keyring::MAX_KEYS`]) or the id's slot window is
-    /// ([`KeyringError::Crowded`]). A replacement always succeeds.
+    /// ([`Keyring::MAX_KEYS`], or [`Keyring::set_max_keys`]'s bound) or
+    /// the id's buckets are ([`KeyringError::Crowded`]). A replacement
+    /// always succeeds.
     ///
     /// ```
     /// let mut keyring = keygate::Keyring::new(keygate::Pepper::from_bytes(&[0u8; 32]));
