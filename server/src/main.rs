@@ -241,6 +241,14 @@ enum Command {
         #[command(flatten)]
         args: cli::migrate::MigrateArgs,
     },
+    /// Fill an empty store with many valid keys, for the scale benchmarks
+    /// (`benches/cold_start.sh`, `benches/follower_load.sh`). Not for
+    /// production stores: it writes into an empty one only.
+    #[command(hide = true)]
+    BenchPopulate {
+        #[command(flatten)]
+        args: cli::populate::PopulateArgs,
+    },
     /// Print the audit log (the change log) in sequence order.
     Events {
         #[command(flatten)]
@@ -321,6 +329,7 @@ fn main() -> ExitCode {
             refill,
         } => cli::block_on(cli::credits(&store, &id, &change, refill.as_deref())),
         Command::Migrate { args } => cli::block_on(cli::migrate::run(&args)),
+        Command::BenchPopulate { args } => cli::block_on(cli::populate::run(&args)),
         Command::Events {
             store,
             after,
@@ -413,7 +422,10 @@ fn serve(
             _ => Some(store::sqlite::lock::serving(&args.db)?),
         };
         let (store, pepper) = cli::open_store(args).await?;
+        let reading = std::time::Instant::now();
         let snapshot = store.snapshot().await.map_err(|e| e.to_string())?;
+        let read_ms = reading.elapsed().as_millis();
+        let loading = std::time::Instant::now();
         let cache = KeyCache::new(pepper, snapshot.records.len());
         let seq = snapshot.seq;
         // Every metered key family gets a credit lease before its first request.
@@ -428,10 +440,13 @@ fn serve(
                 .into_iter()
                 .map(|record| Change::upsert(seq, record)),
         );
+        let load_ms = loading.elapsed().as_millis();
         if store.count().await.map_err(|e| e.to_string())? == 0 {
             bootstrap(&*store, &cache, args).await?;
         }
-        tracing::info!(keys = cache.len(), seq, "loaded keys");
+        // How long the store's read and the keyring's fill took: the parts
+        // of a cold start that grow with the keys (benches/cold_start.sh).
+        tracing::info!(keys = cache.len(), seq, read_ms, load_ms, "loaded keys");
         let policy = if attenuate {
             MintPolicy::Attenuating
         } else {

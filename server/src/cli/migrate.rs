@@ -48,7 +48,7 @@ pub struct MigrateArgs {
 
 /// An open store of either kind: the copy is not part of the `Store`
 /// trait, which the serving code uses.
-enum Opened {
+pub(crate) enum Opened {
     Sqlite(SqliteStore),
     Pg(Box<PgStore>),
 }
@@ -75,7 +75,7 @@ impl Opened {
         }
     }
 
-    async fn import(
+    pub(crate) async fn import(
         &self,
         input: mpsc::Receiver<crate::store::copy::Batch>,
         fingerprint: String,
@@ -151,7 +151,11 @@ fn place(config: &tokio_postgres::Config) -> (Vec<(String, u16)>, String) {
 /// Opens the store at `db`: PostgreSQL (waiting for it as the other
 /// commands do), or a SQLite file, which must exist unless `create`, locked
 /// against `keygate serve` for as long as the lock is held.
-async fn open(db: &Path, role: &str, create: bool) -> Result<(Opened, Option<StoreLock>), String> {
+pub(crate) async fn open(
+    db: &Path,
+    role: &str,
+    create: bool,
+) -> Result<(Opened, Option<StoreLock>), String> {
     let name = shown(db);
     if let Some(url) = db.to_str().filter(|d| is_postgres_url(d)) {
         return PgStore::connect_waiting(url, wait_from_env())

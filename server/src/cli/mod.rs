@@ -7,6 +7,7 @@
 //! database, not a key.
 
 pub mod migrate;
+pub mod populate;
 pub mod routes;
 pub mod usage;
 

@@ -720,6 +720,10 @@ fn corrupt(id: &str, what: &str) -> StoreError {
     StoreError::Fatal(format!("corrupt key row `{id}` in database: {what}"))
 }
 
+/// How many rows of `keys` one fetch of the start-up snapshot takes (2 in
+/// the unit tests, so that their snapshots take several).
+const SNAPSHOT_BATCH: i32 = if cfg!(test) { 2 } else { 10_000 };
+
 /// A key row ([`KEY_COLUMNS`]) as a [`StoredKey`].
 fn stored_key(row: &Row) -> Result<StoredKey, StoreError> {
     stored_key_at(row, 0)
@@ -1756,21 +1760,35 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?
             .get(0);
-        let rows = tx
-            .query(
-                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL"),
-                &[],
-            )
+        // Read through a portal, SNAPSHOT_BATCH rows at a time, each batch
+        // parsed before the next is fetched: the rows are never all in
+        // memory at once beside the records they become.
+        let stmt = tx
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL"
+            ))
             .await
             .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        let mut records = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match stored_key(row) {
-                Ok(key) => records.push(key.record),
-                Err(e) => fail_closed(&self.corrupt, to_u64(seq), "-", &format!("{e}; left out")),
+        let portal = tx.bind(&stmt, &[]).await.map_err(db_error)?;
+        let mut records = Vec::new();
+        loop {
+            let rows = tx
+                .query_portal(&portal, SNAPSHOT_BATCH)
+                .await
+                .map_err(db_error)?;
+            for row in &rows {
+                match stored_key(row) {
+                    Ok(key) => records.push(key.record),
+                    Err(e) => {
+                        fail_closed(&self.corrupt, to_u64(seq), "-", &format!("{e}; left out"));
+                    }
+                }
+            }
+            if rows.len() < usize::try_from(SNAPSHOT_BATCH).unwrap_or(usize::MAX) {
+                break;
             }
         }
+        tx.commit().await.map_err(db_error)?;
         Ok(Snapshot {
             records,
             seq: to_u64(seq),

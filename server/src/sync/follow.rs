@@ -22,6 +22,12 @@ use crate::sync::{shares, Keys};
 /// How many changes one read of the log takes at most.
 const BATCH: usize = 1_000;
 
+/// How many rows one write of a flush carries at most, in key order: each
+/// write is a transaction of its own, so a revocation written meanwhile (by
+/// this instance, the CLI or another instance) waits for one of them at
+/// most, never for a whole flush (a million keys' last uses take seconds).
+pub const FLUSH_CHUNK: usize = 10_000;
+
 /// How many usage rows one retention pass folds (and deletes) at most: at
 /// the default 10 s flush, 60 000 key-minutes a minute, far more than the
 /// store gains (one row per key and minute in use).
@@ -110,7 +116,9 @@ pub fn spawn(
 }
 
 /// Follows the log from `cursor` until `shutdown` turns true; then flushes
-/// the last uses once more and returns.
+/// the last uses once more and returns. The flushes run beside the reads of
+/// the log, one at a time, each at least `intervals.flush` after the last
+/// one ended.
 pub async fn run(
     state: Arc<Keys>,
     mut cursor: u64,
@@ -122,6 +130,10 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
     let mut last_evict = Instant::now();
+    // The flush in progress: a task of its own, so that applying changes
+    // never waits for it (writing a flush interval's last uses and counts
+    // of a million keys takes seconds; a revocation must not).
+    let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -134,9 +146,17 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
         cursor = catch_up(&state, cursor).await;
-        if last_flush.elapsed() >= intervals.flush {
-            flush(&state).await;
+        if flushing
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            // The interval counts from a flush's end (within a poll).
+            flushing = None;
             last_flush = Instant::now();
+        }
+        if flushing.is_none() && last_flush.elapsed() >= intervals.flush {
+            let state = Arc::clone(&state);
+            flushing = Some(tokio::spawn(async move { flush(&state).await }));
         }
         if last_evict.elapsed() >= intervals.evict {
             let evicted = state.cache().evict_expired(now_ms());
@@ -155,6 +175,11 @@ pub async fn run(
                 tracing::debug!(dropped, held, cursor, "compacted tombstones");
             }
             last_evict = Instant::now();
+        }
+    }
+    if let Some(flushing) = flushing {
+        if flushing.await.is_err() {
+            tracing::error!("a flush of last uses and usage counts failed");
         }
     }
     flush(&state).await;
@@ -213,18 +238,26 @@ fn mark(flag: &AtomicBool, ready: bool) -> bool {
     was != ready
 }
 
-/// Writes the last uses and the usage counts noted since the last flush,
-/// then runs one bounded retention pass over the stored counts.
+/// Writes the last uses and the usage counts noted since the last flush
+/// ([`FLUSH_CHUNK`] rows per transaction), then runs one bounded retention
+/// pass over the stored counts.
 pub async fn flush(state: &Keys) {
-    let batch = state.usage().take_dirty();
+    let mut batch = state.usage().take_dirty();
     if !batch.is_empty() {
         let started = Instant::now();
-        let written = state.store().record_last_used(&batch).await;
-        crate::metrics::flushed(FlushKind::LastUsed, started.elapsed(), written.is_ok());
-        if let Err(e) = written {
-            tracing::warn!(keys = batch.len(), "cannot write last-used times: {e}");
-            state.usage().unflush(&batch);
+        batch.sort_unstable();
+        let mut written = Ok(());
+        for (i, chunk) in batch.chunks(FLUSH_CHUNK).enumerate() {
+            if let Err(e) = state.store().record_last_used(chunk).await {
+                // This chunk and the ones after it go back to memory.
+                let left = batch.get(i * FLUSH_CHUNK..).unwrap_or_default();
+                tracing::warn!(keys = left.len(), "cannot write last-used times: {e}");
+                state.usage().unflush(left);
+                written = Err(());
+                break;
+            }
         }
+        crate::metrics::flushed(FlushKind::LastUsed, started.elapsed(), written.is_ok());
     }
     flush_counts(state).await;
     match state.store().prune_usage(now_ms(), PRUNE_BATCH).await {
@@ -249,15 +282,22 @@ pub async fn flush(state: &Keys) {
 pub async fn flush_counts(state: &Keys) {
     let counts = state.counts();
     let _flushing = counts.flush_guard().await;
-    let batch = counts.take(now_ms());
+    let mut batch = counts.take(now_ms());
     if batch.is_empty() {
         return;
     }
     let started = Instant::now();
-    let written = state.store().record_usage(&batch).await;
-    crate::metrics::flushed(FlushKind::Usage, started.elapsed(), written.is_ok());
-    if let Err(e) = written {
-        tracing::warn!(rows = batch.len(), "cannot write usage counts: {e}");
-        counts.unflush(&batch);
+    batch.sort_unstable_by_key(|row| (row.key_id, row.minute_ms));
+    let mut written = Ok(());
+    for (i, chunk) in batch.chunks(FLUSH_CHUNK).enumerate() {
+        if let Err(e) = state.store().record_usage(chunk).await {
+            // This chunk and the ones after it go back to memory.
+            let left = batch.get(i * FLUSH_CHUNK..).unwrap_or_default();
+            tracing::warn!(rows = left.len(), "cannot write usage counts: {e}");
+            counts.unflush(left);
+            written = Err(());
+            break;
+        }
     }
+    crate::metrics::flushed(FlushKind::Usage, started.elapsed(), written.is_ok());
 }
