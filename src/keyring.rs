@@ -308,7 +308,7 @@ impl Keyring {
     /// [`Keyring::insert`] fails with [`KeyringError::Full`].
     ///
     /// Memory stays bounded too. A key takes a 32-byte slot and an 8-byte
-    /// sequence number in a table 42.5 % to 85 % full: 47 to 94 bytes a key
+    /// sequence number in a table 40 % to 80 % full: 50 to 100 bytes a key
     /// (see `BENCHMARKS.md` for measured figures). The table grows on demand
     /// (doubling), to at most 4 slots a key; an id whose two buckets are
     /// full when no key can move and the table may not grow further is
@@ -321,18 +321,23 @@ impl Keyring {
     pub const MAX_KEYS: usize = MAX_KEYS;
 
     /// The bytes of the table a keyring sizes for `keys` keys (its slots
-    /// and their sequence numbers): to set [`Keyring::set_max_keys`] from a
-    /// memory budget. Tombstones, eviction marks and expiries past 2248
-    /// take a little more; a table also doubles early, rarely, when an
-    /// insert finds no free slot near its buckets.
+    /// and their sequence numbers), to set [`Keyring::set_max_keys`] from a
+    /// memory budget.
+    ///
+    /// **Budget 1.5 times it**: a table grows by building the doubled table
+    /// beside the old one (so that a failure loses nothing), and a keyring
+    /// filling to `keys` holds both at its last doubling. Tombstones,
+    /// eviction marks and expiries past 2248 take a little more; rarely, a
+    /// table doubles early, when an insert finds no free slot near its
+    /// buckets.
     ///
     /// ```
     /// let per_key = keygate::Keyring::table_bytes(1_000_000) / 1_000_000;
     /// assert!(per_key <= 128, "{per_key}");
-    /// // The most keys 1 GiB holds:
+    /// // The most keys whose table, growth included, fits 1 GiB:
     /// let budget = 1usize << 30;
     /// let keys = (1..=keygate::Keyring::MAX_KEYS).rev().step_by(100_000)
-    ///     .find(|&n| keygate::Keyring::table_bytes(n) <= budget).unwrap();
+    ///     .find(|&n| keygate::Keyring::table_bytes(n) * 3 / 2 <= budget).unwrap();
     /// assert!(keys > 8_000_000, "{keys}");
     /// ```
     pub fn table_bytes(keys: usize) -> usize {
@@ -679,14 +684,12 @@ impl Keyring {
     /// # Ok::<(), keygate::KeyringError>(())
     /// ```
     pub fn evict_expired(&mut self, now: UnixMillis) -> usize {
-        let evicted = &mut self.evicted;
-        self.index.remove_where(|id, expires_at, seq| {
-            let drop = expires_at.is_some_and(|at| now >= at);
-            if drop && seq > 0 {
-                let mark = evicted.entry(*id).or_insert(seq);
+        let marks = &mut self.evicted;
+        self.index.evict_expired(now, |id, seq| {
+            if seq > 0 {
+                let mark = marks.entry(id).or_insert(seq);
                 *mark = (*mark).max(seq);
             }
-            drop
         })
     }
 

@@ -356,6 +356,7 @@ fn twins(rng: &mut ChaCha20Rng, count: usize) -> Vec<(&'static str, Vec<String>)
             let ids = (0..count)
                 .map(|_| {
                     keygate::testing::unknown_id_sharing_window(&f.keyring, &known, rng)
+                        .unwrap()
                         .as_str()
                         .to_owned()
                 })

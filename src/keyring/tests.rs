@@ -96,7 +96,7 @@ fn zero_mask_is_all_ones_only_for_zero() {
 }
 
 #[test]
-fn the_index_stays_at_most_85_percent_full() {
+fn the_index_stays_at_most_80_percent_full() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
     let mut keyring = Keyring::new(Pepper::generate(&mut rng));
     let request = MintRequest::standard(None, None, UnixMillis::from_millis(0)).unwrap();
@@ -111,7 +111,7 @@ fn the_index_stays_at_most_85_percent_full() {
         keyring.insert(record).unwrap();
         assert_eq!(keyring.index.len, n);
         assert!(
-            20 * keyring.index.len <= 17 * keyring.index.slots(),
+            5 * keyring.index.len <= 4 * keyring.index.slots(),
             "{n} keys in {}",
             keyring.index.slots()
         );
@@ -202,7 +202,7 @@ fn digest_moved_to_another_record_fails() {
 }
 
 #[test]
-fn a_digest_that_differs_in_any_bit_fails() {
+fn a_digest_that_differs_in_any_compared_bit_fails() {
     let (mut keyring, token) = setup(None, None);
     let id = Token::parse(&token).unwrap().key_id();
     let record = KeyRecord::new(
@@ -639,7 +639,7 @@ fn twins_share_the_known_keys_buckets_and_are_unknown() {
     let buckets = keyring.index.buckets_of(&known);
     let mut twins = alloc::vec::Vec::new();
     for _ in 0..20 {
-        let twin = crate::testing::unknown_id_sharing_window(&keyring, &known, &mut rng);
+        let twin = crate::testing::unknown_id_sharing_window(&keyring, &known, &mut rng).unwrap();
         assert_eq!(keyring.index.buckets_of(&twin), buckets);
         assert!(!keyring.contains(&twin));
         twins.push(twin);
